@@ -1,0 +1,13 @@
+//! `ims-core`: the IMS wire format — records, enums, request validation, problem errors and the image
+//! manifest. No I/O: every other crate builds on these types and nothing re-declares a field.
+
+pub mod input;
+pub mod manifest;
+pub mod problem;
+pub mod records;
+pub mod time;
+pub mod validate;
+
+pub use problem::Problem;
+pub use records::*;
+pub use time::Timestamp;

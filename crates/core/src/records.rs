@@ -1,0 +1,483 @@
+//! The persisted and returned record shapes (one serde type per record).
+//!
+//! Field order is alphabetical so that serialised bodies have the sorted key order the original's
+//! Flask `jsonify` produces.
+
+use crate::time::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+pub const ARCHES: &[&str] = &["x86_64", "aarch64"];
+pub const DEFAULT_ARCH: &str = "x86_64";
+pub const RECIPE_TYPES: &[&str] = &["kiwi-ng", "packer"];
+/// Accepted `linux_distribution` values: the original's three first, then the additions.
+pub const LINUX_DISTRIBUTIONS: &[&str] = &[
+    "sles12", "sles15", "centos7", "sles16", "opensuse15", "opensuse16", "rhel8", "rhel9",
+    "rhel10", "rocky8", "rocky9", "rocky10", "almalinux8", "almalinux9", "almalinux10",
+    "debian11", "debian12", "debian13", "ubuntu22", "ubuntu24",
+];
+pub const JOB_TYPES: &[&str] = &["create", "customize"];
+/// The original's `STATUS_TYPES`, in its order.
+pub const JOB_STATUSES: &[&str] = &[
+    "creating",
+    "fetching_image",
+    "fetching_recipe",
+    "waiting_for_repos",
+    "building_image",
+    "packaging_artifacts",
+    "waiting_on_user",
+    "error",
+    "success",
+];
+pub const LINK_TYPES: &[&str] = &["s3"];
+
+/// Default kernel file name by architecture (`vmlinuz` on x86_64, `Image` on aarch64).
+pub fn default_kernel_file_name(arch: &str) -> &'static str {
+    if arch == "aarch64" { "Image" } else { "vmlinuz" }
+}
+
+fn default_arch() -> String {
+    DEFAULT_ARCH.to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_template_dictionary() -> Option<Vec<KeyValue>> {
+    Some(vec![])
+}
+
+/// Deserializes `null` as the type's default (the original dumps absent strings as `""`).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A pointer to an object in S3: `path` is `s3://<bucket>/<key>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactLink {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub etag: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl ArtifactLink {
+    pub fn s3(path: impl Into<String>, etag: impl Into<String>) -> Self {
+        ArtifactLink {
+            etag: etag.into(),
+            path: path.into(),
+            kind: "s3".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PublicKey {
+    pub created: Timestamp,
+    pub id: String,
+    pub name: String,
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Recipe {
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub created: Timestamp,
+    pub id: String,
+    #[serde(default)]
+    pub link: Option<ArtifactLink>,
+    pub linux_distribution: String,
+    pub name: String,
+    pub recipe_type: String,
+    #[serde(default = "default_true")]
+    pub require_dkms: bool,
+    #[serde(default = "default_template_dictionary")]
+    pub template_dictionary: Option<Vec<KeyValue>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub created: Timestamp,
+    pub id: String,
+    #[serde(default)]
+    pub link: Option<ArtifactLink>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionInfo {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SshContainer {
+    #[serde(default)]
+    pub connection_info: BTreeMap<String, ConnectionInfo>,
+    #[serde(default)]
+    pub jail: bool,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_pending")]
+    pub status: String,
+}
+
+fn default_pending() -> String {
+    "pending".into()
+}
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_initrd() -> String {
+    "initrd".into()
+}
+fn default_kernel_parameters() -> String {
+    "kernel-parameters".into()
+}
+fn default_kernel() -> String {
+    "vmlinuz".into()
+}
+fn default_image_size() -> i64 {
+    60
+}
+fn default_mem_size() -> i64 {
+    8
+}
+
+/// A job record: always the same 24 keys on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub artifact_id: String,
+    #[serde(default = "default_image_size")]
+    pub build_env_size: i64,
+    pub created: Timestamp,
+    #[serde(default)]
+    pub enable_debug: bool,
+    pub id: String,
+    pub image_root_archive_name: String,
+    #[serde(default = "default_initrd")]
+    pub initrd_file_name: String,
+    #[serde(default = "default_mem_size")]
+    pub job_mem_size: i64,
+    pub job_type: String,
+    #[serde(default = "default_kernel")]
+    pub kernel_file_name: String,
+    #[serde(default = "default_kernel_parameters")]
+    pub kernel_parameters_file_name: String,
+    #[serde(default)]
+    pub kubernetes_configmap: Option<String>,
+    #[serde(default)]
+    pub kubernetes_job: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub kubernetes_namespace: String,
+    #[serde(default)]
+    pub kubernetes_pvc: Option<String>,
+    #[serde(default)]
+    pub kubernetes_secret: Option<String>,
+    #[serde(default)]
+    pub kubernetes_service: Option<String>,
+    pub public_key_id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub remote_build_node: String,
+    #[serde(default = "default_true")]
+    pub require_dkms: bool,
+    #[serde(default)]
+    pub resultant_image_id: Option<String>,
+    #[serde(default)]
+    pub ssh_containers: Option<Vec<SshContainer>>,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemoteBuildNode {
+    pub xname: String,
+}
+
+/// The live status of a remote build node (recomputed on each request, never stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[allow(non_snake_case)]
+pub struct RemoteBuildNodeStatus {
+    pub ableToRunJobs: bool,
+    pub nodeArch: String,
+    pub numCurrentJobs: i64,
+    pub podmanStatus: String,
+    pub sshStatus: String,
+    pub xname: String,
+}
+
+impl RemoteBuildNodeStatus {
+    pub fn unknown(xname: &str) -> Self {
+        RemoteBuildNodeStatus {
+            ableToRunJobs: false,
+            nodeArch: "Unknown".into(),
+            numCurrentJobs: -1,
+            podmanStatus: "Unknown".into(),
+            sshStatus: "Unknown".into(),
+            xname: xname.into(),
+        }
+    }
+}
+
+/// A soft-deleted record: the active record's fields plus `deleted`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deleted<T> {
+    pub record: T,
+    pub deleted: Timestamp,
+}
+
+impl<T: Serialize> Serialize for Deleted<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.record).map_err(serde::ser::Error::custom)?;
+        if let Value::Object(m) = &mut v {
+            m.insert("deleted".into(), Value::String(self.deleted.to_wire()));
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Deleted<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut m = Map::<String, Value>::deserialize(d)?;
+        let deleted = m
+            .remove("deleted")
+            .ok_or_else(|| serde::de::Error::missing_field("deleted"))?;
+        let deleted: Timestamp =
+            serde_json::from_value(deleted).map_err(serde::de::Error::custom)?;
+        let record = serde_json::from_value(Value::Object(m)).map_err(serde::de::Error::custom)?;
+        Ok(Deleted { record, deleted })
+    }
+}
+
+pub type DeletedPublicKey = Deleted<PublicKey>;
+pub type DeletedRecipe = Deleted<Recipe>;
+pub type DeletedImage = Deleted<Image>;
+
+/// What the store needs to know about a record type: its table and its key.
+pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
+    const TABLE: Table;
+    fn id(&self) -> &str;
+    /// Creation time (ordering); nodes have none.
+    fn created(&self) -> Option<Timestamp>;
+    /// The artifact link path, indexed for uniqueness checks.
+    fn link_path(&self) -> Option<&str> {
+        None
+    }
+    /// Job status and type, indexed for filtered deletes.
+    fn job_fields(&self) -> (Option<&str>, Option<&str>) {
+        (None, None)
+    }
+}
+
+/// The tables of the records store (one per record kind, as the original's data files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    PublicKeys,
+    Recipes,
+    Images,
+    Jobs,
+    RemoteBuildNodes,
+    DeletedPublicKeys,
+    DeletedRecipes,
+    DeletedImages,
+}
+
+impl Table {
+    pub const ALL: [Table; 8] = [
+        Table::PublicKeys,
+        Table::Recipes,
+        Table::Images,
+        Table::Jobs,
+        Table::RemoteBuildNodes,
+        Table::DeletedPublicKeys,
+        Table::DeletedRecipes,
+        Table::DeletedImages,
+    ];
+
+    /// The SQL table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::PublicKeys => "public_keys",
+            Table::Recipes => "recipes",
+            Table::Images => "images",
+            Table::Jobs => "jobs",
+            Table::RemoteBuildNodes => "remote_build_nodes",
+            Table::DeletedPublicKeys => "deleted_public_keys",
+            Table::DeletedRecipes => "deleted_recipes",
+            Table::DeletedImages => "deleted_images",
+        }
+    }
+
+    /// The original's data file for this table (`ims migrate`).
+    pub fn original_file(self) -> &'static str {
+        match self {
+            Table::PublicKeys => "v2_public_keys.json",
+            Table::Recipes => "v2.2_recipes.json",
+            Table::Images => "v2.1_images.json",
+            Table::Jobs => "v2.4_jobs.json",
+            Table::RemoteBuildNodes => "v2.0_remote_build_nodes.json",
+            Table::DeletedPublicKeys => "v3_deleted_public_keys.json",
+            Table::DeletedRecipes => "v3.2_deleted_recipes.json",
+            Table::DeletedImages => "v3.1_deleted_images.json",
+        }
+    }
+
+    /// Older file names of the same table, newest first (the original's upgrade hook copied these forward).
+    pub fn legacy_files(self) -> &'static [&'static str] {
+        match self {
+            Table::Recipes => &["v2.1_recipes.json", "v2_recipes.json"],
+            Table::Images => &["v2_images.json"],
+            Table::Jobs => &["v2.2_jobs.json", "v2.1_jobs.json", "v2_jobs.json"],
+            Table::DeletedRecipes => &["v3.1_deleted_recipes.json", "v3_deleted_recipes.json"],
+            Table::DeletedImages => &["v3_deleted_images.json"],
+            _ => &[],
+        }
+    }
+}
+
+macro_rules! plain_record {
+    ($t:ty, $table:expr) => {
+        impl Record for $t {
+            const TABLE: Table = $table;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn created(&self) -> Option<Timestamp> {
+                Some(self.created)
+            }
+            fn link_path(&self) -> Option<&str> {
+                link_path_of(self)
+            }
+        }
+    };
+}
+
+trait MaybeLink {
+    fn link_opt(&self) -> Option<&ArtifactLink>;
+}
+impl MaybeLink for PublicKey {
+    fn link_opt(&self) -> Option<&ArtifactLink> {
+        None
+    }
+}
+impl MaybeLink for Recipe {
+    fn link_opt(&self) -> Option<&ArtifactLink> {
+        self.link.as_ref()
+    }
+}
+impl MaybeLink for Image {
+    fn link_opt(&self) -> Option<&ArtifactLink> {
+        self.link.as_ref()
+    }
+}
+fn link_path_of<T: MaybeLink>(r: &T) -> Option<&str> {
+    r.link_opt().map(|l| l.path.as_str())
+}
+
+plain_record!(PublicKey, Table::PublicKeys);
+plain_record!(Recipe, Table::Recipes);
+plain_record!(Image, Table::Images);
+
+impl Record for Job {
+    const TABLE: Table = Table::Jobs;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created(&self) -> Option<Timestamp> {
+        Some(self.created)
+    }
+    fn job_fields(&self) -> (Option<&str>, Option<&str>) {
+        (Some(&self.status), Some(&self.job_type))
+    }
+}
+
+impl Record for RemoteBuildNode {
+    const TABLE: Table = Table::RemoteBuildNodes;
+    fn id(&self) -> &str {
+        &self.xname
+    }
+    fn created(&self) -> Option<Timestamp> {
+        None
+    }
+}
+
+macro_rules! deleted_record {
+    ($t:ty, $table:expr) => {
+        impl Record for Deleted<$t> {
+            const TABLE: Table = $table;
+            fn id(&self) -> &str {
+                &self.record.id
+            }
+            fn created(&self) -> Option<Timestamp> {
+                Some(self.record.created)
+            }
+        }
+    };
+}
+deleted_record!(PublicKey, Table::DeletedPublicKeys);
+deleted_record!(Recipe, Table::DeletedRecipes);
+deleted_record!(Image, Table::DeletedImages);
+
+/// A fresh lower-case UUIDv4 string.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn job_has_24_keys_and_legacy_defaults() {
+        let v = json!({"id": "a", "created": "2020-01-01T00:00:00", "job_type": "create",
+            "artifact_id": "b", "public_key_id": "c", "image_root_archive_name": "n", "status": "success"});
+        let j: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(j.kubernetes_namespace, "default");
+        assert_eq!(j.arch, "x86_64");
+        let out = serde_json::to_value(&j).unwrap();
+        assert_eq!(out.as_object().unwrap().len(), 24);
+    }
+
+    #[test]
+    fn deleted_adds_one_key_and_round_trips() {
+        let pk = PublicKey {
+            created: Timestamp::parse("2020-01-01T00:00:00Z").unwrap(),
+            id: "x".into(),
+            name: "n".into(),
+            public_key: "k".into(),
+        };
+        let d = Deleted { record: pk, deleted: Timestamp::now() };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 5);
+        let back: DeletedPublicKey = serde_json::from_value(v).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn link_etag_null_or_absent_dumps_empty() {
+        let l: ArtifactLink = serde_json::from_value(json!({"path": "s3://a/b", "type": "s3", "etag": null})).unwrap();
+        assert_eq!(l.etag, "");
+        let l: ArtifactLink = serde_json::from_value(json!({"path": "s3://a/b", "type": "s3"})).unwrap();
+        assert_eq!(serde_json::to_value(&l).unwrap(), json!({"etag": "", "path": "s3://a/b", "type": "s3"}));
+    }
+}
