@@ -1,1 +1,121 @@
+//! `ims-store`: the records store.
+//!
+//! [`Store`] is a small, object-safe trait over rows that hold a record's wire JSON plus a few
+//! derived columns. Two implementations share one body of SQL ([`SqliteStore`], the embedded default,
+//! and [`PgStore`] for several replicas). Every change goes through [`Store::apply`], which runs a list
+//! of [`Op`]s in one transaction: either all of them happen or none. Updates carry the row `version`
+//! they were computed from (optimistic concurrency), so two writers — in one process or in two
+//! `ims serve` processes on one PostgreSQL — never silently overwrite each other: the loser gets
+//! [`StoreError::Conflict`] and re-reads (see [`update_with`]).
 
+mod sql;
+mod typed;
+
+pub use sql::{PgStore, SqliteStore};
+pub use typed::*;
+
+use async_trait::async_trait;
+use ims_core::Table;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found the row missing, present, or at another version.
+    #[error("conflicting concurrent change")]
+    Conflict,
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored row does not parse as its record type.
+    #[error("corrupt record {table}/{id}: {reason}")]
+    Corrupt {
+        table: &'static str,
+        id: String,
+        reason: String,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stored row: the record's JSON and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: String,
+    pub version: i64,
+    pub data: String,
+}
+
+/// A row to write, with the columns derived from its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRow {
+    pub id: String,
+    pub created: Option<String>,
+    pub link_path: Option<String>,
+    pub status: Option<String>,
+    pub job_type: Option<String>,
+    pub data: String,
+}
+
+/// One change inside an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Adds a row; [`StoreError::Conflict`] if the id exists.
+    Insert(Table, NewRow),
+    /// Adds or replaces a row.
+    Upsert(Table, NewRow),
+    /// Replaces a row that is still at `version`; conflict otherwise.
+    Update {
+        table: Table,
+        version: i64,
+        row: NewRow,
+    },
+    /// Removes a row; with `version`, only if it is still at that version (conflict otherwise).
+    /// Without, removing a missing row is a conflict too.
+    Delete {
+        table: Table,
+        id: String,
+        version: Option<i64>,
+    },
+    /// Removes every row of a table.
+    DeleteAll(Table),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every row of a table, oldest first.
+    async fn list(&self, table: Table) -> Result<Vec<Row>>;
+    async fn get(&self, table: Table, id: &str) -> Result<Option<Row>>;
+    /// Whether any row other than `except_id` has this link path.
+    async fn link_in_use(&self, table: Table, path: &str, except_id: Option<&str>)
+    -> Result<bool>;
+    /// Runs all `ops` in one transaction.
+    async fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<()>;
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    async fn close(&self);
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens a store from a URL: `sqlite://PATH` (created if missing) or `postgres://…`. Runs migrations.
+pub async fn open(url: &str) -> Result<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(SqliteStore::open(std::path::Path::new(path)).await?))
+    } else {
+        Err(StoreError::Database(format!(
+            "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"
+        )))
+    }
+}
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,221 @@
+//! The two SQL implementations of [`Store`]. They share one body of SQL through `sql_store!`.
+
+use crate::{NewRow, Op, Result, Row, Store, StoreError};
+use async_trait::async_trait;
+use ims_core::Table;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::Path;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The embedded default: one SQLite file in WAL mode with durable (`synchronous=FULL`) commits.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-8000")
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrations: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+/// PostgreSQL, for several `ims serve` replicas sharing one database.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrations: {e}")))?;
+        Ok(PgStore { pool })
+    }
+}
+
+fn expect_one(affected: u64) -> Result<()> {
+    if affected == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict)
+    }
+}
+
+macro_rules! sql_store {
+    ($store:ident, $backend:literal) => {
+        #[async_trait]
+        impl Store for $store {
+            async fn list(&self, table: Table) -> Result<Vec<Row>> {
+                let sql = format!(
+                    "SELECT id, version, data FROM {} ORDER BY created, id",
+                    table.name()
+                );
+                let rows: Vec<(String, i64, String)> =
+                    sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, version, data)| Row { id, version, data })
+                    .collect())
+            }
+
+            async fn get(&self, table: Table, id: &str) -> Result<Option<Row>> {
+                let sql = format!("SELECT id, version, data FROM {} WHERE id = $1", table.name());
+                let row: Option<(String, i64, String)> = sqlx::query_as(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(id, version, data)| Row { id, version, data }))
+            }
+
+            async fn link_in_use(
+                &self,
+                table: Table,
+                path: &str,
+                except_id: Option<&str>,
+            ) -> Result<bool> {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {} WHERE link_path = $1 AND id <> $2",
+                    table.name()
+                );
+                let (n,): (i64,) = sqlx::query_as(&sql)
+                    .bind(path)
+                    .bind(except_id.unwrap_or(""))
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n > 0)
+            }
+
+            async fn apply(&self, ops: Vec<Op>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for op in ops {
+                    match op {
+                        Op::Insert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), r)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Upsert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
+                                 version = {t}.version + 1, created = excluded.created, \
+                                 link_path = excluded.link_path, status = excluded.status, \
+                                 job_type = excluded.job_type, data = excluded.data",
+                                t = table.name()
+                            );
+                            bind_row(sqlx::query(&sql), r).execute(&mut *tx).await?;
+                        }
+                        Op::Update {
+                            table,
+                            version,
+                            row,
+                        } => {
+                            let sql = format!(
+                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
+                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), row)
+                                .bind(version)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Delete { table, id, version } => {
+                            let n = match version {
+                                Some(v) => {
+                                    let sql = format!(
+                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
+                                        table.name()
+                                    );
+                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *tx).await?
+                                }
+                                None => {
+                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
+                                    sqlx::query(&sql).bind(id).execute(&mut *tx).await?
+                                }
+                            }
+                            .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::DeleteAll(table) => {
+                            let sql = format!("DELETE FROM {}", table.name());
+                            sqlx::query(&sql).execute(&mut *tx).await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+        }
+    };
+}
+
+fn bind_row<'q, DB>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    r: NewRow,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(r.id)
+        .bind(r.created)
+        .bind(r.link_path)
+        .bind(r.status)
+        .bind(r.job_type)
+        .bind(r.data)
+}
+
+sql_store!(SqliteStore, "sqlite");
+sql_store!(PgStore, "postgres");

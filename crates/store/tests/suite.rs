@@ -1,0 +1,208 @@
+//! One store test suite, run against both backends.
+
+use ims_core::{Image, PublicKey, Table, Timestamp};
+use ims_store::{
+    DynStore, Op, StoreError, delete_op, get, insert, insert_op, list, row_of, testing,
+    update_with, upsert_op,
+};
+use std::collections::BTreeMap;
+
+fn key(name: &str) -> PublicKey {
+    PublicKey {
+        created: Timestamp::now(),
+        id: ims_core::new_id(),
+        name: name.into(),
+        public_key: "ssh-ed25519 AAAA".into(),
+    }
+}
+
+fn image(name: &str, link: Option<&str>) -> Image {
+    Image {
+        arch: "x86_64".into(),
+        created: Timestamp::now(),
+        id: ims_core::new_id(),
+        link: link.map(|p| ims_core::ArtifactLink::s3(p, "")),
+        metadata: BTreeMap::new(),
+        name: name.into(),
+    }
+}
+
+async fn insert_get_list(s: DynStore) {
+    let a = key("a");
+    let mut b = key("b");
+    b.created = Timestamp::parse("2000-01-01T00:00:00Z").unwrap();
+    insert(&*s, &a).await.unwrap();
+    insert(&*s, &b).await.unwrap();
+    let got = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    assert_eq!(got.record, a);
+    assert_eq!(got.version, 1);
+    let all = list::<PublicKey>(&*s).await.unwrap();
+    let names: Vec<_> = all.iter().map(|v| v.record.name.as_str()).collect();
+    assert_eq!(names, ["b", "a"], "oldest first");
+    assert!(get::<PublicKey>(&*s, "nope").await.unwrap().is_none());
+    // Stored JSON is the wire JSON.
+    let row = s.get(Table::PublicKeys, &a.id).await.unwrap().unwrap();
+    assert_eq!(row.data, serde_json::to_string(&a).unwrap());
+}
+
+async fn duplicate_insert_conflicts(s: DynStore) {
+    let a = key("a");
+    insert(&*s, &a).await.unwrap();
+    assert!(matches!(insert(&*s, &a).await, Err(StoreError::Conflict)));
+    // upsert replaces and bumps the version
+    let mut a2 = a.clone();
+    a2.name = "renamed".into();
+    s.apply(vec![upsert_op(&a2).unwrap()]).await.unwrap();
+    let got = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    assert_eq!(got.record.name, "renamed");
+    assert_eq!(got.version, 2);
+}
+
+async fn stale_update_conflicts(s: DynStore) {
+    let a = key("a");
+    insert(&*s, &a).await.unwrap();
+    let v1 = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    let mut x = v1.record.clone();
+    x.name = "x".into();
+    s.apply(vec![ims_store::update_op(&x, v1.version).unwrap()])
+        .await
+        .unwrap();
+    let mut y = v1.record.clone();
+    y.name = "y".into();
+    let r = s
+        .apply(vec![ims_store::update_op(&y, v1.version).unwrap()])
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict)));
+    assert_eq!(
+        get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap().record.name,
+        "x"
+    );
+    // a versioned delete at a stale version conflicts too
+    assert!(matches!(s.apply(vec![delete_op(&v1)]).await, Err(StoreError::Conflict)));
+}
+
+async fn batches_are_atomic(s: DynStore) {
+    let a = key("a");
+    let b = key("b");
+    let r = s
+        .apply(vec![
+            insert_op(&a).unwrap(),
+            Op::Delete {
+                table: Table::PublicKeys,
+                id: "missing".into(),
+                version: None,
+            },
+            insert_op(&b).unwrap(),
+        ])
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict)));
+    assert!(list::<PublicKey>(&*s).await.unwrap().is_empty(), "nothing half-applied");
+    // a move between tables in one batch
+    insert(&*s, &a).await.unwrap();
+    let cur = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    let d = ims_core::Deleted {
+        record: a.clone(),
+        deleted: Timestamp::now(),
+    };
+    s.apply(vec![delete_op(&cur), insert_op(&d).unwrap()]).await.unwrap();
+    assert!(get::<PublicKey>(&*s, &a.id).await.unwrap().is_none());
+    let back = get::<ims_core::DeletedPublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    assert_eq!(back.record, d);
+    s.apply(vec![Op::DeleteAll(Table::DeletedPublicKeys)]).await.unwrap();
+    assert!(s.list(Table::DeletedPublicKeys).await.unwrap().is_empty());
+}
+
+async fn link_lookup(s: DynStore) {
+    let a = image("a", Some("s3://boot-images/a/manifest.json"));
+    let b = image("b", None);
+    insert(&*s, &a).await.unwrap();
+    insert(&*s, &b).await.unwrap();
+    assert!(s
+        .link_in_use(Table::Images, "s3://boot-images/a/manifest.json", None)
+        .await
+        .unwrap());
+    assert!(!s
+        .link_in_use(Table::Images, "s3://boot-images/a/manifest.json", Some(&a.id))
+        .await
+        .unwrap());
+    assert!(!s.link_in_use(Table::Images, "s3://x/y", None).await.unwrap());
+    let row = row_of(&a).unwrap();
+    assert_eq!(row.link_path.as_deref(), Some("s3://boot-images/a/manifest.json"));
+}
+
+/// Many concurrent read-modify-writes of one record lose nothing.
+async fn concurrent_updates_lose_nothing(s: DynStore, other: DynStore) {
+    let img = image("counter", None);
+    insert(&*s, &img).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+        let id = img.id.clone();
+        tasks.push(tokio::spawn(async move {
+            update_with::<Image, StoreError, _>(&*st, &id, |mut r| {
+                r.metadata.insert(format!("k{i:02}"), i.to_string());
+                Ok(r)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = get::<Image>(&*s, &img.id).await.unwrap().unwrap();
+    assert_eq!(got.record.metadata.len(), 40);
+    assert_eq!(got.version, 41);
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_dir, url) = testing::sqlite_url();
+                    let s = ims_store::open(&url).await.unwrap();
+                    assert_eq!(s.backend(), "sqlite");
+                    suite!(@call $name, s, url);
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if testing::skip_postgres() { return; }
+                    let url = testing::postgres_url().await;
+                    let s = ims_store::open(&url).await.unwrap();
+                    assert_eq!(s.backend(), "postgres");
+                    suite!(@call $name, s, url);
+                }
+            )*
+        }
+    };
+    (@call concurrent_updates_lose_nothing, $s:ident, $url:ident) => {{
+        // A second, independent connection pool: like a second `ims serve` process.
+        let other = ims_store::open(&$url).await.unwrap();
+        super::concurrent_updates_lose_nothing($s, other).await
+    }};
+    (@call $name:ident, $s:ident, $url:ident) => {{ let _ = &$url; super::$name($s).await }};
+}
+
+suite!(
+    insert_get_list,
+    duplicate_insert_conflicts,
+    stale_update_conflicts,
+    batches_are_atomic,
+    link_lookup,
+    concurrent_updates_lose_nothing,
+);
+
+#[tokio::test]
+async fn bad_url_is_a_clear_error() {
+    let e = ims_store::open("mysql://x").await.err().unwrap();
+    assert!(e.to_string().contains("unsupported database URL"));
+}

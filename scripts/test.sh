@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a Debian machine: installs what the tests need, starts a throw-away
+# PostgreSQL cluster on loopback, runs every test (SQLite and PostgreSQL), stops the cluster.
+# Usage: scripts/test.sh [extra cargo test/nextest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# System packages the tests use: PostgreSQL (store suite), squashfs-tools, OpenSSH, curl.
+packages=(postgresql squashfs-tools openssh-client openssh-server curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}" >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+# A private PostgreSQL cluster for this run.
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+pgdir=$(mktemp -d /tmp/ims-test-pg.XXXXXX)
+pgport=${IMS_TEST_PG_PORT:-55432}
+while (echo >"/dev/tcp/127.0.0.1/$pgport") 2>/dev/null; do pgport=$((pgport + 1)); done
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+  chown postgres "$pgdir"
+  as_pg=(runuser -u postgres --)
+fi
+stop_pg() {
+  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$pgdir"
+}
+trap stop_pg EXIT
+"${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres >"$pgdir/initdb.log" 2>&1 \
+  || { cat "$pgdir/initdb.log" >&2; exit 1; }
+"${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w \
+  -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off" start >/dev/null \
+  || { cat "$pgdir/server.log" >&2; exit 1; }
+export IMS_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pgport/postgres"
+echo "test.sh: PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pgport" >&2
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
