@@ -1,1 +1,124 @@
-fn main() {}
+//! `ims`: the image management service (`ims serve`), its data tools (`ims migrate`), and later the
+//! job agent and the client CLI.
+
+mod config;
+mod migrate;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ims", version, about = "Image management service for HPC clusters (IMS-compatible)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct Common {
+    /// Configuration file (TOML). Default: IMS_CONFIG, else <data-dir>/ims.toml if present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Directory holding all state (SQLite database, artifacts). Default ./ims-data.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Records database: postgres://… for PostgreSQL; default SQLite in the data directory.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Log format: human or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the API server.
+    Serve {
+        /// Address to listen on (ADDRESS:PORT). Default 127.0.0.1:9000.
+        #[arg(long)]
+        listen: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Move records between this service and the original IMS's JSON data files.
+    Migrate {
+        #[command(subcommand)]
+        op: MigrateOp,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateOp {
+    /// Load the original's data files (v2_public_keys.json, v2.2_recipes.json, …) from DIR.
+    Import { dir: PathBuf },
+    /// Write all records to DIR as the original's data files.
+    Export { dir: PathBuf },
+}
+
+fn flags(common: &Common, listen: Option<String>) -> config::Flags {
+    config::Flags {
+        config: common.config.clone(),
+        listen,
+        data_dir: common.data_dir.clone(),
+        database_url: common.database_url.clone(),
+        log_format: common.log_format.clone(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, listen) = match &cli.cmd {
+        Cmd::Serve { listen, common } => (common.clone(), listen.clone()),
+        Cmd::Migrate { common, .. } => (common.clone(), None),
+    };
+    let cfg = match config::load(&flags(&common, listen), &config::Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ims: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    serve::init_logging(&cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ims: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Serve { .. } => serve::run(cfg).await,
+            Cmd::Migrate { op, .. } => {
+                let (store, _lock) = serve::open_store(&cfg).await?;
+                let r = match op {
+                    MigrateOp::Import { dir } => {
+                        migrate::import(&*store, &dir).await.map(|reports| {
+                            for r in reports {
+                                println!("{r}");
+                            }
+                        })
+                    }
+                    MigrateOp::Export { dir } => migrate::export(&*store, &dir).await.map(|files| {
+                        for (f, n) in files {
+                            println!("{f}: {n} records");
+                        }
+                    }),
+                };
+                store.close().await;
+                r
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ims: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

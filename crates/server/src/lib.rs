@@ -1,1 +1,82 @@
+//! `ims-server`: the IMS HTTP API.
+//!
+//! Route modules are thin (parse, call the service, map the error); v2 and v3 are one service layer
+//! with an [`Api`] parameter. Job execution is behind the [`executor::JobExecutor`] seam.
 
+pub mod error;
+pub mod executor;
+pub mod extract;
+pub mod nodes;
+pub mod openapi;
+pub mod routes;
+pub mod service;
+
+use ims_artifacts::ArtifactStore;
+use ims_store::DynStore;
+use std::sync::Arc;
+
+pub use routes::router;
+
+/// Which API family a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/v2/...` and the unversioned paths: hard delete with `cascade`.
+    V2,
+    /// `/v3/...`: soft delete, undelete.
+    V3,
+}
+
+/// Settings the service layer uses (the original's environment knobs, resolved at start-up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// `S3_IMS_BUCKET`: recipes.
+    pub ims_bucket: String,
+    /// `S3_BOOT_IMAGES_BUCKET`: image artifacts and deleted-image manifests.
+    pub boot_images_bucket: String,
+    /// `DEFAULT_IMS_IMAGE_SIZE` (GiB).
+    pub default_image_size: i64,
+    /// `DEFAULT_IMS_JOB_MEM_SIZE` (GiB).
+    pub default_job_mem_size: i64,
+    /// `DEFAULT_IMS_JOB_NAMESPACE`.
+    pub job_namespace: String,
+    /// `JOB_CUSTOMER_ACCESS_SUBNET_NAME`.
+    pub customer_access_subnet: String,
+    /// `JOB_CUSTOMER_ACCESS_NETWORK_DOMAIN`.
+    pub customer_access_domain: String,
+    /// `JOB_ENABLE_DKMS`: the customize-job default for `require_dkms`.
+    pub job_enable_dkms: bool,
+    /// Largest accepted manifest (`MAX_IMAGE_MANIFEST_SIZE_BYTES`).
+    pub max_manifest_size: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Reported by `/version`.
+    pub version: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            ims_bucket: "ims".into(),
+            boot_images_bucket: "boot-images".into(),
+            default_image_size: 60,
+            default_job_mem_size: 8,
+            job_namespace: "ims".into(),
+            customer_access_subnet: "cmn".into(),
+            customer_access_domain: "shasta.local".into(),
+            job_enable_dkms: true,
+            max_manifest_size: ims_core::manifest::MAX_MANIFEST_SIZE,
+            max_body_bytes: 1024 * 1024,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    pub artifacts: Arc<ArtifactStore>,
+    pub cfg: Arc<ServiceConfig>,
+    pub executor: Arc<dyn executor::JobExecutor>,
+    pub prober: Arc<dyn nodes::NodeProber>,
+}

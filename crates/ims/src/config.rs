@@ -1,0 +1,435 @@
+//! Configuration: defaults < TOML file < the original's environment names < `IMS_*` environment <
+//! command-line flags. A bad value stops start-up with one line naming the setting.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+pub const DEFAULT_DATA_DIR: &str = "./ims-data";
+
+/// The configuration file (`--config FILE`, `IMS_CONFIG`, or `<data-dir>/ims.toml` when present).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub s3: S3File,
+    #[serde(default)]
+    pub jobs: JobsFile,
+    #[serde(default)]
+    pub remote_build_nodes: NodesFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3File {
+    pub endpoint: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub verify_tls: Option<bool>,
+    pub ims_bucket: Option<String>,
+    pub boot_images_bucket: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobsFile {
+    pub default_image_size: Option<i64>,
+    pub default_mem_size: Option<i64>,
+    pub namespace: Option<String>,
+    pub customer_access_subnet: Option<String>,
+    pub customer_access_domain: Option<String>,
+    pub enable_dkms: Option<bool>,
+    pub max_manifest_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodesFile {
+    pub ssh_key: Option<PathBuf>,
+}
+
+/// Flags that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
+    pub log_format: LogFormat,
+    /// `None`: artifacts on the local filesystem under the data directory.
+    pub s3: Option<ims_artifacts::S3Settings>,
+    pub service: ims_server::ServiceConfig,
+    pub node_ssh_key: Option<PathBuf>,
+}
+
+/// A configuration error: names the setting and says what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid setting {setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+fn err(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Reads environment variables (a map, so tests need not touch the process environment).
+pub struct Env(pub HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Env(std::env::vars().collect())
+    }
+
+    /// The first of `names` that is set (non-empty), with its name.
+    fn get(&self, names: &[&str]) -> Option<(String, String)> {
+        names.iter().find_map(|n| {
+            self.0
+                .get(*n)
+                .filter(|v| !v.is_empty())
+                .map(|v| (n.to_string(), v.clone()))
+        })
+    }
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Ok(false),
+        _ => Err(err(name, format!("{v:?} is not a boolean (true/false)"))),
+    }
+}
+
+fn parse_size(name: &str, v: &str) -> Result<i64, ConfigError> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(err(name, format!("{v:?} is not a positive integer"))),
+    }
+}
+
+fn check_bucket(name: &str, v: String) -> Result<String, ConfigError> {
+    if ims_artifacts::valid_bucket(&v) {
+        Ok(v)
+    } else {
+        Err(err(name, format!("{v:?} is not a valid S3 bucket name")))
+    }
+}
+
+/// Resolves the configuration from flags, environment and the configuration file.
+pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
+    // Which file: --config, IMS_CONFIG, or <data-dir>/ims.toml when it exists.
+    let explicit = flags
+        .config
+        .clone()
+        .or_else(|| env.get(&["IMS_CONFIG"]).map(|(_, v)| PathBuf::from(v)));
+    let pre_data_dir = flags
+        .data_dir
+        .clone()
+        .or_else(|| env.get(&["IMS_DATA_DIR"]).map(|(_, v)| PathBuf::from(v)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let file_path = explicit.clone().or_else(|| {
+        let p = pre_data_dir.join("ims.toml");
+        p.is_file().then_some(p)
+    });
+    let file: FileConfig = match &file_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| err("config", format!("cannot read {}: {e}", p.display())))?;
+            toml::from_str(&text).map_err(|e| {
+                err(
+                    "config",
+                    format!("{}: {}", p.display(), e.to_string().replace('\n', " ")),
+                )
+            })?
+        }
+        None => FileConfig::default(),
+    };
+
+    let pick = |flag: &Option<String>, names: &[&str], file: &Option<String>| -> Option<(String, String)> {
+        flag.clone()
+            .map(|v| ("--flag".to_string(), v))
+            .or_else(|| env.get(names))
+            .or_else(|| file.clone().map(|v| ("config file".to_string(), v)))
+    };
+
+    let (lname, listen) = pick(&flags.listen, &["IMS_LISTEN"], &file.listen)
+        .unwrap_or(("default".into(), DEFAULT_LISTEN.into()));
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        err(
+            if lname == "--flag" { "--listen" } else if lname == "config file" { "listen" } else { &lname },
+            format!("{listen:?} is not an ADDRESS:PORT"),
+        )
+    })?;
+
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or_else(|| env.get(&["IMS_DATA_DIR"]).map(|(_, v)| PathBuf::from(v)))
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+    let database_url = pick(&flags.database_url, &["IMS_DATABASE_URL"], &file.database_url)
+        .map(|(_, v)| v);
+    if let Some(u) = &database_url
+        && !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite://"))
+    {
+        return Err(err(
+            "database_url",
+            format!("{u:?} is not a postgres:// or sqlite:// URL"),
+        ));
+    }
+
+    let log_format = match pick(&flags.log_format, &["IMS_LOG_FORMAT"], &file.log_format)
+        .map(|(_, v)| v)
+        .as_deref()
+    {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(other) => return Err(err("log_format", format!("{other:?} is not human or json"))),
+    };
+
+    // S3: configured when an endpoint is given.
+    let s3 = match env
+        .get(&["IMS_S3_ENDPOINT", "S3_ENDPOINT"])
+        .map(|(_, v)| v)
+        .or(file.s3.endpoint.clone())
+    {
+        None => None,
+        Some(endpoint) => {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(err("S3_ENDPOINT", format!("{endpoint:?} is not an http(s) URL")));
+            }
+            let access_key = env
+                .get(&["IMS_S3_ACCESS_KEY", "S3_ACCESS_KEY"])
+                .map(|(_, v)| v)
+                .or(file.s3.access_key.clone())
+                .ok_or_else(|| err("S3_ACCESS_KEY", "required when an S3 endpoint is set"))?;
+            let secret_key = env
+                .get(&["IMS_S3_SECRET_KEY", "S3_SECRET_KEY"])
+                .map(|(_, v)| v)
+                .or(file.s3.secret_key.clone())
+                .ok_or_else(|| err("S3_SECRET_KEY", "required when an S3 endpoint is set"))?;
+            let verify_tls = match env.get(&["IMS_S3_VERIFY_TLS", "S3_SSL_VALIDATE"]) {
+                Some((n, v)) => parse_bool(&n, &v)?,
+                None => file.s3.verify_tls.unwrap_or(true),
+            };
+            let path_style = match env.get(&["IMS_S3_PATH_STYLE"]) {
+                Some((n, v)) => parse_bool(&n, &v)?,
+                None => file.s3.path_style.unwrap_or(true),
+            };
+            let region = env
+                .get(&["IMS_S3_REGION", "S3_REGION"])
+                .map(|(_, v)| v)
+                .or(file.s3.region.clone())
+                .unwrap_or_else(|| "us-east-1".into());
+            Some(ims_artifacts::S3Settings {
+                endpoint,
+                region,
+                access_key,
+                secret_key,
+                path_style,
+                verify_tls,
+            })
+        }
+    };
+
+    let mut svc = ims_server::ServiceConfig::default();
+    if let Some(b) = env
+        .get(&["IMS_S3_IMS_BUCKET", "S3_IMS_BUCKET"])
+        .map(|(_, v)| v)
+        .or(file.s3.ims_bucket.clone())
+    {
+        svc.ims_bucket = check_bucket("S3_IMS_BUCKET", b)?;
+    }
+    if let Some(b) = env
+        .get(&["IMS_S3_BOOT_IMAGES_BUCKET", "S3_BOOT_IMAGES_BUCKET"])
+        .map(|(_, v)| v)
+        .or(file.s3.boot_images_bucket.clone())
+    {
+        svc.boot_images_bucket = check_bucket("S3_BOOT_IMAGES_BUCKET", b)?;
+    }
+    match env.get(&["IMS_DEFAULT_IMAGE_SIZE", "DEFAULT_IMS_IMAGE_SIZE"]) {
+        Some((n, v)) => svc.default_image_size = parse_size(&n, &v)?,
+        None => {
+            if let Some(n) = file.jobs.default_image_size {
+                svc.default_image_size = parse_size("jobs.default_image_size", &n.to_string())?;
+            }
+        }
+    }
+    match env.get(&["IMS_DEFAULT_JOB_MEM_SIZE", "DEFAULT_IMS_JOB_MEM_SIZE"]) {
+        Some((n, v)) => svc.default_job_mem_size = parse_size(&n, &v)?,
+        None => {
+            if let Some(n) = file.jobs.default_mem_size {
+                svc.default_job_mem_size = parse_size("jobs.default_mem_size", &n.to_string())?;
+            }
+        }
+    }
+    if let Some(v) = env
+        .get(&["IMS_JOB_NAMESPACE", "DEFAULT_IMS_JOB_NAMESPACE"])
+        .map(|(_, v)| v)
+        .or(file.jobs.namespace.clone())
+    {
+        svc.job_namespace = v;
+    }
+    if let Some(v) = env
+        .get(&["JOB_CUSTOMER_ACCESS_SUBNET_NAME"])
+        .map(|(_, v)| v)
+        .or(file.jobs.customer_access_subnet.clone())
+    {
+        svc.customer_access_subnet = v;
+    }
+    if let Some(v) = env
+        .get(&["JOB_CUSTOMER_ACCESS_NETWORK_DOMAIN"])
+        .map(|(_, v)| v)
+        .or(file.jobs.customer_access_domain.clone())
+    {
+        svc.customer_access_domain = v;
+    }
+    match env.get(&["IMS_JOB_ENABLE_DKMS", "JOB_ENABLE_DKMS"]) {
+        Some((n, v)) => svc.job_enable_dkms = parse_bool(&n, &v)?,
+        None => {
+            if let Some(b) = file.jobs.enable_dkms {
+                svc.job_enable_dkms = b;
+            }
+        }
+    }
+    match env.get(&["MAX_IMAGE_MANIFEST_SIZE_BYTES"]) {
+        Some((n, v)) => {
+            svc.max_manifest_size = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err(&n, format!("{v:?} is not a positive integer")))?
+        }
+        None => {
+            if let Some(n) = file.jobs.max_manifest_size {
+                svc.max_manifest_size = n;
+            }
+        }
+    }
+    let node_ssh_key = env
+        .get(&["IMS_REMOTE_BUILD_NODE_SSH_KEY"])
+        .map(|(_, v)| PathBuf::from(v))
+        .or(file.remote_build_nodes.ssh_key.clone());
+
+    Ok(Config {
+        listen,
+        data_dir,
+        database_url,
+        log_format,
+        s3,
+        service: svc,
+        node_ssh_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env(pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(c.s3.is_none());
+        assert_eq!(c.service.default_image_size, 60);
+    }
+
+    #[test]
+    fn precedence_flag_env_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[jobs]\nnamespace = \"filens\"\n").unwrap();
+        let flags = Flags { config: Some(f.clone()), ..Default::default() };
+        let c = load(&flags, &env(&[])).unwrap();
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.service.job_namespace, "filens");
+        let c = load(&flags, &env(&[("IMS_LISTEN", "127.0.0.1:2"), ("DEFAULT_IMS_JOB_NAMESPACE", "envns")])).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.service.job_namespace, "envns");
+        let flags = Flags { config: Some(f), listen: Some("127.0.0.1:3".into()), ..Default::default() };
+        let c = load(&flags, &env(&[("IMS_LISTEN", "127.0.0.1:2")])).unwrap();
+        assert_eq!(c.listen.port(), 3);
+    }
+
+    #[test]
+    fn original_env_names() {
+        let c = load(
+            &Flags::default(),
+            &env(&[
+                ("S3_ENDPOINT", "https://rgw:8080"),
+                ("S3_ACCESS_KEY", "ak"),
+                ("S3_SECRET_KEY", "sk"),
+                ("S3_SSL_VALIDATE", "False"),
+                ("S3_BOOT_IMAGES_BUCKET", "my-images"),
+                ("DEFAULT_IMS_IMAGE_SIZE", "80"),
+                ("DEFAULT_IMS_JOB_MEM_SIZE", "16"),
+                ("JOB_ENABLE_DKMS", "false"),
+            ]),
+        )
+        .unwrap();
+        let s3 = c.s3.unwrap();
+        assert!(!s3.verify_tls);
+        assert_eq!(s3.endpoint, "https://rgw:8080");
+        assert_eq!(c.service.boot_images_bucket, "my-images");
+        assert_eq!(c.service.default_image_size, 80);
+        assert_eq!(c.service.default_job_mem_size, 16);
+        assert!(!c.service.job_enable_dkms);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = load(&Flags::default(), &env(&[("DEFAULT_IMS_IMAGE_SIZE", "big")])).unwrap_err();
+        assert_eq!(e.setting, "DEFAULT_IMS_IMAGE_SIZE");
+        let e = load(&Flags::default(), &env(&[("S3_ENDPOINT", "http://x")])).unwrap_err();
+        assert_eq!(e.setting, "S3_ACCESS_KEY");
+        let e = load(&Flags { listen: Some("nope".into()), ..Default::default() }, &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "--listen");
+        let e = load(&Flags::default(), &env(&[("S3_BOOT_IMAGES_BUCKET", "../x")])).unwrap_err();
+        assert_eq!(e.setting, "S3_BOOT_IMAGES_BUCKET");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let e = load(&Flags { config: Some(f), ..Default::default() }, &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "config");
+        assert!(e.message.contains("lisen"));
+        assert!(!e.to_string().contains('\n'));
+    }
+}

@@ -1,0 +1,128 @@
+//! `ims serve`: opens the data directory, the records store and the artifact store, and serves the
+//! API until SIGTERM/SIGINT (in-flight requests finish).
+
+use crate::config::{Config, LogFormat};
+use anyhow::{Context, Result, bail};
+use ims_artifacts::{ArtifactStore, Backend};
+use ims_server::executor::RecordOnlyExecutor;
+use ims_server::nodes::SshProber;
+use ims_server::{AppState, router};
+use ims_store::DynStore;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+pub fn init_logging(fmt: &LogFormat) {
+    let filter = EnvFilter::try_from_env("IMS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match fmt {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+/// Holds the data directory's lock: one process owns an embedded (SQLite) data directory.
+pub struct DataDirLock(#[allow(dead_code)] Option<File>);
+
+/// Opens the records store: SQLite in the data directory (locked against a second process) or
+/// the configured PostgreSQL.
+pub async fn open_store(cfg: &Config) -> Result<(DynStore, DataDirLock)> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let (url, lock) = match &cfg.database_url {
+        Some(u) if !u.starts_with("sqlite://") => (u.clone(), DataDirLock(None)),
+        other => {
+            let lock_path = cfg.data_dir.join("ims.lock");
+            let f = File::create(&lock_path)
+                .with_context(|| format!("cannot create {}", lock_path.display()))?;
+            if f.try_lock().is_err() {
+                bail!(
+                    "data directory {} is in use by another ims process (SQLite allows one server; use PostgreSQL for several)",
+                    cfg.data_dir.display()
+                );
+            }
+            let url = other.clone().unwrap_or_else(|| {
+                format!("sqlite://{}", cfg.data_dir.join("ims.db").display())
+            });
+            (url, DataDirLock(Some(f)))
+        }
+    };
+    let store = ims_store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the records store ({})", redact(&url)))?;
+    Ok((store, lock))
+}
+
+/// Hides a password in a database URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    let (store, _lock) = open_store(&cfg).await?;
+    let backend = match &cfg.s3 {
+        Some(s3) => Backend::S3(s3.clone()),
+        None => Backend::Local {
+            root: cfg.data_dir.join("artifacts"),
+        },
+    };
+    let artifacts = Arc::new(ArtifactStore::new(backend));
+    if cfg.s3.is_none() {
+        artifacts
+            .ensure_buckets(&[&cfg.service.ims_bucket, &cfg.service.boot_images_bucket])
+            .context("cannot create the artifact directories")?;
+    }
+    let state = AppState {
+        store: store.clone(),
+        artifacts,
+        cfg: Arc::new(cfg.service.clone()),
+        executor: Arc::new(RecordOnlyExecutor),
+        prober: Arc::new(SshProber {
+            key: cfg.node_ssh_key.clone(),
+            timeout: Duration::from_secs(10),
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "listening on http://{addr} (data dir {}, records: {}, artifacts: {})",
+        cfg.data_dir.display(),
+        store.backend(),
+        if cfg.s3.is_some() { "s3" } else { "local" }
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    tracing::info!("shutting down");
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,57 @@
+//! The job-execution seam. Creating a job hands it to an executor; deleting a job (or a job reaching
+//! `success`/`error`) tells the executor to stop and clean up. Executors that run jobs (local child
+//! processes, Kubernetes, remote nodes) implement [`JobExecutor`]; until one is configured,
+//! [`RecordOnlyExecutor`] keeps jobs as records only.
+
+use async_trait::async_trait;
+use ims_core::Job;
+
+/// What an executor gets at job creation, besides the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLaunch {
+    pub job: Job,
+    /// The artifact to fetch: recipe tarball (create) or rootfs (customize), as `s3://bucket/key`.
+    pub download: String,
+    /// Its md5 as the manifest records it (customize), if any.
+    pub download_md5: Option<String>,
+    /// The public key text the job's SSH server must accept.
+    pub public_key: String,
+    /// create jobs: the recipe's template dictionary flattened to a JSON object.
+    pub template_dictionary: Option<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecutorError(pub String);
+
+#[async_trait]
+pub trait JobExecutor: Send + Sync + 'static {
+    /// Starts work for a freshly stored job. An error removes the job record again (500).
+    async fn start(&self, launch: &JobLaunch) -> Result<(), ExecutorError>;
+    /// The job reached `success` or `error`: release what only runs during the job.
+    async fn finished(&self, job: &Job) -> Result<(), ExecutorError>;
+    /// The job is being deleted: stop everything and clean up. An error keeps the record (500).
+    async fn stop(&self, job: &Job) -> Result<(), ExecutorError>;
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+}
+
+/// Keeps jobs as records; runs nothing.
+pub struct RecordOnlyExecutor;
+
+#[async_trait]
+impl JobExecutor for RecordOnlyExecutor {
+    async fn start(&self, launch: &JobLaunch) -> Result<(), ExecutorError> {
+        tracing::info!(job = %launch.job.id, "job recorded (no executor runs jobs yet)");
+        Ok(())
+    }
+    async fn finished(&self, _job: &Job) -> Result<(), ExecutorError> {
+        Ok(())
+    }
+    async fn stop(&self, _job: &Job) -> Result<(), ExecutorError> {
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "record-only"
+    }
+}

@@ -1,0 +1,280 @@
+//! Routing: the IMS tree at `/` and again under `/apis/ims/` (the CSM gateway path).
+//!
+//! * unversioned and `/v2/...`: public keys, recipes, images, jobs with v2 semantics;
+//! * `/v3/...`: the same resources with v3 semantics, `deleted/*` and remote build nodes;
+//! * `/healthz/{ready,live}`, `/version`, `/openapi.json`.
+
+use crate::error::{ApiResult, problem_response};
+use crate::extract::JsonBody;
+use crate::service::deleted::Kind;
+use crate::service::{self, get_raw, json, list_raw};
+use crate::{Api, AppState};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use ims_core::problem::{DETAIL_BAD_METHOD, DETAIL_NO_ROUTE};
+use ims_core::{Problem, Table};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+type St = State<AppState>;
+
+fn cascade_of(q: &Option<String>) -> bool {
+    let v = q.as_deref().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "cascade")
+            .map(|(_, v)| v.into_owned())
+    });
+    service::recipes::cascade(v.as_deref())
+}
+
+fn public_keys(api: Api) -> Router<AppState> {
+    use service::public_keys as pk;
+    Router::new()
+        .route(
+            "/public-keys",
+            get(|State(st): St| async move { list_raw(&*st.store, Table::PublicKeys).await })
+                .post(|State(st): St, body: JsonBody| async move {
+                    json(StatusCode::CREATED, &pk::create(&st, body.as_ref()).await?)
+                })
+                .delete(move |State(st): St| async move { pk::delete_all(&st, api).await }),
+        )
+        .route(
+            "/public-keys/{id}",
+            get(|State(st): St, Path(id): Path<String>| async move {
+                get_raw(&*st.store, Table::PublicKeys, &id).await
+            })
+            .delete(move |State(st): St, Path(id): Path<String>| async move {
+                pk::delete_one(&st, api, &id).await
+            }),
+        )
+}
+
+fn recipes(api: Api) -> Router<AppState> {
+    use service::recipes as r;
+    Router::new()
+        .route(
+            "/recipes",
+            get(|State(st): St| async move { list_raw(&*st.store, Table::Recipes).await })
+                .post(|State(st): St, body: JsonBody| async move {
+                    json(StatusCode::CREATED, &r::create(&st, body.as_ref()).await?)
+                })
+                .delete(move |State(st): St, RawQuery(q): RawQuery| async move {
+                    r::delete_all(&st, api, cascade_of(&q)).await
+                }),
+        )
+        .route(
+            "/recipes/{id}",
+            get(|State(st): St, Path(id): Path<String>| async move {
+                get_raw(&*st.store, Table::Recipes, &id).await
+            })
+            .patch(
+                |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                    json(StatusCode::OK, &r::patch(&st, &id, body.as_ref()).await?)
+                },
+            )
+            .delete(
+                move |State(st): St, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                    r::delete_one(&st, api, &id, cascade_of(&q)).await
+                },
+            ),
+        )
+}
+
+fn images(api: Api) -> Router<AppState> {
+    use service::images as i;
+    Router::new()
+        .route(
+            "/images",
+            get(|State(st): St| async move { list_raw(&*st.store, Table::Images).await })
+                .post(|State(st): St, body: JsonBody| async move {
+                    json(StatusCode::CREATED, &i::create(&st, body.as_ref()).await?)
+                })
+                .delete(move |State(st): St, RawQuery(q): RawQuery| async move {
+                    i::delete_all(&st, api, cascade_of(&q)).await
+                }),
+        )
+        .route(
+            "/images/{id}",
+            get(|State(st): St, Path(id): Path<String>| async move {
+                get_raw(&*st.store, Table::Images, &id).await
+            })
+            .patch(
+                |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                    json(StatusCode::OK, &i::patch(&st, &id, body.as_ref()).await?)
+                },
+            )
+            .delete(
+                move |State(st): St, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                    i::delete_one(&st, api, &id, cascade_of(&q)).await
+                },
+            ),
+        )
+}
+
+fn jobs() -> Router<AppState> {
+    use service::jobs as j;
+    Router::new()
+        .route(
+            "/jobs",
+            get(|State(st): St| async move { list_raw(&*st.store, Table::Jobs).await })
+                .post(|State(st): St, body: JsonBody| async move {
+                    json(StatusCode::CREATED, &j::create(&st, body.as_ref()).await?)
+                })
+                .delete(|State(st): St, RawQuery(q): RawQuery| async move {
+                    j::delete_filtered(&st, q.as_deref()).await
+                }),
+        )
+        .route(
+            "/jobs/{id}",
+            get(|State(st): St, Path(id): Path<String>| async move {
+                get_raw(&*st.store, Table::Jobs, &id).await
+            })
+            .patch(
+                |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                    json(StatusCode::OK, &j::patch(&st, &id, body.as_ref()).await?)
+                },
+            )
+            .delete(|State(st): St, Path(id): Path<String>| async move {
+                j::delete_one(&st, &id).await
+            }),
+        )
+}
+
+fn deleted(kind: Kind, name: &str) -> Router<AppState> {
+    use service::deleted as d;
+    Router::new()
+        .route(
+            &format!("/deleted/{name}"),
+            get(move |State(st): St| async move { list_raw(&*st.store, kind.table()).await })
+                .delete(move |State(st): St| async move { d::purge(&st, kind, None).await })
+                .patch(move |State(st): St, body: JsonBody| async move {
+                    d::undelete(&st, kind, None, body.as_ref()).await
+                }),
+        )
+        .route(
+            &format!("/deleted/{name}/{{id}}"),
+            get(move |State(st): St, Path(id): Path<String>| async move {
+                get_raw(&*st.store, kind.table(), &id).await
+            })
+            .delete(move |State(st): St, Path(id): Path<String>| async move {
+                d::purge(&st, kind, Some(&id)).await
+            })
+            .patch(
+                move |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                    d::undelete(&st, kind, Some(&id), body.as_ref()).await
+                },
+            ),
+        )
+}
+
+fn remote_build_nodes() -> Router<AppState> {
+    use service::remote_nodes as n;
+    Router::new()
+        .route(
+            "/remote-build-nodes",
+            get(|State(st): St| async move { list_raw(&*st.store, Table::RemoteBuildNodes).await })
+                .post(|State(st): St, body: JsonBody| async move {
+                    json(StatusCode::CREATED, &n::create(&st, body.as_ref()).await?)
+                })
+                .delete(|State(st): St| async move { n::delete_all(&st).await }),
+        )
+        .route(
+            "/remote-build-nodes/status",
+            get(|State(st): St| async move { json(StatusCode::OK, &n::status_all(&st).await?) }),
+        )
+        .route(
+            "/remote-build-nodes/status/{xname}",
+            get(|State(st): St, Path(x): Path<String>| async move {
+                json(StatusCode::OK, &n::status_one(&st, &x).await?)
+            }),
+        )
+        .route(
+            "/remote-build-nodes/{xname}",
+            get(|State(st): St, Path(x): Path<String>| async move {
+                get_raw(&*st.store, Table::RemoteBuildNodes, &x).await
+            })
+            .delete(|State(st): St, Path(x): Path<String>| async move {
+                n::delete_one(&st, &x).await
+            }),
+        )
+}
+
+fn v2_resources() -> Router<AppState> {
+    Router::new()
+        .merge(public_keys(Api::V2))
+        .merge(recipes(Api::V2))
+        .merge(images(Api::V2))
+        .merge(jobs())
+}
+
+fn v3_resources() -> Router<AppState> {
+    Router::new()
+        .merge(public_keys(Api::V3))
+        .merge(recipes(Api::V3))
+        .merge(images(Api::V3))
+        .merge(jobs())
+        .merge(deleted(Kind::PublicKeys, "public-keys"))
+        .merge(deleted(Kind::Recipes, "recipes"))
+        .merge(deleted(Kind::Images, "images"))
+        .merge(remote_build_nodes())
+}
+
+async fn ready(State(st): St) -> ApiResult<Response> {
+    st.store.ping().await?;
+    json(StatusCode::OK, &serde_json::json!({}))
+}
+
+/// The whole IMS tree (served at `/` and under `/apis/ims`).
+fn api_tree() -> Router<AppState> {
+    Router::new()
+        .route("/healthz/ready", get(ready))
+        .route(
+            "/healthz/live",
+            get(|| async { json(StatusCode::OK, &serde_json::json!({})) }),
+        )
+        .route(
+            "/version",
+            get(|State(st): St| async move {
+                json(StatusCode::OK, &serde_json::json!({"version": st.cfg.version}))
+            }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { json(StatusCode::OK, &crate::openapi::document()) }),
+        )
+        .merge(v2_resources())
+        .nest("/v2", v2_resources())
+        .nest("/v3", v3_resources())
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found() -> Response {
+    problem_response(Problem::new(404, DETAIL_NO_ROUTE))
+}
+
+async fn method_not_allowed() -> Response {
+    problem_response(Problem::new(405, DETAIL_BAD_METHOD))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    problem_response(Problem::internal(
+        "The server hit an internal error while handling the request.",
+    ))
+}
+
+/// The complete HTTP application.
+pub fn router(st: AppState) -> Router {
+    let limit = st.cfg.max_body_bytes;
+    let tree = api_tree();
+    Router::new()
+        .merge(tree.clone())
+        .nest("/apis/ims", tree)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(st)
+}

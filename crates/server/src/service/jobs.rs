@@ -1,0 +1,356 @@
+//! Jobs: creation with the original's validation order and defaults, PATCH by job agents, delete
+//! (one, or filtered by status/type/age). Creation and deletion go through the executor seam.
+
+use super::artifacts::{ManifestRead, read_manifest, require_object};
+use super::{must_get, no_content};
+use crate::error::{ApiError, ApiResult};
+use crate::executor::JobLaunch;
+use crate::{AppState, retrying};
+use axum::response::Response;
+use ims_core::input::{self, NewJob};
+use ims_core::manifest::job_rootfs;
+use ims_core::records::{JOB_STATUSES, JOB_TYPES, default_kernel_file_name};
+use ims_core::{ConnectionInfo, Image, Job, Problem, PublicKey, Recipe, SshContainer, Timestamp};
+use ims_store::{Op, delete_op, list, update_op};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The connection info the original fills in at creation (external and in-cluster names, port 22).
+fn connection_info(st: &AppState, id: &str, service: &str) -> BTreeMap<String, ConnectionInfo> {
+    let c = &st.cfg;
+    BTreeMap::from([
+        (
+            "customer_access".to_string(),
+            ConnectionInfo {
+                host: format!("{id}.ims.{}.{}", c.customer_access_subnet, c.customer_access_domain),
+                port: 22,
+            },
+        ),
+        (
+            "cluster.local".to_string(),
+            ConnectionInfo {
+                host: format!("{service}.{}.svc.cluster.local", c.job_namespace),
+                port: 22,
+            },
+        ),
+    ])
+}
+
+/// Builds the job record and what the executor needs; every check of §3.4 in the original's order.
+async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
+    let is_create = new.job_type == "create";
+    let containers = new.ssh_containers.clone().unwrap_or_default();
+    if is_create && !containers.is_empty() {
+        return Err(Problem::bad_request(
+            "ssh_containers may not be specified for create jobs; use enable_debug for a debug shell.",
+        )
+        .into());
+    }
+    if containers.len() > 1 {
+        return Err(Problem::bad_request(
+            "Only one ssh container is supported per job.",
+        )
+        .into());
+    }
+    let invalid_artifact = || {
+        ApiError::Problem(Problem::bad_request(format!(
+            "Invalid artifact_id: no {} with id {} exists.",
+            if is_create { "recipe" } else { "image" },
+            new.artifact_id
+        )))
+    };
+    // The artifact: recipe (create) or image (customize), which must have a link that exists.
+    let (arch, link, recipe_dkms, template_dictionary) = if is_create {
+        let r = ims_store::get::<Recipe>(&*st.store, &new.artifact_id)
+            .await?
+            .ok_or_else(invalid_artifact)?
+            .record;
+        let td = r.template_dictionary.as_ref().map(|kvs| {
+            Value::Object(
+                kvs.iter()
+                    .map(|kv| (kv.key.clone(), Value::String(kv.value.clone())))
+                    .collect(),
+            )
+        });
+        (r.arch, r.link, Some(r.require_dkms), td)
+    } else {
+        let i = ims_store::get::<Image>(&*st.store, &new.artifact_id)
+            .await?
+            .ok_or_else(invalid_artifact)?
+            .record;
+        (i.arch, i.link, None, None)
+    };
+    let link = link.ok_or_else(|| {
+        Problem::bad_request(format!(
+            "The artifact {} has no link to an artifact in S3.",
+            new.artifact_id
+        ))
+    })?;
+    let loc = require_object(st, &link).await?;
+    let (download, download_md5) = if is_create {
+        (loc.s3_url(), None)
+    } else {
+        let v = match read_manifest(st, &loc).await? {
+            ManifestRead::Json(v) => v,
+            ManifestRead::Missing => return Err(super::artifacts::cannot_validate(&link.path)),
+            ManifestRead::Unreadable(why) => {
+                return Err(Problem::bad_request(format!(
+                    "The manifest {} cannot be read: {why}.",
+                    link.path
+                ))
+                .into());
+            }
+        };
+        let rootfs = job_rootfs(&v)?;
+        let rloc = require_object(st, &rootfs.link).await?;
+        (rloc.s3_url(), rootfs.md5)
+    };
+    let key = ims_store::get::<PublicKey>(&*st.store, &new.public_key_id)
+        .await?
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "Invalid public_key_id: no public key with id {} exists.",
+                new.public_key_id
+            ))
+        })?
+        .record;
+
+    // require_dkms: aarch64 always; else the client's value; else the recipe's (create) or the
+    // service default (customize).
+    let require_dkms = if arch == "aarch64" {
+        true
+    } else {
+        new.require_dkms
+            .or(recipe_dkms)
+            .unwrap_or(st.cfg.job_enable_dkms)
+    };
+    let kernel_file_name = match new.kernel_file_name.as_deref() {
+        None | Some("") => default_kernel_file_name(&arch).to_string(),
+        Some(k) => k.to_string(),
+    };
+    let id = ims_core::new_id();
+    let suffix = if is_create { "create" } else { "customize" };
+    let service = format!("cray-ims-{id}-service");
+    let ssh_containers = if is_create {
+        new.enable_debug.then(|| {
+            vec![SshContainer {
+                connection_info: connection_info(st, &id, &service),
+                jail: false,
+                name: "debug".into(),
+                status: "pending".into(),
+            }]
+        })
+    } else {
+        let c = containers.into_iter().next();
+        Some(vec![SshContainer {
+            connection_info: connection_info(st, &id, &service),
+            jail: c.as_ref().is_some_and(|c| c.jail),
+            name: c.and_then(|c| c.name).unwrap_or_else(|| "customize".into()),
+            status: "pending".into(),
+        }])
+    };
+    let job = Job {
+        arch,
+        artifact_id: new.artifact_id,
+        build_env_size: new.build_env_size.unwrap_or(st.cfg.default_image_size),
+        created: Timestamp::now(),
+        enable_debug: new.enable_debug,
+        id: id.clone(),
+        image_root_archive_name: new.image_root_archive_name,
+        initrd_file_name: new.initrd_file_name,
+        job_mem_size: new.job_mem_size.unwrap_or(st.cfg.default_job_mem_size),
+        job_type: new.job_type,
+        kernel_file_name,
+        kernel_parameters_file_name: new.kernel_parameters_file_name,
+        kubernetes_configmap: Some(format!("cray-ims-{id}-configmap")),
+        kubernetes_job: Some(format!("cray-ims-{id}-{suffix}")),
+        kubernetes_namespace: st.cfg.job_namespace.clone(),
+        kubernetes_pvc: Some(format!("cray-ims-{id}-job-claim")),
+        kubernetes_secret: None,
+        kubernetes_service: Some(service),
+        public_key_id: new.public_key_id,
+        remote_build_node: String::new(),
+        require_dkms,
+        resultant_image_id: None,
+        ssh_containers,
+        status: "creating".into(),
+    };
+    Ok(JobLaunch {
+        job,
+        download,
+        download_md5,
+        public_key: key.public_key,
+        template_dictionary,
+    })
+}
+
+pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
+    let new = input::job_create(body)?;
+    let launch = prepare(st, new).await?;
+    // Record first, then start: a job that runs always has a record; a start failure removes it.
+    ims_store::insert(&*st.store, &launch.job).await?;
+    if let Err(e) = st.executor.start(&launch).await {
+        tracing::error!(job = %launch.job.id, error = %e, "executor could not start job");
+        let _ = st
+            .store
+            .apply(vec![Op::Delete {
+                table: ims_core::Table::Jobs,
+                id: launch.job.id.clone(),
+                version: None,
+            }])
+            .await;
+        return Err(Problem::internal(format!(
+            "The job could not be started by the {} executor: {e}",
+            st.executor.name()
+        ))
+        .into());
+    }
+    Ok(launch.job)
+}
+
+async fn patch_once(st: &AppState, id: &str, p: &input::JobPatch) -> ApiResult<Job> {
+    let cur = must_get::<Job>(&*st.store, id).await?;
+    let mut job = cur.record.clone();
+    if let Some(s) = &p.status {
+        job.status = s.clone();
+    }
+    if let Some(r) = &p.resultant_image_id {
+        job.resultant_image_id = Some(r.clone());
+    }
+    if job != cur.record {
+        st.store.apply(vec![update_op(&job, cur.version)?]).await?;
+    }
+    Ok(job)
+}
+
+pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Job> {
+    must_get::<Job>(&*st.store, id).await?;
+    let p = input::job_patch(body)?;
+    let job = retrying!(patch_once(st, id, &p).await)?;
+    if matches!(p.status.as_deref(), Some("success" | "error"))
+        && let Err(e) = st.executor.finished(&job).await
+    {
+        return Err(Problem::internal(format!(
+            "Job {id} was updated but its resources could not be released: {e}"
+        ))
+        .with_errors(serde_json::json!([e.to_string()]))
+        .into());
+    }
+    Ok(job)
+}
+
+pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
+    let cur = must_get::<Job>(&*st.store, id).await?;
+    if let Err(e) = st.executor.stop(&cur.record).await {
+        return Err(Problem::internal(format!(
+            "Job {id} could not be stopped; its record was kept: {e}"
+        ))
+        .with_errors(serde_json::json!([e.to_string()]))
+        .into());
+    }
+    retrying!(async {
+        match ims_store::get::<Job>(&*st.store, id).await? {
+            Some(cur) => st.store.apply(vec![delete_op(&cur)]).await.map_err(ApiError::from),
+            None => Ok(()),
+        }
+    }
+    .await)?;
+    Ok(no_content())
+}
+
+/// The filters of a job-collection DELETE.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct JobFilter {
+    pub statuses: Vec<String>,
+    pub job_type: Option<String>,
+    pub age_seconds: Option<i64>,
+}
+
+/// Parses `status` (repeatable), `job_type` and `age` from a raw query string (400 on bad values).
+pub fn parse_filter(query: Option<&str>) -> ApiResult<JobFilter> {
+    let mut f = JobFilter::default();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "status" => {
+                let s = v.to_ascii_lowercase();
+                if !JOB_STATUSES.contains(&s.as_str()) {
+                    return Err(Problem::bad_request(format!(
+                        "Invalid status {v:?}; must be one of: {}.",
+                        JOB_STATUSES.join(", ")
+                    ))
+                    .into());
+                }
+                f.statuses.push(s);
+            }
+            "job_type" => {
+                let t = v.to_ascii_lowercase();
+                if !JOB_TYPES.contains(&t.as_str()) {
+                    return Err(Problem::bad_request(format!(
+                        "Invalid job_type {v:?}; must be one of: {}.",
+                        JOB_TYPES.join(", ")
+                    ))
+                    .into());
+                }
+                f.job_type = Some(t);
+            }
+            "age" => {
+                f.age_seconds = Some(input::parse_age(&v).ok_or_else(|| {
+                    Problem::bad_request(format!(
+                        "Invalid age {v:?}; use a duration such as 30m, 6h, 1d or 2w."
+                    ))
+                })?);
+            }
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+impl JobFilter {
+    pub fn matches(&self, job: &Job, now: Timestamp) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&job.status))
+            && self.job_type.as_ref().is_none_or(|t| *t == job.job_type)
+            && self.age_seconds.is_none_or(|age| {
+                (now.0 - job.created.0).num_seconds() >= age
+            })
+    }
+}
+
+/// DELETE on the job collection: every matching job is stopped and removed; jobs whose executor
+/// cleanup failed are kept and reported (500 with `errors`).
+pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Response> {
+    let filter = parse_filter(query)?;
+    let now = Timestamp::now();
+    let selected: Vec<_> = list::<Job>(&*st.store)
+        .await?
+        .into_iter()
+        .filter(|j| filter.matches(&j.record, now))
+        .collect();
+    let mut errors = Vec::new();
+    let mut ops = Vec::new();
+    for j in &selected {
+        match st.executor.stop(&j.record).await {
+            Ok(()) => ops.push(Op::Delete {
+                table: ims_core::Table::Jobs,
+                id: j.record.id.clone(),
+                version: None,
+            }),
+            Err(e) => errors.push(Value::String(format!("{}: {e}", j.record.id))),
+        }
+    }
+    // Delete what is still there (a concurrent delete of one job must not keep the others).
+    for op in ops {
+        match st.store.apply(vec![op]).await {
+            Ok(()) | Err(ims_store::StoreError::Conflict) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::internal(
+            "Some jobs could not be stopped; their records were kept.",
+        )
+        .with_errors(Value::Array(errors))
+        .into());
+    }
+    Ok(no_content())
+}

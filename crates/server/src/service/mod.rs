@@ -1,0 +1,98 @@
+//! The service layer: one implementation of every operation, parameterised by [`crate::Api`].
+
+pub mod artifacts;
+pub mod deleted;
+pub mod images;
+pub mod jobs;
+pub mod public_keys;
+pub mod recipes;
+pub mod remote_nodes;
+
+use crate::error::{ApiError, ApiResult};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ims_core::{Problem, Record};
+use ims_store::{Row, Store, Versioned};
+use serde::Serialize;
+
+/// How often an operation that lost a race with a concurrent change is re-run from a fresh read.
+pub const MAX_ATTEMPTS: usize = 32;
+
+/// Runs `$op` (an expression that re-reads and re-applies) again while it fails with a store
+/// conflict.
+#[macro_export]
+macro_rules! retrying {
+    ($op:expr) => {{
+        let mut attempt = 0usize;
+        loop {
+            match $op {
+                Err(e) if e.is_conflict() && attempt + 1 < $crate::service::MAX_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::task::yield_now().await;
+                }
+                r => break r,
+            }
+        }
+    }};
+}
+
+fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut resp = (status, body.into()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON response from a serialisable value.
+pub fn json<T: Serialize>(status: StatusCode, v: &T) -> ApiResult<Response> {
+    let body = serde_json::to_vec(v)
+        .map_err(|e| Problem::internal(format!("could not serialise the response: {e}")))?;
+    Ok(json_response(status, body))
+}
+
+/// A list of stored rows as a JSON array, without re-parsing them (rows hold wire JSON).
+pub fn raw_list(rows: Vec<Row>) -> Response {
+    let len = rows.iter().map(|r| r.data.len() + 1).sum::<usize>() + 2;
+    let mut body = String::with_capacity(len);
+    body.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&r.data);
+    }
+    body.push(']');
+    json_response(StatusCode::OK, body)
+}
+
+/// One stored row as the response body.
+pub fn raw_one(row: Row) -> Response {
+    json_response(StatusCode::OK, row.data)
+}
+
+/// 204 with an empty body.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Reads a record or answers 404.
+pub async fn must_get<T: Record>(store: &dyn Store, id: &str) -> ApiResult<Versioned<T>> {
+    ims_store::get::<T>(store, id)
+        .await?
+        .ok_or_else(|| ApiError::Problem(Problem::not_found()))
+}
+
+/// GET collection of any table.
+pub async fn list_raw(store: &dyn Store, table: ims_core::Table) -> ApiResult<Response> {
+    Ok(raw_list(store.list(table).await?))
+}
+
+/// GET one of any table.
+pub async fn get_raw(store: &dyn Store, table: ims_core::Table, id: &str) -> ApiResult<Response> {
+    match store.get(table, id).await? {
+        Some(row) => Ok(raw_one(row)),
+        None => Err(Problem::not_found().into()),
+    }
+}

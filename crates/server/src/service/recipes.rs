@@ -1,0 +1,172 @@
+//! Recipes: create with link validation, PATCH rules, hard delete with cascade (v2), soft delete (v3).
+
+use super::artifacts::{location, validate_recipe_link};
+use super::{must_get, no_content};
+use crate::error::ApiResult;
+use crate::{Api, AppState, retrying};
+use axum::response::Response;
+use ims_artifacts::Location;
+use ims_core::{ArtifactLink, Deleted, Problem, Recipe, Timestamp, input};
+use ims_store::{Versioned, delete_op, insert_op, list, update_op};
+use serde_json::Value;
+
+pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Recipe> {
+    let new = input::recipe_create(body)?;
+    if let Some(link) = &new.link {
+        validate_recipe_link(st, link, None).await?;
+    }
+    let rec = Recipe {
+        arch: new.arch,
+        created: Timestamp::now(),
+        id: ims_core::new_id(),
+        link: new.link,
+        linux_distribution: new.linux_distribution,
+        name: new.name,
+        recipe_type: new.recipe_type,
+        require_dkms: new.require_dkms,
+        template_dictionary: new.template_dictionary,
+    };
+    ims_store::insert(&*st.store, &rec).await?;
+    Ok(rec)
+}
+
+async fn patch_once(st: &AppState, id: &str, p: &input::RecipePatch) -> ApiResult<Recipe> {
+    let cur = must_get::<Recipe>(&*st.store, id).await?;
+    let mut rec = cur.record.clone();
+    if let Some(link) = &p.link {
+        match &rec.link {
+            Some(existing) if existing == link => {}
+            Some(_) => return Err(Problem::conflict().into()),
+            None => {
+                validate_recipe_link(st, link, Some(id)).await?;
+                rec.link = Some(link.clone());
+            }
+        }
+    }
+    if let Some(arch) = &p.arch {
+        rec.arch = arch.clone();
+    }
+    if let Some(b) = p.require_dkms {
+        rec.require_dkms = b;
+    }
+    if let Some(td) = &p.template_dictionary {
+        rec.template_dictionary = td.clone();
+    }
+    if rec != cur.record {
+        st.store.apply(vec![update_op(&rec, cur.version)?]).await?;
+    }
+    Ok(rec)
+}
+
+pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Recipe> {
+    // Unknown ids are 404 even when the body is bad.
+    must_get::<Recipe>(&*st.store, id).await?;
+    let p = input::recipe_patch(body)?;
+    retrying!(patch_once(st, id, &p).await)
+}
+
+/// `cascade` query value: `true|yes|t|1` (any case) is true, anything else false; absent is true.
+pub fn cascade(q: Option<&str>) -> bool {
+    q.is_none_or(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "t" | "1"))
+}
+
+/// Deletes the recipe's tarball (a missing object is fine).
+async fn delete_artifact(st: &AppState, link: &Option<ArtifactLink>) -> ApiResult<()> {
+    if let Some(link) = link {
+        match location(link) {
+            Ok(loc) => {
+                st.artifacts.delete(&loc).await?;
+            }
+            Err(_) => tracing::warn!(path = %link.path, "recipe link is not a valid artifact location; nothing to delete"),
+        }
+    }
+    Ok(())
+}
+
+/// Moves the tarball under `deleted/`; returns the record's new link and the move to undo on failure.
+async fn soft_delete_artifact(
+    st: &AppState,
+    rec: &Recipe,
+) -> ApiResult<(Option<ArtifactLink>, Option<(Location, Location)>)> {
+    let Some(link) = &rec.link else {
+        return Ok((None, None));
+    };
+    let Ok(from) = location(link) else {
+        return Ok((rec.link.clone(), None));
+    };
+    let to = from.deleted();
+    match st.artifacts.rename(&from, &to).await? {
+        Some(info) => Ok((
+            Some(ArtifactLink::s3(to.s3_url(), info.etag)),
+            Some((to, from)),
+        )),
+        None => {
+            tracing::warn!(path = %link.path, "recipe artifact missing; soft delete keeps the link");
+            Ok((rec.link.clone(), None))
+        }
+    }
+}
+
+/// Moves objects back after a failed record change.
+pub async fn undo_moves(st: &AppState, moves: Vec<(Location, Location)>) {
+    for (from, to) in moves.into_iter().rev() {
+        if let Err(e) = st.artifacts.rename(&from, &to).await {
+            tracing::error!(from = %from, to = %to, error = %e, "could not move artifact back");
+        }
+    }
+}
+
+async fn delete_many_once(
+    st: &AppState,
+    api: Api,
+    targets: Vec<Versioned<Recipe>>,
+    cascade: bool,
+) -> ApiResult<()> {
+    let mut ops = Vec::with_capacity(targets.len() * 2);
+    let mut moves = Vec::new();
+    let now = Timestamp::now();
+    for cur in &targets {
+        match api {
+            Api::V2 => {
+                if cascade {
+                    delete_artifact(st, &cur.record.link).await?;
+                }
+                ops.push(delete_op(cur));
+            }
+            Api::V3 => {
+                let (link, mv) = soft_delete_artifact(st, &cur.record).await?;
+                moves.extend(mv);
+                let mut record = cur.record.clone();
+                record.link = link;
+                ops.push(delete_op(cur));
+                ops.push(insert_op(&Deleted { record, deleted: now })?);
+            }
+        }
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = st.store.apply(ops).await {
+        undo_moves(st, moves).await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+pub async fn delete_one(st: &AppState, api: Api, id: &str, cascade: bool) -> ApiResult<Response> {
+    retrying!(async {
+        let cur = must_get::<Recipe>(&*st.store, id).await?;
+        delete_many_once(st, api, vec![cur], cascade).await
+    }
+    .await)?;
+    Ok(no_content())
+}
+
+pub async fn delete_all(st: &AppState, api: Api, cascade: bool) -> ApiResult<Response> {
+    retrying!(async {
+        let all = list::<Recipe>(&*st.store).await?;
+        delete_many_once(st, api, all, cascade).await
+    }
+    .await)?;
+    Ok(no_content())
+}
