@@ -133,12 +133,12 @@ impl ArtifactStore {
                         message: e.to_string(),
                     })?;
                 }
-                Arc::new(
-                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| ArtifactError::Store {
+                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
+                    ArtifactError::Store {
                         location: dir.display().to_string(),
                         message: e.to_string(),
-                    })?,
-                )
+                    }
+                })?)
             }
             Backend::S3(s) => {
                 let opts = ClientOptions::new()
@@ -210,7 +210,9 @@ impl ArtifactStore {
 
     /// Writes a small object (a manifest); returns its new info.
     pub async fn put_small(&self, loc: &Location, data: Bytes) -> Result<ObjectInfo> {
-        let store = self.bucket(&loc.bucket, true)?.ok_or_else(|| missing(loc))?;
+        let store = self
+            .bucket(&loc.bucket, true)?
+            .ok_or_else(|| missing(loc))?;
         let size = data.len() as u64;
         let r = store
             .put(&loc.path, PutPayload::from(data))
@@ -303,7 +305,11 @@ mod tests {
         let b = a.deleted();
         assert_eq!(b.to_string(), "s3://boot-images/deleted/x/manifest.json");
         assert!(s.rename(&a, &b).await.unwrap().is_some());
-        assert!(d.path().join("boot-images/deleted/x/manifest.json").is_file());
+        assert!(
+            d.path()
+                .join("boot-images/deleted/x/manifest.json")
+                .is_file()
+        );
         assert_eq!(s.head(&a).await.unwrap(), None);
         assert!(s.delete(&b).await.unwrap());
         assert!(!s.delete(&b).await.unwrap());

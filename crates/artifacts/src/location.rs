@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn parses_like_urlparse() {
         let l = Location::parse("http://ims/recipes/1/recipe.tgz").unwrap();
-        assert_eq!((l.bucket.as_str(), l.key.as_str()), ("ims", "recipes/1/recipe.tgz"));
+        assert_eq!(
+            (l.bucket.as_str(), l.key.as_str()),
+            ("ims", "recipes/1/recipe.tgz")
+        );
         let l = Location::parse("s3://boot-images/a/manifest.json").unwrap();
         assert_eq!(l.s3_url(), "s3://boot-images/a/manifest.json");
     }
@@ -137,6 +140,11 @@ mod tests {
     fn undelete_strips_prefix() {
         let l = Location::parse("s3://ims/deleted/recipes/1/r.tgz").unwrap();
         assert_eq!(l.undeleted().unwrap().key, "recipes/1/r.tgz");
-        assert!(Location::parse("s3://ims/recipes/1").unwrap().undeleted().is_none());
+        assert!(
+            Location::parse("s3://ims/recipes/1")
+                .unwrap()
+                .undeleted()
+                .is_none()
+        );
     }
 }

@@ -134,8 +134,12 @@ pub fn recipe_create(body: Option<&Value>) -> Result<NewRecipe, Problem> {
     let mut f = Fields::new(o);
     let name = f.string("name", true, Some(&nonblank("name")));
     let recipe_type = f.one_of("recipe_type", true, RECIPE_TYPES, "Recipe type");
-    let linux_distribution =
-        f.one_of("linux_distribution", true, LINUX_DISTRIBUTIONS, "Linux distribution");
+    let linux_distribution = f.one_of(
+        "linux_distribution",
+        true,
+        LINUX_DISTRIBUTIONS,
+        "Linux distribution",
+    );
     let link = link_field(&mut f, true);
     let td = template_dictionary_field(&mut f);
     let require_dkms = f.boolean("require_dkms");
@@ -198,7 +202,11 @@ fn string_map(o: &Map<String, Value>) -> Result<BTreeMap<String, String>, Value>
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(Value::Object(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Value::Object(errors))
+    }
 }
 
 pub fn image_create(body: Option<&Value>) -> Result<NewImage, Problem> {
@@ -352,10 +360,17 @@ pub fn job_create(body: Option<&Value>) -> Result<NewJob, Problem> {
         1,
         "build_env_size must be greater than or equal to 1",
     );
-    let job_mem_size =
-        f.integer_min("job_mem_size", 1, "job_mem_size must be greater than or equal to 1");
+    let job_mem_size = f.integer_min(
+        "job_mem_size",
+        1,
+        "job_mem_size must be greater than or equal to 1",
+    );
     let kernel_file_name = f.string("kernel_file_name", false, None);
-    let initrd = f.string("initrd_file_name", false, Some(&nonblank("initrd_file_name")));
+    let initrd = f.string(
+        "initrd_file_name",
+        false,
+        Some(&nonblank("initrd_file_name")),
+    );
     let kparams = f.string(
         "kernel_parameters_file_name",
         false,

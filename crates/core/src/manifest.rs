@@ -149,10 +149,7 @@ pub fn job_rootfs(v: &Value) -> Result<RootfsEntry, Problem> {
         .get("link")
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .ok_or_else(|| Problem::bad_request("The rootfs artifact has no valid link."))?;
-    let md5 = entry
-        .get("md5")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let md5 = entry.get("md5").and_then(Value::as_str).map(str::to_string);
     Ok(RootfsEntry { link, md5 })
 }
 
@@ -183,7 +180,10 @@ mod tests {
 
     #[test]
     fn job_reading_is_400() {
-        assert_eq!(job_rootfs(&json!({"artifacts": []})).unwrap_err().status, 400);
+        assert_eq!(
+            job_rootfs(&json!({"artifacts": []})).unwrap_err().status,
+            400
+        );
         let m = json!({"version": "1.0", "artifacts": [art(MIME_ROOTFS)]});
         assert_eq!(job_rootfs(&m).unwrap().md5.as_deref(), Some("0"));
     }

@@ -6,7 +6,8 @@ use serde_json::Value;
 
 pub const DETAIL_NO_INPUT: &str = "No input provided. Determine the specific information that is missing or invalid and then re-run the request with valid information.";
 pub const DETAIL_VALIDATION: &str = "Input data was understood, but failed validation. Re-run request with valid input values for the fields indicated in the response.";
-pub const DETAIL_NOT_FOUND: &str = "Requested resource does not exist. Re-run request with valid ID.";
+pub const DETAIL_NOT_FOUND: &str =
+    "Requested resource does not exist. Re-run request with valid ID.";
 pub const DETAIL_CONFLICT: &str = "Requested resource exists, but cannot be patched due to a patch conflict. Re-run request with valid input values for the fields indicated in the response.";
 pub const DETAIL_NO_ROUTE: &str = "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.";
 pub const DETAIL_BAD_METHOD: &str = "The method is not allowed for the requested URL.";

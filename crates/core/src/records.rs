@@ -15,9 +15,26 @@ pub const DEFAULT_ARCH: &str = "x86_64";
 pub const RECIPE_TYPES: &[&str] = &["kiwi-ng", "packer"];
 /// Accepted `linux_distribution` values: the original's three first, then the additions.
 pub const LINUX_DISTRIBUTIONS: &[&str] = &[
-    "sles12", "sles15", "centos7", "sles16", "opensuse15", "opensuse16", "rhel8", "rhel9",
-    "rhel10", "rocky8", "rocky9", "rocky10", "almalinux8", "almalinux9", "almalinux10",
-    "debian11", "debian12", "debian13", "ubuntu22", "ubuntu24",
+    "sles12",
+    "sles15",
+    "centos7",
+    "sles16",
+    "opensuse15",
+    "opensuse16",
+    "rhel8",
+    "rhel9",
+    "rhel10",
+    "rocky8",
+    "rocky9",
+    "rocky10",
+    "almalinux8",
+    "almalinux9",
+    "almalinux10",
+    "debian11",
+    "debian12",
+    "debian13",
+    "ubuntu22",
+    "ubuntu24",
 ];
 pub const JOB_TYPES: &[&str] = &["create", "customize"];
 /// The original's `STATUS_TYPES`, in its order.
@@ -36,7 +53,11 @@ pub const LINK_TYPES: &[&str] = &["s3"];
 
 /// Default kernel file name by architecture (`vmlinuz` on x86_64, `Image` on aarch64).
 pub fn default_kernel_file_name(arch: &str) -> &'static str {
-    if arch == "aarch64" { "Image" } else { "vmlinuz" }
+    if arch == "aarch64" {
+        "Image"
+    } else {
+        "vmlinuz"
+    }
 }
 
 fn default_arch() -> String {
@@ -466,7 +487,10 @@ mod tests {
             name: "n".into(),
             public_key: "k".into(),
         };
-        let d = Deleted { record: pk, deleted: Timestamp::now() };
+        let d = Deleted {
+            record: pk,
+            deleted: Timestamp::now(),
+        };
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 5);
         let back: DeletedPublicKey = serde_json::from_value(v).unwrap();
@@ -475,9 +499,15 @@ mod tests {
 
     #[test]
     fn link_etag_null_or_absent_dumps_empty() {
-        let l: ArtifactLink = serde_json::from_value(json!({"path": "s3://a/b", "type": "s3", "etag": null})).unwrap();
+        let l: ArtifactLink =
+            serde_json::from_value(json!({"path": "s3://a/b", "type": "s3", "etag": null}))
+                .unwrap();
         assert_eq!(l.etag, "");
-        let l: ArtifactLink = serde_json::from_value(json!({"path": "s3://a/b", "type": "s3"})).unwrap();
-        assert_eq!(serde_json::to_value(&l).unwrap(), json!({"etag": "", "path": "s3://a/b", "type": "s3"}));
+        let l: ArtifactLink =
+            serde_json::from_value(json!({"path": "s3://a/b", "type": "s3"})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&l).unwrap(),
+            json!({"etag": "", "path": "s3://a/b", "type": "s3"})
+        );
     }
 }

@@ -144,7 +144,10 @@ impl<'a> Fields<'a> {
         if choices.contains(&s.as_str()) {
             Some(s)
         } else {
-            self.error(field, format!("{label} must be one of: {}.", choices.join(", ")));
+            self.error(
+                field,
+                format!("{label} must be one of: {}.", choices.join(", ")),
+            );
             None
         }
     }
@@ -166,9 +169,11 @@ impl<'a> Fields<'a> {
     pub fn integer_min(&mut self, field: &str, min: i64, min_msg: &str) -> Option<i64> {
         let v = self.raw(field)?;
         let n = match v {
-            Value::Number(n) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64)),
+            Value::Number(n) => n.as_i64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                    .map(|f| f as i64)
+            }),
             Value::String(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         };
@@ -281,7 +286,14 @@ mod tests {
 
     #[test]
     fn falsy_bodies_are_no_input() {
-        for v in [json!({}), json!([]), json!(null), json!(""), json!(0), json!(false)] {
+        for v in [
+            json!({}),
+            json!([]),
+            json!(null),
+            json!(""),
+            json!(0),
+            json!(false),
+        ] {
             assert_eq!(body_object(Some(&v)).unwrap_err().status, 400);
         }
         assert_eq!(body_object(None).unwrap_err().status, 400);

@@ -173,7 +173,10 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         None => FileConfig::default(),
     };
 
-    let pick = |flag: &Option<String>, names: &[&str], file: &Option<String>| -> Option<(String, String)> {
+    let pick = |flag: &Option<String>,
+                names: &[&str],
+                file: &Option<String>|
+     -> Option<(String, String)> {
         flag.clone()
             .map(|v| ("--flag".to_string(), v))
             .or_else(|| env.get(names))
@@ -184,7 +187,13 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .unwrap_or(("default".into(), DEFAULT_LISTEN.into()));
     let listen: SocketAddr = listen.parse().map_err(|_| {
         err(
-            if lname == "--flag" { "--listen" } else if lname == "config file" { "listen" } else { &lname },
+            if lname == "--flag" {
+                "--listen"
+            } else if lname == "config file" {
+                "listen"
+            } else {
+                &lname
+            },
             format!("{listen:?} is not an ADDRESS:PORT"),
         )
     })?;
@@ -196,10 +205,16 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
 
-    let database_url = pick(&flags.database_url, &["IMS_DATABASE_URL"], &file.database_url)
-        .map(|(_, v)| v);
+    let database_url = pick(
+        &flags.database_url,
+        &["IMS_DATABASE_URL"],
+        &file.database_url,
+    )
+    .map(|(_, v)| v);
     if let Some(u) = &database_url
-        && !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite://"))
+        && !(u.starts_with("postgres://")
+            || u.starts_with("postgresql://")
+            || u.starts_with("sqlite://"))
     {
         return Err(err(
             "database_url",
@@ -225,7 +240,10 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         None => None,
         Some(endpoint) => {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(err("S3_ENDPOINT", format!("{endpoint:?} is not an http(s) URL")));
+                return Err(err(
+                    "S3_ENDPOINT",
+                    format!("{endpoint:?} is not an http(s) URL"),
+                ));
             }
             let access_key = env
                 .get(&["IMS_S3_ACCESS_KEY", "S3_ACCESS_KEY"])
@@ -376,15 +394,33 @@ mod tests {
     fn precedence_flag_env_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[jobs]\nnamespace = \"filens\"\n").unwrap();
-        let flags = Flags { config: Some(f.clone()), ..Default::default() };
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:1\"\n[jobs]\nnamespace = \"filens\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
         let c = load(&flags, &env(&[])).unwrap();
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.service.job_namespace, "filens");
-        let c = load(&flags, &env(&[("IMS_LISTEN", "127.0.0.1:2"), ("DEFAULT_IMS_JOB_NAMESPACE", "envns")])).unwrap();
+        let c = load(
+            &flags,
+            &env(&[
+                ("IMS_LISTEN", "127.0.0.1:2"),
+                ("DEFAULT_IMS_JOB_NAMESPACE", "envns"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.service.job_namespace, "envns");
-        let flags = Flags { config: Some(f), listen: Some("127.0.0.1:3".into()), ..Default::default() };
+        let flags = Flags {
+            config: Some(f),
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
         let c = load(&flags, &env(&[("IMS_LISTEN", "127.0.0.1:2")])).unwrap();
         assert_eq!(c.listen.port(), 3);
     }
@@ -416,18 +452,40 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let e = load(&Flags::default(), &env(&[("DEFAULT_IMS_IMAGE_SIZE", "big")])).unwrap_err();
+        let e = load(
+            &Flags::default(),
+            &env(&[("DEFAULT_IMS_IMAGE_SIZE", "big")]),
+        )
+        .unwrap_err();
         assert_eq!(e.setting, "DEFAULT_IMS_IMAGE_SIZE");
         let e = load(&Flags::default(), &env(&[("S3_ENDPOINT", "http://x")])).unwrap_err();
         assert_eq!(e.setting, "S3_ACCESS_KEY");
-        let e = load(&Flags { listen: Some("nope".into()), ..Default::default() }, &env(&[])).unwrap_err();
+        let e = load(
+            &Flags {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
         assert_eq!(e.setting, "--listen");
-        let e = load(&Flags::default(), &env(&[("S3_BOOT_IMAGES_BUCKET", "../x")])).unwrap_err();
+        let e = load(
+            &Flags::default(),
+            &env(&[("S3_BOOT_IMAGES_BUCKET", "../x")]),
+        )
+        .unwrap_err();
         assert_eq!(e.setting, "S3_BOOT_IMAGES_BUCKET");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "lisen = \"x\"\n").unwrap();
-        let e = load(&Flags { config: Some(f), ..Default::default() }, &env(&[])).unwrap_err();
+        let e = load(
+            &Flags {
+                config: Some(f),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
         assert_eq!(e.setting, "config");
         assert!(e.message.contains("lisen"));
         assert!(!e.to_string().contains('\n'));

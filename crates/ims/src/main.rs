@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ims", version, about = "Image management service for HPC clusters (IMS-compatible)")]
+#[command(
+    name = "ims",
+    version,
+    about = "Image management service for HPC clusters (IMS-compatible)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -83,7 +87,10 @@ fn main() -> ExitCode {
         }
     };
     serve::init_logging(&cfg.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ims: cannot start the async runtime: {e}");
@@ -103,11 +110,13 @@ fn main() -> ExitCode {
                             }
                         })
                     }
-                    MigrateOp::Export { dir } => migrate::export(&*store, &dir).await.map(|files| {
-                        for (f, n) in files {
-                            println!("{f}: {n} records");
-                        }
-                    }),
+                    MigrateOp::Export { dir } => {
+                        migrate::export(&*store, &dir).await.map(|files| {
+                            for (f, n) in files {
+                                println!("{f}: {n} records");
+                            }
+                        })
+                    }
                 };
                 store.close().await;
                 r

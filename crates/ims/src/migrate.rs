@@ -70,12 +70,14 @@ async fn plan_table<T: Record>(
         table: T::TABLE.name(),
         ..Default::default()
     };
-    let names = std::iter::once(T::TABLE.original_file()).chain(T::TABLE.legacy_files().iter().copied());
+    let names =
+        std::iter::once(T::TABLE.original_file()).chain(T::TABLE.legacy_files().iter().copied());
     let Some(name) = names.into_iter().find(|n| dir.join(n).is_file()) else {
         return Ok(report);
     };
     report.file = Some(name.to_string());
-    let text = std::fs::read_to_string(dir.join(name)).with_context(|| format!("{name}: cannot read"))?;
+    let text =
+        std::fs::read_to_string(dir.join(name)).with_context(|| format!("{name}: cannot read"))?;
     let records = parse_records::<T>(name, &text)?;
     let mut seen = std::collections::HashSet::new();
     for rec in records {
@@ -118,7 +120,10 @@ pub async fn import(store: &dyn Store, dir: &Path) -> Result<Vec<TableReport>> {
         bail!("{}: no IMS data files found", dir.display());
     }
     if !ops.is_empty() {
-        store.apply(ops).await.context("writing the imported records")?;
+        store
+            .apply(ops)
+            .await
+            .context("writing the imported records")?;
     }
     Ok(reports)
 }

@@ -46,9 +46,9 @@ pub async fn open_store(cfg: &Config) -> Result<(DynStore, DataDirLock)> {
                     cfg.data_dir.display()
                 );
             }
-            let url = other.clone().unwrap_or_else(|| {
-                format!("sqlite://{}", cfg.data_dir.join("ims.db").display())
-            });
+            let url = other
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir.join("ims.db").display()));
             (url, DataDirLock(Some(f)))
         }
     };

@@ -18,7 +18,12 @@ impl JsonBody {
 }
 
 fn is_json(ct: &str) -> bool {
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -50,11 +55,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 .into());
             }
             None => {
-                return Err(Problem::new(
-                    415,
-                    "Missing content type: send application/json.",
-                )
-                .into());
+                return Err(
+                    Problem::new(415, "Missing content type: send application/json.").into(),
+                );
             }
         }
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {

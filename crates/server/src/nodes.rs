@@ -26,12 +26,12 @@ fn safe_host(x: &str) -> bool {
     !x.is_empty()
         && x.len() <= 253
         && !x.starts_with('-')
-        && x
-            .chars()
+        && x.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
-const PROBE_SCRIPT: &str = "uname -i; echo @@; which podman; echo @@; ls -d /tmp/ims_* 2>/dev/null | wc -l";
+const PROBE_SCRIPT: &str =
+    "uname -i; echo @@; which podman; echo @@; ls -d /tmp/ims_* 2>/dev/null | wc -l";
 
 /// Interprets the probe's output.
 pub fn parse_probe(xname: &str, stdout: &str) -> RemoteBuildNodeStatus {
@@ -133,7 +133,10 @@ mod tests {
 
     #[tokio::test]
     async fn no_key_reports_why() {
-        let p = SshProber { key: None, timeout: Duration::from_secs(1) };
+        let p = SshProber {
+            key: None,
+            timeout: Duration::from_secs(1),
+        };
         let s = p.probe("x1").await;
         assert!(s.sshStatus.contains("No SSH key"));
         assert_eq!(s.numCurrentJobs, -1);

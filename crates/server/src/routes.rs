@@ -238,7 +238,10 @@ fn api_tree() -> Router<AppState> {
         .route(
             "/version",
             get(|State(st): St| async move {
-                json(StatusCode::OK, &serde_json::json!({"version": st.cfg.version}))
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"version": st.cfg.version}),
+                )
             }),
         )
         .route(

@@ -91,8 +91,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, table: Table) -> Result<Vec<Row>>;
     async fn get(&self, table: Table, id: &str) -> Result<Option<Row>>;
     /// Whether any row other than `except_id` has this link path.
-    async fn link_in_use(&self, table: Table, path: &str, except_id: Option<&str>)
-    -> Result<bool>;
+    async fn link_in_use(&self, table: Table, path: &str, except_id: Option<&str>) -> Result<bool>;
     /// Runs all `ops` in one transaction.
     async fn apply(&self, ops: Vec<Op>) -> Result<()>;
     /// Checks the database answers.
@@ -109,7 +108,9 @@ pub async fn open(url: &str) -> Result<DynStore> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::connect(url).await?))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(SqliteStore::open(std::path::Path::new(path)).await?))
+        Ok(Arc::new(
+            SqliteStore::open(std::path::Path::new(path)).await?,
+        ))
     } else {
         Err(StoreError::Database(format!(
             "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"

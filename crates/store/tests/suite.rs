@@ -74,11 +74,19 @@ async fn stale_update_conflicts(s: DynStore) {
         .await;
     assert!(matches!(r, Err(StoreError::Conflict)));
     assert_eq!(
-        get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap().record.name,
+        get::<PublicKey>(&*s, &a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .name,
         "x"
     );
     // a versioned delete at a stale version conflicts too
-    assert!(matches!(s.apply(vec![delete_op(&v1)]).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        s.apply(vec![delete_op(&v1)]).await,
+        Err(StoreError::Conflict)
+    ));
 }
 
 async fn batches_are_atomic(s: DynStore) {
@@ -96,7 +104,10 @@ async fn batches_are_atomic(s: DynStore) {
         ])
         .await;
     assert!(matches!(r, Err(StoreError::Conflict)));
-    assert!(list::<PublicKey>(&*s).await.unwrap().is_empty(), "nothing half-applied");
+    assert!(
+        list::<PublicKey>(&*s).await.unwrap().is_empty(),
+        "nothing half-applied"
+    );
     // a move between tables in one batch
     insert(&*s, &a).await.unwrap();
     let cur = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
@@ -104,11 +115,18 @@ async fn batches_are_atomic(s: DynStore) {
         record: a.clone(),
         deleted: Timestamp::now(),
     };
-    s.apply(vec![delete_op(&cur), insert_op(&d).unwrap()]).await.unwrap();
+    s.apply(vec![delete_op(&cur), insert_op(&d).unwrap()])
+        .await
+        .unwrap();
     assert!(get::<PublicKey>(&*s, &a.id).await.unwrap().is_none());
-    let back = get::<ims_core::DeletedPublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    let back = get::<ims_core::DeletedPublicKey>(&*s, &a.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(back.record, d);
-    s.apply(vec![Op::DeleteAll(Table::DeletedPublicKeys)]).await.unwrap();
+    s.apply(vec![Op::DeleteAll(Table::DeletedPublicKeys)])
+        .await
+        .unwrap();
     assert!(s.list(Table::DeletedPublicKeys).await.unwrap().is_empty());
 }
 
@@ -117,17 +135,30 @@ async fn link_lookup(s: DynStore) {
     let b = image("b", None);
     insert(&*s, &a).await.unwrap();
     insert(&*s, &b).await.unwrap();
-    assert!(s
-        .link_in_use(Table::Images, "s3://boot-images/a/manifest.json", None)
+    assert!(
+        s.link_in_use(Table::Images, "s3://boot-images/a/manifest.json", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.link_in_use(
+            Table::Images,
+            "s3://boot-images/a/manifest.json",
+            Some(&a.id)
+        )
         .await
-        .unwrap());
-    assert!(!s
-        .link_in_use(Table::Images, "s3://boot-images/a/manifest.json", Some(&a.id))
-        .await
-        .unwrap());
-    assert!(!s.link_in_use(Table::Images, "s3://x/y", None).await.unwrap());
+        .unwrap()
+    );
+    assert!(
+        !s.link_in_use(Table::Images, "s3://x/y", None)
+            .await
+            .unwrap()
+    );
     let row = row_of(&a).unwrap();
-    assert_eq!(row.link_path.as_deref(), Some("s3://boot-images/a/manifest.json"));
+    assert_eq!(
+        row.link_path.as_deref(),
+        Some("s3://boot-images/a/manifest.json")
+    );
 }
 
 /// Many concurrent read-modify-writes of one record lose nothing.

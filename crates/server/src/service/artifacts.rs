@@ -49,7 +49,11 @@ pub enum ManifestRead {
 }
 
 pub async fn read_manifest(st: &AppState, loc: &Location) -> ApiResult<ManifestRead> {
-    match st.artifacts.read_small(loc, st.cfg.max_manifest_size).await? {
+    match st
+        .artifacts
+        .read_small(loc, st.cfg.max_manifest_size)
+        .await?
+    {
         SmallRead::NotFound => Ok(ManifestRead::Missing),
         SmallRead::TooLarge(n) => Ok(ManifestRead::Unreadable(format!(
             "the manifest is {n} bytes or more; the limit is {} bytes",
@@ -102,7 +106,11 @@ pub async fn validate_image_link(
         .into());
     }
     let loc = require_object(st, link).await?;
-    let v = match st.artifacts.read_small(&loc, st.cfg.max_manifest_size).await? {
+    let v = match st
+        .artifacts
+        .read_small(&loc, st.cfg.max_manifest_size)
+        .await?
+    {
         SmallRead::NotFound => return Err(cannot_validate(&link.path)),
         SmallRead::TooLarge(n) => {
             return Err(Problem::bad_request(format!(

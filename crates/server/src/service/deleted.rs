@@ -10,7 +10,10 @@ use crate::{AppState, retrying};
 use axum::response::Response;
 use ims_artifacts::Location;
 use ims_core::manifest::MIME_MANIFEST;
-use ims_core::{ArtifactLink, Deleted, DeletedImage, DeletedPublicKey, DeletedRecipe, Image, Problem, PublicKey, Recipe, Record, input};
+use ims_core::{
+    ArtifactLink, Deleted, DeletedImage, DeletedPublicKey, DeletedRecipe, Image, Problem,
+    PublicKey, Recipe, Record, input,
+};
 use ims_store::{Op, Versioned, delete_op, insert_op, list};
 use serde_json::Value;
 
@@ -103,7 +106,9 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                             rec.link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
                             log.moves.push((to, from));
                         }
-                        Ok(None) => tracing::warn!(path = %from, "deleted recipe artifact missing; link kept"),
+                        Ok(None) => {
+                            tracing::warn!(path = %from, "deleted recipe artifact missing; link kept")
+                        }
                         Err(e) => {
                             log.undo(st).await;
                             return Err(e.into());
@@ -143,13 +148,18 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                         let Some(to) = from.undeleted() else { continue };
                         match st.artifacts.rename(&from, &to).await {
                             Ok(Some(info)) => {
-                                if entry.get("type").and_then(Value::as_str) == Some(MIME_MANIFEST) {
+                                if entry.get("type").and_then(Value::as_str) == Some(MIME_MANIFEST)
+                                {
                                     new_link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
                                 }
                                 log.moves.push((to, from));
                             }
-                            Ok(None) => tracing::warn!(path = %from, "deleted image artifact missing; skipped"),
-                            Err(e) => tracing::error!(path = %from, error = %e, "could not restore image artifact"),
+                            Ok(None) => {
+                                tracing::warn!(path = %from, "deleted image artifact missing; skipped")
+                            }
+                            Err(e) => {
+                                tracing::error!(path = %from, error = %e, "could not restore image artifact")
+                            }
                         }
                     }
                     rec.link = new_link;
@@ -275,4 +285,3 @@ pub async fn purge(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult<Res
     retrying!(purge_once(st, kind, id).await)?;
     Ok(no_content())
 }
-

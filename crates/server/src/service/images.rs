@@ -177,7 +177,9 @@ async fn soft_delete_artifacts(
                 entries.push(e);
                 log.moves.push((to, from));
             }
-            Ok(None) => tracing::warn!(path = %l.path, "image artifact missing; left out of the deleted manifest"),
+            Ok(None) => {
+                tracing::warn!(path = %l.path, "image artifact missing; left out of the deleted manifest")
+            }
             Err(e) => tracing::error!(path = %l.path, error = %e, "could not move image artifact"),
         }
     }
@@ -223,7 +225,10 @@ async fn delete_many_once(
                 let mut record = cur.record.clone();
                 record.link = link;
                 ops.push(delete_op(cur));
-                ops.push(insert_op(&Deleted { record, deleted: now })?);
+                ops.push(insert_op(&Deleted {
+                    record,
+                    deleted: now,
+                })?);
             }
         }
     }
@@ -238,19 +243,23 @@ async fn delete_many_once(
 }
 
 pub async fn delete_one(st: &AppState, api: Api, id: &str, cascade: bool) -> ApiResult<Response> {
-    retrying!(async {
-        let cur = must_get::<Image>(&*st.store, id).await?;
-        delete_many_once(st, api, vec![cur], cascade).await
-    }
-    .await)?;
+    retrying!(
+        async {
+            let cur = must_get::<Image>(&*st.store, id).await?;
+            delete_many_once(st, api, vec![cur], cascade).await
+        }
+        .await
+    )?;
     Ok(no_content())
 }
 
 pub async fn delete_all(st: &AppState, api: Api, cascade: bool) -> ApiResult<Response> {
-    retrying!(async {
-        let all = list::<Image>(&*st.store).await?;
-        delete_many_once(st, api, all, cascade).await
-    }
-    .await)?;
+    retrying!(
+        async {
+            let all = list::<Image>(&*st.store).await?;
+            delete_many_once(st, api, all, cascade).await
+        }
+        .await
+    )?;
     Ok(no_content())
 }

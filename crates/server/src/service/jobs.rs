@@ -22,7 +22,10 @@ fn connection_info(st: &AppState, id: &str, service: &str) -> BTreeMap<String, C
         (
             "customer_access".to_string(),
             ConnectionInfo {
-                host: format!("{id}.ims.{}.{}", c.customer_access_subnet, c.customer_access_domain),
+                host: format!(
+                    "{id}.ims.{}.{}",
+                    c.customer_access_subnet, c.customer_access_domain
+                ),
                 port: 22,
             },
         ),
@@ -47,10 +50,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
         .into());
     }
     if containers.len() > 1 {
-        return Err(Problem::bad_request(
-            "Only one ssh container is supported per job.",
-        )
-        .into());
+        return Err(Problem::bad_request("Only one ssh container is supported per job.").into());
     }
     let invalid_artifact = || {
         ApiError::Problem(Problem::bad_request(format!(
@@ -248,13 +248,19 @@ pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
         .with_errors(serde_json::json!([e.to_string()]))
         .into());
     }
-    retrying!(async {
-        match ims_store::get::<Job>(&*st.store, id).await? {
-            Some(cur) => st.store.apply(vec![delete_op(&cur)]).await.map_err(ApiError::from),
-            None => Ok(()),
+    retrying!(
+        async {
+            match ims_store::get::<Job>(&*st.store, id).await? {
+                Some(cur) => st
+                    .store
+                    .apply(vec![delete_op(&cur)])
+                    .await
+                    .map_err(ApiError::from),
+                None => Ok(()),
+            }
         }
-    }
-    .await)?;
+        .await
+    )?;
     Ok(no_content())
 }
 
@@ -310,9 +316,9 @@ impl JobFilter {
     pub fn matches(&self, job: &Job, now: Timestamp) -> bool {
         (self.statuses.is_empty() || self.statuses.contains(&job.status))
             && self.job_type.as_ref().is_none_or(|t| *t == job.job_type)
-            && self.age_seconds.is_none_or(|age| {
-                (now.0 - job.created.0).num_seconds() >= age
-            })
+            && self
+                .age_seconds
+                .is_none_or(|age| (now.0 - job.created.0).num_seconds() >= age)
     }
 }
 
@@ -346,11 +352,11 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
         }
     }
     if !errors.is_empty() {
-        return Err(Problem::internal(
-            "Some jobs could not be stopped; their records were kept.",
-        )
-        .with_errors(Value::Array(errors))
-        .into());
+        return Err(
+            Problem::internal("Some jobs could not be stopped; their records were kept.")
+                .with_errors(Value::Array(errors))
+                .into(),
+        );
     }
     Ok(no_content())
 }

@@ -77,7 +77,9 @@ async fn delete_artifact(st: &AppState, link: &Option<ArtifactLink>) -> ApiResul
             Ok(loc) => {
                 st.artifacts.delete(&loc).await?;
             }
-            Err(_) => tracing::warn!(path = %link.path, "recipe link is not a valid artifact location; nothing to delete"),
+            Err(_) => {
+                tracing::warn!(path = %link.path, "recipe link is not a valid artifact location; nothing to delete")
+            }
         }
     }
     Ok(())
@@ -139,7 +141,10 @@ async fn delete_many_once(
                 let mut record = cur.record.clone();
                 record.link = link;
                 ops.push(delete_op(cur));
-                ops.push(insert_op(&Deleted { record, deleted: now })?);
+                ops.push(insert_op(&Deleted {
+                    record,
+                    deleted: now,
+                })?);
             }
         }
     }
@@ -154,19 +159,23 @@ async fn delete_many_once(
 }
 
 pub async fn delete_one(st: &AppState, api: Api, id: &str, cascade: bool) -> ApiResult<Response> {
-    retrying!(async {
-        let cur = must_get::<Recipe>(&*st.store, id).await?;
-        delete_many_once(st, api, vec![cur], cascade).await
-    }
-    .await)?;
+    retrying!(
+        async {
+            let cur = must_get::<Recipe>(&*st.store, id).await?;
+            delete_many_once(st, api, vec![cur], cascade).await
+        }
+        .await
+    )?;
     Ok(no_content())
 }
 
 pub async fn delete_all(st: &AppState, api: Api, cascade: bool) -> ApiResult<Response> {
-    retrying!(async {
-        let all = list::<Recipe>(&*st.store).await?;
-        delete_many_once(st, api, all, cascade).await
-    }
-    .await)?;
+    retrying!(
+        async {
+            let all = list::<Recipe>(&*st.store).await?;
+            delete_many_once(st, api, all, cascade).await
+        }
+        .await
+    )?;
     Ok(no_content())
 }

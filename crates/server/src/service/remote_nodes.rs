@@ -33,7 +33,9 @@ pub async fn delete_one(st: &AppState, xname: &str) -> ApiResult<Response> {
 }
 
 pub async fn delete_all(st: &AppState) -> ApiResult<Response> {
-    st.store.apply(vec![Op::DeleteAll(Table::RemoteBuildNodes)]).await?;
+    st.store
+        .apply(vec![Op::DeleteAll(Table::RemoteBuildNodes)])
+        .await?;
     Ok(no_content())
 }
 

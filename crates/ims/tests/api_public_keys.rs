@@ -1,0 +1,237 @@
+//! Public keys over HTTP (reference §3.1, §7.2 test_v2/v3_public_keys, deleted public keys).
+
+mod common;
+use common::*;
+use serde_json::json;
+
+const PREFIXES: &[&str] = &[
+    "",
+    "/v2",
+    "/v3",
+    "/apis/ims",
+    "/apis/ims/v2",
+    "/apis/ims/v3",
+];
+
+async fn create_get_list_delete(db: Db) {
+    let s = start(db).await;
+    for p in PREFIXES {
+        let rec = s
+            .post(
+                &format!("{p}/public-keys"),
+                &json!({"name": "k", "public_key": "ssh-ed25519 AAAA x@y\n"}),
+            )
+            .await
+            .ok(201);
+        assert_eq!(keys(&rec), sorted(&["created", "id", "name", "public_key"]));
+        let id = rec["id"].as_str().unwrap();
+        assert!(is_uuid4(id), "{id}");
+        assert!(is_wire_time(rec["created"].as_str().unwrap()), "{rec}");
+        assert_eq!(rec["public_key"], "ssh-ed25519 AAAA x@y\n", "kept verbatim");
+        let got = s.get(&format!("{p}/public-keys/{id}")).await.ok(200);
+        assert_eq!(got, rec);
+        let all = s.get(&format!("{p}/public-keys")).await.ok(200);
+        assert!(all.as_array().unwrap().contains(&rec));
+        s.delete(&format!("{p}/public-keys/{id}")).await.ok(204);
+        s.get(&format!("{p}/public-keys/{id}"))
+            .await
+            .problem(404, false);
+        s.delete(&format!("{p}/public-keys/{id}"))
+            .await
+            .problem(404, false);
+    }
+    // Upper-case ids do not match (exact lookup).
+    let rec = s
+        .post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
+        .await
+        .ok(201);
+    let upper = rec["id"].as_str().unwrap().to_uppercase();
+    s.get(&format!("/v3/public-keys/{upper}"))
+        .await
+        .problem(404, false);
+}
+
+async fn input_errors(db: Db) {
+    let s = start(db).await;
+    for body in [json!({}), json!([])] {
+        s.post("/v3/public-keys", &body).await.problem(400, false);
+    }
+    s.send("POST", "/v3/public-keys", None, None)
+        .await
+        .problem(400, false);
+    let cases = [
+        (json!({"public_key": "x"}), "name"),
+        (json!({"name": "x"}), "public_key"),
+        (json!({"name": 1, "public_key": "x"}), "name"),
+        (json!({"name": "x", "public_key": ["x"]}), "public_key"),
+        (json!({"name": "", "public_key": "x"}), "name"),
+        (json!({"name": "x", "public_key": "  "}), "public_key"),
+        (json!({"name": "x", "public_key": "y", "id": "z"}), "id"),
+        (
+            json!({"name": "x", "public_key": "y", "created": "z"}),
+            "created",
+        ),
+    ];
+    for (body, field) in cases {
+        let p = s.post("/v2/public-keys", &body).await.problem(422, true);
+        assert!(p["errors"].get(field).is_some(), "{body} → {p}");
+    }
+    assert_eq!(
+        s.get("/v2/public-keys").await.ok(200),
+        json!([]),
+        "nothing created"
+    );
+}
+
+async fn v2_delete_all_is_hard_and_persists(db: Db) {
+    let s = start(db).await;
+    for i in 0..3 {
+        s.post(
+            "/v2/public-keys",
+            &json!({"name": format!("k{i}"), "public_key": "x"}),
+        )
+        .await
+        .ok(201);
+    }
+    s.delete("/v2/public-keys").await.ok(204);
+    assert_eq!(s.get("/v2/public-keys").await.ok(200), json!([]));
+    assert_eq!(
+        s.get("/v3/deleted/public-keys").await.ok(200),
+        json!([]),
+        "v2 is a hard delete"
+    );
+    // Later changes persist too (the original's bug lost them).
+    s.post(
+        "/v2/public-keys",
+        &json!({"name": "after", "public_key": "x"}),
+    )
+    .await
+    .ok(201);
+    let s2 = s.restart().await;
+    let all = s2.get("/v2/public-keys").await.ok(200);
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(all[0]["name"], "after");
+}
+
+async fn v3_soft_delete_and_undelete(db: Db) {
+    let s = start(db).await;
+    let a = s
+        .post("/v3/public-keys", &json!({"name": "a", "public_key": "x"}))
+        .await
+        .ok(201);
+    let b = s
+        .post("/v3/public-keys", &json!({"name": "b", "public_key": "y"}))
+        .await
+        .ok(201);
+    let (ida, idb) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    s.delete(&format!("/v3/public-keys/{ida}")).await.ok(204);
+    let d = s
+        .get(&format!("/v3/deleted/public-keys/{ida}"))
+        .await
+        .ok(200);
+    assert_eq!(
+        keys(&d),
+        sorted(&["created", "deleted", "id", "name", "public_key"])
+    );
+    assert_eq!(d["created"], a["created"]);
+    assert!(is_wire_time(d["deleted"].as_str().unwrap()));
+    assert_eq!(
+        s.get("/v3/public-keys")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // delete all (soft)
+    s.delete("/v3/public-keys").await.ok(204);
+    assert_eq!(s.get("/v3/public-keys").await.ok(200), json!([]));
+    assert_eq!(
+        s.get("/v3/deleted/public-keys")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // undelete one
+    s.patch(
+        &format!("/v3/deleted/public-keys/{ida}"),
+        &json!({"operation": "undelete"}),
+    )
+    .await
+    .ok(204);
+    assert_eq!(
+        s.get(&format!("/v3/public-keys/{ida}")).await.ok(200),
+        a,
+        "restored unchanged"
+    );
+    // undelete errors
+    s.patch(
+        &format!("/v3/deleted/public-keys/{idb}"),
+        &json!({"operation": "explode"}),
+    )
+    .await
+    .problem(422, true);
+    s.patch(
+        &format!("/v3/deleted/public-keys/{idb}"),
+        &json!({"operation": "undelete", "x": 1}),
+    )
+    .await
+    .problem(422, true);
+    s.patch(&format!("/v3/deleted/public-keys/{idb}"), &json!({}))
+        .await
+        .problem(400, false);
+    s.patch(
+        "/v3/deleted/public-keys/nope",
+        &json!({"operation": "undelete"}),
+    )
+    .await
+    .problem(404, false);
+    s.get("/v3/deleted/public-keys/nope")
+        .await
+        .problem(404, false);
+    s.delete("/v3/deleted/public-keys/nope")
+        .await
+        .problem(404, false);
+    // undelete all
+    s.patch("/v3/deleted/public-keys", &json!({"operation": "undelete"}))
+        .await
+        .ok(204);
+    assert_eq!(
+        s.get("/v3/public-keys")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(s.get("/v3/deleted/public-keys").await.ok(200), json!([]));
+    // permanent delete one and all
+    s.delete("/v3/public-keys").await.ok(204);
+    s.delete(&format!("/v3/deleted/public-keys/{ida}"))
+        .await
+        .ok(204);
+    assert_eq!(
+        s.get("/v3/deleted/public-keys")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    s.delete("/v3/deleted/public-keys").await.ok(204);
+    assert_eq!(s.get("/v3/deleted/public-keys").await.ok(200), json!([]));
+    assert_eq!(s.get("/v3/public-keys").await.ok(200), json!([]));
+}
+
+both_backends!(
+    create_get_list_delete,
+    input_errors,
+    v2_delete_all_is_hard_and_persists,
+    v3_soft_delete_and_undelete,
+);
