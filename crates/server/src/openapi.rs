@@ -1,4 +1,1024 @@
-//! The OpenAPI 3 document, placeholder until generated.
-pub fn document() -> serde_json::Value {
-    serde_json::json!({"openapi": "3.1.0"})
+//! The OpenAPI 3 document served at `/openapi.json` (and `/apis/ims/openapi.json`).
+//!
+//! Response schemas come from the record types themselves (`utoipa::ToSchema` on the `ims-core`
+//! types), so the document cannot drift from the wire format. The operations come from [`OPERATIONS`],
+//! the table of every route; a test sends a request for each documented operation to a real server
+//! and checks that it is routed, so the table cannot drift from the router either.
+
+use ims_core::{
+    ArtifactLink, ConnectionInfo, Image, Job, KeyValue, Problem, PublicKey, Recipe,
+    RemoteBuildNode, RemoteBuildNodeStatus, SshContainer,
+};
+use std::sync::OnceLock;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, RefOr,
+    Required, ResponseBuilder, ServerBuilder,
+};
+
+/// Which URL families serve an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Unversioned and `/v2` (v2 semantics).
+    V2,
+    /// `/v3`.
+    V3,
+    /// Both of the above.
+    All,
+    /// Only at the root (`/healthz`, `/version`).
+    Root,
+}
+
+/// What a successful response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    Empty,
+    One(&'static str),
+    Many(&'static str),
+    Object,
+}
+
+/// One documented operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    pub family: Family,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub body: Option<&'static str>,
+    pub status: u16,
+    pub out: Out,
+    pub query: &'static [&'static str],
+    pub errors: &'static [u16],
+}
+
+const fn op(
+    family: Family,
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<&'static str>,
+    status: u16,
+    out: Out,
+    errors: &'static [u16],
+) -> Operation {
+    Operation {
+        family,
+        method,
+        path,
+        summary,
+        body,
+        status,
+        out,
+        query: &[],
+        errors,
+    }
+}
+
+const fn q(mut o: Operation, query: &'static [&'static str]) -> Operation {
+    o.query = query;
+    o
+}
+
+use Family::*;
+use Out::*;
+
+/// Every route of the API.
+pub const OPERATIONS: &[Operation] = &[
+    op(
+        Root,
+        "get",
+        "/healthz/ready",
+        "Readiness (checks the records store)",
+        None,
+        200,
+        Object,
+        &[503],
+    ),
+    op(
+        Root,
+        "get",
+        "/healthz/live",
+        "Liveness",
+        None,
+        200,
+        Object,
+        &[],
+    ),
+    op(
+        Root,
+        "get",
+        "/version",
+        "Service version",
+        None,
+        200,
+        Object,
+        &[],
+    ),
+    op(
+        Root,
+        "get",
+        "/openapi.json",
+        "This document",
+        None,
+        200,
+        Object,
+        &[],
+    ),
+    // public keys
+    op(
+        All,
+        "get",
+        "/public-keys",
+        "List public keys",
+        None,
+        200,
+        Many("PublicKey"),
+        &[],
+    ),
+    op(
+        All,
+        "post",
+        "/public-keys",
+        "Create a public key",
+        Some("PublicKeyCreate"),
+        201,
+        One("PublicKey"),
+        &[400, 413, 415, 422],
+    ),
+    op(
+        V2,
+        "delete",
+        "/public-keys",
+        "Delete all public keys (hard)",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        V3,
+        "delete",
+        "/public-keys",
+        "Soft-delete all public keys",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        All,
+        "get",
+        "/public-keys/{id}",
+        "Get a public key",
+        None,
+        200,
+        One("PublicKey"),
+        &[404],
+    ),
+    op(
+        V2,
+        "delete",
+        "/public-keys/{id}",
+        "Delete a public key (hard)",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+    op(
+        V3,
+        "delete",
+        "/public-keys/{id}",
+        "Soft-delete a public key",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+    // recipes
+    op(
+        All,
+        "get",
+        "/recipes",
+        "List recipes",
+        None,
+        200,
+        Many("Recipe"),
+        &[],
+    ),
+    op(
+        All,
+        "post",
+        "/recipes",
+        "Create a recipe (link validated against S3)",
+        Some("RecipeCreate"),
+        201,
+        One("Recipe"),
+        &[400, 413, 415, 422],
+    ),
+    q(
+        op(
+            V2,
+            "delete",
+            "/recipes",
+            "Delete all recipes (hard; cascade deletes tarballs)",
+            None,
+            204,
+            Empty,
+            &[],
+        ),
+        &["cascade"],
+    ),
+    op(
+        V3,
+        "delete",
+        "/recipes",
+        "Soft-delete all recipes (tarballs moved under deleted/)",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        All,
+        "get",
+        "/recipes/{id}",
+        "Get a recipe",
+        None,
+        200,
+        One("Recipe"),
+        &[404],
+    ),
+    op(
+        All,
+        "patch",
+        "/recipes/{id}",
+        "Update a recipe",
+        Some("RecipePatch"),
+        200,
+        One("Recipe"),
+        &[400, 404, 409, 422],
+    ),
+    q(
+        op(
+            V2,
+            "delete",
+            "/recipes/{id}",
+            "Delete a recipe (hard)",
+            None,
+            204,
+            Empty,
+            &[404],
+        ),
+        &["cascade"],
+    ),
+    op(
+        V3,
+        "delete",
+        "/recipes/{id}",
+        "Soft-delete a recipe",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+    // images
+    op(
+        All,
+        "get",
+        "/images",
+        "List images",
+        None,
+        200,
+        Many("Image"),
+        &[],
+    ),
+    op(
+        All,
+        "post",
+        "/images",
+        "Create an image (manifest validated)",
+        Some("ImageCreate"),
+        201,
+        One("Image"),
+        &[400, 413, 415, 422],
+    ),
+    q(
+        op(
+            V2,
+            "delete",
+            "/images",
+            "Delete all images (hard; cascade deletes artifacts)",
+            None,
+            204,
+            Empty,
+            &[],
+        ),
+        &["cascade"],
+    ),
+    op(
+        V3,
+        "delete",
+        "/images",
+        "Soft-delete all images (artifacts moved under deleted/)",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        All,
+        "get",
+        "/images/{id}",
+        "Get an image",
+        None,
+        200,
+        One("Image"),
+        &[404],
+    ),
+    op(
+        All,
+        "patch",
+        "/images/{id}",
+        "Update an image (link, arch, metadata set/remove)",
+        Some("ImagePatch"),
+        200,
+        One("Image"),
+        &[400, 404, 409, 422],
+    ),
+    q(
+        op(
+            V2,
+            "delete",
+            "/images/{id}",
+            "Delete an image (hard)",
+            None,
+            204,
+            Empty,
+            &[404],
+        ),
+        &["cascade"],
+    ),
+    op(
+        V3,
+        "delete",
+        "/images/{id}",
+        "Soft-delete an image",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+    // jobs
+    op(
+        All,
+        "get",
+        "/jobs",
+        "List jobs",
+        None,
+        200,
+        Many("Job"),
+        &[],
+    ),
+    op(
+        All,
+        "post",
+        "/jobs",
+        "Create a job",
+        Some("JobCreate"),
+        201,
+        One("Job"),
+        &[400, 422, 500],
+    ),
+    q(
+        op(
+            All,
+            "delete",
+            "/jobs",
+            "Delete jobs matching status/job_type/age",
+            None,
+            204,
+            Empty,
+            &[400, 500],
+        ),
+        &["status", "job_type", "age"],
+    ),
+    op(
+        All,
+        "get",
+        "/jobs/{id}",
+        "Get a job",
+        None,
+        200,
+        One("Job"),
+        &[404],
+    ),
+    op(
+        All,
+        "patch",
+        "/jobs/{id}",
+        "Update a job's status or resultant image (job agents)",
+        Some("JobPatch"),
+        200,
+        One("Job"),
+        &[400, 404, 422, 500],
+    ),
+    op(
+        All,
+        "delete",
+        "/jobs/{id}",
+        "Stop and delete a job",
+        None,
+        204,
+        Empty,
+        &[404, 500],
+    ),
+    // deleted records
+    op(
+        V3,
+        "get",
+        "/deleted/public-keys",
+        "List deleted public keys",
+        None,
+        200,
+        Many("DeletedPublicKey"),
+        &[],
+    ),
+    op(
+        V3,
+        "patch",
+        "/deleted/public-keys",
+        "Undelete all public keys",
+        Some("Undelete"),
+        204,
+        Empty,
+        &[400, 409, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/deleted/public-keys",
+        "Permanently delete all deleted public keys",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        V3,
+        "get",
+        "/deleted/public-keys/{id}",
+        "Get a deleted public key",
+        None,
+        200,
+        One("DeletedPublicKey"),
+        &[404],
+    ),
+    op(
+        V3,
+        "patch",
+        "/deleted/public-keys/{id}",
+        "Undelete a public key",
+        Some("Undelete"),
+        204,
+        Empty,
+        &[400, 404, 409, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/deleted/public-keys/{id}",
+        "Permanently delete a deleted public key",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+    op(
+        V3,
+        "get",
+        "/deleted/recipes",
+        "List deleted recipes",
+        None,
+        200,
+        Many("DeletedRecipe"),
+        &[],
+    ),
+    op(
+        V3,
+        "patch",
+        "/deleted/recipes",
+        "Undelete all recipes",
+        Some("Undelete"),
+        204,
+        Empty,
+        &[400, 409, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/deleted/recipes",
+        "Permanently delete all deleted recipes",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        V3,
+        "get",
+        "/deleted/recipes/{id}",
+        "Get a deleted recipe",
+        None,
+        200,
+        One("DeletedRecipe"),
+        &[404],
+    ),
+    op(
+        V3,
+        "patch",
+        "/deleted/recipes/{id}",
+        "Undelete a recipe",
+        Some("Undelete"),
+        204,
+        Empty,
+        &[400, 404, 409, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/deleted/recipes/{id}",
+        "Permanently delete a deleted recipe",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+    op(
+        V3,
+        "get",
+        "/deleted/images",
+        "List deleted images",
+        None,
+        200,
+        Many("DeletedImage"),
+        &[],
+    ),
+    op(
+        V3,
+        "patch",
+        "/deleted/images",
+        "Undelete all images",
+        Some("Undelete"),
+        204,
+        Empty,
+        &[400, 409, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/deleted/images",
+        "Permanently delete all deleted images",
+        None,
+        204,
+        Empty,
+        &[422],
+    ),
+    op(
+        V3,
+        "get",
+        "/deleted/images/{id}",
+        "Get a deleted image",
+        None,
+        200,
+        One("DeletedImage"),
+        &[404],
+    ),
+    op(
+        V3,
+        "patch",
+        "/deleted/images/{id}",
+        "Undelete an image",
+        Some("Undelete"),
+        204,
+        Empty,
+        &[400, 404, 409, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/deleted/images/{id}",
+        "Permanently delete a deleted image",
+        None,
+        204,
+        Empty,
+        &[404, 422],
+    ),
+    // remote build nodes
+    op(
+        V3,
+        "get",
+        "/remote-build-nodes",
+        "List remote build nodes",
+        None,
+        200,
+        Many("RemoteBuildNode"),
+        &[],
+    ),
+    op(
+        V3,
+        "post",
+        "/remote-build-nodes",
+        "Register a remote build node",
+        Some("RemoteBuildNode"),
+        201,
+        One("RemoteBuildNode"),
+        &[400, 422],
+    ),
+    op(
+        V3,
+        "delete",
+        "/remote-build-nodes",
+        "Remove all remote build nodes",
+        None,
+        204,
+        Empty,
+        &[],
+    ),
+    op(
+        V3,
+        "get",
+        "/remote-build-nodes/status",
+        "Probe every remote build node",
+        None,
+        200,
+        Many("RemoteBuildNodeStatus"),
+        &[],
+    ),
+    op(
+        V3,
+        "get",
+        "/remote-build-nodes/status/{xname}",
+        "Probe one remote build node",
+        None,
+        200,
+        One("RemoteBuildNodeStatus"),
+        &[404],
+    ),
+    op(
+        V3,
+        "get",
+        "/remote-build-nodes/{xname}",
+        "Get a remote build node",
+        None,
+        200,
+        One("RemoteBuildNode"),
+        &[404],
+    ),
+    op(
+        V3,
+        "delete",
+        "/remote-build-nodes/{xname}",
+        "Remove a remote build node",
+        None,
+        204,
+        Empty,
+        &[404],
+    ),
+];
+
+impl Operation {
+    /// The concrete paths this operation is served at (without the `/apis/ims` gateway prefix).
+    pub fn paths(&self) -> Vec<String> {
+        match self.family {
+            Root => vec![self.path.to_string()],
+            V2 => vec![self.path.to_string(), format!("/v2{}", self.path)],
+            V3 => vec![format!("/v3{}", self.path)],
+            All => vec![
+                self.path.to_string(),
+                format!("/v2{}", self.path),
+                format!("/v3{}", self.path),
+            ],
+        }
+    }
+}
+
+fn string() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::String).into()
+}
+fn boolean() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::Boolean).into()
+}
+fn integer() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .into()
+}
+fn enumerated(values: &[&str]) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .into()
+}
+fn reference(name: &str) -> RefOr<Schema> {
+    Ref::from_schema_name(name).into()
+}
+fn array_of(item: RefOr<Schema>) -> RefOr<Schema> {
+    ArrayBuilder::new().items(item).into()
+}
+
+/// Builds an input schema: `(name, schema, required)`; unknown fields are rejected.
+fn input(fields: Vec<(&str, RefOr<Schema>, bool)>) -> RefOr<Schema> {
+    let mut b = ObjectBuilder::new().additional_properties(Some(
+        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+    ));
+    for (name, schema, required) in fields {
+        b = b.property(name, schema);
+        if required {
+            b = b.required(name);
+        }
+    }
+    b.into()
+}
+
+fn input_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
+    use ims_core::records::{ARCHES, JOB_STATUSES, JOB_TYPES, LINUX_DISTRIBUTIONS, RECIPE_TYPES};
+    let metadata_op = input(vec![
+        ("operation", enumerated(&["set", "remove"]), true),
+        ("key", string(), true),
+        ("value", string(), false),
+    ]);
+    let ssh = input(vec![("name", string(), false), ("jail", boolean(), false)]);
+    vec![
+        (
+            "PublicKeyCreate",
+            input(vec![("name", string(), true), ("public_key", string(), true)]),
+        ),
+        (
+            "RecipeCreate",
+            input(vec![
+                ("name", string(), true),
+                ("recipe_type", enumerated(RECIPE_TYPES), true),
+                ("linux_distribution", enumerated(LINUX_DISTRIBUTIONS), true),
+                ("link", reference("ArtifactLink"), false),
+                ("template_dictionary", array_of(reference("KeyValue")), false),
+                ("require_dkms", boolean(), false),
+                ("arch", enumerated(ARCHES), false),
+            ]),
+        ),
+        (
+            "RecipePatch",
+            input(vec![
+                ("link", reference("ArtifactLink"), false),
+                ("arch", enumerated(ARCHES), false),
+                ("require_dkms", boolean(), false),
+                ("template_dictionary", array_of(reference("KeyValue")), false),
+            ]),
+        ),
+        (
+            "ImageCreate",
+            input(vec![
+                ("name", string(), true),
+                ("link", reference("ArtifactLink"), false),
+                ("arch", enumerated(ARCHES), false),
+                (
+                    "metadata",
+                    ObjectBuilder::new()
+                        .additional_properties(Some(string()))
+                        .description(Some("A string map, or the `{key, value}` form of `cray ims images create --metadata-key/--metadata-value`"))
+                        .into(),
+                    false,
+                ),
+            ]),
+        ),
+        (
+            "ImagePatch",
+            input(vec![
+                ("link", reference("ArtifactLink"), false),
+                ("arch", enumerated(ARCHES), false),
+                ("metadata", metadata_op, false),
+            ]),
+        ),
+        (
+            "JobCreate",
+            input(vec![
+                ("job_type", enumerated(JOB_TYPES), true),
+                ("artifact_id", string(), true),
+                ("public_key_id", string(), true),
+                ("image_root_archive_name", string(), true),
+                ("enable_debug", boolean(), false),
+                ("build_env_size", integer(), false),
+                ("job_mem_size", integer(), false),
+                ("kernel_file_name", string(), false),
+                ("initrd_file_name", string(), false),
+                ("kernel_parameters_file_name", string(), false),
+                ("ssh_containers", array_of(ssh), false),
+                ("require_dkms", boolean(), false),
+            ]),
+        ),
+        (
+            "JobPatch",
+            input(vec![
+                ("status", enumerated(JOB_STATUSES), false),
+                ("resultant_image_id", string(), false),
+            ]),
+        ),
+        (
+            "Undelete",
+            input(vec![("operation", enumerated(&["undelete"]), true)]),
+        ),
+    ]
+}
+
+/// A deleted record: the record plus `deleted`.
+fn deleted_schema(base: &str) -> RefOr<Schema> {
+    utoipa::openapi::schema::AllOfBuilder::new()
+        .item(reference(base))
+        .item(
+            ObjectBuilder::new()
+                .property(
+                    "deleted",
+                    ObjectBuilder::new().schema_type(Type::String).format(Some(
+                        utoipa::openapi::SchemaFormat::KnownFormat(
+                            utoipa::openapi::KnownFormat::DateTime,
+                        ),
+                    )),
+                )
+                .required("deleted"),
+        )
+        .into()
+}
+
+fn build() -> OpenApi {
+    let mut components = ComponentsBuilder::new()
+        .schema_from::<PublicKey>()
+        .schema_from::<Recipe>()
+        .schema_from::<Image>()
+        .schema_from::<Job>()
+        .schema_from::<SshContainer>()
+        .schema_from::<ConnectionInfo>()
+        .schema_from::<ArtifactLink>()
+        .schema_from::<KeyValue>()
+        .schema_from::<RemoteBuildNode>()
+        .schema_from::<RemoteBuildNodeStatus>()
+        .schema_from::<Problem>()
+        .schema_from::<ims_core::Timestamp>()
+        .schema("DeletedPublicKey", deleted_schema("PublicKey"))
+        .schema("DeletedRecipe", deleted_schema("Recipe"))
+        .schema("DeletedImage", deleted_schema("Image"));
+    for (name, s) in input_schemas() {
+        components = components.schema(name, s);
+    }
+    let mut paths = Paths::new();
+    for o in OPERATIONS {
+        let method = match o.method {
+            "get" => HttpMethod::Get,
+            "post" => HttpMethod::Post,
+            "patch" => HttpMethod::Patch,
+            "delete" => HttpMethod::Delete,
+            _ => HttpMethod::Put,
+        };
+        for path in o.paths() {
+            let family = if path.starts_with("/v3") {
+                "v3"
+            } else if path.starts_with("/v2") {
+                "v2"
+            } else if o.family == Root {
+                "service"
+            } else {
+                "unversioned (v2)"
+            };
+            let mut b = OperationBuilder::new()
+                .summary(Some(o.summary))
+                .tag(family)
+                .operation_id(Some(format!(
+                    "{}_{}",
+                    o.method,
+                    path.replace(['/', '{', '}', '-', '.'], "_")
+                )));
+            for p in ["id", "xname"] {
+                if path.contains(&format!("{{{p}}}")) {
+                    b = b.parameter(
+                        ParameterBuilder::new()
+                            .name(p)
+                            .parameter_in(ParameterIn::Path)
+                            .required(Required::True)
+                            .schema(Some(string())),
+                    );
+                }
+            }
+            for name in o.query {
+                b = b.parameter(
+                    ParameterBuilder::new()
+                        .name(*name)
+                        .parameter_in(ParameterIn::Query)
+                        .required(Required::False)
+                        .schema(Some(string())),
+                );
+            }
+            if let Some(body) = o.body {
+                b = b.request_body(Some(
+                    RequestBodyBuilder::new()
+                        .content(
+                            "application/json",
+                            ContentBuilder::new().schema(Some(reference(body))).build(),
+                        )
+                        .required(Some(Required::True))
+                        .build(),
+                ));
+            }
+            let ok = match o.out {
+                Empty => ResponseBuilder::new().description("No content"),
+                One(s) => ResponseBuilder::new().description("OK").content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(reference(s))).build(),
+                ),
+                Many(s) => ResponseBuilder::new().description("OK").content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(array_of(reference(s))))
+                        .build(),
+                ),
+                Object => ResponseBuilder::new().description("OK").content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::Object)))
+                        .build(),
+                ),
+            };
+            b = b.response(o.status.to_string(), ok.build());
+            for e in o.errors {
+                b = b.response(
+                    e.to_string(),
+                    ResponseBuilder::new()
+                        .description(ims_core::problem::reason_phrase(*e))
+                        .content(
+                            "application/problem+json",
+                            ContentBuilder::new()
+                                .schema(Some(reference("Problem")))
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            paths.add_path_operation(&path, vec![method.clone()], b.build());
+        }
+    }
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Image Management Service")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "IMS-compatible image management service. Every path is also served under /apis/ims (the CSM gateway path).",
+                ))
+                .build(),
+        )
+        .servers(Some([
+            ServerBuilder::new().url("/").build(),
+            ServerBuilder::new().url("/apis/ims").build(),
+        ]))
+        .paths(paths)
+        .components(Some(components.build()))
+        .build()
+}
+
+/// The document (built once).
+pub fn document() -> &'static serde_json::Value {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| serde_json::to_value(build()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_is_documented_with_its_schemas() {
+        let d = document();
+        assert!(d["openapi"].as_str().unwrap().starts_with("3."));
+        for o in OPERATIONS {
+            for p in o.paths() {
+                assert!(d["paths"][&p][o.method].is_object(), "{} {p}", o.method);
+            }
+        }
+        let schemas = d["components"]["schemas"].as_object().unwrap();
+        for s in [
+            "PublicKey",
+            "Recipe",
+            "Image",
+            "Job",
+            "Problem",
+            "ArtifactLink",
+            "JobCreate",
+        ] {
+            assert!(schemas.contains_key(s), "{s}");
+        }
+        // The job schema comes from the record type: 24 properties.
+        assert_eq!(schemas["Job"]["properties"].as_object().unwrap().len(), 24);
+    }
 }

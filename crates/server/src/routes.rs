@@ -246,7 +246,7 @@ fn api_tree() -> Router<AppState> {
         )
         .route(
             "/openapi.json",
-            get(|| async { json(StatusCode::OK, &crate::openapi::document()) }),
+            get(|| async { json(StatusCode::OK, crate::openapi::document()) }),
         )
         .merge(v2_resources())
         .nest("/v2", v2_resources())
