@@ -8,8 +8,11 @@
 //! `ims serve` processes on one PostgreSQL — never silently overwrite each other: the loser gets
 //! [`StoreError::Conflict`] and re-reads (see [`update_with`]).
 
+mod cache;
 mod sql;
 mod typed;
+
+pub use cache::Cached;
 
 pub use sql::{PgStore, SqliteStore};
 pub use typed::*;
@@ -20,8 +23,9 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A conditional write found the row missing, present, or at another version.
-    #[error("conflicting concurrent change")]
+    /// A conditional write found the row missing, present, or at another version, or a unique
+    /// index (id, link path) refused it.
+    #[error("conflicting concurrent change (or a duplicate id or link path)")]
     Conflict,
     #[error("database error: {0}")]
     Database(String),
@@ -36,6 +40,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        // A unique index (ids, link paths) refused a write: another writer got there first.
+        if e.as_database_error()
+            .is_some_and(|d| d.is_unique_violation())
+        {
+            return StoreError::Conflict;
+        }
         StoreError::Database(e.to_string())
     }
 }
@@ -89,6 +99,10 @@ pub enum Op {
 pub trait Store: Send + Sync + 'static {
     /// Every row of a table, oldest first.
     async fn list(&self, table: Table) -> Result<Vec<Row>>;
+    /// Every row of a table as one JSON array (the rows' wire JSON joined), oldest first.
+    async fn list_json(&self, table: Table) -> Result<Arc<str>> {
+        Ok(Arc::from(join_json(&self.list(table).await?)))
+    }
     async fn get(&self, table: Table, id: &str) -> Result<Option<Row>>;
     /// Whether any row other than `except_id` has this link path.
     async fn link_in_use(&self, table: Table, path: &str, except_id: Option<&str>) -> Result<bool>;
@@ -108,9 +122,11 @@ pub async fn open(url: &str) -> Result<DynStore> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::connect(url).await?))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(
+        // The embedded store is owned by one process (the data directory is locked), so its
+        // collection reads can be served from memory.
+        Ok(Arc::new(Cached::new(
             SqliteStore::open(std::path::Path::new(path)).await?,
-        ))
+        )))
     } else {
         Err(StoreError::Database(format!(
             "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"
@@ -120,3 +136,18 @@ pub async fn open(url: &str) -> Result<DynStore> {
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// Joins rows' wire JSON into one JSON array.
+pub fn join_json(rows: &[Row]) -> String {
+    let len = rows.iter().map(|r| r.data.len() + 1).sum::<usize>() + 2;
+    let mut body = String::with_capacity(len);
+    body.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&r.data);
+    }
+    body.push(']');
+    body
+}

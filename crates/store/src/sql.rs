@@ -25,7 +25,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .pragma("cache_size", "-8000")
+            .pragma("cache_size", "-2000")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

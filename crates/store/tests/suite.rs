@@ -154,6 +154,9 @@ async fn link_lookup(s: DynStore) {
             .await
             .unwrap()
     );
+    // A link belongs to one record: the database refuses a second one.
+    let dup = image("dup", Some("s3://boot-images/a/manifest.json"));
+    assert!(matches!(insert(&*s, &dup).await, Err(StoreError::Conflict)));
     let row = row_of(&a).unwrap();
     assert_eq!(
         row.link_path.as_deref(),
@@ -236,4 +239,29 @@ suite!(
 async fn bad_url_is_a_clear_error() {
     let e = ims_store::open("mysql://x").await.err().unwrap();
     assert!(e.to_string().contains("unsupported database URL"));
+}
+
+/// The embedded store serves collections from memory until a write touches the table.
+#[tokio::test]
+async fn sqlite_list_cache_is_coherent() {
+    let (_dir, url) = testing::sqlite_url();
+    let s = ims_store::open(&url).await.unwrap();
+    insert(&*s, &key("a")).await.unwrap();
+    let first = s.list_json(Table::PublicKeys).await.unwrap();
+    let second = s.list_json(Table::PublicKeys).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &second),
+        "second read is cached"
+    );
+    let b = key("b");
+    insert(&*s, &b).await.unwrap();
+    let third = s.list_json(Table::PublicKeys).await.unwrap();
+    assert!(third.contains(&b.id), "a write invalidates the cached list");
+    // a failed write invalidates too (and changes nothing)
+    assert!(insert(&*s, &b).await.is_err());
+    let v: serde_json::Value =
+        serde_json::from_str(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    // other tables are unaffected
+    assert_eq!(&*s.list_json(Table::Images).await.unwrap(), "[]");
 }
