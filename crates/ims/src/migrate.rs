@@ -80,9 +80,19 @@ async fn plan_table<T: Record>(
         std::fs::read_to_string(dir.join(name)).with_context(|| format!("{name}: cannot read"))?;
     let records = parse_records::<T>(name, &text)?;
     let mut seen = std::collections::HashSet::new();
+    let mut links = std::collections::HashMap::new();
     for rec in records {
         if !seen.insert(rec.id().to_string()) {
             bail!("{name}: record id {} appears twice", rec.id());
+        }
+        // An artifact link belongs to one active record (the store enforces it).
+        if let Some(path) = rec.link_path()
+            && let Some(other) = links.insert(path.to_string(), rec.id().to_string())
+        {
+            bail!(
+                "{name}: records {other} and {} share the link {path}",
+                rec.id()
+            );
         }
         let row = ims_store::row_of(&rec)?;
         match store.get(T::TABLE, rec.id()).await? {

@@ -72,6 +72,9 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// How long in-flight requests may run on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 pub async fn run(cfg: Config) -> Result<()> {
     let (store, _lock) = open_store(&cfg).await?;
     let backend = match &cfg.s3 {
@@ -106,11 +109,28 @@ pub async fn run(cfg: Config) -> Result<()> {
         store.backend(),
         if cfg.s3.is_some() { "s3" } else { "local" }
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
-    tracing::info!("shutting down");
+    // On SIGTERM/SIGINT stop accepting and let in-flight requests finish, but only for
+    // SHUTDOWN_GRACE: a stalled client must not keep the process alive.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stopping_tx.send(());
+    });
+    let deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r.context("server error")?,
+        _ = deadline => tracing::warn!(
+            "requests still in flight after {} s; stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
     store.close().await;
     Ok(())
 }

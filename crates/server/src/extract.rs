@@ -66,3 +66,25 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         Ok(JsonBody(Some(v)))
     }
 }
+
+/// The one path parameter of a record route (`{id}` or `{xname}`). A parameter that cannot be
+/// decoded (invalid percent-encoding or UTF-8) cannot name a record: 404 problem, as the original
+/// answers for any unknown id (axum's own rejection would be a plain-text 400).
+pub struct IdPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(IdPath(id)),
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable path parameter");
+                Err(Problem::not_found().into())
+            }
+        }
+    }
+}

@@ -54,6 +54,7 @@ pub struct Operation {
     pub errors: &'static [u16],
 }
 
+#[allow(clippy::too_many_arguments)] // a row of the OPERATIONS table
 const fn op(
     family: Family,
     method: &'static str,

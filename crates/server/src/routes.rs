@@ -5,13 +5,13 @@
 //! * `/healthz/{ready,live}`, `/version`, `/openapi.json`.
 
 use crate::error::{ApiResult, problem_response};
-use crate::extract::JsonBody;
+use crate::extract::{IdPath, JsonBody};
 use crate::service::deleted::Kind;
 use crate::service::{self, get_raw, json, list_raw};
 use crate::{Api, AppState};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use ims_core::problem::{DETAIL_BAD_METHOD, DETAIL_NO_ROUTE};
@@ -43,10 +43,10 @@ fn public_keys(api: Api) -> Router<AppState> {
         )
         .route(
             "/public-keys/{id}",
-            get(|State(st): St, Path(id): Path<String>| async move {
+            get(|State(st): St, IdPath(id): IdPath| async move {
                 get_raw(&*st.store, Table::PublicKeys, &id).await
             })
-            .delete(move |State(st): St, Path(id): Path<String>| async move {
+            .delete(move |State(st): St, IdPath(id): IdPath| async move {
                 pk::delete_one(&st, api, &id).await
             }),
         )
@@ -67,16 +67,16 @@ fn recipes(api: Api) -> Router<AppState> {
         )
         .route(
             "/recipes/{id}",
-            get(|State(st): St, Path(id): Path<String>| async move {
+            get(|State(st): St, IdPath(id): IdPath| async move {
                 get_raw(&*st.store, Table::Recipes, &id).await
             })
             .patch(
-                |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                |State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
                     json(StatusCode::OK, &r::patch(&st, &id, body.as_ref()).await?)
                 },
             )
             .delete(
-                move |State(st): St, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                move |State(st): St, IdPath(id): IdPath, RawQuery(q): RawQuery| async move {
                     r::delete_one(&st, api, &id, cascade_of(&q)).await
                 },
             ),
@@ -98,16 +98,16 @@ fn images(api: Api) -> Router<AppState> {
         )
         .route(
             "/images/{id}",
-            get(|State(st): St, Path(id): Path<String>| async move {
+            get(|State(st): St, IdPath(id): IdPath| async move {
                 get_raw(&*st.store, Table::Images, &id).await
             })
             .patch(
-                |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                |State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
                     json(StatusCode::OK, &i::patch(&st, &id, body.as_ref()).await?)
                 },
             )
             .delete(
-                move |State(st): St, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                move |State(st): St, IdPath(id): IdPath, RawQuery(q): RawQuery| async move {
                     i::delete_one(&st, api, &id, cascade_of(&q)).await
                 },
             ),
@@ -129,17 +129,17 @@ fn jobs() -> Router<AppState> {
         )
         .route(
             "/jobs/{id}",
-            get(|State(st): St, Path(id): Path<String>| async move {
+            get(|State(st): St, IdPath(id): IdPath| async move {
                 get_raw(&*st.store, Table::Jobs, &id).await
             })
             .patch(
-                |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                |State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
                     json(StatusCode::OK, &j::patch(&st, &id, body.as_ref()).await?)
                 },
             )
-            .delete(|State(st): St, Path(id): Path<String>| async move {
-                j::delete_one(&st, &id).await
-            }),
+            .delete(
+                |State(st): St, IdPath(id): IdPath| async move { j::delete_one(&st, &id).await },
+            ),
         )
 }
 
@@ -156,14 +156,14 @@ fn deleted(kind: Kind, name: &str) -> Router<AppState> {
         )
         .route(
             &format!("/deleted/{name}/{{id}}"),
-            get(move |State(st): St, Path(id): Path<String>| async move {
+            get(move |State(st): St, IdPath(id): IdPath| async move {
                 get_raw(&*st.store, kind.table(), &id).await
             })
-            .delete(move |State(st): St, Path(id): Path<String>| async move {
+            .delete(move |State(st): St, IdPath(id): IdPath| async move {
                 d::purge(&st, kind, Some(&id)).await
             })
             .patch(
-                move |State(st): St, Path(id): Path<String>, body: JsonBody| async move {
+                move |State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
                     d::undelete(&st, kind, Some(&id), body.as_ref()).await
                 },
             ),
@@ -183,22 +183,23 @@ fn remote_build_nodes() -> Router<AppState> {
         )
         .route(
             "/remote-build-nodes/status",
-            get(|State(st): St| async move { json(StatusCode::OK, &n::status_all(&st).await?) }),
+            get(|State(st): St| async move { json(StatusCode::OK, &n::status_all(&st).await?) })
+                // The original's router falls through to `/{xname}` for methods the status route
+                // lacks, so a node registered as "status" can still be deleted.
+                .delete(|State(st): St| async move { n::delete_one(&st, "status").await }),
         )
         .route(
             "/remote-build-nodes/status/{xname}",
-            get(|State(st): St, Path(x): Path<String>| async move {
+            get(|State(st): St, IdPath(x): IdPath| async move {
                 json(StatusCode::OK, &n::status_one(&st, &x).await?)
             }),
         )
         .route(
             "/remote-build-nodes/{xname}",
-            get(|State(st): St, Path(x): Path<String>| async move {
+            get(|State(st): St, IdPath(x): IdPath| async move {
                 get_raw(&*st.store, Table::RemoteBuildNodes, &x).await
             })
-            .delete(|State(st): St, Path(x): Path<String>| async move {
-                n::delete_one(&st, &x).await
-            }),
+            .delete(|State(st): St, IdPath(x): IdPath| async move { n::delete_one(&st, &x).await }),
         )
 }
 
@@ -262,6 +263,37 @@ async fn method_not_allowed() -> Response {
     problem_response(Problem::new(405, DETAIL_BAD_METHOD))
 }
 
+/// Safety net for the "every error is problem+json" rule: an error response produced outside our
+/// handlers (a framework rejection) is re-rendered as a problem with the same status, its text as
+/// the detail, and its other headers (e.g. `Allow`) kept.
+async fn ensure_problem(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+    {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("Error").to_string()
+    } else {
+        text
+    };
+    let problem = problem_response(Problem::new(status.as_u16(), detail));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let (p_parts, p_body) = problem.into_parts();
+    parts.headers.extend(p_parts.headers);
+    Response::from_parts(parts, p_body)
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     problem_response(Problem::internal(
         "The server hit an internal error while handling the request.",
@@ -277,6 +309,7 @@ pub fn router(st: AppState) -> Router {
         .nest("/apis/ims", tree)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(ensure_problem))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(st)

@@ -6,7 +6,6 @@ use ims_artifacts::{Location, SmallRead};
 use ims_core::manifest::validate_image_manifest;
 use ims_core::{ArtifactLink, Problem, Table};
 use serde_json::Value;
-
 pub fn cannot_validate(path: &str) -> ApiError {
     Problem::unprocessable(format!(
         "The s3 artifact {path} cannot be validated. Please determine the specific information that is missing or invalid and then re-run the request with valid information."

@@ -5,7 +5,7 @@
 use super::artifacts::{ManifestRead, location, read_manifest};
 use super::images::{MoveLog, manifest_links};
 use super::{must_get, no_content};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::{AppState, retrying};
 use axum::response::Response;
 use ims_artifacts::Location;
@@ -16,6 +16,7 @@ use ims_core::{
 };
 use ims_store::{Op, Versioned, delete_op, insert_op, list};
 use serde_json::Value;
+use std::collections::HashSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -79,6 +80,65 @@ async fn require_deleted_manifest(st: &AppState, id: &str, loc: &Location) -> Ap
     }
 }
 
+/// A restore would overwrite an object that appeared where the artifact used to be.
+fn would_overwrite(id: &str, to: &Location) -> ApiError {
+    Problem::new(
+        409,
+        format!(
+            "Record {id} was not restored: {to} exists, and restoring would overwrite it. Remove that object or permanently delete the record."
+        ),
+    )
+    .into()
+}
+
+/// The link a restored record would take is now used by an active record.
+fn link_taken(id: &str, path: &str) -> ApiError {
+    Problem::new(
+        409,
+        format!(
+            "Record {id} was not restored: its artifact {path} is now used by another active record (or by another record of this request)."
+        ),
+    )
+    .into()
+}
+
+/// How one record would be restored: its id, the link path it would have, and the moves back.
+type RestorePlan = (String, Option<String>, Vec<(Location, Location)>);
+
+/// Checks that restoring records with these links (and these moves) changes nobody else's data:
+/// no active record uses the link (nor does another record of the same batch), and no object sits
+/// where a moved artifact would land. (A concurrent request taking the same link between this check
+/// and the write loses at the database's unique index on link paths and is re-run.)
+async fn check_restore(
+    st: &AppState,
+    table: ims_core::Table,
+    plans: &[RestorePlan],
+) -> ApiResult<()> {
+    let mut seen = HashSet::new();
+    for (id, path, moves) in plans {
+        if let Some(path) = path
+            && (!seen.insert(path.clone()) || st.store.link_in_use(table, path, None).await?)
+        {
+            return Err(link_taken(id, path));
+        }
+        for (_, to) in moves {
+            if st.artifacts.head(to).await?.is_some() {
+                return Err(would_overwrite(id, to));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The moves that restoring a deleted artifact link implies: only objects that exist under
+/// `deleted/` move back.
+async fn restore_move(st: &AppState, from: Location) -> ApiResult<Option<(Location, Location)>> {
+    let Some(to) = from.undeleted() else {
+        return Ok(None);
+    };
+    Ok(st.artifacts.head(&from).await?.map(|_| (from, to)))
+}
+
 async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult<()> {
     let mut ops: Vec<Op> = Vec::new();
     let mut log = MoveLog::default();
@@ -93,14 +153,25 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
         }
         Kind::Recipes => {
             let all = targets::<DeletedRecipe>(st, id).await?;
+            // Plan and check every record first: nothing moves unless all can be restored.
+            let mut plans = Vec::with_capacity(all.len());
             for d in &all {
-                not_active::<Recipe>(st, &d.record.record.id).await?;
+                let rec = &d.record.record;
+                not_active::<Recipe>(st, &rec.id).await?;
+                let mv = match rec.link.as_ref().and_then(|l| location(l).ok()) {
+                    Some(from) => restore_move(st, from).await?,
+                    None => None,
+                };
+                let path = match &mv {
+                    Some((_, to)) => Some(to.s3_url()),
+                    None => rec.link.as_ref().map(|l| l.path.clone()),
+                };
+                plans.push((rec.id.clone(), path, mv.into_iter().collect::<Vec<_>>()));
             }
-            for d in all {
+            check_restore(st, ims_core::Table::Recipes, &plans).await?;
+            for (d, (_, _, moves)) in all.into_iter().zip(plans) {
                 let mut rec = d.record.record.clone();
-                if let Some(from) = rec.link.as_ref().and_then(|l| location(l).ok())
-                    && let Some(to) = from.undeleted()
-                {
+                for (from, to) in moves {
                     match st.artifacts.rename(&from, &to).await {
                         Ok(Some(info)) => {
                             rec.link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
@@ -123,33 +194,53 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
             let all = targets::<DeletedImage>(st, id).await?;
             // Validate every record first: nothing moves unless all can be restored.
             let mut manifests = Vec::with_capacity(all.len());
+            let mut plans = Vec::with_capacity(all.len());
             for d in &all {
-                not_active::<Image>(st, &d.record.record.id).await?;
-                manifests.push(match deleted_manifest_loc(&d.record.record.link) {
-                    Some(loc) => {
-                        let v = require_deleted_manifest(st, &d.record.record.id, &loc).await?;
-                        Some((loc, v))
+                let rec = &d.record.record;
+                not_active::<Image>(st, &rec.id).await?;
+                let Some(loc) = deleted_manifest_loc(&rec.link) else {
+                    manifests.push(None);
+                    plans.push((
+                        rec.id.clone(),
+                        rec.link.as_ref().map(|l| l.path.clone()),
+                        vec![],
+                    ));
+                    continue;
+                };
+                let v = require_deleted_manifest(st, &rec.id, &loc).await?;
+                // Every listed artifact that still exists under deleted/ moves back; the restored
+                // manifest becomes the record's link.
+                let mut moves = Vec::new();
+                let mut path = None;
+                for entry in v["artifacts"].as_array().into_iter().flatten() {
+                    let Some(l) = entry
+                        .get("link")
+                        .and_then(|l| serde_json::from_value::<ArtifactLink>(l.clone()).ok())
+                    else {
+                        continue;
+                    };
+                    let Ok(from) = location(&l) else { continue };
+                    let Some((from, to)) = restore_move(st, from).await? else {
+                        tracing::warn!(path = %l.path, "deleted image artifact missing; skipped");
+                        continue;
+                    };
+                    if entry.get("type").and_then(Value::as_str) == Some(MIME_MANIFEST) {
+                        path = Some(to.s3_url());
                     }
-                    None => None,
-                });
+                    moves.push((from, to));
+                }
+                manifests.push(Some((loc, v)));
+                plans.push((rec.id.clone(), path, moves));
             }
-            for (d, m) in all.into_iter().zip(manifests) {
+            check_restore(st, ims_core::Table::Images, &plans).await?;
+            for ((d, m), (_, path, moves)) in all.into_iter().zip(manifests).zip(plans) {
                 let mut rec = d.record.record.clone();
-                if let Some((dloc, v)) = m {
+                if let Some((dloc, _)) = m {
                     let mut new_link = None;
-                    for entry in v["artifacts"].as_array().into_iter().flatten() {
-                        let Some(l) = entry
-                            .get("link")
-                            .and_then(|l| serde_json::from_value::<ArtifactLink>(l.clone()).ok())
-                        else {
-                            continue;
-                        };
-                        let Ok(from) = location(&l) else { continue };
-                        let Some(to) = from.undeleted() else { continue };
+                    for (from, to) in moves {
                         match st.artifacts.rename(&from, &to).await {
                             Ok(Some(info)) => {
-                                if entry.get("type").and_then(Value::as_str) == Some(MIME_MANIFEST)
-                                {
+                                if path.as_deref() == Some(to.s3_url().as_str()) {
                                     new_link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
                                 }
                                 log.moves.push((to, from));

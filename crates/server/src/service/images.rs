@@ -2,7 +2,7 @@
 //! (v2), soft delete moving every artifact under `deleted/` (v3).
 
 use super::artifacts::{ManifestRead, location, read_manifest, validate_image_link};
-use super::recipes::undo_moves;
+use super::recipes::{undo_moves, would_overwrite};
 use super::{must_get, no_content};
 use crate::error::ApiResult;
 use crate::{Api, AppState, retrying};
@@ -17,9 +17,16 @@ use serde_json::{Value, json};
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Image> {
     let new = input::image_create(body)?;
+    // A concurrent request that takes the same link first makes the insert fail on the unique
+    // link index; the re-run then answers 422 from the check.
+    retrying!(create_once(st, &new).await)
+}
+
+async fn create_once(st: &AppState, new: &input::NewImage) -> ApiResult<Image> {
     if let Some(link) = &new.link {
         validate_image_link(st, link, None).await?;
     }
+    let new = new.clone();
     let rec = Image {
         arch: new.arch,
         created: Timestamp::now(),
@@ -160,6 +167,22 @@ async fn soft_delete_artifacts(
             return Ok(rec.link.clone());
         }
     };
+    // Check first that no move would overwrite an object already under deleted/ (left by another
+    // deleted image when keys were reused): nothing moves if one would.
+    let listed: Vec<Location> = manifest["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| serde_json::from_value::<ArtifactLink>(e.get("link")?.clone()).ok())
+        .filter_map(|l| location(&l).ok())
+        .chain([mloc.clone()])
+        .collect();
+    for from in &listed {
+        let to = from.deleted();
+        if st.artifacts.head(&to).await?.is_some() && st.artifacts.head(from).await?.is_some() {
+            return Err(would_overwrite(&rec.id, &to));
+        }
+    }
     let mut entries = Vec::new();
     for entry in manifest["artifacts"].as_array().into_iter().flatten() {
         let Some(l) = entry

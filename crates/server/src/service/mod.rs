@@ -52,19 +52,13 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> ApiResult<Response> {
     Ok(json_response(status, body))
 }
 
-/// A list of stored rows as a JSON array, without re-parsing them (rows hold wire JSON).
-pub fn raw_list(rows: Vec<Row>) -> Response {
-    let len = rows.iter().map(|r| r.data.len() + 1).sum::<usize>() + 2;
-    let mut body = String::with_capacity(len);
-    body.push('[');
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&r.data);
+/// A JSON array body shared with the store's cache (no copy).
+struct SharedJson(std::sync::Arc<str>);
+
+impl AsRef<[u8]> for SharedJson {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
-    body.push(']');
-    json_response(StatusCode::OK, body)
 }
 
 /// One stored row as the response body.
@@ -86,7 +80,11 @@ pub async fn must_get<T: Record>(store: &dyn Store, id: &str) -> ApiResult<Versi
 
 /// GET collection of any table.
 pub async fn list_raw(store: &dyn Store, table: ims_core::Table) -> ApiResult<Response> {
-    Ok(raw_list(store.list(table).await?))
+    let body = store.list_json(table).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        bytes::Bytes::from_owner(SharedJson(body)),
+    ))
 }
 
 /// GET one of any table.

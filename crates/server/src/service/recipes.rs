@@ -12,9 +12,16 @@ use serde_json::Value;
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Recipe> {
     let new = input::recipe_create(body)?;
+    // A concurrent request that takes the same link first makes the insert fail on the unique
+    // link index; the re-run then answers 422 from the check.
+    retrying!(create_once(st, &new).await)
+}
+
+async fn create_once(st: &AppState, new: &input::NewRecipe) -> ApiResult<Recipe> {
     if let Some(link) = &new.link {
         validate_recipe_link(st, link, None).await?;
     }
+    let new = new.clone();
     let rec = Recipe {
         arch: new.arch,
         created: Timestamp::now(),
@@ -97,6 +104,11 @@ async fn soft_delete_artifact(
         return Ok((rec.link.clone(), None));
     };
     let to = from.deleted();
+    // Never overwrite what is already under deleted/ (another deleted record's tarball, when a key
+    // was reused): that record could no longer be restored, and purging either would remove both.
+    if st.artifacts.head(&to).await?.is_some() && st.artifacts.head(&from).await?.is_some() {
+        return Err(would_overwrite(&rec.id, &to));
+    }
     match st.artifacts.rename(&from, &to).await? {
         Some(info) => Ok((
             Some(ArtifactLink::s3(to.s3_url(), info.etag)),
@@ -107,6 +119,17 @@ async fn soft_delete_artifact(
             Ok((rec.link.clone(), None))
         }
     }
+}
+
+/// A soft delete would overwrite an object already under `deleted/`.
+pub fn would_overwrite(id: &str, to: &Location) -> crate::error::ApiError {
+    Problem::new(
+        409,
+        format!(
+            "Record {id} was not deleted: {to} already exists (left by another deleted record?) and moving the artifact there would overwrite it. Permanently delete or restore that record, or remove the object, first."
+        ),
+    )
+    .into()
 }
 
 /// Moves objects back after a failed record change.
@@ -136,7 +159,14 @@ async fn delete_many_once(
                 ops.push(delete_op(cur));
             }
             Api::V3 => {
-                let (link, mv) = soft_delete_artifact(st, &cur.record).await?;
+                let (link, mv) = match soft_delete_artifact(st, &cur.record).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Earlier records of the batch are not deleted: their tarballs go back.
+                        undo_moves(st, moves).await;
+                        return Err(e);
+                    }
+                };
                 moves.extend(mv);
                 let mut record = cur.record.clone();
                 record.link = link;
