@@ -464,34 +464,37 @@ pub fn remote_build_node_create(body: Option<&Value>) -> Result<RemoteBuildNode,
     })
 }
 
-/// Parses a job-collection DELETE `age` (`30m`, `6h`, `1d`, `2w`, combinations such as `1d12h`)
-/// into seconds. Unlike the original, text that is not such a duration is an error.
+/// Parses a job-collection DELETE `age` (`30m`, `6h`, `1d`, `2w`, long forms such as `2weeks`,
+/// `1day`, `6hours`, `30min`, and combinations such as `1d12h`) into seconds. Unlike the original,
+/// text that is not such a duration is an error instead of "age 0" (which deleted everything).
 pub fn parse_age(s: &str) -> Option<i64> {
-    let s = s.trim();
+    let s = s.trim().to_ascii_lowercase();
     if s.is_empty() {
         return None;
     }
     let mut total: i64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-        } else {
-            let n: i64 = num.parse().ok()?;
-            num.clear();
-            let unit = match c.to_ascii_lowercase() {
-                'w' => 7 * 86400,
-                'd' => 86400,
-                'h' => 3600,
-                'm' => 60,
-                's' => 1,
-                _ => return None,
-            };
-            total = total.checked_add(n.checked_mul(unit)?)?;
+    let mut rest = s.as_str();
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return None;
         }
-    }
-    if !num.is_empty() {
-        return None;
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = rest[digits..].trim_start();
+        let letters = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let unit = match &rest[..letters] {
+            "w" | "wk" | "wks" | "week" | "weeks" => 7 * 86400,
+            "d" | "day" | "days" => 86400,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            _ => return None,
+        };
+        rest = rest[letters..].trim_start();
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
     Some(total)
 }
@@ -508,6 +511,13 @@ mod tests {
         assert_eq!(parse_age("1d"), Some(86400));
         assert_eq!(parse_age("2w"), Some(14 * 86400));
         assert_eq!(parse_age("1h30m"), Some(5400));
+        assert_eq!(parse_age("2weeks"), Some(14 * 86400));
+        assert_eq!(parse_age("1day"), Some(86400));
+        assert_eq!(parse_age("6 hours"), Some(6 * 3600));
+        assert_eq!(parse_age("30min"), Some(1800));
+        assert_eq!(parse_age("1D"), Some(86400));
+        assert_eq!(parse_age("1x"), None);
+        assert_eq!(parse_age("d"), None);
         assert_eq!(parse_age("garbage"), None);
         assert_eq!(parse_age("12"), None);
         assert_eq!(parse_age(""), None);

@@ -37,18 +37,28 @@ pub async fn open_store(cfg: &Config) -> Result<(DynStore, DataDirLock)> {
     let (url, lock) = match &cfg.database_url {
         Some(u) if !u.starts_with("sqlite://") => (u.clone(), DataDirLock(None)),
         other => {
-            let lock_path = cfg.data_dir.join("ims.lock");
+            let url = other
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir.join("ims.db").display()));
+            // The lock sits beside the database file, so two servers cannot share one SQLite
+            // database whatever their data directories (the in-memory caches would diverge).
+            let db = std::path::PathBuf::from(url.trim_start_matches("sqlite://"));
+            let lock_path = db.with_file_name(format!(
+                "{}.lock",
+                db.file_name().and_then(|n| n.to_str()).unwrap_or("ims.db")
+            ));
+            if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
             let f = File::create(&lock_path)
                 .with_context(|| format!("cannot create {}", lock_path.display()))?;
             if f.try_lock().is_err() {
                 bail!(
-                    "data directory {} is in use by another ims process (SQLite allows one server; use PostgreSQL for several)",
-                    cfg.data_dir.display()
+                    "the SQLite database {} is in use by another ims process (SQLite allows one server; use PostgreSQL for several)",
+                    db.display()
                 );
             }
-            let url = other
-                .clone()
-                .unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir.join("ims.db").display()));
             (url, DataDirLock(Some(f)))
         }
     };

@@ -610,6 +610,25 @@ async fn second_server_on_sqlite_data_dir_refused() {
     );
 }
 
+/// The lock belongs to the SQLite database, not to the data directory: a second server with its
+/// own data directory but the same `--database-url sqlite://…` is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_server_on_same_sqlite_file_refused() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", db_dir.path().join("shared.db").display());
+    let first = builder(Db::Sqlite).await;
+    let mut first = first;
+    first.db_url = Some(url.clone());
+    let s = first.start().await;
+    s.get("/healthz/ready").await.ok(200);
+    let other = tempfile::tempdir().unwrap();
+    let mut c = serve_cmd(other.path());
+    c.args(["--listen", "127.0.0.1:0", "--database-url", &url]);
+    let stderr = must_fail(c, "second ims serve on the same SQLite file");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(stderr.contains("shared.db"), "names the database: {stderr}");
+}
+
 /// Starts a new server on a stopped server's data directory and database (without signalling the
 /// old, already reaped process again).
 async fn reopen(s: &mut Server) -> Server {
@@ -686,3 +705,25 @@ both_backends!(
     health_version_openapi,
     clean_shutdown,
 );
+
+/// An unreachable PostgreSQL is reported with its real cause, quickly (not a 30 s pool time-out).
+#[test]
+fn unreachable_postgres_fails_fast_with_the_cause() {
+    // A port on loopback that nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = serve_cmd(dir.path());
+    c.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &format!("postgres://ims:secret@127.0.0.1:{port}/ims"),
+    ]);
+    let stderr = must_fail(c, "ims serve with an unreachable PostgreSQL");
+    assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password is not shown: {stderr}");
+}

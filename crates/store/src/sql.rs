@@ -48,6 +48,25 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
+        // One direct connection first: an unreachable or misconfigured server is reported with its
+        // real cause (refused, authentication…) within seconds, not as a pool time-out.
+        let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(StoreError::Database(
+                    "PostgreSQL did not answer within 10 s".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
