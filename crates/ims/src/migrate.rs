@@ -144,14 +144,7 @@ pub async fn export(store: &dyn Store, dir: &Path) -> Result<Vec<(String, usize)
     let mut out = Vec::new();
     for table in Table::ALL {
         let rows = store.list(table).await?;
-        let mut body = String::from("[");
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
-                body.push_str(", ");
-            }
-            body.push_str(&r.data);
-        }
-        body.push(']');
+        let body = ims_store::join_json(&rows);
         let name = table.original_file();
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body.as_bytes()).with_context(|| format!("{name}: cannot write"))?;

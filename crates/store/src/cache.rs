@@ -3,7 +3,7 @@
 //! touches their table; writes are serialised in-process, so they queue in order instead of spinning
 //! on SQLite's busy handler.
 
-use crate::{Op, Result, Row, Store, join_json};
+use crate::{Op, Result, Row, Store};
 use async_trait::async_trait;
 use ims_core::Table;
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ impl<S: Store> Store for Cached<S> {
         if let Some(body) = body {
             return Ok(body);
         }
-        let body: Arc<str> = Arc::from(join_json(&self.inner.list(table).await?));
+        let body = self.inner.list_json(table).await?;
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let e = lists.entry(table).or_default();
         // Keep it only if no write happened while it was read.

@@ -39,6 +39,10 @@ async fn insert_get_list(s: DynStore) {
     let all = list::<PublicKey>(&*s).await.unwrap();
     let names: Vec<_> = all.iter().map(|v| v.record.name.as_str()).collect();
     assert_eq!(names, ["b", "a"], "oldest first");
+    let json: serde_json::Value =
+        serde_json::from_str(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(json, serde_json::json!([b, a]), "the JSON array is in the same order");
+    assert_eq!(&*s.list_json(Table::Images).await.unwrap(), "[]");
     assert!(get::<PublicKey>(&*s, "nope").await.unwrap().is_none());
     // Stored JSON is the wire JSON.
     let row = s.get(Table::PublicKeys, &a.id).await.unwrap().unwrap();

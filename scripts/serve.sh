@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds and runs `ims serve` on a Debian machine with the embedded defaults: records in SQLite and
+# artifacts on the local filesystem under ./ims-data, API on http://127.0.0.1:9000. Nothing else to
+# install or start. Extra arguments go to `ims serve` (e.g. --listen 0.0.0.0:9000 --data-dir /var/lib/ims).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+# A C compiler builds the bundled SQLite; curl is handy for the walk-through.
+missing=()
+for p in gcc libc6-dev curl ca-certificates; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "serve.sh: cargo not found; install a Rust toolchain (rustup, 1.95 or newer) first" >&2
+  exit 1
+fi
+cargo build --release -q -p ims
+exec "${CARGO_TARGET_DIR:-target}/release/ims" serve "$@"
