@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-# System packages the tests use: PostgreSQL (store suite), squashfs-tools, OpenSSH, curl.
-packages=(postgresql squashfs-tools openssh-client openssh-server curl ca-certificates)
+# System packages the tests use: PostgreSQL (store suite), the OpenSSH client (node probes), curl, Python (moto).
+packages=(postgresql openssh-client curl ca-certificates python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +19,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# Python tools the tests drive (moto's S3 server for the external-S3 configuration), in a virtual
+# environment outside the clone so that it is reused between runs.
+venv=${IMS_TEST_VENV:-/var/tmp/ims-test-venv}
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "test.sh: installing moto[server] into $venv" >&2
+  python3 -m venv "$venv" 2>/dev/null || {
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*"
+fi
+export IMS_TEST_MOTO_SERVER="$venv/bin/moto_server"
 
 if ! command -v cargo >/dev/null; then
   echo "test.sh: cargo not found; install a Rust toolchain (rustup) first" >&2

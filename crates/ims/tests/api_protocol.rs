@@ -725,5 +725,8 @@ fn unreachable_postgres_fails_fast_with_the_cause() {
     ]);
     let stderr = must_fail(c, "ims serve with an unreachable PostgreSQL");
     assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
-    assert!(!stderr.contains("secret"), "the password is not shown: {stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "the password is not shown: {stderr}"
+    );
 }

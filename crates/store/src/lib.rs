@@ -57,6 +57,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Row {
     pub id: String,
     pub version: i64,
+    /// The `created` column (list order); `None` for records without one.
+    pub created: Option<String>,
     pub data: String,
 }
 
@@ -100,8 +102,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every row of a table, oldest first.
     async fn list(&self, table: Table) -> Result<Vec<Row>>;
     /// Every row of a table as one JSON array (the rows' wire JSON joined), oldest first.
-    async fn list_json(&self, table: Table) -> Result<Arc<str>> {
-        Ok(Arc::from(join_json(&self.list(table).await?)))
+    async fn list_json(&self, table: Table) -> Result<bytes::Bytes> {
+        Ok(bytes::Bytes::from(join_json(&self.list(table).await?)))
     }
     async fn get(&self, table: Table, id: &str) -> Result<Option<Row>>;
     /// Whether any row other than `except_id` has this link path.

@@ -2,13 +2,13 @@
 
 use crate::{NewRow, Op, Result, Row, Store, StoreError};
 use async_trait::async_trait;
+use bytes::Bytes;
 use ims_core::Table;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -93,33 +93,36 @@ macro_rules! sql_store {
     ($store:ident, $backend:literal, $join_sql:literal) => {
         #[async_trait]
         impl Store for $store {
-            async fn list_json(&self, table: Table) -> Result<Arc<str>> {
+            async fn list_json(&self, table: Table) -> Result<Bytes> {
                 // The database joins the rows' JSON itself: one result row instead of thousands.
                 let sql = format!($join_sql, table.name());
                 let (body,): (Option<String>,) = sqlx::query_as(&sql).fetch_one(&self.pool).await?;
-                Ok(Arc::from(format!("[{}]", body.unwrap_or_default())))
+                Ok(Bytes::from(format!("[{}]", body.unwrap_or_default())))
             }
 
             async fn list(&self, table: Table) -> Result<Vec<Row>> {
                 let sql = format!(
-                    "SELECT id, version, data FROM {} ORDER BY created, id",
+                    "SELECT id, version, created, data FROM {} ORDER BY created, id",
                     table.name()
                 );
-                let rows: Vec<(String, i64, String)> =
+                let rows: Vec<(String, i64, Option<String>, String)> =
                     sqlx::query_as(&sql).fetch_all(&self.pool).await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(id, version, data)| Row { id, version, data })
+                    .map(|(id, version, created, data)| Row { id, version, created, data })
                     .collect())
             }
 
             async fn get(&self, table: Table, id: &str) -> Result<Option<Row>> {
-                let sql = format!("SELECT id, version, data FROM {} WHERE id = $1", table.name());
-                let row: Option<(String, i64, String)> = sqlx::query_as(&sql)
+                let sql = format!(
+                    "SELECT id, version, created, data FROM {} WHERE id = $1",
+                    table.name()
+                );
+                let row: Option<(String, i64, Option<String>, String)> = sqlx::query_as(&sql)
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(row.map(|(id, version, data)| Row { id, version, data }))
+                Ok(row.map(|(id, version, created, data)| Row { id, version, created, data }))
             }
 
             async fn link_in_use(

@@ -1,6 +1,7 @@
 //! One store test suite, run against both backends.
 
 use ims_core::{Image, PublicKey, Table, Timestamp};
+use ims_store::Store as _;
 use ims_store::{
     DynStore, Op, StoreError, delete_op, get, insert, insert_op, list, row_of, testing,
     update_with, upsert_op,
@@ -40,9 +41,13 @@ async fn insert_get_list(s: DynStore) {
     let names: Vec<_> = all.iter().map(|v| v.record.name.as_str()).collect();
     assert_eq!(names, ["b", "a"], "oldest first");
     let json: serde_json::Value =
-        serde_json::from_str(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
-    assert_eq!(json, serde_json::json!([b, a]), "the JSON array is in the same order");
-    assert_eq!(&*s.list_json(Table::Images).await.unwrap(), "[]");
+        serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([b, a]),
+        "the JSON array is in the same order"
+    );
+    assert_eq!(&s.list_json(Table::Images).await.unwrap()[..], b"[]");
     assert!(get::<PublicKey>(&*s, "nope").await.unwrap().is_none());
     // Stored JSON is the wire JSON.
     let row = s.get(Table::PublicKeys, &a.id).await.unwrap().unwrap();
@@ -223,8 +228,13 @@ macro_rules! suite {
         }
     };
     (@call concurrent_updates_lose_nothing, $s:ident, $url:ident) => {{
-        // A second, independent connection pool: like a second `ims serve` process.
-        let other = ims_store::open(&$url).await.unwrap();
+        // PostgreSQL: a second, independent connection pool, like a second `ims serve` process.
+        // SQLite belongs to one process (it is locked), so there the writers share the store.
+        let other = if $s.backend() == "postgres" {
+            ims_store::open(&$url).await.unwrap()
+        } else {
+            $s.clone()
+        };
         super::concurrent_updates_lose_nothing($s, other).await
     }};
     (@call $name:ident, $s:ident, $url:ident) => {{ let _ = &$url; super::$name($s).await }};
@@ -245,27 +255,90 @@ async fn bad_url_is_a_clear_error() {
     assert!(e.to_string().contains("unsupported database URL"));
 }
 
-/// The embedded store serves collections from memory until a write touches the table.
-#[tokio::test]
-async fn sqlite_list_cache_is_coherent() {
-    let (_dir, url) = testing::sqlite_url();
-    let s = ims_store::open(&url).await.unwrap();
-    insert(&*s, &key("a")).await.unwrap();
+/// The embedded store keeps tables in memory and in step with every write.
+async fn cache_coherence(s: DynStore) {
+    let a = key("a");
+    insert(&*s, &a).await.unwrap();
     let first = s.list_json(Table::PublicKeys).await.unwrap();
     let second = s.list_json(Table::PublicKeys).await.unwrap();
-    assert!(
-        std::sync::Arc::ptr_eq(&first, &second),
-        "second read is cached"
-    );
+    assert_eq!(first, second);
     let b = key("b");
     insert(&*s, &b).await.unwrap();
-    let third = s.list_json(Table::PublicKeys).await.unwrap();
-    assert!(third.contains(&b.id), "a write invalidates the cached list");
-    // a failed write invalidates too (and changes nothing)
-    assert!(insert(&*s, &b).await.is_err());
     let v: serde_json::Value =
-        serde_json::from_str(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 2);
-    // other tables are unaffected
-    assert_eq!(&*s.list_json(Table::Images).await.unwrap(), "[]");
+        serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!([a, b]), "a write is visible at once");
+    // a failed write changes nothing
+    assert!(insert(&*s, &b).await.is_err());
+    // versioned update, upsert and delete are mirrored with the same versions as the database
+    let cur = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    let mut a2 = a.clone();
+    a2.name = "a2".into();
+    s.apply(vec![ims_store::update_op(&a2, cur.version).unwrap()])
+        .await
+        .unwrap();
+    let got = get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap();
+    assert_eq!((got.record.name.as_str(), got.version), ("a2", 2));
+    s.apply(vec![upsert_op(&a).unwrap()]).await.unwrap();
+    assert_eq!(
+        get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap().version,
+        3
+    );
+    let stale = ims_store::update_op(&a2, 2).unwrap();
+    assert!(matches!(
+        s.apply(vec![stale]).await,
+        Err(StoreError::Conflict)
+    ));
+    s.apply(vec![delete_op(
+        &get::<PublicKey>(&*s, &b.id).await.unwrap().unwrap(),
+    )])
+    .await
+    .unwrap();
+    assert!(get::<PublicKey>(&*s, &b.id).await.unwrap().is_none());
+    let v: serde_json::Value =
+        serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!([a]));
+    s.apply(vec![Op::DeleteAll(Table::PublicKeys)])
+        .await
+        .unwrap();
+    assert_eq!(&s.list_json(Table::PublicKeys).await.unwrap()[..], b"[]");
+    assert_eq!(&s.list_json(Table::Images).await.unwrap()[..], b"[]");
+}
+
+/// The cache agrees with the database it mirrors: compare with a second, uncached store.
+#[tokio::test]
+async fn sqlite_cache_matches_database() {
+    let (_dir, url) = testing::sqlite_url();
+    let s = ims_store::open(&url).await.unwrap();
+    cache_coherence(s.clone()).await;
+    for i in 0..5 {
+        insert(&*s, &key(&format!("k{i}"))).await.unwrap();
+    }
+    let raw =
+        ims_store::SqliteStore::open(std::path::Path::new(url.trim_start_matches("sqlite://")))
+            .await
+            .unwrap();
+    assert_eq!(
+        s.list_json(Table::PublicKeys).await.unwrap(),
+        raw.list_json(Table::PublicKeys).await.unwrap()
+    );
+    for r in raw.list(Table::PublicKeys).await.unwrap() {
+        assert_eq!(s.get(Table::PublicKeys, &r.id).await.unwrap(), Some(r));
+    }
+}
+
+/// A table over the budget is served by the database, correctly.
+#[tokio::test]
+async fn sqlite_cache_budget() {
+    let (dir, _url) = testing::sqlite_url();
+    let inner = ims_store::SqliteStore::open(&dir.path().join("b.db"))
+        .await
+        .unwrap();
+    let s: DynStore = std::sync::Arc::new(ims_store::Cached::with_budget(inner, 300));
+    cache_coherence(s.clone()).await;
+    for i in 0..10 {
+        insert(&*s, &key(&format!("k{i}"))).await.unwrap();
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 10);
 }

@@ -52,15 +52,6 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> ApiResult<Response> {
     Ok(json_response(status, body))
 }
 
-/// A JSON array body shared with the store's cache (no copy).
-struct SharedJson(std::sync::Arc<str>);
-
-impl AsRef<[u8]> for SharedJson {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
 /// One stored row as the response body.
 pub fn raw_one(row: Row) -> Response {
     json_response(StatusCode::OK, row.data)
@@ -80,11 +71,7 @@ pub async fn must_get<T: Record>(store: &dyn Store, id: &str) -> ApiResult<Versi
 
 /// GET collection of any table.
 pub async fn list_raw(store: &dyn Store, table: ims_core::Table) -> ApiResult<Response> {
-    let body = store.list_json(table).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        bytes::Bytes::from_owner(SharedJson(body)),
-    ))
+    Ok(json_response(StatusCode::OK, store.list_json(table).await?))
 }
 
 /// GET one of any table.
