@@ -233,7 +233,10 @@ impl ArtifactStore {
             return Ok(false);
         }
         match store.delete(&loc.path).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.prune_empty_dirs(loc);
+                Ok(true)
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(store_err(loc, e)),
         }
@@ -252,11 +255,29 @@ impl ArtifactStore {
             return Ok(None);
         };
         match store.rename(&from.path, &to.path).await {
-            Ok(()) => {}
+            Ok(()) => self.prune_empty_dirs(from),
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_err(from, e)),
         }
         self.head(to).await
+    }
+}
+
+impl ArtifactStore {
+    /// Local store: removes the directories a delete or move left empty, up to (not including) the
+    /// bucket directory, so `deleted/<id>/` and `<id>/` do not pile up.
+    fn prune_empty_dirs(&self, loc: &Location) {
+        let Backend::Local { root } = &self.backend else {
+            return;
+        };
+        let bucket_dir = root.join(&loc.bucket);
+        let mut dir = bucket_dir.join(&loc.key);
+        while dir.pop() && dir.starts_with(&bucket_dir) && dir != bucket_dir {
+            // Fails (and stops) at the first directory that is not empty.
+            if std::fs::remove_dir(&dir).is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -311,8 +332,20 @@ mod tests {
                 .is_file()
         );
         assert_eq!(s.head(&a).await.unwrap(), None);
+        assert!(
+            !d.path().join("boot-images/x").exists(),
+            "emptied directory removed"
+        );
+        let c = Location::parse("s3://boot-images/deleted/y/other").unwrap();
+        s.put_small(&c, Bytes::from_static(b"1")).await.unwrap();
         assert!(s.delete(&b).await.unwrap());
         assert!(!s.delete(&b).await.unwrap());
+        assert!(!d.path().join("boot-images/deleted/x").exists());
+        assert!(
+            d.path().join("boot-images/deleted/y/other").is_file(),
+            "others untouched"
+        );
+        assert!(d.path().join("boot-images").is_dir(), "the bucket stays");
         assert!(s.rename(&a, &b).await.unwrap().is_none());
     }
 

@@ -307,6 +307,53 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn job_fields(&self) -> (Option<&str>, Option<&str>) {
         (None, None)
     }
+    /// Checks what deserialisation alone does not (id form, enum values): records from outside the
+    /// API (`ims migrate import`) must be ones the API could have produced.
+    fn check(&self) -> Result<(), String>;
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) if u.hyphenated().to_string() == id => Ok(()),
+        _ => Err(format!("id {id:?} is not a lower-case hyphenated UUID")),
+    }
+}
+
+fn check_enum(field: &str, value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} {value:?} is not one of: {}",
+            allowed.join(", ")
+        ))
+    }
+}
+
+impl PublicKey {
+    fn check_fields(&self) -> Result<(), String> {
+        check_id(&self.id)
+    }
+}
+
+impl Recipe {
+    fn check_fields(&self) -> Result<(), String> {
+        check_id(&self.id)?;
+        check_enum("recipe_type", &self.recipe_type, RECIPE_TYPES)?;
+        check_enum(
+            "linux_distribution",
+            &self.linux_distribution,
+            LINUX_DISTRIBUTIONS,
+        )?;
+        check_enum("arch", &self.arch, ARCHES)
+    }
+}
+
+impl Image {
+    fn check_fields(&self) -> Result<(), String> {
+        check_id(&self.id)?;
+        check_enum("arch", &self.arch, ARCHES)
+    }
 }
 
 /// The tables of the records store (one per record kind, as the original's data files).
@@ -388,6 +435,9 @@ macro_rules! plain_record {
             fn link_path(&self) -> Option<&str> {
                 link_path_of(self)
             }
+            fn check(&self) -> Result<(), String> {
+                self.check_fields()
+            }
         }
     };
 }
@@ -429,6 +479,12 @@ impl Record for Job {
     fn job_fields(&self) -> (Option<&str>, Option<&str>) {
         (Some(&self.status), Some(&self.job_type))
     }
+    fn check(&self) -> Result<(), String> {
+        check_id(&self.id)?;
+        check_enum("job_type", &self.job_type, JOB_TYPES)?;
+        check_enum("status", &self.status, JOB_STATUSES)?;
+        check_enum("arch", &self.arch, ARCHES)
+    }
 }
 
 impl Record for RemoteBuildNode {
@@ -438,6 +494,15 @@ impl Record for RemoteBuildNode {
     }
     fn created(&self) -> Option<Timestamp> {
         None
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.xname.trim().is_empty() || self.xname.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "xname {:?} is empty or contains white space",
+                self.xname
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -450,6 +515,9 @@ macro_rules! deleted_record {
             }
             fn created(&self) -> Option<Timestamp> {
                 Some(self.record.created)
+            }
+            fn check(&self) -> Result<(), String> {
+                self.record.check_fields()
             }
         }
     };

@@ -53,9 +53,8 @@ fn parse_records<T: Record>(file: &str, text: &str) -> Result<Vec<T>> {
             .unwrap_or("?");
         let rec: T = serde_json::from_value(item.clone())
             .map_err(|e| anyhow!("{file}: record #{i} (id {id}): {e}"))?;
-        if rec.id().trim().is_empty() {
-            bail!("{file}: record #{i}: empty id");
-        }
+        rec.check()
+            .map_err(|e| anyhow!("{file}: record #{i} (id {id}): {e}"))?;
         out.push(rec);
     }
     Ok(out)

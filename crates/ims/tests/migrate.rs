@@ -483,7 +483,28 @@ async fn malformed_files_import_nothing(db: Db) {
         (
             "v2_public_keys.json",
             json!([{"id": "", "created": "2025-04-28T14:03:11", "name": "n", "public_key": "x"}]),
-            vec!["v2_public_keys.json", "empty id"],
+            vec!["v2_public_keys.json", "not a lower-case hyphenated UUID"],
+        ),
+        // Values the API could never have produced are refused too.
+        (
+            "v2.4_jobs.json",
+            bad_job(&|j| j["status"] = json!("running")),
+            vec!["v2.4_jobs.json", JOB_OLD, "status", "running"],
+        ),
+        (
+            "v2.4_jobs.json",
+            bad_job(&|j| j["arch"] = json!("sparc")),
+            vec!["v2.4_jobs.json", JOB_OLD, "arch", "sparc"],
+        ),
+        (
+            "v2_public_keys.json",
+            json!([{"id": "KEY-1", "created": "2025-04-28T14:03:11", "name": "n", "public_key": "x"}]),
+            vec!["v2_public_keys.json", "KEY-1", "UUID"],
+        ),
+        (
+            "v2_public_keys.json",
+            json!([{"id": PK.to_uppercase(), "created": "2025-04-28T14:03:11", "name": "n", "public_key": "x"}]),
+            vec!["v2_public_keys.json", "lower-case"],
         ),
         (
             "v3.1_deleted_images.json",

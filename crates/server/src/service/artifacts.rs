@@ -67,22 +67,34 @@ pub async fn read_manifest(st: &AppState, loc: &Location) -> ApiResult<ManifestR
     }
 }
 
+/// A link belongs to at most one active record of a table (422 naming `link.path` otherwise).
+async fn ensure_link_free(
+    st: &AppState,
+    table: Table,
+    link: &ArtifactLink,
+    except_id: Option<&str>,
+) -> ApiResult<()> {
+    if st.store.link_in_use(table, &link.path, except_id).await? {
+        let what = if table == Table::Images {
+            "image"
+        } else {
+            "recipe"
+        };
+        return Err(Problem::validation(serde_json::json!({
+            "link": {"path": [format!("The artifact {} is already used by another {what}.", link.path)]}
+        }))
+        .into());
+    }
+    Ok(())
+}
+
 /// Recipe link rules on POST and PATCH: unique among active recipes, object exists.
 pub async fn validate_recipe_link(
     st: &AppState,
     link: &ArtifactLink,
     except_id: Option<&str>,
 ) -> ApiResult<()> {
-    if st
-        .store
-        .link_in_use(Table::Recipes, &link.path, except_id)
-        .await?
-    {
-        return Err(Problem::validation(serde_json::json!({
-            "link": {"path": [format!("The artifact {} is already used by another recipe.", link.path)]}
-        }))
-        .into());
-    }
+    ensure_link_free(st, Table::Recipes, link, except_id).await?;
     require_object(st, link).await?;
     Ok(())
 }
@@ -94,16 +106,7 @@ pub async fn validate_image_link(
     link: &ArtifactLink,
     except_id: Option<&str>,
 ) -> ApiResult<()> {
-    if st
-        .store
-        .link_in_use(Table::Images, &link.path, except_id)
-        .await?
-    {
-        return Err(Problem::validation(serde_json::json!({
-            "link": {"path": [format!("The manifest {} is already used by another image.", link.path)]}
-        }))
-        .into());
-    }
+    ensure_link_free(st, Table::Images, link, except_id).await?;
     let loc = require_object(st, link).await?;
     let v = match st
         .artifacts

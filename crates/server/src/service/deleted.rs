@@ -3,7 +3,7 @@
 //! in one transaction: all or nothing.
 
 use super::artifacts::{ManifestRead, location, read_manifest};
-use super::images::{MoveLog, manifest_links};
+use super::images::{Entry, MoveLog, manifest_entries};
 use super::{must_get, no_content};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, retrying};
@@ -212,16 +212,9 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                 // manifest becomes the record's link.
                 let mut moves = Vec::new();
                 let mut path = None;
-                for entry in v["artifacts"].as_array().into_iter().flatten() {
-                    let Some(l) = entry
-                        .get("link")
-                        .and_then(|l| serde_json::from_value::<ArtifactLink>(l.clone()).ok())
-                    else {
-                        continue;
-                    };
-                    let Ok(from) = location(&l) else { continue };
-                    let Some((from, to)) = restore_move(st, from).await? else {
-                        tracing::warn!(path = %l.path, "deleted image artifact missing; skipped");
+                for Entry { entry, link, loc } in manifest_entries(&v) {
+                    let Some((from, to)) = restore_move(st, loc).await? else {
+                        tracing::warn!(path = %link.path, "deleted image artifact missing; skipped");
                         continue;
                     };
                     if entry.get("type").and_then(Value::as_str) == Some(MIME_MANIFEST) {
@@ -317,10 +310,7 @@ async fn plan_image_purge(st: &AppState, d: &Deleted<Image>) -> ApiResult<Purge>
                 ))
                 .into());
             }
-            let mut objs: Vec<Location> = manifest_links(&v)
-                .iter()
-                .filter_map(|l| location(l).ok())
-                .collect();
+            let mut objs: Vec<Location> = manifest_entries(&v).into_iter().map(|e| e.loc).collect();
             objs.push(mloc);
             Ok(Purge::Objects(objs))
         }

@@ -76,16 +76,34 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<I
     retrying!(patch_once(st, id, &p).await)
 }
 
-/// The artifact links a manifest lists (entries without a usable link are skipped).
-pub fn manifest_links(v: &Value) -> Vec<ArtifactLink> {
-    v.get("artifacts")
+/// One artifact entry of a manifest with a usable link: the entry, its link and its location.
+pub struct Entry<'a> {
+    pub entry: &'a Value,
+    pub link: ArtifactLink,
+    pub loc: Location,
+}
+
+/// The artifact entries a manifest lists; entries without a usable link are skipped (logged).
+pub fn manifest_entries(v: &Value) -> Vec<Entry<'_>> {
+    let mut out = Vec::new();
+    for entry in v
+        .get("artifacts")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| serde_json::from_value(e.get("link")?.clone()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+    {
+        let Some(link) = entry
+            .get("link")
+            .and_then(|l| serde_json::from_value::<ArtifactLink>(l.clone()).ok())
+        else {
+            continue;
+        };
+        match location(&link) {
+            Ok(loc) => out.push(Entry { entry, link, loc }),
+            Err(_) => tracing::warn!(path = %link.path, "skipping invalid artifact link"),
+        }
+    }
+    out
 }
 
 /// v2 cascade: every artifact the manifest lists, then the manifest. Per-artifact failures are
@@ -105,14 +123,9 @@ async fn delete_artifacts(st: &AppState, link: &Option<ArtifactLink>) -> ApiResu
             tracing::warn!(path = %link.path, %why, "image manifest unreadable; deleting it but no artifacts");
         }
         ManifestRead::Json(v) => {
-            for l in manifest_links(&v) {
-                match location(&l) {
-                    Ok(loc) => {
-                        if let Err(e) = st.artifacts.delete(&loc).await {
-                            tracing::error!(path = %l.path, error = ?e, "could not delete image artifact");
-                        }
-                    }
-                    Err(_) => tracing::warn!(path = %l.path, "skipping invalid artifact link"),
+            for e in manifest_entries(&v) {
+                if let Err(err) = st.artifacts.delete(&e.loc).await {
+                    tracing::error!(path = %e.link.path, error = ?err, "could not delete image artifact");
                 }
             }
         }
@@ -169,41 +182,29 @@ async fn soft_delete_artifacts(
     };
     // Check first that no move would overwrite an object already under deleted/ (left by another
     // deleted image when keys were reused): nothing moves if one would.
-    let listed: Vec<Location> = manifest["artifacts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| serde_json::from_value::<ArtifactLink>(e.get("link")?.clone()).ok())
-        .filter_map(|l| location(&l).ok())
-        .chain([mloc.clone()])
-        .collect();
-    for from in &listed {
+    let listed = manifest_entries(&manifest);
+    for from in listed.iter().map(|e| &e.loc).chain([&mloc]) {
         let to = from.deleted();
         if st.artifacts.head(&to).await?.is_some() && st.artifacts.head(from).await?.is_some() {
             return Err(would_overwrite(&rec.id, &to));
         }
     }
     let mut entries = Vec::new();
-    for entry in manifest["artifacts"].as_array().into_iter().flatten() {
-        let Some(l) = entry
-            .get("link")
-            .and_then(|l| serde_json::from_value::<ArtifactLink>(l.clone()).ok())
-        else {
-            continue;
-        };
-        let Ok(from) = location(&l) else { continue };
-        let to = from.deleted();
-        match st.artifacts.rename(&from, &to).await {
+    for Entry { entry, link, loc } in listed {
+        let to = loc.deleted();
+        match st.artifacts.rename(&loc, &to).await {
             Ok(Some(info)) => {
                 let mut e = entry.clone();
                 e["link"] = json!({"etag": info.etag, "path": to.s3_url(), "type": "s3"});
                 entries.push(e);
-                log.moves.push((to, from));
+                log.moves.push((to, loc));
             }
             Ok(None) => {
-                tracing::warn!(path = %l.path, "image artifact missing; left out of the deleted manifest")
+                tracing::warn!(path = %link.path, "image artifact missing; left out of the deleted manifest")
             }
-            Err(e) => tracing::error!(path = %l.path, error = %e, "could not move image artifact"),
+            Err(e) => {
+                tracing::error!(path = %link.path, error = %e, "could not move image artifact")
+            }
         }
     }
     let to = mloc.deleted();
