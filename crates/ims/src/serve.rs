@@ -108,6 +108,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             key: cfg.node_ssh_key.clone(),
             timeout: Duration::from_secs(10),
         }),
+        sts: cfg.s3.as_ref().map(|s3| {
+            Arc::new(ims_server::sts::StaticIssuer {
+                access_key: s3.access_key.clone(),
+                secret_key: s3.secret_key.clone(),
+                endpoint_url: s3.endpoint.clone(),
+                ttl: Duration::from_secs(3600),
+            }) as Arc<dyn ims_server::sts::StsIssuer>
+        }),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -125,6 +125,14 @@ async fn records_service_on_s3() {
         .start()
         .await;
 
+    // STS points clients (cray artifacts) at the configured S3 endpoint.
+    let sts = s.send("PUT", "/apis/sts/token", None, None).await.ok(200);
+    let c = &sts["Credentials"];
+    assert_eq!(c["EndpointURL"], moto.url.as_str());
+    assert_eq!(c["AccessKeyId"], "testing");
+    assert_eq!(c["SecretAccessKey"], "testing");
+    assert!(is_wire_time(c["Expiration"].as_str().unwrap()));
+
     // Recipe link validated by HEAD on S3; a missing object is a 422.
     s.post(
         "/v3/recipes",

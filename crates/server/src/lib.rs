@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod routes;
 pub mod service;
+pub mod sts;
 
 use ims_artifacts::ArtifactStore;
 use ims_store::DynStore;
@@ -79,4 +80,6 @@ pub struct AppState {
     pub cfg: Arc<ServiceConfig>,
     pub executor: Arc<dyn executor::JobExecutor>,
     pub prober: Arc<dyn nodes::NodeProber>,
+    /// Issues S3 credentials at `PUT /apis/sts/token`; `None` when no S3 endpoint is available.
+    pub sts: Option<Arc<dyn sts::StsIssuer>>,
 }

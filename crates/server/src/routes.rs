@@ -300,6 +300,20 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ))
 }
 
+/// `PUT /apis/sts/token` (what `cray artifacts` calls first): temporary S3 credentials and the
+/// endpoint to use them with.
+async fn sts_token(State(st): St) -> ApiResult<Response> {
+    let issuer = st.sts.as_ref().ok_or_else(|| {
+        Problem::unavailable("No S3 endpoint is configured, so no S3 credentials can be issued.")
+    })?;
+    json(
+        StatusCode::OK,
+        &crate::sts::StsResponse {
+            credentials: issuer.issue(),
+        },
+    )
+}
+
 /// The complete HTTP application.
 pub fn router(st: AppState) -> Router {
     let limit = st.cfg.max_body_bytes;
@@ -307,6 +321,10 @@ pub fn router(st: AppState) -> Router {
     Router::new()
         .merge(tree.clone())
         .nest("/apis/ims", tree)
+        .route(
+            "/apis/sts/token",
+            axum::routing::put(sts_token).post(sts_token),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(ensure_problem))
