@@ -14,7 +14,7 @@ trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$wor
 IMAGE_ID=$(python3 bench/seed.py "$work/seed" 10000)
 "$BIN" migrate import "$work/seed" --data-dir "$work/data" >/dev/null
 PORT=${PORT:-19123}
-"$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$work/data" 2>"$work/serve.log" &
+"$BIN" serve --listen 127.0.0.1:$PORT --s3-listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/serve.log" &
 pid=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/healthz/live" >/dev/null && break; sleep 0.1; done
 URL=http://127.0.0.1:$PORT

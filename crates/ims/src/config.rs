@@ -8,12 +8,18 @@ use std::path::PathBuf;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 pub const DEFAULT_DATA_DIR: &str = "./ims-data";
+/// The built-in S3 endpoint (embedded mode, when no external S3 is configured).
+pub const DEFAULT_S3_LISTEN: &str = "127.0.0.1:9001";
 
 /// The configuration file (`--config FILE`, `IMS_CONFIG`, or `<data-dir>/ims.toml` when present).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// Address of the built-in S3 endpoint.
+    pub s3_listen: Option<String>,
+    /// The URL clients are told to use for the built-in S3 endpoint (STS `EndpointURL`).
+    pub s3_public_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<String>,
@@ -61,6 +67,7 @@ pub struct NodesFile {
 pub struct Flags {
     pub config: Option<PathBuf>,
     pub listen: Option<String>,
+    pub s3_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<String>,
@@ -76,6 +83,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where the built-in S3 endpoint listens (used only without an external S3).
+    pub s3_listen: SocketAddr,
+    /// The built-in endpoint's URL as clients should reach it; default `http://<s3_listen>`.
+    pub s3_public_url: Option<String>,
     pub data_dir: PathBuf,
     /// `None`: SQLite in the data directory.
     pub database_url: Option<String>,
@@ -197,6 +208,27 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             format!("{listen:?} is not an ADDRESS:PORT"),
         )
     })?;
+
+    let (sname, s3_listen) = pick(&flags.s3_listen, &["IMS_S3_LISTEN"], &file.s3_listen)
+        .unwrap_or(("default".into(), DEFAULT_S3_LISTEN.into()));
+    let s3_listen: SocketAddr = s3_listen.parse().map_err(|_| {
+        err(
+            if sname == "--flag" {
+                "--s3-listen"
+            } else if sname == "config file" {
+                "s3_listen"
+            } else {
+                &sname
+            },
+            format!("{s3_listen:?} is not an ADDRESS:PORT"),
+        )
+    })?;
+    let s3_public_url = pick(&None, &["IMS_S3_PUBLIC_URL"], &file.s3_public_url).map(|(_, v)| v);
+    if let Some(u) = &s3_public_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return Err(err("s3_public_url", format!("{u:?} is not an http(s) URL")));
+    }
 
     let data_dir = flags
         .data_dir
@@ -361,6 +393,8 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
 
     Ok(Config {
         listen,
+        s3_listen,
+        s3_public_url,
         data_dir,
         database_url,
         log_format,

@@ -43,6 +43,9 @@ enum Cmd {
         /// Address to listen on (ADDRESS:PORT). Default 127.0.0.1:9000.
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the built-in S3 endpoint (embedded mode). Default 127.0.0.1:9001.
+        #[arg(long)]
+        s3_listen: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -63,10 +66,11 @@ enum MigrateOp {
     Export { dir: PathBuf },
 }
 
-fn flags(common: &Common, listen: Option<String>) -> config::Flags {
+fn flags(common: &Common, listen: Option<String>, s3_listen: Option<String>) -> config::Flags {
     config::Flags {
         config: common.config.clone(),
         listen,
+        s3_listen,
         data_dir: common.data_dir.clone(),
         database_url: common.database_url.clone(),
         log_format: common.log_format.clone(),
@@ -75,11 +79,18 @@ fn flags(common: &Common, listen: Option<String>) -> config::Flags {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (common, listen) = match &cli.cmd {
-        Cmd::Serve { listen, common } => (common.clone(), listen.clone()),
-        Cmd::Migrate { common, .. } => (common.clone(), None),
+    let (common, listen, s3_listen) = match &cli.cmd {
+        Cmd::Serve {
+            listen,
+            s3_listen,
+            common,
+        } => (common.clone(), listen.clone(), s3_listen.clone()),
+        Cmd::Migrate { common, .. } => (common.clone(), None, None),
     };
-    let cfg = match config::load(&flags(&common, listen), &config::Env::from_process()) {
+    let cfg = match config::load(
+        &flags(&common, listen, s3_listen),
+        &config::Env::from_process(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ims: {e}");

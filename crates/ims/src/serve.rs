@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use ims_artifacts::{ArtifactStore, Backend};
 use ims_server::executor::RecordOnlyExecutor;
 use ims_server::nodes::SshProber;
+use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
 use ims_server::{AppState, router};
 use ims_store::DynStore;
 use std::fs::File;
@@ -15,7 +16,8 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init_logging(fmt: &LogFormat) {
     let filter = EnvFilter::try_from_env("IMS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+        // s3s logs every S3 error answer (a HEAD of a missing object too) at ERROR under `s3s::ops`.
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn,s3s::ops=off"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -99,6 +101,58 @@ pub async fn run(cfg: Config) -> Result<()> {
             .ensure_buckets(&[&cfg.service.ims_bucket, &cfg.service.boot_images_bucket])
             .context("cannot create the artifact directories")?;
     }
+    // Embedded mode: the built-in S3 endpoint serves the artifact root; STS hands out temporary
+    // credentials for it. With an external S3, STS hands out the configured keys and endpoint.
+    let (stop_s3, stop_s3_rx) = tokio::sync::oneshot::channel::<()>();
+    let (sts, s3_task): (Arc<dyn StsIssuer>, _) = match &cfg.s3 {
+        Some(s3) => (
+            Arc::new(StaticIssuer {
+                access_key: s3.access_key.clone(),
+                secret_key: s3.secret_key.clone(),
+                endpoint_url: s3.endpoint.clone(),
+                ttl: STS_TTL,
+            }),
+            None,
+        ),
+        None => {
+            let cred_path = cfg.data_dir.join("s3-credentials.json");
+            let creds = Arc::new(
+                ims_s3::CredentialStore::open(&cred_path)
+                    .with_context(|| format!("cannot open {}", cred_path.display()))?,
+            );
+            let svc = ims_s3::service(
+                ims_s3::S3Config {
+                    root: cfg.data_dir.join("artifacts"),
+                    state_dir: cfg.data_dir.join("s3-state"),
+                },
+                creds.clone(),
+            )
+            .context("cannot start the built-in S3 endpoint")?;
+            let listener = tokio::net::TcpListener::bind(cfg.s3_listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (S3 endpoint)", cfg.s3_listen))?;
+            let addr = listener.local_addr()?;
+            let url = cfg
+                .s3_public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            tracing::info!(
+                "S3 endpoint at {url} (access key {}; credentials in {})",
+                creds.root().access_key,
+                cred_path.display()
+            );
+            let task = tokio::spawn(ims_s3::serve(listener, svc, async move {
+                let _ = stop_s3_rx.await;
+            }));
+            (
+                Arc::new(EmbeddedIssuer {
+                    creds,
+                    endpoint_url: url,
+                }),
+                Some(task),
+            )
+        }
+    };
     let state = AppState {
         store: store.clone(),
         artifacts,
@@ -108,14 +162,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             key: cfg.node_ssh_key.clone(),
             timeout: Duration::from_secs(10),
         }),
-        sts: cfg.s3.as_ref().map(|s3| {
-            Arc::new(ims_server::sts::StaticIssuer {
-                access_key: s3.access_key.clone(),
-                secret_key: s3.secret_key.clone(),
-                endpoint_url: s3.endpoint.clone(),
-                ttl: Duration::from_secs(3600),
-            }) as Arc<dyn ims_server::sts::StsIssuer>
-        }),
+        sts: Some(sts),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -149,8 +196,38 @@ pub async fn run(cfg: Config) -> Result<()> {
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    let _ = stop_s3.send(());
+    if let Some(task) = s3_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "S3 endpoint stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "S3 endpoint task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     store.close().await;
     Ok(())
+}
+
+/// How long STS credentials are valid (the CSM STS default is one hour).
+const STS_TTL: Duration = Duration::from_secs(3600);
+
+/// STS for the built-in endpoint: a fresh temporary key, secret and session token each time.
+struct EmbeddedIssuer {
+    creds: Arc<ims_s3::CredentialStore>,
+    endpoint_url: String,
+}
+
+impl StsIssuer for EmbeddedIssuer {
+    fn issue(&self) -> StsCredentials {
+        let c = self.creds.issue(STS_TTL);
+        StsCredentials {
+            access_key_id: c.access_key,
+            secret_access_key: c.secret_key,
+            session_token: c.session_token.unwrap_or_default(),
+            endpoint_url: self.endpoint_url.clone(),
+            expiration: ims_core::Timestamp(c.expires.unwrap_or_else(chrono::Utc::now)),
+        }
+    }
 }
 
 async fn shutdown_signal() {

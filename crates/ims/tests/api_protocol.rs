@@ -389,6 +389,8 @@ fn must_fail(mut c: Command, what: &str) -> String {
 fn serve_cmd(data: &std::path::Path) -> Command {
     let mut c = Command::new(ims_bin());
     c.arg("serve")
+        // Tests run in parallel: never the fixed default S3 port.
+        .args(["--s3-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .env_remove("IMS_CONFIG")

@@ -64,13 +64,22 @@ mod tests {
             endpoint_url: "http://127.0.0.1:9001".into(),
             ttl: std::time::Duration::from_secs(3600),
         };
-        let v = serde_json::to_value(StsResponse { credentials: i.issue() }).unwrap();
+        let v = serde_json::to_value(StsResponse {
+            credentials: i.issue(),
+        })
+        .unwrap();
         let c = v["Credentials"].as_object().unwrap();
         let mut keys: Vec<&str> = c.keys().map(String::as_str).collect();
         keys.sort();
         assert_eq!(
             keys,
-            ["AccessKeyId", "EndpointURL", "Expiration", "SecretAccessKey", "SessionToken"]
+            [
+                "AccessKeyId",
+                "EndpointURL",
+                "Expiration",
+                "SecretAccessKey",
+                "SessionToken"
+            ]
         );
         assert!(c["Expiration"].as_str().unwrap().ends_with("+00:00"));
     }

@@ -91,7 +91,13 @@ impl Builder {
             );
         }
         let mut child = self
-            .command(&["serve", "--listen", "127.0.0.1:0"])
+            .command(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,162 @@
+//! Embedded mode end to end: `ims serve` runs the built-in S3 endpoint; STS hands out temporary
+//! credentials for it; a real S3 client (boto3, as `cray artifacts` uses it: empty region, session
+//! token, path-style) uploads an image's artifacts; the records API validates and manages them.
+//!
+//! Needs `IMS_TEST_PYTHON` (a Python with boto3; `scripts/test.sh` sets it) unless `IMS_TEST_SKIP_S3=1`.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
+
+const CLIENT: &str = r#"
+import json, sys, boto3, botocore
+c = json.loads(sys.argv[1])
+op = sys.argv[2]
+s3 = boto3.client("s3", aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
+                  aws_session_token=c.get("SessionToken") or None, endpoint_url=c["EndpointURL"], region_name="us-east-1",
+                  config=botocore.config.Config(retries={"max_attempts": 1}))
+try:
+    if op == "buckets":
+        print(json.dumps(sorted(b["Name"] for b in s3.list_buckets()["Buckets"])))
+    elif op == "put":
+        bucket, key, data, md5 = sys.argv[3:7]
+        s3.put_object(Bucket=bucket, Key=key, Body=data.encode(), Metadata={"md5sum": md5})
+        print(json.dumps({"ok": True}))
+    elif op == "get":
+        bucket, key = sys.argv[3:5]
+        r = s3.get_object(Bucket=bucket, Key=key)
+        print(json.dumps({"body": r["Body"].read().decode(), "meta": r["Metadata"]}))
+    elif op == "keys":
+        bucket = sys.argv[3]
+        r = s3.list_objects(Bucket=bucket, EncodingType="url")
+        print(json.dumps(sorted(o["Key"] for o in r.get("Contents", []))))
+except botocore.exceptions.ClientError as e:
+    print(json.dumps({"error": e.response["Error"]["Code"]}))
+"#;
+
+fn python() -> Option<String> {
+    if std::env::var("IMS_TEST_SKIP_S3").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    Some(std::env::var("IMS_TEST_PYTHON").expect(
+        "IMS_TEST_PYTHON is not set: run the tests with scripts/test.sh (or set IMS_TEST_SKIP_S3=1)",
+    ))
+}
+
+fn s3(py: &str, creds: &Value, args: &[&str]) -> Value {
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(CLIENT)
+        .arg(creds.to_string())
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "boto3 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_and_builtin_s3_serve_the_artifact_store() {
+    let Some(py) = python() else { return };
+    let s = start(Db::Sqlite).await;
+
+    // Credentials are generated on first start, private to the owner.
+    let cred_file = s.data.path().join("s3-credentials.json");
+    let mode = std::fs::metadata(&cred_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "credentials file mode");
+
+    let sts = s.send("PUT", "/apis/sts/token", None, None).await.ok(200);
+    let c = sts["Credentials"].clone();
+    assert!(
+        c["EndpointURL"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+    assert!(!c["SessionToken"].as_str().unwrap().is_empty());
+    assert!(is_wire_time(c["Expiration"].as_str().unwrap()));
+    let buckets = s3(&py, &c, &["buckets"]);
+    assert_eq!(buckets, json!(["boot-images", "ims"]));
+
+    // Upload an image the way `cray artifacts create` does, then register it.
+    let mut artifacts = vec![];
+    for (name, mime) in [
+        ("rootfs", "application/vnd.cray.image.rootfs.squashfs"),
+        ("kernel", "application/vnd.cray.image.kernel"),
+        ("initrd", "application/vnd.cray.image.initrd"),
+    ] {
+        let key = format!("up1/{name}");
+        assert_eq!(
+            s3(&py, &c, &["put", "boot-images", &key, name, "abc123"]),
+            json!({"ok": true})
+        );
+        artifacts.push(json!({"link": {"path": format!("s3://boot-images/{key}"), "etag": "", "type": "s3"}, "type": mime, "md5": "abc123"}));
+    }
+    let manifest =
+        json!({"version": "1.0", "created": "2026-01-01 00:00:00", "artifacts": artifacts})
+            .to_string();
+    s3(
+        &py,
+        &c,
+        &["put", "boot-images", "up1/manifest.json", &manifest, "m"],
+    );
+    let link = json!({"path": "s3://boot-images/up1/manifest.json", "etag": "", "type": "s3"});
+    let img = s
+        .post("/v3/images", &json!({"name": "uploaded", "link": link}))
+        .await
+        .ok(201);
+    let id = img["id"].as_str().unwrap();
+
+    // What the records service wrote is visible through S3, and the other way round.
+    let got = s3(&py, &c, &["get", "boot-images", "up1/rootfs"]);
+    assert_eq!(got["body"], "rootfs");
+    assert_eq!(got["meta"]["md5sum"], "abc123");
+    s.delete(&format!("/v3/images/{id}")).await.ok(204);
+    let keys = s3(&py, &c, &["keys", "boot-images"]);
+    let keys: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"deleted/up1/rootfs"), "{keys:?}");
+    assert!(
+        keys.contains(&format!("deleted/{id}/deleted_manifest.json").as_str()),
+        "{keys:?}"
+    );
+    assert!(!keys.contains(&"up1/rootfs"));
+
+    // The endpoint honours only what it issued.
+    let mut forged = c.clone();
+    forged["SessionToken"] = json!("forged-token");
+    assert_eq!(s3(&py, &forged, &["buckets"])["error"], "InvalidToken");
+    let mut no_token = c.clone();
+    no_token["SessionToken"] = json!("");
+    assert_eq!(
+        s3(
+            &py,
+            &no_token,
+            &["get", "boot-images", "deleted/up1/rootfs"]
+        )["error"],
+        "AccessDenied"
+    );
+    let anon = reqwest::get(format!(
+        "{}/boot-images/deleted/up1/rootfs",
+        c["EndpointURL"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(anon.status().as_u16(), 403);
+
+    // Credentials survive a restart (same long-lived key), and the restarted STS works.
+    let before = std::fs::read(&cred_file).unwrap();
+    let s = s.restart().await;
+    assert_eq!(std::fs::read(&cred_file).unwrap(), before);
+    let c2 = s.send("PUT", "/apis/sts/token", None, None).await.ok(200)["Credentials"].clone();
+    assert_eq!(s3(&py, &c2, &["buckets"]), json!(["boot-images", "ims"]));
+}
