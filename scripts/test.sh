@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-# System packages the tests use: PostgreSQL (store suite), the OpenSSH client (node probes), curl, Python (moto).
-packages=(postgresql openssh-client curl ca-certificates python3 python3-venv)
+# System packages the tests use: PostgreSQL (store suite), the OpenSSH client (node probes), curl, Python (moto),
+# squashfs-tools, tar, xz-utils, zstd, attr, libcap2-bin (crates/rootfs: real mksquashfs, xattrs, capabilities).
+packages=(postgresql openssh-client curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
