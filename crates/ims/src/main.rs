@@ -1,6 +1,7 @@
-//! `ims`: the image management service (`ims serve`), its data tools (`ims migrate`), and later the
-//! job agent and the client CLI.
+//! `ims`: the image management service (`ims serve`), its data tools (`ims migrate`) and the client
+//! CLI shaped like `cray ims` (`ims images list`, …); later the job agent.
 
+mod cli;
 mod config;
 mod migrate;
 mod serve;
@@ -18,6 +19,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    client: cli::Globals,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -56,6 +59,9 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Client commands, shaped like `cray ims` (images, recipes, public-keys, jobs, …).
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -79,16 +85,31 @@ fn flags(common: &Common, listen: Option<String>, s3_listen: Option<String>) -> 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (common, listen, s3_listen) = match &cli.cmd {
+    match cli.cmd {
+        Cmd::Client(c) => cli::run(c, cli.client),
         Cmd::Serve {
             listen,
             s3_listen,
             common,
-        } => (common.clone(), listen.clone(), s3_listen.clone()),
-        Cmd::Migrate { common, .. } => (common.clone(), None, None),
-    };
+        } => run_service(&common, listen, s3_listen, Service::Serve),
+        Cmd::Migrate { op, common } => run_service(&common, None, None, Service::Migrate(op)),
+    }
+}
+
+/// The commands that work on the service's own data (they load the server configuration).
+enum Service {
+    Serve,
+    Migrate(MigrateOp),
+}
+
+fn run_service(
+    common: &Common,
+    listen: Option<String>,
+    s3_listen: Option<String>,
+    cmd: Service,
+) -> ExitCode {
     let cfg = match config::load(
-        &flags(&common, listen, s3_listen),
+        &flags(common, listen, s3_listen),
         &config::Env::from_process(),
     ) {
         Ok(c) => c,
@@ -109,9 +130,9 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.cmd {
-            Cmd::Serve { .. } => serve::run(cfg).await,
-            Cmd::Migrate { op, .. } => {
+        match cmd {
+            Service::Serve => serve::run(cfg).await,
+            Service::Migrate(op) => {
                 let (store, _lock) = serve::open_store(&cfg).await?;
                 let r = match op {
                     MigrateOp::Import { dir } => {

@@ -1,0 +1,354 @@
+//! A small typed HTTP client for the IMS API, shaped after the requests `cray ims` sends
+//! (`shared/reference/clients.md` §2 and §4).
+//!
+//! * Every route lives under `<base>/apis/ims`; the v3 resources under `<base>/apis/ims/v3/...`.
+//!   A path in the base URL is kept as a prefix (`http://gw/prefix` → `http://gw/prefix/apis/ims/...`),
+//!   with or without a trailing slash (cray drops it without one; we don't).
+//! * Path arguments (ids, xnames) are percent-encoded as one path segment, so `a/b` or `x?y` can never
+//!   turn into another route or a query string (cray inserts them raw).
+//! * Bodies are returned as [`serde_json::Value`]: an empty body (204) is `Value::Null`, a body that is
+//!   not JSON is a `Value::String` holding its text.
+//! * A non-2xx answer becomes [`Error::Api`], carrying the status, the reason phrase and the RFC 7807
+//!   `title`/`detail` when the body has them. Its `Display` is what `cray` prints after `Error: `.
+//!
+//! Nothing here prints; callers decide how to show results and errors.
+
+use reqwest::Method;
+use serde_json::Value;
+use std::time::Duration;
+use url::Url;
+
+/// The URL `ims serve` listens on by default.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:9000";
+
+/// The v3 resource collections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Images,
+    Recipes,
+    PublicKeys,
+    Jobs,
+    RemoteBuildNodes,
+    /// `remote-build-nodes/status`: read-only.
+    RemoteBuildNodesStatus,
+    DeletedImages,
+    DeletedRecipes,
+    DeletedPublicKeys,
+}
+
+impl Resource {
+    /// The collection's path segments below `/apis/ims/v3`.
+    pub fn segments(self) -> &'static [&'static str] {
+        match self {
+            Resource::Images => &["images"],
+            Resource::Recipes => &["recipes"],
+            Resource::PublicKeys => &["public-keys"],
+            Resource::Jobs => &["jobs"],
+            Resource::RemoteBuildNodes => &["remote-build-nodes"],
+            Resource::RemoteBuildNodesStatus => &["remote-build-nodes", "status"],
+            Resource::DeletedImages => &["deleted", "images"],
+            Resource::DeletedRecipes => &["deleted", "recipes"],
+            Resource::DeletedPublicKeys => &["deleted", "public-keys"],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The base URL cannot be used (not http/https, or not a URL at all).
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The server answered with a non-2xx status.
+    #[error("{}", api_message(*.status, .reason, .title.as_deref(), .detail.as_deref()))]
+    Api {
+        status: u16,
+        /// The HTTP reason phrase (`Not Found`).
+        reason: String,
+        /// RFC 7807 `title`, when the body is a problem document.
+        title: Option<String>,
+        /// RFC 7807 `detail`, when the body is a problem document.
+        detail: Option<String>,
+        /// The whole body, parsed when it is JSON (`Null` when empty).
+        body: Value,
+    },
+    /// No connection could be made to the server.
+    #[error("cannot connect to the IMS server at {url}: {}", root_cause(.source))]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Any other transport failure (timeout, broken connection, unreadable body).
+    #[error("request to {url} failed: {}", root_cause(.source))]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// The innermost cause (e.g. `Connection refused (os error 111)`), without reqwest's wrappers
+/// that repeat the URL.
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn api_message(status: u16, reason: &str, title: Option<&str>, detail: Option<&str>) -> String {
+    match (title, detail) {
+        (Some(t), Some(d)) => format!("{t}: {d}"),
+        _ => format!("Error received from server: {status} {reason}"),
+    }
+}
+
+impl Error {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A client for one IMS server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// `<base>/apis/ims`, without a trailing slash.
+    root: Url,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:9000`), sending
+    /// `Authorization: Bearer <token>` when a token is given.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: base_url.to_string(),
+            reason,
+        };
+        let mut root = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(root.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https".into()));
+        }
+        if root.cannot_be_a_base() {
+            return Err(invalid("not a base URL".into()));
+        }
+        root.set_query(None);
+        root.set_fragment(None);
+        {
+            let mut segs = root
+                .path_segments_mut()
+                .map_err(|()| invalid("not a base URL".into()))?;
+            segs.pop_if_empty().push("apis").push("ims");
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ims-client/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            root,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// The URL of `/apis/ims/<segments...>`; each segment is percent-encoded on its own.
+    pub fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> Url {
+        let mut u = self.root.clone();
+        if let Ok(mut s) = u.path_segments_mut() {
+            s.extend(segments);
+        }
+        u
+    }
+
+    fn v3_url(&self, res: Resource, id: Option<&str>) -> Url {
+        let mut segs = vec!["v3"];
+        segs.extend_from_slice(res.segments());
+        segs.extend(id);
+        self.url(segs)
+    }
+
+    /// Sends one request and returns the body of a 2xx answer (see the crate docs).
+    /// `body: None` sends no body and no `Content-Type`.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let shown = url.to_string();
+        let mut req = self.http.request(method, url);
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                Error::Connect {
+                    url: shown.clone(),
+                    source: e,
+                }
+            } else {
+                Error::Transport {
+                    url: shown.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+            url: shown.clone(),
+            source: e,
+        })?;
+        let body = parse_body(&bytes);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        Err(Error::Api {
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("").to_string(),
+            title: field("title"),
+            detail: field("detail"),
+            body,
+        })
+    }
+
+    /// `GET /apis/ims/v3/<resource>`.
+    pub async fn list(&self, res: Resource) -> Result<Value> {
+        self.send(Method::GET, self.v3_url(res, None), &[], None)
+            .await
+    }
+
+    /// `GET /apis/ims/v3/<resource>/<id>`.
+    pub async fn describe(&self, res: Resource, id: &str) -> Result<Value> {
+        self.send(Method::GET, self.v3_url(res, Some(id)), &[], None)
+            .await
+    }
+
+    /// `POST /apis/ims/v3/<resource>` with a JSON body.
+    pub async fn create(&self, res: Resource, body: &Value) -> Result<Value> {
+        self.send(Method::POST, self.v3_url(res, None), &[], Some(body))
+            .await
+    }
+
+    /// `PATCH /apis/ims/v3/<resource>/<id>`; `None` sends no body at all (as cray does when no
+    /// option is given).
+    pub async fn update(&self, res: Resource, id: &str, body: Option<&Value>) -> Result<Value> {
+        self.send(Method::PATCH, self.v3_url(res, Some(id)), &[], body)
+            .await
+    }
+
+    /// `DELETE /apis/ims/v3/<resource>/<id>`.
+    pub async fn delete(&self, res: Resource, id: &str) -> Result<Value> {
+        self.send(Method::DELETE, self.v3_url(res, Some(id)), &[], None)
+            .await
+    }
+
+    /// `DELETE /apis/ims/v3/<resource>` with optional query filters (jobs: `status`, `job_type`,
+    /// `age`).
+    pub async fn delete_all(&self, res: Resource, query: &[(&str, &str)]) -> Result<Value> {
+        self.send(Method::DELETE, self.v3_url(res, None), query, None)
+            .await
+    }
+
+    /// `GET /apis/ims/version`.
+    pub async fn version(&self) -> Result<Value> {
+        self.send(Method::GET, self.url(["version"]), &[], None)
+            .await
+    }
+}
+
+fn parse_body(bytes: &[u8]) -> Value {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_the_base_path_and_encode_ids() {
+        let c = Client::new("http://127.0.0.1:9000", None).unwrap();
+        assert_eq!(
+            c.v3_url(Resource::Images, None).as_str(),
+            "http://127.0.0.1:9000/apis/ims/v3/images"
+        );
+        assert_eq!(
+            c.v3_url(Resource::DeletedPublicKeys, Some("a/b?c"))
+                .as_str(),
+            "http://127.0.0.1:9000/apis/ims/v3/deleted/public-keys/a%2Fb%3Fc"
+        );
+        for base in ["http://h/gw", "http://h/gw/"] {
+            let c = Client::new(base, None).unwrap();
+            assert_eq!(
+                c.v3_url(Resource::RemoteBuildNodesStatus, Some("x1"))
+                    .as_str(),
+                "http://h/gw/apis/ims/v3/remote-build-nodes/status/x1"
+            );
+        }
+        assert_eq!(
+            c.url(["version"]).as_str(),
+            "http://127.0.0.1:9000/apis/ims/version"
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        for u in ["", "127.0.0.1:9000", "ftp://h/", "mailto:x@y"] {
+            assert!(
+                matches!(Client::new(u, None), Err(Error::InvalidUrl { .. })),
+                "{u}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_errors_display_like_cray() {
+        let e = Error::Api {
+            status: 404,
+            reason: "Not Found".into(),
+            title: Some("Not Found".into()),
+            detail: Some("Requested resource does not exist.".into()),
+            body: Value::Null,
+        };
+        assert_eq!(
+            e.to_string(),
+            "Not Found: Requested resource does not exist."
+        );
+        let e = Error::Api {
+            status: 502,
+            reason: "Bad Gateway".into(),
+            title: None,
+            detail: None,
+            body: Value::Null,
+        };
+        assert_eq!(e.to_string(), "Error received from server: 502 Bad Gateway");
+    }
+
+    #[test]
+    fn bodies() {
+        assert_eq!(parse_body(b""), Value::Null);
+        assert_eq!(parse_body(b"\n"), Value::Null);
+        assert_eq!(parse_body(b"{\"a\":1}"), serde_json::json!({"a":1}));
+        assert_eq!(parse_body(b"plain"), Value::String("plain".into()));
+    }
+}

@@ -1,0 +1,368 @@
+//! The client commands' arguments, named exactly like `cray ims` (`clients.md` §4).
+
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Subcommand, ValueEnum};
+use ims_core::records::{
+    ARCHES, JOB_STATUSES, JOB_TYPES, LINK_TYPES, LINUX_DISTRIBUTIONS, RECIPE_TYPES,
+};
+use std::path::PathBuf;
+
+/// Options of the client commands, accepted anywhere on the command line.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Globals {
+    /// Output format of client commands: toml (default), json or yaml.
+    #[arg(long, global = true, value_enum)]
+    pub format: Option<Format>,
+    /// IMS server URL for client commands. Default: IMS_URL, then the client config file
+    /// (`ims config set url=…`), then http://127.0.0.1:9000.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// Bearer token for client commands. Default: IMS_TOKEN, then the client config file.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Toml,
+    Json,
+    Yaml,
+}
+
+/// `true/false/1/0/yes/no`, as cray's BOOLEAN options (case-insensitive).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!(
+            "{s:?} is not a valid boolean (use true/false, 1/0 or yes/no)"
+        )),
+    }
+}
+
+fn choices(values: &'static [&'static str]) -> PossibleValuesParser {
+    PossibleValuesParser::new(values.iter().copied())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Image records (`/v3/images`).
+    Images {
+        #[command(subcommand)]
+        verb: ImagesVerb,
+    },
+    /// Recipe records (`/v3/recipes`).
+    Recipes {
+        #[command(subcommand)]
+        verb: RecipesVerb,
+    },
+    /// Public key records (`/v3/public-keys`).
+    PublicKeys {
+        #[command(subcommand)]
+        verb: PublicKeysVerb,
+    },
+    /// Job records (`/v3/jobs`).
+    Jobs {
+        #[command(subcommand)]
+        verb: JobsVerb,
+    },
+    /// Remote build nodes (`/v3/remote-build-nodes`) and their status.
+    RemoteBuildNodes {
+        #[command(subcommand)]
+        verb: NodesVerb,
+    },
+    /// Soft-deleted records (`/v3/deleted/...`): list, inspect, undelete, purge.
+    Deleted {
+        #[command(subcommand)]
+        what: DeletedWhat,
+    },
+    /// The server's version (`/apis/ims/version`). `ims version list` works too, as with cray.
+    Version {
+        #[command(subcommand)]
+        verb: Option<VersionVerb>,
+    },
+    /// The client configuration file (server URL and token).
+    Config {
+        #[command(subcommand)]
+        op: ConfigOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VersionVerb {
+    /// Show the server's version.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigOp {
+    /// Write settings: `ims config set url=http://host:9000 [token=…]` (an empty value removes one).
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Show the settings (the token masked), or one setting's value.
+    Get {
+        #[arg(value_name = "KEY")]
+        key: Option<String>,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct Link {
+    /// Artifact link path (`link.path`), e.g. s3://boot-images/ID/manifest.json.
+    #[arg(long)]
+    pub link_path: Option<String>,
+    /// Artifact link etag (`link.etag`).
+    #[arg(long)]
+    pub link_etag: Option<String>,
+    /// Artifact link type (`link.type`).
+    #[arg(long, value_parser = choices(LINK_TYPES))]
+    pub link_type: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct Id {
+    /// The record's id.
+    pub id: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesVerb {
+    /// List all images.
+    List,
+    /// Show one image.
+    Describe(Id),
+    /// Register an image.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        link: Link,
+        #[arg(long, value_parser = choices(ARCHES))]
+        arch: Option<String>,
+        /// Metadata key (sent as `metadata.key`).
+        #[arg(long)]
+        metadata_key: Option<String>,
+        /// Metadata value (sent as `metadata.value`).
+        #[arg(long)]
+        metadata_value: Option<String>,
+    },
+    /// Change an image's link, arch or metadata.
+    Update {
+        id: String,
+        #[command(flatten)]
+        link: Link,
+        #[arg(long, value_parser = choices(ARCHES))]
+        arch: Option<String>,
+        #[arg(long, value_parser = choices(&["set", "remove"]))]
+        metadata_operation: Option<String>,
+        #[arg(long)]
+        metadata_key: Option<String>,
+        #[arg(long)]
+        metadata_value: Option<String>,
+    },
+    /// Delete an image (soft delete: see `ims deleted images`).
+    Delete(Id),
+    /// Delete all images.
+    Deleteall,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct TemplateDictionary {
+    /// Template dictionary keys, comma-separated (zipped with the values).
+    #[arg(long, value_delimiter = ',')]
+    pub template_dictionary_key: Option<Vec<String>>,
+    /// Template dictionary values, comma-separated (zipped with the keys).
+    #[arg(long, value_delimiter = ',')]
+    pub template_dictionary_value: Option<Vec<String>>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecipesVerb {
+    /// List all recipes.
+    List,
+    /// Show one recipe.
+    Describe(Id),
+    /// Register a recipe.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = choices(RECIPE_TYPES))]
+        recipe_type: String,
+        #[arg(long, value_parser = choices(LINUX_DISTRIBUTIONS))]
+        linux_distribution: String,
+        #[command(flatten)]
+        link: Link,
+        #[arg(long, value_parser = choices(ARCHES))]
+        arch: Option<String>,
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        require_dkms: Option<bool>,
+        #[command(flatten)]
+        template: TemplateDictionary,
+    },
+    /// Change a recipe's link, arch, require_dkms or template dictionary.
+    Update {
+        id: String,
+        #[command(flatten)]
+        link: Link,
+        #[arg(long, value_parser = choices(ARCHES))]
+        arch: Option<String>,
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        require_dkms: Option<bool>,
+        #[command(flatten)]
+        template: TemplateDictionary,
+    },
+    /// Delete a recipe (soft delete).
+    Delete(Id),
+    /// Delete all recipes.
+    Deleteall,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PublicKeysVerb {
+    /// List all public keys.
+    List,
+    /// Show one public key.
+    Describe(Id),
+    /// Register a public key read from a file (verbatim).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// File holding the public key (e.g. ~/.ssh/id_rsa.pub).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+    },
+    /// Delete a public key (soft delete).
+    Delete(Id),
+    /// Delete all public keys.
+    Deleteall,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsVerb {
+    /// List all jobs.
+    List,
+    /// Show one job.
+    Describe(Id),
+    /// Start a create or customize job.
+    Create {
+        #[arg(long, value_parser = choices(JOB_TYPES))]
+        job_type: String,
+        /// The recipe (create) or image (customize) id.
+        #[arg(long)]
+        artifact_id: String,
+        #[arg(long)]
+        public_key_id: String,
+        #[arg(long)]
+        image_root_archive_name: String,
+        #[arg(long)]
+        kernel_file_name: Option<String>,
+        #[arg(long, default_value = "initrd")]
+        initrd_file_name: String,
+        #[arg(long, default_value = "kernel-parameters")]
+        kernel_parameters_file_name: String,
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        enable_debug: Option<bool>,
+        /// Build environment size (GiB).
+        #[arg(long, value_name = "INT")]
+        build_env_size: Option<i64>,
+        /// Job memory size (GiB).
+        #[arg(long, value_name = "INT")]
+        job_mem_size: Option<i64>,
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        require_dkms: Option<bool>,
+        /// SSH container names, comma-separated (zipped with --ssh-containers-jail).
+        #[arg(long, value_delimiter = ',')]
+        ssh_containers_name: Option<Vec<String>>,
+        /// SSH container jail flags, comma-separated booleans.
+        #[arg(long, value_delimiter = ',', value_parser = parse_bool)]
+        ssh_containers_jail: Option<Vec<bool>>,
+    },
+    /// Delete a job.
+    Delete(Id),
+    /// Delete jobs, optionally only those matching the filters.
+    Deleteall {
+        #[arg(long, value_parser = choices(JOB_STATUSES))]
+        status: Option<String>,
+        #[arg(long, value_parser = choices(JOB_TYPES))]
+        job_type: Option<String>,
+        /// Minimum age, e.g. 1d, 6h, 1w2d.
+        #[arg(long)]
+        age: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct Xname {
+    /// The node's xname.
+    pub xname: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodesVerb {
+    /// List all remote build nodes.
+    List,
+    /// Show one remote build node.
+    Describe(Xname),
+    /// Register a remote build node.
+    Create {
+        #[arg(long)]
+        xname: String,
+    },
+    /// Remove a remote build node.
+    Delete(Xname),
+    /// Remove all remote build nodes.
+    Deleteall,
+    /// The nodes' status.
+    Status {
+        #[command(subcommand)]
+        verb: NodesStatusVerb,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodesStatusVerb {
+    /// Status of all remote build nodes.
+    List,
+    /// Status of one remote build node.
+    Describe(Xname),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeletedWhat {
+    /// Soft-deleted images.
+    Images {
+        #[command(subcommand)]
+        verb: DeletedVerb,
+    },
+    /// Soft-deleted recipes.
+    Recipes {
+        #[command(subcommand)]
+        verb: DeletedVerb,
+    },
+    /// Soft-deleted public keys.
+    PublicKeys {
+        #[command(subcommand)]
+        verb: DeletedVerb,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeletedVerb {
+    /// List the deleted records.
+    List,
+    /// Show one deleted record.
+    Describe(Id),
+    /// Undelete a record (`--operation undelete`).
+    Update {
+        id: String,
+        #[arg(long, value_parser = choices(&["undelete"]))]
+        operation: Option<String>,
+    },
+    /// Purge a deleted record for good.
+    Delete(Id),
+    /// Purge all deleted records of this kind.
+    Deleteall,
+}

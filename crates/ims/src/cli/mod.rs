@@ -1,0 +1,563 @@
+//! The client CLI, shaped like `cray ims …` (`shared/reference/clients.md` §4): the same commands,
+//! verbs, option names and request bodies; results on stdout in toml (default), json or yaml;
+//! errors on stderr as `Error: <title>: <detail>` with exit code 2.
+//!
+//! Arguments are turned into a [`Request`] first (all client-side checks happen there, before any
+//! connection), then sent with [`ims_client::Client`].
+
+mod args;
+mod output;
+mod settings;
+
+pub use args::{Command, Globals};
+
+use args::*;
+use ims_client::{Client, Resource};
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// One API call, fully checked.
+#[derive(Debug, PartialEq)]
+enum Request {
+    List(Resource),
+    Describe(Resource, String),
+    Create(Resource, Value),
+    /// `None`: PATCH with no body, as cray sends when no option is given.
+    Update(Resource, String, Option<Value>),
+    Delete(Resource, String),
+    DeleteAll(Resource, Vec<(&'static str, String)>),
+    Version,
+}
+
+/// Runs a client command and returns the process's exit code (0, or 2 on any error).
+pub fn run(cmd: Command, globals: Globals) -> ExitCode {
+    let format = globals.format.unwrap_or_default();
+    let result = match cmd {
+        Command::Config { op } => config(op, format),
+        cmd => request(cmd).and_then(|req| send(req, &globals, format)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("Error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints a result on stdout (a closed pipe is not an error worth reporting).
+fn print(v: &Value, format: Format) -> Result<(), String> {
+    let text = output::render(v, format)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    Ok(())
+}
+
+fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
+    let file = settings::load()?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let url = g
+        .url
+        .clone()
+        .or_else(|| env("IMS_URL"))
+        .or_else(|| settings::get(&file, "url"))
+        .unwrap_or_else(|| ims_client::DEFAULT_URL.to_string());
+    let token = g
+        .token
+        .clone()
+        .or_else(|| env("IMS_TOKEN"))
+        .or_else(|| settings::get(&file, "token"));
+    let client = Client::new(&url, token).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let body = rt
+        .block_on(async {
+            match req {
+                Request::List(r) => client.list(r).await,
+                Request::Describe(r, id) => client.describe(r, &id).await,
+                Request::Create(r, body) => client.create(r, &body).await,
+                Request::Update(r, id, body) => client.update(r, &id, body.as_ref()).await,
+                Request::Delete(r, id) => client.delete(r, &id).await,
+                Request::DeleteAll(r, q) => {
+                    let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    client.delete_all(r, &q).await
+                }
+                Request::Version => client.version().await,
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    print(&body, format)
+}
+
+fn config(op: ConfigOp, format: Format) -> Result<(), String> {
+    let mut table = settings::load()?;
+    match op {
+        ConfigOp::Set { settings: pairs } => {
+            for p in &pairs {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| format!("expected KEY=VALUE, got {p:?}"))?;
+                let k = k.trim();
+                if !settings::KEYS.contains(&k) {
+                    return Err(format!(
+                        "unknown setting {k:?} (known: {})",
+                        settings::KEYS.join(", ")
+                    ));
+                }
+                if k == "url" && !v.is_empty() {
+                    Client::new(v, None).map_err(|e| e.to_string())?;
+                }
+                if v.is_empty() {
+                    table.remove(k);
+                } else {
+                    table.insert(k.to_string(), toml::Value::String(v.to_string()));
+                }
+            }
+            let p = settings::save(&table)?;
+            eprintln!("Wrote {}", p.display());
+            Ok(())
+        }
+        ConfigOp::Get { key } => {
+            if let Some(t) = table.get_mut("token").and_then(|t| match t {
+                toml::Value::String(s) => Some(s),
+                _ => None,
+            }) {
+                *t = settings::mask(t);
+            }
+            let shown = serde_json::to_value(&table).map_err(|e| e.to_string())?;
+            match key {
+                Some(k) => match shown.get(&k) {
+                    Some(Value::String(s)) => print(&Value::String(s.clone()), format),
+                    Some(v) => print(v, format),
+                    None => Err(format!(
+                        "{k:?} is not set in {}",
+                        settings::path()?.display()
+                    )),
+                },
+                None => print(&shown, format),
+            }
+        }
+    }
+}
+
+/// Sets `key` when there is a value.
+fn put(o: &mut Map<String, Value>, key: &str, v: Option<impl Into<Value>>) {
+    if let Some(v) = v {
+        o.insert(key.to_string(), v.into());
+    }
+}
+
+/// Puts `link: {path, etag, type}` with the options given (none: no `link`).
+fn put_link(o: &mut Map<String, Value>, l: Link) {
+    let mut link = Map::new();
+    put(&mut link, "path", l.link_path);
+    put(&mut link, "etag", l.link_etag);
+    put(&mut link, "type", l.link_type);
+    if !link.is_empty() {
+        o.insert("link".into(), Value::Object(link));
+    }
+}
+
+/// Zips two comma-separated lists into objects, as cray does for array-of-object options.
+fn zip(
+    a_name: &str,
+    a: Option<Vec<Value>>,
+    b_name: &str,
+    b: Option<Vec<Value>>,
+    b_optional: bool,
+) -> Result<Option<Value>, String> {
+    let (a_key, b_key) = (field_of(a_name), field_of(b_name));
+    match (a, b) {
+        (None, None) => Ok(None),
+        (Some(a), None) if b_optional => Ok(Some(Value::Array(
+            a.into_iter().map(|x| json!({ a_key: x })).collect(),
+        ))),
+        (a, b) => {
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+            if a.len() != b.len() {
+                return Err(format!(
+                    "--{a_name} and --{b_name} must have the same number of values ({} and {})",
+                    a.len(),
+                    b.len()
+                ));
+            }
+            Ok(Some(Value::Array(
+                a.into_iter()
+                    .zip(b)
+                    .map(|(x, y)| json!({ a_key: x, b_key: y }))
+                    .collect(),
+            )))
+        }
+    }
+}
+
+/// `template-dictionary-key` → `key`.
+fn field_of(option: &str) -> &str {
+    option.rsplit('-').next().unwrap_or(option)
+}
+
+fn strings(v: Option<Vec<String>>) -> Option<Vec<Value>> {
+    v.map(|v| v.into_iter().map(Value::String).collect())
+}
+
+fn template_dictionary(t: TemplateDictionary) -> Result<Option<Value>, String> {
+    zip(
+        "template-dictionary-key",
+        strings(t.template_dictionary_key),
+        "template-dictionary-value",
+        strings(t.template_dictionary_value),
+        false,
+    )
+}
+
+fn patch(o: Map<String, Value>) -> Option<Value> {
+    (!o.is_empty()).then_some(Value::Object(o))
+}
+
+/// The generic verbs of a resource.
+fn simple(r: Resource, list: bool, describe: Option<String>, delete: Option<String>) -> Request {
+    match (list, describe, delete) {
+        (true, _, _) => Request::List(r),
+        (_, Some(id), _) => Request::Describe(r, id),
+        (_, _, Some(id)) => Request::Delete(r, id),
+        _ => Request::DeleteAll(r, vec![]),
+    }
+}
+
+/// Checks the arguments and builds the request (nothing is sent yet).
+fn request(cmd: Command) -> Result<Request, String> {
+    use Resource as R;
+    Ok(match cmd {
+        Command::Config { .. } => unreachable!("handled by run"),
+        Command::Version { .. } => Request::Version,
+        Command::Images { verb } => match verb {
+            ImagesVerb::List => simple(R::Images, true, None, None),
+            ImagesVerb::Describe(i) => simple(R::Images, false, Some(i.id), None),
+            ImagesVerb::Delete(i) => simple(R::Images, false, None, Some(i.id)),
+            ImagesVerb::Deleteall => simple(R::Images, false, None, None),
+            ImagesVerb::Create {
+                name,
+                link,
+                arch,
+                metadata_key,
+                metadata_value,
+            } => {
+                let mut o = Map::new();
+                o.insert("name".into(), name.into());
+                put_link(&mut o, link);
+                put(&mut o, "arch", arch);
+                let mut m = Map::new();
+                put(&mut m, "key", metadata_key);
+                put(&mut m, "value", metadata_value);
+                if !m.is_empty() {
+                    o.insert("metadata".into(), Value::Object(m));
+                }
+                Request::Create(R::Images, Value::Object(o))
+            }
+            ImagesVerb::Update {
+                id,
+                link,
+                arch,
+                metadata_operation,
+                metadata_key,
+                metadata_value,
+            } => {
+                let mut o = Map::new();
+                put_link(&mut o, link);
+                put(&mut o, "arch", arch);
+                let mut m = Map::new();
+                put(&mut m, "operation", metadata_operation);
+                put(&mut m, "key", metadata_key);
+                put(&mut m, "value", metadata_value);
+                if !m.is_empty() {
+                    o.insert("metadata".into(), Value::Object(m));
+                }
+                Request::Update(R::Images, id, patch(o))
+            }
+        },
+        Command::Recipes { verb } => match verb {
+            RecipesVerb::List => simple(R::Recipes, true, None, None),
+            RecipesVerb::Describe(i) => simple(R::Recipes, false, Some(i.id), None),
+            RecipesVerb::Delete(i) => simple(R::Recipes, false, None, Some(i.id)),
+            RecipesVerb::Deleteall => simple(R::Recipes, false, None, None),
+            RecipesVerb::Create {
+                name,
+                recipe_type,
+                linux_distribution,
+                link,
+                arch,
+                require_dkms,
+                template,
+            } => {
+                let mut o = Map::new();
+                put_link(&mut o, link);
+                o.insert("recipe_type".into(), recipe_type.into());
+                o.insert("linux_distribution".into(), linux_distribution.into());
+                o.insert("name".into(), name.into());
+                put(&mut o, "arch", arch);
+                put(&mut o, "require_dkms", require_dkms);
+                put(
+                    &mut o,
+                    "template_dictionary",
+                    template_dictionary(template)?,
+                );
+                Request::Create(R::Recipes, Value::Object(o))
+            }
+            RecipesVerb::Update {
+                id,
+                link,
+                arch,
+                require_dkms,
+                template,
+            } => {
+                let mut o = Map::new();
+                put_link(&mut o, link);
+                put(&mut o, "arch", arch);
+                put(&mut o, "require_dkms", require_dkms);
+                put(
+                    &mut o,
+                    "template_dictionary",
+                    template_dictionary(template)?,
+                );
+                Request::Update(R::Recipes, id, patch(o))
+            }
+        },
+        Command::PublicKeys { verb } => match verb {
+            PublicKeysVerb::List => simple(R::PublicKeys, true, None, None),
+            PublicKeysVerb::Describe(i) => simple(R::PublicKeys, false, Some(i.id), None),
+            PublicKeysVerb::Delete(i) => simple(R::PublicKeys, false, None, Some(i.id)),
+            PublicKeysVerb::Deleteall => simple(R::PublicKeys, false, None, None),
+            PublicKeysVerb::Create { name, public_key } => {
+                let key = std::fs::read(&public_key)
+                    .map_err(|e| format!("cannot read {}: {e}", public_key.display()))?;
+                let key = String::from_utf8(key)
+                    .map_err(|_| format!("{} is not UTF-8 text", public_key.display()))?;
+                Request::Create(R::PublicKeys, json!({"name": name, "public_key": key}))
+            }
+        },
+        Command::Jobs { verb } => match verb {
+            JobsVerb::List => simple(R::Jobs, true, None, None),
+            JobsVerb::Describe(i) => simple(R::Jobs, false, Some(i.id), None),
+            JobsVerb::Delete(i) => simple(R::Jobs, false, None, Some(i.id)),
+            JobsVerb::Deleteall {
+                status,
+                job_type,
+                age,
+            } => {
+                let mut q = vec![];
+                q.extend(status.map(|v| ("status", v)));
+                q.extend(job_type.map(|v| ("job_type", v)));
+                q.extend(age.map(|v| ("age", v)));
+                Request::DeleteAll(R::Jobs, q)
+            }
+            JobsVerb::Create {
+                job_type,
+                artifact_id,
+                public_key_id,
+                image_root_archive_name,
+                kernel_file_name,
+                initrd_file_name,
+                kernel_parameters_file_name,
+                enable_debug,
+                build_env_size,
+                job_mem_size,
+                require_dkms,
+                ssh_containers_name,
+                ssh_containers_jail,
+            } => {
+                let mut o = Map::new();
+                o.insert("job_type".into(), job_type.into());
+                o.insert(
+                    "image_root_archive_name".into(),
+                    image_root_archive_name.into(),
+                );
+                put(&mut o, "kernel_file_name", kernel_file_name);
+                o.insert("initrd_file_name".into(), initrd_file_name.into());
+                o.insert(
+                    "kernel_parameters_file_name".into(),
+                    kernel_parameters_file_name.into(),
+                );
+                o.insert("artifact_id".into(), artifact_id.into());
+                o.insert("public_key_id".into(), public_key_id.into());
+                put(&mut o, "enable_debug", enable_debug);
+                put(&mut o, "build_env_size", build_env_size);
+                put(&mut o, "job_mem_size", job_mem_size);
+                put(&mut o, "require_dkms", require_dkms);
+                let containers = zip(
+                    "ssh-containers-name",
+                    strings(ssh_containers_name),
+                    "ssh-containers-jail",
+                    ssh_containers_jail.map(|v| v.into_iter().map(Value::Bool).collect()),
+                    true,
+                )?;
+                put(&mut o, "ssh_containers", containers);
+                Request::Create(R::Jobs, Value::Object(o))
+            }
+        },
+        Command::RemoteBuildNodes { verb } => match verb {
+            NodesVerb::List => simple(R::RemoteBuildNodes, true, None, None),
+            NodesVerb::Describe(x) => simple(R::RemoteBuildNodes, false, Some(x.xname), None),
+            NodesVerb::Delete(x) => simple(R::RemoteBuildNodes, false, None, Some(x.xname)),
+            NodesVerb::Deleteall => simple(R::RemoteBuildNodes, false, None, None),
+            NodesVerb::Create { xname } => {
+                Request::Create(R::RemoteBuildNodes, json!({ "xname": xname }))
+            }
+            NodesVerb::Status { verb } => match verb {
+                NodesStatusVerb::List => Request::List(R::RemoteBuildNodesStatus),
+                NodesStatusVerb::Describe(x) => {
+                    Request::Describe(R::RemoteBuildNodesStatus, x.xname)
+                }
+            },
+        },
+        Command::Deleted { what } => {
+            let (r, verb) = match what {
+                DeletedWhat::Images { verb } => (R::DeletedImages, verb),
+                DeletedWhat::Recipes { verb } => (R::DeletedRecipes, verb),
+                DeletedWhat::PublicKeys { verb } => (R::DeletedPublicKeys, verb),
+            };
+            match verb {
+                DeletedVerb::List => simple(r, true, None, None),
+                DeletedVerb::Describe(i) => simple(r, false, Some(i.id), None),
+                DeletedVerb::Delete(i) => simple(r, false, None, Some(i.id)),
+                DeletedVerb::Deleteall => simple(r, false, None, None),
+                DeletedVerb::Update { id, operation } => {
+                    Request::Update(r, id, operation.map(|op| json!({ "operation": op })))
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: Command,
+        #[command(flatten)]
+        g: Globals,
+    }
+
+    fn req(args: &[&str]) -> Result<Request, String> {
+        let t = T::try_parse_from(std::iter::once("ims").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        request(t.cmd)
+    }
+
+    #[test]
+    fn bodies_match_cray() {
+        assert_eq!(
+            req(&["images", "create", "--name", "img-min"]).unwrap(),
+            Request::Create(Resource::Images, json!({"name": "img-min"}))
+        );
+        assert_eq!(
+            req(&["images", "update", "X"]).unwrap(),
+            Request::Update(Resource::Images, "X".into(), None)
+        );
+        assert_eq!(
+            req(&[
+                "recipes",
+                "update",
+                "R",
+                "--require-dkms",
+                "no",
+                "--template-dictionary-key",
+                "X",
+                "--template-dictionary-value",
+                "Y"
+            ])
+            .unwrap(),
+            Request::Update(
+                Resource::Recipes,
+                "R".into(),
+                Some(
+                    json!({"require_dkms": false, "template_dictionary": [{"key": "X", "value": "Y"}]})
+                )
+            )
+        );
+        assert_eq!(
+            req(&[
+                "jobs",
+                "create",
+                "--job-type",
+                "create",
+                "--artifact-id",
+                "A",
+                "--public-key-id",
+                "P",
+                "--image-root-archive-name",
+                "myimg"
+            ])
+            .unwrap(),
+            Request::Create(
+                Resource::Jobs,
+                json!({"job_type": "create", "image_root_archive_name": "myimg",
+                       "initrd_file_name": "initrd", "kernel_parameters_file_name": "kernel-parameters",
+                       "artifact_id": "A", "public_key_id": "P"})
+            )
+        );
+        assert_eq!(
+            req(&["jobs", "deleteall", "--status", "success", "--age", "1d"]).unwrap(),
+            Request::DeleteAll(
+                Resource::Jobs,
+                vec![("status", "success".into()), ("age", "1d".into())]
+            )
+        );
+        assert_eq!(
+            req(&[
+                "deleted",
+                "recipes",
+                "update",
+                "R",
+                "--operation",
+                "undelete"
+            ])
+            .unwrap(),
+            Request::Update(
+                Resource::DeletedRecipes,
+                "R".into(),
+                Some(json!({"operation": "undelete"}))
+            )
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(req(&["images", "create", "--name", "n", "--arch", "sparc"]).is_err());
+        assert!(req(&["recipes", "update", "R", "--require-dkms", "maybe"]).is_err());
+        let e = req(&[
+            "recipes",
+            "update",
+            "R",
+            "--template-dictionary-key",
+            "A,B",
+            "--template-dictionary-value",
+            "1",
+        ])
+        .unwrap_err();
+        assert!(e.contains("same number of values"), "{e}");
+        assert!(
+            req(&[
+                "jobs",
+                "create",
+                "--job-type",
+                "create",
+                "--artifact-id",
+                "A",
+                "--public-key-id",
+                "P",
+                "--image-root-archive-name",
+                "n",
+                "--ssh-containers-jail",
+                "true"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! Rendering results like cray: toml (lists as `results = [...]`), `json.dumps(indent=2)`, yaml.
+
+use super::args::Format;
+use serde_json::Value;
+
+/// The text to print for a result (without the final newline). An empty body renders as "".
+pub fn render(v: &Value, format: Format) -> Result<String, String> {
+    match v {
+        Value::Null => return Ok(String::new()),
+        // A body that was not JSON (or a bare JSON string) is printed as its text.
+        Value::String(s) => return Ok(s.clone()),
+        _ => {}
+    }
+    let out = match format {
+        Format::Json => python_json(v).map_err(|e| e.to_string())?,
+        Format::Yaml => serde_yaml::to_string(v).map_err(|e| e.to_string())?,
+        Format::Toml => match v {
+            Value::Object(_) => toml_text(v)?,
+            Value::Array(_) => toml_text(&serde_json::json!({ "results": v }))?,
+            other => other.to_string(),
+        },
+    };
+    Ok(out.trim_end_matches('\n').to_string())
+}
+
+/// `json.dumps(v, indent=2)`: two-space indentation and non-ASCII characters as `\uXXXX`.
+pub fn python_json(v: &Value) -> serde_json::Result<String> {
+    let pretty = serde_json::to_string_pretty(v)?;
+    let mut out = String::with_capacity(pretty.len());
+    for c in pretty.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            // Non-ASCII characters only occur inside strings, where `\u` escapes are valid.
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn toml_text(v: &Value) -> Result<String, String> {
+    match to_toml(v) {
+        Some(toml::Value::Table(t)) => toml::to_string(&t).map_err(|e| e.to_string()),
+        _ => Ok(String::new()),
+    }
+}
+
+/// JSON → TOML; `null`s (which TOML cannot express) are left out, as Python's `toml.dumps` does.
+fn to_toml(v: &Value) -> Option<toml::Value> {
+    Some(match v {
+        Value::Null => return None,
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => toml::Value::String(s.clone()),
+        Value::Array(a) => toml::Value::Array(a.iter().filter_map(to_toml).collect()),
+        Value::Object(o) => toml::Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| to_toml(v).map(|v| (k.clone(), v)))
+                .collect(),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn toml_wraps_lists_and_drops_nulls() {
+        let v = json!([{"id": "a", "link": {"path": "p"}, "x": null}, {"id": "b"}]);
+        let t = render(&v, Format::Toml).unwrap();
+        let back: toml::Table = toml::from_str(&t).unwrap();
+        let back = serde_json::to_value(back).unwrap();
+        assert_eq!(
+            back,
+            json!({"results": [{"id": "a", "link": {"path": "p"}}, {"id": "b"}]})
+        );
+        assert_eq!(render(&json!([]), Format::Toml).unwrap(), "results = []");
+    }
+
+    #[test]
+    fn json_is_python_like() {
+        let v = json!({"b": [], "a": {"n": "é😀"}, "c": {}});
+        assert_eq!(
+            render(&v, Format::Json).unwrap(),
+            "{\n  \"a\": {\n    \"n\": \"\\u00e9\\ud83d\\ude00\"\n  },\n  \"b\": [],\n  \"c\": {}\n}"
+        );
+    }
+
+    #[test]
+    fn empty_and_text_bodies() {
+        for f in [Format::Toml, Format::Json, Format::Yaml] {
+            assert_eq!(render(&Value::Null, f).unwrap(), "");
+            assert_eq!(render(&json!("text"), f).unwrap(), "text");
+        }
+    }
+}

@@ -1,0 +1,1026 @@
+//! The `ims` client CLI (issue 3 item 3), driven as a subprocess against a real `ims serve`
+//! (SQLite) and, where the exact request matters, against a tiny recording HTTP listener.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One CLI run.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Per-test client environment: a private config file path, no IMS_URL/IMS_TOKEN from outside.
+struct Cli {
+    dir: tempfile::TempDir,
+    url: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Cli {
+    fn new(url: Option<&str>) -> Cli {
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            url: url.map(str::to_string),
+            env: vec![],
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cfg").join("client.toml")
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let mut c = Command::new(ims_bin());
+        c.args(args)
+            .env_remove("IMS_URL")
+            .env_remove("IMS_TOKEN")
+            .env("IMS_CLIENT_CONFIG", self.config_path())
+            .env("HOME", self.dir.path());
+        if let Some(u) = &self.url {
+            c.arg("--url").arg(u);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        let o = c.output().expect("run ims");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(o.stdout).unwrap(),
+            stderr: String::from_utf8(o.stderr).unwrap(),
+        }
+    }
+
+    /// Runs, expects success, parses stdout in `format`.
+    fn ok(&self, format: &str, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", format]);
+        let o = self.run(&a);
+        assert_eq!(o.code, 0, "{args:?}: {o:?}");
+        parse(format, &o.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        self.ok("json", args)
+    }
+
+    /// Runs, expects exit 2, nothing on stdout, and returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(o.code, 2, "{args:?}: {o:?}");
+        assert_eq!(o.stdout, "", "{args:?}: stdout must stay empty");
+        o.stderr
+    }
+}
+
+fn parse(format: &str, text: &str) -> Value {
+    match format {
+        "json" => serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        "yaml" => serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        "toml" => {
+            let t: toml::Table = toml::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            serde_json::to_value(t).unwrap()
+        }
+        f => panic!("format {f}"),
+    }
+}
+
+/// What the toml output can carry: the JSON without nulls, lists under `results`.
+fn as_toml(v: &Value) -> Value {
+    fn strip(v: &Value) -> Option<Value> {
+        Some(match v {
+            Value::Null => return None,
+            Value::Array(a) => Value::Array(a.iter().filter_map(strip).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .filter_map(|(k, v)| strip(v).map(|v| (k.clone(), v)))
+                    .collect(),
+            ),
+            v => v.clone(),
+        })
+    }
+    let v = strip(v).unwrap_or(Value::Null);
+    if v.is_array() {
+        json!({ "results": v })
+    } else {
+        v
+    }
+}
+
+/// Checks one read command in all three formats against the API's JSON.
+fn check_formats(cli: &Cli, args: &[&str], api: &Value) {
+    assert_eq!(&cli.ok("json", args), api, "json {args:?}");
+    assert_eq!(&cli.ok("yaml", args), api, "yaml {args:?}");
+    assert_eq!(cli.ok("toml", args), as_toml(api), "toml {args:?}");
+    // toml is the default
+    let o = cli.run(args);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(parse("toml", &o.stdout), as_toml(api));
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn count(v: &Value) -> usize {
+    v.as_array().unwrap().len()
+}
+
+/// A deletion: exit 0 and an empty line on stdout (the 204 has no body).
+fn deleted(cli: &Cli, args: &[&str]) {
+    let o = cli.run(args);
+    assert_eq!(o.code, 0, "{args:?}: {o:?}");
+    assert_eq!(o.stdout.trim(), "", "{args:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_keys_and_deleted_public_keys() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(Some(&s.url));
+    let key_file = cli.dir.path().join("id.pub");
+    std::fs::write(&key_file, "ssh-ed25519 AAAAC3Nz test@host\n").unwrap();
+    let k = cli.json(&[
+        "public-keys",
+        "create",
+        "--name",
+        "mykey",
+        "--public-key",
+        key_file.to_str().unwrap(),
+    ]);
+    assert_eq!(k["name"], "mykey");
+    assert_eq!(
+        k["public_key"], "ssh-ed25519 AAAAC3Nz test@host\n",
+        "verbatim"
+    );
+    let kid = id(&k);
+    assert_eq!(s.get(&format!("/v3/public-keys/{kid}")).await.ok(200), k);
+    let k2 = cli.json(&[
+        "public-keys",
+        "create",
+        "--name",
+        "other",
+        "--public-key",
+        key_file.to_str().unwrap(),
+    ]);
+    check_formats(
+        &cli,
+        &["public-keys", "list"],
+        &s.get("/v3/public-keys").await.ok(200),
+    );
+    check_formats(&cli, &["public-keys", "describe", &kid], &k);
+    // a missing key file: client-side error, nothing sent
+    let e = cli.fails(&[
+        "public-keys",
+        "create",
+        "--name",
+        "x",
+        "--public-key",
+        "/nonexistent/k",
+    ]);
+    assert!(e.starts_with("Error: cannot read /nonexistent/k"), "{e}");
+    assert_eq!(count(&cli.json(&["public-keys", "list"])), 2);
+
+    deleted(&cli, &["public-keys", "delete", &kid]);
+    let dl = s.get("/v3/deleted/public-keys").await.ok(200);
+    assert_eq!(count(&dl), 1);
+    check_formats(&cli, &["deleted", "public-keys", "list"], &dl);
+    check_formats(&cli, &["deleted", "public-keys", "describe", &kid], &dl[0]);
+    deleted(
+        &cli,
+        &[
+            "deleted",
+            "public-keys",
+            "update",
+            &kid,
+            "--operation",
+            "undelete",
+        ],
+    );
+    assert_eq!(s.get(&format!("/v3/public-keys/{kid}")).await.ok(200), k);
+    assert_eq!(s.get("/v3/deleted/public-keys").await.ok(200), json!([]));
+    // bad --operation is refused client-side
+    cli.fails(&[
+        "deleted",
+        "public-keys",
+        "update",
+        &kid,
+        "--operation",
+        "delete",
+    ]);
+
+    deleted(&cli, &["public-keys", "deleteall"]);
+    assert_eq!(cli.json(&["public-keys", "list"]), json!([]));
+    assert_eq!(count(&cli.json(&["deleted", "public-keys", "list"])), 2);
+    deleted(&cli, &["deleted", "public-keys", "delete", &id(&k2)]);
+    assert_eq!(count(&cli.json(&["deleted", "public-keys", "list"])), 1);
+    deleted(&cli, &["deleted", "public-keys", "deleteall"]);
+    assert_eq!(cli.json(&["deleted", "public-keys", "list"]), json!([]));
+    assert_eq!(
+        cli.run(&["public-keys", "list"]).stdout.trim(),
+        "results = []"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_deleted_images() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(Some(&s.url));
+    let link = s.put_image_artifacts("img1");
+    let path = link["path"].as_str().unwrap();
+    let i = cli.json(&[
+        "images",
+        "create",
+        "--name",
+        "img1",
+        "--link-type",
+        "s3",
+        "--link-path",
+        path,
+        "--link-etag",
+        "E1",
+        "--arch",
+        "aarch64",
+        "--metadata-key",
+        "k",
+        "--metadata-value",
+        "v",
+    ]);
+    assert_eq!(i["name"], "img1");
+    assert_eq!(i["arch"], "aarch64");
+    assert_eq!(i["link"], json!({"path": path, "etag": "E1", "type": "s3"}));
+    assert_eq!(i["metadata"], json!({"k": "v"}));
+    let iid = id(&i);
+    let min = cli.json(&["images", "create", "--name", "img-min"]);
+    assert_eq!(min["arch"], "x86_64");
+    assert_eq!(min["link"], Value::Null);
+
+    check_formats(
+        &cli,
+        &["images", "list"],
+        &s.get("/v3/images").await.ok(200),
+    );
+    check_formats(&cli, &["images", "describe", &iid], &i);
+
+    let u = cli.json(&[
+        "images",
+        "update",
+        &iid,
+        "--metadata-operation",
+        "set",
+        "--metadata-key",
+        "foo",
+        "--metadata-value",
+        "bar",
+    ]);
+    assert_eq!(u["metadata"], json!({"k": "v", "foo": "bar"}));
+    let u = cli.json(&[
+        "images",
+        "update",
+        &iid,
+        "--metadata-operation",
+        "remove",
+        "--metadata-key",
+        "k",
+    ]);
+    assert_eq!(u["metadata"], json!({"foo": "bar"}));
+    let u = cli.json(&["images", "update", &id(&min), "--arch", "aarch64"]);
+    assert_eq!(u["arch"], "aarch64");
+    // bad values never reach the server
+    cli.fails(&["images", "update", &iid, "--arch", "sparc"]);
+    cli.fails(&["images", "update", &iid, "--metadata-operation", "frob"]);
+    cli.fails(&["images", "create", "--name", "bad", "--arch", "sparc"]);
+    cli.fails(&["images", "create", "--arch", "x86_64"]); // --name is required
+    assert_eq!(
+        count(&s.get("/v3/images").await.ok(200)),
+        2,
+        "nothing created"
+    );
+
+    deleted(&cli, &["images", "delete", &iid]);
+    let dl = s.get("/v3/deleted/images").await.ok(200);
+    check_formats(&cli, &["deleted", "images", "list"], &dl);
+    check_formats(&cli, &["deleted", "images", "describe", &iid], &dl[0]);
+    deleted(
+        &cli,
+        &[
+            "deleted",
+            "images",
+            "update",
+            &iid,
+            "--operation",
+            "undelete",
+        ],
+    );
+    assert_eq!(
+        s.get(&format!("/v3/images/{iid}")).await.ok(200)["name"],
+        "img1"
+    );
+    deleted(&cli, &["images", "deleteall"]);
+    assert_eq!(cli.json(&["images", "list"]), json!([]));
+    assert_eq!(count(&cli.json(&["deleted", "images", "list"])), 2);
+    deleted(&cli, &["deleted", "images", "delete", &iid]);
+    deleted(&cli, &["deleted", "images", "deleteall"]);
+    assert_eq!(cli.json(&["deleted", "images", "list"]), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_and_deleted_recipes() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(Some(&s.url));
+    s.put_artifact("ims", "recipes/r1/recipe.tgz", b"tgz");
+    let r = cli.json(&[
+        "recipes",
+        "create",
+        "--name",
+        "r1",
+        "--recipe-type",
+        "kiwi-ng",
+        "--linux-distribution",
+        "sles15",
+        "--link-type",
+        "s3",
+        "--link-path",
+        "s3://ims/recipes/r1/recipe.tgz",
+        "--arch",
+        "x86_64",
+        "--require-dkms",
+        "yes",
+        "--template-dictionary-key",
+        "A,B",
+        "--template-dictionary-value",
+        "1,2",
+    ]);
+    assert_eq!(r["name"], "r1");
+    assert_eq!(r["recipe_type"], "kiwi-ng");
+    assert_eq!(r["linux_distribution"], "sles15");
+    assert_eq!(r["require_dkms"], true);
+    assert_eq!(
+        r["template_dictionary"],
+        json!([{"key": "A", "value": "1"}, {"key": "B", "value": "2"}])
+    );
+    assert_eq!(r["link"]["path"], "s3://ims/recipes/r1/recipe.tgz");
+    let rid = id(&r);
+    check_formats(
+        &cli,
+        &["recipes", "list"],
+        &s.get("/v3/recipes").await.ok(200),
+    );
+    check_formats(&cli, &["recipes", "describe", &rid], &r);
+
+    for b in ["false", "0", "no", "NO"] {
+        let u = cli.json(&["recipes", "update", &rid, "--require-dkms", b]);
+        assert_eq!(u["require_dkms"], false, "{b}");
+        cli.json(&["recipes", "update", &rid, "--require-dkms", "1"]);
+    }
+    let u = cli.json(&[
+        "recipes",
+        "update",
+        &rid,
+        "--require-dkms",
+        "false",
+        "--template-dictionary-key",
+        "X",
+        "--template-dictionary-value",
+        "Y",
+    ]);
+    assert_eq!(u["require_dkms"], false);
+    assert_eq!(
+        u["template_dictionary"],
+        json!([{"key": "X", "value": "Y"}])
+    );
+
+    // client-side validation: nothing is created or changed
+    let e = cli.fails(&[
+        "recipes",
+        "create",
+        "--name",
+        "bad",
+        "--recipe-type",
+        "kiwi-ng",
+        "--linux-distribution",
+        "sles15",
+        "--template-dictionary-key",
+        "A,B",
+        "--template-dictionary-value",
+        "1",
+    ]);
+    assert!(
+        e.starts_with("Error: ") && e.contains("same number of values"),
+        "{e}"
+    );
+    for bad in [
+        &["--arch", "sparc"][..],
+        &["--require-dkms", "maybe"],
+        &["--recipe-type", "docker"],
+        &["--linux-distribution", "windows"],
+    ] {
+        let mut a = vec![
+            "recipes",
+            "create",
+            "--name",
+            "bad",
+            "--recipe-type",
+            "kiwi-ng",
+            "--linux-distribution",
+            "sles15",
+        ];
+        a.extend_from_slice(bad);
+        cli.fails(&a);
+    }
+    cli.fails(&["recipes", "update", &rid, "--template-dictionary-key", "A"]);
+    assert_eq!(count(&s.get("/v3/recipes").await.ok(200)), 1);
+    assert_eq!(s.get(&format!("/v3/recipes/{rid}")).await.ok(200), u);
+
+    deleted(&cli, &["recipes", "delete", &rid]);
+    let dl = s.get("/v3/deleted/recipes").await.ok(200);
+    check_formats(&cli, &["deleted", "recipes", "list"], &dl);
+    check_formats(&cli, &["deleted", "recipes", "describe", &rid], &dl[0]);
+    deleted(
+        &cli,
+        &[
+            "deleted",
+            "recipes",
+            "update",
+            &rid,
+            "--operation",
+            "undelete",
+        ],
+    );
+    // undelete moves the tarball back (a new etag); everything else is as before
+    let mut back = s.get(&format!("/v3/recipes/{rid}")).await.ok(200);
+    back["link"]["etag"] = u["link"]["etag"].clone();
+    assert_eq!(back, u);
+    deleted(&cli, &["recipes", "deleteall"]);
+    assert_eq!(cli.json(&["recipes", "list"]), json!([]));
+    deleted(&cli, &["deleted", "recipes", "delete", &rid]);
+    assert_eq!(cli.json(&["deleted", "recipes", "list"]), json!([]));
+    cli.json(&[
+        "recipes",
+        "create",
+        "--name",
+        "r2",
+        "--recipe-type",
+        "packer",
+        "--linux-distribution",
+        "centos7",
+    ]);
+    deleted(&cli, &["recipes", "deleteall"]);
+    deleted(&cli, &["deleted", "recipes", "deleteall"]);
+    assert_eq!(cli.json(&["deleted", "recipes", "list"]), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(Some(&s.url));
+    let key = s
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": "ssh-ed25519 AAAA t@h"}),
+        )
+        .await
+        .ok(201);
+    s.put_artifact("ims", "recipes/r/recipe.tgz", b"tgz");
+    let rec = s
+        .post(
+            "/v3/recipes",
+            &json!({"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15",
+                "link": {"path": "s3://ims/recipes/r/recipe.tgz", "etag": "", "type": "s3"}}),
+        )
+        .await
+        .ok(201);
+    let link = s.put_image_artifacts("base");
+    let img = s
+        .post("/v3/images", &json!({"name": "base", "link": link}))
+        .await
+        .ok(201);
+    let (kid, rid, iid) = (id(&key), id(&rec), id(&img));
+
+    let j = cli.json(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "create",
+        "--artifact-id",
+        &rid,
+        "--public-key-id",
+        &kid,
+        "--image-root-archive-name",
+        "myimg",
+    ]);
+    assert_eq!(j["job_type"], "create");
+    assert_eq!(j["artifact_id"], rid.as_str());
+    assert_eq!(j["public_key_id"], kid.as_str());
+    assert_eq!(j["image_root_archive_name"], "myimg");
+    assert_eq!(j["initrd_file_name"], "initrd");
+    assert_eq!(j["kernel_parameters_file_name"], "kernel-parameters");
+    assert_eq!(j["enable_debug"], false);
+    let jid = id(&j);
+
+    let c = cli.json(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "customize",
+        "--artifact-id",
+        &iid,
+        "--public-key-id",
+        &kid,
+        "--image-root-archive-name",
+        "custom",
+        "--kernel-file-name",
+        "vmlinux",
+        "--initrd-file-name",
+        "initrd.img",
+        "--kernel-parameters-file-name",
+        "kp",
+        "--enable-debug",
+        "yes",
+        "--build-env-size",
+        "20",
+        "--job-mem-size",
+        "4",
+        "--require-dkms",
+        "true",
+        "--ssh-containers-name",
+        "c1",
+        "--ssh-containers-jail",
+        "true",
+    ]);
+    assert_eq!(c["kernel_file_name"], "vmlinux");
+    assert_eq!(c["initrd_file_name"], "initrd.img");
+    assert_eq!(c["kernel_parameters_file_name"], "kp");
+    assert_eq!(c["enable_debug"], true);
+    assert_eq!(c["build_env_size"], 20);
+    assert_eq!(c["job_mem_size"], 4);
+    assert_eq!(c["require_dkms"], true);
+    assert_eq!(c["ssh_containers"][0]["name"], "c1");
+    assert_eq!(c["ssh_containers"][0]["jail"], true);
+
+    check_formats(&cli, &["jobs", "list"], &s.get("/v3/jobs").await.ok(200));
+    let now = s.get(&format!("/v3/jobs/{jid}")).await.ok(200);
+    check_formats(&cli, &["jobs", "describe", &jid], &now);
+
+    // client-side validation
+    let base = [
+        "jobs",
+        "create",
+        "--job-type",
+        "customize",
+        "--artifact-id",
+        &iid,
+        "--public-key-id",
+        &kid,
+        "--image-root-archive-name",
+        "x",
+    ];
+    for bad in [
+        &["--build-env-size", "big"][..],
+        &["--enable-debug", "perhaps"],
+        &[
+            "--ssh-containers-name",
+            "a,b",
+            "--ssh-containers-jail",
+            "true",
+        ],
+        &["--ssh-containers-jail", "true"],
+    ] {
+        let mut a = base.to_vec();
+        a.extend_from_slice(bad);
+        cli.fails(&a);
+    }
+    cli.fails(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "build",
+        "--artifact-id",
+        &iid,
+        "--public-key-id",
+        &kid,
+        "--image-root-archive-name",
+        "x",
+    ]);
+    cli.fails(&["jobs", "create", "--job-type", "create"]);
+    cli.fails(&["jobs", "deleteall", "--status", "bogus"]);
+    assert_eq!(
+        count(&s.get("/v3/jobs").await.ok(200)),
+        2,
+        "nothing created"
+    );
+
+    // deleteall with filters only removes matching jobs (none are old enough)
+    deleted(
+        &cli,
+        &["jobs", "deleteall", "--job-type", "create", "--age", "1d"],
+    );
+    assert_eq!(count(&cli.json(&["jobs", "list"])), 2);
+    deleted(&cli, &["jobs", "delete", &jid]);
+    let left = cli.json(&["jobs", "list"]);
+    assert_eq!(count(&left), 1);
+    assert_eq!(left[0]["job_type"], "customize");
+    deleted(&cli, &["jobs", "deleteall"]);
+    assert_eq!(cli.json(&["jobs", "list"]), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_build_nodes_and_status() {
+    let s = builder(Db::Sqlite)
+        .await
+        .env("IMS_REMOTE_BUILD_NODE_SSH_KEY", "")
+        .start()
+        .await;
+    let cli = Cli::new(Some(&s.url));
+    let n = cli.json(&["remote-build-nodes", "create", "--xname", "x3000c0s1b0n0"]);
+    assert_eq!(n, json!({"xname": "x3000c0s1b0n0"}));
+    cli.json(&["remote-build-nodes", "create", "--xname", "x3000c0s2b0n0"]);
+    check_formats(
+        &cli,
+        &["remote-build-nodes", "list"],
+        &s.get("/v3/remote-build-nodes").await.ok(200),
+    );
+    check_formats(
+        &cli,
+        &["remote-build-nodes", "describe", "x3000c0s1b0n0"],
+        &n,
+    );
+    let st = cli.json(&["remote-build-nodes", "status", "describe", "x3000c0s1b0n0"]);
+    assert_eq!(st["xname"], "x3000c0s1b0n0");
+    assert_eq!(st["ableToRunJobs"], false);
+    let all = cli.json(&["remote-build-nodes", "status", "list"]);
+    assert_eq!(count(&all), 2);
+    let t = cli.ok("toml", &["remote-build-nodes", "status", "list"]);
+    assert_eq!(count(&t["results"]), 2);
+    deleted(&cli, &["remote-build-nodes", "delete", "x3000c0s1b0n0"]);
+    assert_eq!(
+        cli.json(&["remote-build-nodes", "list"]),
+        json!([{"xname": "x3000c0s2b0n0"}])
+    );
+    deleted(&cli, &["remote-build-nodes", "deleteall"]);
+    assert_eq!(cli.json(&["remote-build-nodes", "list"]), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_version() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(Some(&s.url));
+    // a problem+json error: `Error: <title>: <detail>`, exit 2, stdout empty
+    let p = s.get("/v3/images/nope").await.problem(404, false);
+    for args in [
+        &["images", "describe", "nope"][..],
+        &["images", "describe", "nope", "--format", "json"],
+        &["deleted", "recipes", "delete", "nope"],
+    ] {
+        let e = cli.fails(args);
+        let title = p["title"].as_str().unwrap();
+        assert!(e.starts_with(&format!("Error: {title}: ")), "{e}");
+    }
+    let e = cli.fails(&["images", "describe", "nope"]);
+    assert_eq!(
+        e,
+        format!(
+            "Error: {}: {}\n",
+            p["title"].as_str().unwrap(),
+            p["detail"].as_str().unwrap()
+        )
+    );
+    // PATCH with no options: no body; the server refuses it
+    let img = cli.json(&["images", "create", "--name", "i"]);
+    let e = cli.fails(&["images", "update", &id(&img)]);
+    assert!(e.starts_with("Error: "), "{e}");
+    // version (and cray's `version list`)
+    let v = s.get("/apis/ims/version").await.ok(200);
+    assert_eq!(cli.json(&["version"]), v);
+    assert_eq!(cli.json(&["version", "list"]), v);
+    // --format anywhere
+    let list = s.get("/v3/images").await.ok(200);
+    for args in [
+        &["--format", "json", "images", "list"][..],
+        &["images", "--format", "json", "list"],
+        &["images", "list", "--format", "json"],
+    ] {
+        let o = cli.run(args);
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(parse("json", &o.stdout), list);
+    }
+    // json output is `json.dumps(indent=2)`-like
+    let o = cli.run(&["images", "describe", &id(&img), "--format", "json"]);
+    assert!(o.stdout.starts_with("{\n  \""), "{}", o.stdout);
+    cli.fails(&["images", "list", "--format", "xml"]);
+    // nothing listening: a clear error and exit 2
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let e = Cli::new(Some(&dead)).fails(&["images", "list"]);
+    assert!(
+        e.starts_with("Error: cannot connect to the IMS server at "),
+        "{e}"
+    );
+    assert!(e.contains("/apis/ims/v3/images"), "{e}");
+    let e = Cli::new(Some("not a url")).fails(&["images", "list"]);
+    assert!(e.starts_with("Error: invalid server URL"), "{e}");
+}
+
+/// A recorded request.
+#[derive(Debug)]
+struct Seen {
+    line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A one-request-per-connection HTTP listener answering `status`/`body` and recording requests.
+fn recorder(
+    status: &'static str,
+    ctype: &'static str,
+    body: &'static str,
+) -> (String, std::sync::mpsc::Receiver<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut headers = vec![];
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap();
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let len = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse::<usize>().unwrap())
+                .unwrap_or(0);
+            let mut b = vec![0; len];
+            r.read_exact(&mut b).unwrap();
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes());
+            let _ = tx.send(Seen {
+                line: line.trim_end().to_string(),
+                headers,
+                body: b,
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn exact_requests_and_bearer_token() {
+    let (url, rx) = recorder("200 OK", "application/json", "{}");
+    let cli = Cli::new(Some(&url));
+    let next = || rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+
+    // no token: no Authorization header
+    assert_eq!(cli.run(&["images", "list"]).code, 0);
+    let r = next();
+    assert_eq!(r.line, "GET /apis/ims/v3/images HTTP/1.1");
+    assert_eq!(r.header("authorization"), None);
+    // --token, then IMS_TOKEN
+    assert_eq!(cli.run(&["images", "list", "--token", "tok-flag"]).code, 0);
+    assert_eq!(next().header("authorization"), Some("Bearer tok-flag"));
+    let mut env_cli = Cli::new(Some(&url));
+    env_cli.env.push(("IMS_TOKEN".into(), "tok-env".into()));
+    assert_eq!(env_cli.run(&["recipes", "list"]).code, 0);
+    let r = next();
+    assert_eq!(r.line, "GET /apis/ims/v3/recipes HTTP/1.1");
+    assert_eq!(r.header("authorization"), Some("Bearer tok-env"));
+
+    // exact bodies (clients.md §4)
+    assert_eq!(
+        cli.run(&[
+            "images",
+            "create",
+            "--name",
+            "img1",
+            "--link-type",
+            "s3",
+            "--link-path",
+            "s3://boot-images/x/manifest.json",
+            "--link-etag",
+            "E1",
+            "--arch",
+            "x86_64",
+            "--metadata-key",
+            "k",
+            "--metadata-value",
+            "v",
+        ])
+        .code,
+        0
+    );
+    let r = next();
+    assert_eq!(r.line, "POST /apis/ims/v3/images HTTP/1.1");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"name":"img1","link":{"path":"s3://boot-images/x/manifest.json","etag":"E1","type":"s3"},"arch":"x86_64","metadata":{"key":"k","value":"v"}})
+    );
+    cli.run(&["images", "create", "--name", "img-min"]);
+    assert_eq!(next().json(), json!({"name": "img-min"}));
+    cli.run(&["images", "update", "ID1"]);
+    let r = next();
+    assert_eq!(r.line, "PATCH /apis/ims/v3/images/ID1 HTTP/1.1");
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-type"), None);
+    cli.run(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "create",
+        "--artifact-id",
+        "A",
+        "--public-key-id",
+        "P",
+        "--image-root-archive-name",
+        "myimg",
+    ]);
+    assert_eq!(
+        next().json(),
+        json!({"job_type":"create","image_root_archive_name":"myimg","initrd_file_name":"initrd","kernel_parameters_file_name":"kernel-parameters","artifact_id":"A","public_key_id":"P"})
+    );
+    cli.run(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "customize",
+        "--artifact-id",
+        "A",
+        "--public-key-id",
+        "P",
+        "--image-root-archive-name",
+        "n",
+        "--ssh-containers-name",
+        "c1,c2",
+        "--ssh-containers-jail",
+        "true,false",
+        "--build-env-size",
+        "20",
+        "--enable-debug",
+        "1",
+    ]);
+    let b = next().json();
+    assert_eq!(
+        b["ssh_containers"],
+        json!([{"name":"c1","jail":true},{"name":"c2","jail":false}])
+    );
+    assert_eq!(b["build_env_size"], 20);
+    assert_eq!(b["enable_debug"], true);
+    cli.run(&[
+        "recipes",
+        "create",
+        "--name",
+        "r1",
+        "--recipe-type",
+        "kiwi-ng",
+        "--linux-distribution",
+        "sles15",
+        "--require-dkms",
+        "yes",
+        "--template-dictionary-key",
+        "A,B",
+        "--template-dictionary-value",
+        "1,2",
+    ]);
+    assert_eq!(
+        next().json(),
+        json!({"recipe_type":"kiwi-ng","linux_distribution":"sles15","name":"r1","require_dkms":true,"template_dictionary":[{"key":"A","value":"1"},{"key":"B","value":"2"}]})
+    );
+    cli.run(&[
+        "jobs",
+        "deleteall",
+        "--status",
+        "success",
+        "--job-type",
+        "create",
+        "--age",
+        "1d",
+    ]);
+    assert_eq!(
+        next().line,
+        "DELETE /apis/ims/v3/jobs?status=success&job_type=create&age=1d HTTP/1.1"
+    );
+    cli.run(&[
+        "deleted",
+        "public-keys",
+        "update",
+        "K",
+        "--operation",
+        "undelete",
+    ]);
+    let r = next();
+    assert_eq!(r.line, "PATCH /apis/ims/v3/deleted/public-keys/K HTTP/1.1");
+    assert_eq!(r.json(), json!({"operation": "undelete"}));
+    cli.run(&["remote-build-nodes", "status", "describe", "x1"]);
+    assert_eq!(
+        next().line,
+        "GET /apis/ims/v3/remote-build-nodes/status/x1 HTTP/1.1"
+    );
+    // ids are one path segment, never a route or a query
+    cli.run(&["images", "describe", "a/b?c"]);
+    assert_eq!(next().line, "GET /apis/ims/v3/images/a%2Fb%3Fc HTTP/1.1");
+    // a base URL with a path keeps it as a prefix
+    Cli::new(Some(&format!("{url}/gw"))).run(&["version"]);
+    assert_eq!(next().line, "GET /gw/apis/ims/version HTTP/1.1");
+}
+
+#[test]
+fn non_problem_errors() {
+    let (url, _rx) = recorder("502 Bad Gateway", "text/html", "<html>oops</html>");
+    let e = Cli::new(Some(&url)).fails(&["images", "list"]);
+    assert_eq!(e, "Error: Error received from server: 502 Bad Gateway\n");
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_round_trip() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(None); // no --url: the config file decides
+    let token = "secret-token-0123456789";
+    let o = cli.run(&[
+        "config",
+        "set",
+        &format!("url={}", s.url),
+        &format!("token={token}"),
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout, "");
+    assert_eq!(mode(&cli.config_path()), 0o600);
+    let file: toml::Table =
+        toml::from_str(&std::fs::read_to_string(cli.config_path()).unwrap()).unwrap();
+    assert_eq!(file["url"].as_str(), Some(s.url.as_str()));
+    assert_eq!(file["token"].as_str(), Some(token));
+
+    for f in ["toml", "json", "yaml"] {
+        let shown = cli.ok(f, &["config", "get"]);
+        assert_eq!(shown["url"], s.url.as_str());
+        assert_eq!(shown["token"], "****6789");
+    }
+    assert!(!cli.run(&["config", "get"]).stdout.contains(token));
+    assert_eq!(cli.run(&["config", "get", "url"]).stdout.trim(), s.url);
+
+    // the configured server is used
+    let img = cli.json(&["images", "create", "--name", "via-config"]);
+    assert_eq!(
+        s.get(&format!("/v3/images/{}", id(&img))).await.ok(200),
+        img
+    );
+    // IMS_URL beats the file, --url beats both
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut env_cli = Cli::new(None);
+    env_cli.dir = cli.dir; // same config file
+    env_cli.env.push(("IMS_URL".into(), dead.clone()));
+    env_cli.fails(&["images", "list"]);
+    assert_eq!(
+        count(&env_cli.json(&["images", "list", "--url", &s.url])),
+        1
+    );
+
+    // removing the token; bad settings refused
+    assert_eq!(env_cli.run(&["config", "set", "token="]).code, 0);
+    assert_eq!(env_cli.json(&["config", "get"]), json!({"url": s.url}));
+    env_cli.fails(&["config", "set", "colour=blue"]);
+    env_cli.fails(&["config", "set", "url"]);
+    env_cli.fails(&["config", "set", "url=ftp://x"]);
+    env_cli.fails(&["config", "get", "token"]);
+    assert_eq!(env_cli.json(&["config", "get"]), json!({"url": s.url}));
+}
