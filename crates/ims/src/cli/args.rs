@@ -82,6 +82,11 @@ pub enum Command {
         #[command(subcommand)]
         verb: Option<VersionVerb>,
     },
+    /// S3 artifacts, through STS like `cray artifacts`.
+    Artifacts {
+        #[command(subcommand)]
+        verb: ArtifactsVerb,
+    },
     /// The client configuration file (server URL and token).
     Config {
         #[command(subcommand)]
@@ -167,6 +172,8 @@ pub enum ImagesVerb {
     Delete(Id),
     /// Delete all images.
     Deleteall,
+    /// Re-read every artifact of an image and check it against its manifest's md5 (and sha256).
+    Verify(Id),
 }
 
 #[derive(Args, Debug, Default)]
@@ -365,4 +372,37 @@ pub enum DeletedVerb {
     Delete(Id),
     /// Purge all deleted records of this kind.
     Deleteall,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArtifactsVerb {
+    /// Buckets of the S3 endpoint.
+    Buckets {
+        #[command(subcommand)]
+        verb: BucketsVerb,
+    },
+    /// List the objects of a bucket.
+    List { bucket: String },
+    /// Show one object's size, etag, content type and metadata (md5sum).
+    Describe { bucket: String, key: String },
+    /// Upload a file (multipart, parallel), storing its md5 as `x-amz-meta-md5sum`.
+    Create {
+        bucket: String,
+        key: String,
+        file: PathBuf,
+    },
+    /// Download an object to a file (ranged, parallel).
+    Get {
+        bucket: String,
+        key: String,
+        file: PathBuf,
+    },
+    /// Delete an object.
+    Delete { bucket: String, key: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BucketsVerb {
+    /// List the buckets.
+    List,
 }

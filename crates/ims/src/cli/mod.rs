@@ -6,6 +6,7 @@
 //! connection), then sent with [`ims_client::Client`].
 
 mod args;
+mod artifacts;
 mod output;
 mod settings;
 
@@ -34,11 +35,17 @@ enum Request {
 pub fn run(cmd: Command, globals: Globals) -> ExitCode {
     let format = globals.format.unwrap_or_default();
     let result = match cmd {
-        Command::Config { op } => config(op, format),
-        cmd => request(cmd).and_then(|req| send(req, &globals, format)),
+        Command::Config { op } => config(op, format).map(|()| ExitCode::SUCCESS),
+        Command::Artifacts { verb } => artifacts::run(verb, &globals, format),
+        Command::Images {
+            verb: ImagesVerb::Verify(i),
+        } => artifacts::verify(&i.id, &globals, format),
+        cmd => request(cmd)
+            .and_then(|req| send(req, &globals, format))
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(msg) => {
             eprintln!("Error: {msg}");
             ExitCode::from(2)
@@ -54,7 +61,8 @@ fn print(v: &Value, format: Format) -> Result<(), String> {
     Ok(())
 }
 
-fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
+/// The server URL and token: flags, then the environment, then the config file.
+fn connection(g: &Globals) -> Result<(String, Option<String>), String> {
     let file = settings::load()?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let url = g
@@ -68,6 +76,11 @@ fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
         .clone()
         .or_else(|| env("IMS_TOKEN"))
         .or_else(|| settings::get(&file, "token"));
+    Ok((url, token))
+}
+
+fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
+    let (url, token) = connection(g)?;
     let client = Client::new(&url, token).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,13 +244,14 @@ fn simple(r: Resource, list: bool, describe: Option<String>, delete: Option<Stri
 fn request(cmd: Command) -> Result<Request, String> {
     use Resource as R;
     Ok(match cmd {
-        Command::Config { .. } => unreachable!("handled by run"),
+        Command::Config { .. } | Command::Artifacts { .. } => unreachable!("handled by run"),
         Command::Version { .. } => Request::Version,
         Command::Images { verb } => match verb {
             ImagesVerb::List => simple(R::Images, true, None, None),
             ImagesVerb::Describe(i) => simple(R::Images, false, Some(i.id), None),
             ImagesVerb::Delete(i) => simple(R::Images, false, None, Some(i.id)),
             ImagesVerb::Deleteall => simple(R::Images, false, None, None),
+            ImagesVerb::Verify(_) => unreachable!("handled by run"),
             ImagesVerb::Create {
                 name,
                 link,

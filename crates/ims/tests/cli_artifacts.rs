@@ -1,0 +1,269 @@
+//! `ims artifacts …` and `ims images verify` (issue 3 items 4 and 7), driven as a subprocess
+//! against a real `ims serve` (SQLite) and its built-in S3 endpoint, through STS.
+
+mod common;
+use common::*;
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use std::process::Command;
+
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+struct Cli {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Cli {
+    fn new(s: &Server) -> Cli {
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            url: s.url.clone(),
+        }
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let o = Command::new(ims_bin())
+            .args(args)
+            .args(["--url", &self.url])
+            .env_remove("IMS_URL")
+            .env_remove("IMS_TOKEN")
+            .env("IMS_CLIENT_CONFIG", self.dir.path().join("client.toml"))
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("run ims");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(o.stdout).unwrap(),
+            stderr: String::from_utf8(o.stderr).unwrap(),
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        let o = self.run(&a);
+        assert_eq!(o.code, 0, "{args:?}: {o:?}");
+        if o.stdout.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    format!("{:x}", Md5::digest(data))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+/// Deterministic, non-repeating-ish content.
+fn content(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn keys(list: &Value) -> Vec<String> {
+    list["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["Key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_round_trip_through_sts_and_s3() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(&s);
+
+    assert_eq!(
+        cli.json(&["artifacts", "buckets", "list"]),
+        json!(["boot-images", "ims"])
+    );
+    // Default toml output wraps the list.
+    let o = cli.run(&["artifacts", "buckets", "list"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout.trim(), r#"results = ["boot-images", "ims"]"#);
+
+    let big = content(8 * 1024 * 1024 * 2 + 12345, 1); // three parts: multipart
+    let small = content(5000, 2);
+    for (name, data) in [("big.bin", &big), ("small.bin", &small)] {
+        std::fs::write(cli.file(name), data).unwrap();
+        let key = format!("t/{name}");
+        let f = cli.file(name);
+        assert_eq!(
+            cli.json(&["artifacts", "create", "ims", &key, f.to_str().unwrap()]),
+            json!({"artifact": key, "Key": key})
+        );
+        // What the server stored is the file.
+        assert_eq!(&s.read_artifact("ims", &key), data);
+
+        let d = cli.json(&["artifacts", "describe", "ims", &key]);
+        let a = &d["artifact"];
+        assert_eq!(a["ContentLength"], json!(data.len()), "{d}");
+        assert_eq!(a["Metadata"]["md5sum"], json!(md5_hex(data)), "{d}");
+        assert!(a["ETag"].is_string(), "{d}");
+        assert!(a["LastModified"].is_string(), "{d}");
+
+        let out = cli.file(&format!("{name}.out"));
+        assert_eq!(
+            cli.json(&["artifacts", "get", "ims", &key, out.to_str().unwrap()]),
+            Value::Null
+        );
+        assert!(std::fs::read(&out).unwrap() == *data, "{name} differs");
+    }
+
+    let list = cli.json(&["artifacts", "list", "ims"]);
+    let k = keys(&list);
+    assert!(k.contains(&"t/big.bin".to_string()), "{list}");
+    assert!(k.contains(&"t/small.bin".to_string()), "{list}");
+    let big_entry = list["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["Key"] == "t/big.bin")
+        .unwrap();
+    assert_eq!(big_entry["Size"], json!(big.len()));
+
+    assert_eq!(
+        cli.json(&["artifacts", "delete", "ims", "t/small.bin"]),
+        Value::Null
+    );
+    assert!(!s.has_artifact("ims", "t/small.bin"));
+    let k = keys(&cli.json(&["artifacts", "list", "ims"]));
+    assert!(!k.contains(&"t/small.bin".to_string()), "{k:?}");
+    assert!(k.contains(&"t/big.bin".to_string()), "{k:?}");
+
+    // A missing object: `Error: …` on stderr, exit 2, nothing on stdout.
+    let o = cli.run(&["artifacts", "delete", "ims", "t/small.bin"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(o.stdout, "");
+    assert!(o.stderr.starts_with("Error: "), "{o:?}");
+    assert!(o.stderr.contains("not found"), "{o:?}");
+    let o = cli.run(&["artifacts", "describe", "ims", "nope"]);
+    assert_eq!(o.code, 2, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_verify_checks_every_artifact() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(&s);
+
+    let mut artifacts = vec![];
+    for (i, (name, mime)) in [
+        ("rootfs", "application/vnd.cray.image.rootfs.squashfs"),
+        ("kernel", "application/vnd.cray.image.kernel"),
+        ("initrd", "application/vnd.cray.image.initrd"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = content(if name == "rootfs" { 9 << 20 } else { 4000 }, 10 + i as u32);
+        let f = cli.file(name);
+        std::fs::write(&f, &data).unwrap();
+        let key = format!("v1/{name}");
+        cli.json(&[
+            "artifacts",
+            "create",
+            "boot-images",
+            &key,
+            f.to_str().unwrap(),
+        ]);
+        let mut a = json!({"link": {"path": format!("s3://boot-images/{key}"), "etag": "", "type": "s3"},
+                           "type": mime, "md5": md5_hex(&data)});
+        if name == "rootfs" {
+            a["sha256"] = json!(sha256_hex(&data));
+        }
+        artifacts.push(a);
+    }
+    let manifest =
+        json!({"version": "1.0", "created": "2026-01-01 00:00:00", "artifacts": artifacts});
+    let mf = cli.file("manifest.json");
+    std::fs::write(&mf, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    cli.json(&[
+        "artifacts",
+        "create",
+        "boot-images",
+        "v1/manifest.json",
+        mf.to_str().unwrap(),
+    ]);
+    let link = json!({"path": "s3://boot-images/v1/manifest.json", "etag": "", "type": "s3"});
+    let img = s
+        .post("/v3/images", &json!({"name": "verified", "link": link}))
+        .await
+        .ok(201);
+    let id = img["id"].as_str().unwrap();
+
+    let r = cli.json(&["images", "verify", id]);
+    let r = r.as_array().unwrap();
+    assert_eq!(r.len(), 3, "{r:?}");
+    for x in r {
+        assert_eq!(x["ok"], json!(true), "{x}");
+        assert_eq!(x["expected"], x["actual"], "{x}");
+    }
+    let rootfs = r
+        .iter()
+        .find(|x| x["path"] == "s3://boot-images/v1/rootfs")
+        .unwrap();
+    assert_eq!(rootfs["sha256_expected"], rootfs["sha256_actual"]);
+    assert!(rootfs["sha256_actual"].is_string(), "{rootfs}");
+
+    // Corrupt the kernel on disk (same size): verify names it and exits 1.
+    let p = s.artifact_path("boot-images", "v1/kernel");
+    let mut data = std::fs::read(&p).unwrap();
+    data[100] ^= 0xff;
+    std::fs::write(&p, &data).unwrap();
+    let o = cli.run(&["images", "verify", id, "--format", "json"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("s3://boot-images/v1/kernel"), "{o:?}");
+    let r: Value = serde_json::from_str(&o.stdout).unwrap();
+    let bad: Vec<&Value> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["ok"] != json!(true))
+        .collect();
+    assert_eq!(bad.len(), 1, "{r}");
+    assert_eq!(bad[0]["path"], "s3://boot-images/v1/kernel");
+    assert_ne!(bad[0]["expected"], bad[0]["actual"]);
+
+    // A missing artifact is a failure too; the sha256 is checked where the manifest has one.
+    std::fs::remove_file(s.artifact_path("boot-images", "v1/initrd")).unwrap();
+    let rp = s.artifact_path("boot-images", "v1/rootfs");
+    let mut data = std::fs::read(&rp).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    std::fs::write(&rp, &data).unwrap();
+    let o = cli.run(&["images", "verify", id, "--format", "json"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    for name in ["kernel", "initrd", "rootfs"] {
+        assert!(
+            o.stderr.contains(&format!("s3://boot-images/v1/{name}")),
+            "{o:?}"
+        );
+    }
+
+    // An unknown image: the usual client error.
+    let o = cli.run(&["images", "verify", "00000000-0000-4000-8000-000000000000"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.starts_with("Error: "), "{o:?}");
+}
