@@ -259,6 +259,18 @@ impl Client {
             .await
     }
 
+    /// `DELETE /apis/ims/v2/recipes/<id>?cascade=false`: a hard delete (v3 would soft-delete),
+    /// leaving the recipe's artifacts alone.
+    pub async fn purge_recipe(&self, id: &str) -> Result<Value> {
+        self.send(
+            Method::DELETE,
+            self.url(["v2", "recipes", id]),
+            &[("cascade", "false")],
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /apis/ims/v3/<resource>` with optional query filters (jobs: `status`, `job_type`,
     /// `age`).
     pub async fn delete_all(&self, res: Resource, query: &[(&str, &str)]) -> Result<Value> {

@@ -267,3 +267,102 @@ async fn images_verify_checks_every_artifact() {
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.starts_with("Error: "), "{o:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_import_uploads_and_links_all_or_nothing() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::new(&s);
+
+    // A kiwi description directory: packed, uploaded, linked.
+    let desc = cli.file("desc");
+    std::fs::create_dir_all(desc.join("root/etc")).unwrap();
+    std::fs::write(desc.join("config.xml"), "<image schemaversion=\"7.4\"/>").unwrap();
+    std::fs::write(desc.join("root/etc/motd"), "hi").unwrap();
+    let r = cli.json(&[
+        "recipes",
+        "import",
+        "my-recipe",
+        desc.to_str().unwrap(),
+        "--linux-distribution",
+        "sles15",
+        "--template-dictionary-key",
+        "A,B",
+        "--template-dictionary-value",
+        "1,2",
+    ]);
+    let id = r["id"].as_str().unwrap();
+    let key = format!("recipes/{id}/recipe.tar.gz");
+    assert_eq!(r["name"], "my-recipe", "{r}");
+    assert_eq!(r["recipe_type"], "kiwi-ng", "{r}");
+    assert_eq!(r["linux_distribution"], "sles15", "{r}");
+    assert_eq!(
+        r["template_dictionary"],
+        json!([{"key": "A", "value": "1"}, {"key": "B", "value": "2"}]),
+        "{r}"
+    );
+    assert_eq!(r["link"]["path"], json!(format!("s3://ims/{key}")), "{r}");
+    assert_eq!(r["link"]["type"], "s3", "{r}");
+    assert!(r["link"]["etag"].is_string(), "{r}");
+    let obj = s.artifact_path("ims", &key);
+    assert!(obj.is_file(), "{}", obj.display());
+    let data = std::fs::read(&obj).unwrap();
+    assert_eq!(&data[..2], &[0x1f, 0x8b]);
+    let t = Command::new("tar").arg("-tzf").arg(&obj).output().unwrap();
+    assert!(t.status.success(), "{t:?}");
+    let names = String::from_utf8(t.stdout).unwrap();
+    assert!(names.lines().any(|l| l == "./config.xml"), "{names}");
+    assert!(names.lines().any(|l| l == "./root/etc/motd"), "{names}");
+    let d = cli.json(&["artifacts", "describe", "ims", &key]);
+    assert_eq!(
+        d["artifact"]["Metadata"]["md5sum"],
+        json!(md5_hex(&data)),
+        "{d}"
+    );
+
+    // A gzip file is uploaded as is.
+    let tgz = cli.file("r.tgz");
+    std::fs::copy(&obj, &tgz).unwrap();
+    let r2 = cli.json(&[
+        "recipes",
+        "import",
+        "from-tgz",
+        tgz.to_str().unwrap(),
+        "--linux-distribution",
+        "sles15",
+    ]);
+    let id2 = r2["id"].as_str().unwrap();
+    assert_eq!(
+        s.read_artifact("ims", &format!("recipes/{id2}/recipe.tar.gz")),
+        data
+    );
+    for i in [id, id2] {
+        s.delete(&format!("/v2/recipes/{i}?cascade=true"))
+            .await
+            .ok(204);
+    }
+
+    // Not a kiwi description, or not gzip: exit 2, nothing created.
+    let empty = cli.file("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("README"), "no config").unwrap();
+    let junk = cli.file("junk.tgz");
+    std::fs::write(&junk, "not gzip at all").unwrap();
+    for (src, what) in [(&empty, "config.xml"), (&junk, "gzip")] {
+        let o = cli.run(&[
+            "recipes",
+            "import",
+            "bad",
+            src.to_str().unwrap(),
+            "--linux-distribution",
+            "sles15",
+        ]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert_eq!(o.stdout, "");
+        assert!(o.stderr.starts_with("Error: "), "{o:?}");
+        assert!(o.stderr.contains(what), "{o:?}");
+        assert_eq!(s.get("/v3/recipes").await.ok(200), json!([]));
+        assert_eq!(s.get("/v3/deleted/recipes").await.ok(200), json!([]));
+    }
+    let left = cli.json(&["artifacts", "list", "ims"]);
+    assert_eq!(keys(&left), Vec::<String>::new(), "{left}");
+}

@@ -221,6 +221,25 @@ pub enum RecipesVerb {
         #[command(flatten)]
         template: TemplateDictionary,
     },
+    /// Import a kiwi description (a directory with config.xml or *.kiwi, or a .tar.gz): uploads
+    /// it to `s3://ims/recipes/<id>/recipe.tar.gz` and registers the recipe, all or nothing.
+    Import {
+        /// The recipe's name.
+        name: String,
+        /// A kiwi description directory, or a gzip tar of one.
+        #[arg(value_name = "DIR|TGZ")]
+        source: PathBuf,
+        #[arg(long, value_parser = choices(RECIPE_TYPES), default_value = "kiwi-ng")]
+        recipe_type: String,
+        #[arg(long, value_parser = choices(LINUX_DISTRIBUTIONS))]
+        linux_distribution: String,
+        #[arg(long, value_parser = choices(ARCHES))]
+        arch: Option<String>,
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        require_dkms: Option<bool>,
+        #[command(flatten)]
+        template: TemplateDictionary,
+    },
     /// Delete a recipe (soft delete).
     Delete(Id),
     /// Delete all recipes.

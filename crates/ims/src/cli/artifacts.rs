@@ -238,6 +238,12 @@ async fn read_part(f: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
 }
 
 async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value, String> {
+    upload(ctx, bucket, key, file).await?;
+    Ok(json!({ "artifact": key, "Key": key }))
+}
+
+/// Uploads a file with its md5 as `x-amz-meta-md5sum`; returns the object's etag, if any.
+async fn upload(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Option<String>, String> {
     let store = ctx.store(bucket)?;
     let path = key_path(key)?;
     let unreadable = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
@@ -247,7 +253,7 @@ async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value
     let md5 = file_md5(file).await?;
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::Metadata("md5sum".into()), md5.into());
-    if size <= PART as u64 {
+    let put = if size <= PART as u64 {
         let data = tokio::fs::read(file).await.map_err(unreadable)?;
         store
             .put_opts(
@@ -259,7 +265,7 @@ async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value
                 },
             )
             .await
-            .map_err(|e| s3_error(bucket, key, e))?;
+            .map_err(|e| s3_error(bucket, key, e))?
     } else {
         let mut f = tokio::fs::File::open(file).await.map_err(unreadable)?;
         let upload = store
@@ -287,16 +293,14 @@ async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value
         }
         .await;
         match sent {
-            Ok(()) => {
-                w.finish().await.map_err(|e| s3_error(bucket, key, e))?;
-            }
+            Ok(()) => w.finish().await.map_err(|e| s3_error(bucket, key, e))?,
             Err(e) => {
                 let _ = w.abort().await;
                 return Err(e);
             }
         }
-    }
-    Ok(json!({ "artifact": key, "Key": key }))
+    };
+    Ok(put.e_tag)
 }
 
 async fn get(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value, String> {
@@ -354,6 +358,130 @@ async fn delete(ctx: &Ctx, bucket: &str, key: &str) -> Result<Value, String> {
         .await
         .map_err(|e| s3_error(bucket, key, e))?;
     Ok(Value::Null)
+}
+
+/// The recipe tarball to upload: a kiwi description directory packed with GNU tar, or a gzip
+/// file used as is. Everything is checked here, before anything is created.
+fn recipe_tarball(
+    source: &Path,
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>), String> {
+    let shown = source.display();
+    let meta = std::fs::metadata(source).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if meta.is_dir() {
+        let entries: Vec<_> = std::fs::read_dir(source)
+            .map_err(|e| format!("cannot read {shown}: {e}"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !entries
+            .iter()
+            .any(|n| n == "config.xml" || n.ends_with(".kiwi"))
+        {
+            return Err(format!(
+                "{shown} is not a kiwi description: it has no config.xml or *.kiwi file"
+            ));
+        }
+        // A private (0700) directory: no predictable name in the shared temp directory.
+        let dir = tempfile::Builder::new()
+            .prefix("ims-recipe-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let tarball = dir.path().join("recipe.tar.gz");
+        let out = std::process::Command::new("tar")
+            .arg("--numeric-owner")
+            .arg("-C")
+            .arg(source)
+            .arg("-czf")
+            .arg(&tarball)
+            .arg(".")
+            .output()
+            .map_err(|e| format!("cannot run tar: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tar failed packing {shown} ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok((tarball, Some(dir)))
+    } else {
+        let mut magic = [0u8; 2];
+        std::fs::File::open(source)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .map_err(|_| format!("{shown} is neither a directory nor a gzip tar file"))?;
+        if magic != [0x1f, 0x8b] {
+            return Err(format!(
+                "{shown} is neither a directory nor a gzip tar file"
+            ));
+        }
+        Ok((source.to_path_buf(), None))
+    }
+}
+
+/// `ims recipes import`: POST the recipe (no link), upload `recipes/<id>/recipe.tar.gz` to `ims`,
+/// PATCH the link. On any failure after the POST, the object and the record are removed.
+pub fn import_recipe(
+    body: Value,
+    source: &Path,
+    g: &Globals,
+    format: Format,
+) -> Result<ExitCode, String> {
+    let (tarball, _tmp) = recipe_tarball(source)?;
+    let rt = runtime()?;
+    let v = rt.block_on(async {
+        let ctx = Ctx::new(g).await?;
+        let rec = ctx
+            .client
+            .create(Resource::Recipes, &body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = rec
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the server's answer has no recipe id: {rec}"))?
+            .to_string();
+        const BUCKET: &str = "ims";
+        let key = format!("recipes/{id}/recipe.tar.gz");
+        let mut uploaded = false;
+        let done: Result<Value, String> = async {
+            let etag = upload(&ctx, BUCKET, &key, &tarball).await?;
+            uploaded = true;
+            let link = json!({"link": {
+                "path": format!("s3://{BUCKET}/{key}"),
+                "etag": etag.unwrap_or_default(),
+                "type": "s3",
+            }});
+            ctx.client
+                .update(Resource::Recipes, &id, Some(&link))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match done {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let mut msg = e;
+                // The upload may have failed after creating the object: try in any case.
+                let obj = async {
+                    ctx.store(BUCKET)?
+                        .delete(&key_path(&key)?)
+                        .await
+                        .map_err(|e| s3_error(BUCKET, &key, e))
+                }
+                .await;
+                if let (true, Err(d)) = (uploaded, obj) {
+                    msg.push_str(&format!(" (and removing s3://{BUCKET}/{key} failed: {d})"));
+                }
+                if let Err(d) = ctx.client.purge_recipe(&id).await {
+                    msg.push_str(&format!(" (and removing recipe {id} failed: {d})"));
+                }
+                Err(msg)
+            }
+        }
+    })?;
+    print(&v, format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// HMAC-SHA256.

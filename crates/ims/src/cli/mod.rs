@@ -40,6 +40,27 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
         Command::Images {
             verb: ImagesVerb::Verify(i),
         } => artifacts::verify(&i.id, &globals, format),
+        Command::Recipes {
+            verb:
+                RecipesVerb::Import {
+                    name,
+                    source,
+                    recipe_type,
+                    linux_distribution,
+                    arch,
+                    require_dkms,
+                    template,
+                },
+        } => template_dictionary(template).and_then(|t| {
+            let mut o = Map::new();
+            o.insert("recipe_type".into(), recipe_type.into());
+            o.insert("linux_distribution".into(), linux_distribution.into());
+            o.insert("name".into(), name.into());
+            put(&mut o, "arch", arch);
+            put(&mut o, "require_dkms", require_dkms);
+            put(&mut o, "template_dictionary", t);
+            artifacts::import_recipe(Value::Object(o), &source, &globals, format)
+        }),
         cmd => request(cmd)
             .and_then(|req| send(req, &globals, format))
             .map(|()| ExitCode::SUCCESS),
@@ -297,6 +318,7 @@ fn request(cmd: Command) -> Result<Request, String> {
             RecipesVerb::Describe(i) => simple(R::Recipes, false, Some(i.id), None),
             RecipesVerb::Delete(i) => simple(R::Recipes, false, None, Some(i.id)),
             RecipesVerb::Deleteall => simple(R::Recipes, false, None, None),
+            RecipesVerb::Import { .. } => unreachable!("handled by run"),
             RecipesVerb::Create {
                 name,
                 recipe_type,
