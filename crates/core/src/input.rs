@@ -3,7 +3,7 @@
 
 use crate::problem::Problem;
 use crate::records::*;
-use crate::validate::{Fields, MSG_LIST, MSG_NULL, MSG_REQUIRED, body_object};
+use crate::validate::{Fields, MSG_LIST, MSG_NULL, body_object};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -498,9 +498,6 @@ pub fn parse_age(s: &str) -> Option<i64> {
     }
     Some(total)
 }
-
-/// Message for a missing required field (exported for callers that build errors by hand).
-pub const REQUIRED: &str = MSG_REQUIRED;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! Typed access on top of the row-level [`Store`]: (de)serialise records and derive their columns.
 
 use crate::{NewRow, Op, Result, Row, Store, StoreError};
-use ims_core::{Record, Table};
+use ims_core::Record;
 
 /// The row for a record, with its derived columns.
 pub fn row_of<T: Record>(r: &T) -> Result<NewRow> {
@@ -120,9 +120,4 @@ where
         }
     }
     Err(StoreError::Conflict.into())
-}
-
-/// Table of a record type (re-exported for callers that only have the type).
-pub fn table_of<T: Record>() -> Table {
-    T::TABLE
 }

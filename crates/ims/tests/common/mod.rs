@@ -5,11 +5,9 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-pub const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -335,11 +333,8 @@ impl Drop for Server {
     }
 }
 
+/// A lower-case hyphenated UUIDv4 (`[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}`).
 pub fn is_uuid4(s: &str) -> bool {
-    regex_lite(s)
-}
-
-fn regex_lite(s: &str) -> bool {
     let b = s.as_bytes();
     s.len() == 36
         && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
@@ -366,10 +361,6 @@ pub fn sorted(keys: &[&str]) -> Vec<String> {
 /// The wire timestamp format: `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`.
 pub fn is_wire_time(s: &str) -> bool {
     s.len() == 32 && s.ends_with("+00:00") && s.as_bytes()[10] == b'T' && s.as_bytes()[19] == b'.'
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
 
 /// Generates one test per backend for each `async fn name(db: Db)`.
