@@ -183,6 +183,9 @@ pub fn recipe_patch(body: Option<&Value>) -> Result<RecipePatch, Problem> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewImage {
+    /// The id the client chose (an extension: the original refuses the field); the server picks
+    /// one otherwise.
+    pub id: Option<String>,
     pub name: String,
     pub link: Option<ArtifactLink>,
     pub arch: String,
@@ -212,6 +215,7 @@ fn string_map(o: &Map<String, Value>) -> Result<BTreeMap<String, String>, Value>
 pub fn image_create(body: Option<&Value>) -> Result<NewImage, Problem> {
     let o = body_object(body)?;
     let mut f = Fields::new(o);
+    let id = f.uuid("id", false);
     let name = f.string("name", true, Some(&nonblank("name")));
     let link = link_field(&mut f, true);
     let arch = arch_field(&mut f);
@@ -252,6 +256,7 @@ pub fn image_create(body: Option<&Value>) -> Result<NewImage, Problem> {
     };
     f.finish()?;
     Ok(NewImage {
+        id,
         name: name.unwrap_or_default(),
         link: link.flatten(),
         arch: arch.unwrap_or_else(|| DEFAULT_ARCH.into()),

@@ -312,6 +312,49 @@ async fn post_keys_defaults_get(db: Db) {
     assert_eq!(rec["link"], l);
 }
 
+/// Extension: POST may carry the new image's `id` (upper-case is normalised); an id already used by
+/// an image or a soft-deleted image is a 409 that changes nothing; a malformed one is a 422.
+async fn post_with_client_id(db: Db) {
+    let s = start(db).await;
+    let id = "5b0a1d6e-3c9f-4f7e-9a41-0f2d8c3b7e11";
+    let l = s.put_image_artifacts(id);
+    let rec = s
+        .post(
+            "/v3/images",
+            &json!({"id": id.to_uppercase(), "name": "chosen", "link": l}),
+        )
+        .await
+        .ok(201);
+    assert_eq!(rec["id"], id);
+    assert_eq!(rec["link"], l);
+    assert_eq!(s.get(&format!("/v3/images/{id}")).await.ok(200), rec);
+    // Taken by a live image.
+    let p = s
+        .post("/images", &json!({"id": id, "name": "again"}))
+        .await
+        .problem(409, false);
+    assert!(p["detail"].as_str().unwrap().contains(id), "{p}");
+    // Taken by a soft-deleted image: undelete must stay possible.
+    s.delete(&format!("/v3/images/{id}")).await.ok(204);
+    s.post("/v2/images", &json!({"id": id, "name": "again"}))
+        .await
+        .problem(409, false);
+    assert_eq!(count(&s, "/images").await, 0);
+    s.patch("/v3/deleted/images", &json!({"operation": "undelete"}))
+        .await
+        .ok(204);
+    let back = s.get(&format!("/v3/images/{id}")).await.ok(200);
+    assert_eq!(
+        (&back["name"], &back["created"]),
+        (&rec["name"], &rec["created"])
+    );
+    for bad in [json!("not-a-uuid"), json!(7), json!(null)] {
+        let r = s.post("/v3/images", &json!({"id": bad, "name": "x"})).await;
+        names_field(&r, "id", &bad);
+    }
+    assert_eq!(count(&s, "/images").await, 1);
+}
+
 /// `metadata` on POST: the `{key, value}` form becomes a one-entry map; a plain map is kept;
 /// anything else is a 422 naming `metadata`.
 async fn post_metadata_forms(db: Db) {
@@ -2008,6 +2051,7 @@ async fn reused_keys_are_never_overwritten(db: Db) {
 
 both_backends!(
     post_keys_defaults_get,
+    post_with_client_id,
     post_metadata_forms,
     post_input_errors,
     post_manifest_validation,

@@ -305,7 +305,7 @@ pub const OPERATIONS: &[Operation] = &[
         Some("ImageCreate"),
         201,
         One("Image"),
-        &[400, 413, 415, 422],
+        &[400, 409, 413, 415, 422],
     ),
     q(
         op(
@@ -783,6 +783,15 @@ fn input_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
         (
             "ImageCreate",
             input(vec![
+                (
+                    "id",
+                    ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String)
+                        .format(Some(utoipa::openapi::SchemaFormat::Custom("uuid".into())))
+                        .description(Some("Extension: the new image's id, chosen by the client (for register-last uploads); 409 if an image or deleted image has it"))
+                        .into(),
+                    false,
+                ),
                 ("name", string(), true),
                 ("link", reference("ArtifactLink"), false),
                 ("arch", enumerated(ARCHES), false),

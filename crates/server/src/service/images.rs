@@ -23,6 +23,15 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Image> {
 }
 
 async fn create_once(st: &AppState, new: &input::NewImage) -> ApiResult<Image> {
+    // A client-chosen id must be new, also among the deleted images (which may come back).
+    if let Some(id) = &new.id
+        && (ims_store::get::<Image>(&*st.store, id).await?.is_some()
+            || ims_store::get::<Deleted<Image>>(&*st.store, id)
+                .await?
+                .is_some())
+    {
+        return Err(Problem::new(409, format!("An image with id {id} already exists.")).into());
+    }
     if let Some(link) = &new.link {
         validate_image_link(st, link, None).await?;
     }
@@ -30,7 +39,7 @@ async fn create_once(st: &AppState, new: &input::NewImage) -> ApiResult<Image> {
     let rec = Image {
         arch: new.arch,
         created: Timestamp::now(),
-        id: ims_core::new_id(),
+        id: new.id.unwrap_or_else(ims_core::new_id),
         link: new.link,
         metadata: new.metadata,
         name: new.name,
