@@ -666,7 +666,8 @@ impl S3 for Backend {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str().eq_ignore_ascii_case(MetadataDirective::REPLACE));
-        if src_bucket == input.bucket && src_key == input.key && !replace {
+        let onto_itself = src_bucket == input.bucket && src_key == input.key;
+        if onto_itself && !replace {
             return Err(s3_error!(
                 InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
@@ -689,16 +690,24 @@ impl S3 for Backend {
         let store = self.store.clone();
         let (bucket, key) = (input.bucket, input.key);
         let info = blocking(move || {
+            let check = |src_info: &ObjectInfo| {
+                check_copy_source(
+                    src_info,
+                    conditions.0.as_ref(),
+                    conditions.1.as_ref(),
+                    conditions.2.as_ref(),
+                    conditions.3.as_ref(),
+                )
+            };
+            if onto_itself && let Some(headers) = new_headers {
+                // Only the metadata changes: no byte is copied, whatever the object's size, and
+                // the object keeps its ETag and modification time.
+                return store.replace_headers(&bucket, &key, headers, check);
+            }
             store.require_bucket(&bucket)?;
             let (src, md) = store.open_object(&src_bucket, &src_key)?;
             let src_info = store.info(&src_bucket, &src_key, &src, &md)?;
-            check_copy_source(
-                &src_info,
-                conditions.0.as_ref(),
-                conditions.1.as_ref(),
-                conditions.2.as_ref(),
-                conditions.3.as_ref(),
-            )?;
+            check(&src_info)?;
             let mut tmp = store.temp_file().map_err(io_err)?;
             let plain_md5 = src_info.etag.len() == 32 && !src_info.etag.contains('-');
             let md5 = if plain_md5 {

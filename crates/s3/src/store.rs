@@ -443,16 +443,15 @@ impl Store {
             return Ok(ObjectInfo {
                 size: stamp.size,
                 modified,
-                etag: stable_etag(&stamp),
+                etag: etag_without_meta(file, &stamp)?,
                 headers: Headers::default(),
             });
         }
         // Written by someone else: compute the MD5 once and remember it while the file stays.
-        let md5 = hash_range(file, 0, stamp.size).map_err(io_err)?;
         let m = MetaFile {
             key: key.to_owned(),
             stamp,
-            etag: hex(&md5),
+            etag: etag_without_meta(file, &stamp)?,
             headers: Headers::default(),
         };
         let unchanged = file.metadata().is_ok_and(|now| Stamp::of(&now) == stamp);
@@ -468,6 +467,63 @@ impl Store {
             }
         }
         Ok(info(m))
+    }
+
+    /// Replaces an object's content headers and user metadata without touching its bytes: the
+    /// file keeps its inode, size and modification time, and the object its ETag (CopyObject onto
+    /// itself with `x-amz-metadata-directive: REPLACE`, which clients use to add `md5sum` to
+    /// large objects). `check` sees the object as it is before the change (the copy-source
+    /// conditions) and can refuse it. Returns the object as it is afterwards.
+    pub fn replace_headers(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: Headers,
+        check: impl FnOnce(&ObjectInfo) -> S3Result<()>,
+    ) -> S3Result<ObjectInfo> {
+        // Held from reading the current metadata to writing the new one, so that a concurrent
+        // commit or metadata replacement through this endpoint is not undone. (`info` takes the
+        // same lock to cache an ETag, so it is not called here; the ETag is computed the same way.)
+        let _g = self.lock(bucket, key);
+        let (file, md) = self.open_object(bucket, key)?;
+        let stamp = Stamp::of(&md);
+        let current = match self.read_meta(bucket, key, &stamp) {
+            Some(m) => ObjectInfo {
+                size: stamp.size,
+                modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                etag: m.etag,
+                headers: m.headers,
+            },
+            None => ObjectInfo {
+                size: stamp.size,
+                modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                etag: etag_without_meta(&file, &stamp)?,
+                headers: Headers::default(),
+            },
+        };
+        check(&current)?;
+        // Another writer (not through this endpoint) may have replaced or modified the file since
+        // it was opened: metadata for the old stamp would not apply to what is there now.
+        let still_there = fs::symlink_metadata(self.root.join(bucket).join(key))
+            .is_ok_and(|now| Stamp::of(&now) == stamp);
+        if !still_there {
+            return Err(s3_error!(
+                InternalError,
+                "The object changed while its metadata was replaced; try again"
+            ));
+        }
+        let m = MetaFile {
+            key: key.to_owned(),
+            stamp,
+            etag: current.etag,
+            headers,
+        };
+        self.write_meta(bucket, &m).map_err(io_err)?;
+        Ok(ObjectInfo {
+            etag: m.etag,
+            headers: m.headers,
+            ..current
+        })
     }
 
     /// Listing information for an object found by a directory walk.
@@ -732,6 +788,15 @@ fn stable_etag(s: &Stamp) -> String {
     format!("{}-1", hex(&Md5::checksum(id.as_bytes())))
 }
 
+/// The ETag of an object file that has no (valid) metadata: its MD5 up to [`LAZY_MD5_MAX`],
+/// [`stable_etag`] above.
+fn etag_without_meta(file: &File, stamp: &Stamp) -> S3Result<String> {
+    if stamp.size > LAZY_MD5_MAX {
+        return Ok(stable_etag(stamp));
+    }
+    Ok(hex(&hash_range(file, 0, stamp.size).map_err(io_err)?))
+}
+
 /// MD5 of `len` bytes of a file from `offset` (positional reads; the file offset is untouched).
 pub(crate) fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<[u8; 16]> {
     let mut md5 = Md5::new();
@@ -914,6 +979,101 @@ mod tests {
         s.delete_object("bkt", "k").unwrap();
         s.delete_bucket("bkt").unwrap();
         assert!(!d.path().join("root/bkt").exists());
+    }
+
+    #[test]
+    fn replace_headers_changes_only_the_metadata() {
+        let (d, s) = store();
+        s.create_bucket("bkt").unwrap();
+        let path = d.path().join("root/bkt/img/rootfs");
+        let put_info = put(&s, "bkt", "img/rootfs", b"rootfs bytes").unwrap();
+        let before = fs::symlink_metadata(&path).unwrap();
+        let headers = Headers {
+            content_type: Some("application/x-squashfs".into()),
+            metadata: BTreeMap::from([("md5sum".into(), "abc".into())]),
+            ..Headers::default()
+        };
+        let mut seen = None;
+        let i = s
+            .replace_headers("bkt", "img/rootfs", headers.clone(), |cur| {
+                seen = Some(cur.clone());
+                Ok(())
+            })
+            .unwrap();
+        // The check saw the object before the change.
+        assert_eq!(seen.unwrap().headers, Headers::default());
+        assert_eq!(i.etag, put_info.etag);
+        assert_eq!(i.size, 12);
+        assert_eq!(i.headers, headers);
+        let after = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            Stamp::of(&after),
+            Stamp::of(&before),
+            "size, inode, mtime kept"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"rootfs bytes");
+        let (f, md) = s.open_object("bkt", "img/rootfs").unwrap();
+        let j = s.info("bkt", "img/rootfs", &f, &md).unwrap();
+        assert_eq!(
+            (j.etag, j.headers, j.modified),
+            (i.etag, headers.clone(), i.modified)
+        );
+
+        // A refused condition changes nothing.
+        let other = Headers {
+            metadata: BTreeMap::from([("md5sum".into(), "zzz".into())]),
+            ..Headers::default()
+        };
+        let e = s
+            .replace_headers("bkt", "img/rootfs", other, |_| {
+                Err(s3_error!(PreconditionFailed))
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), &s3s::S3ErrorCode::PreconditionFailed);
+        let j = s.info("bkt", "img/rootfs", &f, &md).unwrap();
+        assert_eq!(j.headers.metadata["md5sum"], "abc");
+
+        // Objects written by other code keep the ETag `info` gives them (MD5, or the stable one
+        // above the lazy-MD5 limit).
+        fs::write(d.path().join("root/bkt/foreign"), b"foreign").unwrap();
+        let big = File::create(d.path().join("root/bkt/big")).unwrap();
+        big.set_len(LAZY_MD5_MAX + 1).unwrap();
+        drop(big);
+        for key in ["foreign", "big"] {
+            let before = fs::symlink_metadata(d.path().join("root/bkt").join(key)).unwrap();
+            let etag = match key {
+                "foreign" => hex(&Md5::checksum(b"foreign")),
+                _ => stable_etag(&Stamp::of(&before)),
+            };
+            let i = s
+                .replace_headers("bkt", key, headers.clone(), |cur| {
+                    assert_eq!(cur.etag, etag, "{key}");
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(i.etag, etag, "{key}");
+            let after = fs::symlink_metadata(d.path().join("root/bkt").join(key)).unwrap();
+            assert_eq!(Stamp::of(&after), Stamp::of(&before), "{key}");
+            let (f, md) = s.open_object("bkt", key).unwrap();
+            let j = s.info("bkt", key, &f, &md).unwrap();
+            assert_eq!((j.etag, j.headers), (etag, headers.clone()), "{key}");
+        }
+
+        // Missing objects, buckets, symlinks and directories are not objects.
+        std::os::unix::fs::symlink(&path, d.path().join("root/bkt/link")).unwrap();
+        for (bucket, key, code) in [
+            ("bkt", "nosuch", s3s::S3ErrorCode::NoSuchKey),
+            ("bkt", "img", s3s::S3ErrorCode::NoSuchKey),
+            ("bkt", "link", s3s::S3ErrorCode::NoSuchKey),
+            ("nob", "img/rootfs", s3s::S3ErrorCode::NoSuchBucket),
+        ] {
+            let e = s
+                .replace_headers(bucket, key, headers.clone(), |_| Ok(()))
+                .unwrap_err();
+            assert_eq!(e.code(), &code, "{bucket}/{key}");
+        }
+        assert!(!d.path().join("root/bkt/nosuch").exists());
+        assert_eq!(fs::read_dir(d.path().join("state/tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -323,6 +323,65 @@ assert 'Deleted' not in r or r['Deleted'] == [], r
     srv.stop().await;
 }
 
+/// What clients do once a multipart upload has ended and its MD5 is known: CopyObject onto itself
+/// with `MetadataDirective=REPLACE` to set `md5sum`. Only the metadata changes: same file (inode,
+/// mtime), same bytes, same multipart ETag, nothing copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_copy_with_replace_changes_only_the_metadata() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(srv) = start().await else { return };
+    srv.py(
+        r#"
+s3.create_bucket(Bucket='boot-images')
+u = s3.create_multipart_upload(Bucket='boot-images', Key='img/rootfs', ContentType='application/x')['UploadId']
+parts = [s3.upload_part(Bucket='boot-images', Key='img/rootfs', UploadId=u, PartNumber=n, Body=b)['ETag']
+         for n, b in [(1, b'a' * (5 * 1024 * 1024)), (2, b'tail')]]
+s3.complete_multipart_upload(Bucket='boot-images', Key='img/rootfs', UploadId=u,
+                             MultipartUpload={'Parts': [{'PartNumber': n + 1, 'ETag': e} for n, e in enumerate(parts)]})
+"#,
+    )
+    .await;
+    let path = srv.root().join("boot-images/img/rootfs");
+    let stat = |p: &std::path::Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+    };
+    let before = stat(&path);
+    srv.py(
+        r#"
+data = b'a' * (5 * 1024 * 1024) + b'tail'
+src = {'Bucket': 'boot-images', 'Key': 'img/rootfs'}
+h0 = s3.head_object(**src)
+assert h0['ETag'].endswith('-2"') and h0.get('Metadata', {}) == {}, h0
+# Copy-source conditions are checked against the object itself; a failed one changes nothing.
+assert err(s3.copy_object, CopySource=src, MetadataDirective='REPLACE', Metadata={'md5sum': 'x'}, CopySourceIfMatch='"0000"', **src) == ('PreconditionFailed', 412)
+assert err(s3.copy_object, CopySource=src, MetadataDirective='REPLACE', Metadata={'md5sum': 'x'}, CopySourceIfNoneMatch=h0['ETag'], **src) == ('PreconditionFailed', 412)
+assert s3.head_object(**src).get('Metadata', {}) == {}
+r = s3.copy_object(CopySource=src, MetadataDirective='REPLACE', Metadata={'md5sum': md5(data)},
+                   ContentType='application/vnd.cray.image.rootfs.squashfs', CopySourceIfMatch=h0['ETag'], **src)
+assert r['CopyObjectResult']['ETag'] == h0['ETag'], r
+h = s3.head_object(**src)
+assert h['ETag'] == h0['ETag'] and h['ContentLength'] == len(data) and h['LastModified'] == h0['LastModified'], h
+assert h['Metadata'] == {'md5sum': md5(data)} and h['ContentType'] == 'application/vnd.cray.image.rootfs.squashfs', h
+assert s3.get_object(**src)['Body'].read() == data
+lst = s3.list_objects_v2(Bucket='boot-images')['Contents']
+assert [(o['Key'], o['ETag'], o['Size']) for o in lst] == [('img/rootfs', h0['ETag'], len(data))], lst
+# Without REPLACE it is still refused.
+assert err(s3.copy_object, CopySource=src, **src) == ('InvalidRequest', 400)
+assert err(s3.copy_object, CopySource={'Bucket': 'boot-images', 'Key': 'nosuch'}, Bucket='boot-images', Key='nosuch',
+           MetadataDirective='REPLACE', Metadata={'md5sum': 'x'}) == ('NoSuchKey', 404)
+"#,
+    )
+    .await;
+    assert_eq!(stat(&path), before, "same file: inode, size, mtime");
+    assert_eq!(files_under(&srv.root()), ["boot-images/img/rootfs"]);
+    assert!(
+        files_under(&srv.state().join("tmp")).is_empty(),
+        "no temporary files left"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_cp_up_down_and_server_side_copy() {
     let Some(srv) = start().await else { return };
