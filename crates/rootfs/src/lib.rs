@@ -43,4 +43,7 @@ mod tool;
 pub use archive::{ArchiveFormat, tar_to_squashfs, unpack};
 pub use error::{Result, RootfsError};
 pub use kernel::{BootFiles, find_boot_artifacts};
-pub use squashfs::{Compression, SquashfsOptions, is_squashfs, mksquashfs, unsquashfs};
+pub use squashfs::{
+    Compression, SquashfsOptions, ensure_squashfs, is_squashfs, mksquashfs, unsquashfs,
+    unsquashfs_paths, unsquashfs_paths_without_xattrs,
+};

@@ -228,6 +228,17 @@ pub fn unsquashfs(file: &Path, dest_dir: &Path) -> Result<()> {
 /// Like [`unsquashfs`] but only the given paths of the image (relative to its `/`, e.g. `boot`, `vmlinuz`),
 /// with everything below them. An empty `paths` extracts everything. Paths the image does not hold are skipped.
 pub fn unsquashfs_paths(file: &Path, dest_dir: &Path, paths: &[&str]) -> Result<()> {
+    extract(file, dest_dir, paths, true)
+}
+
+/// Like [`unsquashfs_paths`] but without extended attributes, so that it works unprivileged even when the
+/// image carries `security.*` xattrs: for reading files out of an image (its kernel and initrd), not for
+/// rebuilding it.
+pub fn unsquashfs_paths_without_xattrs(file: &Path, dest_dir: &Path, paths: &[&str]) -> Result<()> {
+    extract(file, dest_dir, paths, false)
+}
+
+fn extract(file: &Path, dest_dir: &Path, paths: &[&str], xattrs: bool) -> Result<()> {
     ensure_squashfs(file)?;
     let force = match fs::symlink_metadata(dest_dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -251,7 +262,10 @@ pub fn unsquashfs_paths(file: &Path, dest_dir: &Path, paths: &[&str]) -> Result<
     };
     let action = format!("extracting {} into {}", file.display(), dest_dir.display());
     let mut cmd: Command = UNSQUASHFS.command();
-    cmd.args(["-no-progress", "-xattrs"]);
+    cmd.args([
+        "-no-progress",
+        if xattrs { "-xattrs" } else { "-no-xattrs" },
+    ]);
     if force {
         cmd.arg("-f");
     }

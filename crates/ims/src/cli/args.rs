@@ -174,6 +174,53 @@ pub enum ImagesVerb {
     Deleteall,
     /// Re-read every artifact of an image and check it against its manifest's md5 (and sha256).
     Verify(Id),
+    /// Import an image in one step ("Import an External Image to IMS"): converts ROOTFS to squashfs
+    /// if needed, finds the kernel and initrd in its /boot, uploads every artifact to
+    /// s3://BUCKET/<id>/ with its md5 and sha256, writes the manifest and registers the image.
+    /// All or nothing: on any failure nothing is registered and the uploaded objects are removed.
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The image's name.
+    pub name: String,
+    /// A squashfs image, a tar archive (.tar, .tgz, .txz, .tar.zst; judged by content) or an
+    /// image-root directory.
+    #[arg(value_name = "ROOTFS")]
+    pub rootfs: PathBuf,
+    /// Kernel file to upload instead of the image root's.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd file to upload instead of the image root's.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel parameters file, uploaded as the image's boot_parameters artifact.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_parameters: Option<PathBuf>,
+    /// Name of the kernel in the image root's /boot (default: found by the rules of
+    /// docs/architecture.md: boot/vmlinuz link, /vmlinuz link, newest versioned kernel).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernel")]
+    pub kernel_file_name: Option<String>,
+    /// Name of the initrd in the image root's /boot (default: found like the kernel).
+    #[arg(long, value_name = "NAME", conflicts_with = "initrd")]
+    pub initrd_file_name: Option<String>,
+    #[arg(long, value_parser = choices(ARCHES), default_value = "x86_64")]
+    pub arch: String,
+    /// squashfs compression when ROOTFS is converted (an archive or a directory): zstd (default),
+    /// gzip, xz, lz4 or lzo.
+    #[arg(long, value_parser = choices(&["zstd", "gzip", "xz", "lz4", "lzo"]))]
+    pub compression: Option<String>,
+    /// Import the root file system only: no kernel, no initrd.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "kernel_file_name", "initrd_file_name"])]
+    pub rootfs_only: bool,
+    /// Bucket of the image's artifacts.
+    #[arg(long, default_value = "boot-images")]
+    pub bucket: String,
+    /// Where the converted squashfs is written while it is uploaded (default: TMPDIR or /tmp);
+    /// it needs room for the compressed image.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Default)]

@@ -7,7 +7,9 @@
 
 mod args;
 mod artifacts;
+mod import;
 mod output;
+mod s3;
 mod settings;
 
 pub use args::{Command, Globals};
@@ -40,6 +42,9 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
         Command::Images {
             verb: ImagesVerb::Verify(i),
         } => artifacts::verify(&i.id, &globals, format),
+        Command::Images {
+            verb: ImagesVerb::Import(args),
+        } => import::run(args, &globals, format),
         Command::Recipes {
             verb:
                 RecipesVerb::Import {
@@ -272,7 +277,7 @@ fn request(cmd: Command) -> Result<Request, String> {
             ImagesVerb::Describe(i) => simple(R::Images, false, Some(i.id), None),
             ImagesVerb::Delete(i) => simple(R::Images, false, None, Some(i.id)),
             ImagesVerb::Deleteall => simple(R::Images, false, None, None),
-            ImagesVerb::Verify(_) => unreachable!("handled by run"),
+            ImagesVerb::Verify(_) | ImagesVerb::Import(_) => unreachable!("handled by run"),
             ImagesVerb::Create {
                 name,
                 link,

@@ -1,0 +1,524 @@
+//! `ims images import NAME ROOTFS`: the whole "Import an External Image to IMS" procedure in one
+//! command, all or nothing.
+//!
+//! 1. Everything local is checked first (ROOTFS judged by content, explicit files readable), then
+//!    the server and STS are asked for credentials, so that a typo or an unreachable server costs
+//!    nothing.
+//! 2. ROOTFS becomes a squashfs image: used as is, converted from a tar archive
+//!    (`mksquashfs - -tar`, nothing extracted) or built from a directory (`mksquashfs`), keeping
+//!    xattrs, ownership and device nodes. The kernel and initrd are found in the image root by the
+//!    rules of [`ims_rootfs::kernel`] (for an image file, only `boot/` and the `/` links are
+//!    extracted, into a private work directory).
+//! 3. **Register last.** The client picks the image id, uploads `rootfs`, `kernel`, `initrd`,
+//!    `boot_parameters` to `s3://BUCKET/<id>/` (each read once: md5 and sha256 computed while it is
+//!    sent), sets each object's `md5sum` metadata (CopyObject onto itself, metadata only), writes
+//!    `<id>/manifest.json` (v1.0 as the original writes it, plus `sha256` per artifact) and only
+//!    then `POST /images {id, name, arch, link}`. Until that POST succeeds no record exists, so a
+//!    failure anywhere — including the server dying mid-upload — leaves nothing registered.
+//! 4. On failure or Ctrl-C the uploaded objects are removed. The one exception is a POST whose
+//!    answer was lost: if the server cannot say whether the image exists, its objects are kept and
+//!    the error says so, because deleting them could break a registered image.
+
+use super::args::{Format, Globals, ImportArgs};
+use super::print;
+use super::s3::{Ctx, Uploaded, hex, remove, replace_metadata, runtime, upload};
+use ims_client::{Error as ClientError, Resource};
+use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
+use ims_rootfs::{ArchiveFormat, BootFiles, Compression, RootfsError, SquashfsOptions};
+use md5::{Digest, Md5};
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What ROOTFS is, judged by its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Directory,
+    Squashfs,
+    Archive(ArchiveFormat),
+}
+
+fn classify(path: &Path) -> Result<Source, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read ROOTFS {shown}: {e}"))?;
+    if meta.is_dir() {
+        return Ok(Source::Directory);
+    }
+    if !meta.is_file() {
+        return Err(format!(
+            "ROOTFS {shown} is neither a regular file nor a directory"
+        ));
+    }
+    if ims_rootfs::is_squashfs(path).map_err(|e| e.to_string())? {
+        ims_rootfs::ensure_squashfs(path).map_err(|e| e.to_string())?;
+        return Ok(Source::Squashfs);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if [".sqsh", ".squashfs", ".sqfs", ".squash"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+    {
+        return Err(RootfsError::NotSquashfs {
+            path: path.to_path_buf(),
+        }
+        .to_string());
+    }
+    match ims_rootfs::archive::detect_format(path) {
+        Ok(f) => Ok(Source::Archive(f)),
+        Err(e) => Err(format!(
+            "ROOTFS must be a squashfs image, a tar archive (.tar, .tgz, .txz, .tar.zst) or an image-root directory: {e}"
+        )),
+    }
+}
+
+/// A file given on the command line: must be a readable regular file.
+fn check_file(what: &str, path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read the {what} {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("the {what} {shown} is not a regular file"));
+    }
+    std::fs::File::open(path).map_err(|e| format!("cannot read the {what} {shown}: {e}"))?;
+    Ok(())
+}
+
+/// The boot files to upload (host paths) and where they were found.
+#[derive(Default)]
+struct Boot {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+}
+
+/// Finds the kernel and initrd the user did not give, in the image root `root` (`shown` names
+/// ROOTFS in errors).
+fn find_boot(a: &ImportArgs, root: &Path, shown: &Path) -> Result<Boot, String> {
+    let mut boot = Boot {
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+    };
+    if a.rootfs_only || (boot.kernel.is_some() && boot.initrd.is_some()) {
+        return Ok(boot);
+    }
+    let found = ims_rootfs::find_boot_artifacts(
+        root,
+        &a.arch,
+        a.kernel_file_name.as_deref(),
+        a.initrd_file_name.as_deref(),
+    );
+    match found {
+        Ok(BootFiles { kernel, initrd }) => {
+            boot.kernel.get_or_insert(kernel);
+            if boot.initrd.is_none() {
+                boot.initrd = initrd;
+            }
+        }
+        // The kernel was given: only the initrd was looked for.
+        Err(RootfsError::NoKernel { .. }) if boot.kernel.is_some() => {}
+        Err(RootfsError::NoKernel { looked_for, .. }) => {
+            return Err(format!(
+                "no kernel found in the image root of {} (looked for {looked_for}): give one with --kernel FILE or --kernel-file-name NAME, or import the root file system alone with --rootfs-only",
+                shown.display()
+            ));
+        }
+        Err(RootfsError::BootFileNotFound { what, name, .. }) => {
+            return Err(format!(
+                "the {what} `{name}` was not found as a regular file in the /boot of {}",
+                shown.display()
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    if boot.initrd.is_none() {
+        eprintln!(
+            "warning: no initrd found in the image root of {}; the image will have none (give one with --initrd FILE)",
+            shown.display()
+        );
+    }
+    Ok(boot)
+}
+
+/// Paths of an image's `/` extracted to find its boot files.
+const BOOT_PATHS: &[&str] = &["boot", "vmlinuz", "initrd.img", "Image", "initrd"];
+
+/// Runs a blocking step on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))?
+}
+
+/// Produces the squashfs image and the boot files, in `work` when anything must be written.
+async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf, Boot), String> {
+    let compression: Compression = match &a.compression {
+        Some(c) => c.parse().map_err(|e: RootfsError| e.to_string())?,
+        None => Compression::default(),
+    };
+    if source == Source::Squashfs && a.compression.is_some() {
+        eprintln!(
+            "warning: --compression is ignored: {} is a squashfs image and is uploaded as it is",
+            a.rootfs.display()
+        );
+    }
+    let opts = SquashfsOptions {
+        compression,
+        processors: None,
+    };
+    let rootfs = a.rootfs.clone();
+    let image = match source {
+        Source::Squashfs => rootfs.clone(),
+        Source::Directory => {
+            // Before the long conversion: a missing kernel fails at once.
+            let boot = find_boot(a, &rootfs, &rootfs)?;
+            let out = work.join("rootfs.squashfs");
+            eprintln!(
+                "Building a squashfs image ({compression}) from {} ...",
+                rootfs.display()
+            );
+            let (src, dst) = (rootfs.clone(), out.clone());
+            blocking(move || ims_rootfs::mksquashfs(&src, &dst, &opts).map_err(|e| e.to_string()))
+                .await?;
+            return Ok((out, boot));
+        }
+        Source::Archive(_) => {
+            let out = work.join("rootfs.squashfs");
+            eprintln!(
+                "Converting {} to a squashfs image ({compression}) ...",
+                rootfs.display()
+            );
+            let (src, dst) = (rootfs.clone(), out.clone());
+            blocking(move || {
+                ims_rootfs::tar_to_squashfs(&src, &dst, &opts).map_err(|e| e.to_string())
+            })
+            .await?;
+            out
+        }
+    };
+    // An image file: extract only what the boot files can be found in.
+    let boot = if a.rootfs_only || (a.kernel.is_some() && a.initrd.is_some()) {
+        Boot {
+            kernel: a.kernel.clone(),
+            initrd: a.initrd.clone(),
+        }
+    } else {
+        let root = work.join("boot-root");
+        let (img, dst) = (image.clone(), root.clone());
+        blocking(move || {
+            ims_rootfs::unsquashfs_paths_without_xattrs(&img, &dst, BOOT_PATHS)
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        find_boot(a, &root, &rootfs)?
+    };
+    Ok((image, boot))
+}
+
+/// One artifact to upload.
+struct Artifact {
+    name: &'static str,
+    mime: &'static str,
+    file: PathBuf,
+}
+
+/// One uploaded artifact's manifest entry, in the original's key order (sorted).
+fn manifest_entry(bucket: &str, key: &str, mime: &str, up: &Uploaded) -> Value {
+    let mut link = Map::new();
+    link.insert("etag".into(), up.etag.clone().into());
+    link.insert("path".into(), format!("s3://{bucket}/{key}").into());
+    link.insert("type".into(), "s3".into());
+    let mut o = Map::new();
+    o.insert("link".into(), Value::Object(link));
+    o.insert("md5".into(), up.md5.clone().unwrap_or_default().into());
+    // An extra field: readers of manifest v1.0 (the original IMS, BOS) ignore it.
+    o.insert(
+        "sha256".into(),
+        up.sha256.clone().unwrap_or_default().into(),
+    );
+    o.insert("type".into(), mime.into());
+    Value::Object(o)
+}
+
+/// Serialises like Python's `json.dump(sort_keys=True, indent=4)`, as the original writes
+/// manifests.
+fn python_json(v: &Value) -> Result<Vec<u8>, String> {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sorted(&m[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            v => v.clone(),
+        }
+    }
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    serde::Serialize::serialize(&sorted(v), &mut ser).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Uploads the artifacts and the manifest, then registers the image. `sent` collects every key
+/// whose upload was started, for the clean-up.
+async fn upload_and_register(
+    ctx: &Ctx,
+    a: &ImportArgs,
+    id: &str,
+    artifacts: &[Artifact],
+    sent: &mut Vec<String>,
+) -> Result<Value, Failure> {
+    let bucket = a.bucket.as_str();
+    let mut entries = vec![];
+    let mut metadata_warned = false;
+    for art in artifacts {
+        let key = format!("{id}/{}", art.name);
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata("x-shasta-ims-image-name".into()),
+            a.name.clone().into(),
+        );
+        attributes.insert(
+            Attribute::Metadata("x-shasta-ims-image-id".into()),
+            id.to_string().into(),
+        );
+        sent.push(key.clone());
+        eprintln!(
+            "Uploading {} to s3://{bucket}/{key} ...",
+            art.file.display()
+        );
+        let mut up = upload(ctx, bucket, &key, &art.file, attributes, true)
+            .await
+            .map_err(Failure::Before)?;
+        // The md5 is known only now: set it as the `md5sum` metadata that IMS (the original
+        // too) trusts for later downloads. The manifest carries it in any case.
+        let md5 = up.md5.clone().unwrap_or_default();
+        let meta = [
+            ("md5sum", md5.as_str()),
+            ("x-shasta-ims-image-name", a.name.as_str()),
+            ("x-shasta-ims-image-id", id),
+        ];
+        match replace_metadata(&ctx.creds, bucket, &key, None, &meta).await {
+            Ok(etag) if !etag.is_empty() => up.etag = etag,
+            Ok(_) => {}
+            Err(e) if !metadata_warned => {
+                metadata_warned = true;
+                eprintln!("warning: {e}; the manifest still records every md5");
+            }
+            Err(_) => {}
+        }
+        entries.push(manifest_entry(bucket, &key, art.mime, &up));
+    }
+    let manifest = json!({
+        "artifacts": entries,
+        "created": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+        "version": "1.0",
+    });
+    let body = python_json(&manifest).map_err(Failure::Before)?;
+    let key = format!("{id}/manifest.json");
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::ContentType, "application/json".into());
+    attributes.insert(
+        Attribute::Metadata("md5sum".into()),
+        hex(&Md5::digest(&body)).into(),
+    );
+    sent.push(key.clone());
+    let put = ctx
+        .store(bucket)
+        .map_err(Failure::Before)?
+        .put_opts(
+            &super::s3::key_path(&key).map_err(Failure::Before)?,
+            PutPayload::from(body),
+            PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| Failure::Before(super::s3::s3_error(bucket, &key, e)))?;
+    let record = json!({
+        "id": id,
+        "name": a.name,
+        "arch": a.arch,
+        "link": {
+            "path": format!("s3://{bucket}/{key}"),
+            "etag": put.e_tag.unwrap_or_default().trim_matches('"'),
+            "type": "s3",
+        },
+    });
+    match ctx.client.create(Resource::Images, &record).await {
+        Ok(v) => Ok(v),
+        // A definite answer (or no connection at all): the image was not created.
+        Err(e @ (ClientError::Api { .. } | ClientError::Connect { .. })) => {
+            Err(Failure::Before(format!("registering image {id}: {e}")))
+        }
+        // The answer was lost: the image may exist. Ask.
+        Err(e) => match ctx.client.describe(Resource::Images, id).await {
+            Ok(v) => Ok(v),
+            Err(ClientError::Api { status: 404, .. }) => {
+                Err(Failure::Before(format!("registering image {id}: {e}")))
+            }
+            Err(_) => Err(Failure::Unknown(format!(
+                "registering image {id}: {e}; the server could not say whether the image was registered, so its artifacts were kept under s3://{bucket}/{id}/ (check with `ims images describe {id}`)"
+            ))),
+        },
+    }
+}
+
+/// Why an import failed: before registration (clean up), or with the outcome unknown (keep).
+enum Failure {
+    Before(String),
+    Unknown(String),
+}
+
+pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    let source = classify(&a.rootfs)?;
+    for (what, f) in [
+        ("kernel", &a.kernel),
+        ("initrd", &a.initrd),
+        ("kernel parameters file", &a.kernel_parameters),
+    ] {
+        if let Some(f) = f {
+            check_file(what, f)?;
+        }
+    }
+    let rt = runtime()?;
+    let v = rt.block_on(async {
+        // Fail fast: the server and STS answer before anything long starts.
+        Ctx::new(g).await?;
+        let work_parent = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        // Private (0700), removed on every exit path.
+        let work = tempfile::Builder::new()
+            .prefix("ims-import-")
+            .tempdir_in(&work_parent)
+            .map_err(|e| {
+                format!(
+                    "cannot create a work directory in {}: {e}",
+                    work_parent.display()
+                )
+            })?;
+        let (image, boot) = tokio::select! {
+            r = prepare(&a, source, work.path()) => r?,
+            _ = tokio::signal::ctrl_c() => return Err("interrupted; nothing was uploaded".to_string()),
+        };
+        let mut artifacts = vec![Artifact {
+            name: "rootfs",
+            mime: MIME_ROOTFS,
+            file: image,
+        }];
+        if let Some(k) = boot.kernel {
+            artifacts.push(Artifact {
+                name: "kernel",
+                mime: MIME_KERNEL,
+                file: k,
+            });
+        }
+        if let Some(i) = boot.initrd {
+            artifacts.push(Artifact {
+                name: "initrd",
+                mime: MIME_INITRD,
+                file: i,
+            });
+        }
+        if let Some(p) = &a.kernel_parameters {
+            artifacts.push(Artifact {
+                name: "boot_parameters",
+                mime: MIME_BOOT_PARAMETERS,
+                file: p.clone(),
+            });
+        }
+        // Fresh credentials: the conversion may have outlived the first ones.
+        let ctx = Ctx::new(g).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut sent = vec![];
+        let outcome = tokio::select! {
+            r = upload_and_register(&ctx, &a, &id, &artifacts, &mut sent) => r,
+            _ = tokio::signal::ctrl_c() => Err(Failure::Before("interrupted".to_string())),
+        };
+        match outcome {
+            Ok(v) => Ok(v),
+            Err(Failure::Unknown(msg)) => Err(msg),
+            Err(Failure::Before(mut msg)) => {
+                let mut left = vec![];
+                for key in &sent {
+                    if let Err(e) = remove(&ctx, &a.bucket, key).await {
+                        left.push(e);
+                    }
+                }
+                if left.is_empty() {
+                    if !sent.is_empty() {
+                        msg.push_str("; the uploaded objects were removed and nothing was registered");
+                    } else {
+                        msg.push_str("; nothing was registered");
+                    }
+                } else {
+                    msg.push_str(&format!(
+                        "; nothing was registered, but removing the uploaded objects failed: {}",
+                        left.join("; ")
+                    ));
+                }
+                Err(msg)
+            }
+        }
+    })?;
+    print(&v, format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_are_written_like_the_original() {
+        let v = json!({"version": "1.0", "artifacts": [{"type": "t", "md5": "m", "link": {"type": "s3", "path": "p", "etag": "e"}}], "created": "c"});
+        let text = String::from_utf8(python_json(&v).unwrap()).unwrap();
+        let expect = r#"{
+    "artifacts": [
+        {
+            "link": {
+                "etag": "e",
+                "path": "p",
+                "type": "s3"
+            },
+            "md5": "m",
+            "type": "t"
+        }
+    ],
+    "created": "c",
+    "version": "1.0"
+}"#;
+        assert_eq!(text, expect);
+    }
+
+    #[test]
+    fn rootfs_is_judged_by_content() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(classify(d.path()).unwrap(), Source::Directory);
+        let fake = d.path().join("image.sqsh");
+        std::fs::write(&fake, vec![0u8; 4096]).unwrap();
+        let e = classify(&fake).unwrap_err();
+        assert!(e.contains("is not a squashfs image"), "{e}");
+        let other = d.path().join("image.bin");
+        std::fs::write(&other, b"hello").unwrap();
+        let e = classify(&other).unwrap_err();
+        assert!(
+            e.contains("ROOTFS must be a squashfs image, a tar archive"),
+            "{e}"
+        );
+        let e = classify(&d.path().join("missing")).unwrap_err();
+        assert!(e.contains("cannot read ROOTFS"), "{e}");
+    }
+}

@@ -1,0 +1,627 @@
+//! S3 through STS, as `cray artifacts` does (`clients.md` §5): `PUT /apis/sts/token` (with the
+//! configured bearer token), then path-style SigV4 requests to the returned `EndpointURL` with the
+//! returned key, secret and session token.
+//!
+//! Uploads are multipart (8 MiB parts, several in flight); a reader thread reads the file once and
+//! hashes each part (md5 and sha256) while earlier parts are on the wire. Downloads are ranged and
+//! parallel, each range written at its offset. Memory stays bounded by `PART * (IN_FLIGHT + 2)`
+//! whatever the object's size. Progress bars are drawn on stderr when it is a terminal, never
+//! otherwise.
+
+use super::args::Globals;
+use super::connection;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use ims_client::Client;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use md5::Md5;
+use object_store::WriteMultipart;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Part and range size (what boto3 uses).
+pub(super) const PART: usize = 8 * 1024 * 1024;
+/// Parts or ranges in flight at once.
+pub(super) const IN_FLIGHT: usize = 4;
+const REGION: &str = "us-east-1";
+
+/// Credentials from STS.
+pub(super) struct Creds {
+    access_key: String,
+    secret_key: String,
+    token: String,
+    endpoint: String,
+}
+
+/// The server connection plus S3 credentials from STS.
+pub(super) struct Ctx {
+    pub client: Client,
+    pub creds: Creds,
+}
+
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+impl Ctx {
+    /// Connects as the other client commands do and asks STS for credentials.
+    pub async fn new(g: &Globals) -> Result<Ctx, String> {
+        let (url, token) = connection(g)?;
+        let client = Client::new(&url, token).map_err(|e| e.to_string())?;
+        let mut u = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        u.set_query(None);
+        u.set_fragment(None);
+        u.path_segments_mut()
+            .map_err(|()| format!("invalid URL {url:?}: not a base URL"))?
+            .pop_if_empty()
+            .extend(["apis", "sts", "token"]);
+        let v = client
+            .send(reqwest::Method::PUT, u, &[], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = &v["Credentials"];
+        let field = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+        let missing = |k: &str| format!("STS: the response has no Credentials.{k}");
+        let creds = Creds {
+            access_key: field("AccessKeyId").ok_or_else(|| missing("AccessKeyId"))?,
+            secret_key: field("SecretAccessKey").ok_or_else(|| missing("SecretAccessKey"))?,
+            token: field("SessionToken").unwrap_or_default(),
+            endpoint: field("EndpointURL").ok_or_else(|| missing("EndpointURL"))?,
+        };
+        Ok(Ctx { client, creds })
+    }
+
+    pub fn store(&self, bucket: &str) -> Result<Arc<AmazonS3>, String> {
+        let c = &self.creds;
+        let mut b = AmazonS3Builder::new()
+            .with_endpoint(&c.endpoint)
+            .with_bucket_name(bucket)
+            .with_access_key_id(&c.access_key)
+            .with_secret_access_key(&c.secret_key)
+            .with_region(REGION)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false);
+        if !c.token.is_empty() {
+            b = b.with_token(&c.token);
+        }
+        b.build()
+            .map(Arc::new)
+            .map_err(|e| format!("S3 client for {}: {e}", c.endpoint))
+    }
+}
+
+pub(super) fn key_path(key: &str) -> Result<ObjPath, String> {
+    ObjPath::parse(key).map_err(|e| format!("invalid key {key:?}: {e}"))
+}
+
+/// An S3 error as a one-line message, naming the object.
+pub(super) fn s3_error(bucket: &str, key: &str, e: object_store::Error) -> String {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            format!("Object was not found in bucket: s3://{bucket}/{key}")
+        }
+        e => format!("s3://{bucket}/{key}: {e}"),
+    }
+}
+
+pub(super) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A byte-count progress bar on stderr, drawn only when stderr is a terminal.
+pub(super) fn progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// HMAC-SHA256.
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut m = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
+        .expect("HMAC accepts keys of any length");
+    hmac::Mac::update(&mut m, msg);
+    hmac::Mac::finalize(m).into_bytes().into()
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters (and `/` when
+/// `keep_slash`), as SigV4 canonical requests need.
+fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Sends one SigV4-signed request with an empty body to the endpoint (path-style): for the
+/// operations object_store does not offer (ListBuckets, CopyObject with new metadata). `path` is
+/// unencoded (`/bucket/key`); `headers` are lower-case names. Returns the status and the body.
+async fn signed(
+    c: &Creds,
+    method: reqwest::Method,
+    path: &str,
+    extra: &[(&str, String)],
+) -> Result<(reqwest::StatusCode, String), String> {
+    let base = reqwest::Url::parse(&c.endpoint)
+        .map_err(|e| format!("invalid EndpointURL {:?}: {e}", c.endpoint))?;
+    let host = match (base.host_str(), base.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => return Err(format!("invalid EndpointURL {:?}", c.endpoint)),
+    };
+    let encoded = uri_encode(path, true);
+    let url = base
+        .join(&encoded)
+        .map_err(|e| format!("invalid S3 path {path:?}: {e}"))?;
+    let now = chrono::Utc::now();
+    let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let date = now.format("%Y%m%d").to_string();
+    let payload = hex(&Sha256::digest(b""));
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), host),
+        ("x-amz-content-sha256".into(), payload.clone()),
+        ("x-amz-date".into(), amz_date.clone()),
+    ];
+    if !c.token.is_empty() {
+        headers.push(("x-amz-security-token".into(), c.token.clone()));
+    }
+    headers.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.trim().to_string())),
+    );
+    headers.sort();
+    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let signed_names = headers
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
+    let canonical =
+        format!("{method}\n{encoded}\n\n{canonical_headers}\n{signed_names}\n{payload}");
+    let scope = format!("{date}/{REGION}/s3/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let mut k = hmac(format!("AWS4{}", c.secret_key).as_bytes(), date.as_bytes());
+    for part in [REGION, "s3", "aws4_request"] {
+        k = hmac(&k, part.as_bytes());
+    }
+    let sig = hex(&hmac(&k, to_sign.as_bytes()));
+    let mut req = reqwest::Client::new().request(method, url.clone()).header(
+        "authorization",
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_names}, Signature={sig}",
+            c.access_key
+        ),
+    );
+    for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.map_err(|e| format!("S3 {url}: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("S3 {url}: {e}"))?;
+    Ok((status, text))
+}
+
+/// The text of every `<tag>…</tag>` element of an S3 XML answer, entities decoded.
+fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = vec![];
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let Some(j) = rest.find(&close) else { break };
+        out.push(
+            rest[..j]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &rest[j..];
+    }
+    out
+}
+
+/// ListBuckets (`GET /`), which object_store does not offer.
+pub(super) async fn list_buckets(c: &Creds) -> Result<Value, String> {
+    let (status, text) = signed(c, reqwest::Method::GET, "/", &[]).await?;
+    if !status.is_success() {
+        return Err(format!("S3 ListBuckets: {status}: {}", text.trim()));
+    }
+    Ok(Value::Array(
+        xml_texts(&text, "Name")
+            .into_iter()
+            .map(Value::String)
+            .collect(),
+    ))
+}
+
+/// Replaces an object's user metadata (and content type) in place: CopyObject onto itself with
+/// `x-amz-metadata-directive: REPLACE`. Returns the object's new ETag (without quotes).
+///
+/// This is how a metadata value known only after a single-pass multipart upload (the md5) gets
+/// onto the object. The built-in endpoint does it without copying bytes; AWS S3 refuses copies of
+/// objects over 5 GiB in one request, which the caller must tolerate.
+pub(super) async fn replace_metadata(
+    c: &Creds,
+    bucket: &str,
+    key: &str,
+    content_type: Option<&str>,
+    metadata: &[(&str, &str)],
+) -> Result<String, String> {
+    let mut headers: Vec<(String, String)> = vec![
+        (
+            "x-amz-copy-source".into(),
+            uri_encode(&format!("/{bucket}/{key}"), true),
+        ),
+        ("x-amz-metadata-directive".into(), "REPLACE".into()),
+    ];
+    if let Some(t) = content_type {
+        headers.push(("content-type".into(), t.into()));
+    }
+    for (k, v) in metadata {
+        headers.push((
+            format!("x-amz-meta-{}", k.to_ascii_lowercase()),
+            v.to_string(),
+        ));
+    }
+    let extra: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let (status, text) =
+        signed(c, reqwest::Method::PUT, &format!("/{bucket}/{key}"), &extra).await?;
+    // S3 may answer 200 with an error document for a copy that failed midway.
+    if !status.is_success() || text.contains("<Error>") {
+        let detail = xml_texts(&text, "Message")
+            .pop()
+            .unwrap_or_else(|| text.trim().to_string());
+        return Err(format!(
+            "setting the metadata of s3://{bucket}/{key} failed: {status}: {detail}"
+        ));
+    }
+    Ok(xml_texts(&text, "ETag")
+        .pop()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string())
+}
+
+/// What one upload did.
+pub(super) struct Uploaded {
+    /// The object's ETag, without quotes ("" if the endpoint gave none).
+    pub etag: String,
+    /// Hex md5 and sha256 of the bytes sent (when asked for).
+    pub md5: Option<String>,
+    pub sha256: Option<String>,
+}
+
+/// Reads `file` in `PART`-sized chunks on a blocking thread, hashing each (when `hash`) before
+/// handing it over: one read of the file for both the hashes and the upload.
+fn spawn_reader(
+    file: std::fs::File,
+    hash: bool,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> tokio::task::JoinHandle<(Option<String>, Option<String>, u64)> {
+    tokio::task::spawn_blocking(move || {
+        let mut f = file;
+        let mut md5 = hash.then(Md5::new);
+        let mut sha = hash.then(Sha256::new);
+        let mut total = 0u64;
+        loop {
+            let mut buf = vec![0u8; PART];
+            let mut n = 0;
+            let r = loop {
+                match f.read(&mut buf[n..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(k) => {
+                        n += k;
+                        if n == PART {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(e));
+                break;
+            }
+            buf.truncate(n);
+            if let (Some(m), Some(s)) = (md5.as_mut(), sha.as_mut()) {
+                m.update(&buf);
+                s.update(&buf);
+            }
+            total += n as u64;
+            let last = n < PART;
+            // An empty last chunk still tells the receiver that the file ended.
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() || last {
+                break;
+            }
+        }
+        (
+            md5.map(|m| hex(&m.finalize())),
+            sha.map(|s| hex(&s.finalize())),
+            total,
+        )
+    })
+}
+
+/// Uploads a file with the given attributes (content type, user metadata), multipart above one
+/// part, reading the file exactly once; with `hash`, its md5 and sha256 are computed in that pass.
+pub(super) async fn upload(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    file: &Path,
+    attributes: Attributes,
+    hash: bool,
+) -> Result<Uploaded, String> {
+    let store = ctx.store(bucket)?;
+    let path = key_path(key)?;
+    let shown = file.display().to_string();
+    let unreadable = |e: std::io::Error| format!("cannot read {shown}: {e}");
+    let f = std::fs::File::open(file).map_err(unreadable)?;
+    let size = f.metadata().map_err(unreadable)?.len();
+    let bar = progress(size, key);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = spawn_reader(f, hash, tx);
+    let first = match rx.recv().await {
+        Some(r) => r.map_err(unreadable)?,
+        None => Bytes::new(),
+    };
+    let put = if first.len() < PART {
+        bar.inc(first.len() as u64);
+        store
+            .put_opts(
+                &path,
+                PutPayload::from(first),
+                PutOptions {
+                    attributes,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| s3_error(bucket, key, e))?
+    } else {
+        let upload = store
+            .put_multipart_opts(
+                &path,
+                PutMultipartOptions {
+                    attributes,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| s3_error(bucket, key, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let sent: Result<(), String> = async {
+            let mut next = Some(first);
+            while let Some(part) = next.take() {
+                if part.is_empty() {
+                    break;
+                }
+                w.wait_for_capacity(IN_FLIGHT)
+                    .await
+                    .map_err(|e| s3_error(bucket, key, e))?;
+                bar.inc(part.len() as u64);
+                w.put(part);
+                next = match rx.recv().await {
+                    Some(r) => Some(r.map_err(unreadable)?),
+                    None => None,
+                };
+            }
+            Ok(())
+        }
+        .await;
+        match sent {
+            Ok(()) => w.finish().await.map_err(|e| s3_error(bucket, key, e))?,
+            Err(e) => {
+                drop(rx);
+                let _ = w.abort().await;
+                return Err(e);
+            }
+        }
+    };
+    drop(rx);
+    let (md5, sha256, total) = reader.await.map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    if total != size {
+        return Err(format!(
+            "{shown} changed while it was uploaded ({size} bytes before, {total} read)"
+        ));
+    }
+    Ok(Uploaded {
+        etag: put.e_tag.unwrap_or_default().trim_matches('"').to_string(),
+        md5,
+        sha256,
+    })
+}
+
+/// md5 of a file, read in one streaming pass on a blocking thread.
+pub(super) async fn file_md5(file: &Path) -> Result<String, String> {
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut h = Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(hex(&h.finalize()))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Downloads an object to a file with parallel ranged GETs, each range written at its offset.
+pub(super) async fn download(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    file: &Path,
+) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let store = ctx.store(bucket)?;
+    let path = key_path(key)?;
+    let size = store
+        .head(&path)
+        .await
+        .map_err(|e| s3_error(bucket, key, e))?
+        .size;
+    let unwritable = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
+    let out = std::fs::File::create(file).map_err(unwritable)?;
+    out.set_len(size).map_err(unwritable)?;
+    let out = Arc::new(out);
+    let bar = progress(size, key);
+    let starts: Vec<u64> = (0..size).step_by(PART).collect();
+    futures::stream::iter(starts)
+        .map(|start| {
+            let (store, path, out, bar) = (store.clone(), path.clone(), out.clone(), bar.clone());
+            async move {
+                let end = (start + PART as u64).min(size);
+                let data = store
+                    .get_range(&path, start..end)
+                    .await
+                    .map_err(|e| s3_error(bucket, key, e))?;
+                if data.len() as u64 != end - start {
+                    return Err(format!(
+                        "s3://{bucket}/{key}: short read at offset {start} ({} of {} bytes)",
+                        data.len(),
+                        end - start
+                    ));
+                }
+                let n = data.len() as u64;
+                tokio::task::spawn_blocking(move || out.write_all_at(&data, start))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(unwritable)?;
+                bar.inc(n);
+                Ok(())
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    out.sync_all().map_err(unwritable)?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `s3://bucket/key` → (bucket, key).
+pub(super) fn split_s3(path: &str) -> Result<(String, String), String> {
+    path.strip_prefix("s3://")
+        .and_then(|r| r.split_once('/'))
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .map(|(b, k)| (b.to_string(), k.to_string()))
+        .ok_or_else(|| format!("not an s3://BUCKET/KEY path: {path:?}"))
+}
+
+/// md5 and sha256 (when asked for) of an object, read as one stream.
+pub(super) async fn hash_object(
+    ctx: &Ctx,
+    path: &str,
+    want_sha: bool,
+) -> Result<(String, Option<String>), String> {
+    let (bucket, key) = split_s3(path)?;
+    let store = ctx.store(&bucket)?;
+    let mut stream = store
+        .get(&key_path(&key)?)
+        .await
+        .map_err(|e| s3_error(&bucket, &key, e))?
+        .into_stream();
+    let mut md5 = Md5::new();
+    let mut sha = want_sha.then(Sha256::new);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| s3_error(&bucket, &key, e))?;
+        md5.update(&chunk);
+        if let Some(s) = sha.as_mut() {
+            s.update(&chunk);
+        }
+    }
+    Ok((hex(&md5.finalize()), sha.map(|s| hex(&s.finalize()))))
+}
+
+/// Deletes an object; a missing one is not an error (for clean-ups).
+pub(super) async fn remove(ctx: &Ctx, bucket: &str, key: &str) -> Result<(), String> {
+    match ctx.store(bucket)?.delete(&key_path(key)?).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(s3_error(bucket, key, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc4231() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hex(&hmac(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn s3_paths() {
+        assert_eq!(
+            split_s3("s3://boot-images/a/b").unwrap(),
+            ("boot-images".into(), "a/b".into())
+        );
+        assert!(split_s3("s3://b").is_err());
+        assert!(split_s3("http://b/k").is_err());
+    }
+
+    #[test]
+    fn uri_encoding() {
+        assert_eq!(uri_encode("/b/a b/ü~", true), "/b/a%20b/%C3%BC~");
+        assert_eq!(uri_encode("/b/k", false), "%2Fb%2Fk");
+    }
+
+    #[test]
+    fn xml_elements() {
+        let x = "<R><ETag>&quot;abc&quot;</ETag><Name>a&amp;b</Name><Name>c</Name></R>";
+        assert_eq!(xml_texts(x, "ETag"), vec!["\"abc\""]);
+        assert_eq!(xml_texts(x, "Name"), vec!["a&b", "c"]);
+        assert!(xml_texts(x, "Key").is_empty());
+    }
+}
