@@ -365,4 +365,25 @@ async fn recipes_import_uploads_and_links_all_or_nothing() {
     }
     let left = cli.json(&["artifacts", "list", "ims"]);
     assert_eq!(keys(&left), Vec::<String>::new(), "{left}");
+
+    // A failure after the record exists (the upload is refused: the bucket is gone and a file
+    // stands in its place): the recipe is removed again, not soft-deleted.
+    let bucket = s.artifact_path("ims", "x");
+    let bucket = bucket.parent().unwrap();
+    std::fs::remove_dir_all(bucket).unwrap();
+    std::fs::write(bucket, "not a bucket").unwrap();
+    let o = cli.run(&[
+        "recipes",
+        "import",
+        "doomed",
+        desc.to_str().unwrap(),
+        "--linux-distribution",
+        "sles15",
+    ]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(o.stdout, "");
+    assert!(o.stderr.starts_with("Error: "), "{o:?}");
+    assert!(o.stderr.contains("s3://ims/recipes/"), "{o:?}");
+    assert_eq!(s.get("/v3/recipes").await.ok(200), json!([]));
+    assert_eq!(s.get("/v3/deleted/recipes").await.ok(200), json!([]));
 }
