@@ -161,6 +161,41 @@ async fn artifacts_round_trip_through_sts_and_s3() {
     assert!(o.stderr.contains("not found"), "{o:?}");
     let o = cli.run(&["artifacts", "describe", "ims", "nope"]);
     assert_eq!(o.code, 2, "{o:?}");
+
+    // `get` replaces a file only once the download is complete: a failed one leaves it as it was,
+    // a replaced file keeps its mode, a new one is 0644, and no temporary file stays behind.
+    use std::os::unix::fs::PermissionsExt;
+    let kept = cli.file("kept");
+    std::fs::write(&kept, b"precious").unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = cli.run(&["artifacts", "get", "ims", "nope", kept.to_str().unwrap()]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(std::fs::read(&kept).unwrap(), b"precious");
+    cli.json(&[
+        "artifacts",
+        "get",
+        "ims",
+        "t/big.bin",
+        kept.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&kept).unwrap() == big);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&kept), 0o600);
+    let fresh = cli.file("fresh");
+    cli.json(&[
+        "artifacts",
+        "get",
+        "ims",
+        "t/big.bin",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_eq!(mode(&fresh), 0o644);
+    let leftovers: Vec<_> = std::fs::read_dir(cli.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".ims-get-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

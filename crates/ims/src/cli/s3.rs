@@ -493,13 +493,15 @@ pub(super) async fn file_md5(file: &Path) -> Result<String, String> {
 }
 
 /// Downloads an object to a file with parallel ranged GETs, each range written at its offset.
+/// The data goes to a temporary file beside `file`, renamed over it only once complete: a failed
+/// download leaves an existing `file` untouched and no partial file behind.
 pub(super) async fn download(
     ctx: &Ctx,
     bucket: &str,
     key: &str,
     file: &Path,
 ) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
     let store = ctx.store(bucket)?;
     let path = key_path(key)?;
     let size = store
@@ -508,9 +510,16 @@ pub(super) async fn download(
         .map_err(|e| s3_error(bucket, key, e))?
         .size;
     let unwritable = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
-    let out = std::fs::File::create(file).map_err(unwritable)?;
-    out.set_len(size).map_err(unwritable)?;
-    let out = Arc::new(out);
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".ims-get-")
+        .tempfile_in(dir)
+        .map_err(unwritable)?;
+    tmp.as_file().set_len(size).map_err(unwritable)?;
+    let out = Arc::new(tmp.as_file().try_clone().map_err(unwritable)?);
     let bar = progress(size, key);
     let starts: Vec<u64> = (0..size).step_by(PART).collect();
     futures::stream::iter(starts)
@@ -542,6 +551,14 @@ pub(super) async fn download(
         .try_collect::<Vec<()>>()
         .await?;
     out.sync_all().map_err(unwritable)?;
+    // A replaced file keeps its mode; a new one gets the usual 0644 (not the temporary 0600).
+    let mode = std::fs::metadata(file)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(unwritable)?;
+    tmp.persist(file).map_err(|e| unwritable(e.error))?;
     bar.finish_and_clear();
     Ok(())
 }
