@@ -4,8 +4,8 @@
 use super::args::{ArtifactsVerb, BucketsVerb, Format, Globals};
 use super::print;
 use super::s3::{
-    Ctx, IN_FLIGHT, download, file_md5, hash_object, key_path, list_buckets, remove, runtime,
-    s3_error, split_s3, upload,
+    Ctx, IN_FLIGHT, download, file_md5, hash_object, interrupt_token, key_path, list_buckets,
+    remove, runtime, s3_error, split_s3, upload,
 };
 use futures::{StreamExt, TryStreamExt};
 use ims_client::Resource;
@@ -102,12 +102,21 @@ async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value
     let md5 = file_md5(file).await?;
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::Metadata("md5sum".into()), md5.into());
-    upload(ctx, bucket, key, file, attributes, false).await?;
+    upload(
+        ctx,
+        bucket,
+        key,
+        file,
+        attributes,
+        false,
+        &interrupt_token(),
+    )
+    .await?;
     Ok(json!({ "artifact": key, "Key": key }))
 }
 
 async fn get(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value, String> {
-    download(ctx, bucket, key, file).await?;
+    download(ctx, bucket, key, file, &interrupt_token()).await?;
     Ok(Value::Null)
 }
 
@@ -196,6 +205,7 @@ pub fn import_recipe(
     let rt = runtime()?;
     let v = rt.block_on(async {
         let ctx = Ctx::new(g).await?;
+        let cancel = interrupt_token();
         let rec = ctx
             .client
             .create(Resource::Recipes, &body)
@@ -219,7 +229,7 @@ pub fn import_recipe(
                 Attribute::ContentType,
                 "application/x-compressed-tar".into(),
             );
-            let up = upload(&ctx, BUCKET, &key, &tarball, attributes, false).await?;
+            let up = upload(&ctx, BUCKET, &key, &tarball, attributes, false, &cancel).await?;
             uploaded = true;
             let link = json!({"link": {
                 "path": format!("s3://{BUCKET}/{key}"),

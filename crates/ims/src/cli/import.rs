@@ -21,7 +21,7 @@
 
 use super::args::{Format, Globals, ImportArgs};
 use super::print;
-use super::s3::{Ctx, Uploaded, hex, remove, replace_metadata, runtime, upload};
+use super::s3::{Ctx, Uploaded, hex, interrupt_token, remove, replace_metadata, runtime, upload};
 use ims_client::{Error as ClientError, Resource};
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
 use ims_rootfs::{ArchiveFormat, BootFiles, Compression, RootfsError, SquashfsOptions};
@@ -30,6 +30,7 @@ use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 /// What ROOTFS is, judged by its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +280,7 @@ async fn upload_and_register(
     id: &str,
     artifacts: &[Artifact],
     sent: &mut Vec<String>,
+    cancel: &CancellationToken,
 ) -> Result<Value, Failure> {
     let bucket = a.bucket.as_str();
     let mut entries = vec![];
@@ -299,7 +301,7 @@ async fn upload_and_register(
             "Uploading {} to s3://{bucket}/{key} ...",
             art.file.display()
         );
-        let mut up = upload(ctx, bucket, &key, &art.file, attributes, true)
+        let mut up = upload(ctx, bucket, &key, &art.file, attributes, true, cancel)
             .await
             .map_err(Failure::Before)?;
         // The md5 is known only now: set it as the `md5sum` metadata that IMS (the original
@@ -348,6 +350,9 @@ async fn upload_and_register(
         )
         .await
         .map_err(|e| Failure::Before(super::s3::s3_error(bucket, &key, e)))?;
+    if cancel.is_cancelled() {
+        return Err(Failure::Before("interrupted".to_string()));
+    }
     let record = json!({
         "id": id,
         "name": a.name,
@@ -384,6 +389,9 @@ enum Failure {
 }
 
 pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    if a.name.trim().is_empty() {
+        return Err("the image name must not be blank".to_string());
+    }
     let source = classify(&a.rootfs)?;
     for (what, f) in [
         ("kernel", &a.kernel),
@@ -409,9 +417,10 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
                     work_parent.display()
                 )
             })?;
+        let cancel = interrupt_token();
         let (image, boot) = tokio::select! {
             r = prepare(&a, source, work.path()) => r?,
-            _ = tokio::signal::ctrl_c() => return Err("interrupted; nothing was uploaded".to_string()),
+            _ = cancel.cancelled() => return Err("interrupted; nothing was uploaded".to_string()),
         };
         let mut artifacts = vec![Artifact {
             name: "rootfs",
@@ -443,10 +452,9 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
         let ctx = Ctx::new(g).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let mut sent = vec![];
-        let outcome = tokio::select! {
-            r = upload_and_register(&ctx, &a, &id, &artifacts, &mut sent) => r,
-            _ = tokio::signal::ctrl_c() => Err(Failure::Before("interrupted".to_string())),
-        };
+        // Not cut short from outside: an interruption makes the running upload abort itself
+        // (no multipart parts left behind), then the clean-up below runs.
+        let outcome = upload_and_register(&ctx, &a, &id, &artifacts, &mut sent, &cancel).await;
         match outcome {
             Ok(v) => Ok(v),
             Err(Failure::Unknown(msg)) => Err(msg),
@@ -459,7 +467,9 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
                 }
                 if left.is_empty() {
                     if !sent.is_empty() {
-                        msg.push_str("; the uploaded objects were removed and nothing was registered");
+                        msg.push_str(
+                            "; the uploaded objects were removed and nothing was registered",
+                        );
                     } else {
                         msg.push_str("; nothing was registered");
                     }

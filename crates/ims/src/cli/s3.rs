@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Part and range size (what boto3 uses).
 pub(super) const PART: usize = 8 * 1024 * 1024;
@@ -115,6 +116,20 @@ pub(super) fn s3_error(bucket: &str, key: &str, e: object_store::Error) -> Strin
 
 pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A token cancelled by the first Ctrl-C (SIGINT) from now on. Commands that take it handle the
+/// interruption themselves — abort uploads, remove partial files, undo records — and exit with an
+/// error instead of dying half-way. Call inside the runtime.
+pub(super) fn interrupt_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            t.cancel();
+        }
+    });
+    token
 }
 
 /// A byte-count progress bar on stderr, drawn only when stderr is a terminal.
@@ -380,6 +395,9 @@ fn spawn_reader(
 
 /// Uploads a file with the given attributes (content type, user metadata), multipart above one
 /// part, reading the file exactly once; with `hash`, its md5 and sha256 are computed in that pass.
+///
+/// When `cancel` fires, the upload stops and a multipart upload is aborted (its parts removed on
+/// the S3 side) before this returns an error.
 pub(super) async fn upload(
     ctx: &Ctx,
     bucket: &str,
@@ -387,6 +405,7 @@ pub(super) async fn upload(
     file: &Path,
     attributes: Attributes,
     hash: bool,
+    cancel: &CancellationToken,
 ) -> Result<Uploaded, String> {
     let store = ctx.store(bucket)?;
     let path = key_path(key)?;
@@ -401,19 +420,22 @@ pub(super) async fn upload(
         Some(r) => r.map_err(unreadable)?,
         None => Bytes::new(),
     };
+    let interrupted = || format!("interrupted while uploading s3://{bucket}/{key}");
     let put = if first.len() < PART {
         bar.inc(first.len() as u64);
-        store
-            .put_opts(
-                &path,
-                PutPayload::from(first),
-                PutOptions {
-                    attributes,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| s3_error(bucket, key, e))?
+        let put = store.put_opts(
+            &path,
+            PutPayload::from(first),
+            PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        );
+        // A cut single PUT leaves no object.
+        tokio::select! {
+            r = put => r.map_err(|e| s3_error(bucket, key, e))?,
+            _ = cancel.cancelled() => return Err(interrupted()),
+        }
     } else {
         let upload = store
             .put_multipart_opts(
@@ -426,7 +448,7 @@ pub(super) async fn upload(
             .await
             .map_err(|e| s3_error(bucket, key, e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-        let sent: Result<(), String> = async {
+        let sent = async {
             let mut next = Some(first);
             while let Some(part) = next.take() {
                 if part.is_empty() {
@@ -442,9 +464,12 @@ pub(super) async fn upload(
                     None => None,
                 };
             }
-            Ok(())
-        }
-        .await;
+            Ok::<(), String>(())
+        };
+        let sent = tokio::select! {
+            r = sent => r,
+            _ = cancel.cancelled() => Err(interrupted()),
+        };
         match sent {
             Ok(()) => w.finish().await.map_err(|e| s3_error(bucket, key, e))?,
             Err(e) => {
@@ -500,6 +525,7 @@ pub(super) async fn download(
     bucket: &str,
     key: &str,
     file: &Path,
+    cancel: &CancellationToken,
 ) -> Result<(), String> {
     use std::os::unix::fs::{FileExt, PermissionsExt};
     let store = ctx.store(bucket)?;
@@ -522,7 +548,7 @@ pub(super) async fn download(
     let out = Arc::new(tmp.as_file().try_clone().map_err(unwritable)?);
     let bar = progress(size, key);
     let starts: Vec<u64> = (0..size).step_by(PART).collect();
-    futures::stream::iter(starts)
+    let fetched = futures::stream::iter(starts)
         .map(|start| {
             let (store, path, out, bar) = (store.clone(), path.clone(), out.clone(), bar.clone());
             async move {
@@ -548,8 +574,14 @@ pub(super) async fn download(
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .try_collect::<Vec<()>>();
+    // On an interruption the temporary file is dropped, hence removed.
+    tokio::select! {
+        r = fetched => r?,
+        _ = cancel.cancelled() => {
+            return Err(format!("interrupted while downloading s3://{bucket}/{key}"))
+        }
+    };
     out.sync_all().map_err(unwritable)?;
     // A replaced file keeps its mode; a new one gets the usual 0644 (not the temporary 0600).
     let mode = std::fs::metadata(file)
