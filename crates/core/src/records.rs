@@ -367,6 +367,9 @@ pub enum Table {
     DeletedPublicKeys,
     DeletedRecipes,
     DeletedImages,
+    /// Internal: the running state of jobs ([`JobRun`]); not a wire resource, not in [`Table::ALL`]
+    /// (so `ims migrate` neither exports nor imports it).
+    JobRuns,
 }
 
 impl Table {
@@ -392,6 +395,7 @@ impl Table {
             Table::DeletedPublicKeys => "deleted_public_keys",
             Table::DeletedRecipes => "deleted_recipes",
             Table::DeletedImages => "deleted_images",
+            Table::JobRuns => "job_runs",
         }
     }
 
@@ -406,6 +410,8 @@ impl Table {
             Table::DeletedPublicKeys => "v3_deleted_public_keys.json",
             Table::DeletedRecipes => "v3.2_deleted_recipes.json",
             Table::DeletedImages => "v3.1_deleted_images.json",
+            // Not one of the original's files: never read or written by `ims migrate`.
+            Table::JobRuns => "job_runs.json",
         }
     }
 
@@ -484,6 +490,57 @@ impl Record for Job {
         check_enum("job_type", &self.job_type, JOB_TYPES)?;
         check_enum("status", &self.status, JOB_STATUSES)?;
         check_enum("arch", &self.arch, ARCHES)
+    }
+}
+
+/// Internal: what the server knows about a job while it runs — where its agent is, when it last
+/// reported, what the user asked for. Never served as is; removed with its job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobRun {
+    /// The job's id.
+    pub id: String,
+    pub created: Timestamp,
+    /// The executor that started the agent (`local`, …).
+    pub executor: String,
+    /// The host the agent runs on (local executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The agent's process id and start time (clock ticks since boot), to recognise it after a
+    /// server restart (local executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    /// The agent's last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Timestamp>,
+    /// What the agent said it is doing (for `ims jobs describe` and logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `complete` or `fail`, asked through the API (`ims jobs complete|fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// When the job entered `waiting_on_user` (for the user deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Timestamp>,
+    /// Log chunks received so far (the next chunk's sequence number).
+    #[serde(default)]
+    pub log_chunks: u64,
+    /// Log bytes received so far.
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+impl Record for JobRun {
+    const TABLE: Table = Table::JobRuns;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created(&self) -> Option<Timestamp> {
+        Some(self.created)
+    }
+    fn check(&self) -> Result<(), String> {
+        check_id(&self.id)
     }
 }
 

@@ -29,6 +29,19 @@ pub struct FileConfig {
     pub jobs: JobsFile,
     #[serde(default)]
     pub remote_build_nodes: NodesFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+}
+
+/// `[auth]`: API access.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// File holding the administrator bearer token; when set, the API requires it.
+    pub api_token_file: Option<PathBuf>,
+    /// File holding the job-token key (hex); replicas sharing a database must share it.
+    /// Default: `<data-dir>/job-token.key`, created on first start.
+    pub job_token_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -95,6 +108,9 @@ pub struct Config {
     pub s3: Option<ims_artifacts::S3Settings>,
     pub service: ims_server::ServiceConfig,
     pub node_ssh_key: Option<PathBuf>,
+    /// The administrator bearer token the API requires, if any.
+    pub api_token: Option<String>,
+    pub job_token_key_file: PathBuf,
 }
 
 /// A configuration error: names the setting and says what is wrong.
@@ -390,6 +406,34 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .get(&["IMS_REMOTE_BUILD_NODE_SSH_KEY"])
         .map(|(_, v)| PathBuf::from(v))
         .or(file.remote_build_nodes.ssh_key.clone());
+    let api_token = match env.get(&["IMS_API_TOKEN"]) {
+        Some((_, v)) => Some(v.trim().to_string()),
+        None => match env
+            .get(&["IMS_API_TOKEN_FILE"])
+            .map(|(n, v)| (n, PathBuf::from(v)))
+            .or_else(|| {
+                file.auth
+                    .api_token_file
+                    .clone()
+                    .map(|p| ("auth.api_token_file".to_string(), p))
+            }) {
+            Some((n, p)) => Some(
+                std::fs::read_to_string(&p)
+                    .map_err(|e| err(&n, format!("cannot read {}: {e}", p.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
+    };
+    if api_token.as_deref() == Some("") {
+        return Err(err("IMS_API_TOKEN", "the token is empty"));
+    }
+    let job_token_key_file = env
+        .get(&["IMS_JOB_TOKEN_KEY_FILE"])
+        .map(|(_, v)| PathBuf::from(v))
+        .or(file.auth.job_token_key_file.clone())
+        .unwrap_or_else(|| data_dir.join("job-token.key"));
 
     Ok(Config {
         listen,
@@ -401,6 +445,8 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         s3,
         service: svc,
         node_ssh_key,
+        api_token,
+        job_token_key_file,
     })
 }
 

@@ -163,6 +163,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             timeout: Duration::from_secs(10),
         }),
         sts: Some(sts),
+        admin_token: cfg.api_token.as_deref().map(Arc::from),
+        job_tokens: ims_server::auth::JobTokens::load_or_create(&cfg.job_token_key_file)
+            .with_context(|| {
+                format!(
+                    "cannot use the job-token key {}",
+                    cfg.job_token_key_file.display()
+                )
+            })?,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -1114,8 +1114,98 @@ async fn delete_collection_mixed(db: Db) {
     s.delete("/v3/jobs").await.ok(204);
 }
 
+/// The running-job extensions: heartbeat, user complete/fail, the agent's log.
+async fn job_run_extensions(db: Db) {
+    let s = server(db).await;
+    let key = public_key(&s).await;
+    let img = image(&s, "x86_64").await;
+    let job = s
+        .post("/v3/jobs", &customize_body(&img, &key))
+        .await
+        .ok(201);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    // Heartbeat: the job's status and what the user asked for.
+    let hb = format!("/v3/jobs/{id}/heartbeat");
+    assert_eq!(
+        s.post(&hb, &json!({"phase": "fetching"})).await.ok(200),
+        json!({"status": "creating", "request": null})
+    );
+    s.send("POST", &hb, None, None).await.ok(200);
+    let r = s.post(&hb, &json!({"phase": 7})).await;
+    assert!(r.problem(422, true)["errors"].get("phase").is_some());
+    s.post(&format!("/v3/jobs/{}/heartbeat", new_uuid()), &json!({}))
+        .await
+        .problem(404, false);
+
+    // complete / fail only while waiting on a user; the latest request wins.
+    let p = s
+        .send("POST", &format!("/v3/jobs/{id}/complete"), None, None)
+        .await
+        .problem(409, false);
+    assert!(p["detail"].as_str().unwrap().contains("creating"), "{p}");
+    s.patch(
+        &format!("/jobs/{id}"),
+        &json!({"status": "waiting_on_user"}),
+    )
+    .await
+    .ok(200);
+    let j = s
+        .send(
+            "POST",
+            &format!("/apis/ims/v3/jobs/{id}/complete"),
+            None,
+            None,
+        )
+        .await
+        .ok(200);
+    assert_eq!(j["id"], json!(id));
+    assert_eq!(s.post(&hb, &json!({})).await.ok(200)["request"], "complete");
+    s.send("POST", &format!("/v3/jobs/{id}/fail"), None, None)
+        .await
+        .ok(200);
+    assert_eq!(s.post(&hb, &json!({})).await.ok(200)["request"], "fail");
+
+    // The log: chunks in order, retries ignored, gaps refused, read from any offset.
+    let log = format!("/v3/jobs/{id}/log");
+    let put = |seq: u64, data: &'static [u8]| {
+        let path = format!("{log}?seq={seq}");
+        let s = &s;
+        async move { s.send("POST", &path, Some(data), Some("text/plain")).await }
+    };
+    assert_eq!(put(0, b"hello\n").await.ok(200), json!({"next": 1}));
+    assert_eq!(put(0, b"hello\n").await.ok(200), json!({"next": 1}));
+    put(2, b"gap\n").await.problem(409, false);
+    assert_eq!(put(1, b"world\n").await.ok(200), json!({"next": 2}));
+    let r = s.get(&log).await;
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("text/plain"), "{r:?}");
+    assert_eq!(r.body, b"hello\nworld\n");
+    let r = s.get(&format!("{log}?offset=6")).await;
+    assert_eq!(r.body, b"world\n");
+    let r = s.get(&format!("{log}?offset=99")).await;
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    s.get(&format!("{log}?offset=x")).await.problem(400, false);
+    let big = vec![b'x'; 512 * 1024 + 1];
+    s.send(
+        "POST",
+        &format!("{log}?seq=2"),
+        Some(&big),
+        Some("text/plain"),
+    )
+    .await
+    .problem(413, false);
+    assert!(s.has_artifact("ims", &format!("jobs/{id}/log/0000000000")));
+
+    // Deleting the job removes its log.
+    s.delete(&format!("/v3/jobs/{id}")).await.ok(204);
+    assert!(!s.has_artifact("ims", &format!("jobs/{id}/log/0000000000")));
+    s.get(&log).await.problem(404, false);
+}
+
 both_backends!(
     create_job_record,
+    job_run_extensions,
     ssh_container_rules,
     kernel_file_name_defaults,
     require_dkms_resolution,

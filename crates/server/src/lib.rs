@@ -3,6 +3,7 @@
 //! Route modules are thin (parse, call the service, map the error); v2 and v3 are one service layer
 //! with an [`Api`] parameter. Job execution is behind the [`executor::JobExecutor`] seam.
 
+pub mod auth;
 pub mod error;
 pub mod executor;
 pub mod extract;
@@ -82,4 +83,8 @@ pub struct AppState {
     pub prober: Arc<dyn nodes::NodeProber>,
     /// Issues S3 credentials at `PUT /apis/sts/token`; `None` when no S3 endpoint is available.
     pub sts: Option<Arc<dyn sts::StsIssuer>>,
+    /// Required bearer token for the API when set (`IMS_API_TOKEN`); open API otherwise.
+    pub admin_token: Option<Arc<str>>,
+    /// Issues and checks the job agents' tokens.
+    pub job_tokens: auth::JobTokens,
 }

@@ -35,6 +35,8 @@ pub enum Family {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Out {
     Empty,
+    /// `text/plain` (job logs).
+    Text,
     One(&'static str),
     Many(&'static str),
     Object,
@@ -77,6 +79,9 @@ const fn op(
         errors,
     }
 }
+
+/// A `text/plain` request body (not a schema name).
+pub const TEXT_BODY: &str = "text/plain";
 
 const fn q(mut o: Operation, query: &'static [&'static str]) -> Operation {
     o.query = query;
@@ -436,6 +441,62 @@ pub const OPERATIONS: &[Operation] = &[
         204,
         Empty,
         &[404, 500],
+    ),
+    op(
+        All,
+        "post",
+        "/jobs/{id}/heartbeat",
+        "Extension (job agents): report being alive, optionally with {\"phase\"}; answers the job's status and the user's request (complete/fail)",
+        Some("Heartbeat"),
+        200,
+        Object,
+        &[400, 401, 403, 404, 422],
+    ),
+    op(
+        All,
+        "post",
+        "/jobs/{id}/complete",
+        "Extension: end a waiting_on_user session successfully (as touching the complete flag)",
+        None,
+        200,
+        One("Job"),
+        &[404, 409],
+    ),
+    op(
+        All,
+        "post",
+        "/jobs/{id}/fail",
+        "Extension: end a waiting_on_user session as failed (as touching the failed flag)",
+        None,
+        200,
+        One("Job"),
+        &[404, 409],
+    ),
+    q(
+        op(
+            All,
+            "get",
+            "/jobs/{id}/log",
+            "Extension: the job agent's log from byte `offset`; headers x-ims-log-offset (next offset) and x-ims-log-complete",
+            None,
+            200,
+            Text,
+            &[400, 404],
+        ),
+        &["offset"],
+    ),
+    q(
+        op(
+            All,
+            "post",
+            "/jobs/{id}/log",
+            "Extension (job agents): append log chunk number `seq` (in order; a repeated chunk is ignored)",
+            Some(TEXT_BODY),
+            200,
+            Object,
+            &[400, 401, 403, 404, 409, 413],
+        ),
+        &["seq"],
     ),
     // deleted records
     op(
@@ -806,6 +867,10 @@ fn input_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
             ]),
         ),
         (
+            "Heartbeat",
+            input(vec![("phase", string(), false)]),
+        ),
+        (
             "ImagePatch",
             input(vec![
                 ("link", reference("ArtifactLink"), false),
@@ -930,7 +995,17 @@ fn build() -> OpenApi {
                         .schema(Some(string())),
                 );
             }
-            if let Some(body) = o.body {
+            if o.body == Some(TEXT_BODY) {
+                b = b.request_body(Some(
+                    RequestBodyBuilder::new()
+                        .content(
+                            "text/plain",
+                            ContentBuilder::new().schema(Some(string())).build(),
+                        )
+                        .required(Some(Required::True))
+                        .build(),
+                ));
+            } else if let Some(body) = o.body {
                 b = b.request_body(Some(
                     RequestBodyBuilder::new()
                         .content(
@@ -943,6 +1018,10 @@ fn build() -> OpenApi {
             }
             let ok = match o.out {
                 Empty => ResponseBuilder::new().description("No content"),
+                Text => ResponseBuilder::new().description("OK").content(
+                    "text/plain",
+                    ContentBuilder::new().schema(Some(string())).build(),
+                ),
                 One(s) => ResponseBuilder::new().description("OK").content(
                     "application/json",
                     ContentBuilder::new().schema(Some(reference(s))).build(),

@@ -114,9 +114,53 @@ fn images(api: Api) -> Router<AppState> {
         )
 }
 
+/// A non-negative integer query parameter (`seq`, `offset`); absent is 0.
+fn query_u64(q: &Option<String>, name: &str) -> Result<u64, Problem> {
+    let Some(q) = q else { return Ok(0) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return v.parse::<u64>().map_err(|_| {
+                Problem::bad_request(format!("{name} must be a non-negative integer, not {v:?}."))
+            });
+        }
+    }
+    Ok(0)
+}
+
 fn jobs() -> Router<AppState> {
+    use service::job_runs as r;
     use service::jobs as j;
     Router::new()
+        .route(
+            "/jobs/{id}/heartbeat",
+            axum::routing::post(|State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
+                json(StatusCode::OK, &r::heartbeat(&st, &id, body.as_ref()).await?)
+            }),
+        )
+        .route(
+            "/jobs/{id}/complete",
+            axum::routing::post(|State(st): St, IdPath(id): IdPath| async move {
+                json(StatusCode::OK, &r::request(&st, &id, "complete").await?)
+            }),
+        )
+        .route(
+            "/jobs/{id}/fail",
+            axum::routing::post(|State(st): St, IdPath(id): IdPath| async move {
+                json(StatusCode::OK, &r::request(&st, &id, "fail").await?)
+            }),
+        )
+        .route(
+            "/jobs/{id}/log",
+            get(|State(st): St, IdPath(id): IdPath, RawQuery(q): RawQuery| async move {
+                r::read_log(&st, &id, query_u64(&q, "offset")?).await
+            })
+            .post(
+                |State(st): St, IdPath(id): IdPath, RawQuery(q): RawQuery, body: bytes::Bytes| async move {
+                    let seq = query_u64(&q, "seq")?;
+                    json(StatusCode::OK, &r::append_log(&st, &id, seq, body).await?)
+                },
+            ),
+        )
         .route(
             "/jobs",
             get(|State(st): St| async move { list_raw(&*st.store, Table::Jobs).await })
@@ -326,6 +370,10 @@ pub fn router(st: AppState) -> Router {
             axum::routing::put(sts_token).post(sts_token),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(ensure_problem))
         .layer(CatchPanicLayer::custom(panic_response))

@@ -261,6 +261,7 @@ pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
         }
         .await
     )?;
+    super::job_runs::forget(st, id).await;
     Ok(no_content())
 }
 
@@ -346,8 +347,12 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
     }
     // Delete what is still there (a concurrent delete of one job must not keep the others).
     for op in ops {
+        let id = match &op {
+            Op::Delete { id, .. } => id.clone(),
+            _ => String::new(),
+        };
         match st.store.apply(vec![op]).await {
-            Ok(()) | Err(ims_store::StoreError::Conflict) => {}
+            Ok(()) | Err(ims_store::StoreError::Conflict) => super::job_runs::forget(st, &id).await,
             Err(e) => return Err(e.into()),
         }
     }

@@ -1,0 +1,254 @@
+//! What happens while a job runs (extensions of the API, documented in docs/compatibility.md):
+//!
+//! * `POST /v3/jobs/{id}/heartbeat` — the agent says it is alive (optionally what it is doing);
+//!   the answer tells it what the user asked for (`complete` / `fail`).
+//! * `POST /v3/jobs/{id}/complete`, `POST /v3/jobs/{id}/fail` — the user ends a `waiting_on_user`
+//!   session without touching a flag file (`ims jobs complete|fail ID`).
+//! * `POST /v3/jobs/{id}/log?seq=N` (agent) and `GET /v3/jobs/{id}/log?offset=N` (users,
+//!   `ims jobs logs ID [--follow]`) — the agent's log, kept as numbered chunks in the artifact store
+//!   (`s3://<ims bucket>/jobs/<id>/log/<seq>`), so every replica serves it, whatever executor ran
+//!   the agent. At most [`MAX_LOG_BYTES`] per job are kept.
+
+use super::must_get;
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, retrying};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ims_artifacts::{Location, SmallRead};
+use ims_core::{Job, JobRun, Problem, Timestamp};
+use ims_store::{Versioned, insert_op, update_op};
+use serde_json::{Value, json};
+
+/// Log bytes kept per job; later chunks are acknowledged and dropped (with one notice).
+pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest log chunk accepted in one request.
+pub const MAX_LOG_CHUNK: usize = 512 * 1024;
+/// Most log bytes returned by one GET (clients page with `offset`).
+const MAX_LOG_READ: u64 = 4 * 1024 * 1024;
+/// Header carrying the offset to ask for next.
+pub const LOG_OFFSET_HEADER: &str = "x-ims-log-offset";
+/// Header saying whether the job is over (no more log will come).
+pub const LOG_DONE_HEADER: &str = "x-ims-log-complete";
+
+const FINAL: &[&str] = &["success", "error"];
+
+fn run_for(job: &Job, executor: &str) -> JobRun {
+    JobRun {
+        id: job.id.clone(),
+        created: Timestamp::now(),
+        executor: executor.to_string(),
+        host: None,
+        pid: None,
+        pid_start: None,
+        heartbeat: None,
+        phase: None,
+        request: None,
+        waiting_since: None,
+        log_chunks: 0,
+        log_bytes: 0,
+    }
+}
+
+/// Changes a job's run state with `f` (creating it if the executor has not), retried on races.
+pub async fn update_run(st: &AppState, job: &Job, f: impl Fn(&mut JobRun)) -> ApiResult<JobRun> {
+    retrying!(
+        async {
+            let cur = ims_store::get::<JobRun>(&*st.store, &job.id).await?;
+            let (mut run, op) = match &cur {
+                Some(Versioned { record, version }) => (record.clone(), Some(*version)),
+                None => (run_for(job, st.executor.name()), None),
+            };
+            f(&mut run);
+            let op = match op {
+                Some(v) => update_op(&run, v)?,
+                None => insert_op(&run)?,
+            };
+            st.store.apply(vec![op]).await?;
+            Ok::<_, ApiError>(run)
+        }
+        .await
+    )
+}
+
+/// `POST /v3/jobs/{id}/heartbeat` `{"phase": "…"}` (body optional).
+pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Value> {
+    let job = must_get::<Job>(&*st.store, id).await?.record;
+    let phase = match body {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => match o.get("phase") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
+            Some(_) => {
+                return Err(Problem::validation(
+                    json!({"phase": ["A string of at most 200 characters."]}),
+                )
+                .into());
+            }
+        },
+        Some(_) => return Err(Problem::bad_request("The body must be a JSON object.").into()),
+    };
+    let waiting = job.status == "waiting_on_user";
+    let run = update_run(st, &job, |r| {
+        r.heartbeat = Some(Timestamp::now());
+        if phase.is_some() {
+            r.phase = phase.clone();
+        }
+        match (waiting, r.waiting_since) {
+            (true, None) => r.waiting_since = Some(Timestamp::now()),
+            (false, Some(_)) => r.waiting_since = None,
+            _ => {}
+        }
+    })
+    .await?;
+    Ok(json!({"status": job.status, "request": run.request}))
+}
+
+/// `POST /v3/jobs/{id}/complete` and `/fail`: the user ends the session.
+pub async fn request(st: &AppState, id: &str, what: &'static str) -> ApiResult<Job> {
+    let job = must_get::<Job>(&*st.store, id).await?.record;
+    if job.status != "waiting_on_user" {
+        return Err(Problem::new(
+            409,
+            format!(
+                "Job {id} is not waiting on a user (its status is {}); there is nothing to {what}.",
+                job.status
+            ),
+        )
+        .into());
+    }
+    update_run(st, &job, |r| r.request = Some(what.to_string())).await?;
+    Ok(job)
+}
+
+fn log_location(st: &AppState, id: &str, seq: u64) -> ApiResult<Location> {
+    Location::new(&st.cfg.ims_bucket, &format!("jobs/{id}/log/{seq:010}"))
+        .map_err(|e| Problem::internal(e.to_string()).into())
+}
+
+/// `POST /v3/jobs/{id}/log?seq=N` with the chunk as the body (any bytes; text expected).
+/// Chunks must come in order; a repeated chunk (a retry) is acknowledged and ignored.
+pub async fn append_log(st: &AppState, id: &str, seq: u64, chunk: Bytes) -> ApiResult<Value> {
+    let job = must_get::<Job>(&*st.store, id).await?.record;
+    if chunk.len() > MAX_LOG_CHUNK {
+        return Err(Problem::new(
+            413,
+            format!("A log chunk is at most {MAX_LOG_CHUNK} bytes."),
+        )
+        .into());
+    }
+    let run = ims_store::get::<JobRun>(&*st.store, id)
+        .await?
+        .map(|v| v.record)
+        .unwrap_or_else(|| run_for(&job, st.executor.name()));
+    if seq < run.log_chunks {
+        return Ok(json!({"next": run.log_chunks}));
+    }
+    if seq > run.log_chunks {
+        return Err(Problem::new(
+            409,
+            format!(
+                "Log chunk {seq} is out of order: the next expected is {}.",
+                run.log_chunks
+            ),
+        )
+        .into());
+    }
+    let data = if run.log_bytes >= MAX_LOG_BYTES {
+        Bytes::new()
+    } else if run.log_bytes + chunk.len() as u64 > MAX_LOG_BYTES {
+        Bytes::from(format!(
+            "\n[ims: the log reached {MAX_LOG_BYTES} bytes; the rest is not kept]\n"
+        ))
+    } else {
+        chunk
+    };
+    let len = data.len() as u64;
+    if len > 0 {
+        st.artifacts
+            .put_small(&log_location(st, id, seq)?, data)
+            .await
+            .map_err(|e| Problem::internal(format!("The log could not be stored: {e}")))?;
+    }
+    let run = update_run(st, &job, |r| {
+        if r.log_chunks == seq {
+            r.log_chunks += 1;
+            r.log_bytes += len;
+        }
+    })
+    .await?;
+    Ok(json!({"next": run.log_chunks}))
+}
+
+/// `GET /v3/jobs/{id}/log?offset=N`: the log from byte `offset` (at most 4 MiB per answer), as
+/// text; the next offset and whether the job is over are in headers.
+pub async fn read_log(st: &AppState, id: &str, offset: u64) -> ApiResult<Response> {
+    let job = must_get::<Job>(&*st.store, id).await?.record;
+    let run = ims_store::get::<JobRun>(&*st.store, id)
+        .await?
+        .map(|v| v.record);
+    let chunks = run.as_ref().map_or(0, |r| r.log_chunks);
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    for seq in 0..chunks {
+        if out.len() as u64 >= MAX_LOG_READ {
+            break;
+        }
+        let data = match st
+            .artifacts
+            .read_small(&log_location(st, id, seq)?, MAX_LOG_CHUNK as u64 + 1)
+            .await
+            .map_err(|e| Problem::internal(format!("The log could not be read: {e}")))?
+        {
+            SmallRead::Data(d) => d,
+            // Empty (dropped) chunks were never stored.
+            SmallRead::NotFound | SmallRead::TooLarge(_) => continue,
+        };
+        let end = pos + data.len() as u64;
+        if end > offset {
+            let from = offset.saturating_sub(pos) as usize;
+            let room = (MAX_LOG_READ - out.len() as u64) as usize;
+            let part = &data[from..];
+            out.extend_from_slice(&part[..part.len().min(room)]);
+        }
+        pos = end;
+    }
+    let next = offset.max(offset + out.len() as u64);
+    let done =
+        FINAL.contains(&job.status.as_str()) && next >= run.as_ref().map_or(0, |r| r.log_bytes);
+    let mut resp = (StatusCode::OK, out).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(LOG_OFFSET_HEADER, HeaderValue::from(next));
+    h.insert(
+        LOG_DONE_HEADER,
+        HeaderValue::from_static(if done { "true" } else { "false" }),
+    );
+    Ok(resp)
+}
+
+/// Removes a job's run state and log (with the job).
+pub async fn forget(st: &AppState, id: &str) {
+    let run = match ims_store::get::<JobRun>(&*st.store, id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "could not read the job's run state");
+            return;
+        }
+    };
+    if let Some(v) = run {
+        for seq in 0..v.record.log_chunks {
+            if let Ok(loc) = log_location(st, id, seq)
+                && let Err(e) = st.artifacts.delete(&loc).await
+            {
+                tracing::warn!(job = %id, error = %e, "could not delete a log chunk");
+            }
+        }
+        if let Err(e) = st.store.apply(vec![ims_store::delete_op(&v)]).await {
+            tracing::warn!(job = %id, error = %e, "could not delete the job's run state");
+        }
+    }
+}
