@@ -885,7 +885,11 @@ async fn refused_registration_removes_uploads() {
     std::fs::write(root.join("boot/initrd.img-1.0"), "i").unwrap();
     let o = cli.run(&["images", "import", " ", root.to_str().unwrap()]);
     assert_eq!(o.code, 2, "{o:?}");
-    assert_eq!(o.stderr.trim(), "Error: the image name must not be blank", "{o:?}");
+    assert_eq!(
+        o.stderr.trim(),
+        "Error: the image name must not be blank",
+        "{o:?}"
+    );
     let o = cli.run(&["images", "import", "img", root.to_str().unwrap()]);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("Uploading"), "{o:?}");
