@@ -13,6 +13,9 @@
 //!
 //! Nothing here prints; callers decide how to show results and errors.
 
+pub mod publish;
+pub mod s3;
+
 use reqwest::Method;
 use serde_json::Value;
 use std::time::Duration;

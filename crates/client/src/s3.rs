@@ -8,11 +8,9 @@
 //! whatever the object's size. Progress bars are drawn on stderr when it is a terminal, never
 //! otherwise.
 
-use super::args::Globals;
-use super::connection;
+use crate::Client;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use ims_client::Client;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use md5::Md5;
 use object_store::WriteMultipart;
@@ -27,13 +25,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Part and range size (what boto3 uses).
-pub(super) const PART: usize = 8 * 1024 * 1024;
+pub const PART: usize = 8 * 1024 * 1024;
 /// Parts or ranges in flight at once.
-pub(super) const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 4;
 const REGION: &str = "us-east-1";
 
 /// Credentials from STS.
-pub(super) struct Creds {
+pub struct Creds {
     access_key: String,
     secret_key: String,
     token: String,
@@ -41,12 +39,12 @@ pub(super) struct Creds {
 }
 
 /// The server connection plus S3 credentials from STS.
-pub(super) struct Ctx {
+pub struct Ctx {
     pub client: Client,
     pub creds: Creds,
 }
 
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,11 +52,11 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 impl Ctx {
-    /// Connects as the other client commands do and asks STS for credentials.
-    pub async fn new(g: &Globals) -> Result<Ctx, String> {
-        let (url, token) = connection(g)?;
-        let client = Client::new(&url, token).map_err(|e| e.to_string())?;
-        let mut u = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    /// Connects to the IMS server at `url` (with an optional bearer token) and asks its STS
+    /// endpoint for S3 credentials.
+    pub async fn new(url: &str, token: Option<String>) -> Result<Ctx, String> {
+        let client = Client::new(url, token).map_err(|e| e.to_string())?;
+        let mut u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         u.set_query(None);
         u.set_fragment(None);
         u.path_segments_mut()
@@ -100,12 +98,12 @@ impl Ctx {
     }
 }
 
-pub(super) fn key_path(key: &str) -> Result<ObjPath, String> {
+pub fn key_path(key: &str) -> Result<ObjPath, String> {
     ObjPath::parse(key).map_err(|e| format!("invalid key {key:?}: {e}"))
 }
 
 /// An S3 error as a one-line message, naming the object.
-pub(super) fn s3_error(bucket: &str, key: &str, e: object_store::Error) -> String {
+pub fn s3_error(bucket: &str, key: &str, e: object_store::Error) -> String {
     match e {
         object_store::Error::NotFound { .. } => {
             format!("Object was not found in bucket: s3://{bucket}/{key}")
@@ -114,14 +112,14 @@ pub(super) fn s3_error(bucket: &str, key: &str, e: object_store::Error) -> Strin
     }
 }
 
-pub(super) fn hex(b: &[u8]) -> String {
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A token cancelled by the first Ctrl-C (SIGINT) from now on. Commands that take it handle the
 /// interruption themselves — abort uploads, remove partial files, undo records — and exit with an
 /// error instead of dying half-way. Call inside the runtime.
-pub(super) fn interrupt_token() -> CancellationToken {
+pub fn interrupt_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -133,7 +131,7 @@ pub(super) fn interrupt_token() -> CancellationToken {
 }
 
 /// A byte-count progress bar on stderr, drawn only when stderr is a terminal.
-pub(super) fn progress(len: u64, what: &str) -> ProgressBar {
+pub fn progress(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -268,7 +266,7 @@ fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
 }
 
 /// ListBuckets (`GET /`), which object_store does not offer.
-pub(super) async fn list_buckets(c: &Creds) -> Result<Value, String> {
+pub async fn list_buckets(c: &Creds) -> Result<Value, String> {
     let (status, text) = signed(c, reqwest::Method::GET, "/", &[]).await?;
     if !status.is_success() {
         return Err(format!("S3 ListBuckets: {status}: {}", text.trim()));
@@ -287,7 +285,7 @@ pub(super) async fn list_buckets(c: &Creds) -> Result<Value, String> {
 /// This is how a metadata value known only after a single-pass multipart upload (the md5) gets
 /// onto the object. The built-in endpoint does it without copying bytes; AWS S3 refuses copies of
 /// objects over 5 GiB in one request, which the caller must tolerate.
-pub(super) async fn replace_metadata(
+pub async fn replace_metadata(
     c: &Creds,
     bucket: &str,
     key: &str,
@@ -333,7 +331,7 @@ pub(super) async fn replace_metadata(
 }
 
 /// What one upload did.
-pub(super) struct Uploaded {
+pub struct Uploaded {
     /// The object's ETag, without quotes ("" if the endpoint gave none).
     pub etag: String,
     /// Hex md5 and sha256 of the bytes sent (when asked for).
@@ -398,7 +396,7 @@ fn spawn_reader(
 ///
 /// When `cancel` fires, the upload stops and a multipart upload is aborted (its parts removed on
 /// the S3 side) before this returns an error.
-pub(super) async fn upload(
+pub async fn upload(
     ctx: &Ctx,
     bucket: &str,
     key: &str,
@@ -495,7 +493,7 @@ pub(super) async fn upload(
 }
 
 /// md5 of a file, read in one streaming pass on a blocking thread.
-pub(super) async fn file_md5(file: &Path) -> Result<String, String> {
+pub async fn file_md5(file: &Path) -> Result<String, String> {
     let file = file.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&file)
@@ -520,7 +518,7 @@ pub(super) async fn file_md5(file: &Path) -> Result<String, String> {
 /// Downloads an object to a file with parallel ranged GETs, each range written at its offset.
 /// The data goes to a temporary file beside `file`, renamed over it only once complete: a failed
 /// download leaves an existing `file` untouched and no partial file behind.
-pub(super) async fn download(
+pub async fn download(
     ctx: &Ctx,
     bucket: &str,
     key: &str,
@@ -596,7 +594,7 @@ pub(super) async fn download(
 }
 
 /// `s3://bucket/key` → (bucket, key).
-pub(super) fn split_s3(path: &str) -> Result<(String, String), String> {
+pub fn split_s3(path: &str) -> Result<(String, String), String> {
     path.strip_prefix("s3://")
         .and_then(|r| r.split_once('/'))
         .filter(|(b, k)| !b.is_empty() && !k.is_empty())
@@ -605,7 +603,7 @@ pub(super) fn split_s3(path: &str) -> Result<(String, String), String> {
 }
 
 /// md5 and sha256 (when asked for) of an object, read as one stream.
-pub(super) async fn hash_object(
+pub async fn hash_object(
     ctx: &Ctx,
     path: &str,
     want_sha: bool,
@@ -630,7 +628,7 @@ pub(super) async fn hash_object(
 }
 
 /// Deletes an object; a missing one is not an error (for clean-ups).
-pub(super) async fn remove(ctx: &Ctx, bucket: &str, key: &str) -> Result<(), String> {
+pub async fn remove(ctx: &Ctx, bucket: &str, key: &str) -> Result<(), String> {
     match ctx.store(bucket)?.delete(&key_path(key)?).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(s3_error(bucket, key, e)),

@@ -1,14 +1,15 @@
 //! `ims artifacts …`, `ims recipes import` and `ims images verify`, over the S3 layer of
-//! [`super::s3`] (STS credentials, single-pass multipart uploads, ranged parallel downloads).
+//! [`ims_client::s3`] (STS credentials, single-pass multipart uploads, ranged parallel downloads).
 
 use super::args::{ArtifactsVerb, BucketsVerb, Format, Globals};
 use super::print;
-use super::s3::{
+use super::s3_ctx;
+use futures::{StreamExt, TryStreamExt};
+use ims_client::Resource;
+use ims_client::s3::{
     Ctx, IN_FLIGHT, download, file_md5, hash_object, interrupt_token, key_path, list_buckets,
     remove, runtime, s3_error, split_s3, upload,
 };
-use futures::{StreamExt, TryStreamExt};
-use ims_client::Resource;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore};
 use serde_json::{Map, Value, json};
 use std::io::Read;
@@ -23,7 +24,7 @@ fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 pub fn run(verb: ArtifactsVerb, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let rt = runtime()?;
     let v = rt.block_on(async {
-        let ctx = Ctx::new(g).await?;
+        let ctx = s3_ctx(g).await?;
         match verb {
             ArtifactsVerb::Buckets {
                 verb: BucketsVerb::List,
@@ -204,7 +205,7 @@ pub fn import_recipe(
     let (tarball, _tmp) = recipe_tarball(source)?;
     let rt = runtime()?;
     let v = rt.block_on(async {
-        let ctx = Ctx::new(g).await?;
+        let ctx = s3_ctx(g).await?;
         let cancel = interrupt_token();
         let rec = ctx
             .client
@@ -267,7 +268,7 @@ pub fn import_recipe(
 pub fn verify(id: &str, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let rt = runtime()?;
     let results = rt.block_on(async {
-        let ctx = Ctx::new(g).await?;
+        let ctx = s3_ctx(g).await?;
         let image = ctx
             .client
             .describe(Resource::Images, id)

@@ -21,16 +21,14 @@
 
 use super::args::{Format, Globals, ImportArgs};
 use super::print;
-use super::s3::{Ctx, Uploaded, hex, interrupt_token, remove, replace_metadata, runtime, upload};
-use ims_client::{Error as ClientError, Resource};
+use super::s3_ctx;
+use ims_client::publish::{Artifact, Failure, NewImage, publish, remove_uploads};
+use ims_client::s3::{interrupt_token, runtime};
+
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
 use ims_rootfs::{ArchiveFormat, BootFiles, Compression, RootfsError, SquashfsOptions};
-use md5::{Digest, Md5};
-use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
-use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 /// What ROOTFS is, judged by its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,172 +220,6 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
     Ok((image, boot))
 }
 
-/// One artifact to upload.
-struct Artifact {
-    name: &'static str,
-    mime: &'static str,
-    file: PathBuf,
-}
-
-/// One uploaded artifact's manifest entry, in the original's key order (sorted).
-fn manifest_entry(bucket: &str, key: &str, mime: &str, up: &Uploaded) -> Value {
-    let mut link = Map::new();
-    link.insert("etag".into(), up.etag.clone().into());
-    link.insert("path".into(), format!("s3://{bucket}/{key}").into());
-    link.insert("type".into(), "s3".into());
-    let mut o = Map::new();
-    o.insert("link".into(), Value::Object(link));
-    o.insert("md5".into(), up.md5.clone().unwrap_or_default().into());
-    // An extra field: readers of manifest v1.0 (the original IMS, BOS) ignore it.
-    o.insert(
-        "sha256".into(),
-        up.sha256.clone().unwrap_or_default().into(),
-    );
-    o.insert("type".into(), mime.into());
-    Value::Object(o)
-}
-
-/// Serialises like Python's `json.dump(sort_keys=True, indent=4)`, as the original writes
-/// manifests.
-fn python_json(v: &Value) -> Result<Vec<u8>, String> {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                let mut out = Map::new();
-                for k in keys {
-                    out.insert(k.clone(), sorted(&m[k]));
-                }
-                Value::Object(out)
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            v => v.clone(),
-        }
-    }
-    let mut out = Vec::new();
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    serde::Serialize::serialize(&sorted(v), &mut ser).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-/// Uploads the artifacts and the manifest, then registers the image. `sent` collects every key
-/// whose upload was started, for the clean-up.
-async fn upload_and_register(
-    ctx: &Ctx,
-    a: &ImportArgs,
-    id: &str,
-    artifacts: &[Artifact],
-    sent: &mut Vec<String>,
-    cancel: &CancellationToken,
-) -> Result<Value, Failure> {
-    let bucket = a.bucket.as_str();
-    let mut entries = vec![];
-    let mut metadata_warned = false;
-    for art in artifacts {
-        let key = format!("{id}/{}", art.name);
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::Metadata("x-shasta-ims-image-name".into()),
-            a.name.clone().into(),
-        );
-        attributes.insert(
-            Attribute::Metadata("x-shasta-ims-image-id".into()),
-            id.to_string().into(),
-        );
-        sent.push(key.clone());
-        eprintln!(
-            "Uploading {} to s3://{bucket}/{key} ...",
-            art.file.display()
-        );
-        let mut up = upload(ctx, bucket, &key, &art.file, attributes, true, cancel)
-            .await
-            .map_err(Failure::Before)?;
-        // The md5 is known only now: set it as the `md5sum` metadata that IMS (the original
-        // too) trusts for later downloads. The manifest carries it in any case.
-        let md5 = up.md5.clone().unwrap_or_default();
-        let meta = [
-            ("md5sum", md5.as_str()),
-            ("x-shasta-ims-image-name", a.name.as_str()),
-            ("x-shasta-ims-image-id", id),
-        ];
-        match replace_metadata(&ctx.creds, bucket, &key, None, &meta).await {
-            Ok(etag) if !etag.is_empty() => up.etag = etag,
-            Ok(_) => {}
-            Err(e) if !metadata_warned => {
-                metadata_warned = true;
-                eprintln!("warning: {e}; the manifest still records every md5");
-            }
-            Err(_) => {}
-        }
-        entries.push(manifest_entry(bucket, &key, art.mime, &up));
-    }
-    let manifest = json!({
-        "artifacts": entries,
-        "created": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
-        "version": "1.0",
-    });
-    let body = python_json(&manifest).map_err(Failure::Before)?;
-    let key = format!("{id}/manifest.json");
-    let mut attributes = Attributes::new();
-    attributes.insert(Attribute::ContentType, "application/json".into());
-    attributes.insert(
-        Attribute::Metadata("md5sum".into()),
-        hex(&Md5::digest(&body)).into(),
-    );
-    sent.push(key.clone());
-    let put = ctx
-        .store(bucket)
-        .map_err(Failure::Before)?
-        .put_opts(
-            &super::s3::key_path(&key).map_err(Failure::Before)?,
-            PutPayload::from(body),
-            PutOptions {
-                attributes,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Failure::Before(super::s3::s3_error(bucket, &key, e)))?;
-    if cancel.is_cancelled() {
-        return Err(Failure::Before("interrupted".to_string()));
-    }
-    let record = json!({
-        "id": id,
-        "name": a.name,
-        "arch": a.arch,
-        "link": {
-            "path": format!("s3://{bucket}/{key}"),
-            "etag": put.e_tag.unwrap_or_default().trim_matches('"'),
-            "type": "s3",
-        },
-    });
-    match ctx.client.create(Resource::Images, &record).await {
-        Ok(v) => Ok(v),
-        // A definite answer (or no connection at all): the image was not created.
-        Err(e @ (ClientError::Api { .. } | ClientError::Connect { .. })) => {
-            Err(Failure::Before(format!("registering image {id}: {e}")))
-        }
-        // The answer was lost: the image may exist. Ask.
-        Err(e) => match ctx.client.describe(Resource::Images, id).await {
-            Ok(v) => Ok(v),
-            Err(ClientError::Api { status: 404, .. }) => {
-                Err(Failure::Before(format!("registering image {id}: {e}")))
-            }
-            Err(_) => Err(Failure::Unknown(format!(
-                "registering image {id}: {e}; the server could not say whether the image was registered, so its artifacts were kept under s3://{bucket}/{id}/ (check with `ims images describe {id}`)"
-            ))),
-        },
-    }
-}
-
-/// Why an import failed: before registration (clean up), or with the outcome unknown (keep).
-enum Failure {
-    Before(String),
-    Unknown(String),
-}
-
 pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, String> {
     if a.name.trim().is_empty() {
         return Err("the image name must not be blank".to_string());
@@ -405,7 +237,7 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
     let rt = runtime()?;
     let v = rt.block_on(async {
         // Fail fast: the server and STS answer before anything long starts.
-        Ctx::new(g).await?;
+        s3_ctx(g).await?;
         let work_parent = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         // Private (0700), removed on every exit path.
         let work = tempfile::Builder::new()
@@ -449,22 +281,24 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
             });
         }
         // Fresh credentials: the conversion may have outlived the first ones.
-        let ctx = Ctx::new(g).await?;
+        let ctx = s3_ctx(g).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let mut sent = vec![];
         // Not cut short from outside: an interruption makes the running upload abort itself
         // (no multipart parts left behind), then the clean-up below runs.
-        let outcome = upload_and_register(&ctx, &a, &id, &artifacts, &mut sent, &cancel).await;
+        let img = NewImage {
+            id: &id,
+            name: &a.name,
+            arch: &a.arch,
+            job_id: None,
+        };
+        let say = |line: &str| eprintln!("{line}");
+        let outcome = publish(&ctx, &a.bucket, img, &artifacts, &mut sent, &cancel, &say).await;
         match outcome {
             Ok(v) => Ok(v),
             Err(Failure::Unknown(msg)) => Err(msg),
             Err(Failure::Before(mut msg)) => {
-                let mut left = vec![];
-                for key in &sent {
-                    if let Err(e) = remove(&ctx, &a.bucket, key).await {
-                        left.push(e);
-                    }
-                }
+                let left = remove_uploads(&ctx, &a.bucket, &sent).await;
                 if left.is_empty() {
                     if !sent.is_empty() {
                         msg.push_str(
@@ -490,28 +324,6 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn manifests_are_written_like_the_original() {
-        let v = json!({"version": "1.0", "artifacts": [{"type": "t", "md5": "m", "link": {"type": "s3", "path": "p", "etag": "e"}}], "created": "c"});
-        let text = String::from_utf8(python_json(&v).unwrap()).unwrap();
-        let expect = r#"{
-    "artifacts": [
-        {
-            "link": {
-                "etag": "e",
-                "path": "p",
-                "type": "s3"
-            },
-            "md5": "m",
-            "type": "t"
-        }
-    ],
-    "created": "c",
-    "version": "1.0"
-}"#;
-        assert_eq!(text, expect);
-    }
 
     #[test]
     fn rootfs_is_judged_by_content() {

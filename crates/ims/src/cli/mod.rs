@@ -9,7 +9,6 @@ mod args;
 mod artifacts;
 mod import;
 mod output;
-mod s3;
 mod settings;
 
 pub use args::{Command, Globals};
@@ -77,6 +76,12 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The S3 side (STS credentials) of the configured server.
+async fn s3_ctx(g: &Globals) -> Result<ims_client::s3::Ctx, String> {
+    let (url, token) = connection(g)?;
+    ims_client::s3::Ctx::new(&url, token).await
 }
 
 /// Prints a result on stdout (a closed pipe is not an error worth reporting).
