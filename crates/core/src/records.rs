@@ -523,9 +523,16 @@ pub struct JobRun {
     /// When the job entered `waiting_on_user` (for the user deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_since: Option<Timestamp>,
-    /// Log chunks received so far (the next chunk's sequence number).
+    /// Log chunks stored so far (the next chunk's storage index).
     #[serde(default)]
     pub log_chunks: u64,
+    /// The next chunk number expected from the agent (its own count, for idempotent retries;
+    /// notes the server adds do not count).
+    #[serde(default)]
+    pub agent_log_seq: u64,
+    /// Why the server ended the job in `error` (agent lost, deadline), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Log bytes received so far.
     #[serde(default)]
     pub log_bytes: u64,

@@ -67,6 +67,14 @@ pub struct JobsFile {
     pub customer_access_domain: Option<String>,
     pub enable_dkms: Option<bool>,
     pub max_manifest_size: Option<u64>,
+    /// `local` (agents as child processes) or `none` (records only).
+    pub executor: Option<String>,
+    /// The API URL job agents use (default: the listen address, loopback if unspecified).
+    pub agent_api_url: Option<String>,
+    /// A silent agent's job ends in error after this long (e.g. `60s`, `2m`).
+    pub heartbeat_timeout: Option<String>,
+    /// A job waiting on its user ends in error after this long (e.g. `24h`).
+    pub user_deadline: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -110,7 +118,35 @@ pub struct Config {
     pub node_ssh_key: Option<PathBuf>,
     /// The administrator bearer token the API requires, if any.
     pub api_token: Option<String>,
+    /// Which executor runs jobs.
+    pub executor: ExecutorKind,
+    pub agent_api_url: Option<String>,
     pub job_token_key_file: PathBuf,
+}
+
+/// Which executor runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// `ims agent run` as a child process of the server.
+    Local,
+    /// Records only: jobs are stored and nothing runs them.
+    None,
+}
+
+/// A duration setting: `90`, `90s`, `2m`, `24h`, `1d`, `2weeks`, … (at least one second).
+fn parse_duration(name: &str, v: &str) -> Result<std::time::Duration, ConfigError> {
+    let v = v.trim();
+    let secs = match v.parse::<i64>() {
+        Ok(n) => Some(n),
+        Err(_) => ims_core::input::parse_age(v),
+    };
+    match secs {
+        Some(n) if n >= 1 => Ok(std::time::Duration::from_secs(n as u64)),
+        _ => Err(err(
+            name,
+            format!("{v:?} is not a duration (e.g. 90s, 2m, 24h, 1d)"),
+        )),
+    }
 }
 
 /// A configuration error: names the setting and says what is wrong.
@@ -429,6 +465,39 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
     if api_token.as_deref() == Some("") {
         return Err(err("IMS_API_TOKEN", "the token is empty"));
     }
+    let executor = match env.get(&["IMS_JOB_EXECUTOR"]).or_else(|| {
+        file.jobs
+            .executor
+            .clone()
+            .map(|v| ("jobs.executor".to_string(), v))
+    }) {
+        None => ExecutorKind::None,
+        Some((n, v)) => match v.trim().to_ascii_lowercase().as_str() {
+            "local" => ExecutorKind::Local,
+            "none" | "record-only" => ExecutorKind::None,
+            _ => return Err(err(&n, format!("{v:?} is not an executor (local or none)"))),
+        },
+    };
+    let agent_api_url = env
+        .get(&["IMS_AGENT_API_URL"])
+        .map(|(_, v)| v)
+        .or(file.jobs.agent_api_url.clone());
+    if let Some((n, v)) = env.get(&["IMS_JOB_HEARTBEAT_TIMEOUT"]).or_else(|| {
+        file.jobs
+            .heartbeat_timeout
+            .clone()
+            .map(|v| ("jobs.heartbeat_timeout".to_string(), v))
+    }) {
+        svc.job_heartbeat_timeout = parse_duration(&n, &v)?;
+    }
+    if let Some((n, v)) = env.get(&["IMS_JOB_USER_DEADLINE"]).or_else(|| {
+        file.jobs
+            .user_deadline
+            .clone()
+            .map(|v| ("jobs.user_deadline".to_string(), v))
+    }) {
+        svc.job_user_deadline = parse_duration(&n, &v)?;
+    }
     let job_token_key_file = env
         .get(&["IMS_JOB_TOKEN_KEY_FILE"])
         .map(|(_, v)| PathBuf::from(v))
@@ -446,6 +515,8 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         service: svc,
         node_ssh_key,
         api_token,
+        executor,
+        agent_api_url,
         job_token_key_file,
     })
 }

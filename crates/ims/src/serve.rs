@@ -1,10 +1,10 @@
 //! `ims serve`: opens the data directory, the records store and the artifact store, and serves the
 //! API until SIGTERM/SIGINT (in-flight requests finish).
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ExecutorKind, LogFormat};
 use anyhow::{Context, Result, bail};
 use ims_artifacts::{ArtifactStore, Backend};
-use ims_server::executor::RecordOnlyExecutor;
+use ims_server::executor::{LocalExecutor, LocalSettings, RecordOnlyExecutor};
 use ims_server::nodes::SshProber;
 use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
 use ims_server::{AppState, router};
@@ -153,11 +153,15 @@ pub async fn run(cfg: Config) -> Result<()> {
             )
         }
     };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
     let state = AppState {
         store: store.clone(),
         artifacts,
         cfg: Arc::new(cfg.service.clone()),
-        executor: Arc::new(RecordOnlyExecutor),
+        executor: executor(&cfg, addr)?,
         prober: Arc::new(SshProber {
             key: cfg.node_ssh_key.clone(),
             timeout: Duration::from_secs(10),
@@ -172,10 +176,20 @@ pub async fn run(cfg: Config) -> Result<()> {
                 )
             })?,
     };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
+    // Jobs whose agents outlived a previous server are taken over (or failed); then the
+    // reconciler fails jobs whose agents fall silent or whose users never finish.
+    state.executor.recover(&state).await;
+    let reconciler = {
+        let st = state.clone();
+        let every = (st.cfg.job_heartbeat_timeout / 3)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ims_server::service::job_runs::reconcile(&st).await;
+            }
+        })
+    };
     tracing::info!(
         "listening on http://{addr} (data dir {}, records: {}, artifacts: {})",
         cfg.data_dir.display(),
@@ -204,6 +218,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    reconciler.abort();
     let _ = stop_s3.send(());
     if let Some(task) = s3_task {
         match task.await {
@@ -217,6 +232,36 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 /// How long STS credentials are valid (the CSM STS default is one hour).
+/// The configured job executor.
+fn executor(
+    cfg: &Config,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Arc<dyn ims_server::executor::JobExecutor>> {
+    Ok(match cfg.executor {
+        ExecutorKind::None => Arc::new(RecordOnlyExecutor),
+        ExecutorKind::Local => {
+            let api_url = cfg.agent_api_url.clone().unwrap_or_else(|| {
+                let ip = if addr.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    addr.ip()
+                };
+                format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+            });
+            let program = std::env::current_exe().context("cannot find the ims binary")?;
+            let local = LocalExecutor::new(LocalSettings {
+                program,
+                api_url,
+                jobs_dir: cfg.data_dir.join("jobs"),
+                agent_env: vec![],
+                stop_grace: Duration::from_secs(10),
+            })
+            .with_context(|| format!("cannot create {}", cfg.data_dir.join("jobs").display()))?;
+            Arc::new(ims_server::executor::local::Local(Arc::new(local)))
+        }
+    })
+}
+
 const STS_TTL: Duration = Duration::from_secs(3600);
 
 /// STS for the built-in endpoint: a fresh temporary key, secret and session token each time.

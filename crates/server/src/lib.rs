@@ -51,6 +51,10 @@ pub struct ServiceConfig {
     pub max_manifest_size: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A supervised job whose agent is silent this long ends in `error`.
+    pub job_heartbeat_timeout: std::time::Duration,
+    /// A job waiting on its user this long ends in `error`.
+    pub job_user_deadline: std::time::Duration,
     /// Reported by `/version`.
     pub version: String,
 }
@@ -68,6 +72,8 @@ impl Default for ServiceConfig {
             job_enable_dkms: true,
             max_manifest_size: ims_core::manifest::MAX_MANIFEST_SIZE,
             max_body_bytes: 1024 * 1024,
+            job_heartbeat_timeout: std::time::Duration::from_secs(60),
+            job_user_deadline: std::time::Duration::from_secs(24 * 3600),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }

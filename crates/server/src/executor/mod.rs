@@ -3,8 +3,12 @@
 //! processes, Kubernetes, remote nodes) implement [`JobExecutor`]; until one is configured,
 //! [`RecordOnlyExecutor`] keeps jobs as records only.
 
+use crate::AppState;
 use async_trait::async_trait;
 use ims_core::Job;
+
+pub mod local;
+pub use local::{LocalExecutor, LocalSettings};
 
 /// What an executor gets at job creation, besides the record.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,11 +31,20 @@ pub struct ExecutorError(pub String);
 #[async_trait]
 pub trait JobExecutor: Send + Sync + 'static {
     /// Starts work for a freshly stored job. An error removes the job record again (500).
-    async fn start(&self, launch: &JobLaunch) -> Result<(), ExecutorError>;
+    async fn start(&self, st: &AppState, launch: &JobLaunch) -> Result<(), ExecutorError>;
     /// The job reached `success` or `error`: release what only runs during the job.
-    async fn finished(&self, job: &Job) -> Result<(), ExecutorError>;
-    /// The job is being deleted: stop everything and clean up. An error keeps the record (500).
-    async fn stop(&self, job: &Job) -> Result<(), ExecutorError>;
+    async fn finished(&self, st: &AppState, job: &Job) -> Result<(), ExecutorError>;
+    /// The job is being deleted (or ended by the server): stop everything and clean up. An error
+    /// keeps the record (500).
+    async fn stop(&self, st: &AppState, job: &Job) -> Result<(), ExecutorError>;
+    /// After a server start: take over the agents of unfinished jobs that still run, and fail the
+    /// jobs whose agents are gone.
+    async fn recover(&self, _st: &AppState) {}
+    /// Whether this executor runs agents that heartbeat (so silent jobs are failed by the
+    /// reconciler).
+    fn supervises(&self) -> bool {
+        false
+    }
     /// A short name for logs.
     fn name(&self) -> &'static str;
 }
@@ -41,14 +54,14 @@ pub struct RecordOnlyExecutor;
 
 #[async_trait]
 impl JobExecutor for RecordOnlyExecutor {
-    async fn start(&self, launch: &JobLaunch) -> Result<(), ExecutorError> {
-        tracing::info!(job = %launch.job.id, "job recorded (no executor runs jobs yet)");
+    async fn start(&self, _st: &AppState, launch: &JobLaunch) -> Result<(), ExecutorError> {
+        tracing::info!(job = %launch.job.id, "job recorded (the record-only executor runs nothing)");
         Ok(())
     }
-    async fn finished(&self, _job: &Job) -> Result<(), ExecutorError> {
+    async fn finished(&self, _st: &AppState, _job: &Job) -> Result<(), ExecutorError> {
         Ok(())
     }
-    async fn stop(&self, _job: &Job) -> Result<(), ExecutorError> {
+    async fn stop(&self, _st: &AppState, _job: &Job) -> Result<(), ExecutorError> {
         Ok(())
     }
     fn name(&self) -> &'static str {

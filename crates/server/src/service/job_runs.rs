@@ -46,7 +46,9 @@ fn run_for(job: &Job, executor: &str) -> JobRun {
         request: None,
         waiting_since: None,
         log_chunks: 0,
+        agent_log_seq: 0,
         log_bytes: 0,
+        error: None,
     }
 }
 
@@ -126,8 +128,9 @@ fn log_location(st: &AppState, id: &str, seq: u64) -> ApiResult<Location> {
         .map_err(|e| Problem::internal(e.to_string()).into())
 }
 
-/// `POST /v3/jobs/{id}/log?seq=N` with the chunk as the body (any bytes; text expected).
-/// Chunks must come in order; a repeated chunk (a retry) is acknowledged and ignored.
+/// `POST /v3/jobs/{id}/log?seq=N` with the chunk as the body (any bytes; text expected). `seq`
+/// is the agent's own chunk count: chunks must come in order, and a repeated chunk (a retry) is
+/// acknowledged and ignored.
 pub async fn append_log(st: &AppState, id: &str, seq: u64, chunk: Bytes) -> ApiResult<Value> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
     if chunk.len() > MAX_LOG_CHUNK {
@@ -141,43 +144,83 @@ pub async fn append_log(st: &AppState, id: &str, seq: u64, chunk: Bytes) -> ApiR
         .await?
         .map(|v| v.record)
         .unwrap_or_else(|| run_for(&job, st.executor.name()));
-    if seq < run.log_chunks {
-        return Ok(json!({"next": run.log_chunks}));
+    if seq < run.agent_log_seq {
+        return Ok(json!({"next": run.agent_log_seq}));
     }
-    if seq > run.log_chunks {
+    if seq > run.agent_log_seq {
         return Err(Problem::new(
             409,
             format!(
                 "Log chunk {seq} is out of order: the next expected is {}.",
-                run.log_chunks
+                run.agent_log_seq
             ),
         )
         .into());
     }
-    let data = if run.log_bytes >= MAX_LOG_BYTES {
-        Bytes::new()
-    } else if run.log_bytes + chunk.len() as u64 > MAX_LOG_BYTES {
-        Bytes::from(format!(
-            "\n[ims: the log reached {MAX_LOG_BYTES} bytes; the rest is not kept]\n"
-        ))
-    } else {
-        chunk
-    };
-    let len = data.len() as u64;
-    if len > 0 {
-        st.artifacts
-            .put_small(&log_location(st, id, seq)?, data)
-            .await
-            .map_err(|e| Problem::internal(format!("The log could not be stored: {e}")))?;
+    let run = store_chunk(st, &job, chunk, Some(seq)).await?;
+    Ok(json!({"next": run.agent_log_seq}))
+}
+
+/// Appends a line of the server's own to a job's log (why it ended the job, …).
+pub async fn note(st: &AppState, job: &Job, line: &str) {
+    let text = Bytes::from(format!("[ims] {line}\n"));
+    if let Err(e) = store_chunk(st, job, text, None).await {
+        tracing::warn!(job = %job.id, error = ?e, "could not add a note to the job's log");
     }
-    let run = update_run(st, &job, |r| {
-        if r.log_chunks == seq {
-            r.log_chunks += 1;
-            r.log_bytes += len;
+}
+
+/// Stores one chunk at the next storage index and counts it (`agent_seq`: the agent's number,
+/// advanced when the chunk is the one expected). Concurrent writers retry on the run's version.
+async fn store_chunk(
+    st: &AppState,
+    job: &Job,
+    chunk: Bytes,
+    agent_seq: Option<u64>,
+) -> ApiResult<JobRun> {
+    retrying!(
+        async {
+            let cur = ims_store::get::<JobRun>(&*st.store, &job.id).await?;
+            let (mut run, version) = match &cur {
+                Some(Versioned { record, version }) => (record.clone(), Some(*version)),
+                None => (run_for(job, st.executor.name()), None),
+            };
+            if let Some(s) = agent_seq
+                && s != run.agent_log_seq
+            {
+                // A retry raced with the original: already stored.
+                return Ok(run);
+            }
+            let data = if run.log_bytes >= MAX_LOG_BYTES {
+                Bytes::new()
+            } else if run.log_bytes + chunk.len() as u64 > MAX_LOG_BYTES {
+                Bytes::from(format!(
+                    "\n[ims] the log reached {MAX_LOG_BYTES} bytes; the rest is not kept\n"
+                ))
+            } else {
+                chunk.clone()
+            };
+            let index = run.log_chunks;
+            if !data.is_empty() {
+                // Written before the count: a lost race rewrites the same index, never skips one.
+                st.artifacts
+                    .put_small(&log_location(st, &job.id, index)?, data.clone())
+                    .await
+                    .map_err(|e| Problem::internal(format!("The log could not be stored: {e}")))?;
+                run.log_chunks += 1;
+                run.log_bytes += data.len() as u64;
+            }
+            if agent_seq.is_some() {
+                run.agent_log_seq += 1;
+            }
+            let op = match version {
+                Some(v) => update_op(&run, v)?,
+                None => insert_op(&run)?,
+            };
+            st.store.apply(vec![op]).await?;
+            Ok::<_, ApiError>(run)
         }
-    })
-    .await?;
-    Ok(json!({"next": run.log_chunks}))
+        .await
+    )
 }
 
 /// `GET /v3/jobs/{id}/log?offset=N`: the log from byte `offset` (at most 4 MiB per answer), as
@@ -249,6 +292,91 @@ pub async fn forget(st: &AppState, id: &str) {
         }
         if let Err(e) = st.store.apply(vec![ims_store::delete_op(&v)]).await {
             tracing::warn!(job = %id, error = %e, "could not delete the job's run state");
+        }
+    }
+}
+
+/// Ends a job in `error` for a reason the server found (its agent is gone, its deadline passed):
+/// the reason goes to the job's log and its run state. A job that already ended is left alone.
+pub async fn fail(st: &AppState, job: &Job, reason: &str) {
+    tracing::warn!(job = %job.id, reason, "failing the job");
+    note(st, job, &format!("error: {reason}")).await;
+    if let Err(e) = update_run(st, job, |r| r.error = Some(reason.to_string())).await {
+        tracing::warn!(job = %job.id, error = ?e, "could not record why the job failed");
+    }
+    let r = retrying!(
+        async {
+            let Some(cur) = ims_store::get::<Job>(&*st.store, &job.id).await? else {
+                return Ok(());
+            };
+            if FINAL.contains(&cur.record.status.as_str()) {
+                return Ok(());
+            }
+            let mut j = cur.record.clone();
+            j.status = "error".to_string();
+            st.store.apply(vec![update_op(&j, cur.version)?]).await?;
+            Ok::<_, ApiError>(())
+        }
+        .await
+    );
+    if let Err(e) = r {
+        tracing::error!(job = %job.id, error = ?e, "could not set the job's status to error");
+    }
+}
+
+/// One pass of the reconciler: jobs whose agent stopped heartbeating, or whose user did not finish
+/// within the deadline, are stopped and end in `error`. Only for executors that supervise agents.
+pub async fn reconcile(st: &AppState) {
+    if !st.executor.supervises() {
+        return;
+    }
+    let jobs = match ims_store::list::<Job>(&*st.store).await {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(error = %e, "reconciler: cannot list jobs");
+            return;
+        }
+    };
+    let now = Timestamp::now().0;
+    let secs = |t: Timestamp| (now - t.0).num_seconds().max(0) as u64;
+    for v in jobs {
+        let job = v.record;
+        if FINAL.contains(&job.status.as_str()) {
+            continue;
+        }
+        let run = match ims_store::get::<JobRun>(&*st.store, &job.id).await {
+            Ok(r) => r.map(|r| r.record),
+            Err(_) => continue,
+        };
+        let last = run
+            .as_ref()
+            .and_then(|r| r.heartbeat.or(Some(r.created)))
+            .unwrap_or(job.created);
+        let silent = secs(last);
+        let timeout = st.cfg.job_heartbeat_timeout.as_secs();
+        let reason = if silent > timeout {
+            Some(format!(
+                "no heartbeat from the job agent for {silent} s (limit {timeout} s)"
+            ))
+        } else {
+            match run.as_ref().and_then(|r| r.waiting_since) {
+                Some(since)
+                    if job.status == "waiting_on_user"
+                        && secs(since) > st.cfg.job_user_deadline.as_secs() =>
+                {
+                    Some(format!(
+                        "the user did not finish the session within the deadline of {} s",
+                        st.cfg.job_user_deadline.as_secs()
+                    ))
+                }
+                _ => None,
+            }
+        };
+        if let Some(reason) = reason {
+            if let Err(e) = st.executor.stop(st, &job).await {
+                tracing::error!(job = %job.id, error = %e, "reconciler: cannot stop the job");
+            }
+            fail(st, &job, &reason).await;
         }
     }
 }

@@ -189,7 +189,7 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     let launch = prepare(st, new).await?;
     // Record first, then start: a job that runs always has a record; a start failure removes it.
     ims_store::insert(&*st.store, &launch.job).await?;
-    if let Err(e) = st.executor.start(&launch).await {
+    if let Err(e) = st.executor.start(st, &launch).await {
         tracing::error!(job = %launch.job.id, error = %e, "executor could not start job");
         let _ = st
             .store
@@ -228,7 +228,7 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<J
     let p = input::job_patch(body)?;
     let job = retrying!(patch_once(st, id, &p).await)?;
     if matches!(p.status.as_deref(), Some("success" | "error"))
-        && let Err(e) = st.executor.finished(&job).await
+        && let Err(e) = st.executor.finished(st, &job).await
     {
         return Err(Problem::internal(format!(
             "Job {id} was updated but its resources could not be released: {e}"
@@ -241,7 +241,7 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<J
 
 pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
     let cur = must_get::<Job>(&*st.store, id).await?;
-    if let Err(e) = st.executor.stop(&cur.record).await {
+    if let Err(e) = st.executor.stop(st, &cur.record).await {
         return Err(Problem::internal(format!(
             "Job {id} could not be stopped; its record was kept: {e}"
         ))
@@ -336,7 +336,7 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
     let mut errors = Vec::new();
     let mut ops = Vec::new();
     for j in &selected {
-        match st.executor.stop(&j.record).await {
+        match st.executor.stop(st, &j.record).await {
             Ok(()) => ops.push(Op::Delete {
                 table: ims_core::Table::Jobs,
                 id: j.record.id.clone(),

@@ -1,0 +1,346 @@
+//! The `local` executor: each job's agent is `ims agent run <job-id>` (this very binary), a child
+//! process of the server on the server's host.
+//!
+//! * The agent gets a clean environment: `PATH`, the API URL, its job token (which can act on its
+//!   own job only) and its scratch directory `<jobs-dir>/<job-id>` (mode 0700), plus the agent
+//!   settings of the server's configuration. Its stdout and stderr go to `agent.out` there (the
+//!   agent ships its real log through the API).
+//! * It runs in its own process group, so stopping a job signals the agent and everything it
+//!   started (sshd, mksquashfs): SIGTERM, then SIGKILL after the grace period.
+//! * A supervising task waits for it. An agent that exits while its job is unfinished ends the job
+//!   in `error` with the reason in the job's log. The scratch directory is removed when the agent
+//!   is gone.
+//! * The agent's pid and start time are recorded (`JobRun`), so a restarted server recognises
+//!   agents that still run (they are not its children any more: it polls them) and fails the jobs
+//!   whose agents are gone.
+
+use super::{ExecutorError, JobExecutor, JobLaunch};
+use crate::AppState;
+use crate::service::job_runs;
+use async_trait::async_trait;
+use ims_core::{Job, JobRun};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the local executor needs to start agents.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// The `ims` binary to run as `ims agent run <id>`.
+    pub program: PathBuf,
+    /// The API URL the agent talks to.
+    pub api_url: String,
+    /// Scratch space: one directory per job.
+    pub jobs_dir: PathBuf,
+    /// Extra environment for the agent (its settings).
+    pub agent_env: Vec<(String, String)>,
+    /// Between SIGTERM and SIGKILL when a job is stopped.
+    pub stop_grace: Duration,
+}
+
+pub struct LocalExecutor {
+    s: LocalSettings,
+    host: String,
+    /// Jobs being stopped on purpose: their agent's exit is not a failure.
+    stopping: Mutex<HashSet<String>>,
+    /// Agents started (or taken over) by this process: job id → pid.
+    running: Mutex<HashMap<String, u32>>,
+}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// A process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` is the one that started at `started` (not a recycled pid).
+fn same_process(pid: u32, started: Option<u64>) -> bool {
+    match (start_time(pid), started) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+fn signal_group(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), sig);
+    }
+}
+
+impl LocalExecutor {
+    pub fn new(s: LocalSettings) -> std::io::Result<LocalExecutor> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&s.jobs_dir)?;
+        std::fs::set_permissions(&s.jobs_dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(LocalExecutor {
+            s,
+            host: hostname(),
+            stopping: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.s.jobs_dir.join(id)
+    }
+
+    fn remove_dir(&self, id: &str) {
+        let dir = self.job_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(job = %id, dir = %dir.display(), error = %e, "could not remove the job directory")
+            }
+        }
+    }
+
+    /// The agent of `id` is gone (it exited, or a taken-over one vanished): fail the job if it
+    /// did not finish, kill what the agent may have left in its group, remove its directory.
+    async fn agent_gone(self: &Arc<Self>, st: &AppState, id: &str, pid: u32, how: String) {
+        self.running.lock().map(|mut r| r.remove(id)).ok();
+        signal_group(pid, libc::SIGKILL);
+        let stopping = self
+            .stopping
+            .lock()
+            .map(|s| s.contains(id))
+            .unwrap_or(false);
+        if !stopping
+            && let Ok(Some(job)) = ims_store::get::<Job>(&*st.store, id).await
+            && !matches!(job.record.status.as_str(), "success" | "error")
+        {
+            job_runs::fail(
+                st,
+                &job.record,
+                &format!("the job agent {how} before the job finished"),
+            )
+            .await;
+        }
+        self.remove_dir(id);
+    }
+
+    /// Waits for a process that is not our child (taken over after a restart).
+    fn watch(self: &Arc<Self>, st: &AppState, id: String, pid: u32, started: Option<u64>) {
+        let (me, st) = (self.clone(), st.clone());
+        tokio::spawn(async move {
+            while same_process(pid, started) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            me.agent_gone(&st, &id, pid, "disappeared".to_string())
+                .await;
+        });
+    }
+
+    fn pid_of(&self, run: Option<&JobRun>, id: &str) -> Option<(u32, Option<u64>)> {
+        if let Some(pid) = self.running.lock().ok().and_then(|r| r.get(id).copied()) {
+            return Some((pid, run.and_then(|r| r.pid_start)));
+        }
+        let run = run?;
+        (run.executor == "local" && run.host.as_deref() == Some(self.host.as_str()))
+            .then_some(())
+            .and(run.pid.map(|p| (p, run.pid_start)))
+    }
+}
+
+/// The executor is shared by the supervising tasks, so it is used through an `Arc`.
+pub struct Local(pub Arc<LocalExecutor>);
+
+#[async_trait]
+impl JobExecutor for Local {
+    async fn start(&self, st: &AppState, launch: &JobLaunch) -> Result<(), ExecutorError> {
+        let me = &self.0;
+        let id = launch.job.id.clone();
+        let dir = me.job_dir(&id);
+        let fail = |what: &str, e: std::io::Error| ExecutorError(format!("{what}: {e}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| fail(&format!("cannot create {}", dir.display()), e))?;
+        }
+        let out = std::fs::File::create(dir.join("agent.out"))
+            .map_err(|e| fail("cannot create the agent's output file", e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| fail("cannot create the agent's output file", e))?;
+        let mut cmd = tokio::process::Command::new(&me.s.program);
+        cmd.arg("agent")
+            .arg("run")
+            .arg(&id)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("IMS_URL", &me.s.api_url)
+            .env("IMS_TOKEN", st.job_tokens.issue(&id))
+            .env("IMS_AGENT_DIR", &dir)
+            .envs(me.s.agent_env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| {
+            me.remove_dir(&id);
+            fail(
+                &format!("cannot run {} agent run", me.s.program.display()),
+                e,
+            )
+        })?;
+        let Some(pid) = child.id() else {
+            me.remove_dir(&id);
+            return Err(ExecutorError("the agent exited at once".into()));
+        };
+        let started = start_time(pid);
+        if let Ok(mut r) = me.running.lock() {
+            r.insert(id.clone(), pid);
+        }
+        let host = me.host.clone();
+        if let Err(e) = job_runs::update_run(st, &launch.job, |r| {
+            r.executor = "local".into();
+            r.host = Some(host.clone());
+            r.pid = Some(pid);
+            r.pid_start = started;
+        })
+        .await
+        {
+            signal_group(pid, libc::SIGKILL);
+            let _ = child.wait().await;
+            me.remove_dir(&id);
+            return Err(ExecutorError(format!(
+                "cannot record the agent: {}",
+                e.into_problem().detail.unwrap_or_default()
+            )));
+        }
+        tracing::info!(job = %id, pid, "job agent started");
+        let (me, st) = (me.clone(), st.clone());
+        tokio::spawn(async move {
+            let how = match child.wait().await {
+                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                    (Some(c), _) => format!("exited with status {c}"),
+                    (None, Some(sig)) => format!("was killed by signal {sig}"),
+                    _ => "exited".to_string(),
+                },
+                Err(e) => format!("could not be waited for ({e})"),
+            };
+            tracing::info!(job = %id, pid, "job agent {how}");
+            me.agent_gone(&st, &id, pid, how).await;
+        });
+        Ok(())
+    }
+
+    async fn finished(&self, _st: &AppState, _job: &Job) -> Result<(), ExecutorError> {
+        // The agent sets `success`/`error` itself and then exits; a status set by someone else
+        // reaches it through its heartbeat, and it stops.
+        Ok(())
+    }
+
+    async fn stop(&self, st: &AppState, job: &Job) -> Result<(), ExecutorError> {
+        let me = &self.0;
+        let run = ims_store::get::<JobRun>(&*st.store, &job.id)
+            .await
+            .map_err(|e| ExecutorError(e.to_string()))?
+            .map(|v| v.record);
+        let Some((pid, started)) = me.pid_of(run.as_ref(), &job.id) else {
+            me.remove_dir(&job.id);
+            return Ok(());
+        };
+        if let Ok(mut s) = me.stopping.lock() {
+            s.insert(job.id.clone());
+        }
+        let result = async {
+            if same_process(pid, started) {
+                signal_group(pid, libc::SIGTERM);
+                let deadline = tokio::time::Instant::now() + me.s.stop_grace;
+                while same_process(pid, started) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                signal_group(pid, libc::SIGKILL);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while same_process(pid, started) {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(ExecutorError(format!(
+                            "the job agent (pid {pid}) did not stop"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            // Whatever the agent started in its group goes too.
+            signal_group(pid, libc::SIGKILL);
+            me.remove_dir(&job.id);
+            Ok(())
+        }
+        .await;
+        if let Ok(mut s) = me.stopping.lock() {
+            s.remove(&job.id);
+        }
+        result
+    }
+
+    async fn recover(&self, st: &AppState) {
+        let me = &self.0;
+        let runs = match ims_store::list::<JobRun>(&*st.store).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the running jobs");
+                return;
+            }
+        };
+        for v in runs {
+            let run = v.record;
+            if run.executor != "local" || run.host.as_deref() != Some(me.host.as_str()) {
+                continue;
+            }
+            let job = match ims_store::get::<Job>(&*st.store, &run.id).await {
+                Ok(Some(j)) => j.record,
+                _ => continue,
+            };
+            if matches!(job.status.as_str(), "success" | "error") {
+                continue;
+            }
+            match run.pid {
+                Some(pid) if same_process(pid, run.pid_start) => {
+                    tracing::info!(job = %run.id, pid, "taking over a running job agent");
+                    if let Ok(mut r) = me.running.lock() {
+                        r.insert(run.id.clone(), pid);
+                    }
+                    me.watch(st, run.id.clone(), pid, run.pid_start);
+                }
+                _ => {
+                    job_runs::fail(
+                        st,
+                        &job,
+                        "the job agent was not running any more when the server started",
+                    )
+                    .await;
+                    me.remove_dir(&run.id);
+                }
+            }
+        }
+    }
+
+    fn supervises(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+}
