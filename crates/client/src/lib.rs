@@ -199,36 +199,7 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
-                Error::Connect {
-                    url: shown.clone(),
-                    source: e,
-                }
-            } else {
-                Error::Transport {
-                    url: shown.clone(),
-                    source: e,
-                }
-            }
-        })?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
-            url: shown.clone(),
-            source: e,
-        })?;
-        let body = parse_body(&bytes);
-        if status.is_success() {
-            return Ok(body);
-        }
-        let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
-        Err(Error::Api {
-            status: status.as_u16(),
-            reason: status.canonical_reason().unwrap_or("").to_string(),
-            title: field("title"),
-            detail: field("detail"),
-            body,
-        })
+        self.finish(shown, req).await.map(|(v, _)| v)
     }
 
     /// `GET /apis/ims/v3/<resource>`.
@@ -281,10 +252,115 @@ impl Client {
             .await
     }
 
+    /// `POST /apis/ims/v3/jobs/<id>/heartbeat` (job agents): answers the job's status and the
+    /// user's request (`complete`/`fail`).
+    pub async fn job_heartbeat(&self, id: &str, phase: Option<&str>) -> Result<Value> {
+        let body = serde_json::json!({ "phase": phase });
+        self.send(
+            Method::POST,
+            self.url(["v3", "jobs", id, "heartbeat"]),
+            &[],
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /apis/ims/v3/jobs/<id>/complete` or `/fail`: ends a `waiting_on_user` session.
+    pub async fn job_request(&self, id: &str, what: &str) -> Result<Value> {
+        self.send(Method::POST, self.url(["v3", "jobs", id, what]), &[], None)
+            .await
+    }
+
+    /// `POST /apis/ims/v3/jobs/<id>/log?seq=N` (job agents): one log chunk.
+    pub async fn job_log_append(&self, id: &str, seq: u64, chunk: Vec<u8>) -> Result<Value> {
+        let url = self.url(["v3", "jobs", id, "log"]);
+        let shown = url.to_string();
+        let mut req = self
+            .http
+            .post(url)
+            .query(&[("seq", seq.to_string())])
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(chunk);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.finish(shown, req).await.map(|(v, _)| v)
+    }
+
+    /// `GET /apis/ims/v3/jobs/<id>/log?offset=N`: (text, next offset, job over and fully read).
+    pub async fn job_log(&self, id: &str, offset: u64) -> Result<(Vec<u8>, u64, bool)> {
+        let url = self.url(["v3", "jobs", id, "log"]);
+        let shown = url.to_string();
+        let mut req = self.http.get(url).query(&[("offset", offset.to_string())]);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| transport(&shown, e))?;
+        let status = resp.status();
+        let next = resp
+            .headers()
+            .get("x-ims-log-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(offset);
+        let done = resp
+            .headers()
+            .get("x-ims-log-complete")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+            url: shown.clone(),
+            source: e,
+        })?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok((bytes.to_vec(), next, done))
+    }
+
+    /// Sends a prepared request; the parsed body of a 2xx answer.
+    async fn finish(&self, shown: String, req: reqwest::RequestBuilder) -> Result<(Value, u16)> {
+        let resp = req.send().await.map_err(|e| transport(&shown, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+            url: shown.clone(),
+            source: e,
+        })?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok((parse_body(&bytes), status.as_u16()))
+    }
+
     /// `GET /apis/ims/version`.
     pub async fn version(&self) -> Result<Value> {
         self.send(Method::GET, self.url(["version"]), &[], None)
             .await
+    }
+}
+
+fn transport(url: &str, e: reqwest::Error) -> Error {
+    if e.is_connect() {
+        Error::Connect {
+            url: url.to_string(),
+            source: e,
+        }
+    } else {
+        Error::Transport {
+            url: url.to_string(),
+            source: e,
+        }
+    }
+}
+
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> Error {
+    let body = parse_body(bytes);
+    let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    Error::Api {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("").to_string(),
+        title: field("title"),
+        detail: field("detail"),
+        body,
     }
 }
 

@@ -593,6 +593,79 @@ pub async fn download(
     Ok(())
 }
 
+/// Downloads an object to `file` (created new, mode 0600) with parallel ranged GETs written in
+/// order, computing its md5 and sha256 in the same pass. Returns (md5, sha256) in hex.
+pub async fn download_hashed(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    file: &Path,
+    cancel: &CancellationToken,
+) -> Result<(String, String), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let store = ctx.store(bucket)?;
+    let path = key_path(key)?;
+    let size = store
+        .head(&path)
+        .await
+        .map_err(|e| s3_error(bucket, key, e))?
+        .size;
+    let unwritable = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(unwritable)?;
+    let starts: Vec<u64> = (0..size).step_by(PART).collect();
+    let mut ranges = futures::stream::iter(starts)
+        .map(|start| {
+            let (store, path) = (store.clone(), path.clone());
+            async move {
+                let end = (start + PART as u64).min(size);
+                let data = store
+                    .get_range(&path, start..end)
+                    .await
+                    .map_err(|e| s3_error(bucket, key, e))?;
+                if data.len() as u64 != end - start {
+                    return Err(format!(
+                        "s3://{bucket}/{key}: short read at offset {start} ({} of {} bytes)",
+                        data.len(),
+                        end - start
+                    ));
+                }
+                Ok(data)
+            }
+        })
+        .buffered(IN_FLIGHT);
+    let mut state = Some((out, Md5::new(), Sha256::new()));
+    loop {
+        let next = tokio::select! {
+            n = ranges.next() => n,
+            _ = cancel.cancelled() => {
+                return Err(format!("interrupted while downloading s3://{bucket}/{key}"))
+            }
+        };
+        let Some(data) = next else { break };
+        let data = data?;
+        let (mut f, mut m, mut s) = state.take().ok_or("internal error: lost state")?;
+        let r = tokio::task::spawn_blocking(move || {
+            f.write_all(&data)?;
+            m.update(&data);
+            s.update(&data);
+            Ok::<_, std::io::Error>((f, m, s))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(unwritable)?;
+        state = Some(r);
+    }
+    let (f, m, s) = state.ok_or("internal error: lost state")?;
+    f.sync_all().map_err(unwritable)?;
+    Ok((hex(&m.finalize()), hex(&s.finalize())))
+}
+
 /// `s3://bucket/key` → (bucket, key).
 pub fn split_s3(path: &str) -> Result<(String, String), String> {
     path.strip_prefix("s3://")

@@ -106,6 +106,8 @@ pub fn validate_image_manifest(v: &Value) -> Result<Vec<ArtifactLink>, Problem> 
 pub struct RootfsEntry {
     pub link: ArtifactLink,
     pub md5: Option<String>,
+    /// Written by this implementation's publishers (an extra field the original ignores).
+    pub sha256: Option<String>,
 }
 
 /// The job-creation reading of a manifest (all failures 400, as the original).
@@ -149,8 +151,18 @@ pub fn job_rootfs(v: &Value) -> Result<RootfsEntry, Problem> {
         .get("link")
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .ok_or_else(|| Problem::bad_request("The rootfs artifact has no valid link."))?;
-    let md5 = entry.get("md5").and_then(Value::as_str).map(str::to_string);
-    Ok(RootfsEntry { link, md5 })
+    let text = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(RootfsEntry {
+        link,
+        md5: text("md5"),
+        sha256: text("sha256"),
+    })
 }
 
 #[cfg(test)]

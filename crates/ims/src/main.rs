@@ -59,9 +59,20 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// The job agent (started by the server's executor, not by hand).
+    Agent {
+        #[command(subcommand)]
+        op: AgentOp,
+    },
     /// Client commands, shaped like `cray ims` (images, recipes, public-keys, jobs, …).
     #[command(flatten)]
     Client(cli::Command),
+}
+
+#[derive(Subcommand)]
+enum AgentOp {
+    /// Run one job: settings from IMS_URL, IMS_TOKEN, IMS_AGENT_DIR and IMS_AGENT_*.
+    Run { job_id: String },
 }
 
 #[derive(Subcommand)]
@@ -93,7 +104,40 @@ fn main() -> ExitCode {
             common,
         } => run_service(&common, listen, s3_listen, Service::Serve),
         Cmd::Migrate { op, common } => run_service(&common, None, None, Service::Migrate(op)),
+        Cmd::Agent {
+            op: AgentOp::Run { job_id },
+        } => run_agent(&job_id),
     }
+}
+
+/// `ims agent run JOB`: first a private mount namespace (while the process has one thread), then
+/// the pipeline.
+fn run_agent(job_id: &str) -> ExitCode {
+    let mut settings = match ims_jobs::agent::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ims agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ims_jobs::agent::enter_private_mount_namespace() {
+        Ok(()) => settings.private_mounts = true,
+        Err(e) => eprintln!(
+            "ims agent: no private mount namespace ({e}); image roots will be unpacked, not mounted"
+        ),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ims agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(ims_jobs::agent::run(job_id, settings));
+    ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 /// The commands that work on the service's own data (they load the server configuration).

@@ -1,0 +1,321 @@
+//! Customize jobs run for real by the local executor: `ims agent run` as a child of `ims serve`,
+//! fetching the source image through STS and S3, an overlay image root in the agent's private
+//! mount namespace, the user's `complete`/`fail`, packaging and register-last publishing. Needs
+//! root (mounts), as jobs do; skipped otherwise.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ims(s: &Server, args: &[&str]) -> Value {
+    let o = Command::new(ims_bin())
+        .args(args)
+        .args(["--url", &s.url, "--format", "json"])
+        .env_remove("IMS_URL")
+        .env_remove("IMS_TOKEN")
+        .env("IMS_CLIENT_CONFIG", s.data.path().join("client.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{args:?}: {o:?}");
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// A small image root: a binary with a file capability, a file to change, kernel and initrd.
+fn image_root(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["boot", "bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel 9").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd 9").unwrap();
+    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
+    std::fs::copy("/bin/true", root.join("bin/true")).unwrap();
+    let o = Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(root.join("bin/true"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    root
+}
+
+struct Setup {
+    s: Server,
+    _dir: tempfile::TempDir,
+    image: String,
+    key: String,
+}
+
+async fn setup() -> Option<Setup> {
+    if !is_root() {
+        eprintln!("skipped: customize jobs need root");
+        return None;
+    }
+    let s = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_root(dir.path());
+    let image = ims(&s, &["images", "import", "base", root.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = s
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1 test"}),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Some(Setup {
+        s,
+        _dir: dir,
+        image,
+        key,
+    })
+}
+
+impl Setup {
+    async fn job(&self, name: &str, jail: bool) -> String {
+        let j = self
+            .s
+            .post(
+                "/v3/jobs",
+                &json!({"job_type": "customize", "artifact_id": self.image,
+                    "public_key_id": self.key, "image_root_archive_name": name,
+                    "ssh_containers": [{"name": "customize", "jail": jail}]}),
+            )
+            .await
+            .ok(201);
+        j["id"].as_str().unwrap().to_string()
+    }
+
+    async fn wait_status(&self, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let j = self.s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+            if j["status"] == want {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
+                "job {id} is {} (waiting for {want}); log:\n{}",
+                j["status"],
+                self.log(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn log(&self, id: &str) -> String {
+        String::from_utf8_lossy(&self.s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.s.data.path().join("jobs").join(id)
+    }
+}
+
+/// The pid of the agent of job `id`, from /proc.
+fn agent_pid(id: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .windows(3)
+            .any(|w| w[0] == b"agent" && w[1] == b"run" && w[2] == id.as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Runs a shell command inside the agent's mount namespace (where the image root is mounted).
+fn in_agent(id: &str, script: &str) {
+    let pid = agent_pid(id).expect("agent running");
+    let o = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+fn nothing_left(st: &Setup, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent_pid(id).is_some() || st.job_dir(id).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent or job directory of {id} left behind"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(id),
+        "a mount of job {id} is left: {mounts}"
+    );
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(id),
+        "a loop device of job {id} is left"
+    );
+}
+
+fn unsquash(s: &Server, image: &Value, dest: &Path) {
+    let link = image["link"]["path"].as_str().unwrap();
+    let key = link.strip_prefix("s3://boot-images/").unwrap();
+    let manifest: Value = serde_json::from_slice(&s.read_artifact("boot-images", key)).unwrap();
+    let rootfs = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "application/vnd.cray.image.rootfs.squashfs")
+        .unwrap();
+    let rkey = rootfs["link"]["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("s3://boot-images/")
+        .unwrap();
+    let o = Command::new("unsquashfs")
+        .args(["-q", "-n", "-d"])
+        .arg(dest)
+        .arg(s.artifact_path("boot-images", rkey))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// A change made in the image root ends up in the new image, not in the source; the job ends
+/// in success with the new image as its result, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_customization_becomes_a_new_image() {
+    let Some(st) = setup().await else { return };
+    let id = st.job("custom-1", false).await;
+    st.wait_status(&id, "waiting_on_user").await;
+    let root = st.job_dir(&id).join("mnt/image-root");
+    in_agent(
+        &id,
+        &format!(
+            "echo customized > {0}/etc/motd && touch {0}/etc/added",
+            root.display()
+        ),
+    );
+    // Not visible outside the agent's namespace: the image root is a private mount.
+    assert!(!root.join("etc/added").exists());
+    st.s.send("POST", &format!("/v3/jobs/{id}/complete"), None, None)
+        .await
+        .ok(200);
+    let job = st.wait_status(&id, "success").await;
+    let new = job["resultant_image_id"].as_str().unwrap();
+    let img = st.s.get(&format!("/v3/images/{new}")).await.ok(200);
+    assert_eq!(img["name"], "custom-1");
+    let src = st.s.get(&format!("/v3/images/{}", st.image)).await.ok(200);
+    let scratch = tempfile::tempdir().unwrap();
+    unsquash(&st.s, &img, &scratch.path().join("new"));
+    unsquash(&st.s, &src, &scratch.path().join("old"));
+    let new_root = scratch.path().join("new");
+    assert_eq!(
+        std::fs::read_to_string(new_root.join("etc/motd")).unwrap(),
+        "customized\n"
+    );
+    assert!(new_root.join("etc/added").exists());
+    assert!(
+        !new_root.join("etc/resolv.conf").exists(),
+        "the session's resolv.conf was kept"
+    );
+    let caps = Command::new("getcap")
+        .arg(new_root.join("bin/true"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&caps.stdout).contains("cap_net_raw"),
+        "{caps:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("old/etc/motd")).unwrap(),
+        "original\n"
+    );
+    let log = st.log(&id).await;
+    for want in [
+        "md5 matches the manifest",
+        "overlay",
+        "status: packaging_artifacts",
+        "registered image",
+    ] {
+        assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+    }
+    nothing_left(&st, &id);
+}
+
+/// A `failed` flag ends the job in error without a new image; killing the agent ends its job
+/// in error with the reason; deleting a waiting job leaves no process, mount or directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_killed_and_deleted_jobs_leave_nothing() {
+    let Some(st) = setup().await else { return };
+    let images =
+        st.s.get("/v3/images")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len();
+
+    let failed = st.job("never", false).await;
+    st.wait_status(&failed, "waiting_on_user").await;
+    in_agent(
+        &failed,
+        &format!("touch {}/mnt/failed", st.job_dir(&failed).display()),
+    );
+    let j = st.wait_status(&failed, "error").await;
+    assert_eq!(j["resultant_image_id"], Value::Null);
+    assert!(st.log(&failed).await.contains("marked as failed"));
+    nothing_left(&st, &failed);
+
+    let killed = st.job("killed", true).await;
+    st.wait_status(&killed, "waiting_on_user").await;
+    let pid = agent_pid(&killed).unwrap();
+    // SAFETY: kill(2) on a pid we just looked up.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    st.wait_status(&killed, "error").await;
+    let log = st.log(&killed).await;
+    assert!(
+        log.contains("[ims] error: the job agent was killed by signal 9"),
+        "{log}"
+    );
+    nothing_left(&st, &killed);
+
+    let deleted = st.job("deleted", false).await;
+    st.wait_status(&deleted, "waiting_on_user").await;
+    st.s.delete(&format!("/v3/jobs/{deleted}")).await.ok(204);
+    nothing_left(&st, &deleted);
+
+    assert_eq!(
+        st.s.get("/v3/images")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len(),
+        images,
+        "a failed job registered an image"
+    );
+}

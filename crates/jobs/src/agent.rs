@@ -1,0 +1,404 @@
+//! The frame every job pipeline runs in.
+//!
+//! * **Settings** come from the environment the executor sets: `IMS_URL`, `IMS_TOKEN` (the job
+//!   token), `IMS_AGENT_DIR` (scratch space, removed by the executor afterwards), and optional
+//!   agent settings (`IMS_AGENT_CA_CERT`, `IMS_AGENT_COMPRESSION`).
+//! * **Heartbeat**: every few seconds `POST /v3/jobs/{id}/heartbeat` with the current phase. The
+//!   answer carries the user's `complete`/`fail` request; a job that someone else ended (status
+//!   `success`/`error`) or deleted (404) cancels the pipeline.
+//! * **Log**: every line goes to stderr (the executor keeps it beside the job) and, in order, to
+//!   the server (`POST /v3/jobs/{id}/log?seq=N`, retried until accepted; at most [`LOG_BUFFER`]
+//!   bytes wait in memory while the server is unreachable).
+//! * **Outcome**: a pipeline error is logged and the job set to `error`; SIGTERM (the executor
+//!   stopping the job) cancels the pipeline, whose clean-up runs on the way out.
+
+use ims_client::{Client, Resource};
+use ims_core::Job;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of log kept in memory while the server does not take them.
+pub const LOG_BUFFER: usize = 8 * 1024 * 1024;
+/// Largest chunk sent at once.
+const LOG_CHUNK: usize = 256 * 1024;
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// What the executor tells the agent.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api_url: String,
+    pub token: Option<String>,
+    /// The job's scratch directory.
+    pub dir: PathBuf,
+    /// The site CA certificate to put into image roots.
+    pub ca_cert: Option<PathBuf>,
+    /// squashfs compression of packaged images.
+    pub compression: ims_rootfs::Compression,
+    /// The bucket new images go to.
+    pub boot_images_bucket: String,
+    /// Whether the agent has a private mount namespace (mounts are allowed only then).
+    pub private_mounts: bool,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let api_url = var("IMS_URL").ok_or("IMS_URL is not set")?;
+        let dir = var("IMS_AGENT_DIR")
+            .map(PathBuf::from)
+            .ok_or("IMS_AGENT_DIR is not set")?;
+        let compression = match var("IMS_AGENT_COMPRESSION") {
+            Some(c) => c
+                .parse()
+                .map_err(|e: ims_rootfs::RootfsError| format!("IMS_AGENT_COMPRESSION: {e}"))?,
+            None => ims_rootfs::Compression::default(),
+        };
+        Ok(Settings {
+            api_url,
+            token: var("IMS_TOKEN"),
+            dir,
+            ca_cert: var("IMS_AGENT_CA_CERT").map(PathBuf::from),
+            compression,
+            boot_images_bucket: var("IMS_AGENT_BOOT_IMAGES_BUCKET")
+                .unwrap_or_else(|| "boot-images".to_string()),
+            private_mounts: false,
+        })
+    }
+}
+
+/// Moves the process into a mount namespace of its own whose mounts do not propagate back, so
+/// every mount the agent makes vanishes with it. Must run before any thread is started.
+pub fn enter_private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: plain system calls with valid, NUL-terminated constant strings; called while the
+    // process is single-threaded, as unshare(CLONE_NEWNS) requires.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The agent's log: lines to stderr and, in order, to the server.
+#[derive(Clone)]
+pub struct Log {
+    buf: Arc<Mutex<LogBuf>>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct LogBuf {
+    pending: Vec<u8>,
+    dropped: usize,
+    /// Chunks sent (the next `seq`).
+    seq: u64,
+}
+
+impl Log {
+    fn new() -> Log {
+        Log {
+            buf: Arc::new(Mutex::new(LogBuf::default())),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Logs one line (a trailing newline is added).
+    pub fn line(&self, line: &str) {
+        let stamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+        let text = format!("{stamp} {line}\n");
+        eprint!("{text}");
+        if let Ok(mut b) = self.buf.lock() {
+            if b.pending.len() + text.len() > LOG_BUFFER {
+                b.dropped += text.len();
+            } else {
+                b.pending.extend_from_slice(text.as_bytes());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Sends what is pending, in chunks, until all is accepted or `until` passes.
+    async fn ship(&self, api: &Client, job: &str, until: Option<tokio::time::Instant>) {
+        loop {
+            let (seq, chunk) = {
+                let Ok(mut b) = self.buf.lock() else { return };
+                if b.dropped > 0 {
+                    let note = format!(
+                        "[agent] {} bytes of log were dropped while the server did not take them\n",
+                        b.dropped
+                    );
+                    b.dropped = 0;
+                    let mut v = note.into_bytes();
+                    v.append(&mut b.pending);
+                    b.pending = v;
+                }
+                if b.pending.is_empty() {
+                    return;
+                }
+                let n = b.pending.len().min(LOG_CHUNK);
+                (b.seq, b.pending[..n].to_vec())
+            };
+            let n = chunk.len();
+            match api.job_log_append(job, seq, chunk).await {
+                Ok(_) => {
+                    if let Ok(mut b) = self.buf.lock() {
+                        b.pending.drain(..n);
+                        b.seq += 1;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("[agent] cannot send the log ({e}); retrying");
+                    if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+            if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                return;
+            }
+        }
+    }
+}
+
+/// What a pipeline works with.
+pub struct Agent {
+    pub api: Client,
+    pub settings: Settings,
+    pub job: Job,
+    pub log: Log,
+    /// Cancelled when the job is deleted, ended by someone else, or the agent is told to stop.
+    pub cancel: CancellationToken,
+    /// The user's latest request (`complete` / `fail`), from the heartbeat.
+    pub requests: watch::Receiver<Option<String>>,
+    phase: watch::Sender<String>,
+}
+
+impl Agent {
+    /// Logs a line.
+    pub fn say(&self, line: &str) {
+        self.log.line(line);
+    }
+
+    /// Sets the job's status (and the phase the heartbeat reports). Before a final status the
+    /// log is sent, so whoever sees the job end finds the whole log.
+    pub async fn status(&self, status: &str) -> Result<(), String> {
+        self.say(&format!("status: {status}"));
+        let _ = self.phase.send(status.to_string());
+        if matches!(status, "success" | "error") {
+            finish_log(&self.log, &self.api, &self.job.id).await;
+        }
+        self.api
+            .update(
+                Resource::Jobs,
+                &self.job.id,
+                Some(&serde_json::json!({ "status": status })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot set the job's status to {status}: {e}"))
+    }
+
+    /// Records the image the job produced.
+    pub async fn result(&self, image_id: &str) -> Result<(), String> {
+        self.api
+            .update(
+                Resource::Jobs,
+                &self.job.id,
+                Some(&serde_json::json!({ "resultant_image_id": image_id })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot record the resultant image: {e}"))
+    }
+
+    /// Describes what the pipeline is doing, for the heartbeat (without a status change).
+    pub fn phase(&self, phase: &str) {
+        let _ = self.phase.send(phase.to_string());
+    }
+}
+
+/// Runs the job's pipeline; returns the process exit code.
+pub async fn run(job_id: &str, settings: Settings) -> i32 {
+    let api = match Client::new(&settings.api_url, settings.token.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ims agent: {e}");
+            return 2;
+        }
+    };
+    let log = Log::new();
+    let cancel = CancellationToken::new();
+    // The log goes out continuously.
+    let shipper = {
+        let (log, api, id, cancel) = (log.clone(), api.clone(), job_id.to_string(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                log.ship(&api, &id, None).await;
+                tokio::select! {
+                    _ = log.wake.notified() => {}
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                // Batch lines written together.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let job = match api.describe(Resource::Jobs, job_id).await {
+        Ok(v) => match serde_json::from_value::<Job>(v) {
+            Ok(j) => j,
+            Err(e) => {
+                log.line(&format!("error: the job record cannot be read: {e}"));
+                finish_log(&log, &api, job_id).await;
+                return 1;
+            }
+        },
+        Err(e) => {
+            eprintln!("ims agent: cannot read job {job_id}: {e}");
+            return 1;
+        }
+    };
+    let (phase_tx, phase_rx) = watch::channel("starting".to_string());
+    let (req_tx, req_rx) = watch::channel(None);
+    let heartbeat = tokio::spawn(heartbeat(
+        api.clone(),
+        job_id.to_string(),
+        phase_rx,
+        req_tx,
+        cancel.clone(),
+        log.clone(),
+    ));
+    // The executor stops a job with SIGTERM (then SIGKILL).
+    {
+        let cancel = cancel.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+                log.line("stopping: the agent was told to stop");
+                cancel.cancel();
+            }
+        });
+    }
+    let agent = Agent {
+        api: api.clone(),
+        settings,
+        job,
+        log: log.clone(),
+        cancel: cancel.clone(),
+        requests: req_rx,
+        phase: phase_tx,
+    };
+    agent.say(&format!(
+        "ims agent {} for {} job {} (image root archive name {:?})",
+        env!("CARGO_PKG_VERSION"),
+        agent.job.job_type,
+        agent.job.id,
+        agent.job.image_root_archive_name
+    ));
+    let outcome = match agent.job.job_type.as_str() {
+        "customize" => crate::customize::run(&agent).await,
+        other => Err(format!(
+            "{other} jobs are not run by this agent version (customize only)"
+        )),
+    };
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            agent.say(&format!("error: {e}"));
+            if (!cancel.is_cancelled() || !ended_elsewhere(&api, job_id).await)
+                && let Err(e2) = agent.status("error").await
+            {
+                agent.say(&e2);
+            }
+            1
+        }
+    };
+    heartbeat.abort();
+    finish_log(&log, &api, job_id).await;
+    shipper.abort();
+    code
+}
+
+/// Whether the job was deleted or already ended by someone else.
+async fn ended_elsewhere(api: &Client, id: &str) -> bool {
+    match api.describe(Resource::Jobs, id).await {
+        Err(e) => e.status() == Some(404),
+        Ok(v) => matches!(
+            v.get("status").and_then(|s| s.as_str()),
+            Some("success" | "error")
+        ),
+    }
+}
+
+async fn finish_log(log: &Log, api: &Client, id: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    log.ship(api, id, Some(until)).await;
+}
+
+async fn heartbeat(
+    api: Client,
+    id: String,
+    phase: watch::Receiver<String>,
+    requests: watch::Sender<Option<String>>,
+    cancel: CancellationToken,
+    log: Log,
+) {
+    let mut warned = false;
+    loop {
+        let current = phase.borrow().clone();
+        match api.job_heartbeat(&id, Some(&current)).await {
+            Ok(v) => {
+                warned = false;
+                let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                if matches!(status, "success" | "error") && !cancel.is_cancelled() {
+                    // Only this agent sets success, and only as its last step.
+                    if status == "error" {
+                        log.line("stopping: the job was set to error by someone else");
+                        cancel.cancel();
+                    }
+                }
+                let req = v
+                    .get("request")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_string);
+                requests.send_if_modified(|cur| {
+                    if *cur != req {
+                        *cur = req.clone();
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err(e) if e.status() == Some(404) => {
+                log.line("stopping: the job was deleted");
+                cancel.cancel();
+                return;
+            }
+            Err(e) => {
+                if !warned {
+                    log.line(&format!("warning: heartbeat failed: {e}"));
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}

@@ -1,0 +1,150 @@
+//! The image root of a customize job.
+//!
+//! Layout in the job directory `J` (mode 0700):
+//!
+//! ```text
+//! J/image.sqsh        the downloaded rootfs
+//! J/lower/            the squashfs, mounted read-only from a loop device      (fast path)
+//! J/ovl/{upper,work}  the overlay's writable layer, outside what a session sees (fast path)
+//! J/mnt/image-root/   the image root: the overlay, or the unsquashed tree      (both paths)
+//! ```
+//!
+//! `J/mnt` is what a non-jailed session sees as `/mnt/image`. The fast path costs milliseconds
+//! whatever the image's size and reads only what is used; it needs squashfs, loop devices and
+//! overlayfs, and is chosen automatically. If any of them fails, the image is unpacked with
+//! `unsquashfs` instead (xattrs, owners and devices kept) and the reason is reported. The mounts
+//! live in the agent's private mount namespace: they vanish with the agent, however it ends.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How the image root was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// overlayfs over the loop-mounted squashfs.
+    Overlay,
+    /// A full `unsquashfs`.
+    Unsquashed,
+}
+
+/// A prepared image root.
+#[derive(Debug)]
+pub struct ImageRoot {
+    /// The image root (`J/mnt/image-root`).
+    pub path: PathBuf,
+    pub method: Method,
+    /// Mount points to undo, innermost first.
+    mounts: Vec<PathBuf>,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        ))
+    }
+}
+
+fn mkdirs(dirs: &[&Path]) -> Result<(), String> {
+    for d in dirs {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes the image root of `image` (a squashfs file) in the job directory `dir`. With
+/// `prefer_overlay` false the image is always unpacked. Returns the root and, when the fast path
+/// could not be used, why.
+pub fn prepare(
+    dir: &Path,
+    image: &Path,
+    prefer_overlay: bool,
+) -> Result<(ImageRoot, Option<String>), String> {
+    let root = dir.join("mnt").join("image-root");
+    let why_not = if prefer_overlay {
+        match overlay(dir, image, &root) {
+            Ok(r) => return Ok((r, None)),
+            Err(e) => Some(e),
+        }
+    } else {
+        Some("the agent has no private mount namespace".to_string())
+    };
+    // The fallback: a real tree. `root` may hold a half-made overlay's empty directory.
+    let _ = std::fs::remove_dir(&root);
+    mkdirs(&[&dir.join("mnt")])?;
+    ims_rootfs::unsquashfs(image, &root).map_err(|e| e.to_string())?;
+    // The download is not needed any more; the tree may be large.
+    let _ = std::fs::remove_file(image);
+    Ok((
+        ImageRoot {
+            path: root,
+            method: Method::Unsquashed,
+            mounts: vec![],
+        },
+        why_not,
+    ))
+}
+
+fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
+    let lower = dir.join("lower");
+    let upper = dir.join("ovl").join("upper");
+    let work = dir.join("ovl").join("work");
+    mkdirs(&[&lower, &upper, &work, root])?;
+    run(
+        Command::new("mount")
+            .args(["-t", "squashfs", "-o", "loop,ro,nodev"])
+            .arg(image)
+            .arg(&lower),
+        "mounting the squashfs image",
+    )?;
+    let mut opts = std::ffi::OsString::from("lowerdir=");
+    opts.push(&lower);
+    opts.push(",upperdir=");
+    opts.push(&upper);
+    opts.push(",workdir=");
+    opts.push(&work);
+    if let Err(e) = run(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(&opts)
+            .arg(root),
+        "mounting the overlay",
+    ) {
+        let _ = run(Command::new("umount").arg(&lower), "unmounting");
+        return Err(e);
+    }
+    Ok(ImageRoot {
+        path: root.to_path_buf(),
+        method: Method::Overlay,
+        mounts: vec![root.to_path_buf(), lower],
+    })
+}
+
+impl ImageRoot {
+    /// Unmounts what [`prepare`] mounted (lazily if something still holds it). The agent's mount
+    /// namespace would drop them anyway when it ends; this frees the loop device earlier.
+    pub fn release(&mut self) {
+        for m in self.mounts.drain(..) {
+            if run(Command::new("umount").arg(&m), "unmounting").is_err() {
+                let _ = run(
+                    Command::new("umount").arg("-l").arg(&m),
+                    "unmounting lazily",
+                );
+            }
+        }
+    }
+}
+
+impl Drop for ImageRoot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

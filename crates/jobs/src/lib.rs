@@ -1,0 +1,23 @@
+//! # ims-jobs
+//!
+//! The job agent, `ims agent run <job-id>`: the worker an executor starts for each job (a child
+//! process of `ims serve` with the local executor). It talks to the server **only** through the
+//! public API (with its job token, which can act on its own job only) and the artifact store (S3
+//! credentials from STS), exactly as the original's job pods do, so other executors only have to
+//! start it somewhere else.
+//!
+//! * [`agent`]: the frame every pipeline runs in — settings from the environment, the heartbeat
+//!   (which also carries the user's `complete`/`fail` requests and notices a job deleted or ended
+//!   by someone else), the log shipped to the server in order, status changes, and `error` with the
+//!   reason when anything fails.
+//! * [`customize`]: fetch the source image's rootfs (md5/sha256 checked while it downloads),
+//!   prepare the image root, wait for the user, package and publish the new image.
+//! * [`imageroot`]: the image root of a customize job: an overlay over the loop-mounted squashfs
+//!   (fast; nothing unpacked) or, where that is impossible, a full `unsquashfs`.
+//!
+//! The agent runs in a private mount namespace ([`agent::enter_private_mount_namespace`], before
+//! any thread exists), so every mount it makes disappears with it, however it ends.
+
+pub mod agent;
+pub mod customize;
+pub mod imageroot;
