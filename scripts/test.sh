@@ -9,8 +9,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # System packages the tests use: PostgreSQL (store suite), the OpenSSH client (node probes), curl, Python (moto),
-# squashfs-tools, tar, xz-utils, zstd, attr, libcap2-bin (crates/rootfs: real mksquashfs, xattrs, capabilities).
-packages=(postgresql openssh-client curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin)
+# squashfs-tools, tar, xz-utils, zstd, attr, libcap2-bin (crates/rootfs: real mksquashfs, xattrs, capabilities),
+# and what job agents run: bubblewrap + openssh-server (per-job sshd sandbox), util-linux (mount, setpriv, nsenter).
+packages=(postgresql openssh-client openssh-server bubblewrap util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

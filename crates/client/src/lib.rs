@@ -252,15 +252,14 @@ impl Client {
             .await
     }
 
-    /// `POST /apis/ims/v3/jobs/<id>/heartbeat` (job agents): answers the job's status and the
-    /// user's request (`complete`/`fail`).
-    pub async fn job_heartbeat(&self, id: &str, phase: Option<&str>) -> Result<Value> {
-        let body = serde_json::json!({ "phase": phase });
+    /// `POST /apis/ims/v3/jobs/<id>/heartbeat` (job agents) with `{"phase", "ssh"}`: answers the
+    /// job's status and the user's request (`complete`/`fail`).
+    pub async fn job_heartbeat(&self, id: &str, body: &Value) -> Result<Value> {
         self.send(
             Method::POST,
             self.url(["v3", "jobs", id, "heartbeat"]),
             &[],
-            Some(&body),
+            Some(body),
         )
         .await
     }

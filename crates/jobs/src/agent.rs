@@ -39,6 +39,10 @@ pub struct Settings {
     pub compression: ims_rootfs::Compression,
     /// The bucket new images go to.
     pub boot_images_bucket: String,
+    /// The host name users and Ansible reach job SSH sessions at (`connection_info`).
+    pub ssh_host: String,
+    /// The address job sshd listens on.
+    pub ssh_listen: std::net::IpAddr,
     /// Whether the agent has a private mount namespace (mounts are allowed only then).
     pub private_mounts: bool,
 }
@@ -65,6 +69,17 @@ impl Settings {
             boot_images_bucket: var("IMS_AGENT_BOOT_IMAGES_BUCKET")
                 .unwrap_or_else(|| "boot-images".to_string()),
             private_mounts: false,
+            ssh_host: var("IMS_AGENT_SSH_HOST").unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".to_string())
+            }),
+            ssh_listen: match var("IMS_AGENT_SSH_LISTEN") {
+                Some(a) => a
+                    .parse()
+                    .map_err(|e| format!("IMS_AGENT_SSH_LISTEN {a:?}: {e}"))?,
+                None => std::net::IpAddr::from([0, 0, 0, 0]),
+            },
         })
     }
 }
@@ -185,6 +200,7 @@ pub struct Agent {
     /// The user's latest request (`complete` / `fail`), from the heartbeat.
     pub requests: watch::Receiver<Option<String>>,
     phase: watch::Sender<String>,
+    ssh: watch::Sender<Option<serde_json::Value>>,
 }
 
 impl Agent {
@@ -228,6 +244,22 @@ impl Agent {
     /// Describes what the pipeline is doing, for the heartbeat (without a status change).
     pub fn phase(&self, phase: &str) {
         let _ = self.phase.send(phase.to_string());
+    }
+
+    /// Reports the job's SSH endpoint (now, and with every later heartbeat): the server fills
+    /// the job's `ssh_containers[0]` status and `connection_info` with it.
+    pub async fn report_ssh(&self, host: &str, port: u16, status: &str) -> Result<(), String> {
+        let ssh = serde_json::json!({"host": host, "port": port, "status": status});
+        let _ = self.ssh.send(Some(ssh.clone()));
+        let phase = self.phase.borrow().clone();
+        self.api
+            .job_heartbeat(
+                &self.job.id,
+                &serde_json::json!({"phase": phase, "ssh": ssh}),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot report the SSH endpoint: {e}"))
     }
 }
 
@@ -274,10 +306,12 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
     };
     let (phase_tx, phase_rx) = watch::channel("starting".to_string());
     let (req_tx, req_rx) = watch::channel(None);
+    let (ssh_tx, ssh_rx) = watch::channel(None);
     let heartbeat = tokio::spawn(heartbeat(
         api.clone(),
         job_id.to_string(),
         phase_rx,
+        ssh_rx,
         req_tx,
         cancel.clone(),
         log.clone(),
@@ -304,6 +338,7 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
         cancel: cancel.clone(),
         requests: req_rx,
         phase: phase_tx,
+        ssh: ssh_tx,
     };
     agent.say(&format!(
         "ims agent {} for {} job {} (image root archive name {:?})",
@@ -356,14 +391,16 @@ async fn heartbeat(
     api: Client,
     id: String,
     phase: watch::Receiver<String>,
+    ssh: watch::Receiver<Option<serde_json::Value>>,
     requests: watch::Sender<Option<String>>,
     cancel: CancellationToken,
     log: Log,
 ) {
     let mut warned = false;
     loop {
-        let current = phase.borrow().clone();
-        match api.job_heartbeat(&id, Some(&current)).await {
+        let body =
+            serde_json::json!({"phase": phase.borrow().clone(), "ssh": ssh.borrow().clone()});
+        match api.job_heartbeat(&id, &body).await {
             Ok(v) => {
                 warned = false;
                 let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");

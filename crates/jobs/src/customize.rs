@@ -17,6 +17,7 @@
 
 use crate::agent::Agent;
 use crate::imageroot::{self, Method};
+use crate::session;
 use ims_client::Resource;
 use ims_client::publish::{Artifact, Failure, NewImage, publish, remove_uploads};
 use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
@@ -173,6 +174,46 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         .unwrap_or(false);
     let flags = Flags::new(&dir, &root.path, jail);
     flags.clear();
+    let public_key = agent
+        .api
+        .describe(Resource::PublicKeys, &job.public_key_id)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot read the job's public key {}: {e}",
+                job.public_key_id
+            )
+        })?
+        .get("public_key")
+        .and_then(|k| k.as_str())
+        .map(str::to_string)
+        .ok_or("the job's public key record has no key")?;
+    let spec = session::Spec {
+        job_dir: dir.clone(),
+        jail,
+        public_key,
+        listen: agent.settings.ssh_listen,
+        set_env: vec![
+            ("IMS_JOB_ID".into(), job.id.clone()),
+            ("IMS_ARCH".into(), arch.clone()),
+            ("IMS_DKMS_ENABLED".into(), job.require_dkms.to_string()),
+        ],
+        ready_timeout: Duration::from_secs(30),
+    };
+    let mut ssh = session::start(&spec).await?;
+    agent.say(&format!(
+        "sshd accepts connections on {}:{} ({}; root login with the job's key only)",
+        agent.settings.ssh_host,
+        ssh.port,
+        if jail {
+            "jailed: chrooted into the image root"
+        } else {
+            "the image root is at /mnt/image/image-root"
+        }
+    ));
+    agent
+        .report_ssh(&agent.settings.ssh_host, ssh.port, "running")
+        .await?;
     agent.status("waiting_on_user").await?;
     agent.say(&format!(
         "waiting for the user: touch {} (or {}), or `ims jobs complete|fail {}`",
@@ -188,7 +229,13 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         },
         job.id
     ));
-    let outcome = wait_for_user(agent, &flags).await?;
+    let outcome = wait_for_user(agent, &flags, &mut ssh).await;
+    let port = ssh.port;
+    ssh.stop().await;
+    let _ = agent
+        .report_ssh(&agent.settings.ssh_host, port, "stopped")
+        .await;
+    let outcome = outcome?;
     flags.clear();
     if matches!(resolv, Ok(true)) {
         restore_resolv_conf(&root.path)?;
@@ -206,10 +253,21 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits until the user sets a flag or asks through the API; an error if the job is cancelled.
-pub async fn wait_for_user(agent: &Agent, flags: &Flags) -> Result<Outcome, String> {
+/// Waits until the user sets a flag or asks through the API; an error if the job is cancelled
+/// or sshd dies.
+pub async fn wait_for_user(
+    agent: &Agent,
+    flags: &Flags,
+    ssh: &mut session::Session,
+) -> Result<Outcome, String> {
     let mut requests = agent.requests.clone();
     loop {
+        if !ssh.running() {
+            return Err(format!(
+                "the job's sshd stopped unexpectedly; see {}",
+                ssh.log.display()
+            ));
+        }
         if Flags::present(&flags.failed) {
             agent.say("the failed flag is set");
             return Ok(Outcome::Failed);

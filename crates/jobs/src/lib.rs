@@ -21,3 +21,5 @@
 pub mod agent;
 pub mod customize;
 pub mod imageroot;
+pub mod seccomp;
+pub mod session;

@@ -73,23 +73,84 @@ pub async fn update_run(st: &AppState, job: &Job, f: impl Fn(&mut JobRun)) -> Ap
     )
 }
 
-/// `POST /v3/jobs/{id}/heartbeat` `{"phase": "…"}` (body optional).
+/// The SSH endpoint an agent reports in its heartbeat.
+struct SshReport {
+    host: String,
+    port: u16,
+    status: String,
+}
+
+fn ssh_report(v: &Value) -> Result<SshReport, Problem> {
+    let bad = |m: &str| Problem::validation(json!({"ssh": [m]}));
+    let host = v
+        .get("host")
+        .and_then(Value::as_str)
+        .filter(|h| !h.is_empty() && h.len() <= 253 && !h.contains(char::is_whitespace))
+        .ok_or_else(|| bad("host: a host name or address."))?;
+    let port = v
+        .get("port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad("port: 1 to 65535."))?;
+    let status = v
+        .get("status")
+        .and_then(Value::as_str)
+        .filter(|s| matches!(*s, "pending" | "establishing" | "running" | "stopped"))
+        .ok_or_else(|| bad("status: pending, establishing, running or stopped."))?;
+    Ok(SshReport {
+        host: host.to_string(),
+        port,
+        status: status.to_string(),
+    })
+}
+
+/// `POST /v3/jobs/{id}/heartbeat` `{"phase": "…", "ssh": {"host", "port", "status"}}` (body and
+/// fields optional). `ssh` fills the job's first SSH container: its status and both
+/// `connection_info` entries (the address users and Ansible connect to).
 pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Value> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
-    let phase = match body {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(o)) => match o.get("phase") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
-            Some(_) => {
-                return Err(Problem::validation(
-                    json!({"phase": ["A string of at most 200 characters."]}),
-                )
-                .into());
-            }
-        },
+    let (phase, ssh) = match body {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Object(o)) => {
+            let phase = match o.get("phase") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
+                Some(_) => {
+                    return Err(Problem::validation(
+                        json!({"phase": ["A string of at most 200 characters."]}),
+                    )
+                    .into());
+                }
+            };
+            let ssh = match o.get("ssh") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(ssh_report(v)?),
+            };
+            (phase, ssh)
+        }
         Some(_) => return Err(Problem::bad_request("The body must be a JSON object.").into()),
     };
+    if let Some(r) = &ssh {
+        retrying!(
+            async {
+                let cur = must_get::<Job>(&*st.store, id).await?;
+                let mut j = cur.record.clone();
+                if let Some(c) = j.ssh_containers.as_mut().and_then(|c| c.first_mut()) {
+                    c.status = r.status.clone();
+                    for info in c.connection_info.values_mut() {
+                        info.host = r.host.clone();
+                        info.port = r.port;
+                    }
+                }
+                if j != cur.record {
+                    st.store.apply(vec![update_op(&j, cur.version)?]).await?;
+                }
+                Ok::<_, ApiError>(())
+            }
+            .await
+        )?;
+    }
     let waiting = job.status == "waiting_on_user";
     let run = update_run(st, &job, |r| {
         r.heartbeat = Some(Timestamp::now());

@@ -1,0 +1,547 @@
+//! The SSH session of a job: one OpenSSH `sshd` per job, in a bubblewrap sandbox.
+//!
+//! The sandbox is the isolation boundary (measured in docs/research/job-sandbox.md):
+//!
+//! * new mount, pid, ipc, uts and cgroup namespaces; the host's network (the port must be
+//!   reachable, and customization installs packages);
+//! * its root is built from read-only binds of the host's `/usr` (tools, and `sshd` itself), a
+//!   generated `/etc` (users, the sshd configuration, fresh host keys, the job's public key only),
+//!   private `/tmp` and `/run`, a minimal `/dev`, a `/proc` of its own with `/proc/sys` read-only,
+//!   and the job's `mnt` directory at `/mnt/image` (holding `image-root`). Nothing else of the host
+//!   — not the data directory, not other jobs — exists inside;
+//! * capabilities are cut to what sshd and root customization need (the bounding set too, with
+//!   `setpriv`), and the [`crate::seccomp`] filter refuses user namespaces, keyrings, mounts,
+//!   module loading and the like; the environment is empty;
+//! * `jail: true` adds `ChrootDirectory /mnt/image/image-root` with the image root's own `/dev`
+//!   (the sandbox's, shared so ptys work) and `/proc` mounted inside the sandbox only — the image
+//!   root outside, and so the packaged image, never sees them.
+//!
+//! `--die-with-parent`: if the agent dies, the sandbox and every session process die with it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Capabilities kept: what sshd needs (SETUID, SETGID, SYS_CHROOT; CHOWN and AUDIT_WRITE for
+/// ptys) and what root needs to customize an image (DAC_OVERRIDE, FOWNER, FSETID, KILL, SETFCAP).
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_SYS_CHROOT",
+    "CAP_SETFCAP",
+    "CAP_AUDIT_WRITE",
+];
+
+/// What a session needs.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The job directory (its `mnt` holds `image-root`).
+    pub job_dir: PathBuf,
+    pub jail: bool,
+    /// The one public key accepted (an OpenSSH `authorized_keys` line).
+    pub public_key: String,
+    /// Address sshd listens on.
+    pub listen: std::net::IpAddr,
+    /// Environment for sessions (`SetEnv`), e.g. `IMS_JOB_ID`.
+    pub set_env: Vec<(String, String)>,
+    /// How long sshd may take to accept connections.
+    pub ready_timeout: Duration,
+}
+
+/// A running session.
+pub struct Session {
+    child: tokio::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+fn write(path: &Path, data: &str, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(data.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A line of `sshd_config` or `authorized_keys` must not smuggle in another line.
+fn one_line(what: &str, s: &str) -> Result<(), String> {
+    if s.contains(['\n', '\r', '\0']) {
+        return Err(format!("the {what} spans several lines"));
+    }
+    Ok(())
+}
+
+fn sshd_config(port: u16, spec: &Spec) -> Result<String, String> {
+    let mut c = format!(
+        "Port {port}\nListenAddress {}\n",
+        match spec.listen {
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+            a => a.to_string(),
+        }
+    );
+    c.push_str(
+        "HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile none
+PermitRootLogin prohibit-password
+AllowUsers root
+PubkeyAuthentication yes
+AuthorizedKeysFile /etc/ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes yes
+Subsystem sftp internal-sftp
+PrintMotd no
+PrintLastLog no
+UseDNS no
+X11Forwarding no
+AllowAgentForwarding no
+AllowTcpForwarding no
+PermitTunnel no
+LogLevel INFO
+",
+    );
+    if !spec.set_env.is_empty() {
+        c.push_str("SetEnv");
+        for (k, v) in &spec.set_env {
+            one_line("session environment", v)?;
+            if !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                || v.contains([' ', '"'])
+            {
+                return Err(format!("bad session environment variable {k}={v:?}"));
+            }
+            c.push_str(&format!(" {k}={v}"));
+        }
+        c.push('\n');
+    }
+    if spec.jail {
+        c.push_str("ChrootDirectory /mnt/image/image-root\n");
+    }
+    Ok(c)
+}
+
+/// A free TCP port on `ip` (sshd binds it right after; a lost race is retried by the caller).
+fn free_port(ip: std::net::IpAddr) -> Result<u16, String> {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port on {ip}: {e}"))
+}
+
+/// Connects and reads the SSH banner: only an sshd that serves connections sends it.
+async fn serves(ip: std::net::IpAddr, port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let ip = if ip.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        ip
+    };
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((ip, port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    let mut buf = [0u8; 8];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"SSH-2.0-"
+    )
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join(" | ")
+}
+
+/// Generates the session's `/etc` in `<job>/session/etc`.
+fn make_etc(spec: &Spec, etc: &Path, port: u16) -> Result<(), String> {
+    // The login shell: bash where the session lands has it, else sh.
+    let has_bash = if spec.jail {
+        ims_rootfs::kernel::resolve_in_root(
+            &spec.job_dir.join("mnt").join("image-root"),
+            Path::new("bin/bash"),
+        )
+        .ok()
+        .flatten()
+        .is_some()
+    } else {
+        Path::new("/usr/bin/bash").exists()
+    };
+    let shell = if has_bash { "/bin/bash" } else { "/bin/sh" };
+    use std::os::unix::fs::DirBuilderExt;
+    let ssh = etc.join("ssh");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&ssh)
+        .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
+    write(
+        &etc.join("passwd"),
+        &format!(
+            "root:x:0:0:root:/root:{shell}\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        0o644,
+    )?;
+    write(
+        &etc.join("group"),
+        "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+        0o644,
+    )?;
+    write(
+        &etc.join("nsswitch.conf"),
+        "passwd: files\ngroup: files\nhosts: files dns\n",
+        0o644,
+    )?;
+    write(
+        &etc.join("hosts"),
+        "127.0.0.1 localhost\n::1 localhost\n",
+        0o644,
+    )?;
+    if let Ok(r) = std::fs::read_to_string("/etc/resolv.conf") {
+        write(&etc.join("resolv.conf"), &r, 0o644)?;
+    }
+    one_line("public key", spec.public_key.trim())?;
+    write(
+        &ssh.join("authorized_keys"),
+        &format!("{}\n", spec.public_key.trim()),
+        0o644,
+    )?;
+    write(&ssh.join("sshd_config"), &sshd_config(port, spec)?, 0o644)?;
+    let key = ssh.join("ssh_host_ed25519_key");
+    if !key.exists() {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ims-job", "-f"])
+            .arg(&key)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run ssh-keygen (install openssh-client): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ssh-keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The image root as a chroot: owned by root and not writable by others, as sshd requires (a
+/// session may have changed it).
+pub fn fix_chroot_modes(job_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for p in [job_dir.join("mnt"), job_dir.join("mnt").join("image-root")] {
+        let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if !m.is_dir() {
+            return Err(format!("{} is not a directory", p.display()));
+        }
+        std::os::unix::fs::lchown(&p, Some(0), Some(0))
+            .map_err(|e| format!("cannot chown {}: {e}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot chmod {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![];
+    let mut push = |s: &str| a.push(s.into());
+    for s in [
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--hostname",
+        "ims-job",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+    ] {
+        push(s);
+    }
+    if Path::new("/usr/lib64").exists() {
+        for s in ["--symlink", "usr/lib64", "/lib64"] {
+            push(s);
+        }
+    }
+    a.push("--ro-bind".into());
+    a.push(etc.into());
+    a.push("/etc".into());
+    let mut push = |s: &str| a.push(s.into());
+    for s in [
+        "--proc",
+        "/proc",
+        "--ro-bind",
+        "/proc/sys",
+        "/proc/sys",
+        "--ro-bind-try",
+        "/proc/sysrq-trigger",
+        "/proc/sysrq-trigger",
+        "--size",
+        "536870912",
+        "--tmpfs",
+        "/tmp",
+        "--size",
+        "16777216",
+        "--tmpfs",
+        "/run",
+        "--perms",
+        "0755",
+        "--dir",
+        "/run/sshd",
+        "--perms",
+        "0700",
+        "--dir",
+        "/root",
+    ] {
+        push(s);
+    }
+    a.push("--bind".into());
+    a.push(spec.job_dir.join("mnt").into());
+    a.push("/mnt/image".into());
+    let mut push = |s: &str| a.push(s.into());
+    if spec.jail {
+        // One /dev (and devpts) shared by sshd and the chrooted session, so ptys work; it lives in
+        // the sandbox's mount namespace only.
+        for s in [
+            "--dev",
+            "/mnt/image/image-root/dev",
+            "--symlink",
+            "/mnt/image/image-root/dev",
+            "/dev",
+            "--proc",
+            "/mnt/image/image-root/proc",
+            "--ro-bind",
+            "/proc/sys",
+            "/mnt/image/image-root/proc/sys",
+        ] {
+            push(s);
+        }
+    } else {
+        for s in ["--dev", "/dev"] {
+            push(s);
+        }
+    }
+    push("--cap-drop");
+    push("ALL");
+    for c in CAPS.iter().chain(["CAP_SETPCAP"].iter()) {
+        push("--cap-add");
+        push(c);
+    }
+    if let Some(fd) = seccomp_fd {
+        push("--seccomp");
+        push(&fd.to_string());
+    }
+    let bounding: Vec<String> = CAPS
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
+        .collect();
+    push("/usr/bin/setpriv");
+    push("--inh-caps=-all");
+    a.push(format!("--bounding-set=-all,{}", bounding.join(",")).into());
+    let mut push = |s: &str| a.push(s.into());
+    for s in [
+        "--",
+        "/usr/sbin/sshd",
+        "-D",
+        "-e",
+        "-f",
+        "/etc/ssh/sshd_config",
+    ] {
+        push(s);
+    }
+    a
+}
+
+/// Starts the session and returns once sshd serves connections.
+pub async fn start(spec: &Spec) -> Result<Session, String> {
+    let dir = spec.job_dir.join("session");
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if spec.jail {
+        fix_chroot_modes(&spec.job_dir)?;
+        // The mount points of the session's /dev and /proc (empty directories in the image).
+        let root = spec.job_dir.join("mnt").join("image-root");
+        for d in ["dev", "proc"] {
+            let p = root.join(d);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("/{d} in the image root is not a directory")),
+                Err(_) => std::fs::create_dir(&p)
+                    .map_err(|e| format!("cannot create /{d} in the image root: {e}"))?,
+            }
+        }
+    }
+    let seccomp = crate::seccomp::filter();
+    let bpf = dir.join("seccomp.bpf");
+    if let Some(prog) = &seccomp {
+        std::fs::write(&bpf, prog).map_err(|e| format!("cannot write {}: {e}", bpf.display()))?;
+    }
+    let mut last_err = String::new();
+    for _attempt in 0..5 {
+        let port = free_port(spec.listen)?;
+        make_etc(spec, &etc, port)?;
+        let log = dir.join("sshd.log");
+        let out = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let bpf_file = match &seccomp {
+            Some(_) => Some(
+                std::fs::File::open(&bpf)
+                    .map_err(|e| format!("cannot read {}: {e}", bpf.display()))?,
+            ),
+            None => None,
+        };
+        const SECCOMP_FD: i32 = 9;
+        let mut cmd = tokio::process::Command::new("bwrap");
+        cmd.args(bwrap_args(
+            spec,
+            &etc,
+            bpf_file.as_ref().map(|_| SECCOMP_FD),
+        ))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+        if let Some(f) = &bpf_file {
+            use std::os::fd::AsRawFd;
+            let fd = f.as_raw_fd();
+            // SAFETY: dup2 is async-signal-safe; it gives the child the filter at a known
+            // descriptor without the close-on-exec flag.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, SECCOMP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run bwrap (install bubblewrap): {e}"))?;
+        // The child has its copy.
+        drop(bpf_file);
+        let deadline = Instant::now() + spec.ready_timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                last_err = format!("sshd stopped ({status}): {}", tail(&log));
+                break;
+            }
+            if serves(spec.listen, port).await {
+                return Ok(Session { child, port, log });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill().await;
+                return Err(format!(
+                    "sshd did not accept connections within {} s: {}",
+                    spec.ready_timeout.as_secs(),
+                    tail(&log)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A port taken meanwhile: try another.
+        if !last_err.contains("Address already in use") && !last_err.contains("Cannot bind") {
+            break;
+        }
+    }
+    Err(last_err)
+}
+
+impl Session {
+    /// Ends the session: sshd and every session process (the sandbox's pid namespace) go.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Whether sshd is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(jail: bool) -> Spec {
+        Spec {
+            job_dir: "/j".into(),
+            jail,
+            public_key: "ssh-ed25519 AAAA k".into(),
+            listen: [0, 0, 0, 0].into(),
+            set_env: vec![("IMS_JOB_ID".into(), "abc".into())],
+            ready_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn configuration() {
+        let c = sshd_config(2222, &spec(true)).unwrap();
+        assert!(c.starts_with("Port 2222\nListenAddress 0.0.0.0\n"), "{c}");
+        assert!(c.contains("ChrootDirectory /mnt/image/image-root\n"));
+        assert!(c.contains("SetEnv IMS_JOB_ID=abc\n"));
+        assert!(c.contains("PasswordAuthentication no\n"));
+        assert!(
+            !sshd_config(2222, &spec(false))
+                .unwrap()
+                .contains("ChrootDirectory")
+        );
+        let mut s = spec(false);
+        s.set_env = vec![("X".into(), "a\nChrootDirectory /".into())];
+        assert!(sshd_config(1, &s).is_err());
+        assert!(one_line("public key", "ssh-ed25519 AAAA\ncommand=\"x\" ssh-rsa").is_err());
+    }
+
+    #[test]
+    fn sandbox_arguments() {
+        let a: Vec<String> = bwrap_args(&spec(true), Path::new("/j/session/etc"), Some(9))
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = a.join(" ");
+        for want in [
+            "--die-with-parent",
+            "--unshare-pid",
+            "--ro-bind /proc/sys /proc/sys",
+            "--ro-bind /j/session/etc /etc",
+            "--bind /j/mnt /mnt/image",
+            "--dev /mnt/image/image-root/dev",
+            "--cap-drop ALL",
+            "--seccomp 9",
+            "--bounding-set=-all,+chown,",
+            "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config",
+        ] {
+            assert!(joined.contains(want), "{want:?} missing from {joined}");
+        }
+        assert!(!joined.contains("--bind / "), "{joined}");
+    }
+}
