@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # System packages the tests use: PostgreSQL (store suite), the OpenSSH client (node probes), curl, Python (moto),
 # squashfs-tools, tar, xz-utils, zstd, attr, libcap2-bin (crates/rootfs: real mksquashfs, xattrs, capabilities),
 # and what job agents run: bubblewrap + openssh-server (per-job sshd sandbox), util-linux (mount, setpriv, nsenter).
-packages=(postgresql openssh-client openssh-server bubblewrap util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin)
+packages=(postgresql openssh-client openssh-server bubblewrap busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -38,6 +38,11 @@ fn image_root(dir: &Path) -> PathBuf {
     std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd 9").unwrap();
     std::fs::write(root.join("etc/motd"), "original\n").unwrap();
     std::fs::copy("/bin/true", root.join("bin/true")).unwrap();
+    // A shell for jailed sessions: busybox-static and a few applets.
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "touch", "echo", "mount", "id"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
     let o = Command::new("setcap")
         .args(["cap_net_raw+ep"])
         .arg(root.join("bin/true"))
@@ -49,7 +54,7 @@ fn image_root(dir: &Path) -> PathBuf {
 
 struct Setup {
     s: Server,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     image: String,
     key: String,
 }
@@ -70,22 +75,26 @@ async fn setup() -> Option<Setup> {
         .as_str()
         .unwrap()
         .to_string();
+    for name in ["id_job", "id_other"] {
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    let public = std::fs::read_to_string(dir.path().join("id_job.pub")).unwrap();
     let key = s
         .post(
             "/v3/public-keys",
-            &json!({"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1 test"}),
+            &json!({"name": "k", "public_key": public.trim()}),
         )
         .await
         .ok(201)["id"]
         .as_str()
         .unwrap()
         .to_string();
-    Some(Setup {
-        s,
-        _dir: dir,
-        image,
-        key,
-    })
+    Some(Setup { s, dir, image, key })
 }
 
 impl Setup {
@@ -126,6 +135,35 @@ impl Setup {
 
     fn job_dir(&self, id: &str) -> PathBuf {
         self.s.data.path().join("jobs").join(id)
+    }
+
+    /// Runs `cmd` over SSH as root with the job's key (or another one) at the job's address.
+    fn ssh(&self, job: &Value, key: &str, cmd: &str) -> std::process::Output {
+        let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
+        let port = info["port"].as_u64().unwrap().to_string();
+        Command::new("ssh")
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+                "-p",
+                &port,
+                "-i",
+            ])
+            .arg(self.dir.path().join(key))
+            .arg("root@127.0.0.1")
+            .arg(cmd)
+            .output()
+            .unwrap()
     }
 }
 
@@ -318,4 +356,131 @@ async fn failed_killed_and_deleted_jobs_leave_nothing() {
         images,
         "a failed job registered an image"
     );
+}
+
+/// The real OpenSSH client logs in with the job's key (and only with it), changes the image and
+/// finishes with the flag file; jailed and not jailed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_sessions_customize_the_image() {
+    let Some(st) = setup().await else { return };
+    for jail in [true, false] {
+        let id = st.job(&format!("ssh-{jail}"), jail).await;
+        let job = st.wait_status(&id, "waiting_on_user").await;
+        let c = &job["ssh_containers"][0];
+        assert_eq!(c["status"], "running", "{job}");
+        for net in ["customer_access", "cluster.local"] {
+            assert!(
+                c["connection_info"][net]["port"].as_u64().unwrap() > 0,
+                "{job}"
+            );
+            assert!(
+                !c["connection_info"][net]["host"]
+                    .as_str()
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        let o = st.ssh(&job, "id_other", "true");
+        assert_eq!(o.status.code(), Some(255), "another key got in: {o:?}");
+        let (edit, flag) = if jail {
+            ("echo by-ssh > /etc/motd && ls /", "touch /tmp/complete")
+        } else {
+            (
+                "echo by-ssh > /mnt/image/image-root/etc/motd && ls /mnt/image",
+                "touch /mnt/image/complete",
+            )
+        };
+        let o = st.ssh(&job, "id_job", edit);
+        assert!(o.status.success(), "{o:?}");
+        let listing = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            listing.contains(if jail { "boot" } else { "image-root" }),
+            "{listing}"
+        );
+        let o = st.ssh(&job, "id_job", flag);
+        assert!(o.status.success(), "{o:?}");
+        let done = st.wait_status(&id, "success").await;
+        assert_eq!(done["ssh_containers"][0]["status"], "stopped");
+        let new = done["resultant_image_id"].as_str().unwrap();
+        let img = st.s.get(&format!("/v3/images/{new}")).await.ok(200);
+        let scratch = tempfile::tempdir().unwrap();
+        unsquash(&st.s, &img, &scratch.path().join("new"));
+        let root = scratch.path().join("new");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/motd")).unwrap(),
+            "by-ssh\n"
+        );
+        assert!(!root.join("tmp/complete").exists(), "the flag was packaged");
+        // The sandbox's /dev and /proc never reach the image.
+        assert!(
+            std::fs::read_dir(root.join("dev"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true)
+        );
+        let caps = Command::new("getcap")
+            .arg(root.join("bin/true"))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&caps.stdout).contains("cap_net_raw"),
+            "{caps:?}"
+        );
+        nothing_left(&st, &id);
+    }
+}
+
+/// Neither mode reaches anything of the host outside the job: planted files in the data
+/// directory, another job's directory and elsewhere on the host are invisible; mounting and
+/// reading the agent's environment (its token) fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_cannot_reach_the_host() {
+    let Some(st) = setup().await else { return };
+    let planted = [
+        st.s.data.path().join("planted-secret"),
+        st.dir.path().join("planted-secret"),
+    ];
+    for p in &planted {
+        std::fs::write(p, "host secret").unwrap();
+    }
+    let other = st.job("other", false).await;
+    st.wait_status(&other, "waiting_on_user").await;
+    let other_dir = st.job_dir(&other);
+    for jail in [true, false] {
+        let id = st.job(&format!("probe-{jail}"), jail).await;
+        let job = st.wait_status(&id, "waiting_on_user").await;
+        let mut probes: Vec<String> = planted
+            .iter()
+            .map(|p| format!("cat {}", p.display()))
+            .collect();
+        probes.push(format!("ls {}", other_dir.display()));
+        probes.push(format!("ls {}", st.s.data.path().display()));
+        probes.push("mount -t tmpfs none /tmp".to_string());
+        for p in &probes {
+            let o = st.ssh(&job, "id_job", p);
+            assert!(
+                o.status.code() != Some(0),
+                "jail={jail}: {p} succeeded: {o:?}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&o.stdout).contains("host secret"),
+                "{o:?}"
+            );
+        }
+        let o = st.ssh(
+            &job,
+            "id_job",
+            "cat /proc/1/environ; cat /proc/self/environ",
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("ims-job."),
+            "token leaked: {o:?}"
+        );
+        st.s.send("POST", &format!("/v3/jobs/{id}/fail"), None, None)
+            .await
+            .ok(200);
+        st.wait_status(&id, "error").await;
+        nothing_left(&st, &id);
+    }
+    st.s.delete(&format!("/v3/jobs/{other}")).await.ok(204);
+    nothing_left(&st, &other);
 }
