@@ -471,7 +471,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             .clone()
             .map(|v| ("jobs.executor".to_string(), v))
     }) {
-        None => ExecutorKind::None,
+        None => ExecutorKind::Local,
         Some((n, v)) => match v.trim().to_ascii_lowercase().as_str() {
             "local" => ExecutorKind::Local,
             "none" | "record-only" => ExecutorKind::None,

@@ -16,16 +16,20 @@ fn is_root() -> bool {
 }
 
 fn ims(s: &Server, args: &[&str]) -> Value {
-    let o = Command::new(ims_bin())
+    let o = ims_raw(s, args);
+    assert!(o.status.success(), "{args:?}: {o:?}");
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+fn ims_raw(s: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(ims_bin())
         .args(args)
         .args(["--url", &s.url, "--format", "json"])
         .env_remove("IMS_URL")
         .env_remove("IMS_TOKEN")
         .env("IMS_CLIENT_CONFIG", s.data.path().join("client.toml"))
         .output()
-        .unwrap();
-    assert!(o.status.success(), "{args:?}: {o:?}");
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+        .unwrap()
 }
 
 /// A small image root: a binary with a file capability, a file to change, kernel and initrd.
@@ -60,15 +64,19 @@ struct Setup {
 }
 
 async fn setup() -> Option<Setup> {
+    setup_with(&[]).await
+}
+
+async fn setup_with(env: &[(&str, &str)]) -> Option<Setup> {
     if !is_root() {
         eprintln!("skipped: customize jobs need root");
         return None;
     }
-    let s = builder(Db::Sqlite)
-        .await
-        .env("IMS_JOB_EXECUTOR", "local")
-        .start()
-        .await;
+    let mut b = builder(Db::Sqlite).await.env("IMS_JOB_EXECUTOR", "local");
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    let s = b.start().await;
     let dir = tempfile::tempdir().unwrap();
     let root = image_root(dir.path());
     let image = ims(&s, &["images", "import", "base", root.to_str().unwrap()])["id"]
@@ -259,10 +267,33 @@ async fn completed_customization_becomes_a_new_image() {
     );
     // Not visible outside the agent's namespace: the image root is a private mount.
     assert!(!root.join("etc/added").exists());
-    st.s.send("POST", &format!("/v3/jobs/{id}/complete"), None, None)
-        .await
-        .ok(200);
+    // `ims jobs logs --follow` runs until the job ends; `ims jobs complete` ends the session.
+    let follow = {
+        let url = st.s.url.clone();
+        let id = id.clone();
+        std::thread::spawn(move || {
+            Command::new(ims_bin())
+                .args(["jobs", "logs", &id, "--follow", "--url", &url])
+                .env_remove("IMS_URL")
+                .env_remove("IMS_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let j = ims(&st.s, &["jobs", "complete", &id]);
+    assert_eq!(j["id"], json!(id));
     let job = st.wait_status(&id, "success").await;
+    let followed = follow.join().unwrap();
+    assert!(followed.status.success(), "{followed:?}");
+    let text = String::from_utf8_lossy(&followed.stdout);
+    assert!(text.contains("status: success"), "{text}");
+    // Completing again is refused: the job is not waiting any more.
+    let o = ims_raw(&st.s, &["jobs", "complete", &id]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not waiting on a user"),
+        "{o:?}"
+    );
     let new = job["resultant_image_id"].as_str().unwrap();
     let img = st.s.get(&format!("/v3/images/{new}")).await.ok(200);
     assert_eq!(img["name"], "custom-1");
@@ -483,4 +514,23 @@ async fn sessions_cannot_reach_the_host() {
     }
     st.s.delete(&format!("/v3/jobs/{other}")).await.ok(204);
     nothing_left(&st, &other);
+}
+
+/// A user who never finishes: the job ends in error at the deadline, with the reason in its log,
+/// and its session, mounts and directory are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_deadline_ends_the_job() {
+    let Some(st) = setup_with(&[("IMS_JOB_USER_DEADLINE", "3s")]).await else {
+        return;
+    };
+    let id = st.job("slow-user", true).await;
+    st.wait_status(&id, "waiting_on_user").await;
+    let job = st.wait_status(&id, "error").await;
+    assert_eq!(job["resultant_image_id"], Value::Null);
+    let log = st.log(&id).await;
+    assert!(
+        log.contains("did not finish the session within the deadline of 3 s"),
+        "{log}"
+    );
+    nothing_left(&st, &id);
 }

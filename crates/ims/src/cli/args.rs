@@ -355,6 +355,17 @@ pub enum JobsVerb {
     },
     /// Delete a job.
     Delete(Id),
+    /// End a job's waiting_on_user session successfully (as `touch complete` in the session).
+    Complete(Id),
+    /// End a job's waiting_on_user session as failed (as `touch failed` in the session).
+    Fail(Id),
+    /// Show the job agent's log (stdout), optionally following it until the job ends.
+    Logs {
+        id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Delete jobs, optionally only those matching the filters.
     Deleteall {
         #[arg(long, value_parser = choices(JOB_STATUSES))]

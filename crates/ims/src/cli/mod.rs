@@ -44,6 +44,15 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
         Command::Images {
             verb: ImagesVerb::Import(args),
         } => import::run(args, &globals, format),
+        Command::Jobs {
+            verb: JobsVerb::Logs { id, follow },
+        } => job_logs(&id, follow, &globals),
+        Command::Jobs {
+            verb: JobsVerb::Complete(i),
+        } => job_request(&i.id, "complete", &globals, format),
+        Command::Jobs {
+            verb: JobsVerb::Fail(i),
+        } => job_request(&i.id, "fail", &globals, format),
         Command::Recipes {
             verb:
                 RecipesVerb::Import {
@@ -76,6 +85,48 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn client(g: &Globals) -> Result<Client, String> {
+    let (url, token) = connection(g)?;
+    Client::new(&url, token).map_err(|e| e.to_string())
+}
+
+/// `ims jobs complete|fail ID`: prints the job.
+fn job_request(id: &str, what: &str, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    let c = client(g)?;
+    let v = ims_client::s3::runtime()?
+        .block_on(c.job_request(id, what))
+        .map_err(|e| e.to_string())?;
+    print(&v, format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ims jobs logs ID [--follow]`: the agent's log on stdout, as it arrives.
+fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
+    use std::io::Write;
+    let c = client(g)?;
+    ims_client::s3::runtime()?.block_on(async {
+        let mut offset = 0;
+        loop {
+            let (text, next, done) = c.job_log(id, offset).await.map_err(|e| e.to_string())?;
+            if !text.is_empty() {
+                let mut out = std::io::stdout().lock();
+                if out.write_all(&text).and_then(|()| out.flush()).is_err() {
+                    // A closed pipe (`| head`): stop quietly.
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            let more = next > offset;
+            offset = next;
+            if !follow || done {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !more {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    })
 }
 
 /// The S3 side (STS credentials) of the configured server.
@@ -388,6 +439,9 @@ fn request(cmd: Command) -> Result<Request, String> {
             JobsVerb::List => simple(R::Jobs, true, None, None),
             JobsVerb::Describe(i) => simple(R::Jobs, false, Some(i.id), None),
             JobsVerb::Delete(i) => simple(R::Jobs, false, None, Some(i.id)),
+            JobsVerb::Complete(_) | JobsVerb::Fail(_) | JobsVerb::Logs { .. } => {
+                unreachable!("handled by run")
+            }
             JobsVerb::Deleteall {
                 status,
                 job_type,
