@@ -26,16 +26,17 @@ fi
 # CLI as clients of the built-in S3 endpoint), in a virtual
 # environment outside the clone so that it is reused between runs.
 venv=${IMS_TEST_VENV:-/var/tmp/ims-test-venv}
-if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
-  echo "test.sh: installing moto[server], boto3 and awscli into $venv" >&2
+if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/ansible-playbook" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
+  echo "test.sh: installing moto[server], boto3, awscli and ansible-core into $venv" >&2
   python3 -m venv "$venv" 2>/dev/null || {
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
     python3 -m venv "$venv"
   }
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*" boto3 awscli
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*" boto3 awscli "ansible-core==2.19.*"
 fi
 export IMS_TEST_MOTO_SERVER="$venv/bin/moto_server"
+export IMS_TEST_ANSIBLE_PLAYBOOK="$venv/bin/ansible-playbook"
 # Real S3 clients for the built-in S3 endpoint tests (crates/s3).
 export IMS_TEST_PYTHON="$venv/bin/python"
 export IMS_TEST_AWS="$venv/bin/aws"

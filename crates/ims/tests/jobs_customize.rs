@@ -534,3 +534,166 @@ async fn user_deadline_ends_the_job() {
     );
     nothing_left(&st, &id);
 }
+
+/// An image root with the host's Python 3 (binary, standard library, the libraries they load)
+/// and busybox, so Ansible can run its modules with the image's own interpreter in a jail.
+fn python_root(dir: &Path) -> PathBuf {
+    let root = dir.join("pyroot");
+    for d in [
+        "usr/bin",
+        "usr/lib",
+        "usr/lib64",
+        "boot",
+        "etc",
+        "tmp",
+        "root",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (l, t) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/bin"),
+    ] {
+        std::os::unix::fs::symlink(t, root.join(l)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd").unwrap();
+    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let cp = |args: &[&str]| {
+        let o = Command::new("cp").args(args).output().unwrap();
+        assert!(o.status.success(), "cp {args:?}: {o:?}");
+    };
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let version = python.file_name().unwrap().to_str().unwrap().to_string();
+    let r = |p: &str| root.join(p).to_str().unwrap().to_string();
+    cp(&[python.to_str().unwrap(), &r("usr/bin/python3")]);
+    cp(&["-a", &format!("/usr/lib/{version}"), &r("usr/lib/")]);
+    cp(&["/bin/busybox", &r("usr/bin/busybox")]);
+    for applet in [
+        "sh", "env", "cat", "ls", "touch", "echo", "rm", "mkdir", "chmod", "id",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("usr/bin").join(applet)).unwrap();
+    }
+    // Every shared library Python and its extension modules load, at the same paths.
+    let mut objects = vec![python.clone()];
+    for e in std::fs::read_dir(format!("/usr/lib/{version}/lib-dynload"))
+        .unwrap()
+        .flatten()
+    {
+        objects.push(e.path());
+    }
+    let mut libs = std::collections::BTreeSet::new();
+    for o in &objects {
+        let out = Command::new("ldd").arg(o).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = match line.split("=>").nth(1) {
+                Some(rest) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                libs.insert(p.to_string());
+            }
+        }
+    }
+    for lib in libs {
+        let real = std::fs::canonicalize(&lib).unwrap();
+        let rel = lib.trim_start_matches('/');
+        // /lib/... and /lib64/... are usr/lib and usr/lib64 in the image (merged /usr).
+        let dest = root.join(rel.strip_prefix("usr/").unwrap_or(rel));
+        let dest = if rel.starts_with("lib") {
+            root.join("usr").join(rel)
+        } else {
+            dest
+        };
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        if !dest.exists() {
+            std::fs::copy(&real, &dest).unwrap();
+        }
+    }
+    root
+}
+
+/// Ansible from PyPI runs a playbook against the job's `connection_info` with a CFS-style
+/// inventory (jailed: the image's own Python), then finishes the session as CFS does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ansible_customizes_a_jailed_image() {
+    let Some(playbook) = std::env::var_os("IMS_TEST_ANSIBLE_PLAYBOOK") else {
+        panic!("IMS_TEST_ANSIBLE_PLAYBOOK is not set: run the tests with scripts/test.sh");
+    };
+    let Some(mut st) = setup().await else { return };
+    let root = python_root(st.dir.path());
+    st.image = ims(
+        &st.s,
+        &["images", "import", "with-python", root.to_str().unwrap()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = st.job("ansible", true).await;
+    let job = st.wait_status(&id, "waiting_on_user").await;
+    let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
+    let probe = st.ssh(
+        &job,
+        "id_job",
+        "/usr/bin/python3 -c 'import sys, json, zipfile, hashlib, tempfile, selectors; print(sys.version)'",
+    );
+    assert!(
+        probe.status.success(),
+        "the image's Python does not run: {probe:?}"
+    );
+    let dir = st.dir.path();
+    // The inventory CFS writes for an image customization.
+    std::fs::write(
+        dir.join("inventory.yml"),
+        format!(
+            "all:\n  hosts:\n    image:\n      ansible_host: 127.0.0.1\n      ansible_port: {}\n      ansible_user: root\n      ansible_ssh_private_key_file: {}\n      ansible_python_interpreter: /usr/bin/python3\n      ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null\n",
+            info["port"],
+            dir.join("id_job").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("site.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: set the message of the day\n      ansible.builtin.copy:\n        dest: /etc/motd\n        content: \"configured by ansible\\n\"\n        mode: \"0644\"\n    - name: add a line\n      ansible.builtin.lineinfile:\n        path: /etc/ansible-was-here\n        line: yes\n        create: true\n",
+    )
+    .unwrap();
+    let out = Command::new(&playbook)
+        .arg("-i")
+        .arg(dir.join("inventory.yml"))
+        .arg(dir.join("site.yml"))
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ansible-playbook failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // CFS's teardown: touch the flag over SSH.
+    let o = st.ssh(&job, "id_job", "touch /tmp/complete");
+    assert!(o.status.success(), "{o:?}");
+    let done = st.wait_status(&id, "success").await;
+    let img =
+        st.s.get(&format!(
+            "/v3/images/{}",
+            done["resultant_image_id"].as_str().unwrap()
+        ))
+        .await
+        .ok(200);
+    let scratch = tempfile::tempdir().unwrap();
+    unsquash(&st.s, &img, &scratch.path().join("new"));
+    let new_root = scratch.path().join("new");
+    assert_eq!(
+        std::fs::read_to_string(new_root.join("etc/motd")).unwrap(),
+        "configured by ansible\n"
+    );
+    assert!(new_root.join("etc/ansible-was-here").exists());
+    nothing_left(&st, &id);
+}
