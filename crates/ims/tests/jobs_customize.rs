@@ -107,16 +107,17 @@ async fn setup_with(env: &[(&str, &str)]) -> Option<Setup> {
 
 impl Setup {
     async fn job(&self, name: &str, jail: bool) -> String {
-        let j = self
-            .s
-            .post(
-                "/v3/jobs",
-                &json!({"job_type": "customize", "artifact_id": self.image,
-                    "public_key_id": self.key, "image_root_archive_name": name,
-                    "ssh_containers": [{"name": "customize", "jail": jail}]}),
-            )
-            .await
-            .ok(201);
+        self.job_with(name, jail, json!({})).await
+    }
+
+    async fn job_with(&self, name: &str, jail: bool, extra: Value) -> String {
+        let mut body = json!({"job_type": "customize", "artifact_id": self.image,
+            "public_key_id": self.key, "image_root_archive_name": name,
+            "ssh_containers": [{"name": "customize", "jail": jail}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let j = self.s.post("/v3/jobs", &body).await.ok(201);
         j["id"].as_str().unwrap().to_string()
     }
 
@@ -695,5 +696,42 @@ async fn ansible_customizes_a_jailed_image() {
         "configured by ansible\n"
     );
     assert!(new_root.join("etc/ansible-was-here").exists());
+    nothing_left(&st, &id);
+}
+
+/// `require_dkms`: proc, sys and dev are there in the image root during the session (not
+/// jailed here: the session sees them under /mnt/image/image-root) and gone before packaging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkms_mounts_exist_only_during_the_session() {
+    let Some(st) = setup().await else { return };
+    let id = st
+        .job_with("dkms", false, json!({"require_dkms": true}))
+        .await;
+    let job = st.wait_status(&id, "waiting_on_user").await;
+    assert_eq!(job["require_dkms"], true);
+    let r = "/mnt/image/image-root";
+    let o = st.ssh(
+        &job,
+        "id_job",
+        &format!("test -e {r}/proc/self/status && test -d {r}/sys/kernel && test -c {r}/dev/null && touch /mnt/image/complete"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let done = st.wait_status(&id, "success").await;
+    let img =
+        st.s.get(&format!(
+            "/v3/images/{}",
+            done["resultant_image_id"].as_str().unwrap()
+        ))
+        .await
+        .ok(200);
+    let scratch = tempfile::tempdir().unwrap();
+    unsquash(&st.s, &img, &scratch.path().join("new"));
+    for d in ["proc", "sys", "dev"] {
+        let p = scratch.path().join("new").join(d);
+        let empty = std::fs::read_dir(&p)
+            .map(|mut e| e.next().is_none())
+            .unwrap_or(true);
+        assert!(empty, "/{d} of the packaged image is not empty");
+    }
     nothing_left(&st, &id);
 }

@@ -199,7 +199,14 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
             ("IMS_DKMS_ENABLED".into(), job.require_dkms.to_string()),
         ],
         ready_timeout: Duration::from_secs(30),
+        dkms: job.require_dkms,
+        debug: job.enable_debug,
     };
+    if job.require_dkms {
+        agent.say(
+            "dkms: /proc, /sys (read-only) and /dev are mounted in the image root for the session",
+        );
+    }
     let mut ssh = session::start(&spec).await?;
     agent.say(&format!(
         "sshd accepts connections on {}:{} ({}; root login with the job's key only)",

@@ -52,6 +52,11 @@ pub struct Spec {
     pub set_env: Vec<(String, String)>,
     /// How long sshd may take to accept connections.
     pub ready_timeout: Duration,
+    /// `require_dkms`: `/proc`, `/sys` (read-only) and `/dev` mounted inside the image root for the
+    /// session (in the sandbox only: packaging never sees them), so module builds work.
+    pub dkms: bool,
+    /// `enable_debug`: sshd logs verbosely.
+    pub debug: bool,
 }
 
 /// A running session.
@@ -109,9 +114,13 @@ X11Forwarding no
 AllowAgentForwarding no
 AllowTcpForwarding no
 PermitTunnel no
-LogLevel INFO
 ",
     );
+    c.push_str(if spec.debug {
+        "LogLevel VERBOSE\n"
+    } else {
+        "LogLevel INFO\n"
+    });
     if !spec.set_env.is_empty() {
         c.push_str("SetEnv");
         for (k, v) in &spec.set_env {
@@ -346,6 +355,24 @@ fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi:
         for s in ["--dev", "/dev"] {
             push(s);
         }
+        if spec.dkms {
+            for s in [
+                "--dev",
+                "/mnt/image/image-root/dev",
+                "--proc",
+                "/mnt/image/image-root/proc",
+                "--ro-bind",
+                "/proc/sys",
+                "/mnt/image/image-root/proc/sys",
+            ] {
+                push(s);
+            }
+        }
+    }
+    if spec.dkms {
+        for s in ["--ro-bind", "/sys", "/mnt/image/image-root/sys"] {
+            push(s);
+        }
     }
     push("--cap-drop");
     push("ALL");
@@ -385,9 +412,16 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     if spec.jail {
         fix_chroot_modes(&spec.job_dir)?;
-        // The mount points of the session's /dev and /proc (empty directories in the image).
+    }
+    if spec.jail || spec.dkms {
+        // The mount points of the session's /dev, /proc (and /sys) in the image.
         let root = spec.job_dir.join("mnt").join("image-root");
-        for d in ["dev", "proc"] {
+        let points: &[&str] = if spec.dkms {
+            &["dev", "proc", "sys"]
+        } else {
+            &["dev", "proc"]
+        };
+        for d in points {
             let p = root.join(d);
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if m.is_dir() => {}
@@ -500,6 +534,8 @@ mod tests {
             listen: [0, 0, 0, 0].into(),
             set_env: vec![("IMS_JOB_ID".into(), "abc".into())],
             ready_timeout: Duration::from_secs(1),
+            dkms: false,
+            debug: false,
         }
     }
 
@@ -543,5 +579,23 @@ mod tests {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
         assert!(!joined.contains("--bind / "), "{joined}");
+        assert!(
+            !joined.contains("--ro-bind /sys "),
+            "sysfs without dkms: {joined}"
+        );
+        let mut d = spec(false);
+        d.dkms = true;
+        let joined: Vec<String> = bwrap_args(&d, Path::new("/e"), None)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = joined.join(" ");
+        for want in [
+            "--proc /mnt/image/image-root/proc",
+            "--dev /mnt/image/image-root/dev",
+            "--ro-bind /sys /mnt/image/image-root/sys",
+        ] {
+            assert!(joined.contains(want), "{want:?} missing from {joined}");
+        }
     }
 }
