@@ -6,7 +6,9 @@
 //! link}` creates the record. Until that POST nothing is registered; [`remove_uploads`] undoes the
 //! uploads after a failure.
 
-use crate::s3::{Ctx, Uploaded, hex, key_path, remove, replace_metadata, s3_error, upload};
+use crate::s3::{
+    Ctx, Hashing, Uploaded, hex, key_path, remove, replace_metadata, s3_error, upload,
+};
 use crate::{Error as ClientError, Resource};
 use md5::{Digest, Md5};
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
@@ -119,9 +121,17 @@ pub async fn publish(
             "Uploading {} to s3://{bucket}/{key} ...",
             art.file.display()
         ));
-        let mut up = upload(ctx, bucket, &key, &art.file, attributes, true, cancel)
-            .await
-            .map_err(Failure::Before)?;
+        let mut up = upload(
+            ctx,
+            bucket,
+            &key,
+            &art.file,
+            attributes,
+            Hashing::Md5Sha256,
+            cancel,
+        )
+        .await
+        .map_err(Failure::Before)?;
         // The md5 is known only now: set it as the `md5sum` metadata that IMS (the original
         // too) trusts for later downloads. The manifest carries it in any case.
         let md5 = up.md5.clone().unwrap_or_default();

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 /// Part and range size (what boto3 uses).
 pub const PART: usize = 8 * 1024 * 1024;
 /// Parts or ranges in flight at once.
-pub const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 8;
 const REGION: &str = "us-east-1";
 
 /// Credentials from STS.
@@ -339,17 +339,25 @@ pub struct Uploaded {
     pub sha256: Option<String>,
 }
 
-/// Reads `file` in `PART`-sized chunks on a blocking thread, hashing each (when `hash`) before
+/// Which digests an upload computes while it reads the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    None,
+    Md5,
+    Md5Sha256,
+}
+
+/// Reads `file` in `PART`-sized chunks on a blocking thread, hashing each (as asked) before
 /// handing it over: one read of the file for both the hashes and the upload.
 fn spawn_reader(
     file: std::fs::File,
-    hash: bool,
+    hash: Hashing,
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> tokio::task::JoinHandle<(Option<String>, Option<String>, u64)> {
     tokio::task::spawn_blocking(move || {
         let mut f = file;
-        let mut md5 = hash.then(Md5::new);
-        let mut sha = hash.then(Sha256::new);
+        let mut md5 = (hash != Hashing::None).then(Md5::new);
+        let mut sha = (hash == Hashing::Md5Sha256).then(Sha256::new);
         let mut total = 0u64;
         loop {
             let mut buf = vec![0u8; PART];
@@ -372,8 +380,10 @@ fn spawn_reader(
                 break;
             }
             buf.truncate(n);
-            if let (Some(m), Some(s)) = (md5.as_mut(), sha.as_mut()) {
+            if let Some(m) = md5.as_mut() {
                 m.update(&buf);
+            }
+            if let Some(s) = sha.as_mut() {
                 s.update(&buf);
             }
             total += n as u64;
@@ -392,7 +402,7 @@ fn spawn_reader(
 }
 
 /// Uploads a file with the given attributes (content type, user metadata), multipart above one
-/// part, reading the file exactly once; with `hash`, its md5 and sha256 are computed in that pass.
+/// part, reading the file exactly once; the digests `hash` asks for are computed in that pass.
 ///
 /// When `cancel` fires, the upload stops and a multipart upload is aborted (its parts removed on
 /// the S3 side) before this returns an error.
@@ -402,7 +412,7 @@ pub async fn upload(
     key: &str,
     file: &Path,
     attributes: Attributes,
-    hash: bool,
+    hash: Hashing,
     cancel: &CancellationToken,
 ) -> Result<Uploaded, String> {
     let store = ctx.store(bucket)?;

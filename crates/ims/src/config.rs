@@ -75,6 +75,12 @@ pub struct JobsFile {
     pub heartbeat_timeout: Option<String>,
     /// A job waiting on its user ends in error after this long (e.g. `24h`).
     pub user_deadline: Option<String>,
+    /// The site CA certificate put into every image root (`/etc/cray/ca/certificate_authority.crt`).
+    pub ca_cert: Option<PathBuf>,
+    /// The host name users reach job SSH sessions at (default: this host's name).
+    pub ssh_host: Option<String>,
+    /// squashfs compression of the images jobs produce (default zstd).
+    pub compression: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -121,6 +127,8 @@ pub struct Config {
     /// Which executor runs jobs.
     pub executor: ExecutorKind,
     pub agent_api_url: Option<String>,
+    /// Settings handed to job agents (`IMS_AGENT_*`).
+    pub agent_env: Vec<(String, String)>,
     pub job_token_key_file: PathBuf,
 }
 
@@ -498,6 +506,46 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
     }) {
         svc.job_user_deadline = parse_duration(&n, &v)?;
     }
+    let mut agent_env = vec![(
+        "IMS_AGENT_BOOT_IMAGES_BUCKET".to_string(),
+        svc.boot_images_bucket.clone(),
+    )];
+    let ca = env
+        .get(&["IMS_JOB_CA_CERT"])
+        .map(|(n, v)| (n, PathBuf::from(v)))
+        .or_else(|| {
+            file.jobs
+                .ca_cert
+                .clone()
+                .map(|p| ("jobs.ca_cert".to_string(), p))
+        });
+    if let Some((n, p)) = ca {
+        if !p.is_file() {
+            return Err(err(&n, format!("{} is not a readable file", p.display())));
+        }
+        agent_env.push(("IMS_AGENT_CA_CERT".into(), p.display().to_string()));
+    }
+    if let Some(h) = env
+        .get(&["IMS_JOB_SSH_HOST"])
+        .map(|(_, v)| v)
+        .or(file.jobs.ssh_host.clone())
+    {
+        agent_env.push(("IMS_AGENT_SSH_HOST".into(), h));
+    }
+    if let Some((n, c)) = env.get(&["IMS_JOB_COMPRESSION"]).or_else(|| {
+        file.jobs
+            .compression
+            .clone()
+            .map(|v| ("jobs.compression".to_string(), v))
+    }) {
+        if !["zstd", "gzip", "xz", "lz4", "lzo"].contains(&c.trim()) {
+            return Err(err(
+                &n,
+                format!("{c:?} is not one of zstd, gzip, xz, lz4, lzo"),
+            ));
+        }
+        agent_env.push(("IMS_AGENT_COMPRESSION".into(), c.trim().to_string()));
+    }
     let job_token_key_file = env
         .get(&["IMS_JOB_TOKEN_KEY_FILE"])
         .map(|(_, v)| PathBuf::from(v))
@@ -517,6 +565,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         api_token,
         executor,
         agent_api_url,
+        agent_env,
         job_token_key_file,
     })
 }

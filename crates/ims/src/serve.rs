@@ -253,7 +253,7 @@ fn executor(
                 program,
                 api_url,
                 jobs_dir: cfg.data_dir.join("jobs"),
-                agent_env: vec![],
+                agent_env: cfg.agent_env.clone(),
                 stop_grace: Duration::from_secs(10),
             })
             .with_context(|| format!("cannot create {}", cfg.data_dir.join("jobs").display()))?;

@@ -255,7 +255,16 @@ fn unsquash(s: &Server, image: &Value, dest: &Path) {
 /// in success with the new image as its result, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_customization_becomes_a_new_image() {
-    let Some(st) = setup().await else { return };
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("site-ca.crt");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nsite CA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let Some(st) = setup_with(&[("IMS_JOB_CA_CERT", ca.to_str().unwrap())]).await else {
+        return;
+    };
     let id = st.job("custom-1", false).await;
     st.wait_status(&id, "waiting_on_user").await;
     let root = st.job_dir(&id).join("mnt/image-root");
@@ -308,6 +317,11 @@ async fn completed_customization_becomes_a_new_image() {
         "customized\n"
     );
     assert!(new_root.join("etc/added").exists());
+    assert_eq!(
+        std::fs::read(new_root.join("etc/cray/ca/certificate_authority.crt")).unwrap(),
+        std::fs::read(&ca).unwrap(),
+        "the site CA certificate is in the image"
+    );
     assert!(
         !new_root.join("etc/resolv.conf").exists(),
         "the session's resolv.conf was kept"
@@ -734,4 +748,56 @@ async fn dkms_mounts_exist_only_during_the_session() {
         assert!(empty, "/{d} of the packaged image is not empty");
     }
     nothing_left(&st, &id);
+}
+
+/// `ims serve` restarting while a job waits on its user takes the running agent over: the
+/// session keeps working and the job completes; a job whose agent died while the server was down
+/// ends in error at the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_takes_running_agents_over() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let Some(mut st) = setup_with(&[("IMS_LISTEN", &listen)]).await else {
+        return;
+    };
+    assert_eq!(st.s.url, format!("http://{listen}"));
+    let alive = st.job("survivor", true).await;
+    let dead = st.job("casualty", false).await;
+    st.wait_status(&alive, "waiting_on_user").await;
+    st.wait_status(&dead, "waiting_on_user").await;
+    let dead_pid = agent_pid(&dead).unwrap();
+    st.s.stop();
+    // While the server is down, one agent dies (as on a host restart).
+    // SAFETY: kill(2) on a pid we just looked up.
+    assert_eq!(unsafe { libc::kill(dead_pid as i32, libc::SIGKILL) }, 0);
+    while agent_pid(&dead).is_some() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent_pid(&alive).is_some(),
+        "the agent died with the server"
+    );
+    st.s = st.s.restart().await;
+    let job = st.wait_status(&dead, "error").await;
+    assert_eq!(job["resultant_image_id"], Value::Null);
+    let log = st.log(&dead).await;
+    assert!(
+        log.contains("not running any more when the server started"),
+        "{log}"
+    );
+    nothing_left(&st, &dead);
+    let job = st.s.get(&format!("/v3/jobs/{alive}")).await.ok(200);
+    let o = st.ssh(
+        &job,
+        "id_job",
+        "echo after-restart > /etc/motd && touch /tmp/complete",
+    );
+    assert!(o.status.success(), "{o:?}");
+    let done = st.wait_status(&alive, "success").await;
+    assert!(done["resultant_image_id"].is_string());
+    nothing_left(&st, &alive);
 }

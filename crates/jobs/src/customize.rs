@@ -252,6 +252,9 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     }
 
     agent.status("packaging_artifacts").await?;
+    // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
+    // with it the S3 endpoint's address, may have restarted meanwhile).
+    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
     let result = package(agent, &ctx, &root.path, &arch).await;
     root.release();
     let image_id = result?;

@@ -7,8 +7,8 @@ use super::s3_ctx;
 use futures::{StreamExt, TryStreamExt};
 use ims_client::Resource;
 use ims_client::s3::{
-    Ctx, IN_FLIGHT, download, file_md5, hash_object, interrupt_token, key_path, list_buckets,
-    remove, runtime, s3_error, split_s3, upload,
+    Ctx, Hashing, IN_FLIGHT, download, file_md5, hash_object, interrupt_token, key_path,
+    list_buckets, remove, replace_metadata, runtime, s3_error, split_s3, upload,
 };
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore};
 use serde_json::{Map, Value, json};
@@ -97,22 +97,40 @@ async fn describe(ctx: &Ctx, bucket: &str, key: &str) -> Result<Value, String> {
     Ok(json!({ "artifact": o }))
 }
 
+/// Largest object S3 copies in one request: above it the md5 must be known before the upload.
+const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
+
 async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value, String> {
-    // As cray: the md5 goes into the metadata, which S3 takes when the upload starts, so it
-    // needs its own (streaming) pass over the file before the upload.
-    let md5 = file_md5(file).await?;
-    let mut attributes = Attributes::new();
-    attributes.insert(Attribute::Metadata("md5sum".into()), md5.into());
-    upload(
-        ctx,
-        bucket,
-        key,
-        file,
-        attributes,
-        false,
-        &interrupt_token(),
-    )
-    .await?;
+    let size = std::fs::metadata(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .len();
+    let cancel = interrupt_token();
+    if size > MAX_COPY {
+        // As cray: the md5 goes into the metadata S3 takes when the upload starts, so it needs
+        // its own (streaming) pass over the file first.
+        let md5 = file_md5(file).await?;
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::Metadata("md5sum".into()), md5.into());
+        upload(ctx, bucket, key, file, attributes, Hashing::None, &cancel).await?;
+    } else {
+        // One read: the md5 is computed while the file is sent, then set as `md5sum` by a
+        // metadata-only copy of the object onto itself.
+        let up = upload(
+            ctx,
+            bucket,
+            key,
+            file,
+            Attributes::new(),
+            Hashing::Md5,
+            &cancel,
+        )
+        .await?;
+        let md5 = up.md5.unwrap_or_default();
+        if let Err(e) = replace_metadata(&ctx.creds, bucket, key, None, &[("md5sum", &md5)]).await {
+            let _ = remove(ctx, bucket, key).await;
+            return Err(format!("{e}; the object was removed"));
+        }
+    }
     Ok(json!({ "artifact": key, "Key": key }))
 }
 
@@ -230,7 +248,16 @@ pub fn import_recipe(
                 Attribute::ContentType,
                 "application/x-compressed-tar".into(),
             );
-            let up = upload(&ctx, BUCKET, &key, &tarball, attributes, false, &cancel).await?;
+            let up = upload(
+                &ctx,
+                BUCKET,
+                &key,
+                &tarball,
+                attributes,
+                Hashing::None,
+                &cancel,
+            )
+            .await?;
             uploaded = true;
             let link = json!({"link": {
                 "path": format!("s3://{BUCKET}/{key}"),

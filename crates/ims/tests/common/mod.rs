@@ -90,14 +90,16 @@ impl Builder {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // A fixed API address (for restarts that keep it) comes from an `IMS_LISTEN` setting.
+        let listen = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "IMS_LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut child = self
-            .command(&[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--s3-listen",
-                "127.0.0.1:0",
-            ])
+            .command(&["serve", "--listen", &listen, "--s3-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

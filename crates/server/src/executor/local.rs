@@ -56,15 +56,21 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
-/// A process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`).
+/// A live process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`); `None`
+/// for no process or a zombie (dead, only not yet reaped by its parent).
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?;
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
 }
 
-/// Whether the process `pid` is the one that started at `started` (not a recycled pid).
+/// Whether the process `pid` is alive and is the one that started at `started` (not a recycled
+/// pid).
 fn same_process(pid: u32, started: Option<u64>) -> bool {
     match (start_time(pid), started) {
         (Some(now), Some(then)) => now == then,
@@ -342,5 +348,30 @@ impl JobExecutor for Local {
 
     fn name(&self) -> &'static str {
         "local"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_are_recognised() {
+        let me = std::process::id();
+        let t = start_time(me).expect("this process");
+        assert!(same_process(me, Some(t)));
+        assert!(!same_process(me, Some(t + 1)), "a recycled pid");
+        // A zombie is not alive.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while start_time(pid).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the exited child still counts as alive"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(child);
     }
 }
