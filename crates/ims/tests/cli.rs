@@ -6,58 +6,9 @@ use common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// One CLI run.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Per-test client environment: a private config file path, no IMS_URL/IMS_TOKEN from outside.
-struct Cli {
-    dir: tempfile::TempDir,
-    url: Option<String>,
-    env: Vec<(String, String)>,
-}
+use std::path::Path;
 
 impl Cli {
-    fn new(url: Option<&str>) -> Cli {
-        Cli {
-            dir: tempfile::tempdir().unwrap(),
-            url: url.map(str::to_string),
-            env: vec![],
-        }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("cfg").join("client.toml")
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        let mut c = Command::new(ims_bin());
-        c.args(args)
-            .env_remove("IMS_URL")
-            .env_remove("IMS_TOKEN")
-            .env("IMS_CLIENT_CONFIG", self.config_path())
-            .env("HOME", self.dir.path());
-        if let Some(u) = &self.url {
-            c.arg("--url").arg(u);
-        }
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        let o = c.output().expect("run ims");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(o.stdout).unwrap(),
-            stderr: String::from_utf8(o.stderr).unwrap(),
-        }
-    }
-
     /// Runs, expects success, parses stdout in `format`.
     fn ok(&self, format: &str, args: &[&str]) -> Value {
         let mut a = args.to_vec();
@@ -65,18 +16,6 @@ impl Cli {
         let o = self.run(&a);
         assert_eq!(o.code, 0, "{args:?}: {o:?}");
         parse(format, &o.stdout)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        self.ok("json", args)
-    }
-
-    /// Runs, expects exit 2, nothing on stdout, and returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(o.code, 2, "{args:?}: {o:?}");
-        assert_eq!(o.stdout, "", "{args:?}: stdout must stay empty");
-        o.stderr
     }
 }
 

@@ -7,59 +7,6 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use std::process::Command;
 
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-struct Cli {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Cli {
-    fn new(s: &Server) -> Cli {
-        Cli {
-            dir: tempfile::tempdir().unwrap(),
-            url: s.url.clone(),
-        }
-    }
-
-    fn file(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        let o = Command::new(ims_bin())
-            .args(args)
-            .args(["--url", &self.url])
-            .env_remove("IMS_URL")
-            .env_remove("IMS_TOKEN")
-            .env("IMS_CLIENT_CONFIG", self.dir.path().join("client.toml"))
-            .env("HOME", self.dir.path())
-            .output()
-            .expect("run ims");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(o.stdout).unwrap(),
-            stderr: String::from_utf8(o.stderr).unwrap(),
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--format", "json"]);
-        let o = self.run(&a);
-        assert_eq!(o.code, 0, "{args:?}: {o:?}");
-        if o.stdout.trim().is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
-    }
-}
-
 fn md5_hex(data: &[u8]) -> String {
     format!("{:x}", Md5::digest(data))
 }
@@ -93,7 +40,7 @@ fn keys(list: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_round_trip_through_sts_and_s3() {
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
 
     assert_eq!(
         cli.json(&["artifacts", "buckets", "list"]),
@@ -201,7 +148,7 @@ async fn artifacts_round_trip_through_sts_and_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_verify_checks_every_artifact() {
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
 
     let mut artifacts = vec![];
     for (i, (name, mime)) in [
@@ -306,7 +253,7 @@ async fn images_verify_checks_every_artifact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipes_import_uploads_and_links_all_or_nothing() {
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
 
     // A kiwi description directory: packed, uploaded, linked.
     let desc = cli.file("desc");

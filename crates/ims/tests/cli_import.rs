@@ -17,70 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-struct Cli {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
 impl Cli {
-    fn new(s: &Server) -> Cli {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tmp")).unwrap();
-        Cli {
-            dir,
-            url: s.url.clone(),
-        }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The CLI's TMPDIR: its work directories (`ims-import-*`) are made there.
-    fn tmp(&self) -> PathBuf {
-        self.file("tmp")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(ims_bin());
-        c.args(args)
-            .args(["--url", &self.url])
-            .env_remove("IMS_URL")
-            .env_remove("IMS_TOKEN")
-            .env("IMS_CLIENT_CONFIG", self.dir.path().join("client.toml"))
-            .env("HOME", self.dir.path())
-            .env("TMPDIR", self.tmp())
-            .current_dir(self.dir.path());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        let o = self.command(args).output().expect("run ims");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(o.stdout).unwrap(),
-            stderr: String::from_utf8(o.stderr).unwrap(),
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--format", "json"]);
-        let o = self.run(&a);
-        assert_eq!(o.code, 0, "{args:?}: {o:?}");
-        if o.stdout.trim().is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
-    }
-
     /// `ims images import NAME ROOTFS EXTRA… --format json`: the printed record.
     fn import(&self, name: &str, rootfs: &Path, extra: &[&str]) -> Value {
         let mut a = vec!["images", "import", name, rootfs.to_str().unwrap()];
@@ -448,7 +385,7 @@ fn assert_nothing_registered(s: &Server, cli: &Cli) {
 async fn directory_import_end_to_end() {
     require_root!();
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = make_root(cli.dir.path(), "root", true);
     let params = cli.file("params");
     std::fs::write(&params, "console=ttyS0,115200 rd.shell\n").unwrap();
@@ -512,7 +449,7 @@ async fn directory_import_end_to_end() {
 async fn archive_imports_by_content() {
     require_root!();
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = make_root(cli.dir.path(), "root", true);
     let tar = cli.file("root.tar");
     tool(
@@ -600,7 +537,7 @@ async fn archive_imports_by_content() {
 async fn squashfs_import_is_byte_identical() {
     require_root!();
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = make_root(cli.dir.path(), "root", false);
     let sqsh = cli.file("root.sqsh");
     tool(
@@ -652,7 +589,7 @@ async fn squashfs_import_is_byte_identical() {
 async fn explicit_choices() {
     require_root!();
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = make_root(cli.dir.path(), "root", true);
 
     // Files given: uploaded instead of the image root's.
@@ -728,7 +665,7 @@ async fn explicit_choices() {
 async fn bad_input_leaves_nothing() {
     require_root!();
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = make_root(cli.dir.path(), "root", true);
     let p = |n: &str| cli.file(n).to_str().unwrap().to_string();
 
@@ -878,7 +815,7 @@ async fn refused_registration_removes_uploads() {
         .env("MAX_IMAGE_MANIFEST_SIZE_BYTES", "200")
         .start()
         .await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = cli.file("root");
     std::fs::create_dir_all(root.join("boot")).unwrap();
     std::fs::write(root.join("boot/vmlinuz-1.0"), "k").unwrap();
@@ -1016,7 +953,7 @@ fn wait_for_a_part(s: &Server, timeout: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_upload_registers_nothing() {
     let mut s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = big_root(&cli, 300);
     let mut run = Running::start(
         &cli,
@@ -1045,7 +982,7 @@ async fn server_killed_mid_upload_registers_nothing() {
 
     let s = s.restart().await;
     let cli = Cli {
-        url: s.url.clone(),
+        url: Some(s.url.clone()),
         ..cli
     };
     assert_eq!(cli.json(&["images", "list"]), json!([]));
@@ -1065,7 +1002,7 @@ async fn server_killed_mid_upload_registers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_upload_is_cleaned_up() {
     let s = start(Db::Sqlite).await;
-    let cli = Cli::new(&s);
+    let cli = Cli::of(&s);
     let root = big_root(&cli, 300);
     let mut run = Running::start(
         &cli,

@@ -3,6 +3,10 @@
 //! `ims migrate import` (records with chosen ids and timestamps the API cannot set).
 #![allow(dead_code)]
 
+pub mod cli;
+#[allow(unused_imports)]
+pub use cli::{Cli, Out};
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
