@@ -206,25 +206,29 @@ fn in_agent(id: &str, script: &str) {
     assert!(o.status.success(), "{o:?}");
 }
 
+/// No agent, job directory, mount or loop device of job `id` remains (within 20 s: the kernel
+/// tears a dead agent's mount namespace down, and frees its loop device, asynchronously).
 fn nothing_left(st: &Setup, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while agent_pid(id).is_some() || st.job_dir(id).exists() {
+    loop {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let loops = Command::new("losetup").arg("-a").output().unwrap();
+        let loops = String::from_utf8_lossy(&loops.stdout).into_owned();
+        let left = [
+            (agent_pid(id).is_some(), "the agent"),
+            (st.job_dir(id).exists(), "the job directory"),
+            (mounts.contains(id), "a mount"),
+            (loops.contains(id), "a loop device"),
+        ];
+        let Some((_, what)) = left.iter().find(|(there, _)| *there) else {
+            return;
+        };
         assert!(
             Instant::now() < deadline,
-            "agent or job directory of {id} left behind"
+            "{what} of job {id} is left behind:\n{mounts}\n{loops}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(id),
-        "a mount of job {id} is left: {mounts}"
-    );
-    let loops = Command::new("losetup").arg("-a").output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&loops.stdout).contains(id),
-        "a loop device of job {id} is left"
-    );
 }
 
 fn unsquash(s: &Server, image: &Value, dest: &Path) {
