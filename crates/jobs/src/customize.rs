@@ -330,16 +330,15 @@ fn dir_in_root(root: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-/// Writes `data` as a new regular file `name` in `dir` (replacing whatever entry was there, a
+/// Writes `data` as a new regular file at `p` with `mode` (replacing whatever entry was there, a
 /// link included, never writing through it).
-fn replace_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<(), String> {
+pub(crate) fn replace_file(p: &Path, data: &[u8], mode: u32) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let p = dir.join(name);
-    match std::fs::symlink_metadata(&p) {
+    match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => return Err(format!("{} is a directory", p.display())),
         Ok(_) => {
-            std::fs::remove_file(&p).map_err(|e| format!("cannot replace {}: {e}", p.display()))?
+            std::fs::remove_file(p).map_err(|e| format!("cannot replace {}: {e}", p.display()))?
         }
         Err(_) => {}
     }
@@ -347,7 +346,7 @@ fn replace_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<(), St
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&p)
+        .open(p)
         .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     f.write_all(data)
         .map_err(|e| format!("cannot write {}: {e}", p.display()))
@@ -357,7 +356,7 @@ fn install_ca(root: &Path, ca: &Path) -> Result<(), String> {
     let data = std::fs::read(ca)
         .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
     let dir = dir_in_root(root, "etc/cray/ca")?;
-    replace_file(&dir, "certificate_authority.crt", &data, 0o644)
+    replace_file(&dir.join("certificate_authority.crt"), &data, 0o644)
 }
 
 /// Puts the host's resolv.conf in place of the image's (kept aside); `false` if the host has none.
@@ -373,7 +372,7 @@ fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
         std::fs::rename(&cur, &saved)
             .map_err(|e| format!("cannot set aside {}: {e}", cur.display()))?;
     }
-    replace_file(&etc, "resolv.conf", &host, 0o644)?;
+    replace_file(&etc.join("resolv.conf"), &host, 0o644)?;
     Ok(true)
 }
 
@@ -529,8 +528,7 @@ mod tests {
         std::fs::write(&target, "keep").unwrap();
         std::os::unix::fs::symlink(&target, root.join("etc/resolv.conf")).unwrap();
         replace_file(
-            &root.join("etc"),
-            "resolv.conf",
+            &root.join("etc/resolv.conf"),
             b"nameserver 1.1.1.1\n",
             0o644,
         )

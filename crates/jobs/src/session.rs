@@ -18,7 +18,6 @@
 //!
 //! `--die-with-parent`: if the agent dies, the sandbox and every session process die with it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -67,16 +66,7 @@ pub struct Session {
 }
 
 fn write(path: &Path, data: &str, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(data.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    crate::customize::replace_file(path, data.as_bytes(), mode)
 }
 
 /// A line of `sshd_config` or `authorized_keys` must not smuggle in another line.
