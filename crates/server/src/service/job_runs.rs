@@ -33,6 +33,20 @@ pub const LOG_DONE_HEADER: &str = "x-ims-log-complete";
 
 const FINAL: &[&str] = &["success", "error"];
 
+/// Log writers of one job take turns within this server: a chunk is stored at the next index
+/// before the count that publishes it is committed, so two writers at once (the agent's shipper
+/// and a note of the server's) would write the same index and one could overwrite the other's
+/// bytes. Striped by job id, so the set stays fixed. (Replicas of a scaled-out server still
+/// serialise on the run's version; see docs/architecture.md.)
+fn log_lock(id: &str) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{Hash, Hasher};
+    static LOCKS: std::sync::LazyLock<Vec<tokio::sync::Mutex<()>>> =
+        std::sync::LazyLock::new(|| (0..64).map(|_| tokio::sync::Mutex::new(())).collect());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    &LOCKS[(h.finish() % LOCKS.len() as u64) as usize]
+}
+
 fn run_for(job: &Job, executor: &str) -> JobRun {
     JobRun {
         id: job.id.clone(),
@@ -238,6 +252,7 @@ async fn store_chunk(
     chunk: Bytes,
     agent_seq: Option<u64>,
 ) -> ApiResult<JobRun> {
+    let _turn = log_lock(&job.id).lock().await;
     retrying!(
         async {
             let cur = ims_store::get::<JobRun>(&*st.store, &job.id).await?;
@@ -360,11 +375,22 @@ pub async fn forget(st: &AppState, id: &str) {
 /// Ends a job in `error` for a reason the server found (its agent is gone, its deadline passed):
 /// the reason goes to the job's log and its run state. A job that already ended is left alone.
 pub async fn fail(st: &AppState, job: &Job, reason: &str) {
+    explain(st, job, reason).await;
+    end_in_error(st, job).await;
+}
+
+/// Records why the server ends a job (log note and run state), before anything stops it, so the
+/// reason is there by the time anyone sees the job in `error`.
+async fn explain(st: &AppState, job: &Job, reason: &str) {
     tracing::warn!(job = %job.id, reason, "failing the job");
     note(st, job, &format!("error: {reason}")).await;
     if let Err(e) = update_run(st, job, |r| r.error = Some(reason.to_string())).await {
         tracing::warn!(job = %job.id, error = ?e, "could not record why the job failed");
     }
+}
+
+/// Sets a job's status to `error` unless it already ended.
+async fn end_in_error(st: &AppState, job: &Job) {
     let r = retrying!(
         async {
             let Some(cur) = ims_store::get::<Job>(&*st.store, &job.id).await? else {
@@ -434,10 +460,11 @@ pub async fn reconcile(st: &AppState) {
             }
         };
         if let Some(reason) = reason {
+            explain(st, &job, &reason).await;
             if let Err(e) = st.executor.stop(st, &job).await {
                 tracing::error!(job = %job.id, error = %e, "reconciler: cannot stop the job");
             }
-            fail(st, &job, &reason).await;
+            end_in_error(st, &job).await;
         }
     }
 }
