@@ -17,6 +17,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SIZE=${1:-1024}
 REPEAT=${2:-3}
 COMPARE=${AWS_COMPARE:-1}
@@ -44,11 +45,9 @@ if [ "$free" -lt $((need * 1024)) ]; then
   echo "artifacts.sh: $((free / 1024)) MiB free on $work, $need MiB needed (BLOB_DIR=/dev/shm saves $SIZE MiB)" >&2; exit 1
 fi
 head -c $((SIZE * 1024 * 1024)) /dev/urandom > "$blob"
-PORT=${PORT:-19321}; S3PORT=$((PORT + 1))
-"$BIN" serve --listen 127.0.0.1:$PORT --s3-listen 127.0.0.1:$S3PORT --data-dir "$work/data" 2>"$work/serve.log" &
-pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz/live" >/dev/null && break; sleep 0.1; done
-export IMS_URL=http://127.0.0.1:$PORT
+PORT=${PORT:-19321}
+mkdir -p "$work/data"
+start_server "$work/data"
 if [ "$COMPARE" != 0 ]; then
   creds=$(curl -s -X PUT "$IMS_URL/apis/sts/token")
   export AWS_ACCESS_KEY_ID=$(echo "$creds" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Credentials"]["AccessKeyId"])')
@@ -56,24 +55,7 @@ if [ "$COMPARE" != 0 ]; then
   export AWS_SESSION_TOKEN=$(echo "$creds" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Credentials"]["SessionToken"])')
   export AWS_DEFAULT_REGION=us-east-1
 fi
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-maxof() { sort -g | tail -1; }
-mib() { awk '{printf "%.1f", $1/1024}'; }
-hz=$(getconf CLK_TCK)
-# CPU ticks of the whole machine: "busy idle" (steal not counted).
-ticks() { local _c u n sy i w q sq _r; read -r _c u n sy i w q sq _r < /proc/stat; echo "$((u + n + sy + q + sq)) $((i + w))"; }
 srv_cpu() { local f; read -r -a f < "/proc/$pid/stat"; echo "$((f[13] + f[14]))"; }
-# Waits until the machine is idle (≤ 10 % busy over 2 s), at most IDLE_WAIT s (default 1800).
-wait_idle() {
-  local waited=0 b0 i0 b1 i1
-  while :; do
-    read -r b0 i0 < <(ticks); sleep 2; read -r b1 i1 < <(ticks)
-    (( (b1 - b0) * 10 <= (b1 - b0) + (i1 - i0) )) && return
-    (( waited == 0 )) && echo "waiting for the machine to be idle ..." >&2
-    waited=$((waited + 2))
-    if (( waited >= ${IDLE_WAIT:-1800} )); then echo "still busy after ${waited} s; measuring anyway" >&2; return; fi
-  done
-}
 # Times one command: prints "seconds cli_peak_rss_kib server_peak_rss_kib others_cpu_s". The
 # server's VmHWM is reset first, so its figure belongs to this command. "others" is the CPU time
 # other processes used meanwhile (the machine's busy time less the command's and the server's);
@@ -100,7 +82,7 @@ t() {
   done
   echo "$wall $rss $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") $other"
 }
-S3=("$AWS" --endpoint-url "http://127.0.0.1:$S3PORT" s3)
+S3=("$AWS" --endpoint-url "http://127.0.0.1:$((PORT + 1))" s3)
 rm_ims() { "$BIN" artifacts delete boot-images "b/ims$1" >/dev/null; }
 rm_aws() { "${S3[@]}" rm "s3://boot-images/b/aws$1" >/dev/null; }
 rm_down() { rm -f "$work/down"; }

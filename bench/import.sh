@@ -14,12 +14,11 @@
 # processes used meanwhile ("others"), which should be ~0; PORT (default 19331, S3 on PORT+1); WORK_PARENT
 # (default /var/tmp: must not be tmpfs).
 #
-# The image root is real files copied from this machine: /etc, /usr/bin, /usr/sbin, /usr/libexec,
-# /usr/lib/x86_64-linux-gnu, … in that order until it holds SIZE_MIB MiB (apparent size), then, if
-# /usr is too small, further copies of /usr/lib; plus stand-ins for a Debian kernel and initrd
-# (random bytes, 8 and 40 MiB, as compressed files are) with the /vmlinuz and /initrd.img links.
+# The image root is real files copied from this machine until it holds SIZE_MIB MiB (apparent
+# size), with stand-ins for a Debian kernel and initrd: `make_root` in bench/lib.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SIZE=${1:-1024}
 REPEAT=${2:-3}
 BIG=${3:-4096}
@@ -45,56 +44,22 @@ fi
 
 # --- the image root -------------------------------------------------------------------------
 root=$work/root
-mkdir -p "$root/boot"
-want=$((SIZE * 1024 * 1024))
+make_root "$root" "$SIZE"
 have() { du -sb "$root" | cut -f1; }
-for d in /etc /usr/bin /usr/sbin /usr/libexec /usr/lib/x86_64-linux-gnu /usr/lib/python3* /usr/lib/gcc \
-         /usr/share /usr/include /usr/lib /usr/local; do
-  [ "$(have)" -ge "$want" ] && break
-  [ -d "$d" ] && cp -a --parents "$d" "$root/" 2>/dev/null || true
-done
-n=0
-while [ "$(have)" -lt "$want" ]; do
-  n=$((n + 1)); cp -a /usr/lib "$root/usr/lib-copy$n"
-done
-head -c $((8 * 1024 * 1024)) /dev/urandom > "$root/boot/vmlinuz-6.1.0-1-amd64"
-head -c $((40 * 1024 * 1024)) /dev/urandom > "$root/boot/initrd.img-6.1.0-1-amd64"
-ln -s boot/vmlinuz-6.1.0-1-amd64 "$root/vmlinuz"
-ln -s boot/initrd.img-6.1.0-1-amd64 "$root/initrd.img"
 tree_bytes=$(have)
 tree_files=$(find "$root" -xdev | wc -l)
 tree_disk=$(du -sh "$root" | cut -f1)
 
 # --- the server -----------------------------------------------------------------------------
-PORT=${PORT:-19331}; S3PORT=$((PORT + 1))
-"$BIN" serve --listen 127.0.0.1:$PORT --s3-listen 127.0.0.1:$S3PORT --data-dir "$work/data" 2>"$work/serve.log" &
-pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz/live" >/dev/null && break; sleep 0.1; done
-export IMS_URL=http://127.0.0.1:$PORT
+PORT=${PORT:-19331}
+mkdir -p "$work/data"
+start_server "$work/data"
 mkdir -p "$work/tmp"
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-maxof() { sort -g | tail -1; }
-mib() { awk '{printf "%.1f", $1/1024}'; }
 hwm_reset() { echo 5 > "/proc/$pid/clear_refs"; }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$pid/status"; }
-# CPU ticks of the whole machine: "busy idle" (busy without steal).
-ticks() { local _c u n sy i w q sq _r; read -r _c u n sy i w q sq _r < /proc/stat; echo "$((u + n + sy + q + sq)) $((i + w))"; }
-hz=$(getconf CLK_TCK)
 # CPU seconds of the server so far.
 srv_cpu() { local f; read -r -a f < "/proc/$pid/stat"; echo "scale=2; (${f[13]} + ${f[14]}) / $hz" | bc; }
-# Waits until the machine is idle (≤ 10 % busy over 2 s), at most IDLE_WAIT s (default 1800): other
-# processes on the 2 cores would be measured too.
-wait_idle() {
-  local waited=0 b0 i0 b1 i1
-  while :; do
-    read -r b0 i0 < <(ticks); sleep 2; read -r b1 i1 < <(ticks)
-    (( (b1 - b0) * 10 <= (b1 - b0) + (i1 - i0) )) && return
-    (( waited == 0 )) && echo "waiting for the machine to be idle ..." >&2
-    waited=$((waited + 2))
-    if (( waited >= ${IDLE_WAIT:-1800} )); then echo "still busy after ${waited} s; measuring anyway" >&2; return; fi
-  done
-}
 settle() {
   sync
   if [ "$DROP" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches; fi
@@ -159,7 +124,8 @@ import_run() {
 }
 
 # Warm the cache (and the server) once, untimed, unless every run starts cold.
-[ "$DROP" = 1 ] || tar cf /dev/null -C "$root" .
+# (Through a pipe: GNU tar does not read file contents when it writes to /dev/null.)
+[ "$DROP" = 1 ] || tar cf - -C "$root" . | cat > /dev/null
 
 # A run is "disturbed" when other processes used more than 3 % of the machine's CPU time meanwhile
 # (this is a shared machine); a pair with a disturbed run is printed but not counted, and measured
@@ -199,7 +165,7 @@ done
 [ "$i" -gt 0 ] || { echo "import.sh: every run was disturbed by other processes" >&2; exit 1; }
 REPEAT=$i
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); mksquashfs $(mksquashfs -version | awk 'NR==1 {print $3}')"
+machine
 echo "image root: $((tree_bytes / 1048576)) MiB apparent ($tree_disk on disk), $tree_files entries; squashfs (zstd): $((sqsh_bytes / 1048576)) MiB; page cache: $([ "$DROP" = 1 ] && echo 'dropped before every run' || echo warm); medians of $REPEAT"
 m_mk=$(printf '%s\n' "${mk[@]}" | median); m_ims=$(printf '%s\n' "${ims[@]}" | median)
 printf 'mksquashfs alone        %7.2f s   (runs: %s)\n' "$m_mk" "${mk[*]}"

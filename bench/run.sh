@@ -4,6 +4,7 @@
 # server's peak RSS. Usage: bench/run.sh [REPEAT]   (installs wrk and python3 if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 REPEAT=${1:-5}
 DURATION=${DURATION:-10s}
 command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
@@ -19,7 +20,6 @@ pid=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/healthz/live" >/dev/null && break; sleep 0.1; done
 URL=http://127.0.0.1:$PORT
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # wrk latency like "1.23ms" / "850.00us" / "1.02s" -> ms
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000}}'; }
 

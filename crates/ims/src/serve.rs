@@ -175,6 +175,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                     cfg.job_token_key_file.display()
                 )
             })?,
+        started: ims_core::Timestamp::now(),
     };
     // Jobs whose agents outlived a previous server are taken over (or failed); then the
     // reconciler fails jobs whose agents fall silent or whose users never finish.

@@ -348,6 +348,7 @@ async fn completed_customization_becomes_a_new_image() {
         "overlay",
         "status: packaging_artifacts",
         "registered image",
+        "packaged in",
     ] {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
@@ -475,6 +476,9 @@ async fn ssh_sessions_customize_the_image() {
             String::from_utf8_lossy(&caps.stdout).contains("cap_net_raw"),
             "{caps:?}"
         );
+        // sshd's own log reaches the job's log when the session ends: who logged in, how.
+        let log = st.log(&id).await;
+        assert!(log.contains("sshd: Accepted publickey for root"), "{log}");
         nothing_left(&st, &id);
     }
 }
@@ -755,8 +759,9 @@ async fn dkms_mounts_exist_only_during_the_session() {
 }
 
 /// `ims serve` restarting while a job waits on its user takes the running agent over: the
-/// session keeps working and the job completes; a job whose agent died while the server was down
-/// ends in error at the restart.
+/// session keeps working and the job completes, even when the server was down for longer than
+/// the heartbeat timeout; a job whose agent died while the server was down ends in error at the
+/// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_takes_running_agents_over() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -765,7 +770,9 @@ async fn server_restart_takes_running_agents_over() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let Some(mut st) = setup_with(&[("IMS_LISTEN", &listen)]).await else {
+    let Some(mut st) =
+        setup_with(&[("IMS_LISTEN", &listen), ("IMS_JOB_HEARTBEAT_TIMEOUT", "8s")]).await
+    else {
         return;
     };
     assert_eq!(st.s.url, format!("http://{listen}"));
@@ -785,6 +792,9 @@ async fn server_restart_takes_running_agents_over() {
         agent_pid(&alive).is_some(),
         "the agent died with the server"
     );
+    // Down for longer than the heartbeat timeout: the survivor's last heartbeat is older than
+    // that when the server comes back, and it must still get the chance to send the next one.
+    std::thread::sleep(Duration::from_secs(10));
     st.s = st.s.restart().await;
     let job = st.wait_status(&dead, "error").await;
     assert_eq!(job["resultant_image_id"], Value::Null);
@@ -794,7 +804,10 @@ async fn server_restart_takes_running_agents_over() {
         "{log}"
     );
     nothing_left(&st, &dead);
+    // Several reconciler passes later, the survivor is still waiting on its user.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let job = st.s.get(&format!("/v3/jobs/{alive}")).await.ok(200);
+    assert_eq!(job["status"], "waiting_on_user", "{}", st.log(&alive).await);
     let o = st.ssh(
         &job,
         "id_job",

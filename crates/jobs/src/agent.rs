@@ -25,6 +25,11 @@ pub const LOG_BUFFER: usize = 8 * 1024 * 1024;
 /// Largest chunk sent at once.
 const LOG_CHUNK: usize = 256 * 1024;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// An agent that has not reached the server for this long stops (and cleans up): its server is
+/// gone for good, or its job cannot be finished anyway (status, log and image all go through the
+/// API). Long enough for a server upgrade or a node reboot; a restarted server takes live agents
+/// over, or fails their jobs, on its own.
+const ORPHANED_AFTER: Duration = Duration::from_secs(3600);
 
 /// What the executor tells the agent.
 #[derive(Debug, Clone)]
@@ -397,12 +402,14 @@ async fn heartbeat(
     log: Log,
 ) {
     let mut warned = false;
+    let mut last_ok = tokio::time::Instant::now();
     loop {
         let body =
             serde_json::json!({"phase": phase.borrow().clone(), "ssh": ssh.borrow().clone()});
         match api.job_heartbeat(&id, &body).await {
             Ok(v) => {
                 warned = false;
+                last_ok = tokio::time::Instant::now();
                 let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
                 if matches!(status, "success" | "error") && !cancel.is_cancelled() {
                     // Only this agent sets success, and only as its last step.
@@ -433,6 +440,13 @@ async fn heartbeat(
                 if !warned {
                     log.line(&format!("warning: heartbeat failed: {e}"));
                     warned = true;
+                }
+                if last_ok.elapsed() >= ORPHANED_AFTER && !cancel.is_cancelled() {
+                    log.line(&format!(
+                        "stopping: the server has not answered for {} s",
+                        last_ok.elapsed().as_secs()
+                    ));
+                    cancel.cancel();
                 }
             }
         }

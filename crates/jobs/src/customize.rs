@@ -24,12 +24,16 @@ use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS, job_rootfs};
 use object_store::ObjectStore;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Largest manifest read.
 const MAX_MANIFEST: usize = 1024 * 1024;
 /// Where the image's own resolv.conf waits during the session.
 const SAVED_RESOLV: &str = "etc/.resolv.conf.ims-saved";
+/// How much of the end of sshd's own log goes into the job's log when the session ends.
+const SSHD_LOG_KEPT: u64 = 64 * 1024;
 
 /// The flag files of a session.
 pub struct Flags {
@@ -114,7 +118,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel).await?;
     let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     agent.say(&format!(
-        "downloaded {size} bytes in {:.1} s; md5 {md5}, sha256 {sha256}",
+        "downloaded {size} bytes in {:.2} s; md5 {md5}, sha256 {sha256}",
         started.elapsed().as_secs_f64()
     ));
     match &rootfs.md5 {
@@ -236,9 +240,35 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         },
         job.id
     ));
+    // The session's idle time warms the page cache for packaging (fast path only).
+    let preread_stop = Arc::new(AtomicBool::new(false));
+    let preread = root.lower.clone().map(|lower| {
+        let stop = preread_stop.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            (imageroot::preread(&lower, &stop), started.elapsed())
+        })
+    });
     let outcome = wait_for_user(agent, &flags, &mut ssh).await;
-    let port = ssh.port;
+    preread_stop.store(true, Ordering::Relaxed);
+    if let Some(Ok((p, took))) = preread.map(|t| t.join()) {
+        agent.say(&format!(
+            "{} {} MiB in {} files of the image at idle priority in {:.1} s, for packaging",
+            if p.stopped {
+                "the session ended after pre-reading"
+            } else {
+                "pre-read"
+            },
+            p.bytes >> 20,
+            p.files,
+            took.as_secs_f64()
+        ));
+    }
+    let (port, sshd_log) = (ssh.port, ssh.log.clone());
     ssh.stop().await;
+    for line in session::log_tail(&sshd_log, SSHD_LOG_KEPT) {
+        agent.say(&format!("sshd: {line}"));
+    }
     let _ = agent
         .report_ssh(&agent.settings.ssh_host, port, "stopped")
         .await;
@@ -252,6 +282,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     }
 
     agent.status("packaging_artifacts").await?;
+    let packaging = std::time::Instant::now();
     // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
     // with it the S3 endpoint's address, may have restarted meanwhile).
     let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
@@ -259,6 +290,10 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     root.release();
     let image_id = result?;
     agent.result(&image_id).await?;
+    agent.say(&format!(
+        "packaged in {:.2} s",
+        packaging.elapsed().as_secs_f64()
+    ));
     agent.status("success").await?;
     Ok(())
 }
@@ -440,10 +475,11 @@ async fn package(agent: &Agent, ctx: &Ctx, root: &Path, arch: &str) -> Result<St
         _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
     }
     agent.say(&format!(
-        "squashed in {:.1} s ({} bytes)",
+        "squashed in {:.2} s ({} bytes)",
         started.elapsed().as_secs_f64(),
         std::fs::metadata(&sqsh).map(|m| m.len()).unwrap_or(0)
     ));
+    let uploading = std::time::Instant::now();
     let mut artifacts = vec![
         Artifact {
             name: "rootfs",
@@ -491,7 +527,10 @@ async fn package(agent: &Agent, ctx: &Ctx, root: &Path, arch: &str) -> Result<St
     .await
     {
         Ok(_) => {
-            agent.say(&format!("registered image {id}"));
+            agent.say(&format!(
+                "registered image {id} (upload, hashing and registration {:.2} s)",
+                uploading.elapsed().as_secs_f64()
+            ));
             Ok(id)
         }
         Err(Failure::Before(e)) => {

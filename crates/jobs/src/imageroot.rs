@@ -33,6 +33,8 @@ pub struct ImageRoot {
     /// The image root (`J/mnt/image-root`).
     pub path: PathBuf,
     pub method: Method,
+    /// The read-only squashfs mount under the overlay (fast path only).
+    pub lower: Option<PathBuf>,
     /// Mount points to undo, innermost first.
     mounts: Vec<PathBuf>,
 }
@@ -87,6 +89,7 @@ pub fn prepare(
         ImageRoot {
             path: root,
             method: Method::Unsquashed,
+            lower: None,
             mounts: vec![],
         },
         why_not,
@@ -124,6 +127,7 @@ fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
     Ok(ImageRoot {
         path: root.to_path_buf(),
         method: Method::Overlay,
+        lower: Some(lower.clone()),
         mounts: vec![root.to_path_buf(), lower],
     })
 }
@@ -146,5 +150,84 @@ impl ImageRoot {
 impl Drop for ImageRoot {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// What [`preread`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Preread {
+    pub files: u64,
+    pub bytes: u64,
+    /// Stopped before the end (`stop` was set).
+    pub stopped: bool,
+}
+
+/// Reads every regular file under `dir` (the squashfs mount of the fast path) once and throws the
+/// bytes away, at idle CPU and I/O priority, so the kernel has decompressed the image into the
+/// page cache by the time packaging reads it: a cold squashfs costs mksquashfs's single reader
+/// thread the decompression while the compressor threads hold the cores (6.2 s against 2.1 s warm
+/// for a 1 GiB image root here). Meant for the session's idle time; links are not followed, and
+/// it stops between reads when `stop` is set. Runs on the calling thread.
+pub fn preread(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> Preread {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::Ordering;
+    idle_priority();
+    let mut done = Preread::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if stop.load(Ordering::Relaxed) {
+                done.stopped = true;
+                return done;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                let Ok(mut f) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+                    .open(e.path())
+                else {
+                    continue;
+                };
+                done.files += 1;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        done.stopped = true;
+                        return done;
+                    }
+                    match f.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => done.bytes += n as u64,
+                    }
+                }
+            }
+        }
+    }
+    done
+}
+
+/// Puts the calling thread at idle CPU priority (`SCHED_IDLE`) and in the idle I/O class, so it
+/// only uses what nothing else wants. Best effort.
+fn idle_priority() {
+    // SAFETY: plain system calls on the calling thread with valid arguments.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        // ioprio_set(IOPRIO_WHO_PROCESS, 0 = this thread, IOPRIO_CLASS_IDLE << 13)
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            IOPRIO_CLASS_IDLE << 13,
+        );
     }
 }

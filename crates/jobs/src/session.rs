@@ -161,6 +161,28 @@ async fn serves(ip: std::net::IpAddr, port: u16) -> bool {
     )
 }
 
+/// The end of sshd's own log (logins, refused keys, …), at most `max` bytes in whole lines, for
+/// the job's log when the session ends.
+pub fn log_tail(path: &Path, max: u64) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return vec![];
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(max);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.take(max).read_to_end(&mut buf).is_err() {
+        return vec![];
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if from > 0 && !lines.is_empty() {
+        // Cut mid-line.
+        lines[0] = format!("(earlier lines left out) …{}", lines[0]);
+    }
+    lines
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();

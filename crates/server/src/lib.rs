@@ -93,4 +93,7 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Issues and checks the job agents' tokens.
     pub job_tokens: auth::JobTokens,
+    /// When this server started: agents get a full heartbeat timeout from then on to reach a
+    /// restarted server before their jobs count as silent.
+    pub started: ims_core::Timestamp,
 }

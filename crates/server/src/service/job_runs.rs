@@ -435,10 +435,13 @@ pub async fn reconcile(st: &AppState) {
             Ok(r) => r.map(|r| r.record),
             Err(_) => continue,
         };
+        // Silence counts from this server's start at the earliest: an agent that outlived a
+        // previous server needs one heartbeat interval to reach this one.
         let last = run
             .as_ref()
             .and_then(|r| r.heartbeat.or(Some(r.created)))
-            .unwrap_or(job.created);
+            .unwrap_or(job.created)
+            .max(st.started);
         let silent = secs(last);
         let timeout = st.cfg.job_heartbeat_timeout.as_secs();
         let reason = if silent > timeout {
