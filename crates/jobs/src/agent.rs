@@ -117,6 +117,9 @@ pub fn enter_private_mount_namespace() -> std::io::Result<()> {
 pub struct Log {
     buf: Arc<Mutex<LogBuf>>,
     wake: Arc<Notify>,
+    /// One sender at a time: the background shipper and the final flush would otherwise send the
+    /// same chunk and both remove it from the buffer.
+    sending: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -132,6 +135,7 @@ impl Log {
         Log {
             buf: Arc::new(Mutex::new(LogBuf::default())),
             wake: Arc::new(Notify::new()),
+            sending: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -152,6 +156,7 @@ impl Log {
 
     /// Sends what is pending, in chunks, until all is accepted or `until` passes.
     async fn ship(&self, api: &Client, job: &str, until: Option<tokio::time::Instant>) {
+        let _turn = self.sending.lock().await;
         loop {
             let (seq, chunk) = {
                 let Ok(mut b) = self.buf.lock() else { return };
@@ -174,7 +179,10 @@ impl Log {
             let n = chunk.len();
             match api.job_log_append(job, seq, chunk).await {
                 Ok(_) => {
-                    if let Ok(mut b) = self.buf.lock() {
+                    if let Ok(mut b) = self.buf.lock()
+                        && b.seq == seq
+                    {
+                        let n = n.min(b.pending.len());
                         b.pending.drain(..n);
                         b.seq += 1;
                     }
@@ -451,5 +459,96 @@ async fn heartbeat(
             }
         }
         tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    /// A server that takes log chunks (`POST …/log?seq=N`) slowly, keeping the first body of each
+    /// `seq` (repeats are acknowledged, as the real server does).
+    async fn log_server() -> (String, Arc<Mutex<BTreeMap<u64, Vec<u8>>>>) {
+        let got = Arc::new(Mutex::new(BTreeMap::new()));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let g = got.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut r = BufReader::new(s);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let seq: u64 = line
+                            .split("seq=")
+                            .nth(1)
+                            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap();
+                        let mut len = 0;
+                        loop {
+                            let mut h = String::new();
+                            r.read_line(&mut h).await.unwrap();
+                            if h == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        r.read_exact(&mut body).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        g.lock().unwrap().entry(seq).or_insert(body);
+                        let answer = format!("{{\"next\": {}}}", seq + 1);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        r.get_mut().write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (url, got)
+    }
+
+    /// The background shipper and the final flush run at once: every byte arrives once, in
+    /// order, and nothing panics (two senders used to drain the same chunk twice).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_ship_each_chunk_once() {
+        let (url, got) = log_server().await;
+        let api = Client::new(&url, None).unwrap();
+        let log = Log::new();
+        let mut want = Vec::new();
+        for i in 0..20_000 {
+            log.line(&format!("line {i} {}", "x".repeat(40)));
+        }
+        {
+            let b = log.buf.lock().unwrap();
+            want.extend_from_slice(&b.pending);
+        }
+        let until = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+        let (a, b) = (log.clone(), log.clone());
+        let (api2, api3) = (api.clone(), api.clone());
+        let t1 = tokio::spawn(async move { a.ship(&api2, "j", until).await });
+        let t2 = tokio::spawn(async move { b.ship(&api3, "j", until).await });
+        t1.await.unwrap();
+        t2.await.unwrap();
+        let got = got.lock().unwrap();
+        let seqs: Vec<u64> = got.keys().copied().collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        assert!(seqs.len() > 1, "the test needs several chunks");
+        let all: Vec<u8> = got.values().flatten().copied().collect();
+        assert_eq!(all.len(), want.len());
+        assert!(all == want, "the log arrived altered");
+        assert!(log.buf.lock().unwrap().pending.is_empty());
     }
 }
