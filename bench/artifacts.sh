@@ -40,10 +40,7 @@ trap 'exit 130' INT TERM
 # built-in endpoint concatenates the parts into a new file); then the object and the download.
 same=$([ "$(stat -c %d "$work")" = "$(stat -c %d "$blobdir")" ] && echo 1 || echo 0)
 need=$(( (2 + same) * SIZE + 512 ))
-free=$(df -Pk "$work" | awk 'NR==2 {print $4}')
-if [ "$free" -lt $((need * 1024)) ]; then
-  echo "artifacts.sh: $((free / 1024)) MiB free on $work, $need MiB needed (BLOB_DIR=/dev/shm saves $SIZE MiB)" >&2; exit 1
-fi
+need_room "$work" "$need" "BLOB_DIR=/dev/shm saves $SIZE MiB"
 head -c $((SIZE * 1024 * 1024)) /dev/urandom > "$blob"
 PORT=${PORT:-19321}
 mkdir -p "$work/data"

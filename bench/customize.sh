@@ -51,14 +51,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-if [ "$(stat -f -c %T "$work")" = tmpfs ]; then echo "customize.sh: $work is on tmpfs; set WORK_PARENT" >&2; exit 1; fi
+not_tmpfs "$work"
 # Room: the image root, its import, per job the download and the new squashfs and its upload
 # (parts and the assembled object), the baseline's output.
 need=$((6 * SIZE + 1024))
-free=$(df -Pk "$work" | awk 'NR==2 {print $4}')
-if [ "$free" -lt $((need * 1024)) ]; then
-  echo "customize.sh: $((free / 1024)) MiB free on $work, about $need MiB needed" >&2; exit 1
-fi
+need_room "$work" "$need"
 
 root=$work/root
 make_root "$root" "$SIZE"

@@ -33,14 +33,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-if [ "$(stat -f -c %T "$work")" = tmpfs ]; then echo "import.sh: $work is on tmpfs; set WORK_PARENT" >&2; exit 1; fi
+not_tmpfs "$work"
 # Room: the image root and its squashfs (plus the server's copy, twice while a multipart upload
 # completes); for the big step, the squashfs file, its parts on the server and the assembled object.
 need=$(( (2 * SIZE > 3 * BIG ? 2 * SIZE : 3 * BIG) + 1024 ))
-free=$(df -Pk "$work" | awk 'NR==2 {print $4}')
-if [ "$free" -lt $((need * 1024)) ]; then
-  echo "import.sh: $((free / 1024)) MiB free on $work, about $need MiB needed (BIG_MIB=0 skips the big step)" >&2; exit 1
-fi
+need_room "$work" "$need" "BIG_MIB=0 skips the big step"
 
 # --- the image root -------------------------------------------------------------------------
 root=$work/root

@@ -24,6 +24,18 @@ machine() {
   echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); mksquashfs $(mksquashfs -version | awk 'NR==1 {print $3}')"
 }
 
+# Exits with a message unless directory $1 has $2 MiB free; $3 is added to the message (a hint).
+need_room() {
+  local free; free=$(df -Pk "$1" | awk 'NR==2 {print $4}')
+  if [ "$free" -lt $(($2 * 1024)) ]; then
+    echo "$(basename "$0"): $((free / 1024)) MiB free on $1, about $2 MiB needed${3:+ ($3)}" >&2; exit 1
+  fi
+}
+# Exits with a message when directory $1 is on tmpfs (timings would not include the disk).
+not_tmpfs() {
+  if [ "$(stat -f -c %T "$1")" = tmpfs ]; then echo "$(basename "$0"): $1 is on tmpfs; set WORK_PARENT" >&2; exit 1; fi
+}
+
 # Starts `$BIN serve` on 127.0.0.1:$PORT (S3 on PORT+1) with its data in $1, more arguments after;
 # sets $pid and IMS_URL; waits until it answers.
 start_server() {
