@@ -14,6 +14,11 @@
 //!   prepare the image root, wait for the user, package and publish the new image.
 //! * [`imageroot`]: the image root of a customize job: an overlay over the loop-mounted squashfs
 //!   (fast; nothing unpacked) or, where that is impossible, a full `unsquashfs`.
+//! * [`recipe`]: a create job's recipe archive unpacked safely (no member outside the recipe, no
+//!   write through a link, size/count/ratio limits, empty again on any error), and its templates
+//!   rendered with the job's `template_dictionary`.
+//! * [`repos`]: the kiwi description's package repositories, probed until each answers
+//!   (`waiting_for_repos`).
 //!
 //! The agent runs in a private mount namespace ([`agent::enter_private_mount_namespace`], before
 //! any thread exists), so every mount it makes disappears with it, however it ends.
@@ -21,5 +26,7 @@
 pub mod agent;
 pub mod customize;
 pub mod imageroot;
+pub mod recipe;
+pub mod repos;
 pub mod seccomp;
 pub mod session;
