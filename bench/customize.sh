@@ -16,7 +16,8 @@
 # measured again (at most 3 × REPEAT attempts). Page cache warm.
 #
 # Usage: bench/customize.sh [SIZE_MIB] [REPEAT]      (defaults 1024 3)
-# Environment: COMPRESSION (default zstd; the jobs' IMS_JOB_COMPRESSION and the baselines'),
+# Environment: COMPRESSION (default zstd; the jobs' IMS_JOB_COMPRESSION and the baselines'), LEVEL
+# (default 6 for zstd, the jobs' default, else none; IMS_JOB_COMPRESSION_LEVEL and the baselines'),
 # SESSION_SECS (default 30: how long the "user" works between login and `touch /tmp/complete`; the
 # agent pre-reads the image meanwhile, at idle priority),
 # PORT (default 19341, S3 on PORT+1), IMS_BENCH_BIN (an `ims` binary to use instead of
@@ -29,6 +30,9 @@ cd "$(dirname "$0")/.."
 SIZE=${1:-1024}
 REPEAT=${2:-3}
 COMP=${COMPRESSION:-zstd}
+if [ "$COMP" = zstd ]; then LEVEL=${LEVEL:-6}; else LEVEL=${LEVEL:-}; fi
+level_args=()
+[ -z "$LEVEL" ] || level_args=(-Xcompression-level "$LEVEL")
 SESSION=${SESSION_SECS:-30}
 if [ -n "${IMS_BENCH_BIN:-}" ]; then BIN=$(realpath "$IMS_BENCH_BIN"); else
   cargo build --release -q -p ims
@@ -61,6 +65,7 @@ root=$work/root
 make_root "$root" "$SIZE"
 PORT=${PORT:-19341}
 mkdir -p "$work/data" "$work/tmp" "$mnt"
+[ -z "$LEVEL" ] || export IMS_JOB_COMPRESSION_LEVEL=$LEVEL
 IMS_JOB_EXECUTOR=local IMS_JOB_SSH_HOST=127.0.0.1 IMS_JOB_COMPRESSION=$COMP start_server "$work/data"
 
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
@@ -136,7 +141,7 @@ job_run() {
 mk_run() {
   local name=$1 src=$2 s e b0 b1 _x us sy
   read -r b0 _x < <(ticks); s=$EPOCHREALTIME
-  /usr/bin/time -f '%U %S' -o "$work/mkcpu" mksquashfs "$src" "$work/tmp/out.sqsh" -noappend -xattrs -quiet -no-progress -comp "$COMP"
+  /usr/bin/time -f '%U %S' -o "$work/mkcpu" mksquashfs "$src" "$work/tmp/out.sqsh" -noappend -xattrs -quiet -no-progress -comp "$COMP" "${level_args[@]}"
   e=$EPOCHREALTIME; read -r b1 _x < <(ticks)
   read -r us sy < "$work/mkcpu"
   echo "$(echo "$e - $s" | bc) $(echo "scale=1; ($b1 - $b0) / $hz - $us - $sy" | bc)" >> "$work/$name.runs"

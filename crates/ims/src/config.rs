@@ -81,6 +81,15 @@ pub struct JobsFile {
     pub ssh_host: Option<String>,
     /// squashfs compression of the images jobs produce (default zstd).
     pub compression: Option<String>,
+    /// Its level (default 6 for zstd, mksquashfs's default for gzip and lzo).
+    pub compression_level: Option<u32>,
+    /// How long a create job waits for its recipe's repositories (default 500s).
+    pub repo_timeout: Option<String>,
+    /// Keys passed to kiwi-ng as `--signing-key` (files or directories of them; default: the
+    /// Debian archive keyring for apt recipes).
+    pub signing_keys: Option<Vec<PathBuf>>,
+    /// The kiwi-ng program (default `kiwi-ng` on the PATH).
+    pub kiwi: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -546,6 +555,78 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         }
         agent_env.push(("IMS_AGENT_COMPRESSION".into(), c.trim().to_string()));
     }
+    let level = env
+        .get(&["IMS_JOB_COMPRESSION_LEVEL"])
+        .map(|(n, v)| {
+            v.trim()
+                .parse::<u32>()
+                .map(|l| (n.clone(), l))
+                .map_err(|_| err(&n, format!("{v:?} is not a number")))
+        })
+        .transpose()?
+        .or_else(|| {
+            file.jobs
+                .compression_level
+                .map(|l| ("jobs.compression_level".to_string(), l))
+        });
+    if let Some((n, l)) = level {
+        let comp: ims_rootfs::Compression = agent_env
+            .iter()
+            .find(|(k, _)| k == "IMS_AGENT_COMPRESSION")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_default();
+        comp.check_level(l).map_err(|e| err(&n, e))?;
+        agent_env.push(("IMS_AGENT_COMPRESSION_LEVEL".into(), l.to_string()));
+    }
+    if let Some((n, v)) = env.get(&["IMS_JOB_REPO_TIMEOUT"]).or_else(|| {
+        file.jobs
+            .repo_timeout
+            .clone()
+            .map(|v| ("jobs.repo_timeout".to_string(), v))
+    }) {
+        let t = parse_duration(&n, &v)?;
+        agent_env.push(("IMS_AGENT_REPO_TIMEOUT".into(), t.as_secs().to_string()));
+    }
+    let keys = env
+        .get(&["IMS_JOB_SIGNING_KEYS"])
+        .map(|(n, v)| (n, v.split(':').map(PathBuf::from).collect::<Vec<_>>()))
+        .or_else(|| {
+            file.jobs
+                .signing_keys
+                .clone()
+                .map(|k| ("jobs.signing_keys".to_string(), k))
+        });
+    if let Some((n, keys)) = keys {
+        let keys: Vec<PathBuf> = keys
+            .into_iter()
+            .filter(|k| !k.as_os_str().is_empty())
+            .collect();
+        for k in &keys {
+            if !k.exists() {
+                return Err(err(&n, format!("{} does not exist", k.display())));
+            }
+            if k.to_string_lossy().contains(':') {
+                return Err(err(&n, format!("{} contains ':'", k.display())));
+            }
+        }
+        let joined: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+        agent_env.push(("IMS_AGENT_SIGNING_KEYS".into(), joined.join(":")));
+    }
+    if let Some(k) = env
+        .get(&["IMS_JOB_KIWI"])
+        .map(|(_, v)| PathBuf::from(v))
+        .or(file.jobs.kiwi.clone())
+    {
+        agent_env.push(("IMS_AGENT_KIWI".into(), k.display().to_string()));
+    }
+    // One package cache for the host's builds (a build finding it busy uses its own).
+    agent_env.push((
+        "IMS_AGENT_KIWI_CACHE".into(),
+        std::path::absolute(data_dir.join("kiwi-cache"))
+            .unwrap_or_else(|_| data_dir.join("kiwi-cache"))
+            .display()
+            .to_string(),
+    ));
     let job_token_key_file = env
         .get(&["IMS_JOB_TOKEN_KEY_FILE"])
         .map(|(_, v)| PathBuf::from(v))
@@ -648,6 +729,46 @@ mod tests {
         assert_eq!(c.service.default_image_size, 80);
         assert_eq!(c.service.default_job_mem_size, 16);
         assert!(!c.service.job_enable_dkms);
+    }
+
+    #[test]
+    fn create_job_settings_reach_the_agent() {
+        let agent =
+            |pairs: &[(&str, &str)]| load(&Flags::default(), &env(pairs)).map(|c| c.agent_env);
+        let a = agent(&[
+            ("IMS_JOB_COMPRESSION_LEVEL", "9"),
+            ("IMS_JOB_REPO_TIMEOUT", "2m"),
+            ("IMS_JOB_SIGNING_KEYS", "/etc/hostname:/etc"),
+        ])
+        .unwrap();
+        let get = |k: &str| a.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("IMS_AGENT_COMPRESSION_LEVEL"), Some("9"));
+        assert_eq!(get("IMS_AGENT_REPO_TIMEOUT"), Some("120"));
+        assert_eq!(get("IMS_AGENT_SIGNING_KEYS"), Some("/etc/hostname:/etc"));
+        assert!(get("IMS_AGENT_KIWI_CACHE").is_some_and(|c| c.starts_with('/')));
+        for (pairs, setting) in [
+            (
+                &[
+                    ("IMS_JOB_COMPRESSION", "xz"),
+                    ("IMS_JOB_COMPRESSION_LEVEL", "6"),
+                ][..],
+                "IMS_JOB_COMPRESSION_LEVEL",
+            ),
+            (
+                &[("IMS_JOB_COMPRESSION_LEVEL", "23")][..],
+                "IMS_JOB_COMPRESSION_LEVEL",
+            ),
+            (
+                &[("IMS_JOB_REPO_TIMEOUT", "soon")][..],
+                "IMS_JOB_REPO_TIMEOUT",
+            ),
+            (
+                &[("IMS_JOB_SIGNING_KEYS", "/nonexistent-key")][..],
+                "IMS_JOB_SIGNING_KEYS",
+            ),
+        ] {
+            assert_eq!(agent(pairs).unwrap_err().setting, setting, "{pairs:?}");
+        }
     }
 
     #[test]

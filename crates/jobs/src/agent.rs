@@ -2,7 +2,8 @@
 //!
 //! * **Settings** come from the environment the executor sets: `IMS_URL`, `IMS_TOKEN` (the job
 //!   token), `IMS_AGENT_DIR` (scratch space, removed by the executor afterwards), and optional
-//!   agent settings (`IMS_AGENT_CA_CERT`, `IMS_AGENT_COMPRESSION`).
+//!   agent settings (`IMS_AGENT_CA_CERT`, `IMS_AGENT_COMPRESSION`, `IMS_AGENT_KIWI`,
+//!   `IMS_AGENT_KIWI_CACHE`, `IMS_AGENT_SIGNING_KEYS`, `IMS_AGENT_REPO_TIMEOUT`, …).
 //! * **Heartbeat**: every few seconds `POST /v3/jobs/{id}/heartbeat` with the current phase. The
 //!   answer carries the user's `complete`/`fail` request; a job that someone else ended (status
 //!   `success`/`error`) or deleted (404) cancels the pipeline.
@@ -24,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub const LOG_BUFFER: usize = 8 * 1024 * 1024;
 /// Largest chunk sent at once.
 const LOG_CHUNK: usize = 256 * 1024;
+/// How long a create job waits for its repositories by default (the original's default).
+pub const DEFAULT_REPO_TIMEOUT: Duration = Duration::from_secs(500);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// An agent that has not reached the server for this long stops (and cleans up): its server is
 /// gone for good, or its job cannot be finished anyway (status, log and image all go through the
@@ -42,6 +45,8 @@ pub struct Settings {
     pub ca_cert: Option<PathBuf>,
     /// squashfs compression of packaged images.
     pub compression: ims_rootfs::Compression,
+    /// Its level (`None`: [`crate::package::JOB_ZSTD_LEVEL`] for zstd, else mksquashfs's default).
+    pub compression_level: Option<u32>,
     /// The bucket new images go to.
     pub boot_images_bucket: String,
     /// The host name users and Ansible reach job SSH sessions at (`connection_info`).
@@ -50,6 +55,15 @@ pub struct Settings {
     pub ssh_listen: std::net::IpAddr,
     /// Whether the agent has a private mount namespace (mounts are allowed only then).
     pub private_mounts: bool,
+    /// The kiwi-ng program of create jobs.
+    pub kiwi: PathBuf,
+    /// kiwi's package cache shared by the host's builds (a build finding it busy uses its own).
+    pub kiwi_cache: Option<PathBuf>,
+    /// Keys given to kiwi as `--signing-key` (files, or directories of them); `None`: the Debian
+    /// archive keyring for apt recipes, where installed.
+    pub signing_keys: Option<Vec<PathBuf>>,
+    /// How long a create job waits for the recipe's repositories.
+    pub repo_timeout: Duration,
 }
 
 impl Settings {
@@ -65,8 +79,21 @@ impl Settings {
                 .map_err(|e: ims_rootfs::RootfsError| format!("IMS_AGENT_COMPRESSION: {e}"))?,
             None => ims_rootfs::Compression::default(),
         };
+        let compression_level = match var("IMS_AGENT_COMPRESSION_LEVEL") {
+            Some(l) => {
+                let l: u32 = l
+                    .parse()
+                    .map_err(|e| format!("IMS_AGENT_COMPRESSION_LEVEL {l:?}: {e}"))?;
+                compression
+                    .check_level(l)
+                    .map_err(|e| format!("IMS_AGENT_COMPRESSION_LEVEL: {e}"))?;
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Settings {
             api_url,
+            compression_level,
             token: var("IMS_TOKEN"),
             dir,
             ca_cert: var("IMS_AGENT_CA_CERT").map(PathBuf::from),
@@ -79,6 +106,23 @@ impl Settings {
                     .map(|h| h.trim().to_string())
                     .unwrap_or_else(|_| "localhost".to_string())
             }),
+            kiwi: var("IMS_AGENT_KIWI")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("kiwi-ng")),
+            kiwi_cache: var("IMS_AGENT_KIWI_CACHE").map(PathBuf::from),
+            signing_keys: var("IMS_AGENT_SIGNING_KEYS").map(|v| {
+                v.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }),
+            repo_timeout: match var("IMS_AGENT_REPO_TIMEOUT") {
+                Some(t) => Duration::from_secs(
+                    t.parse()
+                        .map_err(|e| format!("IMS_AGENT_REPO_TIMEOUT {t:?} (seconds): {e}"))?,
+                ),
+                None => DEFAULT_REPO_TIMEOUT,
+            },
             ssh_listen: match var("IMS_AGENT_SSH_LISTEN") {
                 Some(a) => a
                     .parse()
@@ -362,9 +406,8 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
     ));
     let outcome = match agent.job.job_type.as_str() {
         "customize" => crate::customize::run(&agent).await,
-        other => Err(format!(
-            "{other} jobs are not run by this agent version (customize only)"
-        )),
+        "create" => crate::create::run(&agent).await,
+        other => Err(format!("{other} jobs are not run by this agent version")),
     };
     let code = match outcome {
         Ok(()) => 0,

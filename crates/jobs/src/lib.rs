@@ -24,9 +24,13 @@
 //! any thread exists), so every mount it makes disappears with it, however it ends.
 
 pub mod agent;
+pub mod create;
 pub mod customize;
 pub mod imageroot;
+pub mod package;
 pub mod recipe;
 pub mod repos;
+pub mod rootfiles;
 pub mod seccomp;
 pub mod session;
+pub mod user;

@@ -66,7 +66,7 @@ pub struct Session {
 }
 
 fn write(path: &Path, data: &str, mode: u32) -> Result<(), String> {
-    crate::customize::replace_file(path, data.as_bytes(), mode)
+    crate::rootfiles::replace_file(path, data.as_bytes(), mode)
 }
 
 /// A line of `sshd_config` or `authorized_keys` must not smuggle in another line.

@@ -65,6 +65,30 @@ impl Compression {
     }
 }
 
+impl Compression {
+    /// The levels `-Xcompression-level` takes for this compressor; `None` if it has none.
+    pub fn levels(self) -> Option<std::ops::RangeInclusive<u32>> {
+        match self {
+            Self::Zstd => Some(1..=22),
+            Self::Gzip | Self::Lzo => Some(1..=9),
+            Self::Xz | Self::Lz4 => None,
+        }
+    }
+
+    /// Checks that `level` is one this compressor takes; the error says which are.
+    pub fn check_level(self, level: u32) -> std::result::Result<(), String> {
+        match self.levels() {
+            Some(r) if r.contains(&level) => Ok(()),
+            Some(r) => Err(format!(
+                "{self} levels are {} to {}, not {level}",
+                r.start(),
+                r.end()
+            )),
+            None => Err(format!("{self} has no compression level")),
+        }
+    }
+}
+
 impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -94,6 +118,9 @@ pub struct SquashfsOptions {
     pub compression: Compression,
     /// `-processors N`: at most this many compressor threads (default: every CPU).
     pub processors: Option<NonZeroUsize>,
+    /// `-Xcompression-level N` (see [`Compression::levels`]); `None`: mksquashfs's default
+    /// (zstd 15, gzip 9).
+    pub level: Option<u32>,
 }
 
 impl SquashfsOptions {
@@ -110,6 +137,10 @@ impl SquashfsOptions {
         .map(|s| s.to_string())
         .collect();
         args.push(self.compression.as_str().to_string());
+        if let Some(l) = self.level {
+            args.push("-Xcompression-level".to_string());
+            args.push(l.to_string());
+        }
         if let Some(n) = self.processors {
             args.push("-processors".to_string());
             args.push(n.to_string());
@@ -301,10 +332,33 @@ mod tests {
         let opts = SquashfsOptions {
             compression: Compression::Xz,
             processors: NonZeroUsize::new(3),
+            level: None,
         };
         let args = opts.args();
         let joined = args.join(" ");
         assert!(joined.contains("-comp xz"), "{joined}");
+        assert!(!joined.contains("-Xcompression-level"), "{joined}");
+        let zstd = SquashfsOptions {
+            compression: Compression::Zstd,
+            processors: None,
+            level: Some(6),
+        };
+        assert!(
+            zstd.args()
+                .join(" ")
+                .contains("-comp zstd -Xcompression-level 6"),
+            "{:?}",
+            zstd.args()
+        );
+        assert!(Compression::Zstd.check_level(22).is_ok());
+        assert_eq!(
+            Compression::Gzip.check_level(12).unwrap_err(),
+            "gzip levels are 1 to 9, not 12"
+        );
+        assert_eq!(
+            Compression::Xz.check_level(6).unwrap_err(),
+            "xz has no compression level"
+        );
         assert!(joined.contains("-processors 3"), "{joined}");
         assert!(
             joined.contains("-xattrs") && joined.contains("-noappend"),

@@ -24,6 +24,7 @@ fn round_trip_keeps_everything() {
         let opts = SquashfsOptions {
             compression,
             processors: std::num::NonZeroUsize::new(1),
+            level: compression.levels().map(|_| 3),
         };
         mksquashfs(&root, &image, &opts).expect("mksquashfs");
         assert!(is_squashfs(&image).expect("readable"));

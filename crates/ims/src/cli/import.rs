@@ -168,6 +168,7 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
     let opts = SquashfsOptions {
         compression,
         processors: None,
+        level: None,
     };
     let rootfs = a.rootfs.clone();
     let image = match source {

@@ -1,0 +1,666 @@
+//! The create pipeline, with the original's statuses: `fetching_recipe` → `waiting_for_repos` →
+//! `building_image` → `packaging_artifacts` → `success`, or `error` with the reason in the job's
+//! log (after a debug shell into the failed build when the job has `enable_debug`).
+//!
+//! Layout in the job directory `J` (mode 0700); `J/mnt` is what a debug shell sees as
+//! `/mnt/image`, as in the original:
+//!
+//! ```text
+//! J/recipe.tar.gz            the downloaded archive (md5 checked against its `md5sum` metadata)
+//! J/mnt/recipe/              the recipe, unpacked safely and templated
+//! J/mnt/build/image-root/    kiwi's root tree, packaged as the new image
+//! J/mnt/kiwi.log             kiwi's own log file
+//! J/kiwi/{tmp,gnupg,cache}   kiwi's scratch space, keyring home and (when the shared one is busy
+//!                            or not configured) package cache
+//! ```
+//!
+//! kiwi runs as `kiwi-ng system prepare`: IMS needs only the root tree, not the archive of it
+//! that `system build` would compress. Its output is the job's log as it happens; it runs in a
+//! process group of its own that stopping the job kills.
+
+use crate::agent::Agent;
+use crate::package::package;
+use crate::recipe::{self, Limits};
+use crate::repos;
+use crate::rootfiles::{add_to_trust_store, install_ca};
+use crate::user::{self, Flags, Outcome};
+use ims_client::Resource;
+use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
+use ims_core::records::Recipe;
+use object_store::{Attribute, GetOptions, ObjectStore};
+use std::collections::VecDeque;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// How often the repositories are probed (the original's interval).
+const REPO_PROBE_EVERY: Duration = Duration::from_secs(10);
+/// Lines of kiwi's output kept to find the reason of a failed build in.
+const TAIL_LINES: usize = 400;
+/// Lines of it that make the reason at most.
+const REASON_LINES: usize = 40;
+/// Longest line of kiwi's output passed on whole.
+const MAX_LINE: usize = 16 * 1024;
+/// How long kiwi gets to clean up (unmount, remove its temporary files) when the job is stopped.
+const KIWI_STOP_GRACE: Duration = Duration::from_secs(15);
+/// The Debian archive keyring: the default signing key of apt recipes.
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// What kiwi leaves in the root for config.sh that has no place in a node's image: its copy of
+/// the description (`/image`: the recipe, perhaps with credentials in its templated URLs) and
+/// its profile variables.
+const KIWI_LEFTOVERS: [&str; 3] = ["image", ".kconfig", ".profile"];
+
+pub async fn run(agent: &Agent) -> Result<(), String> {
+    let job = &agent.job;
+    let started = Instant::now();
+    let dir = agent.settings.dir.clone();
+    let mnt = dir.join("mnt");
+    let recipe_dir = mnt.join("recipe");
+    let build_dir = mnt.join("build");
+    let root = build_dir.join("image-root");
+    for d in [&mnt, &recipe_dir, &build_dir] {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(d)
+            .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+
+    agent.status("fetching_recipe").await?;
+    let rec: Recipe = serde_json::from_value(
+        agent
+            .api
+            .describe(Resource::Recipes, &job.artifact_id)
+            .await
+            .map_err(|e| format!("cannot read the recipe {}: {e}", job.artifact_id))?,
+    )
+    .map_err(|e| format!("the recipe record {} cannot be read: {e}", job.artifact_id))?;
+    let host_arch = std::env::consts::ARCH;
+    if rec.arch != host_arch {
+        return Err(format!(
+            "the recipe is for {}, this build host is {host_arch} (cross-architecture builds are \
+             not supported)",
+            rec.arch
+        ));
+    }
+    let link = rec
+        .link
+        .as_ref()
+        .map(|l| l.path.as_str())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("the recipe {} has no archive (no link)", rec.id))?;
+    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
+    fetch_recipe(agent, &ctx, link, &dir, &recipe_dir).await?;
+    template(agent, &rec, &recipe_dir)?;
+
+    agent.status("waiting_for_repos").await?;
+    let description = repos::description_file(&recipe_dir)?;
+    let config = std::fs::read_to_string(&description)
+        .map_err(|e| format!("cannot read {}: {e}", description.display()))?;
+    let repositories = repos::repositories(&config)?;
+    if repositories.is_empty() {
+        agent.say("the recipe names no repositories");
+    }
+    let waited = Instant::now();
+    {
+        let say = |l: &str| agent.say(l);
+        let wait = repos::wait_for_repos(
+            &repositories,
+            agent.settings.ca_cert.as_deref(),
+            agent.settings.repo_timeout,
+            REPO_PROBE_EVERY,
+            &say,
+        );
+        tokio::select! {
+            r = wait => r?,
+            _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
+        }
+    }
+    if !repositories.is_empty() {
+        agent.say(&format!(
+            "repositories ready after {:.1} s",
+            waited.elapsed().as_secs_f64()
+        ));
+    }
+
+    agent.status("building_image").await?;
+    let apt = config.contains("<packagemanager>apt</packagemanager>");
+    let keys = signing_keys(agent, apt)?;
+    let kiwi_started = Instant::now();
+    let built = build(agent, &dir, &recipe_dir, &root, &keys).await;
+    let kiwi_took = kiwi_started.elapsed();
+    if let Err(e) = built {
+        if agent.cancel.is_cancelled() {
+            return Err(e);
+        }
+        if job.enable_debug {
+            agent.say(&format!("the build failed: {e}"));
+            debug_shell(agent, &dir).await?;
+            return Err(format!("the build failed (after the debug shell): {e}"));
+        }
+        return Err(format!("the build failed: {e}"));
+    }
+    agent.say(&format!(
+        "kiwi-ng finished in {:.1} s",
+        kiwi_took.as_secs_f64()
+    ));
+    let r = root.clone();
+    let cache = agent.settings.kiwi_cache.clone();
+    let notes = tokio::task::spawn_blocking(move || finish_root(&r, cache.as_deref()))
+        .await
+        .map_err(|e| e.to_string())??;
+    for n in notes {
+        agent.say(&n);
+    }
+    if let Some(ca) = &agent.settings.ca_cert {
+        install_ca(&root, ca)?;
+        match add_to_trust_store(&root, ca)? {
+            Some(s) => agent.say(&format!(
+                "CA certificate {} installed at /etc/cray/ca/certificate_authority.crt and in the \
+                 {} trust store (/{})",
+                ca.display(),
+                s.family,
+                s.anchors
+            )),
+            None => agent.say(&format!(
+                "CA certificate {} installed at /etc/cray/ca/certificate_authority.crt (the image \
+                 has no known trust store tool)",
+                ca.display()
+            )),
+        }
+    }
+
+    agent.status("packaging_artifacts").await?;
+    let packaging = Instant::now();
+    // Fresh credentials: a build can outlast the first ones.
+    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
+    let image_id = package(agent, &ctx, &root, &rec.arch).await?;
+    agent.result(&image_id).await?;
+    let total = started.elapsed();
+    agent.say(&format!(
+        "packaged in {:.2} s; the job took {:.1} s, kiwi-ng {:.1} s of it ({:.1} s IMS's own work \
+         and waiting)",
+        packaging.elapsed().as_secs_f64(),
+        total.as_secs_f64(),
+        kiwi_took.as_secs_f64(),
+        total.saturating_sub(kiwi_took).as_secs_f64()
+    ));
+    agent.status("success").await?;
+    Ok(())
+}
+
+/// Downloads the recipe archive (md5 checked against the object's `md5sum` metadata when it has
+/// one), unpacks it safely into `dest` and removes the archive.
+async fn fetch_recipe(
+    agent: &Agent,
+    ctx: &Ctx,
+    link: &str,
+    dir: &Path,
+    dest: &Path,
+) -> Result<(), String> {
+    let (bucket, key) = split_s3(link)?;
+    let head = ctx
+        .store(&bucket)?
+        .get_opts(
+            &key_path(&key)?,
+            GetOptions {
+                head: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| s3_error(&bucket, &key, e))?;
+    let want = head.attributes.iter().find_map(|(k, v)| match k {
+        Attribute::Metadata(n) if n.eq_ignore_ascii_case("md5sum") => Some(v.to_string()),
+        _ => None,
+    });
+    let archive = dir.join("recipe.tar.gz");
+    agent.say(&format!("downloading {link}"));
+    let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel).await?;
+    match want.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
+        Some(w) if !w.eq_ignore_ascii_case(&md5) => {
+            return Err(format!(
+                "the recipe archive is corrupt: its md5 is {md5}, its md5sum metadata says {w}"
+            ));
+        }
+        Some(_) => agent.say(&format!("md5 {md5} matches the archive's md5sum metadata")),
+        None => agent.say(&format!(
+            "md5 {md5}; the archive has no md5sum metadata: not checked"
+        )),
+    }
+    let (a, d) = (archive.clone(), dest.to_path_buf());
+    let done = tokio::task::spawn_blocking(move || recipe::extract(&a, &d, &Limits::default()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the recipe archive is refused: {e}"))?;
+    let _ = std::fs::remove_file(&archive);
+    agent.say(&format!(
+        "recipe unpacked: {} files, {} directories, {} links, {} bytes",
+        done.files, done.dirs, done.links, done.bytes
+    ));
+    Ok(())
+}
+
+/// Renders the recipe's `template_dictionary` into the files its template list names.
+fn template(agent: &Agent, rec: &Recipe, recipe_dir: &Path) -> Result<(), String> {
+    let dict: Vec<(String, String)> = rec
+        .template_dictionary
+        .iter()
+        .flatten()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    if recipe::has_template_list(recipe_dir) {
+        let files = recipe::render_templates(recipe_dir, &dict)
+            .map_err(|e| format!("templating the recipe: {e}"))?;
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        agent.say(&format!(
+            "rendered {} template variable(s) into {}",
+            dict.len(),
+            names.join(", ")
+        ));
+    } else if !dict.is_empty() {
+        agent.say(&format!(
+            "warning: the recipe has a template_dictionary but no {}: nothing rendered",
+            recipe::TEMPLATE_LIST
+        ));
+    }
+    Ok(())
+}
+
+/// The `--signing-key` files: the configured ones (a directory stands for the files in it), else
+/// the Debian archive keyring for apt recipes when the host has it.
+fn signing_keys(agent: &Agent, apt: bool) -> Result<Vec<PathBuf>, String> {
+    let Some(configured) = &agent.settings.signing_keys else {
+        let debian = Path::new(DEBIAN_KEYRING);
+        return Ok(if apt && debian.is_file() {
+            vec![debian.to_path_buf()]
+        } else {
+            vec![]
+        });
+    };
+    let mut keys = vec![];
+    for p in configured {
+        let m = std::fs::metadata(p).map_err(|e| format!("signing key {}: {e}", p.display()))?;
+        if m.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| format!("signing keys {}: {e}", p.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.is_file())
+                .collect();
+            files.sort();
+            keys.extend(files);
+        } else {
+            keys.push(p.clone());
+        }
+    }
+    Ok(keys)
+}
+
+/// The shared package cache, locked for this build, or a private one when it is busy.
+struct Cache {
+    dir: PathBuf,
+    _lock: Option<std::fs::File>,
+}
+
+fn cache_for_build(agent: &Agent, job_kiwi: &Path) -> Result<Cache, String> {
+    use std::os::fd::AsRawFd;
+    let private = Cache {
+        dir: job_kiwi.join("cache"),
+        _lock: None,
+    };
+    let Some(shared) = &agent.settings.kiwi_cache else {
+        return Ok(private);
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(shared)
+        .map_err(|e| format!("cannot create the kiwi cache {}: {e}", shared.display()))?;
+    let lock_path = shared.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a file descriptor owned by `lock`, which lives as long as the Cache.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        agent.say(&format!(
+            "the shared kiwi cache {} is in use by another build: this build uses its own",
+            shared.display()
+        ));
+        return Ok(private);
+    }
+    Ok(Cache {
+        dir: shared.clone(),
+        _lock: Some(lock),
+    })
+}
+
+/// Runs `kiwi-ng system prepare` into `root`, its output into the job's log line by line. On
+/// failure the error carries the end of its output.
+async fn build(
+    agent: &Agent,
+    dir: &Path,
+    recipe_dir: &Path,
+    root: &Path,
+    keys: &[PathBuf],
+) -> Result<(), String> {
+    let kiwi_dir = dir.join("kiwi");
+    let (tmp, gnupg) = (kiwi_dir.join("tmp"), kiwi_dir.join("gnupg"));
+    for d in [&kiwi_dir, &tmp, &gnupg] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let cache = cache_for_build(agent, &kiwi_dir)?;
+    let logfile = dir.join("mnt").join("kiwi.log");
+    let mut cmd = tokio::process::Command::new(&agent.settings.kiwi);
+    cmd.arg("--logfile")
+        .arg(&logfile)
+        .arg("--shared-cache-dir")
+        .arg(&cache.dir)
+        .arg("--temp-dir")
+        .arg(&tmp);
+    // Every command kiwi runs and its output (apt's included) in the log as it happens: the
+    // build's progress, and what an admin needs when it fails.
+    cmd.arg("--debug");
+    cmd.args(["system", "prepare", "--description"])
+        .arg(recipe_dir)
+        .arg("--root")
+        .arg(root);
+    for k in keys {
+        cmd.arg("--signing-key").arg(k);
+    }
+    // A clean environment: nothing of the agent's (its job token) reaches the recipe's scripts.
+    // kiwi passes it on to what it runs chrooted in the image root (package scripts, config.sh),
+    // so it names no host path but the keyring home (no TMPDIR: dracut and mktemp in the
+    // chroot would look for it there).
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .env("HOME", "/root")
+        .env("GNUPGHOME", &gnupg)
+        .current_dir(&kiwi_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let shown: Vec<String> = std::iter::once(agent.settings.kiwi.display().to_string())
+        .chain(
+            cmd.as_std()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned()),
+        )
+        .collect();
+    agent.say(&format!("running {}", shown.join(" ")));
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot run {}: {e} (is kiwi-ng installed? Debian: apt-get install kiwi rsync)",
+            agent.settings.kiwi.display()
+        )
+    })?;
+    let pgid = child.id().map(|p| p as i32);
+    let tail = std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES));
+    let pass_on = |line: String| {
+        agent.say(&line);
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    };
+    let out = child.stdout.take().ok_or("kiwi-ng has no stdout")?;
+    let err = child.stderr.take().ok_or("kiwi-ng has no stderr")?;
+    let read_all = async {
+        tokio::join!(lines(out, &pass_on), lines(err, &pass_on));
+        child.wait().await
+    };
+    let status = tokio::select! {
+        s = read_all => s.map_err(|e| format!("waiting for kiwi-ng: {e}"))?,
+        _ = agent.cancel.cancelled() => {
+            if let Some(g) = pgid {
+                stop_group(g).await;
+            }
+            return Err("the job was stopped during the build".to_string());
+        }
+    };
+    drop(cache);
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<String> = tail.into_inner().unwrap_or_default().into();
+    Err(format!("kiwi-ng {status}:\n{}", failure_reason(&tail)))
+}
+
+/// What explains a failed build: kiwi's last `[ ERROR ]` message and what follows it (the failed
+/// command's output), without kiwi's debug lines; else the end of its output.
+fn failure_reason(tail: &[String]) -> String {
+    let from = tail
+        .iter()
+        .rposition(|l| l.starts_with("[ ERROR"))
+        .unwrap_or(0);
+    let lines: Vec<&str> = tail[from..]
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("[ DEBUG"))
+        .collect();
+    let lines = if from == 0 {
+        &lines[lines.len().saturating_sub(REASON_LINES)..]
+    } else {
+        &lines[..lines.len().min(REASON_LINES)]
+    };
+    lines.join("\n")
+}
+
+/// Passes every line of `r` (lossily decoded, cut at [`MAX_LINE`]) to `f`.
+async fn lines(r: impl tokio::io::AsyncRead + Unpin, f: &impl Fn(String)) {
+    let mut r = tokio::io::BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let end = buf.len().min(MAX_LINE);
+                let line = String::from_utf8_lossy(&buf[..end]);
+                f(line.trim_end_matches(['\n', '\r']).to_string());
+            }
+        }
+    }
+}
+
+/// SIGTERM to kiwi's process group, SIGKILL after a grace period.
+async fn stop_group(pgid: i32) {
+    // SAFETY: kill(2) on a process group this agent created; a stale id is harmless (ESRCH).
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + KIWI_STOP_GRACE;
+    // SAFETY: as above; signal 0 only checks whether the group still exists.
+    while Instant::now() < deadline && unsafe { libc::kill(-pgid, 0) } == 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+}
+
+/// The debug shell into a failed build: not jailed, the job's files at `/mnt/image` (the failed
+/// tree at `/mnt/image/build/image-root`, kiwi's log at `/mnt/image/kiwi.log`). Returns when the
+/// user finishes either way.
+async fn debug_shell(agent: &Agent, dir: &Path) -> Result<(), String> {
+    let flags = Flags::new(
+        dir,
+        &dir.join("mnt").join("build").join("image-root"),
+        false,
+    );
+    flags.clear();
+    let env = vec![("IMS_ARCH".to_string(), std::env::consts::ARCH.to_string())];
+    let mut ssh = user::open(agent, false, false, env).await?;
+    agent.say(
+        "debug shell: the failed build root is at /mnt/image/build/image-root, the recipe at \
+         /mnt/image/recipe, kiwi's log at /mnt/image/kiwi.log; the job ends in error either way",
+    );
+    let outcome = user::wait_for_user(agent, &flags, &mut ssh).await;
+    user::close(agent, ssh).await;
+    match outcome? {
+        Outcome::Complete | Outcome::Failed => Ok(()),
+    }
+}
+
+/// Makes kiwi's root tree ready to package: nothing mounted in it any more, kiwi's leftovers
+/// removed. Returns what it did, for the log.
+fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>, String> {
+    let mut notes = vec![];
+    for m in mounts_under(root)? {
+        // kiwi unmounts what it mounted; a mount left behind would be packaged.
+        let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("bad mount point {}", m.display()))?;
+        // SAFETY: umount2 with a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(format!(
+                "{} is still mounted after the build and cannot be unmounted: {}",
+                m.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        notes.push(format!("unmounted {} left by the build", m.display()));
+    }
+    for name in KIWI_LEFTOVERS {
+        let p = root.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(_) => continue,
+        }
+        .map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+        notes.push(format!("removed kiwi's /{name} from the image root"));
+    }
+    // kiwi bind-mounts its cache into the root at the host's path, and leaves the empty mount
+    // point behind: remove the empty directories it made (never a top-level one).
+    if let Some(cache) = shared_cache {
+        let rel: Vec<_> = cache
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_os_string()),
+                _ => None,
+            })
+            .collect();
+        for depth in (2..=rel.len()).rev() {
+            let mut p = root.to_path_buf();
+            let mut real = true;
+            for c in &rel[..depth] {
+                p.push(c);
+                real &= std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
+            }
+            if !real || std::fs::remove_dir(&p).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(notes)
+}
+
+/// Mount points at or below `dir` in this mount namespace, deepest first.
+fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_is_kiwis_error() {
+        let log: Vec<String> = [
+            "[ INFO    ]: 1 | Installing",
+            "[ ERROR   ]: 1 | KiwiCommandError: old",
+            "[ ERROR   ]: 2 | KiwiInstallPhaseFailed: dpkg failed",
+            "dpkg: error processing package x",
+            "[ DEBUG   ]: 2 | EXEC: [umount -l /r/proc]",
+            "[ INFO    ]: 2 | Cleaning up",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            failure_reason(&log),
+            "[ ERROR   ]: 2 | KiwiInstallPhaseFailed: dpkg failed\n\
+             dpkg: error processing package x\n[ INFO    ]: 2 | Cleaning up"
+        );
+        let no_error: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let r = failure_reason(&no_error);
+        assert!(r.starts_with("line 60\n") && r.ends_with("line 99"), "{r}");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), "/a b\\c");
+        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
+    }
+
+    #[test]
+    fn leftovers_are_removed_and_the_cache_mount_point_too() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        for p in ["image/x", "var/lib/ims/kiwi-cache", "var/lib/dpkg", "tmp"] {
+            std::fs::create_dir_all(root.join(p)).unwrap();
+        }
+        std::fs::write(root.join(".kconfig"), "a").unwrap();
+        std::fs::write(root.join(".profile"), "b").unwrap();
+        let notes = finish_root(&root, Some(Path::new("/var/lib/ims/kiwi-cache"))).unwrap();
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        for gone in ["image", ".kconfig", ".profile", "var/lib/ims"] {
+            assert!(!root.join(gone).exists(), "{gone}");
+        }
+        assert!(root.join("var/lib/dpkg").is_dir());
+        // A cache under /tmp: /tmp itself stays, even empty.
+        std::fs::create_dir_all(root.join("tmp/c")).unwrap();
+        finish_root(&root, Some(Path::new("/tmp/c"))).unwrap();
+        assert!(!root.join("tmp/c").exists());
+        assert!(root.join("tmp").is_dir());
+        // A link on the way is not followed.
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(outside.join("c")).unwrap();
+        std::fs::remove_dir(root.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("tmp")).unwrap();
+        finish_root(&root, Some(Path::new("/tmp/c"))).unwrap();
+        assert!(outside.join("c").is_dir());
+    }
+}

@@ -1,0 +1,166 @@
+//! Packaging, shared by customize and create jobs: kernel and initrd found in the image root
+//! (the job's names when they are not the defaults, else [`ims_rootfs::find_boot_artifacts`]'s
+//! rule), the kernel parameters file if present, `mksquashfs` of the image root outside it, then
+//! [`ims_client::publish`]: uploaded with md5 and sha256 computed while sending, manifest, and
+//! the new image registered last (named `image_root_archive_name`). Nothing stays registered or
+//! uploaded when it fails.
+
+use crate::agent::Agent;
+use ims_client::publish::{Artifact, Failure, NewImage, publish, remove_uploads};
+use ims_client::s3::Ctx;
+use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
+use std::path::Path;
+
+/// The zstd level of packaged images unless configured (`IMS_JOB_COMPRESSION_LEVEL`). On a 706 MB
+/// Debian image root here (2 cores): level 15 (mksquashfs's default) 38.1 s → 230.0 MB, level 6
+/// 4.1 s → 242.9 MB (+5.6 %), level 3 2.1 s → 256.1 MB (+11 %). Reading is as fast at any level.
+pub const JOB_ZSTD_LEVEL: u32 = 6;
+
+/// The job's boot file name, or `None` when it is the default (then the rule finds the file).
+fn explicit_name<'a>(name: &'a str, defaults: &[&str]) -> Option<&'a str> {
+    let n = name.trim();
+    (!n.is_empty() && !defaults.contains(&n)).then_some(n)
+}
+
+/// Squashes the image root and publishes the new image; returns its id.
+pub async fn package(agent: &Agent, ctx: &Ctx, root: &Path, arch: &str) -> Result<String, String> {
+    let job = &agent.job;
+    let boot = ims_rootfs::find_boot_artifacts(
+        root,
+        arch,
+        explicit_name(&job.kernel_file_name, &["vmlinuz", "Image"]),
+        explicit_name(&job.initrd_file_name, &["initrd"]),
+    )
+    .map_err(|e| format!("packaging: {e}"))?;
+    let initrd = boot.initrd.ok_or_else(|| {
+        format!(
+            "packaging: no initrd found in {}",
+            root.join("boot").display()
+        )
+    })?;
+    agent.say(&format!(
+        "kernel {}, initrd {}",
+        boot.kernel.display(),
+        initrd.display()
+    ));
+    let params = ims_rootfs::kernel::resolve_in_root(
+        root,
+        &Path::new("boot").join(&job.kernel_parameters_file_name),
+    )
+    .ok()
+    .flatten()
+    .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    // Outside the image root, so the squashfs does not contain itself.
+    let sqsh = agent.settings.dir.join("rootfs.squashfs");
+    let opts = ims_rootfs::SquashfsOptions {
+        compression: agent.settings.compression,
+        processors: None,
+        level: agent
+            .settings
+            .compression_level
+            .or(
+                (agent.settings.compression == ims_rootfs::Compression::Zstd)
+                    .then_some(JOB_ZSTD_LEVEL),
+            ),
+    };
+    agent.say(&format!(
+        "mksquashfs ({}{}) of the image root",
+        opts.compression,
+        opts.level
+            .map(|l| format!(" level {l}"))
+            .unwrap_or_default()
+    ));
+    let started = std::time::Instant::now();
+    let (src, dst) = (root.to_path_buf(), sqsh.clone());
+    let squash = tokio::task::spawn_blocking(move || ims_rootfs::mksquashfs(&src, &dst, &opts));
+    tokio::select! {
+        r = squash => r.map_err(|e| e.to_string())?.map_err(|e| format!("packaging: {e}"))?,
+        _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
+    }
+    agent.say(&format!(
+        "squashed in {:.2} s ({} bytes)",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&sqsh).map(|m| m.len()).unwrap_or(0)
+    ));
+    let uploading = std::time::Instant::now();
+    let mut artifacts = vec![
+        Artifact {
+            name: "rootfs",
+            mime: MIME_ROOTFS,
+            file: sqsh,
+        },
+        Artifact {
+            name: "kernel",
+            mime: MIME_KERNEL,
+            file: boot.kernel,
+        },
+        Artifact {
+            name: "initrd",
+            mime: MIME_INITRD,
+            file: initrd,
+        },
+    ];
+    if let Some(p) = params {
+        artifacts.push(Artifact {
+            name: "boot_parameters",
+            mime: MIME_BOOT_PARAMETERS,
+            file: p,
+        });
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let img = NewImage {
+        id: &id,
+        name: &job.image_root_archive_name,
+        arch,
+        job_id: Some(&job.id),
+    };
+    let log = agent.log.clone();
+    let say = move |l: &str| log.line(l);
+    let bucket = agent.settings.boot_images_bucket.clone();
+    let mut sent = vec![];
+    match publish(
+        ctx,
+        &bucket,
+        img,
+        &artifacts,
+        &mut sent,
+        &agent.cancel,
+        &say,
+    )
+    .await
+    {
+        Ok(_) => {
+            agent.say(&format!(
+                "registered image {id} (upload, hashing and registration {:.2} s)",
+                uploading.elapsed().as_secs_f64()
+            ));
+            Ok(id)
+        }
+        Err(Failure::Before(e)) => {
+            let left = remove_uploads(ctx, &bucket, &sent).await;
+            if !left.is_empty() {
+                agent.say(&format!(
+                    "warning: could not remove uploaded objects: {}",
+                    left.join("; ")
+                ));
+            }
+            Err(format!("publishing the image: {e}"))
+        }
+        Err(Failure::Unknown(e)) => Err(format!("publishing the image: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_boot_names_are_not_explicit() {
+        assert_eq!(explicit_name("vmlinuz", &["vmlinuz", "Image"]), None);
+        assert_eq!(explicit_name("", &["vmlinuz"]), None);
+        assert_eq!(
+            explicit_name("vmlinuz-6.1", &["vmlinuz"]),
+            Some("vmlinuz-6.1")
+        );
+    }
+}

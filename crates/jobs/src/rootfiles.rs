@@ -1,0 +1,207 @@
+//! Files IMS writes into an image root: never through a symbolic link (an image root is
+//! untrusted: its links could point anywhere on the host), the site CA certificate, and the
+//! distribution's trust store.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+/// Where the site CA goes in every image, as in the original.
+pub const CA_PATH: &str = "etc/cray/ca/certificate_authority.crt";
+/// Its name in a distribution's trust store.
+const CA_NAME: &str = "cray_certificate_authority.crt";
+
+/// The directory `rel` (plain components) inside `root`, created as needed; refuses to pass
+/// through anything that is not a real directory (a link could lead out of the image root).
+pub fn dir_in_root(root: &Path, rel: &str) -> Result<PathBuf, String> {
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        let Component::Normal(name) = c else {
+            return Err(format!("bad path {rel:?}"));
+        };
+        p.push(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "/{} in the image root is not a directory (a link?)",
+                    p.strip_prefix(root).unwrap_or(&p).display()
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&p)
+                .map_err(|e| format!("cannot create {}: {e}", p.display()))?,
+            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+        }
+    }
+    Ok(p)
+}
+
+/// Writes `data` as a new regular file at `p` with `mode` (replacing whatever entry was there, a
+/// link included, never writing through it).
+pub fn replace_file(p: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", p.display())),
+        Ok(_) => {
+            std::fs::remove_file(p).map_err(|e| format!("cannot replace {}: {e}", p.display()))?
+        }
+        Err(_) => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(p)
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    f.write_all(data)
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))
+}
+
+/// Puts the site CA certificate `ca` at `/etc/cray/ca/certificate_authority.crt`.
+pub fn install_ca(root: &Path, ca: &Path) -> Result<(), String> {
+    let data = std::fs::read(ca)
+        .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+    let dir = dir_in_root(root, "etc/cray/ca")?;
+    replace_file(&dir.join("certificate_authority.crt"), &data, 0o644)
+}
+
+/// A distribution's trust store: where anchors go and what rebuilds the bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustStore {
+    pub family: &'static str,
+    pub anchors: &'static str,
+    pub update: &'static [&'static str],
+}
+
+/// The image root's trust store, told by the tool that rebuilds it (`None`: no known one).
+pub fn trust_store(root: &Path) -> Option<TrustStore> {
+    let has = |rel: &str| {
+        ims_rootfs::kernel::resolve_in_root(root, Path::new(rel))
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.is_file())
+    };
+    if has("usr/sbin/update-ca-certificates") {
+        if has("etc/debian_version") {
+            return Some(TrustStore {
+                family: "Debian",
+                anchors: "usr/local/share/ca-certificates",
+                update: &["/usr/sbin/update-ca-certificates"],
+            });
+        }
+        // SUSE's update-ca-certificates (p11-kit) reads the pki anchors.
+        return Some(TrustStore {
+            family: "SUSE",
+            anchors: "usr/share/pki/trust/anchors",
+            update: &["/usr/sbin/update-ca-certificates"],
+        });
+    }
+    for tool in ["usr/bin/update-ca-trust", "usr/sbin/update-ca-trust"] {
+        if has(tool) {
+            return Some(TrustStore {
+                family: "Red Hat",
+                anchors: "etc/pki/ca-trust/source/anchors",
+                update: if tool.starts_with("usr/bin") {
+                    &["/usr/bin/update-ca-trust", "extract"]
+                } else {
+                    &["/usr/sbin/update-ca-trust", "extract"]
+                },
+            });
+        }
+    }
+    None
+}
+
+/// Adds the CA certificate `ca` to the image root's trust store and rebuilds the bundle with the
+/// image's own tool (chrooted, clean environment). `Ok(None)`: the image has no known trust
+/// store (only `/etc/cray/ca` has the certificate then).
+pub fn add_to_trust_store(root: &Path, ca: &Path) -> Result<Option<TrustStore>, String> {
+    let Some(store) = trust_store(root) else {
+        return Ok(None);
+    };
+    let data = std::fs::read(ca)
+        .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+    let dir = dir_in_root(root, store.anchors)?;
+    replace_file(&dir.join(CA_NAME), &data, 0o644)?;
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(store.update)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LANG", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run chroot: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} in the image root failed ({}): {}",
+            store.update.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(Some(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_in_the_image_root_are_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::os::unix::fs::symlink(outside.path(), root.join("etc")).unwrap();
+        let e = dir_in_root(root, "etc/cray/ca").unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        // A link where the file goes is replaced, not written through.
+        std::fs::remove_file(root.join("etc")).unwrap();
+        std::fs::create_dir(root.join("etc")).unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, root.join("etc/resolv.conf")).unwrap();
+        replace_file(
+            &root.join("etc/resolv.conf"),
+            b"nameserver 1.1.1.1\n",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(
+            std::fs::symlink_metadata(root.join("etc/resolv.conf"))
+                .unwrap()
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn trust_stores_are_told_by_their_tool() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        assert_eq!(trust_store(root), None);
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("usr/sbin/update-ca-certificates"), "#!/bin/sh\n").unwrap();
+        assert_eq!(trust_store(root).unwrap().family, "SUSE");
+        std::fs::write(root.join("etc/debian_version"), "12.8\n").unwrap();
+        let s = trust_store(root).unwrap();
+        assert_eq!(
+            (s.family, s.anchors),
+            ("Debian", "usr/local/share/ca-certificates")
+        );
+        // A tool that is a link out of the image root is not taken for the image's own.
+        std::fs::remove_file(root.join("usr/sbin/update-ca-certificates")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../bin/sh",
+            root.join("usr/sbin/update-ca-certificates"),
+        )
+        .unwrap();
+        assert_eq!(trust_store(root), None);
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/update-ca-trust"), "#!/bin/sh\n").unwrap();
+        let s = trust_store(root).unwrap();
+        assert_eq!(s.update, ["/usr/bin/update-ca-trust", "extract"]);
+    }
+}
