@@ -402,12 +402,15 @@ async fn failing_build_ends_in_error_with_kiwis_reason() {
         "{reason}"
     );
     assert!(!reason.contains("[ DEBUG"), "{reason}");
-    assert!(
-        std::fs::read_dir(st.s.data.path().join("jobs"))
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true),
-        "a job directory is left"
-    );
+    // The executor removes the job's directory once the agent has exited.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(st.s.data.path().join("jobs"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "a job directory is left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// With enable_debug a failed build opens the debug shell (not jailed) into the failed build,
@@ -743,5 +746,54 @@ async fn debian_example_recipe_builds_and_boots() {
     ) {
         Ok(took) => eprintln!("booted to a login prompt in {:.1} s", took.as_secs_f64()),
         Err(e) => panic!("the image did not boot: {e}"),
+    }
+}
+
+/// Deleting a job while it builds stops the whole build (kiwi runs in a process group of its own,
+/// with children of its own) and leaves no process and no job directory behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_building_job_stops_the_build() {
+    let marker = format!("ims-test-build-{}", uuid::Uuid::new_v4());
+    let scripts = tempfile::tempdir().unwrap();
+    let kiwi = scripts.path().join("kiwi-ng");
+    // A stand-in for kiwi-ng with a child that outlives a plain kill of its parent.
+    std::fs::write(
+        &kiwi,
+        format!(
+            "#!/bin/sh\necho \"[ INFO    ]: building {marker}\"\nsh -c 'sleep 600; : {marker}' &\nsleep 600\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kiwi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some(st) = setup(&[("IMS_JOB_KIWI", kiwi.to_str().unwrap())]).await else {
+        return;
+    };
+    let archive = Tar::default()
+        .file("config.xml", BROKEN_CONFIG.as_bytes())
+        .gz();
+    let recipe = st.recipe(&archive).await;
+    let id = st.job(&recipe, false).await;
+    st.wait_status(&id, "building_image", Duration::from_secs(60))
+        .await;
+    let running = || {
+        let o = Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        !o.stdout.is_empty()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running() {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    st.s.delete(&format!("/v3/jobs/{id}")).await.ok(204);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running() || st.s.data.path().join("jobs").join(&id).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the build or the job directory outlived the deleted job"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

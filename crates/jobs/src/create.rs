@@ -42,8 +42,10 @@ const TAIL_LINES: usize = 400;
 const REASON_LINES: usize = 40;
 /// Longest line of kiwi's output passed on whole.
 const MAX_LINE: usize = 16 * 1024;
-/// How long kiwi gets to clean up (unmount, remove its temporary files) when the job is stopped.
-const KIWI_STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long kiwi gets to clean up (unmount, remove its temporary files) when the job is stopped:
+/// less than the local executor gives the agent (10 s) before it kills the agent's process group,
+/// which kiwi's own group is not part of.
+const KIWI_STOP_GRACE: Duration = Duration::from_secs(5);
 /// The Debian archive keyring: the default signing key of apt recipes.
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// What kiwi leaves in the root for config.sh that has no place in a node's image: its copy of
