@@ -48,6 +48,12 @@ async fn setup(env: &[(&str, &str)]) -> Option<Setup> {
         return None;
     }
     let mut b = builder(Db::Sqlite).await.env("IMS_JOB_EXECUTOR", "local");
+    // A long data directory, as sites have: paths under it (gpg-agent's sockets in kiwi's keyring
+    // home once broke the build) must not hit the 107-byte Unix socket limit.
+    b.data = tempfile::Builder::new()
+        .prefix("ims-test-data-directory-with-a-long-name-like-sites-use-")
+        .tempdir()
+        .unwrap();
     for (k, v) in env {
         b = b.env(k, v);
     }

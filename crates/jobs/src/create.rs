@@ -10,8 +10,9 @@
 //! J/mnt/recipe/              the recipe, unpacked safely and templated
 //! J/mnt/build/image-root/    kiwi's root tree, packaged as the new image
 //! J/mnt/kiwi.log             kiwi's own log file
-//! J/kiwi/{tmp,gnupg,cache}   kiwi's scratch space, keyring home and (when the shared one is busy
-//!                            or not configured) package cache
+//! J/kiwi/{tmp,cache}        kiwi's scratch space and (when the shared one is busy or not
+//!                            configured) package cache; its keyring home is a short-named
+//!                            directory in the host's temporary directory (gpg-agent's socket)
 //! ```
 //!
 //! kiwi runs as `kiwi-ng system prepare`: IMS needs only the root tree, not the archive of it
@@ -350,8 +351,9 @@ async fn build(
     keys: &[PathBuf],
 ) -> Result<(), String> {
     let kiwi_dir = dir.join("kiwi");
-    let (tmp, gnupg) = (kiwi_dir.join("tmp"), kiwi_dir.join("gnupg"));
-    for d in [&kiwi_dir, &tmp, &gnupg] {
+    let tmp = kiwi_dir.join("tmp");
+    let gnupg = GnupgHome::new()?;
+    for d in [&kiwi_dir, &tmp] {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(d)
@@ -388,7 +390,7 @@ async fn build(
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8")
         .env("HOME", "/root")
-        .env("GNUPGHOME", &gnupg)
+        .env("GNUPGHOME", &gnupg.0)
         .current_dir(&kiwi_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -461,6 +463,37 @@ fn failure_reason(tail: &[String]) -> String {
         &lines[..lines.len().min(REASON_LINES)]
     };
     lines.join("\n")
+}
+
+/// kiwi's keyring home (`GNUPGHOME`): a fresh directory with a short path — gpg-agent's sockets
+/// live in it and a Unix socket path has at most 107 bytes, which a job directory under a long data
+/// directory exceeds (gpg then fails to start its agent). Removed, its agent stopped, when dropped.
+struct GnupgHome(PathBuf);
+
+impl GnupgHome {
+    fn new() -> Result<GnupgHome, String> {
+        let p = std::env::temp_dir().join(format!("ims-gnupg-{}", uuid::Uuid::new_v4().simple()));
+        // mkdir never follows a link and fails if the name exists.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        Ok(GnupgHome(p))
+    }
+}
+
+impl Drop for GnupgHome {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.0)
+            .args(["--kill", "all"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Passes every line of `r` (lossily decoded, cut at [`MAX_LINE`]) to `f`.
