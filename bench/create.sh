@@ -15,6 +15,7 @@
 #
 # Usage: bench/create.sh [REPEAT]      (default 3)
 # Environment: MIRROR, SECURITY_MIRROR (default: the host's apt sources, else deb.debian.org),
+# IMS_JOB_COMPRESSION_LEVEL (and any other IMS_JOB_* setting) passed to the server,
 # PORT (default 19351, S3 on PORT+1), IMS_BENCH_BIN (an `ims` binary to use instead of building one),
 # WORK_PARENT (default /var/tmp: must not be tmpfs), IDLE_WAIT.
 # Needs root (kiwi-ng, mounts), kiwi, rsync, debootstrap, mksquashfs, python3, curl.
@@ -30,13 +31,7 @@ fi
 work=$(mktemp -d "${WORK_PARENT:-/var/tmp}/ims-bench-create.XXXXXX")
 pid=
 cleanup() {
-  if [ -n "$pid" ]; then
-    local j
-    for j in $(curl -sf "$IMS_URL/v3/jobs" | grep -o '"id": *"[0-9a-f-]*"' | grep -o '[0-9a-f-]\{36\}' || true); do
-      curl -sf -X DELETE "$IMS_URL/v3/jobs/$j" >/dev/null || true
-    done
-    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-  fi
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -128,6 +123,6 @@ for n in $(seq "$REPEAT"); do
   warm+=("$(job_run "$n")")
 done
 machine
-echo "recipe: recipes/debian-12-compute from $MIRROR and $SECURITY_MIRROR; job images zstd level 6"
+echo "recipe: recipes/debian-12-compute from $MIRROR and $SECURITY_MIRROR; job images ${IMS_JOB_COMPRESSION:-zstd} level ${IMS_JOB_COMPRESSION_LEVEL:-6 (default)}"
 line "cold (1 job)" "$cold"
 line "warm (median of $REPEAT)" "${warm[@]}"

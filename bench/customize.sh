@@ -43,14 +43,7 @@ pid=
 mnt=$work/mnt
 cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
-  if [ -n "$pid" ]; then
-    # Jobs first: a stopped server leaves its agents running (a restart takes them over).
-    local j
-    for j in $(curl -sf "$IMS_URL/v3/jobs" | grep -o '"id": *"[0-9a-f-]*"' | grep -o '[0-9a-f-]\{36\}' || true); do
-      curl -sf -X DELETE "$IMS_URL/v3/jobs/$j" >/dev/null || true
-    done
-    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-  fi
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -48,6 +48,17 @@ start_server() {
   export IMS_URL=http://127.0.0.1:$PORT
 }
 
+# Deletes the jobs of the server started by start_server, then stops it (jobs first: a stopped
+# server leaves its agents running, for a restart to take them over).
+stop_server() {
+  [ -n "${pid:-}" ] || return 0
+  local j
+  for j in $(curl -sf "$IMS_URL/v3/jobs" | grep -o '"id": *"[0-9a-f-]*"' | grep -o '[0-9a-f-]\{36\}' || true); do
+    curl -sf -X DELETE "$IMS_URL/v3/jobs/$j" >/dev/null || true
+  done
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+}
+
 # Fills image root $1 with real files copied from this machine until it holds $2 MiB (apparent
 # size): /etc, /usr/bin, /usr/sbin, /usr/libexec, /usr/lib64, /usr/lib/x86_64-linux-gnu, … in that order,
 # then, if /usr is too small, further copies of /usr/lib; plus stand-ins for a Debian kernel and

@@ -7,34 +7,13 @@
 
 mod common;
 mod qemu;
+use common::jobs::*;
 use common::*;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn ims_raw(s: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(ims_bin())
-        .args(args)
-        .args(["--url", &s.url, "--format", "json"])
-        .env_remove("IMS_URL")
-        .env_remove("IMS_TOKEN")
-        .env("IMS_CLIENT_CONFIG", s.data.path().join("client.toml"))
-        .output()
-        .unwrap()
-}
-
-fn ims(s: &Server, args: &[&str]) -> Value {
-    let o = ims_raw(s, args);
-    assert!(o.status.success(), "{args:?}: {o:?}");
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
-}
 
 struct Setup {
     s: Server,
@@ -59,23 +38,7 @@ async fn setup(env: &[(&str, &str)]) -> Option<Setup> {
     }
     let s = b.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(dir.path().join("id_job"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let public = std::fs::read_to_string(dir.path().join("id_job.pub")).unwrap();
-    let key = s
-        .post(
-            "/v3/public-keys",
-            &json!({"name": "k", "public_key": public.trim()}),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = job_keys(&s, dir.path(), &["id_job"]).await;
     Some(Setup { s, dir, key })
 }
 
@@ -435,31 +398,13 @@ async fn failing_build_with_debug_opens_a_shell_then_errors() {
     assert!(seen.iter().all(|s| s != "packaging_artifacts"), "{seen:?}");
     let info = &j["ssh_containers"][0]["connection_info"]["cluster.local"];
     let port = info["port"].as_u64().unwrap().to_string();
-    let o = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            &port,
-            "-i",
-        ])
-        .arg(st.dir.path().join("id_job"))
-        .arg("root@127.0.0.1")
-        .arg(
-            "grep -c 'No main distribution repository' /mnt/image/kiwi.log && \
-             test -f /mnt/image/recipe/config.xml && test -d /mnt/image/build/image-root/etc && \
-             touch /mnt/image/complete",
-        )
-        .output()
-        .unwrap();
+    let o = ssh_as_root(
+        &port,
+        &st.dir.path().join("id_job"),
+        "grep -c 'No main distribution repository' /mnt/image/kiwi.log && \
+         test -f /mnt/image/recipe/config.xml && test -d /mnt/image/build/image-root/etc && \
+         touch /mnt/image/complete",
+    );
     assert!(o.status.success(), "{o:?}\n{}", st.log(&id).await);
     st.wait_status(&id, "error", Duration::from_secs(60)).await;
     let log = st.log(&id).await;

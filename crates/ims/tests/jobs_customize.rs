@@ -4,33 +4,12 @@
 //! root (mounts), as jobs do; skipped otherwise.
 
 mod common;
+use common::jobs::*;
 use common::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn ims(s: &Server, args: &[&str]) -> Value {
-    let o = ims_raw(s, args);
-    assert!(o.status.success(), "{args:?}: {o:?}");
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
-}
-
-fn ims_raw(s: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(ims_bin())
-        .args(args)
-        .args(["--url", &s.url, "--format", "json"])
-        .env_remove("IMS_URL")
-        .env_remove("IMS_TOKEN")
-        .env("IMS_CLIENT_CONFIG", s.data.path().join("client.toml"))
-        .output()
-        .unwrap()
-}
 
 /// A small image root: a binary with a file capability, a file to change, kernel and initrd.
 fn image_root(dir: &Path) -> PathBuf {
@@ -83,25 +62,7 @@ async fn setup_with(env: &[(&str, &str)]) -> Option<Setup> {
         .as_str()
         .unwrap()
         .to_string();
-    for name in ["id_job", "id_other"] {
-        let o = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(dir.path().join(name))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
-    }
-    let public = std::fs::read_to_string(dir.path().join("id_job.pub")).unwrap();
-    let key = s
-        .post(
-            "/v3/public-keys",
-            &json!({"name": "k", "public_key": public.trim()}),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = job_keys(&s, dir.path(), &["id_job", "id_other"]).await;
     Some(Setup { s, dir, image, key })
 }
 
@@ -150,29 +111,7 @@ impl Setup {
     fn ssh(&self, job: &Value, key: &str, cmd: &str) -> std::process::Output {
         let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
         let port = info["port"].as_u64().unwrap().to_string();
-        Command::new("ssh")
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "ConnectTimeout=10",
-                "-p",
-                &port,
-                "-i",
-            ])
-            .arg(self.dir.path().join(key))
-            .arg("root@127.0.0.1")
-            .arg(cmd)
-            .output()
-            .unwrap()
+        ssh_as_root(&port, &self.dir.path().join(key), cmd)
     }
 }
 

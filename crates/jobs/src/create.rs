@@ -127,7 +127,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     }
 
     agent.status("building_image").await?;
-    let apt = config.contains("<packagemanager>apt</packagemanager>");
+    let apt = package_manager(&config).as_deref() == Some("apt");
     let keys = signing_keys(agent, apt)?;
     let kiwi_started = Instant::now();
     let built = build(agent, &dir, &recipe_dir, &root, &keys).await;
@@ -268,6 +268,15 @@ fn template(agent: &Agent, rec: &Recipe, recipe_dir: &Path) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+/// The description's `<preferences><packagemanager>` (the first one given).
+fn package_manager(config: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(config).ok()?;
+    doc.descendants()
+        .find(|n| n.has_tag_name("packagemanager"))
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_string())
 }
 
 /// The `--signing-key` files: the configured ones (a directory stands for the files in it), else
@@ -662,6 +671,21 @@ mod tests {
         let no_error: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
         let r = failure_reason(&no_error);
         assert!(r.starts_with("line 60\n") && r.ends_with("line 99"), "{r}");
+    }
+
+    #[test]
+    fn package_manager_is_read_from_the_description() {
+        let c =
+            "<image><preferences><packagemanager>\n  apt\n</packagemanager></preferences></image>";
+        assert_eq!(package_manager(c).as_deref(), Some("apt"));
+        assert_eq!(
+            package_manager(
+                "<image><preferences><packagemanager>zypper</packagemanager></preferences></image>"
+            )
+            .as_deref(),
+            Some("zypper")
+        );
+        assert_eq!(package_manager("<image/>"), None);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::path::Path;
 
 /// The zstd level of packaged images unless configured (`IMS_JOB_COMPRESSION_LEVEL`). On a 706 MB
 /// Debian image root here (2 cores): level 15 (mksquashfs's default) 38.1 s → 230.0 MB, level 6
-/// 4.1 s → 242.9 MB (+5.6 %), level 3 2.1 s → 256.1 MB (+11 %). Reading is as fast at any level.
+/// 4.1 s → 242.9 MB (+5.6 %), level 3 2.1 s → 256.1 MB (+11 %). Reading the whole image back from
+/// a cold page cache: 3.3–4.2 s at level 6, 4.1–4.3 s at level 15. In a create job of the Debian
+/// example level 15 made IMS's share of the build 17.7 % instead of 3.9 % (docs/benchmarks.md).
 pub const JOB_ZSTD_LEVEL: u32 = 6;
 
 /// The job's boot file name, or `None` when it is the default (then the rule finds the file).

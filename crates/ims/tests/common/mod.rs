@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod jobs;
 #[allow(unused_imports)]
 pub use cli::{Cli, Out};
 
