@@ -133,6 +133,16 @@ fn unpack(archive: &Path, root: OwnedFd, limits: &Limits) -> Result<Extracted, S
     Ok(unpacker.done)
 }
 
+/// The message for a member that could not be created: a name taken by an earlier member is
+/// refused as such (members never replace each other).
+fn create_error(e: io::Error, what: &str) -> String {
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        "already exists (members may not replace each other)".to_string()
+    } else {
+        format!("{what}: {e}")
+    }
+}
+
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
@@ -453,13 +463,8 @@ impl Unpacker {
             ));
         }
         let name = cstr(leaf);
-        let mut out = create_excl_at(dir.as_fd(), &name).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                "already exists (members may not replace each other)".to_string()
-            } else {
-                format!("cannot create: {e}")
-            }
-        })?;
+        let mut out =
+            create_excl_at(dir.as_fd(), &name).map_err(|e| create_error(e, "cannot create"))?;
         self.kinds.insert(join(comps), Kind::File);
         self.done.files += 1;
         let mut buf = vec![0u8; 64 * 1024];
@@ -540,13 +545,8 @@ impl Unpacker {
             )
         })?;
         let dir = self.parent(parents)?;
-        symlink_at(&cstr(target), dir.as_fd(), &cstr(leaf)).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                "already exists (members may not replace each other)".to_string()
-            } else {
-                format!("cannot create the symbolic link: {e}")
-            }
-        })?;
+        symlink_at(&cstr(target), dir.as_fd(), &cstr(leaf))
+            .map_err(|e| create_error(e, "cannot create the symbolic link"))?;
         self.kinds
             .insert(join(comps), Kind::Symlink(target.to_vec()));
         self.done.links += 1;
@@ -575,13 +575,8 @@ impl Unpacker {
         // opening them without following links proves it again.
         let tdir = self.existing_dir(tparents)?;
         let dir = self.parent(parents)?;
-        link_at(tdir.as_fd(), &cstr(tleaf), dir.as_fd(), &cstr(leaf)).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                "already exists (members may not replace each other)".to_string()
-            } else {
-                format!("cannot create the hard link: {e}")
-            }
-        })?;
+        link_at(tdir.as_fd(), &cstr(tleaf), dir.as_fd(), &cstr(leaf))
+            .map_err(|e| create_error(e, "cannot create the hard link"))?;
         self.kinds.insert(join(comps), Kind::File);
         self.done.links += 1;
         Ok(())
