@@ -272,7 +272,11 @@ fn template(agent: &Agent, rec: &Recipe, recipe_dir: &Path) -> Result<(), String
 
 /// The description's `<preferences><packagemanager>` (the first one given).
 fn package_manager(config: &str) -> Option<String> {
-    let doc = roxmltree::Document::parse(config).ok()?;
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(config, opts).ok()?;
     doc.descendants()
         .find(|n| n.has_tag_name("packagemanager"))
         .and_then(|n| n.text())
@@ -686,6 +690,9 @@ mod tests {
             Some("zypper")
         );
         assert_eq!(package_manager("<image/>"), None);
+        let with_dtd = "<?xml version=\"1.0\"?>\n<!DOCTYPE image [<!ENTITY pm \"apt\">]>\n\
+                        <image><preferences><packagemanager>&pm;</packagemanager></preferences></image>";
+        assert_eq!(package_manager(with_dtd).as_deref(), Some("apt"));
     }
 
     #[test]
