@@ -12,6 +12,12 @@
 //!   reason when anything fails.
 //! * [`customize`]: fetch the source image's rootfs (md5/sha256 checked while it downloads),
 //!   prepare the image root, wait for the user, package and publish the new image.
+//! * [`create`]: fetch and unpack the recipe, wait for its repositories, build the root tree with
+//!   `kiwi-ng system prepare` (its output as the job's log), a debug shell after a failed build
+//!   with `enable_debug`, the site CA, package and publish the new image.
+//! * [`package`]: packaging shared by both pipelines (kernel/initrd rule, mksquashfs, register-last
+//!   publishing); [`user`]: the SSH session with the user (customize, and create's debug shell);
+//!   [`rootfiles`]: writing into an image root without following its links, the trust store.
 //! * [`imageroot`]: the image root of a customize job: an overlay over the loop-mounted squashfs
 //!   (fast; nothing unpacked) or, where that is impossible, a full `unsquashfs`.
 //! * [`recipe`]: a create job's recipe archive unpacked safely (no member outside the recipe, no
