@@ -10,9 +10,10 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # A C compiler builds the bundled SQLite; curl is handy for the walk-through; the image tools
 # (squashfs-tools, tar and its compressors) serve imports and jobs; job agents run each job's sshd
 # (openssh-server, openssh-client for its host keys) in a bubblewrap sandbox; create jobs build with
-# kiwi-ng (kiwi, which also needs rsync; debootstrap and the Debian archive keyring for Debian recipes).
+# kiwi-ng (kiwi, which also needs rsync and gpg for its signing keys; debootstrap and the Debian archive
+# keyring for Debian recipes).
 missing=()
-for p in gcc libc6-dev curl ca-certificates squashfs-tools tar xz-utils zstd util-linux mount bubblewrap openssh-server openssh-client kiwi rsync debootstrap debian-archive-keyring; do
+for p in gcc libc6-dev curl ca-certificates squashfs-tools tar xz-utils zstd util-linux mount bubblewrap openssh-server openssh-client kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
