@@ -17,7 +17,7 @@
 #
 # Usage: bench/customize.sh [SIZE_MIB] [REPEAT]      (defaults 1024 3)
 # Environment: COMPRESSION (default zstd; the jobs' IMS_JOB_COMPRESSION and the baselines'), LEVEL
-# (default 6 for zstd, the jobs' default, else none; IMS_JOB_COMPRESSION_LEVEL and the baselines'),
+# (default none: mksquashfs's, as customize jobs; IMS_JOB_COMPRESSION_LEVEL and the baselines'),
 # SESSION_SECS (default 30: how long the "user" works between login and `touch /tmp/complete`; the
 # agent pre-reads the image meanwhile, at idle priority),
 # PORT (default 19341, S3 on PORT+1), IMS_BENCH_BIN (an `ims` binary to use instead of
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 SIZE=${1:-1024}
 REPEAT=${2:-3}
 COMP=${COMPRESSION:-zstd}
-if [ "$COMP" = zstd ]; then LEVEL=${LEVEL:-6}; else LEVEL=${LEVEL:-}; fi
+LEVEL=${LEVEL:-}
 level_args=()
 [ -z "$LEVEL" ] || level_args=(-Xcompression-level "$LEVEL")
 SESSION=${SESSION_SECS:-30}

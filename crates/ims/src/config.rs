@@ -81,7 +81,7 @@ pub struct JobsFile {
     pub ssh_host: Option<String>,
     /// squashfs compression of the images jobs produce (default zstd).
     pub compression: Option<String>,
-    /// Its level (default 6 for zstd, mksquashfs's default for gzip and lzo).
+    /// Its level (default: mksquashfs's; create jobs 6 for zstd).
     pub compression_level: Option<u32>,
     /// How long a create job waits for its recipe's repositories (default 500s).
     pub repo_timeout: Option<String>,

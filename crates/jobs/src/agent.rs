@@ -45,7 +45,8 @@ pub struct Settings {
     pub ca_cert: Option<PathBuf>,
     /// squashfs compression of packaged images.
     pub compression: ims_rootfs::Compression,
-    /// Its level (`None`: [`crate::package::JOB_ZSTD_LEVEL`] for zstd, else mksquashfs's default).
+    /// Its level (`None`: create jobs [`crate::package::CREATE_ZSTD_LEVEL`] for zstd, else
+    /// mksquashfs's default).
     pub compression_level: Option<u32>,
     /// The bucket new images go to.
     pub boot_images_bucket: String,

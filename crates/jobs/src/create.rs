@@ -20,7 +20,7 @@
 //! process group of its own that stopping the job kills.
 
 use crate::agent::Agent;
-use crate::package::package;
+use crate::package::{CREATE_ZSTD_LEVEL, package};
 use crate::recipe::{self, Limits};
 use crate::repos;
 use crate::rootfiles::{add_to_trust_store, install_ca};
@@ -177,7 +177,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let packaging = Instant::now();
     // Fresh credentials: a build can outlast the first ones.
     let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
-    let image_id = package(agent, &ctx, &root, &rec.arch).await?;
+    let image_id = package(agent, &ctx, &root, &rec.arch, Some(CREATE_ZSTD_LEVEL)).await?;
     agent.result(&image_id).await?;
     let total = started.elapsed();
     agent.say(&format!(

@@ -187,7 +187,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
     // with it the S3 endpoint's address, may have restarted meanwhile).
     let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
-    let result = package(agent, &ctx, &root.path, &arch).await;
+    let result = package(agent, &ctx, &root.path, &arch, None).await;
     root.release();
     let image_id = result?;
     agent.result(&image_id).await?;

@@ -11,12 +11,15 @@ use ims_client::s3::Ctx;
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
 use std::path::Path;
 
-/// The zstd level of packaged images unless configured (`IMS_JOB_COMPRESSION_LEVEL`). On a 706 MB
-/// Debian image root here (2 cores): level 15 (mksquashfs's default) 38.1 s → 230.0 MB, level 6
-/// 4.1 s → 242.9 MB (+5.6 %), level 3 2.1 s → 256.1 MB (+11 %). Reading the whole image back from
-/// a cold page cache: 3.3–4.2 s at level 6, 4.1–4.3 s at level 15. In a create job of the Debian
-/// example level 15 made IMS's share of the build 17.7 % instead of 3.9 % (docs/benchmarks.md).
-pub const JOB_ZSTD_LEVEL: u32 = 6;
+/// The zstd level of the images create jobs build, unless configured (`IMS_JOB_COMPRESSION_LEVEL`).
+/// On a 706 MB Debian image root here (2 cores): level 15 (mksquashfs's default) 38.1 s → 230.0 MB,
+/// level 6 4.1 s → 242.9 MB (+5.6 %), level 3 2.1 s → 256.1 MB (+11 %). Reading the whole image
+/// back from a cold page cache: 3.3–4.2 s at level 6, 4.1–4.3 s at level 15. In a create job of
+/// the Debian example level 15 made IMS's share of the build 17.7 % instead of 3.9 %
+/// (docs/benchmarks.md). A create job's image is usually the base that customize jobs turn into
+/// the boot image (the CSM workflow), so it is built fast; customize jobs keep mksquashfs's
+/// default (the smaller image the nodes download).
+pub const CREATE_ZSTD_LEVEL: u32 = 6;
 
 /// The job's boot file name, or `None` when it is the default (then the rule finds the file).
 fn explicit_name<'a>(name: &'a str, defaults: &[&str]) -> Option<&'a str> {
@@ -24,8 +27,15 @@ fn explicit_name<'a>(name: &'a str, defaults: &[&str]) -> Option<&'a str> {
     (!n.is_empty() && !defaults.contains(&n)).then_some(n)
 }
 
-/// Squashes the image root and publishes the new image; returns its id.
-pub async fn package(agent: &Agent, ctx: &Ctx, root: &Path, arch: &str) -> Result<String, String> {
+/// Squashes the image root and publishes the new image; returns its id. `zstd_level`: the zstd
+/// level when none is configured (`None`: mksquashfs's default).
+pub async fn package(
+    agent: &Agent,
+    ctx: &Ctx,
+    root: &Path,
+    arch: &str,
+    zstd_level: Option<u32>,
+) -> Result<String, String> {
     let job = &agent.job;
     let boot = ims_rootfs::find_boot_artifacts(
         root,
@@ -60,10 +70,7 @@ pub async fn package(agent: &Agent, ctx: &Ctx, root: &Path, arch: &str) -> Resul
         level: agent
             .settings
             .compression_level
-            .or(
-                (agent.settings.compression == ims_rootfs::Compression::Zstd)
-                    .then_some(JOB_ZSTD_LEVEL),
-            ),
+            .or(zstd_level.filter(|_| agent.settings.compression == ims_rootfs::Compression::Zstd)),
     };
     agent.say(&format!(
         "mksquashfs ({}{}) of the image root",
