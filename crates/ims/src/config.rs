@@ -541,6 +541,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
     {
         agent_env.push(("IMS_AGENT_SSH_HOST".into(), h));
     }
+    let mut compression = ims_rootfs::Compression::default();
     if let Some((n, c)) = env.get(&["IMS_JOB_COMPRESSION"]).or_else(|| {
         file.jobs
             .compression
@@ -553,6 +554,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 format!("{c:?} is not one of zstd, gzip, xz, lz4, lzo"),
             ));
         }
+        compression = c.trim().parse().map_err(|e| err(&n, format!("{e}")))?;
         agent_env.push(("IMS_AGENT_COMPRESSION".into(), c.trim().to_string()));
     }
     let level = env
@@ -570,12 +572,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 .map(|l| ("jobs.compression_level".to_string(), l))
         });
     if let Some((n, l)) = level {
-        let comp: ims_rootfs::Compression = agent_env
-            .iter()
-            .find(|(k, _)| k == "IMS_AGENT_COMPRESSION")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_default();
-        comp.check_level(l).map_err(|e| err(&n, e))?;
+        compression.check_level(l).map_err(|e| err(&n, e))?;
         agent_env.push(("IMS_AGENT_COMPRESSION_LEVEL".into(), l.to_string()));
     }
     if let Some((n, v)) = env.get(&["IMS_JOB_REPO_TIMEOUT"]).or_else(|| {
