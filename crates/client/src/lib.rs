@@ -126,6 +126,8 @@ pub struct Client {
     /// `<base>/apis/ims`, without a trailing slash.
     root: Url,
     token: Option<String>,
+    /// Called with every request about to be sent (the CLI's `-v`).
+    trace: Option<fn(&Method, &Url)>,
 }
 
 impl Client {
@@ -160,7 +162,27 @@ impl Client {
             http,
             root,
             token: token.filter(|t| !t.is_empty()),
+            trace: None,
         })
+    }
+
+    /// Calls `f` with the method and URL of every request before it is sent.
+    pub fn traced(mut self, f: fn(&Method, &Url)) -> Self {
+        self.trace = Some(f);
+        self
+    }
+
+    /// A request to `url` with the bearer token, traced; and the URL as errors show it.
+    fn request(&self, method: Method, url: Url) -> (String, reqwest::RequestBuilder) {
+        if let Some(f) = self.trace {
+            f(&method, &url);
+        }
+        let shown = url.to_string();
+        let mut req = self.http.request(method, url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        (shown, req)
     }
 
     /// The URL of `/apis/ims/<segments...>`; each segment is percent-encoded on its own.
@@ -184,20 +206,16 @@ impl Client {
     pub async fn send(
         &self,
         method: Method,
-        url: Url,
+        mut url: Url,
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value> {
-        let shown = url.to_string();
-        let mut req = self.http.request(method, url);
         if !query.is_empty() {
-            req = req.query(query);
+            url.query_pairs_mut().extend_pairs(query);
         }
+        let (shown, mut req) = self.request(method, url);
         if let Some(b) = body {
             req = req.json(b);
-        }
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
         }
         self.finish(shown, req).await.map(|(v, _)| v)
     }
@@ -272,28 +290,21 @@ impl Client {
 
     /// `POST /apis/ims/v3/jobs/<id>/log?seq=N` (job agents): one log chunk.
     pub async fn job_log_append(&self, id: &str, seq: u64, chunk: Vec<u8>) -> Result<Value> {
-        let url = self.url(["v3", "jobs", id, "log"]);
-        let shown = url.to_string();
-        let mut req = self
-            .http
-            .post(url)
-            .query(&[("seq", seq.to_string())])
+        let mut url = self.url(["v3", "jobs", id, "log"]);
+        url.query_pairs_mut().append_pair("seq", &seq.to_string());
+        let (shown, req) = self.request(Method::POST, url);
+        let req = req
             .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(chunk);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
         self.finish(shown, req).await.map(|(v, _)| v)
     }
 
     /// `GET /apis/ims/v3/jobs/<id>/log?offset=N`: (text, next offset, job over and fully read).
     pub async fn job_log(&self, id: &str, offset: u64) -> Result<(Vec<u8>, u64, bool)> {
-        let url = self.url(["v3", "jobs", id, "log"]);
-        let shown = url.to_string();
-        let mut req = self.http.get(url).query(&[("offset", offset.to_string())]);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut url = self.url(["v3", "jobs", id, "log"]);
+        url.query_pairs_mut()
+            .append_pair("offset", &offset.to_string());
+        let (shown, req) = self.request(Method::GET, url);
         let resp = req.send().await.map_err(|e| transport(&shown, e))?;
         let status = resp.status();
         let next = resp

@@ -56,6 +56,11 @@ impl Ctx {
     /// endpoint for S3 credentials.
     pub async fn new(url: &str, token: Option<String>) -> Result<Ctx, String> {
         let client = Client::new(url, token).map_err(|e| e.to_string())?;
+        Self::with_client(url, client).await
+    }
+
+    /// As [`Ctx::new`], with a client made by the caller for the server at `url`.
+    pub async fn with_client(url: &str, client: Client) -> Result<Ctx, String> {
         let mut u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         u.set_query(None);
         u.set_fragment(None);
@@ -130,9 +135,21 @@ pub fn interrupt_token() -> CancellationToken {
     token
 }
 
-/// A byte-count progress bar on stderr, drawn only when stderr is a terminal.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// No progress bars from now on in this process (the CLI's `--quiet`).
+pub fn set_quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `--quiet` was given.
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A byte-count progress bar on stderr, drawn only when stderr is a terminal (and not quiet).
 pub fn progress(len: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if quiet() || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
@@ -173,12 +190,14 @@ fn uri_encode(s: &str, keep_slash: bool) -> String {
 }
 
 /// Sends one SigV4-signed request with an empty body to the endpoint (path-style): for the
-/// operations object_store does not offer (ListBuckets, CopyObject with new metadata). `path` is
-/// unencoded (`/bucket/key`); `headers` are lower-case names. Returns the status and the body.
+/// operations object_store does not offer (ListBuckets, ListObjects v1, CopyObject with new
+/// metadata). `path` is unencoded (`/bucket/key`), so are the `query` pairs; `headers` are
+/// lower-case names. Returns the status and the body.
 async fn signed(
     c: &Creds,
     method: reqwest::Method,
     path: &str,
+    query: &[(&str, &str)],
     extra: &[(&str, String)],
 ) -> Result<(reqwest::StatusCode, String), String> {
     let base = reqwest::Url::parse(&c.endpoint)
@@ -189,9 +208,22 @@ async fn signed(
         _ => return Err(format!("invalid EndpointURL {:?}", c.endpoint)),
     };
     let encoded = uri_encode(path, true);
-    let url = base
+    let mut url = base
         .join(&encoded)
         .map_err(|e| format!("invalid S3 path {path:?}: {e}"))?;
+    // The canonical query string: encoded pairs sorted by name (then value); the URL carries the
+    // same string so that what is signed is what is sent.
+    let mut pairs: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+        .collect();
+    pairs.sort();
+    let canonical_query = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    url.set_query((!canonical_query.is_empty()).then_some(canonical_query.as_str()));
     let now = chrono::Utc::now();
     let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
     let date = now.format("%Y%m%d").to_string();
@@ -216,8 +248,9 @@ async fn signed(
         .map(|(k, _)| k.as_str())
         .collect::<Vec<_>>()
         .join(";");
-    let canonical =
-        format!("{method}\n{encoded}\n\n{canonical_headers}\n{signed_names}\n{payload}");
+    let canonical = format!(
+        "{method}\n{encoded}\n{canonical_query}\n{canonical_headers}\n{signed_names}\n{payload}"
+    );
     let scope = format!("{date}/{REGION}/s3/aws4_request");
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
@@ -267,7 +300,7 @@ fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
 
 /// ListBuckets (`GET /`), which object_store does not offer.
 pub async fn list_buckets(c: &Creds) -> Result<Value, String> {
-    let (status, text) = signed(c, reqwest::Method::GET, "/", &[]).await?;
+    let (status, text) = signed(c, reqwest::Method::GET, "/", &[], &[]).await?;
     if !status.is_success() {
         return Err(format!("S3 ListBuckets: {status}: {}", text.trim()));
     }
@@ -277,6 +310,137 @@ pub async fn list_buckets(c: &Creds) -> Result<Value, String> {
             .map(Value::String)
             .collect(),
     ))
+}
+
+/// One object of a bucket listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub key: String,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+    /// As the endpoint sent it (with its quotes).
+    pub etag: String,
+    pub size: u64,
+    pub storage_class: String,
+}
+
+/// Every object of `bucket`, as `cray artifacts list` gets them: ListObjects v1 with
+/// `encoding-type=url` (keys come back URL-encoded, so any key survives the XML), paginated by
+/// marker.
+pub async fn list_objects(c: &Creds, bucket: &str) -> Result<Vec<Listed>, String> {
+    let mut out: Vec<Listed> = vec![];
+    let mut marker: Option<String> = None;
+    loop {
+        let mut query = vec![("encoding-type", "url")];
+        if let Some(m) = &marker {
+            query.push(("marker", m.as_str()));
+        }
+        let (status, text) =
+            signed(c, reqwest::Method::GET, &format!("/{bucket}"), &query, &[]).await?;
+        if !status.is_success() {
+            return Err(format!("s3://{bucket}: {}", s3_error_text(status, &text)));
+        }
+        let before = out.len();
+        for block in xml_blocks(&text, "Contents") {
+            let field = |tag: &str| xml_texts(block, tag).into_iter().next();
+            let raw_key = field("Key").ok_or("S3 ListObjects: an entry without a Key")?;
+            let key = url_decode(&raw_key).ok_or_else(|| {
+                format!("S3 ListObjects: a key that is not URL-encoded: {raw_key:?}")
+            })?;
+            let modified = field("LastModified").unwrap_or_default();
+            let last_modified = chrono::DateTime::parse_from_rfc3339(&modified)
+                .map_err(|e| format!("S3 ListObjects: {key}: LastModified {modified:?}: {e}"))?
+                .with_timezone(&chrono::Utc);
+            let size = field("Size")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("S3 ListObjects: {key}: no valid Size"))?;
+            out.push(Listed {
+                key,
+                last_modified,
+                etag: field("ETag").unwrap_or_default(),
+                size,
+                storage_class: field("StorageClass").unwrap_or_default(),
+            });
+        }
+        let truncated = xml_texts(&text, "IsTruncated").first().map(String::as_str) == Some("true");
+        if !truncated {
+            return Ok(out);
+        }
+        // NextMarker is sent only with a delimiter; otherwise the last key is the marker.
+        let next = match xml_texts(&text, "NextMarker").into_iter().next() {
+            Some(m) => url_decode(&m),
+            None => out.last().map(|l| l.key.clone()),
+        };
+        if out.len() == before || next.is_none() || next == marker {
+            return Err(format!(
+                "s3://{bucket}: the endpoint's listing is truncated but does not advance"
+            ));
+        }
+        marker = next;
+    }
+}
+
+/// Whether `bucket` exists (ListBuckets).
+pub async fn bucket_exists(c: &Creds, bucket: &str) -> Result<bool, String> {
+    let names = list_buckets(c).await?;
+    Ok(names
+        .as_array()
+        .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(bucket))))
+}
+
+/// `Code: Message` of an S3 error document, or the status and body.
+fn s3_error_text(status: reqwest::StatusCode, text: &str) -> String {
+    match (
+        xml_texts(text, "Code").into_iter().next(),
+        xml_texts(text, "Message").into_iter().next(),
+    ) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code,
+        _ => format!("{status}: {}", text.trim()),
+    }
+}
+
+/// The inner text of every `<tag>…</tag>` element (not decoded).
+fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = vec![];
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let Some(j) = rest.find(&close) else { break };
+        out.push(&rest[..j]);
+        rest = &rest[j + close.len()..];
+    }
+    out
+}
+
+/// Decodes `encoding-type=url` text as botocore does (`unquote_plus`): `%XX` escapes and `+`
+/// for a space. `None` for a bad escape or bytes that are not UTF-8.
+fn url_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = b.get(i + 1..i + 3)?;
+                // from_str_radix alone would take a sign ("%+1").
+                if !h.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Replaces an object's user metadata (and content type) in place: CopyObject onto itself with
@@ -312,8 +476,14 @@ pub async fn replace_metadata(
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    let (status, text) =
-        signed(c, reqwest::Method::PUT, &format!("/{bucket}/{key}"), &extra).await?;
+    let (status, text) = signed(
+        c,
+        reqwest::Method::PUT,
+        &format!("/{bucket}/{key}"),
+        &[],
+        &extra,
+    )
+    .await?;
     // S3 may answer 200 with an error document for a copy that failed midway.
     if !status.is_success() || text.contains("<Error>") {
         let detail = xml_texts(&text, "Message")
@@ -745,6 +915,28 @@ mod tests {
     fn uri_encoding() {
         assert_eq!(uri_encode("/b/a b/ü~", true), "/b/a%20b/%C3%BC~");
         assert_eq!(uri_encode("/b/k", false), "%2Fb%2Fk");
+    }
+
+    #[test]
+    fn url_decoding_as_botocore() {
+        assert_eq!(
+            url_decode("a%2Bb+c%20d%C3%A4/").as_deref(),
+            Some("a+b c dä/")
+        );
+        assert_eq!(url_decode("plain").as_deref(), Some("plain"));
+        for bad in ["%", "%4", "%zz", "%+1", "%-1", "%FF"] {
+            assert_eq!(url_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn xml_blocks_split_entries() {
+        let x = "<L><Contents><Key>a</Key></Contents><Contents><Key>b</Key></Contents></L>";
+        assert_eq!(
+            xml_blocks(x, "Contents"),
+            vec!["<Key>a</Key>", "<Key>b</Key>"]
+        );
+        assert!(xml_blocks("<L></L>", "Contents").is_empty());
     }
 
     #[test]

@@ -141,6 +141,20 @@ pub struct Config {
     pub job_token_key_file: PathBuf,
 }
 
+impl Config {
+    /// The built-in S3 endpoint's long-lived key pair (mode 0600).
+    pub fn s3_credentials_path(&self) -> PathBuf {
+        self.data_dir.join("s3-credentials.json")
+    }
+
+    /// The URL the built-in S3 endpoint is advertised at when its address is the configured one.
+    pub fn s3_endpoint_url(&self) -> String {
+        self.s3_public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.s3_listen))
+    }
+}
+
 /// Which executor runs jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutorKind {

@@ -59,6 +59,13 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Show the built-in S3 endpoint's credentials (embedded mode) for S3 clients used directly
+    /// (aws, rclone, s3cmd, boto3): access key, secret and endpoint URL. Reads the server's
+    /// configuration as `ims serve` does; run it where the server runs. Keep the output secret.
+    S3Credentials {
+        #[command(flatten)]
+        common: Common,
+    },
     /// The job agent (started by the server's executor, not by hand).
     Agent {
         #[command(subcommand)]
@@ -104,9 +111,59 @@ fn main() -> ExitCode {
             common,
         } => run_service(&common, listen, s3_listen, Service::Serve),
         Cmd::Migrate { op, common } => run_service(&common, None, None, Service::Migrate(op)),
+        Cmd::S3Credentials { common } => s3_credentials(&common, cli.client.format),
         Cmd::Agent {
             op: AgentOp::Run { job_id },
         } => run_agent(&job_id),
+    }
+}
+
+/// `ims s3-credentials`: the long-lived key pair `ims serve` generated on its first start, with the
+/// endpoint URL it advertises, in the shape of an STS answer.
+fn s3_credentials(common: &Common, format: Option<cli::Format>) -> ExitCode {
+    let shown = (|| {
+        let cfg = config::load(&flags(common, None, None), &config::Env::from_process())
+            .map_err(|e| e.to_string())?;
+        if let Some(s3) = &cfg.s3 {
+            return Err(format!(
+                "artifacts are kept in the external S3 endpoint {}; there is no built-in endpoint \
+                 and no credentials of its own (STS hands out the configured ones)",
+                s3.endpoint
+            ));
+        }
+        let path = cfg.s3_credentials_path();
+        let c = match ims_s3::CredentialStore::read_root(&path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "no S3 credentials yet in {}: `ims serve` generates them on its first start",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot read the S3 credentials: {e}")),
+        };
+        let mut shown = serde_json::json!({
+            "AccessKeyId": c.access_key,
+            "SecretAccessKey": c.secret_key,
+        });
+        // With port 0 the server picks its port at start: only its log (or STS) knows it.
+        if cfg.s3_public_url.is_some() || cfg.s3_listen.port() != 0 {
+            shown["EndpointURL"] = cfg.s3_endpoint_url().into();
+        } else {
+            eprintln!(
+                "ims: the S3 endpoint listens on a port chosen at start (s3_listen {}); \
+                 its URL is in the server's log and in STS answers",
+                cfg.s3_listen
+            );
+        }
+        Ok(serde_json::json!({ "Credentials": shown }))
+    })();
+    match shown.and_then(|v| cli::print(&v, format.unwrap_or_default())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ims: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -756,6 +756,60 @@ fn exact_requests_and_bearer_token() {
     let r = next();
     assert_eq!(r.line, "GET /apis/ims/v3/recipes HTTP/1.1");
     assert_eq!(r.header("authorization"), Some("Bearer tok-env"));
+    // --token FILE, as cray's: the JSON `cray auth login` writes, or the token alone.
+    let json_file = cli.file("token.json");
+    std::fs::write(
+        &json_file,
+        r#"{"access_token": "tok-json", "token_type": "bearer"}"#,
+    )
+    .unwrap();
+    let plain_file = cli.file("token.txt");
+    std::fs::write(&plain_file, "tok-plain\n").unwrap();
+    for (f, want) in [
+        (&json_file, "Bearer tok-json"),
+        (&plain_file, "Bearer tok-plain"),
+    ] {
+        let o = cli.run(&["images", "list", "--token", f.to_str().unwrap()]);
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(next().header("authorization"), Some(want));
+    }
+    // A JSON file without a token, or an empty file: refused before any request.
+    std::fs::write(&json_file, r#"{"token_type": "bearer"}"#).unwrap();
+    std::fs::write(&plain_file, "").unwrap();
+    for f in [&json_file, &plain_file] {
+        let o = cli.run(&["images", "list", "--token", f.to_str().unwrap()]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(o.stderr.contains(f.to_str().unwrap()), "{o:?}");
+    }
+    // -v traces each request on stderr (cray prints it on stdout, into the results).
+    let o = cli.run(&["-v", "images", "list", "--format", "json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout.trim(), "{}");
+    assert_eq!(
+        o.stderr.trim(),
+        format!("REQUEST: GET to {url}/apis/ims/v3/images")
+    );
+    next();
+    let o = cli.run(&[
+        "jobs",
+        "deleteall",
+        "--status",
+        "error",
+        "--verbose",
+        "--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr.contains(&format!(
+            "REQUEST: DELETE to {url}/apis/ims/v3/jobs?status=error"
+        )),
+        "{o:?}"
+    );
+    assert_eq!(
+        next().line,
+        "DELETE /apis/ims/v3/jobs?status=error HTTP/1.1"
+    );
+    assert!(rx.try_recv().is_err(), "no other request was sent");
 
     // exact bodies (clients.md §4)
     assert_eq!(

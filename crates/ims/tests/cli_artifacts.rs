@@ -90,6 +90,17 @@ async fn artifacts_round_trip_through_sts_and_s3() {
         .find(|a| a["Key"] == "t/big.bin")
         .unwrap();
     assert_eq!(big_entry["Size"], json!(big.len()));
+    // cray's fields; LastModified as Python prints the datetime boto3 parses.
+    assert_eq!(big_entry["StorageClass"], json!("STANDARD"), "{list}");
+    assert!(
+        big_entry["ETag"].as_str().unwrap().starts_with('"'),
+        "{list}"
+    );
+    let lm = big_entry["LastModified"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_str(lm, "%Y-%m-%d %H:%M:%S%:z").is_ok(),
+        "{lm}"
+    );
 
     assert_eq!(
         cli.json(&["artifacts", "delete", "ims", "t/small.bin"]),
@@ -100,13 +111,33 @@ async fn artifacts_round_trip_through_sts_and_s3() {
     assert!(!k.contains(&"t/small.bin".to_string()), "{k:?}");
     assert!(k.contains(&"t/big.bin".to_string()), "{k:?}");
 
-    // A missing object: `Error: …` on stderr, exit 2, nothing on stdout.
+    // A missing object or bucket: `Error: …` on stderr (cray's words for delete), exit 1 as
+    // cray's S3 errors, nothing on stdout.
     let o = cli.run(&["artifacts", "delete", "ims", "t/small.bin"]);
-    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(o.code, 1, "{o:?}");
     assert_eq!(o.stdout, "");
-    assert!(o.stderr.starts_with("Error: "), "{o:?}");
-    assert!(o.stderr.contains("not found"), "{o:?}");
+    assert!(
+        o.stderr
+            .starts_with("Error: Object was not found in bucket"),
+        "{o:?}"
+    );
+    let o = cli.run(&["artifacts", "delete", "no-such-bucket", "k"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.starts_with("Error: Bucket does not exist"),
+        "{o:?}"
+    );
     let o = cli.run(&["artifacts", "describe", "ims", "nope"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    let o = cli.run(&["artifacts", "list", "no-such-bucket"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("NoSuchBucket"), "{o:?}");
+    // A usage error (no such file to upload) is found before any request: exit 2.
+    let o = cli.run(&["artifacts", "create", "ims", "k", "/nonexistent/file"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("/nonexistent/file"), "{o:?}");
+    // STS failing is a REST error: exit 2.
+    let o = Cli::new(Some("http://127.0.0.1:9")).run(&["artifacts", "list", "ims"]);
     assert_eq!(o.code, 2, "{o:?}");
 
     // `get` replaces a file only once the download is complete: a failed one leaves it as it was,
@@ -116,7 +147,7 @@ async fn artifacts_round_trip_through_sts_and_s3() {
     std::fs::write(&kept, b"precious").unwrap();
     std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = cli.run(&["artifacts", "get", "ims", "nope", kept.to_str().unwrap()]);
-    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(o.code, 1, "{o:?}");
     assert_eq!(std::fs::read(&kept).unwrap(), b"precious");
     cli.json(&[
         "artifacts",
@@ -143,6 +174,31 @@ async fn artifacts_round_trip_through_sts_and_s3() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".ims-get-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `list` follows the markers of ListObjects v1 past the endpoint's 1000-key pages and decodes
+/// `encoding-type=url` keys (space, `+`, `%`, non-ASCII) as botocore does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_list_pages_and_decodes_keys() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::of(&s);
+    let mut want: Vec<String> = (0..1203).map(|i| format!("many/{i:05}")).collect();
+    want.push("odd/a b+c%41ä&<x>.txt".into());
+    for k in &want {
+        let p = s.artifact_path("ims", k);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, k.as_bytes()).unwrap();
+    }
+    want.sort();
+    let list = cli.json(&["artifacts", "list", "ims"]);
+    assert_eq!(keys(&list), want);
+    let odd = list["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["Key"] == "odd/a b+c%41ä&<x>.txt")
+        .unwrap();
+    assert_eq!(odd["Size"], json!("odd/a b+c%41ä&<x>.txt".len()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,14 @@ impl CredentialStore {
         })
     }
 
+    /// Reads the key pair from `path` without generating one: for showing it to an
+    /// administrator (`ims s3-credentials`).
+    pub fn read_root(path: &Path) -> io::Result<Credentials> {
+        let data = fs::read(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Self::parse(path, &data)
+    }
+
     fn parse(path: &Path, data: &[u8]) -> io::Result<Credentials> {
         let f: RootFile = serde_json::from_slice(data).map_err(|e| {
             io::Error::new(

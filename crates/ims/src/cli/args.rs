@@ -17,9 +17,16 @@ pub struct Globals {
     /// (`ims config set url=…`), then http://127.0.0.1:9000.
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
-    /// Bearer token for client commands. Default: IMS_TOKEN, then the client config file.
+    /// Bearer token for client commands, or a file holding it (as cray's `--token`: the token, or
+    /// a JSON object with `access_token`). Default: IMS_TOKEN, then the client config file.
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Print every API request (`REQUEST: GET to URL`) on stderr.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bars or progress lines on stderr; results, warnings and errors still show.
+    #[arg(long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,11 +4,12 @@
 use super::args::{ArtifactsVerb, BucketsVerb, Format, Globals};
 use super::print;
 use super::s3_ctx;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use ims_client::Resource;
 use ims_client::s3::{
-    Ctx, Hashing, IN_FLIGHT, download, file_md5, hash_object, interrupt_token, key_path,
-    list_buckets, remove, replace_metadata, runtime, s3_error, split_s3, upload,
+    Ctx, Hashing, IN_FLIGHT, bucket_exists, download, file_md5, hash_object, interrupt_token,
+    key_path, list_buckets, list_objects, remove, replace_metadata, runtime, s3_error, split_s3,
+    upload,
 };
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore};
 use serde_json::{Map, Value, json};
@@ -20,12 +21,20 @@ fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%:z").to_string()
 }
 
-/// Runs an `ims artifacts` command.
+/// Runs an `ims artifacts` command. As with `cray artifacts`, a failure of the STS request (or a
+/// usage error found before it) exits 2 like every REST error, and an S3 error exits 1.
 pub fn run(verb: ArtifactsVerb, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    if let ArtifactsVerb::Create { file, .. } = &verb {
+        let md =
+            std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if !md.is_file() {
+            return Err(format!("{} is not a regular file", file.display()));
+        }
+    }
     let rt = runtime()?;
-    let v = rt.block_on(async {
+    let done = rt.block_on(async {
         let ctx = s3_ctx(g).await?;
-        match verb {
+        Ok::<_, String>(match verb {
             ArtifactsVerb::Buckets {
                 verb: BucketsVerb::List,
             } => list_buckets(&ctx.creds).await,
@@ -34,30 +43,33 @@ pub fn run(verb: ArtifactsVerb, g: &Globals, format: Format) -> Result<ExitCode,
             ArtifactsVerb::Create { bucket, key, file } => create(&ctx, &bucket, &key, &file).await,
             ArtifactsVerb::Get { bucket, key, file } => get(&ctx, &bucket, &key, &file).await,
             ArtifactsVerb::Delete { bucket, key } => delete(&ctx, &bucket, &key).await,
-        }
+        })
     })?;
-    print(&v, format)?;
-    Ok(ExitCode::SUCCESS)
+    match done {
+        Ok(v) => {
+            print(&v, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(msg) => {
+            eprintln!("Error: {msg}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
+/// `cray artifacts list`'s answer: ListObjects v1 (`encoding-type=url`), every page.
 async fn list(ctx: &Ctx, bucket: &str) -> Result<Value, String> {
-    let store = ctx.store(bucket)?;
-    let objs: Vec<_> = store
-        .list(None)
-        .try_collect()
-        .await
-        .map_err(|e| format!("s3://{bucket}: {e}"))?;
-    let artifacts: Vec<Value> = objs
-        .iter()
-        .map(|m| {
-            let mut o = Map::new();
-            o.insert("Key".into(), m.location.to_string().into());
-            o.insert("LastModified".into(), time(&m.last_modified).into());
-            if let Some(e) = &m.e_tag {
-                o.insert("ETag".into(), e.clone().into());
-            }
-            o.insert("Size".into(), m.size.into());
-            Value::Object(o)
+    let artifacts: Vec<Value> = list_objects(&ctx.creds, bucket)
+        .await?
+        .into_iter()
+        .map(|o| {
+            json!({
+                "Key": o.key,
+                "LastModified": time(&o.last_modified),
+                "ETag": o.etag,
+                "Size": o.size,
+                "StorageClass": o.storage_class,
+            })
         })
         .collect();
     Ok(json!({ "artifacts": artifacts }))
@@ -139,13 +151,22 @@ async fn get(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value, S
     Ok(Value::Null)
 }
 
+/// As `cray artifacts delete`: HEAD first; if the object is missing, ListBuckets tells which of
+/// the two is.
 async fn delete(ctx: &Ctx, bucket: &str, key: &str) -> Result<Value, String> {
     let store = ctx.store(bucket)?;
     let path = key_path(key)?;
-    store
-        .head(&path)
-        .await
-        .map_err(|e| s3_error(bucket, key, e))?;
+    match store.head(&path).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(if bucket_exists(&ctx.creds, bucket).await? {
+                format!("Object was not found in bucket: s3://{bucket}/{key}")
+            } else {
+                format!("Bucket does not exist: {bucket}")
+            });
+        }
+        Err(e) => return Err(s3_error(bucket, key, e)),
+    }
     store
         .delete(&path)
         .await

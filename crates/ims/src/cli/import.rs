@@ -177,10 +177,12 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
             // Before the long conversion: a missing kernel fails at once.
             let boot = find_boot(a, &rootfs, &rootfs)?;
             let out = work.join("rootfs.squashfs");
-            eprintln!(
-                "Building a squashfs image ({compression}) from {} ...",
-                rootfs.display()
-            );
+            if !ims_client::s3::quiet() {
+                eprintln!(
+                    "Building a squashfs image ({compression}) from {} ...",
+                    rootfs.display()
+                );
+            }
             let (src, dst) = (rootfs.clone(), out.clone());
             blocking(move || ims_rootfs::mksquashfs(&src, &dst, &opts).map_err(|e| e.to_string()))
                 .await?;
@@ -188,10 +190,12 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
         }
         Source::Archive(_) => {
             let out = work.join("rootfs.squashfs");
-            eprintln!(
-                "Converting {} to a squashfs image ({compression}) ...",
-                rootfs.display()
-            );
+            if !ims_client::s3::quiet() {
+                eprintln!(
+                    "Converting {} to a squashfs image ({compression}) ...",
+                    rootfs.display()
+                );
+            }
             let (src, dst) = (rootfs.clone(), out.clone());
             blocking(move || {
                 ims_rootfs::tar_to_squashfs(&src, &dst, &opts).map_err(|e| e.to_string())
@@ -293,7 +297,11 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
             arch: &a.arch,
             job_id: None,
         };
-        let say = |line: &str| eprintln!("{line}");
+        let say = |line: &str| {
+            if !ims_client::s3::quiet() {
+                eprintln!("{line}");
+            }
+        };
         let outcome = publish(&ctx, &a.bucket, img, &artifacts, &mut sent, &cancel, &say).await;
         match outcome {
             Ok(v) => Ok(v),

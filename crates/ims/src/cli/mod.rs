@@ -11,7 +11,7 @@ mod import;
 mod output;
 mod settings;
 
-pub use args::{Command, Globals};
+pub use args::{Command, Format, Globals};
 
 use args::*;
 use ims_client::{Client, Resource};
@@ -35,6 +35,9 @@ enum Request {
 /// Runs a client command and returns the process's exit code (0, or 2 on any error).
 pub fn run(cmd: Command, globals: Globals) -> ExitCode {
     let format = globals.format.unwrap_or_default();
+    if globals.quiet {
+        ims_client::s3::set_quiet();
+    }
     let result = match cmd {
         Command::Config { op } => config(op, format).map(|()| ExitCode::SUCCESS),
         Command::Artifacts { verb } => artifacts::run(verb, &globals, format),
@@ -89,7 +92,18 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
 
 fn client(g: &Globals) -> Result<Client, String> {
     let (url, token) = connection(g)?;
-    Client::new(&url, token).map_err(|e| e.to_string())
+    make_client(&url, token, g)
+}
+
+/// A client honouring `-v` (every request traced on stderr).
+fn make_client(url: &str, token: Option<String>, g: &Globals) -> Result<Client, String> {
+    let c = Client::new(url, token).map_err(|e| e.to_string())?;
+    Ok(if g.verbose > 0 { c.traced(trace) } else { c })
+}
+
+/// `-v`: cray prints these on stdout, mixed into the results; here they go to stderr.
+fn trace(method: &reqwest::Method, url: &reqwest::Url) {
+    eprintln!("REQUEST: {method} to {url}");
 }
 
 /// `ims jobs complete|fail ID`: prints the job.
@@ -132,11 +146,34 @@ fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
 /// The S3 side (STS credentials) of the configured server.
 async fn s3_ctx(g: &Globals) -> Result<ims_client::s3::Ctx, String> {
     let (url, token) = connection(g)?;
-    ims_client::s3::Ctx::new(&url, token).await
+    ims_client::s3::Ctx::with_client(&url, make_client(&url, token, g)?).await
+}
+
+/// `--token`: as cray's, a file holding the token (plain, or the JSON `cray auth login` writes,
+/// with `access_token`); a value that names no file is the token itself.
+fn token_argument(v: &str) -> Result<String, String> {
+    let p = std::path::Path::new(v);
+    if !p.is_file() {
+        return Ok(v.to_string());
+    }
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read the token file {v}: {e}"))?;
+    let token = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) => o
+            .get("access_token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("the token file {v} has no access_token"))?,
+        _ => text.trim().to_string(),
+    };
+    if token.is_empty() {
+        return Err(format!("the token file {v} is empty"));
+    }
+    Ok(token)
 }
 
 /// Prints a result on stdout (a closed pipe is not an error worth reporting).
-fn print(v: &Value, format: Format) -> Result<(), String> {
+pub(crate) fn print(v: &Value, format: Format) -> Result<(), String> {
     let text = output::render(v, format)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
@@ -155,15 +192,16 @@ fn connection(g: &Globals) -> Result<(String, Option<String>), String> {
         .unwrap_or_else(|| ims_client::DEFAULT_URL.to_string());
     let token = g
         .token
-        .clone()
+        .as_deref()
+        .map(token_argument)
+        .transpose()?
         .or_else(|| env("IMS_TOKEN"))
         .or_else(|| settings::get(&file, "token"));
     Ok((url, token))
 }
 
 fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
-    let (url, token) = connection(g)?;
-    let client = Client::new(&url, token).map_err(|e| e.to_string())?;
+    let client = client(g)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -212,7 +250,9 @@ fn config(op: ConfigOp, format: Format) -> Result<(), String> {
                 }
             }
             let p = settings::save(&table)?;
-            eprintln!("Wrote {}", p.display());
+            if !ims_client::s3::quiet() {
+                eprintln!("Wrote {}", p.display());
+            }
             Ok(())
         }
         ConfigOp::Get { key } => {
