@@ -4,6 +4,10 @@
 //! `object_store` crate: the local filesystem by default (each bucket a directory under the artifact
 //! root) or any S3 endpoint. Nothing here holds an artifact whole in memory except bounded reads
 //! (manifests, ≤ 1 MiB); moves are renames (local) or server-side copies (S3).
+//!
+//! Something that keeps per-object state beside the local files (the built-in S3 endpoint keeps
+//! each object's ETag, content headers and user metadata) can follow the store's moves and deletes
+//! through [`ObjectEvents`] ([`ArtifactStore::with_events`]).
 
 mod location;
 
@@ -80,10 +84,38 @@ pub enum SmallRead {
     Data(Bytes),
 }
 
+/// Told, after the fact, about the objects an [`ArtifactStore`] on the local backend moved or
+/// deleted, so that state kept beside the files (the built-in S3 endpoint's per-object metadata)
+/// can follow them. Called on a blocking thread (file-system work is fine) once the operation has
+/// succeeded, before it returns; an error is logged as a warning and never fails the operation,
+/// so an implementation must stay correct when an event is lost (a crash between the operation
+/// and its event).
+pub trait ObjectEvents: Send + Sync + 'static {
+    /// `bucket/from` was renamed to `bucket/to`: the same file (inode, size and modification time
+    /// unchanged) under another key.
+    fn moved(&self, bucket: &str, from: &str, to: &str) -> std::io::Result<()>;
+    /// `bucket/key` was deleted.
+    fn deleted(&self, bucket: &str, key: &str) -> std::io::Result<()>;
+}
+
+/// An event for [`ObjectEvents`].
+enum Event {
+    Moved {
+        bucket: String,
+        from: String,
+        to: String,
+    },
+    Deleted {
+        bucket: String,
+        key: String,
+    },
+}
+
 /// The artifact store: one `ObjectStore` per bucket, created on first use.
 pub struct ArtifactStore {
     backend: Backend,
     buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    events: Option<Arc<dyn ObjectEvents>>,
 }
 
 impl ArtifactStore {
@@ -91,7 +123,15 @@ impl ArtifactStore {
         ArtifactStore {
             backend,
             buckets: Mutex::new(HashMap::new()),
+            events: None,
         }
+    }
+
+    /// Reports every successful move and delete on the local backend to `events` (on the S3
+    /// backend there is nothing local to follow, and nothing is reported).
+    pub fn with_events(mut self, events: Arc<dyn ObjectEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn backend(&self) -> &Backend {
@@ -235,6 +275,11 @@ impl ArtifactStore {
         match store.delete(&loc.path).await {
             Ok(()) => {
                 self.prune_empty_dirs(loc);
+                self.notify(Event::Deleted {
+                    bucket: loc.bucket.clone(),
+                    key: loc.key.clone(),
+                })
+                .await;
                 Ok(true)
             }
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -259,11 +304,42 @@ impl ArtifactStore {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_err(from, e)),
         }
+        self.notify(Event::Moved {
+            bucket: from.bucket.clone(),
+            from: from.key.clone(),
+            to: to.key.clone(),
+        })
+        .await;
         self.head(to).await
     }
 }
 
 impl ArtifactStore {
+    /// Local store: tells the [`ObjectEvents`] hook, if any, about a move or delete that succeeded.
+    /// Its failure is only logged: the operation itself is done.
+    async fn notify(&self, event: Event) {
+        let (Some(events), Backend::Local { .. }) = (&self.events, &self.backend) else {
+            return;
+        };
+        let events = events.clone();
+        let res = tokio::task::spawn_blocking(move || match &event {
+            Event::Moved { bucket, from, to } => events
+                .moved(bucket, from, to)
+                .map_err(|e| format!("after moving s3://{bucket}/{from} to {to}: {e}")),
+            Event::Deleted { bucket, key } => events
+                .deleted(bucket, key)
+                .map_err(|e| format!("after deleting s3://{bucket}/{key}: {e}")),
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not update the state kept beside an artifact")
+            }
+            Err(e) => tracing::warn!(error = %e, "artifact event handler failed"),
+        }
+    }
+
     /// Local store: removes the directories a delete or move left empty, up to (not including) the
     /// bucket directory, so `deleted/<id>/` and `<id>/` do not pile up.
     fn prune_empty_dirs(&self, loc: &Location) {
@@ -347,6 +423,72 @@ mod tests {
         );
         assert!(d.path().join("boot-images").is_dir(), "the bucket stays");
         assert!(s.rename(&a, &b).await.unwrap().is_none());
+    }
+
+    /// Records the events it is told about; fails on demand.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+        fail: bool,
+    }
+
+    impl ObjectEvents for Recorder {
+        fn moved(&self, bucket: &str, from: &str, to: &str) -> std::io::Result<()> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("moved {bucket} {from} {to}"));
+            if self.fail {
+                return Err(std::io::Error::other("hook failure"));
+            }
+            Ok(())
+        }
+        fn deleted(&self, bucket: &str, key: &str) -> std::io::Result<()> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("deleted {bucket} {key}"));
+            if self.fail {
+                return Err(std::io::Error::other("hook failure"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn events_follow_successful_moves_and_deletes() {
+        for fail in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let rec = Arc::new(Recorder {
+                fail,
+                ..Recorder::default()
+            });
+            let s = ArtifactStore::new(Backend::Local {
+                root: d.path().to_path_buf(),
+            })
+            .with_events(rec.clone());
+            let a = Location::parse("s3://boot-images/x/rootfs").unwrap();
+            let b = a.deleted();
+            s.put_small(&a, Bytes::from_static(b"r")).await.unwrap();
+            // A failing hook does not fail the operation.
+            assert_eq!(s.rename(&a, &b).await.unwrap().unwrap().size, 1);
+            assert!(s.rename(&a, &b).await.unwrap().is_none(), "nothing to move");
+            assert!(s.delete(&b).await.unwrap());
+            assert!(!s.delete(&b).await.unwrap(), "nothing to delete");
+            assert!(
+                !s.delete(&Location::parse("s3://nobucket/k").unwrap())
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                *rec.seen.lock().unwrap(),
+                [
+                    "moved boot-images x/rootfs deleted/x/rootfs",
+                    "deleted boot-images deleted/x/rootfs",
+                ],
+                "fail = {fail}"
+            );
+        }
     }
 
     #[tokio::test]

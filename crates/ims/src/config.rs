@@ -147,12 +147,31 @@ impl Config {
         self.data_dir.join("s3-credentials.json")
     }
 
-    /// The URL the built-in S3 endpoint is advertised at when its address is the configured one.
-    pub fn s3_endpoint_url(&self) -> String {
-        self.s3_public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.s3_listen))
+    /// The URL the built-in S3 endpoint was advertised at by the last `ims serve` on this data
+    /// directory; else the one the configuration gives (`None` with port 0 and no public URL).
+    pub fn s3_endpoint_url(&self) -> Option<String> {
+        if let Ok(u) = std::fs::read_to_string(self.data_dir.join(S3_ENDPOINT_FILE)) {
+            let u = u.trim();
+            if !u.is_empty() {
+                return Some(u.to_string());
+            }
+        }
+        match &self.s3_public_url {
+            Some(u) => Some(u.clone()),
+            None if self.s3_listen.port() != 0 => Some(format!("http://{}", self.s3_listen)),
+            None => None,
+        }
     }
+}
+
+/// Where `ims serve` records the URL it advertises for its built-in S3 endpoint.
+const S3_ENDPOINT_FILE: &str = "s3-endpoint";
+
+/// Records the advertised S3 endpoint URL in the data directory (replaced atomically).
+pub fn write_s3_endpoint(data_dir: &std::path::Path, url: &str) -> std::io::Result<()> {
+    let tmp = data_dir.join(format!(".{S3_ENDPOINT_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{url}\n"))?;
+    std::fs::rename(&tmp, data_dir.join(S3_ENDPOINT_FILE))
 }
 
 /// Which executor runs jobs.

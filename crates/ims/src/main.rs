@@ -146,15 +146,13 @@ fn s3_credentials(common: &Common, format: Option<cli::Format>) -> ExitCode {
             "AccessKeyId": c.access_key,
             "SecretAccessKey": c.secret_key,
         });
-        // With port 0 the server picks its port at start: only its log (or STS) knows it.
-        if cfg.s3_public_url.is_some() || cfg.s3_listen.port() != 0 {
-            shown["EndpointURL"] = cfg.s3_endpoint_url().into();
-        } else {
-            eprintln!(
-                "ims: the S3 endpoint listens on a port chosen at start (s3_listen {}); \
-                 its URL is in the server's log and in STS answers",
+        match cfg.s3_endpoint_url() {
+            Some(url) => shown["EndpointURL"] = url.into(),
+            None => eprintln!(
+                "ims: the S3 endpoint listens on a port chosen at start (s3_listen {}) and no \
+                 server has started on this data directory yet",
                 cfg.s3_listen
-            );
+            ),
         }
         Ok(serde_json::json!({ "Credentials": shown }))
     })();

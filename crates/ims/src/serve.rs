@@ -95,7 +95,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             root: cfg.data_dir.join("artifacts"),
         },
     };
-    let artifacts = Arc::new(ArtifactStore::new(backend));
+    let artifacts = ArtifactStore::new(backend);
     if cfg.s3.is_none() {
         artifacts
             .ensure_buckets(&[&cfg.service.ims_bucket, &cfg.service.boot_images_bucket])
@@ -104,7 +104,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Embedded mode: the built-in S3 endpoint serves the artifact root; STS hands out temporary
     // credentials for it. With an external S3, STS hands out the configured keys and endpoint.
     let (stop_s3, stop_s3_rx) = tokio::sync::oneshot::channel::<()>();
-    let (sts, s3_task): (Arc<dyn StsIssuer>, _) = match &cfg.s3 {
+    let (sts, s3_task, s3_meta): (Arc<dyn StsIssuer>, _, _) = match &cfg.s3 {
         Some(s3) => (
             Arc::new(StaticIssuer {
                 access_key: s3.access_key.clone(),
@@ -113,14 +113,15 @@ pub async fn run(cfg: Config) -> Result<()> {
                 ttl: STS_TTL,
             }),
             None,
+            None,
         ),
         None => {
-            let cred_path = cfg.data_dir.join("s3-credentials.json");
+            let cred_path = cfg.s3_credentials_path();
             let creds = Arc::new(
                 ims_s3::CredentialStore::open(&cred_path)
                     .with_context(|| format!("cannot open {}", cred_path.display()))?,
             );
-            let svc = ims_s3::service(
+            let (svc, meta) = ims_s3::service_with_metadata(
                 ims_s3::S3Config {
                     root: cfg.data_dir.join("artifacts"),
                     state_dir: cfg.data_dir.join("s3-state"),
@@ -137,10 +138,17 @@ pub async fn run(cfg: Config) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}"));
             tracing::info!(
-                "S3 endpoint at {url} (access key {}; credentials in {})",
+                "S3 endpoint at {url} (access key {}; credentials in {}, shown by `ims s3-credentials`)",
                 creds.root().access_key,
                 cred_path.display()
             );
+            // For `ims s3-credentials`: the URL as advertised, whatever flags gave the address.
+            crate::config::write_s3_endpoint(&cfg.data_dir, &url).with_context(|| {
+                format!(
+                    "cannot record the S3 endpoint URL in {}",
+                    cfg.data_dir.display()
+                )
+            })?;
             let task = tokio::spawn(ims_s3::serve(listener, svc, async move {
                 let _ = stop_s3_rx.await;
             }));
@@ -150,9 +158,16 @@ pub async fn run(cfg: Config) -> Result<()> {
                     endpoint_url: url,
                 }),
                 Some(task),
+                Some(meta),
             )
         }
     };
+    // The endpoint's per-object metadata (md5sum, content type, ETag) follows the objects the
+    // records service moves (soft delete, undelete) and goes with those it deletes.
+    let artifacts = Arc::new(match s3_meta {
+        Some(meta) => artifacts.with_events(Arc::new(S3MetadataEvents(meta))),
+        None => artifacts,
+    });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -264,6 +279,20 @@ fn executor(
 }
 
 const STS_TTL: Duration = Duration::from_secs(3600);
+
+/// Keeps the built-in endpoint's per-object metadata in step with the artifact store's moves and
+/// deletes.
+struct S3MetadataEvents(ims_s3::ObjectMetadata);
+
+impl ims_artifacts::ObjectEvents for S3MetadataEvents {
+    fn moved(&self, bucket: &str, from: &str, to: &str) -> std::io::Result<()> {
+        self.0.moved(bucket, from, to).map(drop)
+    }
+
+    fn deleted(&self, bucket: &str, key: &str) -> std::io::Result<()> {
+        self.0.deleted(bucket, key).map(drop)
+    }
+}
 
 /// STS for the built-in endpoint: a fresh temporary key, secret and session token each time.
 struct EmbeddedIssuer {

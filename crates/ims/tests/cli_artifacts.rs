@@ -425,3 +425,104 @@ async fn recipes_import_uploads_and_links_all_or_nothing() {
     assert_eq!(s.get("/v3/recipes").await.ok(200), json!([]));
     assert_eq!(s.get("/v3/deleted/recipes").await.ok(200), json!([]));
 }
+
+/// `ims s3-credentials` shows the key pair `ims serve` generated; a plain S3 client (the AWS CLI,
+/// no STS, no session token) works with it. It never generates a pair itself, and says so with an
+/// external S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_credentials_work_with_a_plain_s3_client() {
+    let s = start(Db::Sqlite).await;
+    let home = tempfile::tempdir().unwrap();
+    let creds = |data: &std::path::Path, env: &[(&str, &str)]| {
+        let mut c = Command::new(ims_bin());
+        c.args(["s3-credentials", "--format", "json", "--data-dir"])
+            .arg(data)
+            .env("HOME", home.path());
+        for k in [
+            "IMS_CONFIG",
+            "IMS_S3_PUBLIC_URL",
+            "S3_ENDPOINT",
+            "IMS_S3_ENDPOINT",
+        ] {
+            c.env_remove(k);
+        }
+        c.envs(env.iter().copied());
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8(o.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = creds(s.data.path(), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(s.data.path().join("s3-credentials.json")).unwrap())
+            .unwrap();
+    assert_eq!(shown["Credentials"]["AccessKeyId"], file["access_key_id"]);
+    assert_eq!(
+        shown["Credentials"]["SecretAccessKey"],
+        file["secret_access_key"]
+    );
+    // The endpoint URL is the one the server advertises (it listens on a port chosen at start),
+    // as STS names it.
+    let sts = s.send("PUT", "/apis/sts/token", None, None).await.ok(200);
+    let endpoint = sts["Credentials"]["EndpointURL"].as_str().unwrap();
+    assert_eq!(
+        shown["Credentials"]["EndpointURL"],
+        json!(endpoint),
+        "{err}"
+    );
+
+    // No pair yet: refused, and nothing generated.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = creds(empty.path(), &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no S3 credentials yet"), "{err}");
+    assert!(!empty.path().join("s3-credentials.json").exists());
+    // External S3: no built-in endpoint, no credentials of its own.
+    let (code, _, err) = creds(
+        empty.path(),
+        &[
+            ("S3_ENDPOINT", "https://rgw.site:8080"),
+            ("S3_ACCESS_KEY", "a"),
+            ("S3_SECRET_KEY", "b"),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("external S3 endpoint https://rgw.site:8080"),
+        "{err}"
+    );
+
+    // The AWS CLI with the long-lived pair and the endpoint shown.
+    if std::env::var("IMS_TEST_SKIP_S3").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let aws = std::env::var("IMS_TEST_AWS").expect(
+        "IMS_TEST_AWS is not set: run the tests with scripts/test.sh (or IMS_TEST_SKIP_S3=1)",
+    );
+    s.put_artifact("boot-images", "direct/rootfs", b"squashfs bytes");
+    let o = Command::new(aws)
+        .args([
+            "--endpoint-url",
+            endpoint,
+            "s3",
+            "ls",
+            "s3://boot-images/direct/",
+        ])
+        .env("HOME", home.path())
+        .env("AWS_ACCESS_KEY_ID", file["access_key_id"].as_str().unwrap())
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            file["secret_access_key"].as_str().unwrap(),
+        )
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(listing.contains(" 14 rootfs"), "{listing}");
+}

@@ -37,7 +37,10 @@
 //! * Objects written by other code are served: their ETag is their MD5 (computed on first
 //!   access, cached) up to 64 MiB, above that a stable `<hex>-1` tag that is not an MD5. Their
 //!   user metadata (`md5sum`) is whatever was last written through S3 for that exact file: a
-//!   rename or rewrite by other code drops it.
+//!   rewrite by other code drops it, and so does a rename unless that code reports it through
+//!   [`ObjectMetadata::moved`] (get one from [`service_with_metadata`]), which carries the ETag,
+//!   content headers and user metadata to the new key. [`ObjectMetadata::deleted`] removes the
+//!   metadata of an object other code deleted.
 
 mod backend;
 mod creds;
@@ -86,13 +89,49 @@ fn s3s_config() -> s3s::config::S3Config {
 /// Creates the state directories, empties `<state_dir>/tmp` and drops multipart uploads untouched
 /// for a week. Fails if `state_dir` is inside `root` (or the reverse) or on another file system.
 pub fn service(cfg: S3Config, creds: Arc<CredentialStore>) -> io::Result<S3Service> {
+    Ok(service_with_metadata(cfg, creds)?.0)
+}
+
+/// [`service`], plus the handle through which other code that moves or deletes objects under the
+/// root keeps the endpoint's per-object metadata in step.
+pub fn service_with_metadata(
+    cfg: S3Config,
+    creds: Arc<CredentialStore>,
+) -> io::Result<(S3Service, ObjectMetadata)> {
     let store = Arc::new(store::Store::open(&cfg.root, &cfg.state_dir)?);
     tracing::debug!(root = %store.root().display(), "S3 endpoint backend ready");
+    let meta = ObjectMetadata {
+        store: store.clone(),
+    };
     let mut b = S3ServiceBuilder::new(backend::Backend { store });
     b.set_auth(creds::KeyAuth(creds.clone()));
     b.set_access(creds::TokenAccess(creds));
     b.set_config(Arc::new(StaticConfigProvider::new(Arc::new(s3s_config()))));
-    Ok(b.build())
+    Ok((b.build(), meta))
+}
+
+/// The endpoint's per-object metadata (ETag, content headers, user metadata such as `md5sum`),
+/// for code that moves or deletes object files under the root itself. Metadata is only used
+/// while its object file keeps the size, inode and modification time it was recorded for, so a
+/// missed call never shows wrong metadata: a missed move loses it, a missed delete leaves an
+/// unused file in the state directory. The calls do blocking file-system work.
+#[derive(Clone)]
+pub struct ObjectMetadata {
+    store: Arc<store::Store>,
+}
+
+impl ObjectMetadata {
+    /// `bucket/from` was renamed to `bucket/to` (rename(2), within the root): its metadata now
+    /// belongs to `to`, if it still describes the file there. Returns whether any was carried.
+    pub fn moved(&self, bucket: &str, from: &str, to: &str) -> io::Result<bool> {
+        self.store.object_moved(bucket, from, to)
+    }
+
+    /// `bucket/key` was deleted: its metadata is removed (unless it describes a file written there
+    /// since). Returns whether a metadata file was removed.
+    pub fn deleted(&self, bucket: &str, key: &str) -> io::Result<bool> {
+        self.store.object_deleted(bucket, key)
+    }
 }
 
 /// How long [`serve`] waits for in-flight requests after `shutdown` resolved.

@@ -17,6 +17,8 @@
 //! modification time recorded in it, so an object replaced by another writer never shows stale
 //! metadata. Objects without (valid) metadata get an ETag computed on first access (MD5 up to
 //! [`LAZY_MD5_MAX`], cached) or, above that, a stable non-MD5 ETag derived from the file's identity.
+//! Other code that renames or deletes object files can report it ([`Store::object_moved`],
+//! [`Store::object_deleted`]) so that the metadata follows the file or goes with it.
 
 use crate::util::{LOWER_HEX, check_key, hex, random_string};
 use s3s::crypto::{Checksum as _, Md5, Sha256};
@@ -236,10 +238,33 @@ impl Store {
     /// A lock stripe for one name pair (object key, or upload id and part number). Held only by
     /// blocking code, briefly, around renames and metadata writes.
     pub fn lock(&self, a: &str, b: &str) -> MutexGuard<'_, ()> {
+        self.lock_stripe(self.stripe(a, b))
+    }
+
+    fn stripe(&self, a: &str, b: &str) -> usize {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (a, b).hash(&mut h);
-        let i = (h.finish() % self.locks.len() as u64) as usize;
+        (h.finish() % self.locks.len() as u64) as usize
+    }
+
+    fn lock_stripe(&self, i: usize) -> MutexGuard<'_, ()> {
         self.locks[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The locks of two keys of a bucket, taken in stripe order (one lock if they share a
+    /// stripe). Everything else holds one lock at a time, so this cannot deadlock.
+    fn lock_two(
+        &self,
+        bucket: &str,
+        a: &str,
+        b: &str,
+    ) -> (MutexGuard<'_, ()>, Option<MutexGuard<'_, ()>>) {
+        let (i, j) = (self.stripe(bucket, a), self.stripe(bucket, b));
+        if i == j {
+            return (self.lock_stripe(i), None);
+        }
+        let first = self.lock_stripe(i.min(j));
+        (first, Some(self.lock_stripe(i.max(j))))
     }
 
     // ---- buckets ---------------------------------------------------------------------------
@@ -544,6 +569,115 @@ impl Store {
         }
         let (file, md) = self.open_object(bucket, key)?;
         self.info(bucket, key, &file, &md)
+    }
+
+    // ---- objects moved or deleted by other code -------------------------------------------
+
+    /// The size/inode/mtime of the object file at `bucket/key` now: `None` unless it is a regular
+    /// file reached without symlinks.
+    fn current_stamp(&self, bucket: &str, key: &str) -> io::Result<Option<Stamp>> {
+        let Some(dir) = self.bucket_dir(bucket) else {
+            return Ok(None);
+        };
+        if !Self::parents_are_dirs(&dir, key) {
+            return Ok(None);
+        }
+        match fs::symlink_metadata(dir.join(key)) {
+            Ok(m) if m.is_file() => Ok(Some(Stamp::of(&m))),
+            Ok(_) => Ok(None),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The metadata recorded for `key`, whatever file it was written for; `None` if there is
+    /// none or it does not parse or names another key.
+    fn recorded_meta(&self, bucket: &str, key: &str) -> io::Result<Option<MetaFile>> {
+        let data = match fs::read(self.meta_path(bucket, key)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(serde_json::from_slice::<MetaFile>(&data)
+            .ok()
+            .filter(|m| m.key == key))
+    }
+
+    /// Removes the metadata recorded for `key` unless it describes the object file there now.
+    /// Returns whether a file was removed. The caller holds the key's lock.
+    fn drop_stale_meta_locked(&self, bucket: &str, key: &str) -> io::Result<bool> {
+        // Garbage (unparsable, another key's) is removed too.
+        let keep = match self.recorded_meta(bucket, key)? {
+            Some(m) => self.current_stamp(bucket, key)? == Some(m.stamp),
+            None => false,
+        };
+        if keep {
+            return Ok(false);
+        }
+        match fs::remove_file(self.meta_path(bucket, key)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Other code renamed the object file `bucket/from` to `bucket/to` (rename(2): same inode,
+    /// size and modification time). The metadata recorded for `from` is written for `to` if it
+    /// describes the file now at `to`, and the metadata left at `from` is removed (unless it
+    /// describes a file written there since). Returns whether metadata was carried.
+    ///
+    /// Both keys' locks are held throughout, so a concurrent upload, metadata replacement or
+    /// ETag caching through the endpoint on either key is neither undone nor carried wrongly.
+    /// A crash in between leaves at worst metadata that no longer matches its file (ignored, as
+    /// always) or none (the object is then served like one written by other code).
+    pub fn object_moved(&self, bucket: &str, from: &str, to: &str) -> io::Result<bool> {
+        if !crate::util::valid_bucket(bucket)
+            || check_key(from).is_err()
+            || check_key(to).is_err()
+            || from == to
+        {
+            // Nothing the endpoint can have metadata for.
+            return Ok(false);
+        }
+        let _g = self.lock_two(bucket, from, to);
+        let carry = match self.recorded_meta(bucket, from)? {
+            Some(m) if self.current_stamp(bucket, to)? == Some(m.stamp) => Some(m),
+            _ => None,
+        };
+        let carried = match carry {
+            Some(m) => {
+                self.write_meta(
+                    bucket,
+                    &MetaFile {
+                        key: to.to_owned(),
+                        ..m
+                    },
+                )?;
+                true
+            }
+            None => {
+                // Whatever `to` had described an earlier file.
+                self.drop_stale_meta_locked(bucket, to)?;
+                false
+            }
+        };
+        self.drop_stale_meta_locked(bucket, from)?;
+        Ok(carried)
+    }
+
+    /// Other code deleted the object file `bucket/key`: its metadata goes too (unless it
+    /// describes a file written there since). Returns whether a metadata file was removed.
+    pub fn object_deleted(&self, bucket: &str, key: &str) -> io::Result<bool> {
+        if !crate::util::valid_bucket(bucket) || check_key(key).is_err() {
+            return Ok(false);
+        }
+        let _g = self.lock(bucket, key);
+        self.drop_stale_meta_locked(bucket, key)
     }
 
     /// A new empty file under `<state>/tmp`.
@@ -1074,6 +1208,182 @@ mod tests {
         }
         assert!(!d.path().join("root/bkt/nosuch").exists());
         assert_eq!(fs::read_dir(d.path().join("state/tmp")).unwrap().count(), 0);
+    }
+
+    fn headers(md5sum: &str) -> Headers {
+        Headers {
+            content_type: Some("application/vnd.cray.image.rootfs.squashfs".into()),
+            metadata: BTreeMap::from([("md5sum".into(), md5sum.into())]),
+            ..Headers::default()
+        }
+    }
+
+    fn head(s: &Store, bucket: &str, key: &str) -> ObjectInfo {
+        let (f, md) = s.open_object(bucket, key).unwrap();
+        s.info(bucket, key, &f, &md).unwrap()
+    }
+
+    #[test]
+    fn metadata_follows_a_rename_by_other_code() {
+        let (d, s) = store();
+        s.create_bucket("bkt").unwrap();
+        let root = d.path().join("root/bkt");
+        // A small object, and one above the lazy-MD5 limit whose ETag (a multipart one) could
+        // not be recomputed.
+        let mut t = s.temp_file().unwrap();
+        t.file.write_all(b"rootfs bytes").unwrap();
+        let small = s
+            .commit(
+                t,
+                "bkt",
+                "img/rootfs",
+                "e1".repeat(16),
+                headers("aaa"),
+                false,
+            )
+            .unwrap();
+        let t = s.temp_file().unwrap();
+        t.file.set_len(LAZY_MD5_MAX + 1).unwrap();
+        let big = s
+            .commit(t, "bkt", "img/big", "f00-3".into(), headers("bbb"), false)
+            .unwrap();
+        for (key, before) in [("img/rootfs", &small), ("img/big", &big)] {
+            let to = format!("deleted/{key}");
+            fs::create_dir_all(root.join("deleted/img")).unwrap();
+            fs::rename(root.join(key), root.join(&to)).unwrap();
+            assert!(s.object_moved("bkt", key, &to).unwrap(), "{key}");
+            let after = head(&s, "bkt", &to);
+            assert_eq!(
+                (&after.etag, &after.headers, after.size),
+                (&before.etag, &before.headers, before.size),
+                "{key}"
+            );
+            assert!(
+                !s.meta_path("bkt", key).exists(),
+                "{key}: old metadata removed"
+            );
+            // And back (undelete).
+            fs::rename(root.join(&to), root.join(key)).unwrap();
+            assert!(s.object_moved("bkt", &to, key).unwrap(), "{key}");
+            let back = head(&s, "bkt", key);
+            assert_eq!(
+                (back.etag, back.headers),
+                (before.etag.clone(), before.headers.clone())
+            );
+            assert!(!s.meta_path("bkt", &to).exists(), "{key}");
+        }
+        assert_eq!(fs::read_dir(d.path().join("state/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_move_carries_only_metadata_that_describes_the_file() {
+        let (d, s) = store();
+        s.create_bucket("bkt").unwrap();
+        let root = d.path().join("root/bkt");
+
+        // The file at the new key is not the one the metadata was written for (rewritten after
+        // the move): nothing is carried, and the old metadata is gone.
+        let mut t = s.temp_file().unwrap();
+        t.file.write_all(b"first").unwrap();
+        s.commit(t, "bkt", "a", "e1".repeat(16), headers("aaa"), false)
+            .unwrap();
+        fs::rename(root.join("a"), root.join("b")).unwrap();
+        fs::write(root.join("b"), b"rewritten").unwrap();
+        assert!(!s.object_moved("bkt", "a", "b").unwrap());
+        assert!(!s.meta_path("bkt", "b").exists());
+        assert!(!s.meta_path("bkt", "a").exists());
+        let i = head(&s, "bkt", "b");
+        assert_eq!(
+            (i.etag, i.headers),
+            (hex(&Md5::checksum(b"rewritten")), Headers::default())
+        );
+
+        // No metadata for the old key (written by other code): nothing is written for the new
+        // one, and metadata left there by an earlier object is removed.
+        fs::write(root.join("c"), b"foreign").unwrap();
+        let mut t = s.temp_file().unwrap();
+        t.file.write_all(b"earlier").unwrap();
+        s.commit(t, "bkt", "d", "e2".repeat(16), headers("ddd"), false)
+            .unwrap();
+        fs::rename(root.join("c"), root.join("d")).unwrap();
+        assert!(!s.object_moved("bkt", "c", "d").unwrap());
+        assert!(!s.meta_path("bkt", "c").exists());
+        assert!(!s.meta_path("bkt", "d").exists(), "stale metadata removed");
+        assert_eq!(head(&s, "bkt", "d").headers, Headers::default());
+
+        // An object uploaded at the old key after the move keeps its own metadata, and the moved
+        // one still gets its own.
+        let mut t = s.temp_file().unwrap();
+        t.file.write_all(b"moved").unwrap();
+        s.commit(t, "bkt", "e", "e3".repeat(16), headers("eee"), false)
+            .unwrap();
+        fs::rename(root.join("e"), root.join("f")).unwrap();
+        let meta_e = fs::read(s.meta_path("bkt", "e")).unwrap();
+        let mut t = s.temp_file().unwrap();
+        t.file.write_all(b"new e").unwrap();
+        s.commit(t, "bkt", "e", "e4".repeat(16), headers("new"), false)
+            .unwrap();
+        // (The new object's metadata replaced the moved one's, which is therefore lost.)
+        assert_ne!(fs::read(s.meta_path("bkt", "e")).unwrap(), meta_e);
+        assert!(!s.object_moved("bkt", "e", "f").unwrap());
+        assert_eq!(head(&s, "bkt", "e").headers, headers("new"));
+        assert_eq!(head(&s, "bkt", "f").headers, Headers::default());
+
+        // Keys the endpoint cannot have metadata for are ignored.
+        assert!(!s.object_moved("bkt", "../x", "y").unwrap());
+        assert!(!s.object_moved("b", "x", "y").unwrap());
+        assert!(!s.object_moved("bkt", "x", "x").unwrap());
+    }
+
+    #[test]
+    fn a_delete_by_other_code_removes_the_metadata() {
+        let (d, s) = store();
+        s.create_bucket("bkt").unwrap();
+        let root = d.path().join("root/bkt");
+        put(&s, "bkt", "k/a", b"a").unwrap();
+        assert!(s.meta_path("bkt", "k/a").exists());
+        fs::remove_file(root.join("k/a")).unwrap();
+        assert!(s.object_deleted("bkt", "k/a").unwrap());
+        assert!(!s.meta_path("bkt", "k/a").exists());
+        assert!(!s.object_deleted("bkt", "k/a").unwrap(), "nothing left");
+        // Written again through the endpoint since: its metadata stays.
+        put(&s, "bkt", "k/a", b"again").unwrap();
+        assert!(!s.object_deleted("bkt", "k/a").unwrap());
+        assert!(s.meta_path("bkt", "k/a").exists());
+        // Garbage is removed.
+        fs::write(s.meta_path("bkt", "k/a"), b"not json").unwrap();
+        fs::remove_file(root.join("k/a")).unwrap();
+        assert!(s.object_deleted("bkt", "k/a").unwrap());
+    }
+
+    #[test]
+    fn two_key_locks_never_deadlock() {
+        let (_d, s) = store();
+        // Keys sharing a stripe take it once; others in a fixed order.
+        let same = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| k != "k0" && s.stripe("bkt", k) == s.stripe("bkt", "k0"))
+            .unwrap();
+        drop(s.lock_two("bkt", "k0", &same));
+        let s = std::sync::Arc::new(s);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        let (a, b) = (format!("a{}", i % 7), format!("b{}", i % 11));
+                        let _g = if t % 2 == 0 {
+                            s.lock_two("bkt", &a, &b)
+                        } else {
+                            s.lock_two("bkt", &b, &a)
+                        };
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]
