@@ -20,7 +20,10 @@
 //!   `fallback_service` of an axum `Router` (wrapped in `axum::error_handling::HandleError`,
 //!   since its error type is `s3s::HttpError`). Not under a path prefix: SigV4 signs the path,
 //!   so a prefix stripped by the router breaks every signature. As a fallback, a bucket named
-//!   like a top-level API path (`apis`) is shadowed by the API routes.
+//!   like a top-level API path (`apis`) is shadowed by the API routes. [`serve`] is the one to
+//!   use: an HTTP/1 answer it gives before the request body was read says `Connection: close`
+//!   (`Expect: 100-continue` clients such as botocore then skip the body, and without it hyper
+//!   may read their next request on the connection as that body); a fallback lacks that.
 //! * The STS answer is `CredentialStore::issue(ttl)`: `AccessKeyId`, `SecretAccessKey`,
 //!   `SessionToken`, `Expiration` (`expires`), and `EndpointURL` = `http://<host>:<port>` of the
 //!   endpoint. Clients must use path-style addressing (boto3 does for custom endpoints).
@@ -43,6 +46,7 @@
 //!   metadata of an object other code deleted.
 
 mod backend;
+mod conn;
 mod creds;
 mod ingest;
 mod list;
@@ -161,7 +165,8 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((sock, _peer)) => {
                     let _ = sock.set_nodelay(true);
-                    let conn = http.serve_connection(TokioIo::new(sock), svc.clone()).into_owned();
+                    let svc = conn::CloseUnreadBodies(svc.clone());
+                    let conn = http.serve_connection(TokioIo::new(sock), svc).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
