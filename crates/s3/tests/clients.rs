@@ -189,6 +189,28 @@ assert err(s3.head_object, Bucket='boot-images', Key='small-first')[1] == 404
     srv.stop().await;
 }
 
+/// One HTTP/1 response (headers and its `Content-Length` body), lower-cased.
+async fn read_response(sock: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// botocore sends `UploadPart` and `PutObject` with `Expect: 100-continue` and, when the answer
 /// comes instead of `100 Continue`, does not send the body but keeps the connection. An answer
 /// given before the body was read must therefore close the connection: without that, hyper took
@@ -222,11 +244,20 @@ async fn answers_before_the_body_close_the_connection() {
     assert_eq!(got.matches("http/1.1 ").count(), 1, "{got}");
     assert!(got.starts_with("http/1.1 403 "), "{got}");
     assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
-    // Requests without a body keep their connection, refused or not.
-    let got =
-        exchange(b"GET /ims HTTP/1.1\r\nHost: x\r\n\r\nGET /ims HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(got.matches("http/1.1 403 ").count(), 2, "{got}");
-    assert!(!got.contains("connection: close"), "{got}");
+    // Requests without a body keep their connection, refused or not: a second request on it is
+    // answered. (One request at a time: how hyper treats pipelined requests after the client's
+    // half-close is its own business.)
+    let mut sock = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    for i in 0..2 {
+        sock.write_all(b"GET /ims HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(20), read_response(&mut sock))
+            .await
+            .expect("an answer on the kept connection");
+        assert!(got.starts_with("http/1.1 403 "), "{i}: {got}");
+        assert!(!got.contains("connection: close"), "{i}: {got}");
+    }
     // What failed in CI: refused parts, one after the other on boto3's kept-alive connection.
     srv.py(
         r#"
