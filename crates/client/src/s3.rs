@@ -279,23 +279,16 @@ async fn signed(
 
 /// The text of every `<tag>…</tag>` element of an S3 XML answer, entities decoded.
 fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut out = vec![];
-    let mut rest = xml;
-    while let Some(i) = rest.find(&open) {
-        rest = &rest[i + open.len()..];
-        let Some(j) = rest.find(&close) else { break };
-        out.push(
-            rest[..j]
-                .replace("&lt;", "<")
+    xml_blocks(xml, tag)
+        .into_iter()
+        .map(|t| {
+            t.replace("&lt;", "<")
                 .replace("&gt;", ">")
                 .replace("&quot;", "\"")
                 .replace("&apos;", "'")
-                .replace("&amp;", "&"),
-        );
-        rest = &rest[j..];
-    }
-    out
+                .replace("&amp;", "&")
+        })
+        .collect()
 }
 
 /// ListBuckets (`GET /`), which object_store does not offer.
