@@ -216,6 +216,43 @@ fn heads(py: &str, creds: &Value, bucket: &str, keys: &[String]) -> Value {
     s3(py, creds, &args)
 }
 
+/// Uploads an image's artifacts `(name, content type, body, md5sum)` under `dir/` with boto3, and
+/// a v1.0 manifest listing them; returns every key written, the manifest's last.
+fn upload_image(py: &str, c: &Value, dir: &str, parts: &[(&str, &str, &str, &str)]) -> Vec<String> {
+    let mut keys = vec![];
+    let mut artifacts = vec![];
+    for (name, mime, body, md5) in parts {
+        let key = format!("{dir}/{name}");
+        assert_eq!(
+            s3(py, c, &["put_object", "boot-images", &key, body, md5, mime]),
+            json!({"ok": true})
+        );
+        artifacts.push(json!({"link": {"path": format!("s3://boot-images/{key}"), "etag": "", "type": "s3"}, "type": mime, "md5": md5}));
+        keys.push(key);
+    }
+    let manifest =
+        json!({"version": "1.0", "created": "2026-01-01 00:00:00", "artifacts": artifacts})
+            .to_string();
+    let key = format!("{dir}/manifest.json");
+    assert_eq!(
+        s3(
+            py,
+            c,
+            &[
+                "put_object",
+                "boot-images",
+                &key,
+                &manifest,
+                "m",
+                "application/json"
+            ]
+        ),
+        json!({"ok": true})
+    );
+    keys.push(key);
+    keys
+}
+
 /// Soft delete, undelete and permanent delete move and delete artifacts behind the endpoint's back
 /// (renames and unlinks in the artifact root): the ETag, content type and user metadata (`md5sum`)
 /// uploaded through S3 follow the moves, as they do with the original's S3 copies, and go with the
@@ -229,46 +266,31 @@ async fn object_metadata_follows_soft_delete_undelete_and_purge() {
     // The rootfs is above the endpoint's 64 MiB lazy-MD5 limit: without its recorded ETag it
     // would get a different (non-MD5) one.
     let big = format!("zeros:{}", (64 << 20) + 1);
-    let mut keys = vec![];
-    let mut artifacts = vec![];
-    for (name, mime, body) in [
-        (
-            "rootfs",
-            "application/vnd.cray.image.rootfs.squashfs",
-            big.as_str(),
-        ),
-        ("kernel", "application/vnd.cray.image.kernel", "kernel"),
-        ("initrd", "application/vnd.cray.image.initrd", "initrd"),
-    ] {
-        let key = format!("up2/{name}");
-        let md5 = format!("md5-of-{name}");
-        assert_eq!(
-            s3(
-                &py,
-                &c,
-                &["put_object", "boot-images", &key, body, &md5, mime]
-            ),
-            json!({"ok": true})
-        );
-        artifacts.push(json!({"link": {"path": format!("s3://boot-images/{key}"), "etag": "", "type": "s3"}, "type": mime, "md5": md5}));
-        keys.push(key);
-    }
-    let manifest =
-        json!({"version": "1.0", "created": "2026-01-01 00:00:00", "artifacts": artifacts})
-            .to_string();
-    s3(
+    let keys = upload_image(
         &py,
         &c,
+        "up2",
         &[
-            "put_object",
-            "boot-images",
-            "up2/manifest.json",
-            &manifest,
-            "m",
-            "application/json",
+            (
+                "rootfs",
+                "application/vnd.cray.image.rootfs.squashfs",
+                &big,
+                "md5-of-rootfs",
+            ),
+            (
+                "kernel",
+                "application/vnd.cray.image.kernel",
+                "kernel",
+                "md5-of-kernel",
+            ),
+            (
+                "initrd",
+                "application/vnd.cray.image.initrd",
+                "initrd",
+                "md5-of-initrd",
+            ),
         ],
     );
-    keys.push("up2/manifest.json".into());
     let link = json!({"path": "s3://boot-images/up2/manifest.json", "etag": "", "type": "s3"});
     let img = s
         .post("/v3/images", &json!({"name": "moved", "link": link}))
@@ -324,32 +346,23 @@ async fn object_metadata_follows_soft_delete_undelete_and_purge() {
     );
 
     // v2 cascade delete too.
-    let mut artifacts = vec![];
-    for (name, mime) in [
-        ("rootfs", "application/vnd.cray.image.rootfs.squashfs"),
-        ("kernel", "application/vnd.cray.image.kernel"),
-    ] {
-        let key = format!("up3/{name}");
-        s3(
-            &py,
-            &c,
-            &["put_object", "boot-images", &key, name, "m5", mime],
-        );
-        artifacts.push(json!({"link": {"path": format!("s3://boot-images/{key}"), "etag": "", "type": "s3"}, "type": mime, "md5": "m5"}));
-    }
-    let manifest =
-        json!({"version": "1.0", "created": "2026-01-01 00:00:00", "artifacts": artifacts})
-            .to_string();
-    s3(
+    upload_image(
         &py,
         &c,
+        "up3",
         &[
-            "put_object",
-            "boot-images",
-            "up3/manifest.json",
-            &manifest,
-            "m",
-            "application/json",
+            (
+                "rootfs",
+                "application/vnd.cray.image.rootfs.squashfs",
+                "rootfs",
+                "m5",
+            ),
+            (
+                "kernel",
+                "application/vnd.cray.image.kernel",
+                "kernel",
+                "m5",
+            ),
         ],
     );
     let link = json!({"path": "s3://boot-images/up3/manifest.json", "etag": "", "type": "s3"});
