@@ -24,12 +24,15 @@ fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 /// Runs an `ims artifacts` command. As with `cray artifacts`, a failure of the STS request (or a
 /// usage error found before it) exits 2 like every REST error, and an S3 error exits 1.
 pub fn run(verb: ArtifactsVerb, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    // The file to upload is checked (and its size taken) before any request.
+    let mut upload_size = 0;
     if let ArtifactsVerb::Create { file, .. } = &verb {
         let md =
             std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         if !md.is_file() {
             return Err(format!("{} is not a regular file", file.display()));
         }
+        upload_size = md.len();
     }
     let rt = runtime()?;
     let done = rt.block_on(async {
@@ -40,7 +43,9 @@ pub fn run(verb: ArtifactsVerb, g: &Globals, format: Format) -> Result<ExitCode,
             } => list_buckets(&ctx.creds).await,
             ArtifactsVerb::List { bucket } => list(&ctx, &bucket).await,
             ArtifactsVerb::Describe { bucket, key } => describe(&ctx, &bucket, &key).await,
-            ArtifactsVerb::Create { bucket, key, file } => create(&ctx, &bucket, &key, &file).await,
+            ArtifactsVerb::Create { bucket, key, file } => {
+                create(&ctx, &bucket, &key, &file, upload_size).await
+            }
             ArtifactsVerb::Get { bucket, key, file } => get(&ctx, &bucket, &key, &file).await,
             ArtifactsVerb::Delete { bucket, key } => delete(&ctx, &bucket, &key).await,
         })
@@ -112,10 +117,14 @@ async fn describe(ctx: &Ctx, bucket: &str, key: &str) -> Result<Value, String> {
 /// Largest object S3 copies in one request: above it the md5 must be known before the upload.
 const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
 
-async fn create(ctx: &Ctx, bucket: &str, key: &str, file: &Path) -> Result<Value, String> {
-    let size = std::fs::metadata(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
-        .len();
+/// Uploads `file` (`size` bytes, as checked before STS).
+async fn create(
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    file: &Path,
+    size: u64,
+) -> Result<Value, String> {
     let cancel = interrupt_token();
     if size > MAX_COPY {
         // As cray: the md5 goes into the metadata S3 takes when the upload starts, so it needs
