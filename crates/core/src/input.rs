@@ -427,7 +427,8 @@ pub fn job_create(body: Option<&Value>) -> Result<NewJob, Problem> {
         job_mem_size,
         kernel_file_name,
         initrd_file_name: initrd.unwrap_or_else(|| "initrd".into()),
-        kernel_parameters_file_name: kparams.unwrap_or_else(|| "kernel-parameters".into()),
+        kernel_parameters_file_name: kparams
+            .unwrap_or_else(|| DEFAULT_KERNEL_PARAMETERS_FILE_NAME.into()),
         ssh_containers,
         require_dkms,
     })

@@ -170,8 +170,12 @@ fn default_namespace() -> String {
 fn default_initrd() -> String {
     "initrd".into()
 }
+/// The kernel parameters file jobs and `ims images import` look for in the image root's `/boot`
+/// when none is named.
+pub const DEFAULT_KERNEL_PARAMETERS_FILE_NAME: &str = "kernel-parameters";
+
 fn default_kernel_parameters() -> String {
-    "kernel-parameters".into()
+    DEFAULT_KERNEL_PARAMETERS_FILE_NAME.into()
 }
 fn default_kernel() -> String {
     "vmlinuz".into()

@@ -235,17 +235,11 @@ fn run_service(
                 let (store, _lock) = serve::open_store(&cfg).await?;
                 let r = match op {
                     MigrateOp::Import { dir } => {
-                        migrate::import(&*store, &dir).await.map(|reports| {
-                            for r in reports {
-                                println!("{r}");
-                            }
-                        })
+                        migrate::import(&*store, &dir).await.map(cli::print_lines)
                     }
                     MigrateOp::Export { dir } => {
                         migrate::export(&*store, &dir).await.map(|files| {
-                            for (f, n) in files {
-                                println!("{f}: {n} records");
-                            }
+                            cli::print_lines(files.iter().map(|(f, n)| format!("{f}: {n} records")))
                         })
                     }
                 };

@@ -665,6 +665,115 @@ async fn explicit_choices() {
     assert_eq!(cli.json(&["images", "list"]).as_array().unwrap().len(), 5);
 }
 
+/// 4b. The kernel parameters come from the image root's `/boot/kernel-parameters` (or the file
+///     `--kernel-parameters-file-name` names) as customize and create jobs take them, for a
+///     directory and for an image file (also when the kernel and initrd are given on the host);
+///     `--kernel-parameters FILE` on the host wins; `--rootfs-only` takes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_parameters_from_the_image_root() {
+    require_root!();
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::of(&s);
+    let root = make_root(cli.dir.path(), "root", true);
+    std::fs::write(
+        root.join("boot/kernel-parameters"),
+        "console=ttyS0 from-root\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("boot/site-params"), "site=params\n").unwrap();
+
+    let o = cli.run(&[
+        "images",
+        "import",
+        "dir",
+        root.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("Kernel parameters: /boot/kernel-parameters of the image root"),
+        "{o:?}"
+    );
+    let st = check_import(
+        &s,
+        &cli,
+        &serde_json::from_str(&o.stdout).unwrap(),
+        "dir",
+        "x86_64",
+    );
+    assert_eq!(
+        st.names(),
+        ["rootfs", "kernel", "initrd", "boot_parameters"]
+    );
+    assert_eq!(st.get("boot_parameters"), b"console=ttyS0 from-root\n");
+
+    let rec = cli.import(
+        "named",
+        &root,
+        &["--kernel-parameters-file-name", "site-params"],
+    );
+    let st = check_import(&s, &cli, &rec, "named", "x86_64");
+    assert_eq!(st.get("boot_parameters"), b"site=params\n");
+
+    let host = cli.file("host-params");
+    std::fs::write(&host, "from=host\n").unwrap();
+    let rec = cli.import(
+        "host",
+        &root,
+        &["--kernel-parameters", host.to_str().unwrap()],
+    );
+    let st = check_import(&s, &cli, &rec, "host", "x86_64");
+    assert_eq!(st.get("boot_parameters"), b"from=host\n");
+
+    // An image file, with the kernel and initrd given on the host: /boot is still looked into.
+    let sqsh = cli.file("root.sqsh");
+    tool(
+        "mksquashfs",
+        &[
+            root.to_str().unwrap(),
+            sqsh.to_str().unwrap(),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ],
+    );
+    let (k, i) = (cli.file("k"), cli.file("i"));
+    std::fs::write(&k, b"kernel").unwrap();
+    std::fs::write(&i, b"initrd").unwrap();
+    let rec = cli.import(
+        "sqsh",
+        &sqsh,
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+        ],
+    );
+    let st = check_import(&s, &cli, &rec, "sqsh", "x86_64");
+    assert_eq!(
+        st.names(),
+        ["rootfs", "kernel", "initrd", "boot_parameters"]
+    );
+    assert_eq!(st.get("boot_parameters"), b"console=ttyS0 from-root\n");
+
+    // A name that is not a regular file in /boot: no boot_parameters, as in jobs.
+    std::fs::create_dir(root.join("boot/a-dir")).unwrap();
+    let rec = cli.import(
+        "dir-named",
+        &root,
+        &["--kernel-parameters-file-name", "a-dir"],
+    );
+    let st = check_import(&s, &cli, &rec, "dir-named", "x86_64");
+    assert_eq!(st.names(), ["rootfs", "kernel", "initrd"]);
+
+    let rec = cli.import("bare", &root, &["--rootfs-only"]);
+    let st = check_import(&s, &cli, &rec, "bare", "x86_64");
+    assert_eq!(st.names(), ["rootfs"]);
+}
+
 /// 5. Bad input: exit 2, `Error: …` naming the problem, nothing registered, nothing stored,
 ///    nothing written outside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -652,3 +652,31 @@ both_backends!(
     import_dir_errors,
     export_round_trip,
 );
+
+/// `ims migrate import|export … | head -0`: the work is done and the command succeeds; a closed
+/// stdout ends the report, it is not a panic (exit 101, "failed printing to stdout").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdout_is_the_end_of_the_output() {
+    let b = builder(Db::Sqlite).await;
+    let src = tempfile::tempdir().unwrap();
+    write_files(src.path(), &original_files());
+    let out = tempfile::tempdir().unwrap();
+    for (op, dir) in [("import", src.path()), ("export", out.path())] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let res = b
+            .command(&["migrate", op])
+            .arg(dir)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(res.status.success(), "{op}: {:?} {stderr}", res.status);
+        assert!(!stderr.contains("panicked"), "{op}: {stderr}");
+    }
+    // The work was done all the same.
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("v2.4_jobs.json")).unwrap()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+}

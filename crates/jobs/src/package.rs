@@ -55,13 +55,7 @@ pub async fn package(
         boot.kernel.display(),
         initrd.display()
     ));
-    let params = ims_rootfs::kernel::resolve_in_root(
-        root,
-        &Path::new("boot").join(&job.kernel_parameters_file_name),
-    )
-    .ok()
-    .flatten()
-    .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    let params = ims_rootfs::kernel::kernel_parameters_file(root, &job.kernel_parameters_file_name);
     // Outside the image root, so the squashfs does not contain itself.
     let sqsh = agent.settings.dir.join("rootfs.squashfs");
     let opts = ims_rootfs::SquashfsOptions {

@@ -114,9 +114,9 @@ pub fn detect_format_bytes(head: &[u8]) -> Option<ArchiveFormat> {
     }
 }
 
-/// Why a member name (as `tar -t --quoting-style=escape` prints it) is unsafe, if it is.
+/// Why a member name (as `tar -t` prints it, C-quoted) is unsafe, if it is.
 ///
-/// Escaping never adds nor removes a `/` or a `.`, so the checks on the escaped form are the checks on the name.
+/// Quoting never adds nor removes a `/` or a `.`, so the checks on the quoted form are the checks on the name.
 pub fn unsafe_member_reason(name: &str) -> Option<&'static str> {
     if name.starts_with('/') {
         return Some("absolute path");
@@ -127,26 +127,123 @@ pub fn unsafe_member_reason(name: &str) -> Option<&'static str> {
     None
 }
 
-/// Checks the names `tar -t` printed; the first unsafe one is the error.
+/// A member name as the archive means it: `./` and empty segments dropped (`./etc//a/` is `etc/a`).
+fn normalized(name: &str) -> String {
+    name.split('/')
+        .filter(|seg| !seg.is_empty() && *seg != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One line of `tar --list --verbose --quoting-style=c`: the type letter, the member name and the link target
+/// (hard: ` link to "T"`, symbolic: ` -> "T"`), names still C-quoted. `None` for a line of another shape.
+fn parse_verbose_line(line: &str) -> Option<(char, &str, Option<&str>)> {
+    let kind = line.chars().next()?;
+    let (name, rest) = quoted(&line[line.find('"')?..])?;
+    let target = match rest {
+        "" => None,
+        _ => {
+            let t = rest
+                .strip_prefix(" link to ")
+                .or_else(|| rest.strip_prefix(" -> "))?;
+            let (target, tail) = quoted(t)?;
+            if !tail.is_empty() {
+                return None;
+            }
+            Some(target)
+        }
+    };
+    Some((kind, name, target))
+}
+
+/// Splits `"…"rest` into the quoted text (escapes kept) and the rest.
+fn quoted(s: &str) -> Option<(&str, &str)> {
+    let body = s.strip_prefix('"')?;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some((&body[..i], &body[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Checks the members `tar --list --verbose` printed, in archive order; the first unsafe one is the error:
+/// an absolute or `..` name, a hard link to anything but an earlier member (an absolute or `..` target such as
+/// `/etc/shadow` — GNU tar and mksquashfs would silently drop or re-aim it), or a member written through a
+/// symbolic link an earlier member made (`lib -> /usr/lib`, then `lib/foo`). Returns the member count.
 fn check_listing(archive: &Path, listing: &[u8]) -> Result<usize> {
     let text = String::from_utf8_lossy(listing);
+    let unsafe_member = |member: &str, reason: String| RootfsError::UnsafeArchiveMember {
+        archive: archive.to_path_buf(),
+        member: member.to_string(),
+        reason,
+    };
+    // Every member seen so far, and whether it is (still) a symbolic link.
+    let mut seen: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let mut count = 0;
-    for name in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(reason) = unsafe_member_reason(name) {
-            return Err(RootfsError::UnsafeArchiveMember {
-                archive: archive.to_path_buf(),
-                member: name.to_string(),
-                reason,
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let Some((kind, name, target)) = parse_verbose_line(line) else {
+            return Err(RootfsError::CorruptArchive {
+                path: archive.to_path_buf(),
+                detail: format!("`tar --list` printed a line that names no member: {line:?}"),
             });
+        };
+        if let Some(reason) = unsafe_member_reason(name) {
+            return Err(unsafe_member(name, reason.to_string()));
         }
+        let norm = normalized(name);
+        let mut parent = String::new();
+        for seg in norm
+            .split('/')
+            .take(norm.split('/').count().saturating_sub(1))
+        {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(seg);
+            if seen.get(&parent) == Some(&true) {
+                return Err(unsafe_member(
+                    name,
+                    format!("written through the symbolic link `{parent}` an earlier member made"),
+                ));
+            }
+        }
+        if kind == 'h'
+            && let Some(target) = target
+        {
+            let why = match unsafe_member_reason(target) {
+                Some(r) => Some(format!("hard link to `{target}`, outside the image ({r})")),
+                None if !seen.contains_key(&normalized(target)) => Some(format!(
+                    "hard link to `{target}`, which is not an earlier member of the archive"
+                )),
+                None => None,
+            };
+            if let Some(why) = why {
+                return Err(unsafe_member(name, why));
+            }
+        }
+        seen.insert(norm, kind == 'l');
         count += 1;
     }
     Ok(count)
 }
 
+/// `tar --list` as [`check_listing`] reads it: one line a member with its type and link target, names C-quoted
+/// (a newline in a name cannot start a line), numeric owners (an owner name cannot hold a quote), names and
+/// link targets exactly as stored (`--absolute-names`: GNU tar would strip `/` and `../` before showing them).
 fn tar_list_command() -> Command {
     let mut cmd = TAR.command();
-    cmd.args(["--list", "--quoting-style=escape"]);
+    cmd.args([
+        "--list",
+        "--verbose",
+        "--numeric-owner",
+        "--quoting-style=c",
+        "--absolute-names",
+    ]);
     cmd
 }
 
@@ -470,8 +567,13 @@ fn tar_to_squashfs_inner(
     let (sq_status, sq_err) = squasher.finish();
     let _ = join_drain(squash_stdout);
 
-    // mksquashfs stopped reading: its own error is the cause, whatever the others said after losing their input.
+    // mksquashfs stopped reading: its own error is the cause, whatever the others said after losing their input —
+    // unless the members listed up to there show why in the import's words (mksquashfs refuses a member written
+    // through a symbolic link with "exists in the tar file as a non-directory").
     if squasher_stopped_early && let Some(s) = sq_status.filter(|s| !s.success()) {
+        if let Err(e @ RootfsError::UnsafeArchiveMember { .. }) = check_listing(archive, &listing) {
+            return Err(e);
+        }
         return Err(MKSQUASHFS.failed(s, &sq_err, &action));
     }
     // Report the first cause: a broken compressed stream, then a broken tar stream, then unsafe names, then

@@ -57,7 +57,8 @@ pub enum RootfsError {
     #[error("{} is corrupt or truncated: {detail}", path.display())]
     CorruptArchive { path: PathBuf, detail: String },
 
-    /// The archive holds a member that would land outside the destination.
+    /// The archive holds a member that would land outside the destination, link to something
+    /// outside the archive or be written through a symbolic link.
     #[error(
         "{} holds the unsafe member `{member}` ({reason}); nothing was extracted",
         archive.display()
@@ -65,7 +66,7 @@ pub enum RootfsError {
     UnsafeArchiveMember {
         archive: PathBuf,
         member: String,
-        reason: &'static str,
+        reason: String,
     },
 
     /// The destination of an extraction is not usable.

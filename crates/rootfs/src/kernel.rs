@@ -247,6 +247,16 @@ fn resolve_file(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
     }))
 }
 
+/// The kernel parameters file `/boot/<file_name>` of an image root (links followed inside the root), if it is
+/// a regular file: what becomes an image's `boot_parameters` artifact, in jobs' packaging and in
+/// `ims images import` alike. Anything else there (nothing, a directory, a link out of the root) is no file.
+pub fn kernel_parameters_file(root: &Path, file_name: &str) -> Option<PathBuf> {
+    resolve_in_root(root, &Path::new("boot").join(file_name))
+        .ok()
+        .flatten()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+}
+
 /// `rel` resolved inside `root`, if it ends on a directory.
 fn resolve_dir(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
     Ok(resolve_in_root(root, rel)?

@@ -243,7 +243,13 @@ fn a_member_cannot_be_written_through_a_symlink() {
         .arg("-C")
         .arg(&b)
         .arg("link/pwned"));
-    check_members(&archive).expect("the names themselves are plain");
+    // The names are plain, but the second member would be written through the first: refused in our words.
+    let err = check_members(&archive).expect_err("written through a link");
+    assert!(
+        err.to_string()
+            .contains("`link/pwned` (written through the symbolic link `link`"),
+        "{err}"
+    );
 
     let out = tmp.path().join("dest");
     let _ = unpack(&archive, &out); // GNU tar may refuse or extract; either way nothing may land outside.
@@ -254,7 +260,13 @@ fn a_member_cannot_be_written_through_a_symlink() {
     );
 
     let image = tmp.path().join("through.sqsh");
-    let _ = tar_to_squashfs(&archive, &image, &SquashfsOptions::default());
+    let err = tar_to_squashfs(&archive, &image, &SquashfsOptions::default())
+        .expect_err("written through a link");
+    assert!(
+        matches!(&err, RootfsError::UnsafeArchiveMember { member, .. } if member == "link/pwned"),
+        "not in the import's words: {err}"
+    );
+    assert!(!image.exists(), "an image was left behind");
     assert!(
         entries(&outside).is_empty(),
         "written through a link: {:?}",
@@ -279,4 +291,95 @@ fn destination_must_be_empty() {
     fs::remove_file(dest.join("keep")).expect("rm");
     unpack(&archive, &dest).expect("empty dir is fine");
     assert_eq!(fs::read(dest.join("f")).expect("extracted"), b"f");
+}
+
+/// Hard links whose target is not an earlier member of the archive: `/etc/shadow`, `../../etc/shadow` (GNU tar
+/// strips the `/` or `../` and links to whatever the image holds there, mksquashfs drops them silently) and a
+/// relative name the archive does not hold. All are refused by both ways in, naming the member and the target,
+/// and nothing is written; a hard link to an earlier member is kept.
+#[test]
+fn hard_links_out_of_the_archive_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gnu_tar = |name: &str, link: &str| -> std::path::PathBuf {
+        // A tar with `etc/` (dir), `etc/a` (file) and `etc/h` hard-linked to `link`, written by hand: GNU tar
+        // itself never records such a link.
+        let mut out = Vec::new();
+        let header = |out: &mut Vec<u8>, name: &str, kind: u8, size: usize, link: &str| {
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            h[100..107].copy_from_slice(if kind == b'5' { b"0000755" } else { b"0000644" });
+            h[108..115].copy_from_slice(b"0000000");
+            h[116..123].copy_from_slice(b"0000000");
+            h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+            h[136..147].copy_from_slice(b"00000000000");
+            h[156] = kind;
+            h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            h[257..263].copy_from_slice(b"ustar\0");
+            h[263..265].copy_from_slice(b"00");
+            h[148..156].copy_from_slice(b"        ");
+            let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+            h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            out.extend_from_slice(&h);
+        };
+        header(&mut out, "etc/", b'5', 0, "");
+        header(&mut out, "etc/a", b'0', 3, "");
+        let mut data = [0u8; 512];
+        data[..3].copy_from_slice(b"old");
+        out.extend_from_slice(&data);
+        header(&mut out, "etc/h", b'1', 0, link);
+        out.extend_from_slice(&[0u8; 1024]);
+        let p = tmp.path().join(name);
+        fs::write(&p, out).expect("write");
+        p
+    };
+    let good = gnu_tar("good.tar", "etc/a");
+    assert_eq!(
+        check_members(&good).expect("a link to an earlier member"),
+        3
+    );
+    let image = tmp.path().join("good.sqsh");
+    tar_to_squashfs(&good, &image, &SquashfsOptions::default()).expect("good");
+
+    for (name, link, says) in [
+        (
+            "abs.tar",
+            "/etc/shadow",
+            "outside the image (absolute path)",
+        ),
+        (
+            "dotdot.tar",
+            "../../etc/shadow",
+            "outside the image (`..` path segment)",
+        ),
+        (
+            "missing.tar",
+            "etc/nothere",
+            "not an earlier member of the archive",
+        ),
+    ] {
+        let archive = gnu_tar(name, link);
+        let err = check_members(&archive).expect_err(name);
+        let text = err.to_string();
+        assert!(
+            matches!(&err, RootfsError::UnsafeArchiveMember { member, .. } if member == "etc/h"),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains(&format!("hard link to `{link}`")) && text.contains(says),
+            "{name}: {text}"
+        );
+        let out = tmp.path().join(format!("dest-{name}"));
+        assert!(
+            matches!(
+                unpack(&archive, &out),
+                Err(RootfsError::UnsafeArchiveMember { .. })
+            ),
+            "{name}"
+        );
+        assert!(!out.exists(), "{name}: something was extracted");
+        let image = tmp.path().join(format!("{name}.sqsh"));
+        let err = tar_to_squashfs(&archive, &image, &SquashfsOptions::default()).expect_err(name);
+        assert!(err.to_string().contains(says), "{name}: {err}");
+        assert!(!image.exists(), "{name}: an image was left behind");
+    }
 }

@@ -202,9 +202,15 @@ pub struct ImportArgs {
     /// Initrd file to upload instead of the image root's.
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
-    /// Kernel parameters file, uploaded as the image's boot_parameters artifact.
+    /// Kernel parameters file on this host, uploaded as the image's boot_parameters artifact
+    /// instead of the image root's /boot/<kernel-parameters-file-name>.
     #[arg(long, value_name = "FILE")]
     pub kernel_parameters: Option<PathBuf>,
+    /// Name of the kernel parameters file in the image root's /boot, uploaded as the image's
+    /// boot_parameters artifact when present (as customize and create jobs do).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernel_parameters",
+          default_value = ims_core::records::DEFAULT_KERNEL_PARAMETERS_FILE_NAME)]
+    pub kernel_parameters_file_name: String,
     /// Name of the kernel in the image root's /boot (default: found by the rules of
     /// docs/architecture.md: boot/vmlinuz link, /vmlinuz link, newest versioned kernel).
     #[arg(long, value_name = "NAME", conflicts_with = "kernel")]

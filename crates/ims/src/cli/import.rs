@@ -91,16 +91,33 @@ fn check_file(what: &str, path: &Path) -> Result<(), String> {
 struct Boot {
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
+    /// The kernel parameters file (the boot_parameters artifact).
+    params: Option<PathBuf>,
 }
 
-/// Finds the kernel and initrd the user did not give, in the image root `root` (`shown` names
-/// ROOTFS in errors).
+/// Whether the image root must be looked into: for the kernel, the initrd or the kernel parameters
+/// file, unless each is given on the host (or only the root file system is imported).
+fn needs_root(a: &ImportArgs) -> bool {
+    !a.rootfs_only && !(a.kernel.is_some() && a.initrd.is_some() && a.kernel_parameters.is_some())
+}
+
+/// Finds the boot files the user did not give in the image root `root` (not read when
+/// [`needs_root`] is false; `shown` names ROOTFS in errors). The kernel parameters file follows
+/// the jobs' rule ([`ims_rootfs::kernel::kernel_parameters_file`]).
 fn find_boot(a: &ImportArgs, root: &Path, shown: &Path) -> Result<Boot, String> {
     let mut boot = Boot {
         kernel: a.kernel.clone(),
         initrd: a.initrd.clone(),
+        params: a.kernel_parameters.clone(),
     };
-    if a.rootfs_only || (boot.kernel.is_some() && boot.initrd.is_some()) {
+    if !needs_root(a) {
+        return Ok(boot);
+    }
+    if boot.params.is_none() {
+        boot.params =
+            ims_rootfs::kernel::kernel_parameters_file(root, &a.kernel_parameters_file_name);
+    }
+    if boot.kernel.is_some() && boot.initrd.is_some() {
         return Ok(boot);
     }
     let found = ims_rootfs::find_boot_artifacts(
@@ -205,11 +222,8 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
         }
     };
     // An image file: extract only what the boot files can be found in.
-    let boot = if a.rootfs_only || (a.kernel.is_some() && a.initrd.is_some()) {
-        Boot {
-            kernel: a.kernel.clone(),
-            initrd: a.initrd.clone(),
-        }
+    let boot = if !needs_root(a) {
+        find_boot(a, work, &rootfs)?
     } else {
         let root = work.join("boot-root");
         let (img, dst) = (image.clone(), root.clone());
@@ -278,11 +292,17 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
                 file: i,
             });
         }
-        if let Some(p) = &a.kernel_parameters {
+        if let Some(p) = boot.params {
+            if !ims_client::s3::quiet() && a.kernel_parameters.is_none() {
+                eprintln!(
+                    "Kernel parameters: /boot/{} of the image root",
+                    a.kernel_parameters_file_name
+                );
+            }
             artifacts.push(Artifact {
                 name: "boot_parameters",
                 mime: MIME_BOOT_PARAMETERS,
-                file: p.clone(),
+                file: p,
             });
         }
         // Fresh credentials: the conversion may have outlived the first ones.

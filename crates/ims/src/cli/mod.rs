@@ -175,9 +175,21 @@ fn token_argument(v: &str) -> Result<String, String> {
 /// Prints a result on stdout (a closed pipe is not an error worth reporting).
 pub(crate) fn print(v: &Value, format: Format) -> Result<(), String> {
     let text = output::render(v, format)?;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    print_lines([text]);
     Ok(())
+}
+
+/// Prints lines on stdout. A closed stdout (`| head -0`, a reader that went away) is the end of
+/// the output, not an error: the work is done, so the rest is dropped silently (never a panic, as
+/// `println!` does on a broken pipe).
+pub(crate) fn print_lines<T: std::fmt::Display>(lines: impl IntoIterator<Item = T>) {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
 }
 
 /// The server URL and token: flags, then the environment, then the config file.
