@@ -21,6 +21,9 @@ pub fn init_logging(fmt: &LogFormat) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr (`ims serve 2>&1 | head`) loses log lines, never the process: the
+        // subscriber would otherwise report the failed write with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match fmt {
         LogFormat::Human => b.init(),
