@@ -15,7 +15,7 @@ for i in range(n):
         "metadata": {"site": "bench", "index": str(i)},
     })
     keys.append({"id": str(uuid.uuid4()), "created": ts, "name": f"key-{i}",
-                 "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH root@ncn-m001\n"})
+                 "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMHcrBAKqXIvSdnVXEGDk43qhGflqc1mzQUR37MsZKx5 root@ncn-m001\n"})
 json.dump(images, open(os.path.join(out, "v2.1_images.json"), "w"))
 json.dump(keys, open(os.path.join(out, "v2_public_keys.json"), "w"))
 print(images[n // 2]["id"])

@@ -111,6 +111,17 @@ pub fn public_key_create(body: Option<&Value>) -> Result<NewPublicKey, Problem> 
     let mut f = Fields::new(o);
     let name = f.string("name", true, Some(&nonblank("name")));
     let public_key = f.string("public_key", true, Some(&nonblank("public_key")));
+    // Only a well-formed OpenSSH public key is kept (the message never repeats the input: it may
+    // be a private key pasted by mistake).
+    if let Some(k) = &public_key
+        && !k.trim().is_empty()
+        && let Err(e) = crate::sshkey::check_public_key(k)
+    {
+        f.error(
+            "public_key",
+            format!("public_key field is not an OpenSSH public key: {e}"),
+        );
+    }
     f.finish()?;
     Ok(NewPublicKey {
         name: name.unwrap_or_default(),

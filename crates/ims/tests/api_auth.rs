@@ -118,7 +118,7 @@ async fn job_tokens_act_on_their_own_job_only() {
         (
             "POST",
             "/v3/public-keys".to_string(),
-            Some(json!({"name": "k", "public_key": "x"})),
+            Some(json!({"name": "k", "public_key": PUBLIC_KEY})),
         ),
         (
             "DELETE",
@@ -188,7 +188,7 @@ async fn administrator_token_is_required_when_configured() {
         Some("s3cret-admin"),
         "POST",
         "/v3/public-keys",
-        Some(json!({"name": "k", "public_key": "ssh-ed25519 AAAA"})),
+        Some(json!({"name": "k", "public_key": PUBLIC_KEY})),
     )
     .await
     .ok(201);
@@ -201,7 +201,7 @@ async fn administrator_token_is_required_when_configured() {
         Some(&j),
         "POST",
         "/v3/public-keys",
-        Some(json!({"name": "k", "public_key": "x"})),
+        Some(json!({"name": "k", "public_key": PUBLIC_KEY})),
     )
     .await
     .problem(403, false);

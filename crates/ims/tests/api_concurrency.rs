@@ -84,7 +84,10 @@ async fn concurrent_metadata_patches(db: Db) {
 async fn concurrent_job_patches(db: Db) {
     let s = start(db).await;
     let key = s
-        .post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
         .await
         .ok(201)["id"]
         .as_str()
@@ -163,7 +166,7 @@ async fn two_servers_one_postgres() {
         async move {
             s.post(
                 "/v3/public-keys",
-                &json!({"name": format!("k{i}"), "public_key": "x"}),
+                &json!({"name": format!("k{i}"), "public_key": PUBLIC_KEY}),
             )
             .await
             .ok(201)["id"]

@@ -73,7 +73,7 @@ async fn server(db: Db) -> Server {
 async fn public_key(s: &Server) -> String {
     s.post(
         "/v3/public-keys",
-        &json!({"name": "k", "public_key": "ssh-ed25519 AAAA test@host"}),
+        &json!({"name": "k", "public_key": PUBLIC_KEY}),
     )
     .await
     .ok(201)["id"]

@@ -18,7 +18,10 @@ const DETAIL_NOT_FOUND: &str = "Requested resource does not exist. Re-run reques
 async fn unknown_routes(db: Db) {
     let s = start(db).await;
     let key = s
-        .post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
         .await
         .ok(201);
     let id = key["id"].as_str().unwrap();
@@ -89,13 +92,16 @@ async fn unknown_routes(db: Db) {
 async fn wrong_methods(db: Db) {
     let s = start(db).await;
     let id = s
-        .post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
         .await
         .ok(201)["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let body = serde_json::to_vec(&json!({"name": "k", "public_key": "x"})).unwrap();
+    let body = serde_json::to_vec(&json!({"name": "k", "public_key": PUBLIC_KEY})).unwrap();
     for r in ROOTS {
         for (method, path) in [
             ("PUT", "/v3/public-keys".to_string()),
@@ -147,7 +153,7 @@ async fn wrong_methods(db: Db) {
 
 async fn bodies(db: Db) {
     let s = start(db).await;
-    let valid = serde_json::to_vec(&json!({"name": "k", "public_key": "x"})).unwrap();
+    let valid = serde_json::to_vec(&json!({"name": "k", "public_key": PUBLIC_KEY})).unwrap();
     let targets = [
         ("POST", "/v3/public-keys"),
         ("POST", "/apis/ims/v2/public-keys"),
@@ -204,7 +210,9 @@ async fn bodies(db: Db) {
             .await;
         r.problem(413, false);
     }
-    let almost = json!({"name": "k", "public_key": "y".repeat(1024 * 1024 - 100)});
+    // (A valid key with a long comment.)
+    let comment = "c".repeat(1024 * 1024 - 100 - PUBLIC_KEY.len() - 1);
+    let almost = json!({"name": "k", "public_key": format!("{PUBLIC_KEY} {comment}")});
     let rec = s.post("/v3/public-keys", &almost).await.ok(201);
     assert_eq!(rec["public_key"].as_str().unwrap().len(), 1024 * 1024 - 100);
     assert_eq!(
@@ -289,7 +297,7 @@ async fn raw_bodies(db: Db) {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     assert_eq!(ct, "application/problem+json");
     // A small chunked body is fine.
-    let small = serde_json::to_vec(&json!({"name": "k", "public_key": "x"})).unwrap();
+    let small = serde_json::to_vec(&json!({"name": "k", "public_key": PUBLIC_KEY})).unwrap();
     let (status, _, body) = raw_request(
         &s.url,
         "POST /v3/public-keys HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
@@ -569,9 +577,12 @@ fn unusable_data_dir_or_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_server_on_sqlite_data_dir_refused() {
     let s = start(Db::Sqlite).await;
-    s.post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
-        .await
-        .ok(201);
+    s.post(
+        "/v3/public-keys",
+        &json!({"name": "k", "public_key": PUBLIC_KEY}),
+    )
+    .await
+    .ok(201);
     let mut c = serve_cmd(s.data.path());
     c.args(["--listen", "127.0.0.1:0"]);
     let stderr = must_fail(c, "second ims serve");
@@ -648,9 +659,12 @@ async fn reopen(s: &mut Server) -> Server {
 async fn clean_shutdown(db: Db) {
     for sig in ["TERM", "INT"] {
         let mut s = start(db).await;
-        s.post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
-            .await
-            .ok(201);
+        s.post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
+        .await
+        .ok(201);
         unsafe_kill(s.child.id(), sig);
         let st = wait_for(&mut s.child, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("SIG{sig}: did not stop within 10 s"));

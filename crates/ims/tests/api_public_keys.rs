@@ -19,7 +19,7 @@ async fn create_get_list_delete(db: Db) {
         let rec = s
             .post(
                 &format!("{p}/public-keys"),
-                &json!({"name": "k", "public_key": "ssh-ed25519 AAAA x@y\n"}),
+                &json!({"name": "k", "public_key": format!("{PUBLIC_KEY}\n")}),
             )
             .await
             .ok(201);
@@ -27,7 +27,11 @@ async fn create_get_list_delete(db: Db) {
         let id = rec["id"].as_str().unwrap();
         assert!(is_uuid4(id), "{id}");
         assert!(is_wire_time(rec["created"].as_str().unwrap()), "{rec}");
-        assert_eq!(rec["public_key"], "ssh-ed25519 AAAA x@y\n", "kept verbatim");
+        assert_eq!(
+            rec["public_key"],
+            format!("{PUBLIC_KEY}\n"),
+            "kept verbatim"
+        );
         let got = s.get(&format!("{p}/public-keys/{id}")).await.ok(200);
         assert_eq!(got, rec);
         let all = s.get(&format!("{p}/public-keys")).await.ok(200);
@@ -42,7 +46,10 @@ async fn create_get_list_delete(db: Db) {
     }
     // Upper-case ids do not match (exact lookup).
     let rec = s
-        .post("/v3/public-keys", &json!({"name": "k", "public_key": "x"}))
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
         .await
         .ok(201);
     let upper = rec["id"].as_str().unwrap().to_uppercase();
@@ -60,15 +67,18 @@ async fn input_errors(db: Db) {
         .await
         .problem(400, false);
     let cases = [
-        (json!({"public_key": "x"}), "name"),
+        (json!({"public_key": PUBLIC_KEY}), "name"),
         (json!({"name": "x"}), "public_key"),
-        (json!({"name": 1, "public_key": "x"}), "name"),
+        (json!({"name": 1, "public_key": PUBLIC_KEY}), "name"),
         (json!({"name": "x", "public_key": ["x"]}), "public_key"),
-        (json!({"name": "", "public_key": "x"}), "name"),
+        (json!({"name": "", "public_key": PUBLIC_KEY}), "name"),
         (json!({"name": "x", "public_key": "  "}), "public_key"),
-        (json!({"name": "x", "public_key": "y", "id": "z"}), "id"),
         (
-            json!({"name": "x", "public_key": "y", "created": "z"}),
+            json!({"name": "x", "public_key": PUBLIC_KEY, "id": "z"}),
+            "id",
+        ),
+        (
+            json!({"name": "x", "public_key": PUBLIC_KEY, "created": "z"}),
             "created",
         ),
     ];
@@ -88,7 +98,7 @@ async fn v2_delete_all_is_hard_and_persists(db: Db) {
     for i in 0..3 {
         s.post(
             "/v2/public-keys",
-            &json!({"name": format!("k{i}"), "public_key": "x"}),
+            &json!({"name": format!("k{i}"), "public_key": PUBLIC_KEY}),
         )
         .await
         .ok(201);
@@ -103,7 +113,7 @@ async fn v2_delete_all_is_hard_and_persists(db: Db) {
     // Later changes persist too (the original's bug lost them).
     s.post(
         "/v2/public-keys",
-        &json!({"name": "after", "public_key": "x"}),
+        &json!({"name": "after", "public_key": PUBLIC_KEY}),
     )
     .await
     .ok(201);
@@ -116,11 +126,17 @@ async fn v2_delete_all_is_hard_and_persists(db: Db) {
 async fn v3_soft_delete_and_undelete(db: Db) {
     let s = start(db).await;
     let a = s
-        .post("/v3/public-keys", &json!({"name": "a", "public_key": "x"}))
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "a", "public_key": PUBLIC_KEY}),
+        )
         .await
         .ok(201);
     let b = s
-        .post("/v3/public-keys", &json!({"name": "b", "public_key": "y"}))
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "b", "public_key": PUBLIC_KEY}),
+        )
         .await
         .ok(201);
     let (ida, idb) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
@@ -229,9 +245,126 @@ async fn v3_soft_delete_and_undelete(db: Db) {
     assert_eq!(s.get("/v3/public-keys").await.ok(200), json!([]));
 }
 
+/// `ssh-keygen` into `dir/name` with `args`; the (private, public) texts.
+fn keygen(dir: &std::path::Path, name: &str, args: &[&str]) -> (String, String) {
+    let f = dir.join(name);
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", "someone@site", "-f"])
+        .arg(&f)
+        .args(args)
+        .output()
+        .expect("ssh-keygen");
+    assert!(o.status.success(), "ssh-keygen {args:?}: {o:?}");
+    let private = std::fs::read_to_string(&f).unwrap();
+    let public = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
+    (private, public)
+}
+
+/// Only one well-formed OpenSSH public key is stored: every key type `ssh-keygen` makes (and a
+/// certificate) is accepted verbatim; a private key (the forgotten `.pub`), garbage or two keys
+/// get a 422 that does not repeat the input, and nothing is stored.
+async fn only_openssh_public_keys(db: Db) {
+    let s = start(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut privates = vec![];
+    for (name, args) in [
+        ("ed25519", &["-t", "ed25519"][..]),
+        ("rsa", &["-t", "rsa", "-b", "2048"]),
+        ("ecdsa256", &["-t", "ecdsa", "-b", "256"]),
+        ("ecdsa384", &["-t", "ecdsa", "-b", "384"]),
+        ("ecdsa521", &["-t", "ecdsa", "-b", "521"]),
+        ("rsa-pem", &["-t", "rsa", "-b", "2048", "-m", "PEM"]),
+    ] {
+        let (private, public) = keygen(dir.path(), name, args);
+        let rec = s
+            .post(
+                "/v3/public-keys",
+                &json!({"name": name, "public_key": public}),
+            )
+            .await
+            .ok(201);
+        assert_eq!(rec["public_key"], json!(public), "{name}: kept verbatim");
+        privates.push((name, private));
+    }
+    // A certificate signed by a site CA.
+    keygen(dir.path(), "ca", &["-t", "ed25519"]);
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(dir.path().join("ca"))
+        .args(["-I", "admin", "-n", "root"])
+        .arg(dir.path().join("ed25519.pub"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cert = std::fs::read_to_string(dir.path().join("ed25519-cert.pub")).unwrap();
+    assert!(
+        cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{cert}"
+    );
+    s.post(
+        "/v3/public-keys",
+        &json!({"name": "cert", "public_key": cert}),
+    )
+    .await
+    .ok(201);
+    let stored = s.get("/v3/public-keys").await.ok(200);
+
+    let mut bad: Vec<(String, String)> = privates
+        .into_iter()
+        .map(|(n, p)| (format!("private {n}"), p))
+        .collect();
+    let (_, one) = keygen(dir.path(), "one", &["-t", "ed25519"]);
+    let (_, two) = keygen(dir.path(), "two", &["-t", "ed25519"]);
+    for (what, text) in [
+        ("garbage", "x".to_string()),
+        ("no blob", "ssh-ed25519".to_string()),
+        ("short blob", "ssh-ed25519 AAAA someone@site".to_string()),
+        ("not base64", "ssh-ed25519 !!!! someone@site".to_string()),
+        ("wrong type", one.replacen("ssh-ed25519", "ssh-rsa", 1)),
+        ("two keys", format!("{one}{two}")),
+        ("options", format!("no-pty {one}")),
+    ] {
+        bad.push((what.to_string(), text));
+    }
+    for (what, text) in &bad {
+        let r = s
+            .send(
+                "POST",
+                "/v3/public-keys",
+                Some(&serde_json::to_vec(&json!({"name": "k", "public_key": text})).unwrap()),
+                Some("application/json"),
+            )
+            .await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        let p = r.problem(422, true);
+        assert!(p["errors"]["public_key"].is_array(), "{what}: {p}");
+        for line in text.lines().filter(|l| l.len() > 8) {
+            assert!(
+                !body.contains(line),
+                "{what}: the answer repeats the input: {body}"
+            );
+        }
+        for piece in text.split_whitespace().filter(|w| w.len() > 16) {
+            assert!(
+                !body.contains(piece),
+                "{what}: the answer repeats the input: {body}"
+            );
+        }
+        if what.starts_with("private") {
+            assert!(body.contains("private key"), "{what}: {body}");
+        }
+    }
+    assert_eq!(
+        s.get("/v3/public-keys").await.ok(200),
+        stored,
+        "nothing stored"
+    );
+}
+
 both_backends!(
     create_get_list_delete,
     input_errors,
     v2_delete_all_is_hard_and_persists,
     v3_soft_delete_and_undelete,
+    only_openssh_public_keys,
 );

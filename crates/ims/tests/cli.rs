@@ -84,7 +84,7 @@ async fn public_keys_and_deleted_public_keys() {
     let s = start(Db::Sqlite).await;
     let cli = Cli::new(Some(&s.url));
     let key_file = cli.dir.path().join("id.pub");
-    std::fs::write(&key_file, "ssh-ed25519 AAAAC3Nz test@host\n").unwrap();
+    std::fs::write(&key_file, format!("{PUBLIC_KEY}\n")).unwrap();
     let k = cli.json(&[
         "public-keys",
         "create",
@@ -94,10 +94,7 @@ async fn public_keys_and_deleted_public_keys() {
         key_file.to_str().unwrap(),
     ]);
     assert_eq!(k["name"], "mykey");
-    assert_eq!(
-        k["public_key"], "ssh-ed25519 AAAAC3Nz test@host\n",
-        "verbatim"
-    );
+    assert_eq!(k["public_key"], format!("{PUBLIC_KEY}\n"), "verbatim");
     let kid = id(&k);
     assert_eq!(s.get(&format!("/v3/public-keys/{kid}")).await.ok(200), k);
     let k2 = cli.json(&[
@@ -124,6 +121,42 @@ async fn public_keys_and_deleted_public_keys() {
         "/nonexistent/k",
     ]);
     assert!(e.starts_with("Error: cannot read /nonexistent/k"), "{e}");
+    // The private key instead of the .pub file, and a file that is no key: refused before
+    // anything is sent, without printing the file.
+    let private = cli.dir.path().join("id_ed25519");
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&private)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let secret = std::fs::read_to_string(&private).unwrap();
+    for (file, says) in [
+        (
+            private.clone(),
+            "is a private key; use the .pub file (nothing was sent)",
+        ),
+        (
+            cli.dir.path().join("id.pub.bak"),
+            "is not an OpenSSH public key",
+        ),
+    ] {
+        if !file.exists() {
+            std::fs::write(&file, "not a key\n").unwrap();
+        }
+        let e = cli.fails(&[
+            "public-keys",
+            "create",
+            "--name",
+            "x",
+            "--public-key",
+            file.to_str().unwrap(),
+        ]);
+        assert!(e.contains(says), "{e}");
+        for line in secret.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!e.contains(line), "the private key was printed: {e}");
+        }
+    }
     assert_eq!(count(&cli.json(&["public-keys", "list"])), 2);
 
     deleted(&cli, &["public-keys", "delete", &kid]);
@@ -422,7 +455,7 @@ async fn jobs() {
     let key = s
         .post(
             "/v3/public-keys",
-            &json!({"name": "k", "public_key": "ssh-ed25519 AAAA t@h"}),
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
         )
         .await
         .ok(201);

@@ -32,8 +32,7 @@ async fn burst_and_kill(s: &mut Server, round: usize) -> Vec<String> {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let body =
-                    json!({"name": format!("r{round}-t{t}-{i}"), "public_key": "ssh-ed25519 AAAA"});
+                let body = json!({"name": format!("r{round}-t{t}-{i}"), "public_key": PUBLIC_KEY});
                 let Ok(r) = client.post(&url).json(&body).send().await else {
                     break; // the server is gone
                 };
@@ -104,7 +103,7 @@ async fn sigkill_during_writes_loses_nothing_acknowledged(db: Db) {
         assert!(listed.len() <= all_acked.len() + TASKS * (round + 1));
         for k in listed {
             assert_eq!(keys(k), sorted(&["created", "id", "name", "public_key"]));
-            assert_eq!(k["public_key"], "ssh-ed25519 AAAA");
+            assert_eq!(k["public_key"], PUBLIC_KEY);
         }
         // Single GETs, writes and health work after the crash.
         for id in all_acked.iter().step_by(50) {
@@ -114,7 +113,7 @@ async fn sigkill_during_writes_loses_nothing_acknowledged(db: Db) {
         let extra = s
             .post(
                 "/v3/public-keys",
-                &json!({"name": "after", "public_key": "x"}),
+                &json!({"name": "after", "public_key": PUBLIC_KEY}),
             )
             .await
             .ok(201);

@@ -484,6 +484,20 @@ fn request(cmd: Command) -> Result<Request, String> {
                     .map_err(|e| format!("cannot read {}: {e}", public_key.display()))?;
                 let key = String::from_utf8(key)
                     .map_err(|_| format!("{} is not UTF-8 text", public_key.display()))?;
+                // Checked here too, so that a private key (the forgotten `.pub`) never leaves
+                // this host; the server refuses anything else that is not one public key.
+                if let Err(e) = ims_core::sshkey::check_public_key(&key) {
+                    return Err(match e {
+                        ims_core::sshkey::KeyError::PrivateKey => format!(
+                            "{} is a private key; use the .pub file (nothing was sent)",
+                            public_key.display()
+                        ),
+                        e => format!(
+                            "{} is not an OpenSSH public key: {e} (nothing was sent)",
+                            public_key.display()
+                        ),
+                    });
+                }
                 Request::Create(R::PublicKeys, json!({"name": name, "public_key": key}))
             }
         },

@@ -20,6 +20,10 @@ pub enum Db {
     Postgres,
 }
 
+/// A well-formed OpenSSH public key (ed25519) for records that need one; nobody holds its private key.
+pub const PUBLIC_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMHcrBAKqXIvSdnVXEGDk43qhGflqc1mzQUR37MsZKx5 test@ims";
+
 pub fn ims_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ims")
 }

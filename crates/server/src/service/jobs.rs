@@ -114,6 +114,15 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
             ))
         })?
         .record;
+    // A key that is not one OpenSSH public key (stored before keys were checked, or migrated from
+    // the original, which never checked them) would give a session nobody can log in to.
+    if let Err(e) = ims_core::sshkey::check_public_key(&key.public_key) {
+        return Err(Problem::bad_request(format!(
+            "Invalid public_key_id: the public key {} is not an OpenSSH public key ({e}); register a valid one.",
+            new.public_key_id
+        ))
+        .into());
+    }
 
     // require_dkms: aarch64 always; else the client's value; else the recipe's (create) or the
     // service default (customize).
