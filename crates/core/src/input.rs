@@ -332,6 +332,20 @@ pub fn image_patch(body: Option<&Value>) -> Result<ImagePatch, Problem> {
     })
 }
 
+/// Why a job's boot file name cannot name a file under the image root's `/boot`, if it cannot:
+/// an absolute path, a `..` segment, a NUL. (Blank names are refused by the field's own check.)
+fn boot_file_name_problem(name: &str) -> Option<&'static str> {
+    if name.starts_with('/') {
+        Some("must name a file under the image's /boot, not an absolute path")
+    } else if name.split('/').any(|seg| seg == "..") {
+        Some("must name a file under the image's /boot (no `..`)")
+    } else if name.contains('\0') {
+        Some("must not contain NUL characters")
+    } else {
+        None
+    }
+}
+
 /// One entry of a job's `ssh_containers` input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SshContainerInput {
@@ -392,6 +406,19 @@ pub fn job_create(body: Option<&Value>) -> Result<NewJob, Problem> {
         false,
         Some(&nonblank("kernel_parameters_file_name")),
     );
+    // The boot files are looked up under the image root's /boot at packaging, after the user's
+    // whole session: a name that cannot be there is refused now, not then.
+    for (field, v) in [
+        ("kernel_file_name", &kernel_file_name),
+        ("initrd_file_name", &initrd),
+        ("kernel_parameters_file_name", &kparams),
+    ] {
+        if let Some(v) = v
+            && let Some(why) = boot_file_name_problem(v)
+        {
+            f.error(field, format!("{field} {why}"));
+        }
+    }
     let ssh_containers = match f.raw("ssh_containers") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => {

@@ -361,6 +361,34 @@ async fn kernel_file_name_defaults(db: Db) {
             .await
             .problem(422, true);
         assert!(p["errors"].get("kernel_file_name").is_some(), "{p}");
+        // Names that cannot be under the image's /boot: refused at creation, not at packaging.
+        for field in [
+            "kernel_file_name",
+            "initrd_file_name",
+            "kernel_parameters_file_name",
+        ] {
+            for bad in ["../../etc/shadow", "/vmlinuz", "a/../../b", "x\0y"] {
+                let p = s
+                    .post("/v3/jobs", &with(body.clone(), json!({ field: bad })))
+                    .await
+                    .problem(422, true);
+                assert!(p["errors"].get(field).is_some(), "{field}={bad:?}: {p}");
+            }
+        }
+        let j = s
+            .post(
+                "/v3/jobs",
+                &with(
+                    body.clone(),
+                    json!({"kernel_file_name": "6.4/vmlinux..old"}),
+                ),
+            )
+            .await
+            .ok(201);
+        assert_eq!(
+            j["kernel_file_name"], "6.4/vmlinux..old",
+            "a name under /boot"
+        );
     }
     // The other file names: defaults and custom values.
     let j = s

@@ -535,6 +535,24 @@ async fn jobs() {
     assert_eq!(c["require_dkms"], true);
     assert_eq!(c["ssh_containers"][0]["name"], "c1");
     assert_eq!(c["ssh_containers"][0]["jail"], true);
+    // The seeds' `--ssh-containers-jail True` without a name: the server's default name.
+    let j = cli.json(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "customize",
+        "--artifact-id",
+        &iid,
+        "--public-key-id",
+        &kid,
+        "--image-root-archive-name",
+        "jailed",
+        "--ssh-containers-jail",
+        "True",
+    ]);
+    assert_eq!(j["ssh_containers"][0]["name"], "customize", "{j}");
+    assert_eq!(j["ssh_containers"][0]["jail"], true, "{j}");
+    deleted(&cli, &["jobs", "delete", &id(&j)]);
 
     check_formats(&cli, &["jobs", "list"], &s.get("/v3/jobs").await.ok(200));
     let now = s.get(&format!("/v3/jobs/{jid}")).await.ok(200);
@@ -562,7 +580,6 @@ async fn jobs() {
             "--ssh-containers-jail",
             "true",
         ],
-        &["--ssh-containers-jail", "true"],
     ] {
         let mut a = base.to_vec();
         a.extend_from_slice(bad);
@@ -924,6 +941,23 @@ fn exact_requests_and_bearer_token() {
     );
     assert_eq!(b["build_env_size"], 20);
     assert_eq!(b["enable_debug"], true);
+    // `--ssh-containers-jail True` alone, as the CSM procedures write it: the server names the
+    // container (its default, as for `cray`).
+    cli.run(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "customize",
+        "--artifact-id",
+        "A",
+        "--public-key-id",
+        "P",
+        "--image-root-archive-name",
+        "n",
+        "--ssh-containers-jail",
+        "True",
+    ]);
+    assert_eq!(next().json()["ssh_containers"], json!([{"jail": true}]));
     cli.run(&[
         "recipes",
         "create",

@@ -314,13 +314,18 @@ fn zip(
     a: Option<Vec<Value>>,
     b_name: &str,
     b: Option<Vec<Value>>,
-    b_optional: bool,
+    either_optional: bool,
 ) -> Result<Option<Value>, String> {
     let (a_key, b_key) = (field_of(a_name), field_of(b_name));
     match (a, b) {
         (None, None) => Ok(None),
-        (Some(a), None) if b_optional => Ok(Some(Value::Array(
+        (Some(a), None) if either_optional => Ok(Some(Value::Array(
             a.into_iter().map(|x| json!({ a_key: x })).collect(),
+        ))),
+        // `--ssh-containers-jail True` alone (as the CSM procedures write it): the server names
+        // the container.
+        (None, Some(b)) if either_optional => Ok(Some(Value::Array(
+            b.into_iter().map(|y| json!({ b_key: y })).collect(),
         ))),
         (a, b) => {
             let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
