@@ -7,7 +7,8 @@ use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{S3Result, s3_error};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -56,11 +57,43 @@ struct Temporary {
 /// with them gets `ExpiredToken` rather than `InvalidAccessKeyId`).
 const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
+/// The most temporary credentials kept at once; past it the ones that expire first are forgotten
+/// early (a caller issuing credentials in a loop cannot grow the server without bound).
+const MAX_TEMPORARY: usize = 200_000;
+
+/// Issued temporary credentials by access key, with an index by expiry so that forgetting the
+/// old ones costs O(log n) per issue instead of a scan of all of them.
+#[derive(Default)]
+struct Temporaries {
+    by_key: HashMap<String, Temporary>,
+    by_expiry: BinaryHeap<Reverse<(DateTime<Utc>, String)>>,
+}
+
+impl Temporaries {
+    /// Forgets what expired more than [`FORGET_AFTER`] before `now`, and the earliest to expire
+    /// while more than `keep` remain.
+    fn forget_old(&mut self, now: DateTime<Utc>, keep: usize) {
+        while let Some(Reverse((expires, _))) = self.by_expiry.peek() {
+            if *expires + FORGET_AFTER > now && self.by_key.len() <= keep {
+                break;
+            }
+            if let Some(Reverse((_, key))) = self.by_expiry.pop() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    fn insert(&mut self, key: String, t: Temporary) {
+        self.by_expiry.push(Reverse((t.expires, key.clone())));
+        self.by_key.insert(key, t);
+    }
+}
+
 /// Long-lived key pair generated on first start and stored in a file with mode 0600 (JSON), plus
 /// temporary STS credentials issued in memory.
 pub struct CredentialStore {
     root: Credentials,
-    temporary: Mutex<HashMap<String, Temporary>>,
+    temporary: Mutex<Temporaries>,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -92,7 +125,7 @@ impl CredentialStore {
         };
         Ok(CredentialStore {
             root,
-            temporary: Mutex::new(HashMap::new()),
+            temporary: Mutex::new(Temporaries::default()),
         })
     }
 
@@ -209,7 +242,7 @@ impl CredentialStore {
             expires: Some(expires),
         };
         let mut map = self.temporary.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, t| t.expires + FORGET_AFTER > now);
+        map.forget_old(now, MAX_TEMPORARY - 1);
         map.insert(
             creds.access_key.clone(),
             Temporary {
@@ -226,7 +259,7 @@ impl CredentialStore {
             return Ok(SecretKey::from(self.root.secret_key.as_str()));
         }
         let map = self.temporary.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(access_key) {
+        match map.by_key.get(access_key) {
             Some(t) if t.expires <= Utc::now() => {
                 Err(s3_error!(ExpiredToken, "The provided token has expired."))
             }
@@ -243,7 +276,7 @@ impl CredentialStore {
             return KeyKind::Root;
         }
         let map = self.temporary.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(access_key) {
+        match map.by_key.get(access_key) {
             Some(t) => KeyKind::Temporary {
                 session_token: t.session_token.clone(),
                 expired: t.expires <= Utc::now(),
@@ -359,6 +392,42 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         fs::write(&path, br#"{"access_key_id":"","secret_access_key":"x"}"#).unwrap();
         assert!(CredentialStore::open(&path).is_err());
+    }
+
+    #[test]
+    fn old_credentials_are_forgotten_by_expiry() {
+        let now = Utc::now();
+        let mut t = Temporaries::default();
+        let put = |t: &mut Temporaries, key: &str, expires: DateTime<Utc>| {
+            t.insert(
+                key.to_string(),
+                Temporary {
+                    secret_key: String::new(),
+                    session_token: String::new(),
+                    expires,
+                },
+            )
+        };
+        put(
+            &mut t,
+            "long-gone",
+            now - FORGET_AFTER - chrono::TimeDelta::seconds(1),
+        );
+        put(&mut t, "expired", now - chrono::TimeDelta::seconds(1));
+        put(&mut t, "soon", now + chrono::TimeDelta::seconds(10));
+        put(&mut t, "later", now + chrono::TimeDelta::seconds(20));
+        t.forget_old(now, 100);
+        let mut keys: Vec<&str> = t.by_key.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["expired", "later", "soon"],
+            "only what expired an hour ago"
+        );
+        // Over the bound: those that expire first go first.
+        t.forget_old(now, 1);
+        assert_eq!(t.by_key.keys().collect::<Vec<_>>(), ["later"]);
+        assert_eq!(t.by_expiry.len(), 1);
     }
 
     #[test]
