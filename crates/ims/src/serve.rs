@@ -47,7 +47,9 @@ pub async fn open_store(cfg: &Config) -> Result<(DynStore, DataDirLock)> {
                 .unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir.join("ims.db").display()));
             // The lock sits beside the database file, so two servers cannot share one SQLite
             // database whatever their data directories (the in-memory caches would diverge).
-            let db = std::path::PathBuf::from(url.trim_start_matches("sqlite://"));
+            // The lock follows the real file: an `ims.db` that is a symbolic link to another
+            // data directory's database shares that database's lock.
+            let db = real_path(std::path::Path::new(url.trim_start_matches("sqlite://")));
             let lock_path = db.with_file_name(format!(
                 "{}.lock",
                 db.file_name().and_then(|n| n.to_str()).unwrap_or("ims.db")
@@ -71,6 +73,25 @@ pub async fn open_store(cfg: &Config) -> Result<(DynStore, DataDirLock)> {
         .await
         .with_context(|| format!("cannot open the records store ({})", redact(&url)))?;
     Ok((store, lock))
+}
+
+/// `path` with every symbolic link resolved (of the file itself when it exists, else of its
+/// directory); as given when neither can be resolved yet.
+fn real_path(path: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir).map_or_else(|_| path.to_path_buf(), |d| d.join(name))
+        }
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Hides a password in a database URL for messages.

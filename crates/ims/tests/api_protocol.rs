@@ -640,6 +640,21 @@ async fn second_server_on_same_sqlite_file_refused() {
     let stderr = must_fail(c, "second ims serve on the same SQLite file");
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(stderr.contains("shared.db"), "names the database: {stderr}");
+    // An `ims.db` that is a symbolic link to the shared database: the lock follows the real file.
+    let linked = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        db_dir.path().join("shared.db"),
+        linked.path().join("ims.db"),
+    )
+    .unwrap();
+    let mut c = serve_cmd(linked.path());
+    c.args(["--listen", "127.0.0.1:0"]);
+    let stderr = must_fail(c, "a second ims serve through a symlinked ims.db");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains("shared.db"),
+        "names the real database: {stderr}"
+    );
 }
 
 /// Starts a new server on a stopped server's data directory and database (without signalling the
