@@ -1084,3 +1084,135 @@ async fn config_file_round_trip() {
     env_cli.fails(&["config", "get", "token"]);
     assert_eq!(env_cli.json(&["config", "get"]), json!({"url": s.url}));
 }
+
+/// Runs `ims ARGS` under a pseudo-terminal (util-linux `script`), typing `answer`; exit code and
+/// everything the terminal showed.
+fn on_a_terminal(cli: &Cli, args: &[&str], answer: &str) -> (i32, String) {
+    use std::io::{Read, Write};
+    let c = cli.command(args);
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = quote(c.get_program().to_str().unwrap());
+    for a in c.get_args() {
+        line.push(' ');
+        line.push_str(&quote(a.to_str().unwrap()));
+    }
+    let mut script = std::process::Command::new("script");
+    script.args(["-q", "-e", "-c", &line, "/dev/null"]);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    if let Some(d) = c.get_current_dir() {
+        script.current_dir(d);
+    }
+    let mut child = script
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    // The terminal keeps what is typed until the command reads it; stdin stays open until the
+    // command is done (`script` would end it at end of input).
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let mut shown = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut shown)
+        .unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    (status.code().unwrap_or(-1), shown)
+}
+
+/// Records by name where the name is unique, `--format table`, and `deleteall` asking on a
+/// terminal unless `--yes` (and never when stdin is not a terminal, as in scripts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_tables_and_confirmation() {
+    let s = start(Db::Sqlite).await;
+    let cli = Cli::of(&s);
+    let uniq = cli.json(&[
+        "images",
+        "create",
+        "--name",
+        "debian12-minbase",
+        "--arch",
+        "aarch64",
+    ]);
+    let dup1 = cli.json(&["images", "create", "--name", "dup"]);
+    let dup2 = cli.json(&["images", "create", "--name", "dup"]);
+
+    // By name: describe, update, delete; the deleted record by name too.
+    assert_eq!(cli.json(&["images", "describe", "debian12-minbase"]), uniq);
+    let u = cli.json(&[
+        "images",
+        "update",
+        "debian12-minbase",
+        "--metadata-operation",
+        "set",
+        "--metadata-key",
+        "site",
+        "--metadata-value",
+        "x",
+    ]);
+    assert_eq!(u["id"], uniq["id"]);
+    // An ambiguous name: the candidates, exit 2, nothing changed.
+    let e = cli.fails(&["images", "delete", "dup"]);
+    assert!(e.contains("2 images are named \"dup\""), "{e}");
+    assert!(e.contains(&id(&dup1)) && e.contains(&id(&dup2)), "{e}");
+    // An unknown name: the server's 404 for it as an id.
+    let e = cli.fails(&["images", "describe", "no-such-image"]);
+    assert!(e.starts_with("Error: Not Found: "), "{e}");
+    assert_eq!(count(&cli.json(&["images", "list"])), 3);
+    deleted(&cli, &["images", "delete", "debian12-minbase"]);
+    assert_eq!(
+        cli.json(&["deleted", "images", "describe", "debian12-minbase"])["id"],
+        uniq["id"]
+    );
+    // An id is used as given, never looked up as a name.
+    let e = cli.fails(&["images", "describe", &uuid::Uuid::new_v4().to_string()]);
+    assert!(e.starts_with("Error: Not Found: "), "{e}");
+
+    // A table: a header and one row a record, columns aligned.
+    let o = cli.run(&["images", "list", "--format", "table"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", o.stdout);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["ID", "NAME", "ARCH", "CREATED"], "{}", o.stdout);
+    let col = lines[0].find("NAME").unwrap();
+    for l in &lines[1..] {
+        assert_eq!(&l[col..col + 3], "dup", "{}", o.stdout);
+    }
+    let o = cli.run(&["images", "describe", &id(&dup1), "--format", "table"]);
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["name", "dup"]),
+        "{o:?}"
+    );
+
+    // deleteall on a terminal asks; "n" deletes nothing (exit 2), "y" deletes.
+    let (code, shown) = on_a_terminal(&cli, &["images", "deleteall"], "n");
+    assert_eq!(code, 2, "{shown}");
+    assert!(
+        shown.contains("Delete all 2 image records? [y/N]"),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing was deleted"), "{shown}");
+    assert_eq!(count(&cli.json(&["images", "list"])), 2);
+    let (code, shown) = on_a_terminal(&cli, &["images", "deleteall"], "y");
+    assert_eq!(code, 0, "{shown}");
+    assert_eq!(count(&cli.json(&["images", "list"])), 0);
+    // --yes on a terminal, and no terminal at all: no question.
+    cli.json(&["images", "create", "--name", "again"]);
+    let (code, shown) = on_a_terminal(&cli, &["deleted", "images", "deleteall", "--yes"], "n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(!shown.contains("[y/N]"), "{shown}");
+    assert_eq!(count(&cli.json(&["deleted", "images", "list"])), 0);
+    deleted(&cli, &["images", "deleteall"]);
+    assert_eq!(count(&cli.json(&["images", "list"])), 0);
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// Options of the client commands, accepted anywhere on the command line.
 #[derive(Args, Clone, Debug, Default)]
 pub struct Globals {
-    /// Output format of client commands: toml (default), json or yaml.
+    /// Output format of client commands: toml (default), json, yaml or table.
     #[arg(long, global = true, value_enum)]
     pub format: Option<Format>,
     /// IMS server URL for client commands. Default: IMS_URL, then the client config file
@@ -35,6 +35,8 @@ pub enum Format {
     Toml,
     Json,
     Yaml,
+    /// A human table (lists: one row a record with its id, name, arch, status, created…).
+    Table,
 }
 
 /// `true/false/1/0/yes/no`, as cray's BOOLEAN options (case-insensitive).
@@ -136,8 +138,16 @@ pub struct Link {
 
 #[derive(Args, Debug)]
 pub struct Id {
-    /// The record's id.
+    /// The record's id, or its name where no other record has that name.
     pub id: String,
+}
+
+/// `deleteall`'s confirmation.
+#[derive(Args, Debug, Default, Clone, Copy)]
+pub struct Confirm {
+    /// Do not ask for confirmation (asked only when stdin is a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,7 +188,7 @@ pub enum ImagesVerb {
     /// Delete an image (soft delete: see `ims deleted images`).
     Delete(Id),
     /// Delete all images.
-    Deleteall,
+    Deleteall(Confirm),
     /// Re-read every artifact of an image and check it against its manifest's md5 (and sha256).
     Verify(Id),
     /// Import an image in one step ("Import an External Image to IMS"): converts ROOTFS to squashfs
@@ -303,7 +313,7 @@ pub enum RecipesVerb {
     /// Delete a recipe (soft delete).
     Delete(Id),
     /// Delete all recipes.
-    Deleteall,
+    Deleteall(Confirm),
 }
 
 #[derive(Subcommand, Debug)]
@@ -323,7 +333,7 @@ pub enum PublicKeysVerb {
     /// Delete a public key (soft delete).
     Delete(Id),
     /// Delete all public keys.
-    Deleteall,
+    Deleteall(Confirm),
 }
 
 #[derive(Subcommand, Debug)]
@@ -388,6 +398,8 @@ pub enum JobsVerb {
         /// Minimum age, e.g. 1d, 6h, 1w2d.
         #[arg(long)]
         age: Option<String>,
+        #[command(flatten)]
+        confirm: Confirm,
     },
 }
 
@@ -411,7 +423,7 @@ pub enum NodesVerb {
     /// Remove a remote build node.
     Delete(Xname),
     /// Remove all remote build nodes.
-    Deleteall,
+    Deleteall(Confirm),
     /// The nodes' status.
     Status {
         #[command(subcommand)]
@@ -461,7 +473,7 @@ pub enum DeletedVerb {
     /// Purge a deleted record for good.
     Delete(Id),
     /// Purge all deleted records of this kind.
-    Deleteall,
+    Deleteall(Confirm),
 }
 
 #[derive(Subcommand, Debug)]

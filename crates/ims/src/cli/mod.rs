@@ -28,7 +28,8 @@ enum Request {
     /// `None`: PATCH with no body, as cray sends when no option is given.
     Update(Resource, String, Option<Value>),
     Delete(Resource, String),
-    DeleteAll(Resource, Vec<(&'static str, String)>),
+    /// With the filters; `true`: confirmed (`--yes`), else asked on a terminal.
+    DeleteAll(Resource, Vec<(&'static str, String)>, bool),
     Version,
 }
 
@@ -218,23 +219,144 @@ fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let body = rt
-        .block_on(async {
-            match req {
-                Request::List(r) => client.list(r).await,
-                Request::Describe(r, id) => client.describe(r, &id).await,
-                Request::Create(r, body) => client.create(r, &body).await,
-                Request::Update(r, id, body) => client.update(r, &id, body.as_ref()).await,
-                Request::Delete(r, id) => client.delete(r, &id).await,
-                Request::DeleteAll(r, q) => {
-                    let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    client.delete_all(r, &q).await
-                }
-                Request::Version => client.version().await,
+    let body = rt.block_on(async {
+        let e = |e: ims_client::Error| e.to_string();
+        match req {
+            Request::List(r) => client.list(r).await.map_err(e),
+            Request::Describe(r, id) => {
+                by_id_or_name(&client, r, &id, async |id: &str| {
+                    client.describe(r, id).await
+                })
+                .await
             }
-        })
-        .map_err(|e| e.to_string())?;
+            Request::Create(r, body) => client.create(r, &body).await.map_err(e),
+            Request::Update(r, id, body) => {
+                by_id_or_name(&client, r, &id, async |id: &str| {
+                    client.update(r, id, body.as_ref()).await
+                })
+                .await
+            }
+            Request::Delete(r, id) => {
+                by_id_or_name(&client, r, &id, async |id: &str| client.delete(r, id).await).await
+            }
+            Request::DeleteAll(r, q, yes) => {
+                if !yes {
+                    confirm_delete_all(&client, r, &q).await?;
+                }
+                let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                client.delete_all(r, &q).await.map_err(e)
+            }
+            Request::Version => client.version().await.map_err(e),
+        }
+    })?;
     print(&body, format)
+}
+
+/// What one record of `r` is called in messages, and whether its records have a `name`.
+fn kind_of(r: Resource) -> (&'static str, bool) {
+    use Resource as R;
+    match r {
+        R::Images => ("image", true),
+        R::Recipes => ("recipe", true),
+        R::PublicKeys => ("public key", true),
+        R::DeletedImages => ("deleted image", true),
+        R::DeletedRecipes => ("deleted recipe", true),
+        R::DeletedPublicKeys => ("deleted public key", true),
+        R::Jobs => ("job", false),
+        R::RemoteBuildNodes | R::RemoteBuildNodesStatus => ("remote build node", false),
+    }
+}
+
+/// Runs `op` on the record `arg` names: as an id first (exactly the request `cray` sends), and
+/// when no record has that id and `arg` is not an id but the name of exactly one record of `r`,
+/// again with that record's id. An ambiguous name is an error listing the candidates; an unknown
+/// one keeps the server's 404.
+async fn by_id_or_name(
+    client: &Client,
+    r: Resource,
+    arg: &str,
+    op: impl AsyncFn(&str) -> ims_client::Result<Value>,
+) -> Result<Value, String> {
+    match op(arg).await {
+        Err(e)
+            if e.status() == Some(404) && kind_of(r).1 && uuid::Uuid::try_parse(arg).is_err() =>
+        {
+            match find_by_name(client, r, arg).await? {
+                Some(id) => op(&id).await.map_err(|e| e.to_string()),
+                None => Err(e.to_string()),
+            }
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// The id of the one record of `r` named `name`; `None` when none is. Several are an error that
+/// lists them.
+async fn find_by_name(client: &Client, r: Resource, name: &str) -> Result<Option<String>, String> {
+    let (kind, _) = kind_of(r);
+    let arg = name;
+    let all = client.list(r).await.map_err(|e| e.to_string())?;
+    let matches: Vec<&Value> = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("name").and_then(Value::as_str) == Some(arg))
+        .collect();
+    let id_of = |v: &Value| {
+        v.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match matches.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(id_of(one))),
+        several => {
+            let mut msg = format!(
+                "{} {kind}s are named {arg:?}; give the id of one of them:",
+                several.len()
+            );
+            for v in several {
+                let created = v.get("created").and_then(Value::as_str).unwrap_or("");
+                msg.push_str(&format!("\n  {}  created {created}", id_of(v)));
+            }
+            Err(msg)
+        }
+    }
+}
+
+/// `deleteall` on a terminal without `--yes`: says how many records would go and asks.
+async fn confirm_delete_all(
+    client: &Client,
+    r: Resource,
+    filters: &[(&'static str, String)],
+) -> Result<(), String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    let (kind, _) = kind_of(r);
+    let what = if filters.is_empty() {
+        let n = client
+            .list(r)
+            .await
+            .map_err(|e| e.to_string())?
+            .as_array()
+            .map_or(0, Vec::len);
+        format!("all {n} {kind} records")
+    } else {
+        let f: Vec<String> = filters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("every {kind} record matching {}", f.join(", "))
+    };
+    eprint!("Delete {what}? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err("not confirmed; nothing was deleted (--yes skips the question)".to_string()),
+    }
 }
 
 fn config(op: ConfigOp, format: Format) -> Result<(), String> {
@@ -375,8 +497,13 @@ fn simple(r: Resource, list: bool, describe: Option<String>, delete: Option<Stri
         (true, _, _) => Request::List(r),
         (_, Some(id), _) => Request::Describe(r, id),
         (_, _, Some(id)) => Request::Delete(r, id),
-        _ => Request::DeleteAll(r, vec![]),
+        _ => Request::DeleteAll(r, vec![], false),
     }
+}
+
+/// `deleteall` of a whole collection.
+fn delete_all(r: Resource, c: Confirm) -> Request {
+    Request::DeleteAll(r, vec![], c.yes)
 }
 
 /// Checks the arguments and builds the request (nothing is sent yet).
@@ -389,7 +516,7 @@ fn request(cmd: Command) -> Result<Request, String> {
             ImagesVerb::List => simple(R::Images, true, None, None),
             ImagesVerb::Describe(i) => simple(R::Images, false, Some(i.id), None),
             ImagesVerb::Delete(i) => simple(R::Images, false, None, Some(i.id)),
-            ImagesVerb::Deleteall => simple(R::Images, false, None, None),
+            ImagesVerb::Deleteall(c) => delete_all(R::Images, c),
             ImagesVerb::Verify(_) | ImagesVerb::Import(_) => unreachable!("handled by run"),
             ImagesVerb::Create {
                 name,
@@ -435,7 +562,7 @@ fn request(cmd: Command) -> Result<Request, String> {
             RecipesVerb::List => simple(R::Recipes, true, None, None),
             RecipesVerb::Describe(i) => simple(R::Recipes, false, Some(i.id), None),
             RecipesVerb::Delete(i) => simple(R::Recipes, false, None, Some(i.id)),
-            RecipesVerb::Deleteall => simple(R::Recipes, false, None, None),
+            RecipesVerb::Deleteall(c) => delete_all(R::Recipes, c),
             RecipesVerb::Import { .. } => unreachable!("handled by run"),
             RecipesVerb::Create {
                 name,
@@ -483,7 +610,7 @@ fn request(cmd: Command) -> Result<Request, String> {
             PublicKeysVerb::List => simple(R::PublicKeys, true, None, None),
             PublicKeysVerb::Describe(i) => simple(R::PublicKeys, false, Some(i.id), None),
             PublicKeysVerb::Delete(i) => simple(R::PublicKeys, false, None, Some(i.id)),
-            PublicKeysVerb::Deleteall => simple(R::PublicKeys, false, None, None),
+            PublicKeysVerb::Deleteall(c) => delete_all(R::PublicKeys, c),
             PublicKeysVerb::Create { name, public_key } => {
                 let key = std::fs::read(&public_key)
                     .map_err(|e| format!("cannot read {}: {e}", public_key.display()))?;
@@ -517,12 +644,13 @@ fn request(cmd: Command) -> Result<Request, String> {
                 status,
                 job_type,
                 age,
+                confirm,
             } => {
                 let mut q = vec![];
                 q.extend(status.map(|v| ("status", v)));
                 q.extend(job_type.map(|v| ("job_type", v)));
                 q.extend(age.map(|v| ("age", v)));
-                Request::DeleteAll(R::Jobs, q)
+                Request::DeleteAll(R::Jobs, q, confirm.yes)
             }
             JobsVerb::Create {
                 job_type,
@@ -572,7 +700,7 @@ fn request(cmd: Command) -> Result<Request, String> {
             NodesVerb::List => simple(R::RemoteBuildNodes, true, None, None),
             NodesVerb::Describe(x) => simple(R::RemoteBuildNodes, false, Some(x.xname), None),
             NodesVerb::Delete(x) => simple(R::RemoteBuildNodes, false, None, Some(x.xname)),
-            NodesVerb::Deleteall => simple(R::RemoteBuildNodes, false, None, None),
+            NodesVerb::Deleteall(c) => delete_all(R::RemoteBuildNodes, c),
             NodesVerb::Create { xname } => {
                 Request::Create(R::RemoteBuildNodes, json!({ "xname": xname }))
             }
@@ -593,7 +721,7 @@ fn request(cmd: Command) -> Result<Request, String> {
                 DeletedVerb::List => simple(r, true, None, None),
                 DeletedVerb::Describe(i) => simple(r, false, Some(i.id), None),
                 DeletedVerb::Delete(i) => simple(r, false, None, Some(i.id)),
-                DeletedVerb::Deleteall => simple(r, false, None, None),
+                DeletedVerb::Deleteall(c) => delete_all(r, c),
                 DeletedVerb::Update { id, operation } => {
                     Request::Update(r, id, operation.map(|op| json!({ "operation": op })))
                 }
@@ -677,7 +805,8 @@ mod tests {
             req(&["jobs", "deleteall", "--status", "success", "--age", "1d"]).unwrap(),
             Request::DeleteAll(
                 Resource::Jobs,
-                vec![("status", "success".into()), ("age", "1d".into())]
+                vec![("status", "success".into()), ("age", "1d".into())],
+                false
             )
         );
         assert_eq!(
@@ -713,12 +842,13 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("same number of values"), "{e}");
-        assert!(
+        // `--ssh-containers-jail` alone is the seeds' form (the server names the container).
+        assert_eq!(
             req(&[
                 "jobs",
                 "create",
                 "--job-type",
-                "create",
+                "customize",
                 "--artifact-id",
                 "A",
                 "--public-key-id",
@@ -726,9 +856,15 @@ mod tests {
                 "--image-root-archive-name",
                 "n",
                 "--ssh-containers-jail",
-                "true"
+                "True"
             ])
-            .is_err()
+            .unwrap(),
+            Request::Create(
+                Resource::Jobs,
+                json!({"job_type": "customize", "image_root_archive_name": "n",
+                       "initrd_file_name": "initrd", "kernel_parameters_file_name": "kernel-parameters",
+                       "artifact_id": "A", "public_key_id": "P", "ssh_containers": [{"jail": true}]})
+            )
         );
     }
 }

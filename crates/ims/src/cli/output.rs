@@ -14,6 +14,7 @@ pub fn render(v: &Value, format: Format) -> Result<String, String> {
     let out = match format {
         Format::Json => python_json(v).map_err(|e| e.to_string())?,
         Format::Yaml => serde_yaml::to_string(v).map_err(|e| e.to_string())?,
+        Format::Table => table(v),
         Format::Toml => match v {
             Value::Object(_) => toml_text(v)?,
             Value::Array(_) => toml_text(&serde_json::json!({ "results": v }))?,
@@ -21,6 +22,92 @@ pub fn render(v: &Value, format: Format) -> Result<String, String> {
         },
     };
     Ok(out.trim_end_matches('\n').to_string())
+}
+
+/// The columns a list shows, in this order, when its records have them.
+const COLUMNS: &[&str] = &[
+    "id",
+    "xname",
+    "name",
+    "image_root_archive_name",
+    "job_type",
+    "status",
+    "arch",
+    "created",
+    "deleted",
+];
+
+/// A human table: a list of records as rows (the [`COLUMNS`] its records have, else every scalar
+/// field of the first), one record as `FIELD  VALUE` lines (nested values as compact JSON).
+fn table(v: &Value) -> String {
+    let cell = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "-".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = match v {
+        Value::Array(items) => {
+            let objects: Vec<&serde_json::Map<String, Value>> =
+                items.iter().filter_map(Value::as_object).collect();
+            if objects.len() != items.len() {
+                return items
+                    .iter()
+                    .map(|i| cell(Some(i)))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            let mut cols: Vec<&str> = COLUMNS
+                .iter()
+                .copied()
+                .filter(|c| objects.iter().any(|o| o.contains_key(*c)))
+                .collect();
+            if cols.is_empty()
+                && let Some(first) = objects.first()
+            {
+                cols = first
+                    .iter()
+                    .filter(|(_, v)| !v.is_object() && !v.is_array())
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+            }
+            std::iter::once(cols.iter().map(|c| c.to_ascii_uppercase()).collect())
+                .chain(
+                    objects
+                        .iter()
+                        .map(|o| cols.iter().map(|c| cell(o.get(*c))).collect()),
+                )
+                .collect()
+        }
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| vec![k.clone(), cell(Some(v))])
+            .collect(),
+        other => return cell(Some(other)),
+    };
+    let ncols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..ncols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `json.dumps(v, indent=2)`: two-space indentation and non-ASCII characters as `\uXXXX`.
