@@ -62,7 +62,7 @@ pub enum Error {
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     /// The server answered with a non-2xx status.
-    #[error("{}", api_message(*.status, .reason, .title.as_deref(), .detail.as_deref()))]
+    #[error("{}", api_message(*.status, .reason, .title.as_deref(), .detail.as_deref(), .body))]
     Api {
         status: u16,
         /// The HTTP reason phrase (`Not Found`).
@@ -100,10 +100,50 @@ fn root_cause(e: &reqwest::Error) -> String {
     cur.to_string()
 }
 
-fn api_message(status: u16, reason: &str, title: Option<&str>, detail: Option<&str>) -> String {
-    match (title, detail) {
+/// `title: detail` as cray prints it, then one line per field of a validation problem's `errors`
+/// map (`  field: message; message`, nested fields dotted: `ssh_containers.0.jail`), which cray
+/// leaves out ("the fields indicated in the response").
+fn api_message(
+    status: u16,
+    reason: &str,
+    title: Option<&str>,
+    detail: Option<&str>,
+    body: &Value,
+) -> String {
+    let mut msg = match (title, detail) {
         (Some(t), Some(d)) => format!("{t}: {d}"),
         _ => format!("Error received from server: {status} {reason}"),
+    };
+    if let Some(errors) = body.get("errors") {
+        let mut lines = vec![];
+        field_errors("", errors, &mut lines);
+        for l in lines {
+            msg.push_str("\n  ");
+            msg.push_str(&l);
+        }
+    }
+    msg
+}
+
+/// Flattens an `errors` map into `path: messages` lines.
+fn field_errors(path: &str, v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                field_errors(&p, v, out);
+            }
+        }
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            let texts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            out.push(format!("{path}: {}", texts.join("; ")));
+        }
+        Value::String(s) => out.push(format!("{path}: {s}")),
+        other => out.push(format!("{path}: {other}")),
     }
 }
 

@@ -684,6 +684,19 @@ async fn errors_and_version() {
     let img = cli.json(&["images", "create", "--name", "i"]);
     let e = cli.fails(&["images", "update", &id(&img)]);
     assert!(e.starts_with("Error: "), "{e}");
+    // A validation problem: cray's line, then the server's per-field messages.
+    let p = s
+        .post("/v3/images", &json!({"name": " ", "arch": "x86_64"}))
+        .await
+        .problem(422, true);
+    let e = cli.fails(&["images", "create", "--name", " "]);
+    let first = format!(
+        "Error: {}: {}",
+        p["title"].as_str().unwrap(),
+        p["detail"].as_str().unwrap()
+    );
+    let msg = p["errors"]["name"][0].as_str().unwrap();
+    assert_eq!(e, format!("{first}\n  name: {msg}\n"), "{p}");
     // version (and cray's `version list`)
     let v = s.get("/apis/ims/version").await.ok(200);
     assert_eq!(cli.json(&["version"]), v);
