@@ -75,14 +75,14 @@ pub enum Error {
         body: Value,
     },
     /// No connection could be made to the server.
-    #[error("cannot connect to the IMS server at {url}: {}", root_cause(.source))]
+    #[error("cannot connect to the IMS server at {url}: {}{}", root_cause(.source), tls_hint(.url, .source))]
     Connect {
         url: String,
         #[source]
         source: reqwest::Error,
     },
     /// Any other transport failure (timeout, broken connection, unreadable body).
-    #[error("request to {url} failed: {}", root_cause(.source))]
+    #[error("request to {url} failed: {}{}", root_cause(.source), tls_hint(.url, .source))]
     Transport {
         url: String,
         #[source]
@@ -103,6 +103,19 @@ fn root_cause(e: &reqwest::Error) -> String {
 /// `title: detail` as cray prints it, then one line per field of a validation problem's `errors`
 /// map (`  field: message; message`, nested fields dotted: `ssh_containers.0.jail`), which cray
 /// leaves out ("the fields indicated in the response").
+/// `https://` to a server that speaks plain HTTP fails in the TLS handshake with a message that does
+/// not say so.
+fn tls_hint(url: &str, e: &reqwest::Error) -> &'static str {
+    let cause = root_cause(e);
+    if url.starts_with("https://")
+        && (cause.contains("InvalidContentType") || cause.contains("corrupt message"))
+    {
+        " (the server answered in plain HTTP, not TLS: use an http:// URL)"
+    } else {
+        ""
+    }
+}
+
 fn api_message(
     status: u16,
     reason: &str,
@@ -114,6 +127,16 @@ fn api_message(
         (Some(t), Some(d)) => format!("{t}: {d}"),
         _ => format!("Error received from server: {status} {reason}"),
     };
+    // An S3 error document: the URL is the S3 endpoint's, not the API's.
+    if let Value::String(text) = body
+        && text.contains("<Error>")
+        && text.contains("<Code>")
+    {
+        msg.push_str(
+            " (the answer is an S3 error: this URL is an S3 endpoint, not the IMS API; the API \
+             listens on port 9000 by default, the built-in S3 endpoint on 9001)",
+        );
+    }
     if let Some(errors) = body.get("errors") {
         let mut lines = vec![];
         field_errors("", errors, &mut lines);
@@ -174,9 +197,15 @@ impl Client {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:9000`), sending
     /// `Authorization: Bearer <token>` when a token is given.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self> {
+        // The common slip: `127.0.0.1:9000` or `ims-host:9000` without `http://`.
+        let no_scheme = !base_url.contains("://");
         let invalid = |reason: String| Error::InvalidUrl {
             url: base_url.to_string(),
-            reason,
+            reason: if no_scheme {
+                format!("{reason}; give the scheme, e.g. http://{base_url}")
+            } else {
+                reason
+            },
         };
         let mut root = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
         if !matches!(root.scheme(), "http" | "https") {

@@ -697,6 +697,23 @@ async fn errors_and_version() {
     );
     let msg = p["errors"]["name"][0].as_str().unwrap();
     assert_eq!(e, format!("{first}\n  name: {msg}\n"), "{p}");
+    // The common mistakes are explained: no scheme, the S3 endpoint's URL, https to plain http.
+    for url in ["127.0.0.1:9000", "ims-host:9000"] {
+        let e = Cli::new(Some(url)).fails(&["images", "list"]);
+        assert!(
+            e.contains(&format!("give the scheme, e.g. http://{url}")),
+            "{e}"
+        );
+    }
+    let s3_url = std::fs::read_to_string(s.data.path().join("s3-endpoint")).unwrap();
+    let e = Cli::new(Some(s3_url.trim())).fails(&["images", "list"]);
+    assert!(
+        e.contains("this URL is an S3 endpoint, not the IMS API"),
+        "{e}"
+    );
+    let https = s.url.replacen("http://", "https://", 1);
+    let e = Cli::new(Some(&https)).fails(&["images", "list"]);
+    assert!(e.contains("use an http:// URL"), "{e}");
     // version (and cray's `version list`)
     let v = s.get("/apis/ims/version").await.ok(200);
     assert_eq!(cli.json(&["version"]), v);
