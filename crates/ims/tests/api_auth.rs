@@ -11,23 +11,9 @@ const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1
 const J: &str = "11111111-1111-4111-8111-111111111111";
 const K: &str = "22222222-2222-4222-8222-222222222222";
 
-/// A job token as the server issues it (the documented format).
+/// A job token as the server issues it under the test key.
 fn job_token(job: &str) -> String {
-    use hmac::Mac;
-    let key: Vec<u8> = (0..KEY_HEX.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&KEY_HEX[i..i + 2], 16).unwrap())
-        .collect();
-    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
-    m.update(b"ims job token\0");
-    m.update(job.as_bytes());
-    let mac: String = m
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("ims-job.{job}.{mac}")
+    common::job_token(KEY_HEX, job)
 }
 
 async fn call(

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
+use std::time::Duration;
 
 impl Cli {
     /// Runs, expects success, parses stdout in `format`.
@@ -1245,4 +1246,95 @@ async fn names_tables_and_confirmation() {
     assert_eq!(count(&cli.json(&["deleted", "images", "list"])), 0);
     deleted(&cli, &["images", "deleteall"]);
     assert_eq!(count(&cli.json(&["images", "list"])), 0);
+}
+
+/// `ims jobs logs --follow` rides out a server restart (the log goes on where it was, nothing
+/// twice) and exits 1 when the job ends in `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_across_a_restart_and_report_error() {
+    const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("job.key");
+    std::fs::write(&key, KEY_HEX).unwrap();
+    let s = builder(Db::Sqlite)
+        .await
+        .env("IMS_LISTEN", &format!("127.0.0.1:{port}"))
+        .env("IMS_JOB_TOKEN_KEY_FILE", key.to_str().unwrap())
+        .start()
+        .await;
+    let link = s.put_image_artifacts("img");
+    let img = s
+        .post("/v3/images", &json!({"name": "i", "link": link}))
+        .await
+        .ok(201);
+    let pk = s
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
+        .await
+        .ok(201);
+    let job = s
+        .post(
+            "/v3/jobs",
+            &json!({"job_type": "customize", "artifact_id": img["id"], "public_key_id": pk["id"],
+                    "image_root_archive_name": "x"}),
+        )
+        .await
+        .ok(201);
+    let jid = id(&job);
+    let token = job_token(KEY_HEX, &jid);
+    let append = |s: &Server, seq: u64, text: &'static str| {
+        let (url, token, client) = (s.url.clone(), token.clone(), s.client.clone());
+        let jid = jid.clone();
+        async move {
+            let r = client
+                .post(format!("{url}/v3/jobs/{jid}/log?seq={seq}"))
+                .bearer_auth(token)
+                .header("content-type", "text/plain")
+                .body(text)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+        }
+    };
+    append(&s, 0, "first line\n").await;
+    let cli = Cli::of(&s);
+    let follow = cli
+        .command(&["jobs", "logs", &jid, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down for a few seconds, then back on the same address.
+    let mut s = s;
+    s.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = s.restart().await;
+    append(&s, 1, "second line\n").await;
+    s.patch(&format!("/v3/jobs/{jid}"), &json!({"status": "error"}))
+        .await
+        .ok(200);
+    let out = tokio::task::spawn_blocking(move || follow.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("first line").count(), 1, "{stdout}");
+    assert_eq!(stdout.matches("second line").count(), 1, "{stdout}");
+    assert!(stderr.contains("still following, retrying"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("job {jid} ended in error")),
+        "{stderr}"
+    );
 }

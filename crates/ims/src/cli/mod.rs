@@ -117,14 +117,41 @@ fn job_request(id: &str, what: &str, g: &Globals, format: Format) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ims jobs logs ID [--follow]`: the agent's log on stdout, as it arrives.
+/// How long `ims jobs logs --follow` keeps retrying while the server does not answer (a restart,
+/// an upgrade) before it gives up.
+const FOLLOW_OUTAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// `ims jobs logs ID [--follow]`: the agent's log on stdout, as it arrives. With `--follow` a
+/// server that stops answering (restarted, upgraded) is waited for and the log goes on where it
+/// was; the exit code is 1 when the job ended in `error`.
 fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
     use std::io::Write;
     let c = client(g)?;
     ims_client::s3::runtime()?.block_on(async {
         let mut offset = 0;
+        let mut outage: Option<std::time::Instant> = None;
         loop {
-            let (text, next, done) = c.job_log(id, offset).await.map_err(|e| e.to_string())?;
+            let (text, next, done) = match c.job_log(id, offset).await {
+                Ok(r) => r,
+                Err(e) if follow && retryable(&e) => {
+                    let since = *outage.get_or_insert_with(|| {
+                        eprintln!("ims: {e}; still following, retrying");
+                        std::time::Instant::now()
+                    });
+                    if since.elapsed() > FOLLOW_OUTAGE_LIMIT {
+                        return Err(format!(
+                            "{e} (gave up after {} s without an answer)",
+                            FOLLOW_OUTAGE_LIMIT.as_secs()
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            if outage.take().is_some() {
+                eprintln!("ims: the server answers again; following on");
+            }
             if !text.is_empty() {
                 let mut out = std::io::stdout().lock();
                 if out.write_all(&text).and_then(|()| out.flush()).is_err() {
@@ -134,14 +161,37 @@ fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
             }
             let more = next > offset;
             offset = next;
-            if !follow || done {
+            if !follow {
                 return Ok(ExitCode::SUCCESS);
+            }
+            if done {
+                let job = c
+                    .describe(Resource::Jobs, id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(match job.get("status").and_then(Value::as_str) {
+                    Some("error") => {
+                        eprintln!("ims: job {id} ended in error");
+                        ExitCode::from(1)
+                    }
+                    _ => ExitCode::SUCCESS,
+                });
             }
             if !more {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
     })
+}
+
+/// A failure that a server restart explains: no connection, a broken one, or a gateway's or
+/// stopping server's 502/503/504.
+fn retryable(e: &ims_client::Error) -> bool {
+    match e {
+        ims_client::Error::Connect { .. } | ims_client::Error::Transport { .. } => true,
+        ims_client::Error::Api { status, .. } => matches!(status, 502..=504),
+        ims_client::Error::InvalidUrl { .. } => false,
+    }
 }
 
 /// The S3 side (STS credentials) of the configured server.

@@ -24,6 +24,26 @@ pub enum Db {
 pub const PUBLIC_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMHcrBAKqXIvSdnVXEGDk43qhGflqc1mzQUR37MsZKx5 test@ims";
 
+/// A job token as a server whose job-token key file holds `key_hex` issues it (the documented
+/// format: `ims-job.<id>.<hex HMAC-SHA256(key, "ims job token\0" + id)>`).
+pub fn job_token(key_hex: &str, job: &str) -> String {
+    use hmac::Mac;
+    let key: Vec<u8> = (0..key_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+    m.update(b"ims job token\0");
+    m.update(job.as_bytes());
+    let mac: String = m
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("ims-job.{job}.{mac}")
+}
+
 pub fn ims_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ims")
 }
