@@ -10,10 +10,18 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `ims --version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("IMS_BUILD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "ims",
-    version,
+    version = VERSION,
     about = "Image management service for HPC clusters (IMS-compatible)"
 )]
 struct Cli {

@@ -1338,3 +1338,32 @@ async fn logs_follow_across_a_restart_and_report_error() {
         "{stderr}"
     );
 }
+
+/// `ims --version` names the commit the binary was built from.
+#[test]
+fn version_names_the_commit() {
+    let o = std::process::Command::new(ims_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        text.starts_with(&format!("ims {} (", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(c) => assert!(
+            text.contains(&format!("(commit {c})")),
+            "{text} vs HEAD {c}"
+        ),
+        None => assert!(text.contains("(unknown commit)"), "{text}"),
+    }
+}
