@@ -27,6 +27,9 @@ pub fn render(v: &Value, format: Format) -> Result<String, String> {
 /// The columns a list shows, in this order, when its records have them.
 const COLUMNS: &[&str] = &[
     "id",
+    "Key",
+    "Size",
+    "LastModified",
     "xname",
     "name",
     "image_root_archive_name",
@@ -77,6 +80,10 @@ fn table(v: &Value) -> String {
                         .map(|o| cols.iter().map(|c| cell(o.get(*c))).collect()),
                 )
                 .collect()
+        }
+        // A list under one key (`artifacts list`: `{"artifacts": [...]}`) is that list.
+        Value::Object(o) if o.len() == 1 && o.values().all(Value::is_array) => {
+            return o.values().map(table).collect();
         }
         Value::Object(o) => o
             .iter()
