@@ -109,7 +109,7 @@ async fn readme_walkthrough_runs_as_written() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.contains("true") && l.ends_with("/rootfs")),
+            .any(|l| l.contains("true") && l.contains("/rootfs ")),
         "the rootfs was not verified:\n{stdout}"
     );
     // All state went to the relative default data directory.
