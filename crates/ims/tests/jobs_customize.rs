@@ -51,7 +51,11 @@ async fn setup_with(env: &[(&str, &str)]) -> Option<Setup> {
         eprintln!("skipped: customize jobs need root");
         return None;
     }
-    let mut b = builder(Db::Sqlite).await.env("IMS_JOB_EXECUTOR", "local");
+    // Started as the README does: from another directory with a relative data directory.
+    let mut b = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .relative_data_dir();
     for (k, v) in env {
         b = b.env(k, v);
     }
