@@ -75,6 +75,8 @@ pub struct JobsFile {
     pub heartbeat_timeout: Option<String>,
     /// A job waiting on its user ends in error after this long (e.g. `24h`).
     pub user_deadline: Option<String>,
+    /// An agent that cannot reach the server for this long stops by itself (default `1h`).
+    pub orphan_timeout: Option<String>,
     /// The site CA certificate put into every image root (`/etc/cray/ca/certificate_authority.crt`).
     pub ca_cert: Option<PathBuf>,
     /// The host name users reach job SSH sessions at (default: this host's name).
@@ -565,6 +567,15 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         "IMS_AGENT_BOOT_IMAGES_BUCKET".to_string(),
         svc.boot_images_bucket.clone(),
     )];
+    if let Some((n, v)) = env.get(&["IMS_JOB_ORPHAN_TIMEOUT"]).or_else(|| {
+        file.jobs
+            .orphan_timeout
+            .clone()
+            .map(|v| ("jobs.orphan_timeout".to_string(), v))
+    }) {
+        let t = parse_duration(&n, &v)?;
+        agent_env.push(("IMS_AGENT_ORPHAN_TIMEOUT".into(), t.as_secs().to_string()));
+    }
     let ca = env
         .get(&["IMS_JOB_CA_CERT"])
         .map(|(n, v)| (n, PathBuf::from(v)))
@@ -791,9 +802,11 @@ mod tests {
             ("IMS_JOB_COMPRESSION_LEVEL", "9"),
             ("IMS_JOB_REPO_TIMEOUT", "2m"),
             ("IMS_JOB_SIGNING_KEYS", "/etc/hostname:/etc"),
+            ("IMS_JOB_ORPHAN_TIMEOUT", "90s"),
         ])
         .unwrap();
         let get = |k: &str| a.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("IMS_AGENT_ORPHAN_TIMEOUT"), Some("90"));
         assert_eq!(get("IMS_AGENT_COMPRESSION_LEVEL"), Some("9"));
         assert_eq!(get("IMS_AGENT_REPO_TIMEOUT"), Some("120"));
         assert_eq!(get("IMS_AGENT_SIGNING_KEYS"), Some("/etc/hostname:/etc"));
@@ -813,6 +826,10 @@ mod tests {
             (
                 &[("IMS_JOB_REPO_TIMEOUT", "soon")][..],
                 "IMS_JOB_REPO_TIMEOUT",
+            ),
+            (
+                &[("IMS_JOB_ORPHAN_TIMEOUT", "0")][..],
+                "IMS_JOB_ORPHAN_TIMEOUT",
             ),
             (
                 &[("IMS_JOB_SIGNING_KEYS", "/nonexistent-key")][..],

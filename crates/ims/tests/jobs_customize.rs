@@ -152,6 +152,24 @@ fn in_agent(id: &str, script: &str) {
 /// No agent, job directory, mount or loop device of job `id` remains (within 20 s: the kernel
 /// tears a dead agent's mount namespace down, and frees its loop device, asynchronously).
 fn nothing_left(st: &Setup, id: &str) {
+    nothing_remains(id, Some(&st.job_dir(id)));
+}
+
+/// Whether a process other than this one names `id` in its command line (the agent, its sshd).
+fn process_of(id: &str) -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name != me
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(id))
+    })
+}
+
+/// [`nothing_left`], without the job directory when `dir` is `None` (no server removes it), and
+/// with any process naming the job.
+fn nothing_remains(id: &str, dir: Option<&Path>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -159,9 +177,10 @@ fn nothing_left(st: &Setup, id: &str) {
         let loops = String::from_utf8_lossy(&loops.stdout).into_owned();
         let left = [
             (agent_pid(id).is_some(), "the agent"),
-            (st.job_dir(id).exists(), "the job directory"),
+            (dir.is_some_and(|d| d.exists()), "the job directory"),
             (mounts.contains(id), "a mount"),
             (loops.contains(id), "a loop device"),
+            (dir.is_none() && process_of(id), "a process"),
         ];
         let Some((_, what)) = left.iter().find(|(there, _)| *there) else {
             return;
@@ -760,4 +779,54 @@ async fn server_restart_takes_running_agents_over() {
     let done = st.wait_status(&alive, "success").await;
     assert!(done["resultant_image_id"].is_string());
     nothing_left(&st, &alive);
+}
+
+/// The server is gone for good (SIGKILL) under jobs waiting on their users. An agent told to stop
+/// (SIGTERM) ends within the executor's grace period (10 s) although its log cannot be delivered
+/// any more; one left alone ends by itself once the server has not answered for the orphan
+/// timeout. Neither leaves a process (sshd), mount or loop device behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_vanished_server_end() {
+    let Some(mut st) = setup_with(&[("IMS_JOB_ORPHAN_TIMEOUT", "5s")]).await else {
+        return;
+    };
+    let told = st.job("told", true).await;
+    let alone = st.job("alone", false).await;
+    st.wait_status(&told, "waiting_on_user").await;
+    st.wait_status(&alone, "waiting_on_user").await;
+    let told_pid = agent_pid(&told).unwrap();
+    st.s.child.kill().unwrap();
+    st.s.child.wait().unwrap();
+    // SAFETY: kill(2) on a pid we just looked up.
+    assert_eq!(unsafe { libc::kill(told_pid as i32, libc::SIGTERM) }, 0);
+    let told_at = Instant::now();
+    while agent_pid(&told).is_some() {
+        // The grace period, and slack for a loaded machine.
+        assert!(
+            told_at.elapsed() < Duration::from_secs(12),
+            "the agent told to stop still runs after {:?}",
+            told_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("the agent told to stop ended in {:?}", told_at.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent_pid(&alone).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent whose server is gone still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (id, why) in [
+        (&told, "stopping: the agent was told to stop"),
+        (&alone, "stopping: the server has not answered for"),
+    ] {
+        let out = std::fs::read_to_string(st.job_dir(id).join("agent.out")).unwrap();
+        assert!(
+            out.contains(why),
+            "{why:?} not in the agent's output:\n{out}"
+        );
+        nothing_remains(id, None);
+    }
 }
