@@ -830,3 +830,91 @@ async fn agents_of_a_vanished_server_end() {
         nothing_remains(id, None);
     }
 }
+
+/// Hard links come out of a customization as from an unpacked tree: `/etc/a` and `/etc/b` are one
+/// file (`old`), a session writes `new` through `/etc/a`, and the new image has a = b = `new`, one
+/// inode with two links, while the untouched pair `/etc/c`, `/etc/d` stays one file too. Jailed and
+/// not jailed over the overlay fast path (its inode index keeps the links), and from an image whose
+/// squashfs has no export table (the overlay cannot keep links: the job unpacks it, and says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_are_kept() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mut st) = setup().await else { return };
+    let root = st.dir.path().join("root");
+    std::fs::write(root.join("etc/a"), "old\n").unwrap();
+    std::fs::hard_link(root.join("etc/a"), root.join("etc/b")).unwrap();
+    std::fs::write(root.join("etc/c"), "pair\n").unwrap();
+    std::fs::hard_link(root.join("etc/c"), root.join("etc/d")).unwrap();
+    let linked = ims(
+        &st.s,
+        &["images", "import", "linked", root.to_str().unwrap()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sqsh = st.dir.path().join("no-exports.sqsh");
+    let o = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&sqsh)
+        .args(["-quiet", "-noappend", "-no-exports"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let no_exports = ims(
+        &st.s,
+        &["images", "import", "no-exports", sqsh.to_str().unwrap()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (image, jail, path_taken) in [
+        (&linked, true, "the overlay's inode index keeps hard links"),
+        (&linked, false, "the overlay's inode index keeps hard links"),
+        (&no_exports, true, "unsquashed into"),
+    ] {
+        st.image = image.clone();
+        let id = st.job(&format!("links-{jail}"), jail).await;
+        let job = st.wait_status(&id, "waiting_on_user").await;
+        let script = if jail {
+            "echo new > /etc/a; touch /tmp/complete"
+        } else {
+            "echo new > /mnt/image/image-root/etc/a; touch /mnt/image/complete"
+        };
+        let o = st.ssh(&job, "id_job", script);
+        assert!(o.status.success(), "{o:?}");
+        let done = st.wait_status(&id, "success").await;
+        let img =
+            st.s.get(&format!(
+                "/v3/images/{}",
+                done["resultant_image_id"].as_str().unwrap()
+            ))
+            .await
+            .ok(200);
+        let scratch = tempfile::tempdir().unwrap();
+        let new = scratch.path().join("new");
+        unsquash(&st.s, &img, &new);
+        let meta = |n: &str| std::fs::symlink_metadata(new.join("etc").join(n)).unwrap();
+        let read = |n: &str| std::fs::read_to_string(new.join("etc").join(n)).unwrap();
+        let what = format!("jail={jail}, image {image}");
+        assert_eq!(
+            (read("a"), read("b")),
+            ("new\n".into(), "new\n".into()),
+            "{what}"
+        );
+        assert_eq!(meta("a").ino(), meta("b").ino(), "{what}: a and b split");
+        assert_eq!(meta("a").nlink(), 2, "{what}");
+        assert_eq!(
+            (read("c"), read("d")),
+            ("pair\n".into(), "pair\n".into()),
+            "{what}"
+        );
+        assert_eq!(meta("c").ino(), meta("d").ino(), "{what}: c and d split");
+        assert_eq!(meta("c").nlink(), 2, "{what}");
+        let log = st.log(&id).await;
+        assert!(
+            log.contains(path_taken),
+            "{path_taken:?} not in the log:\n{log}"
+        );
+        nothing_left(&st, &id);
+    }
+}
