@@ -186,8 +186,7 @@ fn overlay_index_on(mount_point: &Path) -> bool {
     };
     let want = mountinfo_escape(mount_point);
     info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-        .next_back()
+        .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))
         // After the optional fields: " - TYPE SOURCE SUPER-OPTIONS".
         .and_then(|l| l.split(" - ").nth(1))
         .and_then(|rest| rest.split(' ').nth(2))
