@@ -111,6 +111,16 @@ impl Setup {
         self.s.data.path().join("jobs").join(id)
     }
 
+    /// Unpacks the image a finished job `done` produced: the scratch directory and the root in it.
+    async fn result_root(&self, done: &Value) -> (tempfile::TempDir, PathBuf) {
+        let id = done["resultant_image_id"].as_str().unwrap();
+        let img = self.s.get(&format!("/v3/images/{id}")).await.ok(200);
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("new");
+        unsquash(&self.s, &img, &root);
+        (scratch, root)
+    }
+
     /// Runs `cmd` over SSH as root with the job's key (or another one) at the job's address.
     fn ssh(&self, job: &Value, key: &str, cmd: &str) -> std::process::Output {
         let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
@@ -665,16 +675,7 @@ async fn ansible_customizes_a_jailed_image() {
     let o = st.ssh(&job, "id_job", "touch /tmp/complete");
     assert!(o.status.success(), "{o:?}");
     let done = st.wait_status(&id, "success").await;
-    let img =
-        st.s.get(&format!(
-            "/v3/images/{}",
-            done["resultant_image_id"].as_str().unwrap()
-        ))
-        .await
-        .ok(200);
-    let scratch = tempfile::tempdir().unwrap();
-    unsquash(&st.s, &img, &scratch.path().join("new"));
-    let new_root = scratch.path().join("new");
+    let (_scratch, new_root) = st.result_root(&done).await;
     assert_eq!(
         std::fs::read_to_string(new_root.join("etc/motd")).unwrap(),
         "configured by ansible\n"
@@ -701,17 +702,9 @@ async fn dkms_mounts_exist_only_during_the_session() {
     );
     assert!(o.status.success(), "{o:?}");
     let done = st.wait_status(&id, "success").await;
-    let img =
-        st.s.get(&format!(
-            "/v3/images/{}",
-            done["resultant_image_id"].as_str().unwrap()
-        ))
-        .await
-        .ok(200);
-    let scratch = tempfile::tempdir().unwrap();
-    unsquash(&st.s, &img, &scratch.path().join("new"));
+    let (_scratch, new_root) = st.result_root(&done).await;
     for d in ["proc", "sys", "dev"] {
-        let p = scratch.path().join("new").join(d);
+        let p = new_root.join(d);
         let empty = std::fs::read_dir(&p)
             .map(|mut e| e.next().is_none())
             .unwrap_or(true);
@@ -883,16 +876,7 @@ async fn hard_links_are_kept() {
         let o = st.ssh(&job, "id_job", script);
         assert!(o.status.success(), "{o:?}");
         let done = st.wait_status(&id, "success").await;
-        let img =
-            st.s.get(&format!(
-                "/v3/images/{}",
-                done["resultant_image_id"].as_str().unwrap()
-            ))
-            .await
-            .ok(200);
-        let scratch = tempfile::tempdir().unwrap();
-        let new = scratch.path().join("new");
-        unsquash(&st.s, &img, &new);
+        let (_scratch, new) = st.result_root(&done).await;
         let meta = |n: &str| std::fs::symlink_metadata(new.join("etc").join(n)).unwrap();
         let read = |n: &str| std::fs::read_to_string(new.join("etc").join(n)).unwrap();
         let what = format!("jail={jail}, image {image}");
