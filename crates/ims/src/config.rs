@@ -75,6 +75,8 @@ pub struct JobsFile {
     pub heartbeat_timeout: Option<String>,
     /// A job waiting on its user ends in error after this long (e.g. `24h`).
     pub user_deadline: Option<String>,
+    /// An agent that cannot reach the server for this long stops by itself (default `1h`).
+    pub orphan_timeout: Option<String>,
     /// The site CA certificate put into every image root (`/etc/cray/ca/certificate_authority.crt`).
     pub ca_cert: Option<PathBuf>,
     /// The host name users reach job SSH sessions at (default: this host's name).
@@ -256,6 +258,16 @@ fn check_bucket(name: &str, v: String) -> Result<String, ConfigError> {
     }
 }
 
+/// `p` made absolute against the working directory (without touching the filesystem).
+fn absolute(name: &str, p: &std::path::Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(p).map_err(|e| {
+        err(
+            name,
+            format!("cannot make {} an absolute path: {e}", p.display()),
+        )
+    })
+}
+
 /// Resolves the configuration from flags, environment and the configuration file.
 pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
     // Which file: --config, IMS_CONFIG, or <data-dir>/ims.toml when it exists.
@@ -338,6 +350,9 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .or_else(|| env.get(&["IMS_DATA_DIR"]).map(|(_, v)| PathBuf::from(v)))
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    // Resolved once, here: every path derived from it (the job directories, the agents'
+    // settings) stays right for processes started elsewhere (agents run in their job directory).
+    let data_dir = absolute("data_dir", &data_dir)?;
 
     let database_url = pick(
         &flags.database_url,
@@ -552,6 +567,15 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         "IMS_AGENT_BOOT_IMAGES_BUCKET".to_string(),
         svc.boot_images_bucket.clone(),
     )];
+    if let Some((n, v)) = env.get(&["IMS_JOB_ORPHAN_TIMEOUT"]).or_else(|| {
+        file.jobs
+            .orphan_timeout
+            .clone()
+            .map(|v| ("jobs.orphan_timeout".to_string(), v))
+    }) {
+        let t = parse_duration(&n, &v)?;
+        agent_env.push(("IMS_AGENT_ORPHAN_TIMEOUT".into(), t.as_secs().to_string()));
+    }
     let ca = env
         .get(&["IMS_JOB_CA_CERT"])
         .map(|(n, v)| (n, PathBuf::from(v)))
@@ -565,6 +589,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         if !p.is_file() {
             return Err(err(&n, format!("{} is not a readable file", p.display())));
         }
+        let p = absolute(&n, &p)?;
         agent_env.push(("IMS_AGENT_CA_CERT".into(), p.display().to_string()));
     }
     if let Some(h) = env
@@ -639,7 +664,10 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 return Err(err(&n, format!("{} contains ':'", k.display())));
             }
         }
-        let joined: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+        let mut joined = Vec::with_capacity(keys.len());
+        for k in &keys {
+            joined.push(absolute(&n, k)?.display().to_string());
+        }
         agent_env.push(("IMS_AGENT_SIGNING_KEYS".into(), joined.join(":")));
     }
     if let Some(k) = env
@@ -647,15 +675,19 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .map(|(_, v)| PathBuf::from(v))
         .or(file.jobs.kiwi.clone())
     {
+        // A path (not a bare program name looked up in PATH) must not depend on the agent's
+        // working directory.
+        let k = if k.components().count() > 1 {
+            absolute("IMS_JOB_KIWI", &k)?
+        } else {
+            k
+        };
         agent_env.push(("IMS_AGENT_KIWI".into(), k.display().to_string()));
     }
     // One package cache for the host's builds (a build finding it busy uses its own).
     agent_env.push((
         "IMS_AGENT_KIWI_CACHE".into(),
-        std::path::absolute(data_dir.join("kiwi-cache"))
-            .unwrap_or_else(|_| data_dir.join("kiwi-cache"))
-            .display()
-            .to_string(),
+        data_dir.join("kiwi-cache").display().to_string(),
     ));
     let job_token_key_file = env
         .get(&["IMS_JOB_TOKEN_KEY_FILE"])
@@ -696,7 +728,8 @@ mod tests {
     fn defaults() {
         let c = load(&Flags::default(), &env(&[])).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.data_dir, std::path::absolute(DEFAULT_DATA_DIR).unwrap());
+        assert!(c.data_dir.is_absolute());
         assert!(c.s3.is_none());
         assert_eq!(c.service.default_image_size, 60);
     }
@@ -769,9 +802,11 @@ mod tests {
             ("IMS_JOB_COMPRESSION_LEVEL", "9"),
             ("IMS_JOB_REPO_TIMEOUT", "2m"),
             ("IMS_JOB_SIGNING_KEYS", "/etc/hostname:/etc"),
+            ("IMS_JOB_ORPHAN_TIMEOUT", "90s"),
         ])
         .unwrap();
         let get = |k: &str| a.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("IMS_AGENT_ORPHAN_TIMEOUT"), Some("90"));
         assert_eq!(get("IMS_AGENT_COMPRESSION_LEVEL"), Some("9"));
         assert_eq!(get("IMS_AGENT_REPO_TIMEOUT"), Some("120"));
         assert_eq!(get("IMS_AGENT_SIGNING_KEYS"), Some("/etc/hostname:/etc"));
@@ -793,12 +828,62 @@ mod tests {
                 "IMS_JOB_REPO_TIMEOUT",
             ),
             (
+                &[("IMS_JOB_ORPHAN_TIMEOUT", "0")][..],
+                "IMS_JOB_ORPHAN_TIMEOUT",
+            ),
+            (
                 &[("IMS_JOB_SIGNING_KEYS", "/nonexistent-key")][..],
                 "IMS_JOB_SIGNING_KEYS",
             ),
         ] {
             assert_eq!(agent(pairs).unwrap_err().setting, setting, "{pairs:?}");
         }
+    }
+
+    /// Agents run in their job directory: every path the server hands on is absolute, whatever
+    /// the form it was given in (relative to the server's working directory).
+    #[test]
+    fn relative_paths_become_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        let c = load(
+            &Flags {
+                data_dir: Some(PathBuf::from("./rel-data")),
+                ..Default::default()
+            },
+            // Relative to the crate directory, where cargo runs unit tests.
+            &env(&[
+                ("IMS_JOB_CA_CERT", "Cargo.toml"),
+                ("IMS_JOB_SIGNING_KEYS", "src:Cargo.toml"),
+                ("IMS_JOB_KIWI", "./kiwi-ng"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, cwd.join("rel-data"));
+        assert_eq!(c.job_token_key_file, cwd.join("rel-data/job-token.key"));
+        let get = |k: &str| {
+            c.agent_env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let cwd = cwd.display();
+        assert_eq!(get("IMS_AGENT_CA_CERT"), format!("{cwd}/Cargo.toml"));
+        assert_eq!(
+            get("IMS_AGENT_SIGNING_KEYS"),
+            format!("{cwd}/src:{cwd}/Cargo.toml")
+        );
+        assert_eq!(get("IMS_AGENT_KIWI"), format!("{cwd}/kiwi-ng"));
+        assert_eq!(
+            get("IMS_AGENT_KIWI_CACHE"),
+            format!("{cwd}/rel-data/kiwi-cache")
+        );
+        // A bare program name is still looked up in PATH.
+        let c = load(&Flags::default(), &env(&[("IMS_JOB_KIWI", "kiwi-ng")])).unwrap();
+        assert!(
+            c.agent_env
+                .contains(&("IMS_AGENT_KIWI".into(), "kiwi-ng".into()))
+        );
     }
 
     #[test]

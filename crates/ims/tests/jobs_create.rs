@@ -26,7 +26,11 @@ async fn setup(env: &[(&str, &str)]) -> Option<Setup> {
         eprintln!("skipped: create jobs need root");
         return None;
     }
-    let mut b = builder(Db::Sqlite).await.env("IMS_JOB_EXECUTOR", "local");
+    // Started as the README does: from another directory with a relative data directory.
+    let mut b = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .relative_data_dir();
     // A long data directory, as sites have: paths under it (gpg-agent's sockets in kiwi's keyring
     // home once broke the build) must not hit the 107-byte Unix socket limit.
     b.data = tempfile::Builder::new()

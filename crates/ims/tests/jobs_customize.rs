@@ -51,7 +51,11 @@ async fn setup_with(env: &[(&str, &str)]) -> Option<Setup> {
         eprintln!("skipped: customize jobs need root");
         return None;
     }
-    let mut b = builder(Db::Sqlite).await.env("IMS_JOB_EXECUTOR", "local");
+    // Started as the README does: from another directory with a relative data directory.
+    let mut b = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .relative_data_dir();
     for (k, v) in env {
         b = b.env(k, v);
     }
@@ -107,6 +111,16 @@ impl Setup {
         self.s.data.path().join("jobs").join(id)
     }
 
+    /// Unpacks the image a finished job `done` produced: the scratch directory and the root in it.
+    async fn result_root(&self, done: &Value) -> (tempfile::TempDir, PathBuf) {
+        let id = done["resultant_image_id"].as_str().unwrap();
+        let img = self.s.get(&format!("/v3/images/{id}")).await.ok(200);
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("new");
+        unsquash(&self.s, &img, &root);
+        (scratch, root)
+    }
+
     /// Runs `cmd` over SSH as root with the job's key (or another one) at the job's address.
     fn ssh(&self, job: &Value, key: &str, cmd: &str) -> std::process::Output {
         let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
@@ -148,6 +162,24 @@ fn in_agent(id: &str, script: &str) {
 /// No agent, job directory, mount or loop device of job `id` remains (within 20 s: the kernel
 /// tears a dead agent's mount namespace down, and frees its loop device, asynchronously).
 fn nothing_left(st: &Setup, id: &str) {
+    nothing_remains(id, Some(&st.job_dir(id)));
+}
+
+/// Whether a process other than this one names `id` in its command line (the agent, its sshd).
+fn process_of(id: &str) -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name != me
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(id))
+    })
+}
+
+/// [`nothing_left`], without the job directory when `dir` is `None` (no server removes it), and
+/// with any process naming the job.
+fn nothing_remains(id: &str, dir: Option<&Path>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -155,9 +187,10 @@ fn nothing_left(st: &Setup, id: &str) {
         let loops = String::from_utf8_lossy(&loops.stdout).into_owned();
         let left = [
             (agent_pid(id).is_some(), "the agent"),
-            (st.job_dir(id).exists(), "the job directory"),
+            (dir.is_some_and(|d| d.exists()), "the job directory"),
             (mounts.contains(id), "a mount"),
             (loops.contains(id), "a loop device"),
+            (dir.is_none() && process_of(id), "a process"),
         ];
         let Some((_, what)) = left.iter().find(|(there, _)| *there) else {
             return;
@@ -642,16 +675,7 @@ async fn ansible_customizes_a_jailed_image() {
     let o = st.ssh(&job, "id_job", "touch /tmp/complete");
     assert!(o.status.success(), "{o:?}");
     let done = st.wait_status(&id, "success").await;
-    let img =
-        st.s.get(&format!(
-            "/v3/images/{}",
-            done["resultant_image_id"].as_str().unwrap()
-        ))
-        .await
-        .ok(200);
-    let scratch = tempfile::tempdir().unwrap();
-    unsquash(&st.s, &img, &scratch.path().join("new"));
-    let new_root = scratch.path().join("new");
+    let (_scratch, new_root) = st.result_root(&done).await;
     assert_eq!(
         std::fs::read_to_string(new_root.join("etc/motd")).unwrap(),
         "configured by ansible\n"
@@ -678,17 +702,9 @@ async fn dkms_mounts_exist_only_during_the_session() {
     );
     assert!(o.status.success(), "{o:?}");
     let done = st.wait_status(&id, "success").await;
-    let img =
-        st.s.get(&format!(
-            "/v3/images/{}",
-            done["resultant_image_id"].as_str().unwrap()
-        ))
-        .await
-        .ok(200);
-    let scratch = tempfile::tempdir().unwrap();
-    unsquash(&st.s, &img, &scratch.path().join("new"));
+    let (_scratch, new_root) = st.result_root(&done).await;
     for d in ["proc", "sys", "dev"] {
-        let p = scratch.path().join("new").join(d);
+        let p = new_root.join(d);
         let empty = std::fs::read_dir(&p)
             .map(|mut e| e.next().is_none())
             .unwrap_or(true);
@@ -756,4 +772,133 @@ async fn server_restart_takes_running_agents_over() {
     let done = st.wait_status(&alive, "success").await;
     assert!(done["resultant_image_id"].is_string());
     nothing_left(&st, &alive);
+}
+
+/// The server is gone for good (SIGKILL) under jobs waiting on their users. An agent told to stop
+/// (SIGTERM) ends within the executor's grace period (10 s) although its log cannot be delivered
+/// any more; one left alone ends by itself once the server has not answered for the orphan
+/// timeout. Neither leaves a process (sshd), mount or loop device behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_vanished_server_end() {
+    let Some(mut st) = setup_with(&[("IMS_JOB_ORPHAN_TIMEOUT", "5s")]).await else {
+        return;
+    };
+    let told = st.job("told", true).await;
+    let alone = st.job("alone", false).await;
+    st.wait_status(&told, "waiting_on_user").await;
+    st.wait_status(&alone, "waiting_on_user").await;
+    let told_pid = agent_pid(&told).unwrap();
+    st.s.child.kill().unwrap();
+    st.s.child.wait().unwrap();
+    // SAFETY: kill(2) on a pid we just looked up.
+    assert_eq!(unsafe { libc::kill(told_pid as i32, libc::SIGTERM) }, 0);
+    let told_at = Instant::now();
+    while agent_pid(&told).is_some() {
+        // The grace period, and slack for a loaded machine.
+        assert!(
+            told_at.elapsed() < Duration::from_secs(12),
+            "the agent told to stop still runs after {:?}",
+            told_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("the agent told to stop ended in {:?}", told_at.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent_pid(&alone).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent whose server is gone still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (id, why) in [
+        (&told, "stopping: the agent was told to stop"),
+        (&alone, "stopping: the server has not answered for"),
+    ] {
+        let out = std::fs::read_to_string(st.job_dir(id).join("agent.out")).unwrap();
+        assert!(
+            out.contains(why),
+            "{why:?} not in the agent's output:\n{out}"
+        );
+        nothing_remains(id, None);
+    }
+}
+
+/// Hard links come out of a customization as from an unpacked tree: `/etc/a` and `/etc/b` are one
+/// file (`old`), a session writes `new` through `/etc/a`, and the new image has a = b = `new`, one
+/// inode with two links, while the untouched pair `/etc/c`, `/etc/d` stays one file too. Jailed and
+/// not jailed over the overlay fast path (its inode index keeps the links), and from an image whose
+/// squashfs has no export table (the overlay cannot keep links: the job unpacks it, and says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_are_kept() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mut st) = setup().await else { return };
+    let root = st.dir.path().join("root");
+    std::fs::write(root.join("etc/a"), "old\n").unwrap();
+    std::fs::hard_link(root.join("etc/a"), root.join("etc/b")).unwrap();
+    std::fs::write(root.join("etc/c"), "pair\n").unwrap();
+    std::fs::hard_link(root.join("etc/c"), root.join("etc/d")).unwrap();
+    let linked = ims(
+        &st.s,
+        &["images", "import", "linked", root.to_str().unwrap()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sqsh = st.dir.path().join("no-exports.sqsh");
+    let o = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&sqsh)
+        .args(["-quiet", "-noappend", "-no-exports"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let no_exports = ims(
+        &st.s,
+        &["images", "import", "no-exports", sqsh.to_str().unwrap()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (image, jail, path_taken) in [
+        (&linked, true, "the overlay's inode index keeps hard links"),
+        (&linked, false, "the overlay's inode index keeps hard links"),
+        (&no_exports, true, "unsquashed into"),
+    ] {
+        st.image = image.clone();
+        let id = st.job(&format!("links-{jail}"), jail).await;
+        let job = st.wait_status(&id, "waiting_on_user").await;
+        let script = if jail {
+            "echo new > /etc/a; touch /tmp/complete"
+        } else {
+            "echo new > /mnt/image/image-root/etc/a; touch /mnt/image/complete"
+        };
+        let o = st.ssh(&job, "id_job", script);
+        assert!(o.status.success(), "{o:?}");
+        let done = st.wait_status(&id, "success").await;
+        let (_scratch, new) = st.result_root(&done).await;
+        let meta = |n: &str| std::fs::symlink_metadata(new.join("etc").join(n)).unwrap();
+        let read = |n: &str| std::fs::read_to_string(new.join("etc").join(n)).unwrap();
+        let what = format!("jail={jail}, image {image}");
+        assert_eq!(
+            (read("a"), read("b")),
+            ("new\n".into(), "new\n".into()),
+            "{what}"
+        );
+        assert_eq!(meta("a").ino(), meta("b").ino(), "{what}: a and b split");
+        assert_eq!(meta("a").nlink(), 2, "{what}");
+        assert_eq!(
+            (read("c"), read("d")),
+            ("pair\n".into(), "pair\n".into()),
+            "{what}"
+        );
+        assert_eq!(meta("c").ino(), meta("d").ino(), "{what}: c and d split");
+        assert_eq!(meta("c").nlink(), 2, "{what}");
+        let log = st.log(&id).await;
+        assert!(
+            log.contains(path_taken),
+            "{path_taken:?} not in the log:\n{log}"
+        );
+        nothing_left(&st, &id);
+    }
 }

@@ -12,6 +12,14 @@
 //!   bytes wait in memory while the server is unreachable).
 //! * **Outcome**: a pipeline error is logged and the job set to `error`; SIGTERM (the executor
 //!   stopping the job) cancels the pipeline, whose clean-up runs on the way out.
+//! * **Stopping is bounded**: from SIGTERM, or from the orphan guard (the server has not answered
+//!   for [`Settings::orphan_timeout`]), the agent is gone within [`STOP_GRACE`] (inside the local
+//!   executor's 10 s grace period) whatever it was doing: the pipeline gets the first part for its
+//!   clean-up and is then dropped (which kills its sshd or kiwi and releases its mounts), the last
+//!   log flush gets the rest; should even that hang, a watchdog thread kills the agent's process
+//!   group. No wait is unbounded: one log sender at a time, but the lock is not held between
+//!   attempts, waiting for it ends at the flush's deadline, and every request has a time limit.
+//!   The orphan guard is a task of its own that lives as long as the process.
 
 use ims_client::{Client, Resource};
 use ims_core::Job;
@@ -28,11 +36,21 @@ const LOG_CHUNK: usize = 256 * 1024;
 /// How long a create job waits for its repositories by default (the original's default).
 pub const DEFAULT_REPO_TIMEOUT: Duration = Duration::from_secs(500);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-/// An agent that has not reached the server for this long stops (and cleans up): its server is
-/// gone for good, or its job cannot be finished anyway (status, log and image all go through the
-/// API). Long enough for a server upgrade or a node reboot; a restarted server takes live agents
-/// over, or fails their jobs, on its own.
-const ORPHANED_AFTER: Duration = Duration::from_secs(3600);
+/// By default an agent that has not reached the server for this long stops (and cleans up): its
+/// server is gone for good, or its job cannot be finished anyway (status, log and image all go
+/// through the API). Long enough for a server upgrade or a node reboot; a restarted server takes
+/// live agents over, or fails their jobs, on its own.
+pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// From a stop (SIGTERM, or the orphan guard) to the end of the process; the local executor sends
+/// SIGKILL 10 s after SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(8);
+/// The end of [`STOP_GRACE`] kept for the last log flush (the pipeline's clean-up gets the rest).
+const FLUSH_RESERVE: Duration = Duration::from_secs(2);
+/// How long the last log flush tries when the agent is not being stopped.
+const FINAL_FLUSH: Duration = Duration::from_secs(15);
+/// The longest one heartbeat or log request may take (a server that stops answering without
+/// closing its connections).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the executor tells the agent.
 #[derive(Debug, Clone)]
@@ -65,6 +83,8 @@ pub struct Settings {
     pub signing_keys: Option<Vec<PathBuf>>,
     /// How long a create job waits for the recipe's repositories.
     pub repo_timeout: Duration,
+    /// How long the agent runs on while the server does not answer.
+    pub orphan_timeout: Duration,
 }
 
 impl Settings {
@@ -124,6 +144,12 @@ impl Settings {
                 ),
                 None => DEFAULT_REPO_TIMEOUT,
             },
+            orphan_timeout: match var("IMS_AGENT_ORPHAN_TIMEOUT") {
+                Some(t) => Duration::from_secs(t.parse().ok().filter(|s| *s > 0).ok_or(
+                    format!("IMS_AGENT_ORPHAN_TIMEOUT {t:?} is not a number of seconds"),
+                )?),
+                None => DEFAULT_ORPHAN_TIMEOUT,
+            },
             ssh_listen: match var("IMS_AGENT_SSH_LISTEN") {
                 Some(a) => a
                     .parse()
@@ -157,14 +183,120 @@ pub fn enter_private_mount_namespace() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether the server answers: since when it has not (the start of the first request that failed
+/// after the last one answered), from the heartbeats and log requests.
+#[derive(Clone, Default)]
+struct Contact(Arc<Mutex<Option<tokio::time::Instant>>>);
+
+impl Contact {
+    fn answered(&self) {
+        if let Ok(mut l) = self.0.lock() {
+            *l = None;
+        }
+    }
+
+    fn failed(&self, attempt: tokio::time::Instant) {
+        if let Ok(mut l) = self.0.lock() {
+            l.get_or_insert(attempt);
+        }
+    }
+
+    fn lost_for(&self) -> Duration {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+}
+
+/// Stopping the agent: [`Stop::begin`] cancels the pipeline and starts the clock of
+/// [`STOP_GRACE`].
+#[derive(Clone)]
+struct Stop {
+    cancel: CancellationToken,
+    begun: Arc<watch::Sender<Option<tokio::time::Instant>>>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        Stop {
+            cancel: CancellationToken::new(),
+            begun: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Starts stopping (once; later calls only cancel again): logs `why`, cancels the pipeline
+    /// and arms the watchdog that ends the process should the orderly way not be done in time.
+    fn begin(&self, log: &Log, why: &str) {
+        let first = self.begun.send_if_modified(|b| {
+            if b.is_none() {
+                *b = Some(tokio::time::Instant::now());
+                true
+            } else {
+                false
+            }
+        });
+        if first {
+            log.line(why);
+            hard_stop_after(STOP_GRACE + Duration::from_secs(1));
+        }
+        self.cancel.cancel();
+    }
+
+    /// Resolves `after` the stop began (never if it does not).
+    async fn passed(&self, after: Duration) {
+        let mut rx = self.begun.subscribe();
+        let at = match rx.wait_for(Option::is_some).await {
+            Ok(v) => *v,
+            Err(_) => None,
+        };
+        match at {
+            Some(at) => tokio::time::sleep_until(at + after).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The last resort of a stop: after `grace`, kill the agent's process group (the executor makes
+/// the agent its leader; sshd, kiwi and mksquashfs go with it) or, run otherwise, the agent alone.
+fn hard_stop_after(grace: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(grace);
+        eprintln!(
+            "[agent] still running {} s after being told to stop: killing it",
+            grace.as_secs()
+        );
+        // SAFETY: getpgrp, getpid, kill and _exit have no memory preconditions.
+        unsafe {
+            if libc::getpgrp() == libc::getpid() {
+                libc::kill(0, libc::SIGKILL);
+            }
+            libc::_exit(1);
+        }
+    });
+}
+
+/// Aborts a task when dropped (the heartbeat of a pipeline that is dropped on a stop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The agent's log: lines to stderr and, in order, to the server.
 #[derive(Clone)]
 pub struct Log {
     buf: Arc<Mutex<LogBuf>>,
     wake: Arc<Notify>,
     /// One sender at a time: the background shipper and the final flush would otherwise send the
-    /// same chunk and both remove it from the buffer.
+    /// same chunk and both remove it from the buffer. Held for one request only, never while
+    /// waiting to retry.
     sending: Arc<tokio::sync::Mutex<()>>,
+    contact: Contact,
 }
 
 #[derive(Default)]
@@ -181,6 +313,7 @@ impl Log {
             buf: Arc::new(Mutex::new(LogBuf::default())),
             wake: Arc::new(Notify::new()),
             sending: Arc::new(tokio::sync::Mutex::new(())),
+            contact: Contact::default(),
         }
     }
 
@@ -199,10 +332,18 @@ impl Log {
         self.wake.notify_one();
     }
 
-    /// Sends what is pending, in chunks, until all is accepted or `until` passes.
+    /// Sends what is pending, in chunks, until all is accepted or `until` passes (no wait, for
+    /// the other sender either, goes beyond it).
     async fn ship(&self, api: &Client, job: &str, until: Option<tokio::time::Instant>) {
-        let _turn = self.sending.lock().await;
+        use tokio::time::{Instant, sleep_until, timeout_at};
         loop {
+            let turn = match until {
+                Some(u) => match timeout_at(u, self.sending.lock()).await {
+                    Ok(t) => t,
+                    Err(_) => return,
+                },
+                None => self.sending.lock().await,
+            };
             let (seq, chunk) = {
                 let Ok(mut b) = self.buf.lock() else { return };
                 if b.dropped > 0 {
@@ -222,8 +363,13 @@ impl Log {
                 (b.seq, b.pending[..n].to_vec())
             };
             let n = chunk.len();
-            match api.job_log_append(job, seq, chunk).await {
-                Ok(_) => {
+            let started = Instant::now();
+            let limit = until.map_or(started + REQUEST_TIMEOUT, |u| {
+                u.min(started + REQUEST_TIMEOUT)
+            });
+            let failed = match timeout_at(limit, api.job_log_append(job, seq, chunk)).await {
+                Ok(Ok(_)) => {
+                    self.contact.answered();
                     if let Ok(mut b) = self.buf.lock()
                         && b.seq == seq
                     {
@@ -231,16 +377,25 @@ impl Log {
                         b.pending.drain(..n);
                         b.seq += 1;
                     }
+                    None
                 }
-                Err(e) => {
-                    eprintln!("[agent] cannot send the log ({e}); retrying");
-                    if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within {} s",
+                    (limit - started).as_secs()
+                )),
+            };
+            drop(turn);
+            if let Some(e) = failed {
+                self.contact.failed(started);
+                eprintln!("[agent] cannot send the log ({e}); retrying");
+                let retry = Instant::now() + Duration::from_secs(2);
+                match until {
+                    Some(u) if u <= retry => return,
+                    _ => sleep_until(retry).await,
                 }
             }
-            if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            if until.is_some_and(|u| Instant::now() >= u) {
                 return;
             }
         }
@@ -255,6 +410,7 @@ pub struct Agent {
     pub log: Log,
     /// Cancelled when the job is deleted, ended by someone else, or the agent is told to stop.
     pub cancel: CancellationToken,
+    stop: Stop,
     /// The user's latest request (`complete` / `fail`), from the heartbeat.
     pub requests: watch::Receiver<Option<String>>,
     phase: watch::Sender<String>,
@@ -273,7 +429,7 @@ impl Agent {
         self.say(&format!("status: {status}"));
         let _ = self.phase.send(status.to_string());
         if matches!(status, "success" | "error") {
-            finish_log(&self.log, &self.api, &self.job.id).await;
+            finish_log(&self.log, &self.api, &self.job.id, &self.stop).await;
         }
         self.api
             .update(
@@ -331,10 +487,33 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
         }
     };
     let log = Log::new();
-    let cancel = CancellationToken::new();
+    let stop = Stop::new();
+    // The executor stops a job with SIGTERM (then SIGKILL); so may an administrator.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            let (stop, log) = (stop.clone(), log.clone());
+            tokio::spawn(async move {
+                term.recv().await;
+                stop.begin(&log, "stopping: the agent was told to stop");
+            });
+        }
+        // SIGTERM keeps its default action: it ends the agent at once.
+        Err(e) => eprintln!("ims agent: cannot handle SIGTERM: {e}"),
+    }
+    // The orphan guard runs until the process exits.
+    tokio::spawn(orphan_guard(
+        stop.clone(),
+        log.clone(),
+        settings.orphan_timeout,
+    ));
     // The log goes out continuously.
     let shipper = {
-        let (log, api, id, cancel) = (log.clone(), api.clone(), job_id.to_string(), cancel.clone());
+        let (log, api, id, cancel) = (
+            log.clone(),
+            api.clone(),
+            job_id.to_string(),
+            stop.cancel.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 log.ship(&api, &id, None).await;
@@ -348,12 +527,28 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
             }
         })
     };
+    let code = tokio::select! {
+        code = pipeline(job_id, settings, &api, &log, &stop) => code,
+        _ = stop.passed(STOP_GRACE - FLUSH_RESERVE) => {
+            log.line(&format!(
+                "stopping: the clean-up did not end within {} s; the agent ends without it",
+                (STOP_GRACE - FLUSH_RESERVE).as_secs()
+            ));
+            1
+        }
+    };
+    finish_log(&log, &api, job_id, &stop).await;
+    shipper.abort();
+    code
+}
+
+/// Reads the job and runs its pipeline; the exit code.
+async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, stop: &Stop) -> i32 {
     let job = match api.describe(Resource::Jobs, job_id).await {
         Ok(v) => match serde_json::from_value::<Job>(v) {
             Ok(j) => j,
             Err(e) => {
                 log.line(&format!("error: the job record cannot be read: {e}"));
-                finish_log(&log, &api, job_id).await;
                 return 1;
             }
         },
@@ -365,35 +560,22 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
     let (phase_tx, phase_rx) = watch::channel("starting".to_string());
     let (req_tx, req_rx) = watch::channel(None);
     let (ssh_tx, ssh_rx) = watch::channel(None);
-    let heartbeat = tokio::spawn(heartbeat(
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
         api.clone(),
         job_id.to_string(),
         phase_rx,
         ssh_rx,
         req_tx,
-        cancel.clone(),
+        stop.cancel.clone(),
         log.clone(),
-    ));
-    // The executor stops a job with SIGTERM (then SIGKILL).
-    {
-        let cancel = cancel.clone();
-        let log = log.clone();
-        tokio::spawn(async move {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                log.line("stopping: the agent was told to stop");
-                cancel.cancel();
-            }
-        });
-    }
+    )));
     let agent = Agent {
         api: api.clone(),
         settings,
         job,
         log: log.clone(),
-        cancel: cancel.clone(),
+        cancel: stop.cancel.clone(),
+        stop: stop.clone(),
         requests: req_rx,
         phase: phase_tx,
         ssh: ssh_tx,
@@ -410,22 +592,37 @@ pub async fn run(job_id: &str, settings: Settings) -> i32 {
         "create" => crate::create::run(&agent).await,
         other => Err(format!("{other} jobs are not run by this agent version")),
     };
-    let code = match outcome {
+    match outcome {
         Ok(()) => 0,
         Err(e) => {
             agent.say(&format!("error: {e}"));
-            if (!cancel.is_cancelled() || !ended_elsewhere(&api, job_id).await)
+            if (!agent.cancel.is_cancelled() || !ended_elsewhere(api, job_id).await)
                 && let Err(e2) = agent.status("error").await
             {
                 agent.say(&e2);
             }
             1
         }
-    };
-    heartbeat.abort();
-    finish_log(&log, &api, job_id).await;
-    shipper.abort();
-    code
+    }
+}
+
+/// Stops the agent once the server has not answered for `after`.
+async fn orphan_guard(stop: Stop, log: Log, after: Duration) {
+    let every = (after / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(every).await;
+        let lost = log.contact.lost_for();
+        if lost >= after {
+            stop.begin(
+                &log,
+                &format!(
+                    "stopping: the server has not answered for {} s",
+                    lost.as_secs()
+                ),
+            );
+            return;
+        }
+    }
 }
 
 /// Whether the job was deleted or already ended by someone else.
@@ -439,9 +636,15 @@ async fn ended_elsewhere(api: &Client, id: &str) -> bool {
     }
 }
 
-async fn finish_log(log: &Log, api: &Client, id: &str) {
-    let until = tokio::time::Instant::now() + Duration::from_secs(15);
-    log.ship(api, id, Some(until)).await;
+/// Sends the rest of the log: for [`FINAL_FLUSH`] at most, [`FLUSH_RESERVE`] while stopping, and
+/// not past the end of a stop.
+async fn finish_log(log: &Log, api: &Client, id: &str, stop: &Stop) {
+    let stopping = stop.begun.borrow().is_some();
+    let until = tokio::time::Instant::now() + if stopping { FLUSH_RESERVE } else { FINAL_FLUSH };
+    tokio::select! {
+        _ = log.ship(api, id, Some(until)) => {}
+        _ = stop.passed(STOP_GRACE) => {}
+    }
 }
 
 async fn heartbeat(
@@ -454,14 +657,26 @@ async fn heartbeat(
     log: Log,
 ) {
     let mut warned = false;
-    let mut last_ok = tokio::time::Instant::now();
     loop {
         let body =
             serde_json::json!({"phase": phase.borrow().clone(), "ssh": ssh.borrow().clone()});
-        match api.job_heartbeat(&id, &body).await {
+        let started = tokio::time::Instant::now();
+        let answer =
+            match tokio::time::timeout(REQUEST_TIMEOUT, api.job_heartbeat(&id, &body)).await {
+                Ok(a) => a.map_err(|e| (e.status(), e.to_string())),
+                Err(_) => Err((
+                    None,
+                    format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                )),
+            };
+        // Any error counts: a wiped or replaced server refuses the job's token (401) too.
+        match &answer {
+            Ok(_) => log.contact.answered(),
+            Err(_) => log.contact.failed(started),
+        }
+        match answer {
             Ok(v) => {
                 warned = false;
-                last_ok = tokio::time::Instant::now();
                 let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
                 if matches!(status, "success" | "error") && !cancel.is_cancelled() {
                     // Only this agent sets success, and only as its last step.
@@ -483,22 +698,15 @@ async fn heartbeat(
                     }
                 });
             }
-            Err(e) if e.status() == Some(404) => {
+            Err((Some(404), _)) => {
                 log.line("stopping: the job was deleted");
                 cancel.cancel();
                 return;
             }
-            Err(e) => {
+            Err((_, e)) => {
                 if !warned {
                     log.line(&format!("warning: heartbeat failed: {e}"));
                     warned = true;
-                }
-                if last_ok.elapsed() >= ORPHANED_AFTER && !cancel.is_cancelled() {
-                    log.line(&format!(
-                        "stopping: the server has not answered for {} s",
-                        last_ok.elapsed().as_secs()
-                    ));
-                    cancel.cancel();
                 }
             }
         }
@@ -562,6 +770,39 @@ mod tests {
             }
         });
         (url, got)
+    }
+
+    /// A server that takes connections and never answers: a flush with a deadline returns at it,
+    /// although the background sender holds the sending lock with its request in flight (the
+    /// flush used to wait for the lock first, for as long as the other sender kept retrying).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_does_not_wait_past_its_deadline() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut open = vec![];
+            while let Ok((s, _)) = l.accept().await {
+                open.push(s);
+            }
+        });
+        let api = Client::new(&url, None).unwrap();
+        let log = Log::new();
+        log.line("a line the server never takes");
+        let background = {
+            let (log, api) = (log.clone(), api.clone());
+            tokio::spawn(async move { log.ship(&api, "j", None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            log.sending.try_lock().is_err(),
+            "the background sender is not sending"
+        );
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        tokio::time::timeout(Duration::from_secs(10), log.ship(&api, "j", Some(until)))
+            .await
+            .expect("the flush waited past its deadline");
+        assert!(!log.buf.lock().unwrap().pending.is_empty());
+        background.abort();
     }
 
     /// The background shipper and the final flush run at once: every byte arrives once, in

@@ -107,8 +107,9 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
             .map_err(|e| e.to_string())??;
     match (root.method, why_not) {
         (Method::Overlay, _) => agent.say(&format!(
-            "image root: overlay over the loop-mounted squashfs at {}",
-            root.path.display()
+            "image root: overlay over the loop-mounted squashfs at {} ({})",
+            root.path.display(),
+            root.links
         )),
         (Method::Unsquashed, why) => agent.say(&format!(
             "image root: unsquashed into {} (the overlay fast path was not possible: {})",

@@ -14,6 +14,16 @@
 //! overlayfs, and is chosen automatically. If any of them fails, the image is unpacked with
 //! `unsquashfs` instead (xattrs, owners and devices kept) and the reason is reported. The mounts
 //! live in the agent's private mount namespace: they vanish with the agent, however it ends.
+//!
+//! **Hard links.** A plain overlay copies a changed file up to a new inode, so the file's other
+//! names would keep the old content and the packaged image two unrelated files. The overlay is
+//! therefore mounted with its inode index (`index=on`): the names of one lower inode stay one
+//! overlay inode (a change through one name shows through all, the link count is kept) and
+//! `mksquashfs` of the overlay writes them as one hard-linked file, exactly as from an unpacked
+//! tree. The kernel turns the index off, silently, when a layer cannot give file handles (a
+//! squashfs built with `-no-exports`, an upper file system without them or without trusted
+//! xattrs); that is read back from the mount table. Without the index the overlay is kept only for
+//! an image without multiply-linked files; otherwise the image is unpacked, which keeps them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +45,8 @@ pub struct ImageRoot {
     pub method: Method,
     /// The read-only squashfs mount under the overlay (fast path only).
     pub lower: Option<PathBuf>,
+    /// How the fast path keeps hard links (for the job's log; empty otherwise).
+    pub links: String,
     /// Mount points to undo, innermost first.
     mounts: Vec<PathBuf>,
 }
@@ -90,6 +102,7 @@ pub fn prepare(
             path: root,
             method: Method::Unsquashed,
             lower: None,
+            links: String::new(),
             mounts: vec![],
         },
         why_not,
@@ -114,6 +127,8 @@ fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
     opts.push(&upper);
     opts.push(",workdir=");
     opts.push(&work);
+    // Keeps hard links (see the module documentation).
+    opts.push(",index=on");
     if let Err(e) = run(
         Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
@@ -124,12 +139,80 @@ fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
         let _ = run(Command::new("umount").arg(&lower), "unmounting");
         return Err(e);
     }
-    Ok(ImageRoot {
+    let mut r = ImageRoot {
         path: root.to_path_buf(),
         method: Method::Overlay,
         lower: Some(lower.clone()),
-        mounts: vec![root.to_path_buf(), lower],
-    })
+        links: String::new(),
+        mounts: vec![root.to_path_buf(), lower.clone()],
+    };
+    if overlay_index_on(root) {
+        r.links = "the overlay's inode index keeps hard links".to_string();
+        return Ok(r);
+    }
+    const NO_INDEX: &str = "the kernel turned the overlay's inode index off (the squashfs has no \
+         export table, or the job directory's file system lacks file handles or trusted xattrs)";
+    match multiply_linked(&lower) {
+        None => {
+            r.links = format!("the image has no hard-linked files; {NO_INDEX}");
+            Ok(r)
+        }
+        // `r` goes: both mounts are undone.
+        Some(p) => Err(format!(
+            "the image has hard-linked files (/{} among them) and {NO_INDEX}, which a change would \
+             split",
+            p.strip_prefix(&lower).unwrap_or(&p).display()
+        )),
+    }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it (space, tab, newline and backslash in octal).
+fn mountinfo_escape(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether the overlay mounted at `mount_point` (the last mount there) has its inode index on:
+/// its super options say `index=on` only when the kernel kept it.
+fn overlay_index_on(mount_point: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = mountinfo_escape(mount_point);
+    info.lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        // After the optional fields: " - TYPE SOURCE SUPER-OPTIONS".
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|rest| rest.split(' ').nth(2))
+        .is_some_and(|opts| opts.split(',').any(|o| o == "index=on"))
+}
+
+/// The first file under `dir` (links not followed) with more than one name, if any.
+fn multiply_linked(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else if m.nlink() > 1 {
+                return Some(e.path());
+            }
+        }
+    }
+    None
 }
 
 impl ImageRoot {
@@ -228,6 +311,35 @@ fn idle_priority() {
             IOPRIO_WHO_PROCESS,
             0,
             IOPRIO_CLASS_IDLE << 13,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_escaped_as_the_kernel_does() {
+        assert_eq!(mountinfo_escape(Path::new("/a b\\c")), "/a\\040b\\134c");
+        assert_eq!(
+            mountinfo_escape(Path::new("/j/mnt/image-root")),
+            "/j/mnt/image-root"
+        );
+    }
+
+    #[test]
+    fn multiply_linked_files_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc/sub")).unwrap();
+        std::fs::write(d.path().join("etc/a"), "x").unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("etc/l")).unwrap();
+        assert_eq!(multiply_linked(d.path()), None);
+        std::fs::hard_link(d.path().join("etc/a"), d.path().join("etc/sub/b")).unwrap();
+        let found = multiply_linked(d.path()).unwrap();
+        assert!(
+            found.ends_with("etc/a") || found.ends_with("etc/sub/b"),
+            "{found:?}"
         );
     }
 }

@@ -57,6 +57,9 @@ pub struct Builder {
     pub seed: Vec<(String, Value)>,
 }
 
+/// The test setting (not read by `ims`) asking for [`Builder::relative_data_dir`].
+pub const RELATIVE_DATA_DIR: &str = "IMS_TEST_RELATIVE_DATA_DIR";
+
 pub async fn builder(db: Db) -> Builder {
     let db_url = match db {
         Db::Sqlite => None,
@@ -83,12 +86,25 @@ impl Builder {
         self
     }
 
+    /// Runs the server (and every command) from the data directory's parent with `--data-dir
+    /// ./<name>`, as the README's `scripts/serve.sh` runs `ims serve` with the relative default
+    /// `./ims-data`. Kept as a setting ([`RELATIVE_DATA_DIR`]) so restarts keep it.
+    pub fn relative_data_dir(self) -> Self {
+        self.env(RELATIVE_DATA_DIR, "1")
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(ims_bin());
-        c.args(args)
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .env_remove("IMS_CONFIG")
+        c.args(args).arg("--data-dir");
+        let data = self.data.path();
+        let relative = self.env.iter().any(|(k, _)| k == RELATIVE_DATA_DIR);
+        match (relative, data.parent(), data.file_name()) {
+            (true, Some(parent), Some(name)) => c
+                .arg(std::path::Path::new(".").join(name))
+                .current_dir(parent),
+            _ => c.arg(data),
+        };
+        c.env_remove("IMS_CONFIG")
             .env("IMS_LOG", "info")
             // API tests keep jobs as records; tests of running jobs ask for the local executor.
             .env("IMS_JOB_EXECUTOR", "none");

@@ -79,6 +79,31 @@ fn same_process(pid: u32, started: Option<u64>) -> bool {
     }
 }
 
+/// The reason an agent gave for failing: the last error line of its output (`agent.out`: its log
+/// lines and its own start-up messages), else its last line.
+fn failure_reason(out: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut f = std::fs::File::open(out).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    f.take(TAIL).read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains(" error: ") || l.starts_with("error: ") || l.starts_with("ims agent:"))
+        .or(lines.last())?;
+    // Lines longer than a log line should be are cut (on a character boundary).
+    Some(line.chars().take(2000).collect())
+}
+
 fn signal_group(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
     unsafe {
@@ -87,8 +112,11 @@ fn signal_group(pid: u32, sig: libc::c_int) {
 }
 
 impl LocalExecutor {
-    pub fn new(s: LocalSettings) -> std::io::Result<LocalExecutor> {
+    pub fn new(mut s: LocalSettings) -> std::io::Result<LocalExecutor> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // Agents run in their job directory: the paths they are given must not be relative.
+        s.jobs_dir = std::path::absolute(&s.jobs_dir)?;
+        s.program = std::path::absolute(&s.program)?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -245,7 +273,15 @@ impl JobExecutor for Local {
                 },
                 Err(e) => format!("could not be waited for ({e})"),
             };
-            tracing::info!(job = %id, pid, "job agent {how}");
+            if how == "exited with status 0" {
+                tracing::info!(job = %id, pid, "job agent {how}");
+            } else {
+                // Why, from the agent's own output (its job directory goes with it).
+                match failure_reason(&me.job_dir(&id).join("agent.out")) {
+                    Some(reason) => tracing::warn!(job = %id, pid, "job agent {how}: {reason}"),
+                    None => tracing::warn!(job = %id, pid, "job agent {how}"),
+                }
+            }
             me.agent_gone(&st, &id, pid, how).await;
         });
         Ok(())
@@ -354,6 +390,32 @@ impl JobExecutor for Local {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_failure_reason_is_the_last_error_line() {
+        let out = std::env::temp_dir().join(format!("ims-agent-out-{}", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(failure_reason(&out), None);
+        std::fs::write(
+            &out,
+            "2026-01-01T00:00:00Z status: fetching_image\n\
+             2026-01-01T00:00:01Z error: cannot write ./x/image.sqsh: No such file or directory\n\
+             2026-01-01T00:00:01Z status: error\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            failure_reason(&out).unwrap(),
+            "2026-01-01T00:00:01Z error: cannot write ./x/image.sqsh: No such file or directory"
+        );
+        std::fs::write(&out, "ims agent: IMS_URL is not set\n").unwrap();
+        assert_eq!(
+            failure_reason(&out).unwrap(),
+            "ims agent: IMS_URL is not set"
+        );
+        std::fs::write(&out, "something else\n").unwrap();
+        assert_eq!(failure_reason(&out).unwrap(), "something else");
+        std::fs::remove_file(&out).unwrap();
+    }
 
     #[test]
     fn processes_are_recognised() {
