@@ -164,6 +164,22 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A percentage progress bar on stderr (a tool's own progress, such as mksquashfs's), drawn only
+/// when stderr is a terminal (and not quiet).
+pub fn percent_progress(what: &str) -> ProgressBar {
+    if quiet() || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos:>3}% {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 /// HMAC-SHA256.
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.

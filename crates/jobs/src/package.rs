@@ -75,7 +75,20 @@ pub async fn package(
     ));
     let started = std::time::Instant::now();
     let (src, dst) = (root.to_path_buf(), sqsh.clone());
-    let squash = tokio::task::spawn_blocking(move || ims_rootfs::mksquashfs(&src, &dst, &opts));
+    // mksquashfs's own progress in the job's log, every 10 % (a large root takes minutes).
+    let log = agent.log.clone();
+    let mut next = 10;
+    let squash = tokio::task::spawn_blocking(move || {
+        ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |p| {
+            if p >= next && p < 100 {
+                log.line(&format!(
+                    "mksquashfs {p}% ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                ));
+                next = (p / 10 + 1) * 10;
+            }
+        })
+    });
     tokio::select! {
         r = squash => r.map_err(|e| e.to_string())?.map_err(|e| format!("packaging: {e}"))?,
         _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),

@@ -44,6 +44,6 @@ pub use archive::{ArchiveFormat, tar_to_squashfs, unpack};
 pub use error::{Result, RootfsError};
 pub use kernel::{BootFiles, find_boot_artifacts};
 pub use squashfs::{
-    Compression, SquashfsOptions, ensure_squashfs, is_squashfs, mksquashfs, unsquashfs,
-    unsquashfs_paths, unsquashfs_paths_without_xattrs,
+    Compression, SquashfsOptions, ensure_squashfs, is_squashfs, mksquashfs,
+    mksquashfs_with_progress, unsquashfs, unsquashfs_paths, unsquashfs_paths_without_xattrs,
 };

@@ -126,11 +126,21 @@ pub struct SquashfsOptions {
 impl SquashfsOptions {
     /// The mksquashfs options shared by a directory source and a tar source.
     pub(crate) fn args(&self) -> Vec<String> {
+        self.args_for(false)
+    }
+
+    /// The options, with mksquashfs's progress bar on stdout when `progress` (`-quiet` then
+    /// leaves nothing else there).
+    pub(crate) fn args_for(&self, progress: bool) -> Vec<String> {
         let mut args: Vec<String> = [
-            "-noappend",    // replace the destination, never append to an existing image
-            "-xattrs",      // keep extended attributes (the default, said explicitly)
-            "-quiet",       // no summary on stdout
-            "-no-progress", // no progress bar
+            "-noappend", // replace the destination, never append to an existing image
+            "-xattrs",   // keep extended attributes (the default, said explicitly)
+            "-quiet",    // no summary on stdout
+            if progress {
+                "-progress"
+            } else {
+                "-no-progress"
+            },
             "-comp",
         ]
         .iter()
@@ -156,6 +166,26 @@ impl SquashfsOptions {
 /// `security.*` xattrs needs root (as the jobs run). An existing `dest_file` is replaced; on failure no
 /// `dest_file` is left behind.
 pub fn mksquashfs(source_dir: &Path, dest_file: &Path, opts: &SquashfsOptions) -> Result<()> {
+    mksquashfs_inner(source_dir, dest_file, opts, None)
+}
+
+/// [`mksquashfs`], calling `progress` with mksquashfs's own percentage (0–100) as its progress bar
+/// moves (at most once per percent), for a progress bar or periodic log lines.
+pub fn mksquashfs_with_progress(
+    source_dir: &Path,
+    dest_file: &Path,
+    opts: &SquashfsOptions,
+    progress: &mut (dyn FnMut(u32) + Send),
+) -> Result<()> {
+    mksquashfs_inner(source_dir, dest_file, opts, Some(progress))
+}
+
+fn mksquashfs_inner(
+    source_dir: &Path,
+    dest_file: &Path,
+    opts: &SquashfsOptions,
+    progress: Option<&mut (dyn FnMut(u32) + Send)>,
+) -> Result<()> {
     let meta =
         fs::metadata(source_dir).map_err(io_err("cannot read the image root", source_dir))?;
     if !meta.is_dir() {
@@ -172,12 +202,72 @@ pub fn mksquashfs(source_dir: &Path, dest_file: &Path, opts: &SquashfsOptions) -
         source_dir.display()
     );
     let mut cmd = MKSQUASHFS.command();
-    cmd.arg(source_dir).arg(dest_file).args(opts.args());
-    let result = MKSQUASHFS.run(&mut cmd, &action).map(|_| ());
+    cmd.arg(source_dir)
+        .arg(dest_file)
+        .args(opts.args_for(progress.is_some()));
+    let result = match progress {
+        None => MKSQUASHFS.run(&mut cmd, &action).map(|_| ()),
+        Some(progress) => run_with_progress(&mut cmd, &action, progress),
+    };
     if result.is_err() {
         let _ = fs::remove_file(dest_file);
     }
     result
+}
+
+/// Runs mksquashfs reading its progress bar (`\r[====|   ] 123/456  27%`) from stdout.
+fn run_with_progress(
+    cmd: &mut std::process::Command,
+    action: &str,
+    progress: &mut (dyn FnMut(u32) + Send),
+) -> Result<()> {
+    use std::process::Stdio;
+    let mut child = MKSQUASHFS.spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), action)?;
+    let stderr = child.stderr.take().map(crate::tool::drain);
+    let mut last = None;
+    if let Some(mut out) = child.stdout.take() {
+        let mut buf = [0u8; 4096];
+        let mut line = Vec::new();
+        loop {
+            let n = match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &b in &buf[..n] {
+                if b == b'\r' || b == b'\n' {
+                    if let Some(p) = percent_of(&line)
+                        && last != Some(p)
+                    {
+                        last = Some(p);
+                        progress(p);
+                    }
+                    line.clear();
+                } else if line.len() < 1024 {
+                    line.push(b);
+                }
+            }
+        }
+        if let Some(p) = percent_of(&line)
+            && last != Some(p)
+        {
+            progress(p);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| MKSQUASHFS.spawn_error(e, action))?;
+    let stderr = crate::tool::join_drain(stderr);
+    MKSQUASHFS.check(status, &stderr, action)
+}
+
+/// The percentage at the end of one progress-bar line (`… 123/456  27%`).
+fn percent_of(line: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(line).ok()?.trim_end();
+    let digits = text.strip_suffix('%')?;
+    let start = digits
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    digits[start..].parse().ok().filter(|p| *p <= 100)
 }
 
 /// The destination of a squashfs build must not be a directory, and its parent must exist.
@@ -305,6 +395,24 @@ fn extract(file: &Path, dest_dir: &Path, paths: &[&str], xattrs: bool) -> Result
         cmd.arg(p);
     }
     UNSQUASHFS.run(&mut cmd, &action).map(|_| ())
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::percent_of;
+
+    #[test]
+    fn percentages_of_the_progress_bar() {
+        assert_eq!(percent_of(b"[=====|     ] 123/456  27%"), Some(27));
+        assert_eq!(
+            percent_of(b"[====================|] 4919/4919 100%"),
+            Some(100)
+        );
+        assert_eq!(percent_of(b"[/    ]   0/686   0%"), Some(0));
+        assert_eq!(percent_of(b"Parallel mksquashfs: Using 2 processors"), None);
+        assert_eq!(percent_of(b"999%"), None);
+        assert_eq!(percent_of(b""), None);
+    }
 }
 
 #[cfg(test)]

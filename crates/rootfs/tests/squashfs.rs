@@ -6,7 +6,8 @@ use std::fs;
 
 use common::{build_image_root, check_image_root, is_root};
 use ims_rootfs::squashfs::{
-    Compression, SquashfsOptions, ensure_squashfs, is_squashfs, mksquashfs, unsquashfs,
+    Compression, SquashfsOptions, ensure_squashfs, is_squashfs, mksquashfs,
+    mksquashfs_with_progress, unsquashfs,
 };
 use ims_rootfs::{RootfsError, find_boot_artifacts};
 
@@ -103,4 +104,40 @@ fn clear_errors() {
         "{err}"
     );
     assert!(!tmp.path().join("out2").exists());
+}
+
+/// mksquashfs's own progress bar is read: percentages ending at 100 (they may step back while
+/// mksquashfs still counts the files), and the image is the same as without progress.
+#[test]
+fn progress_is_reported() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).expect("mkdir");
+    for i in 0..200 {
+        fs::write(root.join(format!("f{i}")), vec![i as u8; 20_000]).expect("write");
+    }
+    let image = tmp.path().join("p.sqsh");
+    let mut seen = vec![];
+    mksquashfs_with_progress(&root, &image, &SquashfsOptions::default(), &mut |p| {
+        seen.push(p)
+    })
+    .expect("mksquashfs");
+    assert_eq!(seen.last(), Some(&100), "{seen:?}");
+    assert!(seen.iter().all(|p| *p <= 100), "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "one call per change: {seen:?}"
+    );
+    let out = tmp.path().join("out");
+    unsquashfs(&image, &out).expect("unsquashfs");
+    assert_eq!(fs::read(out.join("f7")).expect("read"), vec![7u8; 20_000]);
+    // A failing build is still an error with mksquashfs's words, and leaves no image.
+    let err = mksquashfs_with_progress(
+        &root,
+        &tmp.path().join("missing-dir/p.sqsh"),
+        &SquashfsOptions::default(),
+        &mut |_| {},
+    )
+    .expect_err("no such directory");
+    assert!(err.to_string().contains("missing-dir"), "{err}");
 }

@@ -201,8 +201,17 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
                 );
             }
             let (src, dst) = (rootfs.clone(), out.clone());
-            blocking(move || ims_rootfs::mksquashfs(&src, &dst, &opts).map_err(|e| e.to_string()))
-                .await?;
+            // mksquashfs's own progress, as a bar on a terminal.
+            let bar = ims_client::s3::percent_progress("mksquashfs");
+            let shown = bar.clone();
+            blocking(move || {
+                ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |p| {
+                    shown.set_position(u64::from(p))
+                })
+                .map_err(|e| e.to_string())
+            })
+            .await?;
+            bar.finish_and_clear();
             return Ok((out, boot));
         }
         Source::Archive(_) => {
