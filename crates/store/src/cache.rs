@@ -7,7 +7,7 @@
 //! in-process, so they queue in order instead of spinning on SQLite's busy handler. A table larger
 //! than [`Cached::budget`] bytes is not kept (reads go to the database), so memory stays bounded.
 
-use crate::{Op, Result, Row, Store, StoreError};
+use crate::{Op, Result, Row, RowEdit, Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ims_core::Table;
@@ -141,6 +141,29 @@ impl<S: Store> Cached<S> {
         }
     }
 
+    /// Writes `ops` and mirrors them; the caller holds the writer lock.
+    async fn apply_locked(&self, ops: Vec<Op>) -> Result<()> {
+        let result = self.inner.apply(ops.clone()).await;
+        let mut tables = self.tables();
+        for op in &ops {
+            let table = table_of(op);
+            match (&result, tables.get_mut(&table)) {
+                (Ok(()), Some(Slot::Loaded(t))) => {
+                    t.apply(op);
+                    if t.bytes > self.budget {
+                        tables.insert(table, Slot::TooBig);
+                    }
+                }
+                // After a failed write, reload on next use rather than trust the mirror.
+                (Err(e), Some(_)) if !matches!(e, StoreError::Conflict) => {
+                    tables.remove(&table);
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+
     pub fn budget(&self) -> usize {
         self.budget
     }
@@ -214,25 +237,38 @@ impl<S: Store> Store for Cached<S> {
 
     async fn apply(&self, ops: Vec<Op>) -> Result<()> {
         let _w = self.writer.lock().await;
-        let result = self.inner.apply(ops.clone()).await;
-        let mut tables = self.tables();
-        for op in &ops {
-            let table = table_of(op);
-            match (&result, tables.get_mut(&table)) {
-                (Ok(()), Some(Slot::Loaded(t))) => {
-                    t.apply(op);
-                    if t.bytes > self.budget {
-                        tables.insert(table, Slot::TooBig);
-                    }
-                }
-                // After a failed write, reload on next use rather than trust the mirror.
-                (Err(e), Some(_)) if !matches!(e, StoreError::Conflict) => {
-                    tables.remove(&table);
-                }
-                _ => {}
-            }
+        self.apply_locked(ops).await
+    }
+
+    async fn modify(&self, table: Table, id: &str, edit: &mut RowEdit<'_>) -> Result<bool> {
+        // Every write of this store goes through the writer lock, so the row cannot change between
+        // this read and the write below. (Loading the table takes the lock: load it first.)
+        self.with_table(table, |_| ()).await?;
+        let _w = self.writer.lock().await;
+        let cached = match self.tables().get(&table) {
+            Some(Slot::Loaded(t)) => Some(t.get(id)),
+            _ => None,
+        };
+        let cur = match cached {
+            Some(row) => row,
+            None => self.inner.get(table, id).await?,
+        };
+        let Some(cur) = cur else { return Ok(false) };
+        if let Some(row) = edit(&cur) {
+            let version = cur.version;
+            self.apply_locked(vec![Op::Update {
+                table,
+                version,
+                row,
+            }])
+            .await?;
         }
-        result
+        Ok(true)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let _w = self.writer.lock().await;
+        self.inner.ready().await
     }
 
     async fn ping(&self) -> Result<()> {
