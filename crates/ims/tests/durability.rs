@@ -128,3 +128,121 @@ async fn sigkill_during_writes_loses_nothing_acknowledged(db: Db) {
 }
 
 both_backends!(sigkill_during_writes_loses_nothing_acknowledged);
+
+/// A tmpfs mounted on a directory for as long as the guard lives (unmounted on drop).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test is skipped) when not root: mounting needs it.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a small filesystem for the full-disk test needs root");
+            return None;
+        }
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Fills the filesystem up with a file until the kernel says it is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        // The last partial block, byte by byte in bigger steps down.
+        for size in [4096usize, 512, 1] {
+            while f.write(&block[..size]).is_ok_and(|n| n > 0) {}
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn image_names(list: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 11 item 4: on a full disk SQLite writes are refused (5xx problem), not acknowledged and
+/// lost; readiness fails while writes cannot commit; service resumes by itself once space is back;
+/// after a restart every acknowledged write is there and no refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_writes_and_loses_nothing_acknowledged() {
+    let b = builder(Db::Sqlite).await;
+    let Some(fs) = Tmpfs::mount(b.data.path(), "24m") else {
+        return;
+    };
+    let s = b.start().await;
+    // Records big enough that a write needs new disk blocks (a few pages of metadata each).
+    let big = "x".repeat(3000);
+    let post = |name: String| {
+        let s = &s;
+        let body = json!({"name": name, "metadata": {"k": big}});
+        async move { s.post("/v3/images", &body).await }
+    };
+    let mut acked = vec![];
+    for i in 0..3 {
+        post(format!("before-{i}")).await.ok(201);
+        acked.push(format!("before-{i}"));
+    }
+    s.get("/healthz/ready").await.ok(200);
+
+    let filler = fs.fill();
+    // Not ready while a write cannot commit.
+    let r = s.get("/healthz/ready").await;
+    assert_eq!(r.status, 503, "ready on a full disk: {r:?}");
+    for i in 0..10 {
+        let r = post(format!("full-{i}")).await;
+        assert_eq!(r.status, 503, "write on a full disk: {r:?}");
+        assert_eq!(r.content_type, "application/problem+json");
+    }
+    // The failed writes hold no lock: reads still work and show only what committed.
+    assert_eq!(image_names(&s.get("/v3/images").await.ok(200)), acked);
+    let r = s.get("/healthz/ready").await;
+    assert_eq!(r.status, 503, "ready on a full disk: {r:?}");
+
+    // Space back: ready again and writes commit, with no restart.
+    std::fs::remove_file(filler).unwrap();
+    s.get("/healthz/ready").await.ok(200);
+    for i in 0..3 {
+        post(format!("after-{i}")).await.ok(201);
+        acked.push(format!("after-{i}"));
+    }
+    acked.sort();
+    assert_eq!(image_names(&s.get("/v3/images").await.ok(200)), acked);
+
+    // After a restart exactly the acknowledged writes are there.
+    let s = s.restart().await;
+    assert_eq!(image_names(&s.get("/v3/images").await.ok(200)), acked);
+    drop(s);
+    drop(fs);
+}
