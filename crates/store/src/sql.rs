@@ -98,10 +98,23 @@ fn discard_on_error<DB: sqlx::Database, T>(
     }
 }
 
-/// What the readiness probe writes: enough pages that a disk too full for an ordinary record
-/// write is too full for the probe too.
+/// What the readiness probe writes: 64 KiB that neither SQLite nor PostgreSQL's TOAST compression
+/// shrinks (hex of pseudo-random bytes), so a disk too full for an ordinary record write is too full
+/// for the probe too.
 fn probe_pad() -> String {
-    "0".repeat(64 * 1024)
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+        | 1;
+    let mut pad = String::with_capacity(64 * 1024);
+    while pad.len() < 64 * 1024 {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        pad.push_str(&format!("{x:016x}"));
+    }
+    pad
 }
 
 fn expect_one(affected: u64) -> Result<()> {
