@@ -42,10 +42,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        // A unique index (ids, link paths) refused a write: another writer got there first.
-        if e.as_database_error()
-            .is_some_and(|d| d.is_unique_violation())
-        {
+        // A unique index (ids, link paths) refused a write: another writer got there first. Or
+        // PostgreSQL broke a deadlock between two transactions (or a serialization failure): the
+        // change did not happen and a re-run from a fresh read succeeds.
+        if e.as_database_error().is_some_and(|d| {
+            d.is_unique_violation() || matches!(d.code().as_deref(), Some("40P01" | "40001"))
+        }) {
             return StoreError::Conflict;
         }
         StoreError::Database(e.to_string())
