@@ -127,78 +127,6 @@ fn expect_one(affected: u64) -> Result<()> {
 
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal, $join_sql:literal, $begin:literal, $lock:literal) => {
-        impl $store {
-            /// Runs `ops` on a connection inside a transaction.
-            async fn exec_ops_on(conn: &mut <$db as sqlx::Database>::Connection, ops: Vec<Op>) -> Result<()> {
-                for op in ops {
-                    match op {
-                        Op::Insert(table, r) => {
-                            let sql = format!(
-                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
-                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                                table.name()
-                            );
-                            let n = bind_row(sqlx::query(&sql), r)
-                                .execute(&mut *conn)
-                                .await?
-                                .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::Upsert(table, r) => {
-                            let sql = format!(
-                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
-                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
-                                 version = {t}.version + 1, created = excluded.created, \
-                                 link_path = excluded.link_path, status = excluded.status, \
-                                 job_type = excluded.job_type, data = excluded.data",
-                                t = table.name()
-                            );
-                            bind_row(sqlx::query(&sql), r).execute(&mut *conn).await?;
-                        }
-                        Op::Update {
-                            table,
-                            version,
-                            row,
-                        } => {
-                            let sql = format!(
-                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
-                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
-                                table.name()
-                            );
-                            let n = bind_row(sqlx::query(&sql), row)
-                                .bind(version)
-                                .execute(&mut *conn)
-                                .await?
-                                .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::Delete { table, id, version } => {
-                            let n = match version {
-                                Some(v) => {
-                                    let sql = format!(
-                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
-                                        table.name()
-                                    );
-                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *conn).await?
-                                }
-                                None => {
-                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
-                                    sqlx::query(&sql).bind(id).execute(&mut *conn).await?
-                                }
-                            }
-                            .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::DeleteAll(table) => {
-                            let sql = format!("DELETE FROM {}", table.name());
-                            sqlx::query(&sql).execute(&mut *conn).await?;
-                        }
-                    }
-                }
-                Ok(())
-            }
-        }
-
         #[async_trait]
         impl Store for $store {
             async fn list_json(&self, table: Table) -> Result<Bytes> {
@@ -287,8 +215,8 @@ macro_rules! sql_store {
                         Some((id, version, created, data)) => {
                             let row = Row { id, version, created, data };
                             if let Some(new) = edit(&row) {
-                                $store::exec_ops_on(&mut tx, vec![Op::Update { table, version, row: new }])
-                                    .await?;
+                                let op = Op::Update { table, version, row: new };
+                                $store::exec_ops_on(&mut tx, vec![op]).await?;
                             }
                             true
                         }
@@ -332,6 +260,81 @@ macro_rules! sql_store {
 
             async fn close(&self) {
                 self.pool.close().await;
+            }
+        }
+
+        impl $store {
+            /// Runs `ops` on a connection inside a transaction.
+            async fn exec_ops_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ops: Vec<Op>,
+            ) -> Result<()> {
+                for op in ops {
+                    match op {
+                        Op::Insert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), r)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Upsert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
+                                 version = {t}.version + 1, created = excluded.created, \
+                                 link_path = excluded.link_path, status = excluded.status, \
+                                 job_type = excluded.job_type, data = excluded.data",
+                                t = table.name()
+                            );
+                            bind_row(sqlx::query(&sql), r).execute(&mut *conn).await?;
+                        }
+                        Op::Update {
+                            table,
+                            version,
+                            row,
+                        } => {
+                            let sql = format!(
+                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
+                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), row)
+                                .bind(version)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Delete { table, id, version } => {
+                            let n = match version {
+                                Some(v) => {
+                                    let sql = format!(
+                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
+                                        table.name()
+                                    );
+                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *conn).await?
+                                }
+                                None => {
+                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
+                                    sqlx::query(&sql).bind(id).execute(&mut *conn).await?
+                                }
+                            }
+                            .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::DeleteAll(table) => {
+                            let sql = format!("DELETE FROM {}", table.name());
+                            sqlx::query(&sql).execute(&mut *conn).await?;
+                        }
+                    }
+                }
+                Ok(())
             }
         }
     };
