@@ -14,6 +14,7 @@ use std::time::Duration;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The embedded default: one SQLite file in WAL mode with durable (`synchronous=FULL`) commits.
+#[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -43,6 +44,7 @@ impl SqliteStore {
 }
 
 /// PostgreSQL, for several `ims serve` replicas sharing one database.
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
 }
