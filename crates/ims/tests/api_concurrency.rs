@@ -37,6 +37,30 @@ async fn patch_all(servers: &[&Server], id: &str, range: std::ops::Range<usize>)
     }
 }
 
+/// PATCHes `n` distinct metadata keys, `width` requests in flight at a time, spread over `servers`:
+/// every one must answer 200 with the full record including its key (no 409: the updates queue on
+/// the record's lock, and `cray`-style clients do not retry).
+async fn patch_many(servers: &[&Server], id: &str, n: usize, width: usize) {
+    use futures::stream::{self, StreamExt};
+    let results: Vec<(usize, Resp)> = stream::iter(0..n)
+        .map(|i| {
+            let s = servers[i % servers.len()];
+            let path = format!("/v3/images/{id}");
+            async move {
+                let body = json!({"metadata": {"operation": "set", "key": format!("k{i}"), "value": format!("v{i}")}});
+                (i, s.patch(&path, &body).await)
+            }
+        })
+        .buffer_unordered(width)
+        .collect()
+        .await;
+    for (i, r) in results {
+        let rec = r.ok(200);
+        assert_eq!(rec["metadata"][format!("k{i}")], format!("v{i}"));
+        assert_eq!(rec["id"], id);
+    }
+}
+
 fn assert_all_keys(rec: &Value, n: usize) {
     let m = rec["metadata"].as_object().unwrap();
     for i in 0..n {
@@ -81,6 +105,14 @@ async fn concurrent_metadata_patches(db: Db) {
 
 /// Concurrent job status PATCHes and a concurrent image PATCH on a different record: every request
 /// answers 200 and the final state is one of the values sent.
+/// Issue 11 item 9: 400 metadata PATCHes of one image, 8 at a time, all succeed and all keys stay.
+async fn many_patches_of_one_record_all_succeed(db: Db) {
+    let s = start(db).await;
+    let id = new_image(&s).await;
+    patch_many(&[&s], &id, 400, 8).await;
+    assert_all_keys(&s.get(&format!("/v3/images/{id}")).await.ok(200), 400);
+}
+
 async fn concurrent_job_patches(db: Db) {
     let s = start(db).await;
     let key = s
@@ -206,4 +238,32 @@ async fn two_servers_one_postgres() {
     a.get(&format!("/v3/public-keys/{}", ids[0])).await.ok(200);
 }
 
-both_backends!(concurrent_metadata_patches, concurrent_job_patches);
+/// Issue 11 item 9 with two replicas on one PostgreSQL database: 400 PATCHes of one image through
+/// both, 8 at a time, all succeed and all keys stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_patches_through_two_postgres_replicas_all_succeed() {
+    if ims_store::testing::skip_postgres() {
+        return;
+    }
+    let a = start(Db::Postgres).await;
+    let b = Builder {
+        db: Db::Postgres,
+        data: tempfile::tempdir().unwrap(),
+        db_url: a.db_url.clone(),
+        env: vec![],
+        seed: vec![],
+    }
+    .start()
+    .await;
+    let id = new_image(&a).await;
+    patch_many(&[&a, &b], &id, 400, 8).await;
+    let ra = a.get(&format!("/v3/images/{id}")).await.ok(200);
+    assert_eq!(ra, b.get(&format!("/v3/images/{id}")).await.ok(200));
+    assert_all_keys(&ra, 400);
+}
+
+both_backends!(
+    concurrent_metadata_patches,
+    concurrent_job_patches,
+    many_patches_of_one_record_all_succeed
+);

@@ -268,7 +268,8 @@ fn v3_resources() -> Router<AppState> {
 }
 
 async fn ready(State(st): St) -> ApiResult<Response> {
-    st.store.ping().await?;
+    // Ready only while a write can commit (a full disk or a read-only database is not ready).
+    st.store.ready().await?;
     json(StatusCode::OK, &serde_json::json!({}))
 }
 

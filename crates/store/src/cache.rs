@@ -7,12 +7,12 @@
 //! in-process, so they queue in order instead of spinning on SQLite's busy handler. A table larger
 //! than [`Cached::budget`] bytes is not kept (reads go to the database), so memory stays bounded.
 
-use crate::{Op, Result, Row, Store, StoreError};
+use crate::{Op, Result, Row, RowEdit, Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ims_core::Table;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Default per-table memory budget.
 pub const DEFAULT_TABLE_BUDGET: usize = 16 * 1024 * 1024;
@@ -114,8 +114,8 @@ enum Slot {
 
 pub struct Cached<S> {
     inner: S,
-    tables: Mutex<HashMap<Table, Slot>>,
-    writer: tokio::sync::Mutex<()>,
+    tables: Arc<Mutex<HashMap<Table, Slot>>>,
+    writer: Arc<tokio::sync::Mutex<()>>,
     budget: usize,
 }
 
@@ -126,7 +126,28 @@ fn table_of(op: &Op) -> Table {
     }
 }
 
-impl<S: Store> Cached<S> {
+/// Mirrors the outcome of a write into the loaded tables.
+fn mirror(tables: &Mutex<HashMap<Table, Slot>>, ops: &[Op], result: &Result<()>, budget: usize) {
+    let mut tables = tables.lock().unwrap_or_else(|e| e.into_inner());
+    for op in ops {
+        let table = table_of(op);
+        match (&result, tables.get_mut(&table)) {
+            (Ok(()), Some(Slot::Loaded(t))) => {
+                t.apply(op);
+                if t.bytes > budget {
+                    tables.insert(table, Slot::TooBig);
+                }
+            }
+            // After a failed write, reload on next use rather than trust the mirror.
+            (Err(e), Some(_)) if !matches!(e, StoreError::Conflict) => {
+                tables.remove(&table);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<S: Store + Clone> Cached<S> {
     pub fn new(inner: S) -> Self {
         Cached::with_budget(inner, DEFAULT_TABLE_BUDGET)
     }
@@ -135,10 +156,25 @@ impl<S: Store> Cached<S> {
     pub fn with_budget(inner: S, budget: usize) -> Self {
         Cached {
             inner,
-            tables: Mutex::new(HashMap::new()),
-            writer: tokio::sync::Mutex::new(()),
+            tables: Arc::new(Mutex::new(HashMap::new())),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             budget,
         }
+    }
+
+    /// Writes `ops` and mirrors them, holding the writer lock `w` throughout. Both run in a task of
+    /// their own: a caller that goes away mid-write (its client disconnected) cannot leave a commit
+    /// unmirrored, nor let the next write or table load in before the mirror is updated.
+    async fn write(&self, w: tokio::sync::OwnedMutexGuard<()>, ops: Vec<Op>) -> Result<()> {
+        let (inner, tables, budget) = (self.inner.clone(), self.tables.clone(), self.budget);
+        tokio::spawn(async move {
+            let result = inner.apply(ops.clone()).await;
+            mirror(&tables, &ops, &result, budget);
+            drop(w);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("the write task failed: {e}")))?
     }
 
     pub fn budget(&self) -> usize {
@@ -189,7 +225,7 @@ impl<S: Store> Cached<S> {
 }
 
 #[async_trait]
-impl<S: Store> Store for Cached<S> {
+impl<S: Store + Clone> Store for Cached<S> {
     async fn list(&self, table: Table) -> Result<Vec<Row>> {
         self.inner.list(table).await
     }
@@ -213,26 +249,42 @@ impl<S: Store> Store for Cached<S> {
     }
 
     async fn apply(&self, ops: Vec<Op>) -> Result<()> {
-        let _w = self.writer.lock().await;
-        let result = self.inner.apply(ops.clone()).await;
-        let mut tables = self.tables();
-        for op in &ops {
-            let table = table_of(op);
-            match (&result, tables.get_mut(&table)) {
-                (Ok(()), Some(Slot::Loaded(t))) => {
-                    t.apply(op);
-                    if t.bytes > self.budget {
-                        tables.insert(table, Slot::TooBig);
-                    }
-                }
-                // After a failed write, reload on next use rather than trust the mirror.
-                (Err(e), Some(_)) if !matches!(e, StoreError::Conflict) => {
-                    tables.remove(&table);
-                }
-                _ => {}
-            }
+        let w = self.writer.clone().lock_owned().await;
+        self.write(w, ops).await
+    }
+
+    async fn modify(&self, table: Table, id: &str, edit: &mut RowEdit<'_>) -> Result<bool> {
+        // Every write of this store goes through the writer lock, so the row cannot change between
+        // this read and the write below. (Loading the table takes the lock: load it first.)
+        self.with_table(table, |_| ()).await?;
+        let w = self.writer.clone().lock_owned().await;
+        let cached = match self.tables().get(&table) {
+            Some(Slot::Loaded(t)) => Some(t.get(id)),
+            _ => None,
+        };
+        let cur = match cached {
+            Some(row) => row,
+            None => self.inner.get(table, id).await?,
+        };
+        let Some(cur) = cur else { return Ok(false) };
+        if let Some(row) = edit(&cur) {
+            let version = cur.version;
+            self.write(
+                w,
+                vec![Op::Update {
+                    table,
+                    version,
+                    row,
+                }],
+            )
+            .await?;
         }
-        result
+        Ok(true)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let _w = self.writer.lock().await;
+        self.inner.ready().await
     }
 
     async fn ping(&self) -> Result<()> {

@@ -6,7 +6,9 @@
 //! of [`Op`]s in one transaction: either all of them happen or none. Updates carry the row `version`
 //! they were computed from (optimistic concurrency), so two writers — in one process or in two
 //! `ims serve` processes on one PostgreSQL — never silently overwrite each other: the loser gets
-//! [`StoreError::Conflict`] and re-reads (see [`update_with`]).
+//! [`StoreError::Conflict`]. A read-modify-write of one record ([`Store::modify`], typed as
+//! [`update_with`]) instead holds the row's lock from the read to the commit, so concurrent
+//! updates of one record queue and all succeed.
 
 mod cache;
 mod sql;
@@ -40,10 +42,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        // A unique index (ids, link paths) refused a write: another writer got there first.
-        if e.as_database_error()
-            .is_some_and(|d| d.is_unique_violation())
-        {
+        // A unique index (ids, link paths) refused a write: another writer got there first. Or
+        // PostgreSQL broke a deadlock between two transactions (or a serialization failure): the
+        // change did not happen and a re-run from a fresh read succeeds.
+        if e.as_database_error().is_some_and(|d| {
+            d.is_unique_violation() || matches!(d.code().as_deref(), Some("40P01" | "40001"))
+        }) {
             return StoreError::Conflict;
         }
         StoreError::Database(e.to_string())
@@ -110,14 +114,24 @@ pub trait Store: Send + Sync + 'static {
     async fn link_in_use(&self, table: Table, path: &str, except_id: Option<&str>) -> Result<bool>;
     /// Runs all `ops` in one transaction.
     async fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    /// Read-modify-write of one row with no other writer in between (in this process or another
+    /// replica): reads the row, calls `edit` once with it and writes what `edit` returns (`None`
+    /// leaves the row as it is), in one transaction that holds the row's lock. Returns whether the
+    /// row exists (`edit` is not called when it does not).
+    async fn modify(&self, table: Table, id: &str, edit: &mut RowEdit<'_>) -> Result<bool>;
     /// Checks the database answers.
     async fn ping(&self) -> Result<()>;
+    /// Checks that a write can commit now: commits a small probe write (readiness).
+    async fn ready(&self) -> Result<()>;
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     async fn close(&self);
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// The edit of [`Store::modify`]: the current row in, the replacement (or `None`) out.
+pub type RowEdit<'a> = dyn FnMut(&Row) -> Option<NewRow> + Send + 'a;
 
 /// Opens a store from a URL: `sqlite://PATH` (created if missing) or `postgres://…`. Runs migrations.
 pub async fn open(url: &str) -> Result<DynStore> {

@@ -1,6 +1,6 @@
 //! The two SQL implementations of [`Store`]. They share one body of SQL through `sql_store!`.
 
-use crate::{NewRow, Op, Result, Row, Store, StoreError};
+use crate::{NewRow, Op, Result, Row, RowEdit, Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ims_core::Table;
@@ -14,6 +14,7 @@ use std::time::Duration;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The embedded default: one SQLite file in WAL mode with durable (`synchronous=FULL`) commits.
+#[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -43,6 +44,7 @@ impl SqliteStore {
 }
 
 /// PostgreSQL, for several `ims serve` replicas sharing one database.
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
 }
@@ -81,6 +83,42 @@ impl PgStore {
     }
 }
 
+/// After any error a connection is closed instead of going back to the pool. A failed COMMIT (a
+/// full disk, an I/O error) can leave it inside the transaction, and sqlx would then hand it out
+/// again with the transaction still open: later writes become savepoints of a transaction that
+/// never commits while their requests are acknowledged, and the database's write lock stays held.
+/// A new connection starts clean, so service resumes once the cause is gone.
+fn discard_on_error<DB: sqlx::Database, T>(
+    conn: &mut sqlx::pool::PoolConnection<DB>,
+    r: &Result<T>,
+) {
+    if let Err(e) = r {
+        if !matches!(e, StoreError::Conflict) {
+            tracing::warn!(error = %e, "records store: discarding the database connection after an error");
+        }
+        conn.close_on_drop();
+    }
+}
+
+/// What the readiness probe writes: 64 KiB that neither SQLite nor PostgreSQL's TOAST compression
+/// shrinks (hex of pseudo-random bytes), so a disk too full for an ordinary record write is too full
+/// for the probe too.
+fn probe_pad() -> String {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+        | 1;
+    let mut pad = String::with_capacity(64 * 1024);
+    while pad.len() < 64 * 1024 {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        pad.push_str(&format!("{x:016x}"));
+    }
+    pad
+}
+
 fn expect_one(affected: u64) -> Result<()> {
     if affected == 1 {
         Ok(())
@@ -90,7 +128,7 @@ fn expect_one(affected: u64) -> Result<()> {
 }
 
 macro_rules! sql_store {
-    ($store:ident, $backend:literal, $join_sql:literal) => {
+    ($store:ident, $db:ty, $backend:literal, $join_sql:literal, $begin:literal, $lock:literal) => {
         #[async_trait]
         impl Store for $store {
             async fn list_json(&self, table: Table) -> Result<Bytes> {
@@ -144,74 +182,73 @@ macro_rules! sql_store {
             }
 
             async fn apply(&self, ops: Vec<Op>) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                for op in ops {
-                    match op {
-                        Op::Insert(table, r) => {
-                            let sql = format!(
-                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
-                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                                table.name()
-                            );
-                            let n = bind_row(sqlx::query(&sql), r)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::Upsert(table, r) => {
-                            let sql = format!(
-                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
-                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
-                                 version = {t}.version + 1, created = excluded.created, \
-                                 link_path = excluded.link_path, status = excluded.status, \
-                                 job_type = excluded.job_type, data = excluded.data",
-                                t = table.name()
-                            );
-                            bind_row(sqlx::query(&sql), r).execute(&mut *tx).await?;
-                        }
-                        Op::Update {
-                            table,
-                            version,
-                            row,
-                        } => {
-                            let sql = format!(
-                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
-                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
-                                table.name()
-                            );
-                            let n = bind_row(sqlx::query(&sql), row)
-                                .bind(version)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::Delete { table, id, version } => {
-                            let n = match version {
-                                Some(v) => {
-                                    let sql = format!(
-                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
-                                        table.name()
-                                    );
-                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *tx).await?
-                                }
-                                None => {
-                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
-                                    sqlx::query(&sql).bind(id).execute(&mut *tx).await?
-                                }
-                            }
-                            .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::DeleteAll(table) => {
-                            let sql = format!("DELETE FROM {}", table.name());
-                            sqlx::query(&sql).execute(&mut *tx).await?;
-                        }
-                    }
+                let mut conn = self.pool.acquire().await?;
+                let r = async {
+                    let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await?;
+                    $store::exec_ops_on(&mut tx, ops).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
-                tx.commit().await?;
-                Ok(())
+                .await;
+                discard_on_error(&mut conn, &r);
+                r
+            }
+
+            async fn modify(
+                &self,
+                table: Table,
+                id: &str,
+                edit: &mut RowEdit<'_>,
+            ) -> Result<bool> {
+                let mut conn = self.pool.acquire().await?;
+                let r = async {
+                    let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await?;
+                    let sql = format!(
+                        "SELECT id, version, created, data FROM {} WHERE id = $1{}",
+                        table.name(),
+                        $lock
+                    );
+                    let row: Option<(String, i64, Option<String>, String)> = sqlx::query_as(&sql)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let found = match row {
+                        None => false,
+                        Some((id, version, created, data)) => {
+                            let row = Row { id, version, created, data };
+                            if let Some(new) = edit(&row) {
+                                let op = Op::Update { table, version, row: new };
+                                $store::exec_ops_on(&mut tx, vec![op]).await?;
+                            }
+                            true
+                        }
+                    };
+                    tx.commit().await?;
+                    Ok(found)
+                }
+                .await;
+                discard_on_error(&mut conn, &r);
+                r
+            }
+
+            async fn ready(&self) -> Result<()> {
+                let mut conn = self.pool.acquire().await?;
+                let r = async {
+                    let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await?;
+                    sqlx::query(
+                        "INSERT INTO write_probe (id, at, pad) VALUES (1, $1, $2) \
+                         ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad",
+                    )
+                    .bind(ims_core::Timestamp::now().to_wire())
+                    .bind(probe_pad())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                .await;
+                discard_on_error(&mut conn, &r);
+                r
             }
 
             async fn ping(&self) -> Result<()> {
@@ -225,6 +262,81 @@ macro_rules! sql_store {
 
             async fn close(&self) {
                 self.pool.close().await;
+            }
+        }
+
+        impl $store {
+            /// Runs `ops` on a connection inside a transaction.
+            async fn exec_ops_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ops: Vec<Op>,
+            ) -> Result<()> {
+                for op in ops {
+                    match op {
+                        Op::Insert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), r)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Upsert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
+                                 version = {t}.version + 1, created = excluded.created, \
+                                 link_path = excluded.link_path, status = excluded.status, \
+                                 job_type = excluded.job_type, data = excluded.data",
+                                t = table.name()
+                            );
+                            bind_row(sqlx::query(&sql), r).execute(&mut *conn).await?;
+                        }
+                        Op::Update {
+                            table,
+                            version,
+                            row,
+                        } => {
+                            let sql = format!(
+                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
+                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), row)
+                                .bind(version)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Delete { table, id, version } => {
+                            let n = match version {
+                                Some(v) => {
+                                    let sql = format!(
+                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
+                                        table.name()
+                                    );
+                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *conn).await?
+                                }
+                                None => {
+                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
+                                    sqlx::query(&sql).bind(id).execute(&mut *conn).await?
+                                }
+                            }
+                            .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::DeleteAll(table) => {
+                            let sql = format!("DELETE FROM {}", table.name());
+                            sqlx::query(&sql).execute(&mut *conn).await?;
+                        }
+                    }
+                }
+                Ok(())
             }
         }
     };
@@ -247,13 +359,22 @@ where
         .bind(r.data)
 }
 
+// SQLite: writers take the write lock when they begin (no deferred upgrade that can fail busy), so
+// a read inside `modify` sees the last commit and no other writer until its own commit.
 sql_store!(
     SqliteStore,
+    sqlx::Sqlite,
     "sqlite",
-    "SELECT group_concat(data, ',' ORDER BY created, id) FROM {}"
+    "SELECT group_concat(data, ',' ORDER BY created, id) FROM {}",
+    "BEGIN IMMEDIATE",
+    ""
 );
+// PostgreSQL: `modify` locks the row (`FOR UPDATE`) until its commit, also against other replicas.
 sql_store!(
     PgStore,
+    sqlx::Postgres,
     "postgres",
-    "SELECT string_agg(data, ',' ORDER BY created, id) FROM {}"
+    "SELECT string_agg(data, ',' ORDER BY created, id) FROM {}",
+    "BEGIN",
+    " FOR UPDATE"
 );

@@ -89,35 +89,47 @@ pub async fn insert<T: Record>(store: &dyn Store, r: &T) -> Result<()> {
     store.apply(vec![insert_op(r)?]).await
 }
 
-/// How many times a read-modify-write is retried after losing a race.
-pub const MAX_RETRIES: usize = 64;
-
-/// Read-modify-write of one record with optimistic concurrency: `f` is applied to the current
-/// record; if another writer changed it meanwhile, the record is re-read and `f` applied again.
-/// `f` may refuse with its own error. Returns `Ok(None)` when the record does not exist.
+/// Read-modify-write of one record: `f` is applied to the current record and the result stored,
+/// with the row locked from the read to the commit ([`Store::modify`]), so concurrent updates of
+/// one record queue instead of failing. `f` may refuse with its own error (nothing is written).
+/// Nothing is written either when `f` returns the record unchanged. Returns `Ok(None)` when the
+/// record does not exist.
 pub async fn update_with<T, E, F>(
     store: &dyn Store,
     id: &str,
-    mut f: F,
+    f: F,
 ) -> std::result::Result<Option<T>, E>
 where
-    T: Record + Clone,
-    E: From<StoreError>,
-    F: FnMut(T) -> std::result::Result<T, E>,
+    T: Record + Send,
+    E: From<StoreError> + Send,
+    F: FnOnce(T) -> std::result::Result<T, E> + Send,
 {
-    for _ in 0..MAX_RETRIES {
-        let Some(cur) = get::<T>(store, id).await? else {
-            return Ok(None);
+    let mut f = Some(f);
+    let mut out: Option<std::result::Result<T, E>> = None;
+    let mut edit = |row: &Row| -> Option<NewRow> {
+        let f = f.take()?;
+        let (res, write) = match parse_row::<T>(row).map_err(E::from).and_then(f) {
+            Ok(new) => match row_of(&new) {
+                Ok(nr) => {
+                    let changed = nr.data != row.data;
+                    (Ok(new), changed.then_some(nr))
+                }
+                Err(e) => (Err(E::from(e)), None),
+            },
+            Err(e) => (Err(e), None),
         };
-        let new = f(cur.record)?;
-        match store.apply(vec![update_op(&new, cur.version)?]).await {
-            Ok(()) => return Ok(Some(new)),
-            Err(StoreError::Conflict) => {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        out = Some(res);
+        write
+    };
+    if !store.modify(T::TABLE, id, &mut edit).await? {
+        return Ok(None);
     }
-    Err(StoreError::Conflict.into())
+    match out {
+        Some(r) => r.map(Some),
+        None => Err(StoreError::Database(format!(
+            "{}/{id}: the update was not run",
+            T::TABLE.name()
+        ))
+        .into()),
+    }
 }

@@ -342,3 +342,48 @@ async fn sqlite_cache_budget() {
         serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 10);
 }
+
+/// Writes whose callers go away at any point (a client that disconnects mid-request) leave the
+/// cache in step with the database: each write is either fully done and mirrored or not done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_cache_survives_cancelled_writes() {
+    let (_dir, url) = testing::sqlite_url();
+    let s = ims_store::open(&url).await.unwrap();
+    let img = image("cancelled", None);
+    insert(&*s, &img).await.unwrap();
+    for i in 0..1000usize {
+        let st = s.clone();
+        let id = img.id.clone();
+        let mut f = Box::pin(async move {
+            update_with::<Image, StoreError, _>(&*st, &id, |mut r| {
+                r.metadata.insert(format!("k{i:04}"), i.to_string());
+                Ok(r)
+            })
+            .await
+        });
+        // Let it run a varying number of steps, then drop it (cancel).
+        for _ in 0..(i % 40) {
+            if futures::poll!(f.as_mut()).is_ready() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(f);
+    }
+    // Later updates succeed (the cached version is the stored one), and cache and database agree.
+    update_with::<Image, StoreError, _>(&*s, &img.id, |mut r| {
+        r.name = "after".into();
+        Ok(r)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let raw =
+        ims_store::SqliteStore::open(std::path::Path::new(url.trim_start_matches("sqlite://")))
+            .await
+            .unwrap();
+    assert_eq!(
+        s.get(Table::Images, &img.id).await.unwrap(),
+        raw.get(Table::Images, &img.id).await.unwrap()
+    );
+}

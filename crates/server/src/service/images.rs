@@ -3,7 +3,7 @@
 
 use super::artifacts::{ManifestRead, location, read_manifest, validate_image_link};
 use super::recipes::{undo_moves, would_overwrite};
-use super::{must_get, no_content};
+use super::{must_get, no_content, set_link_once, update};
 use crate::error::ApiResult;
 use crate::{Api, AppState, retrying};
 use axum::response::Response;
@@ -12,7 +12,7 @@ use ims_artifacts::Location;
 use ims_core::input::{self, MetadataOp};
 use ims_core::manifest::{MANIFEST_VERSION, MIME_MANIFEST};
 use ims_core::{ArtifactLink, Deleted, Image, Problem, Timestamp};
-use ims_store::{Versioned, delete_op, insert_op, list, update_op};
+use ims_store::{Versioned, delete_op, insert_op, list};
 use serde_json::{Value, json};
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Image> {
@@ -49,39 +49,44 @@ async fn create_once(st: &AppState, new: &input::NewImage) -> ApiResult<Image> {
 }
 
 async fn patch_once(st: &AppState, id: &str, p: &input::ImagePatch) -> ApiResult<Image> {
-    let cur = must_get::<Image>(&*st.store, id).await?;
-    let mut rec = cur.record.clone();
-    if let Some(link) = &p.link {
-        match &rec.link {
-            Some(existing) if existing == link => {}
-            Some(_) => return Err(Problem::conflict().into()),
-            None => {
-                validate_image_link(st, link, Some(id)).await?;
-                rec.link = Some(link.clone());
+    // A new link is checked against the artifact store first (when the image has none); the
+    // update itself runs under the record's lock, so concurrent PATCHes queue and all apply.
+    let mut checked = false;
+    if let Some(link) = &p.link
+        && must_get::<Image>(&*st.store, id)
+            .await?
+            .record
+            .link
+            .is_none()
+    {
+        validate_image_link(st, link, Some(id)).await?;
+        checked = true;
+    }
+    update(&*st.store, id, |mut rec: Image| {
+        if let Some(link) = &p.link {
+            set_link_once(&mut rec.link, link, checked)?;
+        }
+        if let Some(arch) = &p.arch {
+            rec.arch = arch.clone();
+        }
+        match &p.metadata {
+            Some(MetadataOp::Set { key, value }) => {
+                rec.metadata.insert(key.clone(), value.clone());
             }
+            Some(MetadataOp::Remove { key }) => {
+                rec.metadata.remove(key);
+            }
+            None => {}
         }
-    }
-    if let Some(arch) = &p.arch {
-        rec.arch = arch.clone();
-    }
-    match &p.metadata {
-        Some(MetadataOp::Set { key, value }) => {
-            rec.metadata.insert(key.clone(), value.clone());
-        }
-        Some(MetadataOp::Remove { key }) => {
-            rec.metadata.remove(key);
-        }
-        None => {}
-    }
-    if rec != cur.record {
-        st.store.apply(vec![update_op(&rec, cur.version)?]).await?;
-    }
-    Ok(rec)
+        Ok(rec)
+    })
+    .await
 }
 
 pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Image> {
     must_get::<Image>(&*st.store, id).await?;
     let p = input::image_patch(body)?;
+    // Re-run only when a link check went stale or a link index refused the write.
     retrying!(patch_once(st, id, &p).await)
 }
 

@@ -2,7 +2,7 @@
 //! (one, or filtered by status/type/age). Creation and deletion go through the executor seam.
 
 use super::artifacts::{ManifestRead, read_manifest, require_object};
-use super::{must_get, no_content};
+use super::{must_get, no_content, update};
 use crate::error::{ApiError, ApiResult};
 use crate::executor::JobLaunch;
 use crate::{AppState, retrying};
@@ -11,7 +11,7 @@ use ims_core::input::{self, NewJob};
 use ims_core::manifest::job_rootfs;
 use ims_core::records::{JOB_STATUSES, JOB_TYPES, default_kernel_file_name};
 use ims_core::{ConnectionInfo, Image, Job, Problem, PublicKey, Recipe, SshContainer, Timestamp};
-use ims_store::{Op, delete_op, list, update_op};
+use ims_store::{Op, delete_op, list};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -218,24 +218,22 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
 }
 
 async fn patch_once(st: &AppState, id: &str, p: &input::JobPatch) -> ApiResult<Job> {
-    let cur = must_get::<Job>(&*st.store, id).await?;
-    let mut job = cur.record.clone();
-    if let Some(s) = &p.status {
-        job.status = s.clone();
-    }
-    if let Some(r) = &p.resultant_image_id {
-        job.resultant_image_id = Some(r.clone());
-    }
-    if job != cur.record {
-        st.store.apply(vec![update_op(&job, cur.version)?]).await?;
-    }
-    Ok(job)
+    update(&*st.store, id, |mut job: Job| {
+        if let Some(s) = &p.status {
+            job.status = s.clone();
+        }
+        if let Some(r) = &p.resultant_image_id {
+            job.resultant_image_id = Some(r.clone());
+        }
+        Ok(job)
+    })
+    .await
 }
 
 pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Job> {
     must_get::<Job>(&*st.store, id).await?;
     let p = input::job_patch(body)?;
-    let job = retrying!(patch_once(st, id, &p).await)?;
+    let job = patch_once(st, id, &p).await?;
     if matches!(p.status.as_deref(), Some("success" | "error"))
         && let Err(e) = st.executor.finished(st, &job).await
     {

@@ -63,6 +63,37 @@ pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The link rule of a record PATCH, applied inside the locked update: a record's link is set once
+/// (the same link again changes nothing, another one is 409). `checked` says the new link was
+/// validated against the artifact store before the update, when the record had none; if it has
+/// none now but had one then, the caller's check is stale and the update is re-run (a conflict).
+pub fn set_link_once(
+    current: &mut Option<ims_core::ArtifactLink>,
+    new: &ims_core::ArtifactLink,
+    checked: bool,
+) -> ApiResult<()> {
+    match current {
+        Some(existing) if existing == new => Ok(()),
+        Some(_) => Err(Problem::conflict().into()),
+        None if checked => {
+            *current = Some(new.clone());
+            Ok(())
+        }
+        None => Err(ims_store::StoreError::Conflict.into()),
+    }
+}
+
+/// A record's update by `f` under its row lock ([`ims_store::update_with`]); 404 if it is gone.
+pub async fn update<T, F>(store: &dyn Store, id: &str, f: F) -> ApiResult<T>
+where
+    T: Record + Send,
+    F: FnOnce(T) -> ApiResult<T> + Send,
+{
+    ims_store::update_with(store, id, f)
+        .await?
+        .ok_or_else(|| ApiError::Problem(Problem::not_found()))
+}
+
 /// Reads a record or answers 404.
 pub async fn must_get<T: Record>(store: &dyn Store, id: &str) -> ApiResult<Versioned<T>> {
     ims_store::get::<T>(store, id)

@@ -1,13 +1,13 @@
 //! Recipes: create with link validation, PATCH rules, hard delete with cascade (v2), soft delete (v3).
 
 use super::artifacts::{location, validate_recipe_link};
-use super::{must_get, no_content};
+use super::{must_get, no_content, set_link_once, update};
 use crate::error::ApiResult;
 use crate::{Api, AppState, retrying};
 use axum::response::Response;
 use ims_artifacts::Location;
 use ims_core::{ArtifactLink, Deleted, Problem, Recipe, Timestamp, input};
-use ims_store::{Versioned, delete_op, insert_op, list, update_op};
+use ims_store::{Versioned, delete_op, insert_op, list};
 use serde_json::Value;
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Recipe> {
@@ -38,31 +38,34 @@ async fn create_once(st: &AppState, new: &input::NewRecipe) -> ApiResult<Recipe>
 }
 
 async fn patch_once(st: &AppState, id: &str, p: &input::RecipePatch) -> ApiResult<Recipe> {
-    let cur = must_get::<Recipe>(&*st.store, id).await?;
-    let mut rec = cur.record.clone();
-    if let Some(link) = &p.link {
-        match &rec.link {
-            Some(existing) if existing == link => {}
-            Some(_) => return Err(Problem::conflict().into()),
-            None => {
-                validate_recipe_link(st, link, Some(id)).await?;
-                rec.link = Some(link.clone());
-            }
+    // As images: the link check first, then the update under the record's lock.
+    let mut checked = false;
+    if let Some(link) = &p.link
+        && must_get::<Recipe>(&*st.store, id)
+            .await?
+            .record
+            .link
+            .is_none()
+    {
+        validate_recipe_link(st, link, Some(id)).await?;
+        checked = true;
+    }
+    update(&*st.store, id, |mut rec: Recipe| {
+        if let Some(link) = &p.link {
+            set_link_once(&mut rec.link, link, checked)?;
         }
-    }
-    if let Some(arch) = &p.arch {
-        rec.arch = arch.clone();
-    }
-    if let Some(b) = p.require_dkms {
-        rec.require_dkms = b;
-    }
-    if let Some(td) = &p.template_dictionary {
-        rec.template_dictionary = td.clone();
-    }
-    if rec != cur.record {
-        st.store.apply(vec![update_op(&rec, cur.version)?]).await?;
-    }
-    Ok(rec)
+        if let Some(arch) = &p.arch {
+            rec.arch = arch.clone();
+        }
+        if let Some(b) = p.require_dkms {
+            rec.require_dkms = b;
+        }
+        if let Some(td) = &p.template_dictionary {
+            rec.template_dictionary = td.clone();
+        }
+        Ok(rec)
+    })
+    .await
 }
 
 pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Recipe> {
