@@ -116,3 +116,26 @@ async fn readme_walkthrough_runs_as_written() {
     assert!(clone.path().join("ims-data/ims.db").exists());
     assert!(clone.path().join("ims-data/artifacts/boot-images").is_dir());
 }
+
+/// The shipped systemd unit keeps jobs running across a server restart (only the server process
+/// is stopped: agents and their sessions outlive it, as `jobs_customize`'s restart test shows).
+#[test]
+fn systemd_unit_spares_running_jobs() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../packaging/systemd/ims.service"
+    ))
+    .unwrap();
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect();
+    assert!(settings.contains(&"KillMode=process"), "{unit}");
+    assert!(
+        settings
+            .iter()
+            .any(|l| l.starts_with("ExecStart=") && l.contains(" serve ")),
+        "{unit}"
+    );
+}
