@@ -81,6 +81,10 @@ pub struct JobsFile {
     pub ca_cert: Option<PathBuf>,
     /// The host name users reach job SSH sessions at (default: this host's name).
     pub ssh_host: Option<String>,
+    /// Address sessions' sshd listen on (default every address).
+    pub ssh_listen: Option<String>,
+    /// Ports sessions' sshd may listen on, `FIRST-LAST` (default any free port).
+    pub ssh_ports: Option<String>,
     /// squashfs compression of the images jobs produce (default zstd).
     pub compression: Option<String>,
     /// Its level (default: mksquashfs's; create jobs 6 for zstd).
@@ -598,6 +602,28 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .or(file.jobs.ssh_host.clone())
     {
         agent_env.push(("IMS_AGENT_SSH_HOST".into(), h));
+    }
+    // Where sessions' sshd listen: an address and a port range, for firewalls.
+    if let Some((n, a)) = env.get(&["IMS_JOB_SSH_LISTEN"]).or_else(|| {
+        file.jobs
+            .ssh_listen
+            .clone()
+            .map(|v| ("jobs.ssh_listen".to_string(), v))
+    }) {
+        let ip: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| err(&n, format!("{a:?} is not an IP address")))?;
+        agent_env.push(("IMS_AGENT_SSH_LISTEN".into(), ip.to_string()));
+    }
+    if let Some((n, r)) = env.get(&["IMS_JOB_SSH_PORTS"]).or_else(|| {
+        file.jobs
+            .ssh_ports
+            .clone()
+            .map(|v| ("jobs.ssh_ports".to_string(), v))
+    }) {
+        let range: ims_jobs::session::PortRange = r.parse().map_err(|e: String| err(&n, e))?;
+        agent_env.push(("IMS_AGENT_SSH_PORTS".into(), range.to_string()));
     }
     let mut compression = ims_rootfs::Compression::default();
     if let Some((n, c)) = env.get(&["IMS_JOB_COMPRESSION"]).or_else(|| {

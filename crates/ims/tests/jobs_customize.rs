@@ -902,3 +902,64 @@ async fn hard_links_are_kept() {
         nothing_left(&st, &id);
     }
 }
+
+/// `IMS_JOB_SSH_LISTEN` and `IMS_JOB_SSH_PORTS` (firewalls): sessions listen on that address only,
+/// on ports of the range; two sessions take two ports of it, and a session with no free port left
+/// ends in error saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_address_and_port_range() {
+    let free = |n: u16| -> u16 {
+        // `n` consecutive free ports.
+        'outer: for first in (42000..60000).step_by(97) {
+            for p in first..first + n {
+                if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+                    continue 'outer;
+                }
+            }
+            return first;
+        }
+        panic!("no {n} free consecutive ports");
+    };
+    let first = free(2);
+    let range = format!("{first}-{}", first + 1);
+    let Some(st) = setup_with(&[
+        ("IMS_JOB_SSH_LISTEN", "127.0.0.1"),
+        ("IMS_JOB_SSH_PORTS", &range),
+    ])
+    .await
+    else {
+        return;
+    };
+    let mut ports = vec![];
+    let mut ids = vec![];
+    for name in ["a", "b"] {
+        let id = st.job(name, true).await;
+        let job = st.wait_status(&id, "waiting_on_user").await;
+        let port = job["ssh_containers"][0]["connection_info"]["cluster.local"]["port"]
+            .as_u64()
+            .unwrap() as u16;
+        assert!((first..=first + 1).contains(&port), "{port} not in {range}");
+        let o = st.ssh(&job, "id_job", "true");
+        assert!(o.status.success(), "{o:?}");
+        // Another loopback address of this host: not listened on.
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.2", port)).is_err(),
+            "sshd listens beyond 127.0.0.1"
+        );
+        ports.push(port);
+        ids.push(id);
+    }
+    assert_ne!(ports[0], ports[1]);
+    // The range is used up: the third session cannot start, and says why.
+    let id = st.job("c", true).await;
+    st.wait_status(&id, "error").await;
+    let log = st.log(&id).await;
+    assert!(
+        log.contains(&format!("no free port in the session port range {range}")),
+        "{log}"
+    );
+    for id in ids.iter().chain([&id]) {
+        st.s.delete(&format!("/v3/jobs/{id}")).await.ok(204);
+        nothing_left(&st, id);
+    }
+}

@@ -72,6 +72,8 @@ pub struct Settings {
     pub ssh_host: String,
     /// The address job sshd listens on.
     pub ssh_listen: std::net::IpAddr,
+    /// Ports sessions may listen on (`IMS_AGENT_SSH_PORTS`); `None`: any free port.
+    pub ssh_ports: Option<crate::session::PortRange>,
     /// Whether the agent has a private mount namespace (mounts are allowed only then).
     pub private_mounts: bool,
     /// The kiwi-ng program of create jobs.
@@ -156,6 +158,9 @@ impl Settings {
                     .map_err(|e| format!("IMS_AGENT_SSH_LISTEN {a:?}: {e}"))?,
                 None => std::net::IpAddr::from([0, 0, 0, 0]),
             },
+            ssh_ports: var("IMS_AGENT_SSH_PORTS")
+                .map(|r| r.parse().map_err(|e| format!("IMS_AGENT_SSH_PORTS: {e}")))
+                .transpose()?,
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct Spec {
     pub public_key: String,
     /// Address sshd listens on.
     pub listen: std::net::IpAddr,
+    /// Ports sshd may listen on (a firewall's range); `None`: any free port.
+    pub ports: Option<PortRange>,
     /// Environment for sessions (`SetEnv`), e.g. `IMS_JOB_ID`.
     pub set_env: Vec<(String, String)>,
     /// How long sshd may take to accept connections.
@@ -130,12 +132,57 @@ PermitTunnel no
     Ok(c)
 }
 
-/// A free TCP port on `ip` (sshd binds it right after; a lost race is retried by the caller).
-fn free_port(ip: std::net::IpAddr) -> Result<u16, String> {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port on {ip}: {e}"))
+/// The ports sessions may listen on (`IMS_JOB_SSH_PORTS=40000-40999`, or one port `40000`), for
+/// firewalls that open a range. One declaration for the server's check of the setting and the
+/// agent's use of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not a port range (FIRST-LAST, e.g. 40000-40999, or one port)");
+        let (a, b) = s.trim().split_once('-').unwrap_or((s.trim(), s.trim()));
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last < first {
+            return Err(bad());
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A free TCP port on `ip`, in `ports` when given (sshd binds it right after; a lost race is
+/// retried by the caller). In a range the search starts at a different place for each process,
+/// so concurrent jobs rarely try the same port.
+fn free_port(ip: std::net::IpAddr, ports: Option<PortRange>) -> Result<u16, String> {
+    let Some(r) = ports else {
+        return std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("cannot find a free port on {ip}: {e}"));
+    };
+    let n = u32::from(r.last - r.first) + 1;
+    let start = (std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()))
+        % n;
+    (0..n)
+        .map(|i| r.first + ((start + i) % n) as u16)
+        .find(|p| std::net::TcpListener::bind((ip, *p)).is_ok())
+        .ok_or_else(|| format!("no free port in the session port range {r} on {ip}"))
 }
 
 /// Connects and reads the SSH banner: only an sshd that serves connections sends it.
@@ -450,7 +497,7 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
     }
     let mut last_err = String::new();
     for _attempt in 0..5 {
-        let port = free_port(spec.listen)?;
+        let port = free_port(spec.listen, spec.ports)?;
         make_etc(spec, &etc, port)?;
         let log = dir.join("sshd.log");
         let out = std::fs::File::create(&log)
@@ -538,12 +585,35 @@ impl Session {
 mod tests {
     use super::*;
 
+    #[test]
+    fn port_ranges() {
+        assert_eq!(
+            "40000-40999".parse::<PortRange>(),
+            Ok(PortRange {
+                first: 40000,
+                last: 40999
+            })
+        );
+        assert_eq!(
+            " 2222 ".parse::<PortRange>(),
+            Ok(PortRange {
+                first: 2222,
+                last: 2222
+            })
+        );
+        for bad in ["", "0-10", "10-5", "a-b", "1-70000", "-5"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad:?}");
+        }
+        assert_eq!(PortRange { first: 1, last: 2 }.to_string(), "1-2");
+    }
+
     fn spec(jail: bool) -> Spec {
         Spec {
             job_dir: "/j".into(),
             jail,
             public_key: "ssh-ed25519 AAAA k".into(),
             listen: [0, 0, 0, 0].into(),
+            ports: None,
             set_env: vec![("IMS_JOB_ID".into(), "abc".into())],
             ready_timeout: Duration::from_secs(1),
             dkms: false,

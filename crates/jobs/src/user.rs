@@ -81,6 +81,7 @@ pub async fn open(
         jail,
         public_key,
         listen: agent.settings.ssh_listen,
+        ports: agent.settings.ssh_ports,
         set_env: env,
         ready_timeout: Duration::from_secs(30),
         dkms,
