@@ -312,6 +312,40 @@ impl ArtifactStore {
         .await;
         self.head(to).await
     }
+
+    /// Drives a move to completion, idempotently (the records service's journal replays moves
+    /// after a crash): `from` moves to `to` if it exists (replacing what `to` held); if `from` is
+    /// gone, the move counts as done when `to` exists, and the [`ObjectEvents`] hook is told again
+    /// (a crash may have lost the first event; the hook ignores repeats). The info of `to`;
+    /// `None` if neither exists.
+    pub async fn complete_move(&self, from: &Location, to: &Location) -> Result<Option<ObjectInfo>> {
+        if let Some(info) = self.rename(from, to).await? {
+            return Ok(Some(info));
+        }
+        let info = self.head(to).await?;
+        if info.is_some() {
+            self.notify(Event::Moved {
+                bucket: from.bucket.clone(),
+                from: from.key.clone(),
+                to: to.key.clone(),
+            })
+            .await;
+        }
+        Ok(info)
+    }
+
+    /// Deletes an object idempotently: also when it is already gone, the [`ObjectEvents`] hook is
+    /// told (a crash may have lost the first event).
+    pub async fn complete_delete(&self, loc: &Location) -> Result<()> {
+        if !self.delete(loc).await? {
+            self.notify(Event::Deleted {
+                bucket: loc.bucket.clone(),
+                key: loc.key.clone(),
+            })
+            .await;
+        }
+        Ok(())
+    }
 }
 
 impl ArtifactStore {

@@ -23,6 +23,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<String>,
+    /// How long unfinished artifact work stays with a process that stopped renewing it before
+    /// another replica takes it over (e.g. `60s`).
+    pub artifact_lease: Option<String>,
     #[serde(default)]
     pub s3: S3File,
     #[serde(default)]
@@ -539,6 +542,13 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             .map(|v| ("jobs.heartbeat_timeout".to_string(), v))
     }) {
         svc.job_heartbeat_timeout = parse_duration(&n, &v)?;
+    }
+    if let Some((n, v)) = env.get(&["IMS_ARTIFACT_LEASE"]).or_else(|| {
+        file.artifact_lease
+            .clone()
+            .map(|v| ("artifact_lease".to_string(), v))
+    }) {
+        svc.artifact_lease = parse_duration(&n, &v)?;
     }
     if let Some((n, v)) = env.get(&["IMS_JOB_USER_DEADLINE"]).or_else(|| {
         file.jobs
