@@ -258,13 +258,13 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                     steps.push(Step::Delete {
                         path: dloc.s3_url(),
                     });
-                }
-                if let Some(path) = path {
-                    steps.push(Step::LinkEtag {
-                        record: Linked::Image,
-                        id: rid.clone(),
-                        path,
-                    });
+                    if let Some(path) = path {
+                        steps.push(Step::LinkEtag {
+                            record: Linked::Image,
+                            id: rid.clone(),
+                            path,
+                        });
+                    }
                 }
                 batch.add(st, image_key(&rid), format!("undelete of image {rid}"), steps)?;
                 ops.push(delete_op(&d));
