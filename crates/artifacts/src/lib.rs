@@ -318,7 +318,11 @@ impl ArtifactStore {
     /// gone, the move counts as done when `to` exists, and the [`ObjectEvents`] hook is told again
     /// (a crash may have lost the first event; the hook ignores repeats). The info of `to`;
     /// `None` if neither exists.
-    pub async fn complete_move(&self, from: &Location, to: &Location) -> Result<Option<ObjectInfo>> {
+    pub async fn complete_move(
+        &self,
+        from: &Location,
+        to: &Location,
+    ) -> Result<Option<ObjectInfo>> {
         if let Some(info) = self.rename(from, to).await? {
             return Ok(Some(info));
         }

@@ -205,7 +205,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Then work whose owner stopped (another replica died, a move failed) is taken over.
     let sweeper = {
         let st = state.clone();
-        let every = (st.cfg.artifact_lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every =
+            (st.cfg.artifact_lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;

@@ -145,7 +145,11 @@ async fn restore_move(
 }
 
 /// The journal keys of the deleted records of a kind (`id` or all).
-fn keys_of<T>(all: &[Versioned<T>], key: fn(&str) -> String, id: fn(&T) -> &str) -> HashSet<String> {
+fn keys_of<T>(
+    all: &[Versioned<T>],
+    key: fn(&str) -> String,
+    id: fn(&T) -> &str,
+) -> HashSet<String> {
     all.iter().map(|v| key(id(&v.record))).collect()
 }
 
@@ -192,7 +196,12 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                     .iter()
                     .flat_map(|(from, to)| moved(Linked::Recipe, &rid, from, to))
                     .collect();
-                batch.add(st, recipe_key(&rid), format!("undelete of recipe {rid}"), steps)?;
+                batch.add(
+                    st,
+                    recipe_key(&rid),
+                    format!("undelete of recipe {rid}"),
+                    steps,
+                )?;
                 ops.push(delete_op(&d));
                 ops.push(insert_op(&rec)?);
             }
@@ -222,7 +231,12 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                 // manifest becomes the record's link.
                 let mut moves = Vec::new();
                 let mut link = None;
-                for Entry { entry, link: l, loc } in manifest_entries(&v) {
+                for Entry {
+                    entry,
+                    link: l,
+                    loc,
+                } in manifest_entries(&v)
+                {
                     let Some((from, to, info)) = restore_move(st, loc).await? else {
                         tracing::warn!(path = %l.path, "deleted image artifact missing; skipped");
                         continue;
@@ -232,11 +246,7 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                     }
                     moves.push((from, to));
                 }
-                plans.push((
-                    rec.id.clone(),
-                    link.as_ref().map(|l| l.path.clone()),
-                    moves,
-                ));
+                plans.push((rec.id.clone(), link.as_ref().map(|l| l.path.clone()), moves));
                 links.push(link);
                 cleanup.push(Some(loc));
             }
@@ -266,7 +276,12 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                         });
                     }
                 }
-                batch.add(st, image_key(&rid), format!("undelete of image {rid}"), steps)?;
+                batch.add(
+                    st,
+                    image_key(&rid),
+                    format!("undelete of image {rid}"),
+                    steps,
+                )?;
                 ops.push(delete_op(&d));
                 ops.push(insert_op(&rec)?);
             }

@@ -247,7 +247,12 @@ async fn delete_many_once(
             }
             Api::V3 => {
                 let (link, steps) = plan_soft_delete(st, &cur.record, now).await?;
-                batch.add(st, image_key(id), format!("soft delete of image {id}"), steps)?;
+                batch.add(
+                    st,
+                    image_key(id),
+                    format!("soft delete of image {id}"),
+                    steps,
+                )?;
                 let mut record = cur.record.clone();
                 record.link = link;
                 ops.push(delete_op(cur));

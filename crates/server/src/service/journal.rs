@@ -124,7 +124,13 @@ pub struct Batch {
 impl Batch {
     /// Records `steps` (if any) for the record with journal key `key`; the row goes into the same
     /// transaction as the record change ([`Batch::ops`]).
-    pub fn add(&mut self, st: &AppState, key: String, what: String, steps: Vec<Step>) -> ApiResult<()> {
+    pub fn add(
+        &mut self,
+        st: &AppState,
+        key: String,
+        what: String,
+        steps: Vec<Step>,
+    ) -> ApiResult<()> {
         if steps.is_empty() {
             return Ok(());
         }
@@ -262,7 +268,9 @@ pub async fn recover(st: &AppState, exclusive: bool) -> usize {
                 }
             },
             Ok(None) => {}
-            Err(e) => tracing::error!(%what, error = ?e, "cannot take over unfinished artifact work"),
+            Err(e) => {
+                tracing::error!(%what, error = ?e, "cannot take over unfinished artifact work")
+            }
         }
     }
     done
@@ -370,7 +378,12 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
                 let Some(p) = e.pointer("/link/path").and_then(Value::as_str) else {
                     continue;
                 };
-                match st.artifacts.head(&parse(p)?).await.map_err(|e| e.to_string())? {
+                match st
+                    .artifacts
+                    .head(&parse(p)?)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
                     Some(info) => {
                         let mut e = e.clone();
                         e["link"] = json!({"etag": info.etag, "path": p, "type": "s3"});
@@ -399,7 +412,9 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
             };
             let etag = info.etag;
             match record {
-                Linked::Recipe => set_link_etag::<Recipe>(st, id, path, &etag, |r| &mut r.link).await,
+                Linked::Recipe => {
+                    set_link_etag::<Recipe>(st, id, path, &etag, |r| &mut r.link).await
+                }
                 Linked::DeletedRecipe => {
                     set_link_etag::<Deleted<Recipe>>(st, id, path, &etag, |r| &mut r.record.link)
                         .await
@@ -419,7 +434,8 @@ async fn set_link_etag<T: Record + Clone>(
     etag: &str,
     link: fn(&mut T) -> &mut Option<ArtifactLink>,
 ) -> Result<(), String> {
-    let stale = |l: &Option<ArtifactLink>| l.as_ref().is_some_and(|l| l.path == path && l.etag != etag);
+    let stale =
+        |l: &Option<ArtifactLink>| l.as_ref().is_some_and(|l| l.path == path && l.etag != etag);
     let Some(mut cur) = ims_store::get::<T>(&*st.store, id)
         .await
         .map_err(|e| e.to_string())?

@@ -83,9 +83,7 @@ pub fn cascade(q: Option<&str>) -> bool {
 fn plan_cascade(link: &Option<ArtifactLink>) -> Vec<Step> {
     let Some(link) = link else { return vec![] };
     match location(link) {
-        Ok(loc) => vec![Step::Delete {
-            path: loc.s3_url(),
-        }],
+        Ok(loc) => vec![Step::Delete { path: loc.s3_url() }],
         Err(_) => {
             tracing::warn!(path = %link.path, "recipe link is not a valid artifact location; nothing to delete");
             vec![]
@@ -95,7 +93,10 @@ fn plan_cascade(link: &Option<ArtifactLink>) -> Vec<Step> {
 
 /// v3 soft delete, planned: the tarball moves under `deleted/`. Returns the deleted record's link and
 /// the steps; 409 (nothing planned) if the move would overwrite an object under `deleted/`.
-async fn plan_soft_delete(st: &AppState, rec: &Recipe) -> ApiResult<(Option<ArtifactLink>, Vec<Step>)> {
+async fn plan_soft_delete(
+    st: &AppState,
+    rec: &Recipe,
+) -> ApiResult<(Option<ArtifactLink>, Vec<Step>)> {
     let Some(link) = &rec.link else {
         return Ok((None, vec![]));
     };
@@ -172,7 +173,12 @@ async fn delete_many_once(
             }
             Api::V3 => {
                 let (link, steps) = plan_soft_delete(st, &cur.record).await?;
-                batch.add(st, recipe_key(id), format!("soft delete of recipe {id}"), steps)?;
+                batch.add(
+                    st,
+                    recipe_key(id),
+                    format!("soft delete of recipe {id}"),
+                    steps,
+                )?;
                 let mut record = cur.record.clone();
                 record.link = link;
                 ops.push(delete_op(cur));
