@@ -58,6 +58,10 @@ pub struct S3File {
     pub verify_tls: Option<bool>,
     pub ims_bucket: Option<String>,
     pub boot_images_bucket: Option<String>,
+    /// Objects above this size move by multipart copy (e.g. `5GiB`, the default and maximum).
+    pub copy_multipart_threshold: Option<String>,
+    /// The part size of those copies (e.g. `512MiB`, the default; at least 5 MiB).
+    pub copy_part_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -251,6 +255,33 @@ fn parse_size(name: &str, v: &str) -> Result<i64, ConfigError> {
     }
 }
 
+/// A byte count: `1048576`, `8MiB`, `5GiB`, `512M` (binary multiples; `K`/`KiB`, `M`/`MiB`,
+/// `G`/`GiB`, any case) within `min..=max`.
+fn parse_bytes(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let t = v.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(err(name, format!("{v:?} is not a size (e.g. 8MiB, 5GiB)"))),
+    };
+    match n
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
+        Some(b) if (min..=max).contains(&b) => Ok(b),
+        Some(_) => Err(err(
+            name,
+            format!("{v:?} is not between {min} and {max} bytes"),
+        )),
+        None => Err(err(name, format!("{v:?} is not a size (e.g. 8MiB, 5GiB)"))),
+    }
+}
+
 fn check_bucket(name: &str, v: String) -> Result<String, ConfigError> {
     if ims_artifacts::valid_bucket(&v) {
         Ok(v)
@@ -405,6 +436,31 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 .map(|(_, v)| v)
                 .or(file.s3.region.clone())
                 .unwrap_or_else(|| "us-east-1".into());
+            // Moves of larger objects are multipart copies (S3 refuses one copy above 5 GiB).
+            let copy_multipart_threshold =
+                match env.get(&["IMS_S3_COPY_MULTIPART_THRESHOLD"]).or_else(|| {
+                    file.s3
+                        .copy_multipart_threshold
+                        .clone()
+                        .map(|v| ("s3.copy_multipart_threshold".to_string(), v))
+                }) {
+                    Some((n, v)) => parse_bytes(&n, &v, 1, ims_artifacts::MAX_SINGLE_COPY)?,
+                    None => ims_artifacts::MAX_SINGLE_COPY,
+                };
+            let copy_part_size = match env.get(&["IMS_S3_COPY_PART_SIZE"]).or_else(|| {
+                file.s3
+                    .copy_part_size
+                    .clone()
+                    .map(|v| ("s3.copy_part_size".to_string(), v))
+            }) {
+                Some((n, v)) => parse_bytes(
+                    &n,
+                    &v,
+                    ims_artifacts::MIN_PART,
+                    ims_artifacts::MAX_SINGLE_COPY,
+                )?,
+                None => ims_artifacts::DEFAULT_COPY_PART,
+            };
             Some(ims_artifacts::S3Settings {
                 endpoint,
                 region,
@@ -412,6 +468,8 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 secret_key,
                 path_style,
                 verify_tls,
+                copy_multipart_threshold,
+                copy_part_size,
             })
         }
     };
