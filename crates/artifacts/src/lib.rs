@@ -751,6 +751,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn completing_moves_and_deletes_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let s = ArtifactStore::new(Backend::Local {
+            root: d.path().to_path_buf(),
+        })
+        .with_events(rec.clone());
+        let a = Location::parse("s3://boot-images/x/rootfs").unwrap();
+        let b = a.deleted();
+        s.put_small(&a, Bytes::from_static(b"r")).await.unwrap();
+        let first = s.complete_move(&a, &b).await.unwrap().unwrap();
+        // Re-run after a crash: the source is gone, the destination there: done, same object,
+        // and the hook is told again (its first event may have been lost).
+        assert_eq!(s.complete_move(&a, &b).await.unwrap(), Some(first));
+        assert_eq!(s.head(&a).await.unwrap(), None);
+        // Neither there: nothing to move.
+        let c = Location::parse("s3://boot-images/y/rootfs").unwrap();
+        assert_eq!(s.complete_move(&c, &c.deleted()).await.unwrap(), None);
+        s.complete_delete(&b).await.unwrap();
+        s.complete_delete(&b).await.unwrap();
+        assert_eq!(s.head(&b).await.unwrap(), None);
+        assert_eq!(
+            *rec.seen.lock().unwrap(),
+            [
+                "moved boot-images x/rootfs deleted/x/rootfs",
+                "moved boot-images x/rootfs deleted/x/rootfs",
+                "deleted boot-images deleted/x/rootfs",
+                "deleted boot-images deleted/x/rootfs",
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn unknown_bucket_reads_create_nothing() {
         let (d, s) = local();
         let a = Location::parse("s3://nobucket/k").unwrap();

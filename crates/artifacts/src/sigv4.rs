@@ -189,3 +189,23 @@ pub fn error_text(status: reqwest::StatusCode, text: &str) -> String {
         _ => format!("{status}: {}", text.trim()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc4231() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hex(&hmac(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn uri_encoding() {
+        assert_eq!(uri_encode("/b/a b/ü~", true), "/b/a%20b/%C3%BC~");
+        assert_eq!(uri_encode("/b/k", false), "%2Fb%2Fk");
+    }
+}

@@ -770,6 +770,47 @@ mod tests {
     }
 
     #[test]
+    fn s3_copy_settings_and_artifact_lease() {
+        let s3 = [
+            ("S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("S3_ACCESS_KEY", "a"),
+            ("S3_SECRET_KEY", "s"),
+        ];
+        let c = load(&Flags::default(), &env(&s3)).unwrap();
+        let d = c.s3.unwrap();
+        assert_eq!(d.copy_multipart_threshold, 5 << 30);
+        assert_eq!(d.copy_part_size, 512 << 20);
+        assert_eq!(c.service.artifact_lease, std::time::Duration::from_secs(60));
+        let mut e = s3.to_vec();
+        e.extend([
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "8MiB"),
+            ("IMS_S3_COPY_PART_SIZE", "6m"),
+            ("IMS_ARTIFACT_LEASE", "2m"),
+        ]);
+        let c = load(&Flags::default(), &env(&e)).unwrap();
+        let d = c.s3.unwrap();
+        assert_eq!(d.copy_multipart_threshold, 8 << 20);
+        assert_eq!(d.copy_part_size, 6 << 20);
+        assert_eq!(
+            c.service.artifact_lease,
+            std::time::Duration::from_secs(120)
+        );
+        for (k, v) in [
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "6GiB"),
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "0"),
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "lots"),
+            ("IMS_S3_COPY_PART_SIZE", "1MiB"),
+            ("IMS_S3_COPY_PART_SIZE", "99999999999999999999G"),
+            ("IMS_ARTIFACT_LEASE", "0"),
+        ] {
+            let mut e = s3.to_vec();
+            e.push((k, v));
+            let msg = load(&Flags::default(), &env(&e)).unwrap_err().to_string();
+            assert!(msg.contains(k), "{k}={v}: {msg}");
+        }
+    }
+
+    #[test]
     fn precedence_flag_env_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
