@@ -154,18 +154,25 @@ impl Batch {
     /// After the commit: does the work. A failure leaves the row for the sweeper (the change itself
     /// is committed) and answers 500 saying so.
     pub async fn complete(self, st: &AppState) -> ApiResult<()> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let keys: HashSet<String> = self.keys.into_iter().collect();
         let mut failed = Vec::new();
-        for key in self.keys {
-            let Some(v) = ims_store::get::<Intent>(&*st.store, &key).await? else {
-                continue;
-            };
-            if v.record.owner != *OWNER {
-                // Taken over (our lease ran out): the new owner finishes it.
+        let mut done = Vec::new();
+        for v in list::<Intent>(&*st.store).await? {
+            // Another owner means taken over (our lease ran out): the new owner finishes it.
+            if !keys.contains(&v.record.id) || v.record.owner != *OWNER {
                 continue;
             }
-            if let Err(e) = execute(st, v).await {
-                failed.push(e);
+            match run_steps(st, v).await {
+                Ok(row) => done.push(row),
+                Err(e) => failed.push(e),
             }
+        }
+        // The rows of a bulk operation go in one transaction.
+        if let Err(e) = remove(st, done).await {
+            failed.push(e);
         }
         if failed.is_empty() {
             return Ok(());
@@ -290,9 +297,41 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs a row's steps, renewing its lease meanwhile, then removes it. `Err` (a message) when a
-/// step failed or another process took the row over; the row then stays.
+/// Runs a row's steps, then removes it. `Err` (a message) when a step failed or another process
+/// took the row over; the row then stays.
 async fn execute(st: &AppState, v: Versioned<Intent>) -> Result<(), String> {
+    let row = run_steps(st, v).await?;
+    remove(st, vec![row]).await
+}
+
+/// Removes the rows of completed work (at the versions this process holds); a row another process
+/// has taken over meanwhile stays for it.
+async fn remove(st: &AppState, rows: Vec<Versioned<Intent>>) -> Result<(), String> {
+    let many = rows.len() > 1;
+    match st.store.apply(rows.iter().map(delete_op).collect()).await {
+        Ok(()) => return Ok(()),
+        Err(StoreError::Conflict) if many => {}
+        Err(StoreError::Conflict) => return Ok(()),
+        Err(e) => return Err(format!("work done, but its journal rows stay: {e}")),
+    }
+    // One was taken over: the others one by one.
+    for row in &rows {
+        match st.store.apply(vec![delete_op(row)]).await {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(e) => {
+                return Err(format!(
+                    "{}: done, but its journal row stays: {e}",
+                    row.record.what
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a row's steps, renewing its lease meanwhile. Returns the row at the version this process
+/// holds; `Err` (a message) when a step failed or another process took the row over.
+async fn run_steps(st: &AppState, v: Versioned<Intent>) -> Result<Versioned<Intent>, String> {
     let steps = v.record.steps.clone();
     let what = v.record.what.clone();
     // `None` once another process has taken the row over.
@@ -335,13 +374,8 @@ async fn execute(st: &AppState, v: Versioned<Intent>) -> Result<(), String> {
             .map_err(|e| format!("{what}: {e}"))?;
     }
     let mut g = held.lock().await;
-    let Some(cur) = g.take() else {
-        return Err(format!("{what}: taken over by another process"));
-    };
-    match st.store.apply(vec![delete_op(&cur)]).await {
-        Ok(()) | Err(StoreError::Conflict) => Ok(()),
-        Err(e) => Err(format!("{what}: done, but the journal row stays: {e}")),
-    }
+    g.take()
+        .ok_or_else(|| format!("{what}: taken over by another process"))
 }
 
 fn parse(path: &str) -> Result<Location, String> {
