@@ -305,4 +305,150 @@ async fn sigkill_during_artifact_moves_leaves_no_broken_record(db: Db) {
     }
 }
 
-both_backends!(sigkill_during_artifact_moves_leaves_no_broken_record);
+/// Checks every recipe against its record: its tarball is where the record says, and only there.
+fn check_recipes(
+    s: &Server,
+    dirs: &HashMap<String, String>,
+    active: &Value,
+    deleted: &Value,
+) -> Result<HashMap<String, Where>, String> {
+    let ids = |v: &Value| -> HashMap<String, Value> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+            .collect()
+    };
+    let (active, deleted) = (ids(active), ids(deleted));
+    let mut out = HashMap::new();
+    for (id, dir) in dirs {
+        let key = format!("recipes/{dir}/recipe.tgz");
+        let here = s.has_artifact("ims", &key);
+        let there = s.has_artifact("ims", &format!("deleted/{key}"));
+        let (state, want) = match (active.get(id), deleted.get(id)) {
+            (Some(_), Some(_)) => return Err(format!("recipe {id} both active and deleted")),
+            (Some(r), None) => (Where::Active, (r, key.clone(), true, false)),
+            (None, Some(r)) => (Where::Deleted, (r, format!("deleted/{key}"), false, true)),
+            (None, None) => {
+                if here || there {
+                    return Err(format!("gone recipe {id}: tarball left"));
+                }
+                out.insert(id.clone(), Where::Gone);
+                continue;
+            }
+        };
+        let (r, at, h, t) = want;
+        if r["link"]["path"] != format!("s3://ims/{at}") || here != h || there != t {
+            return Err(format!(
+                "{state:?} recipe {id}: link {}, tarball here {here}, under deleted/ {there}",
+                r["link"]
+            ));
+        }
+        if s.read_artifact("ims", &at) != format!("tarball of {dir}").as_bytes() {
+            return Err(format!("recipe {id}: tarball content changed"));
+        }
+        out.insert(id.clone(), state);
+    }
+    Ok(out)
+}
+
+async fn restart_and_check_recipes(
+    s: &mut Server,
+    dirs: &HashMap<String, String>,
+) -> HashMap<String, Where> {
+    *s = reopen(s).await;
+    let t = Instant::now();
+    loop {
+        let active = s.get("/v3/recipes").await.ok(200);
+        let deleted = s.get("/v3/deleted/recipes").await.ok(200);
+        match check_recipes(s, dirs, &active, &deleted) {
+            Ok(st) => return st,
+            Err(e) if t.elapsed() > Duration::from_secs(15) => panic!("after restart: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The same for recipes: soft delete, undelete and cascade delete of recipes with real tarballs.
+async fn sigkill_during_recipe_moves_leaves_no_broken_record(db: Db) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut s = builder(db)
+        .await
+        .env("IMS_ARTIFACT_LEASE", "1s")
+        .start()
+        .await;
+    let mut dirs: HashMap<String, String> = HashMap::new();
+    let ims = |s: &Server| s.data.path().join("artifacts/ims");
+    for round in 0..ROUNDS {
+        for i in 0..IMAGES * 2 {
+            let dir = format!("r{round}-{i}");
+            let key = format!("recipes/{dir}/recipe.tgz");
+            s.put_artifact("ims", &key, format!("tarball of {dir}").as_bytes());
+            let r = s
+                .post(
+                    "/v3/recipes",
+                    &json!({"name": dir, "recipe_type": "kiwi-ng", "linux_distribution": "sles15",
+                            "link": {"path": format!("s3://ims/{key}"), "etag": "", "type": "s3"}}),
+                )
+                .await
+                .ok(201);
+            dirs.insert(r["id"].as_str().unwrap().to_string(), dir);
+        }
+        let before = files(&ims(&s).join("deleted"));
+        let acked = run_and_kill(
+            &mut s,
+            &mut rng,
+            "DELETE",
+            "/v3/recipes",
+            None,
+            IMAGES * 2,
+            |s| files(&ims(s).join("deleted")).saturating_sub(before),
+        )
+        .await;
+        let st = restart_and_check_recipes(&mut s, &dirs).await;
+        if acked {
+            assert!(st.values().all(|w| *w != Where::Active));
+        }
+        let under = files(&ims(&s).join("deleted"));
+        let acked = run_and_kill(
+            &mut s,
+            &mut rng,
+            "PATCH",
+            "/v3/deleted/recipes",
+            Some(json!({"operation": "undelete"})),
+            under,
+            move |s| under.saturating_sub(files(&ims(s).join("deleted"))),
+        )
+        .await;
+        let st = restart_and_check_recipes(&mut s, &dirs).await;
+        if acked {
+            assert!(st.values().all(|w| *w != Where::Deleted));
+        }
+        let present = files(&ims(&s));
+        let acked = run_and_kill(
+            &mut s,
+            &mut rng,
+            "DELETE",
+            "/v2/recipes",
+            None,
+            present,
+            move |s| present.saturating_sub(files(&ims(s))),
+        )
+        .await;
+        let st = restart_and_check_recipes(&mut s, &dirs).await;
+        if acked {
+            assert!(st.values().all(|w| *w != Where::Active));
+        }
+    }
+}
+
+both_backends!(
+    sigkill_during_artifact_moves_leaves_no_broken_record,
+    sigkill_during_recipe_moves_leaves_no_broken_record
+);
