@@ -222,7 +222,7 @@ pub async fn settle(st: &AppState, keys: &HashSet<String>) -> ApiResult<()> {
                 )
                 .into());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
