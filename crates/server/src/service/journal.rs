@@ -307,6 +307,9 @@ async fn execute(st: &AppState, v: Versioned<Intent>) -> Result<(), String> {
 /// Removes the rows of completed work (at the versions this process holds); a row another process
 /// has taken over meanwhile stays for it.
 async fn remove(st: &AppState, rows: Vec<Versioned<Intent>>) -> Result<(), String> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let many = rows.len() > 1;
     match st.store.apply(rows.iter().map(delete_op).collect()).await {
         Ok(()) => return Ok(()),
