@@ -189,7 +189,9 @@ impl Batch {
 /// owner's lease ran out. Called before planning an operation on these records, so that the plan
 /// sees their artifacts where their records say.
 pub async fn settle(st: &AppState, keys: &HashSet<String>) -> ApiResult<()> {
-    let give_up = Instant::now() + st.cfg.artifact_lease.max(Duration::from_secs(30));
+    // Long enough for a live owner to finish, or for its lease to run out and the work to be
+    // taken over here.
+    let give_up = Instant::now() + (st.cfg.artifact_lease * 2).max(Duration::from_secs(30));
     loop {
         let pending: Vec<Versioned<Intent>> = list::<Intent>(&*st.store)
             .await?
