@@ -108,7 +108,9 @@ pub enum SmallRead {
 /// can follow them. Called on a blocking thread (file-system work is fine) once the operation has
 /// succeeded, before it returns; an error is logged as a warning and never fails the operation,
 /// so an implementation must stay correct when an event is lost (a crash between the operation
-/// and its event).
+/// and its event) or repeated ([`ArtifactStore::complete_move`] and
+/// [`ArtifactStore::complete_delete`] tell it again when the records service replays a move or
+/// delete after a crash).
 pub trait ObjectEvents: Send + Sync + 'static {
     /// `bucket/from` was renamed to `bucket/to`: the same file (inode, size and modification time
     /// unchanged) under another key.
@@ -309,8 +311,9 @@ impl ArtifactStore {
         }
     }
 
-    /// Moves an object within its bucket (local: a rename; S3: server-side copy + delete).
-    /// `None` if the source does not exist.
+    /// Moves an object within its bucket (local: a rename; S3: server-side copy + delete, a
+    /// multipart copy above [`S3Settings::copy_multipart_threshold`]). `None` if the source does
+    /// not exist.
     pub async fn rename(&self, from: &Location, to: &Location) -> Result<Option<ObjectInfo>> {
         if from.bucket != to.bucket {
             return Err(ArtifactError::Store {
