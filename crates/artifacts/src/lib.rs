@@ -10,11 +10,12 @@
 //! through [`ObjectEvents`] ([`ArtifactStore::with_events`]).
 
 mod location;
+pub mod sigv4;
 
 pub use location::{Location, LocationError, valid_bucket};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{ClientOptions, ObjectStore, PutPayload};
@@ -41,7 +42,23 @@ pub struct S3Settings {
     pub path_style: bool,
     /// Verify the endpoint's TLS certificate.
     pub verify_tls: bool,
+    /// Objects larger than this many bytes are moved with a multipart copy (UploadPartCopy)
+    /// instead of one CopyObject, which S3 and Ceph RGW refuse above 5 GiB.
+    pub copy_multipart_threshold: u64,
+    /// The part size of multipart copies (raised when an object would need more than 10,000 parts).
+    pub copy_part_size: u64,
 }
+
+/// The largest object S3 copies in one CopyObject (and the default multipart-copy threshold).
+pub const MAX_SINGLE_COPY: u64 = 5 << 30;
+/// The smallest part S3 accepts (but the last).
+pub const MIN_PART: u64 = 5 << 20;
+/// The default part size of multipart copies.
+pub const DEFAULT_COPY_PART: u64 = 512 << 20;
+/// S3's limit on the parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+/// Part copies in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for S3Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,6 +69,8 @@ impl std::fmt::Debug for S3Settings {
             .field("secret_key", &"<redacted>")
             .field("path_style", &self.path_style)
             .field("verify_tls", &self.verify_tls)
+            .field("copy_multipart_threshold", &self.copy_multipart_threshold)
+            .field("copy_part_size", &self.copy_part_size)
             .finish()
     }
 }
@@ -89,7 +108,9 @@ pub enum SmallRead {
 /// can follow them. Called on a blocking thread (file-system work is fine) once the operation has
 /// succeeded, before it returns; an error is logged as a warning and never fails the operation,
 /// so an implementation must stay correct when an event is lost (a crash between the operation
-/// and its event).
+/// and its event) or repeated ([`ArtifactStore::complete_move`] and
+/// [`ArtifactStore::complete_delete`] tell it again when the records service replays a move or
+/// delete after a crash).
 pub trait ObjectEvents: Send + Sync + 'static {
     /// `bucket/from` was renamed to `bucket/to`: the same file (inode, size and modification time
     /// unchanged) under another key.
@@ -114,6 +135,8 @@ enum Event {
 /// The artifact store: one `ObjectStore` per bucket, created on first use.
 pub struct ArtifactStore {
     backend: Backend,
+    /// HTTP client of the signed S3 calls (multipart copies), made on first use.
+    http: std::sync::OnceLock<reqwest::Client>,
     buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
     events: Option<Arc<dyn ObjectEvents>>,
 }
@@ -122,6 +145,7 @@ impl ArtifactStore {
     pub fn new(backend: Backend) -> Self {
         ArtifactStore {
             backend,
+            http: std::sync::OnceLock::new(),
             buckets: Mutex::new(HashMap::new()),
             events: None,
         }
@@ -287,8 +311,9 @@ impl ArtifactStore {
         }
     }
 
-    /// Moves an object within its bucket (local: a rename; S3: server-side copy + delete).
-    /// `None` if the source does not exist.
+    /// Moves an object within its bucket (local: a rename; S3: server-side copy + delete, a
+    /// multipart copy above [`S3Settings::copy_multipart_threshold`]). `None` if the source does
+    /// not exist.
     pub async fn rename(&self, from: &Location, to: &Location) -> Result<Option<ObjectInfo>> {
         if from.bucket != to.bucket {
             return Err(ArtifactError::Store {
@@ -299,6 +324,21 @@ impl ArtifactStore {
         let Some(store) = self.bucket(&from.bucket, false)? else {
             return Ok(None);
         };
+        if let Backend::S3(s) = &self.backend {
+            let Some(src) = self.head(from).await? else {
+                return Ok(None);
+            };
+            if src.size > s.copy_multipart_threshold {
+                self.multipart_copy(s, from, to, src.size).await?;
+                // The copy is complete; now the source goes. Should that fail, both exist and the
+                // move (re-run from the records service's journal) copies again over the copy.
+                match store.delete(&from.path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store_err(from, e)),
+                }
+                return self.head(to).await;
+            }
+        }
         match store.rename(&from.path, &to.path).await {
             Ok(()) => self.prune_empty_dirs(from),
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -311,6 +351,228 @@ impl ArtifactStore {
         })
         .await;
         self.head(to).await
+    }
+
+    /// Drives a move to completion, idempotently (the records service's journal replays moves
+    /// after a crash): `from` moves to `to` if it exists (replacing what `to` held); if `from` is
+    /// gone, the move counts as done when `to` exists, and the [`ObjectEvents`] hook is told again
+    /// (a crash may have lost the first event; the hook ignores repeats). The info of `to`;
+    /// `None` if neither exists.
+    pub async fn complete_move(
+        &self,
+        from: &Location,
+        to: &Location,
+    ) -> Result<Option<ObjectInfo>> {
+        if let Some(info) = self.rename(from, to).await? {
+            return Ok(Some(info));
+        }
+        let info = self.head(to).await?;
+        if info.is_some() {
+            self.notify(Event::Moved {
+                bucket: from.bucket.clone(),
+                from: from.key.clone(),
+                to: to.key.clone(),
+            })
+            .await;
+        }
+        Ok(info)
+    }
+
+    /// Deletes an object idempotently: also when it is already gone, the [`ObjectEvents`] hook is
+    /// told (a crash may have lost the first event).
+    pub async fn complete_delete(&self, loc: &Location) -> Result<()> {
+        if !self.delete(loc).await? {
+            self.notify(Event::Deleted {
+                bucket: loc.bucket.clone(),
+                key: loc.key.clone(),
+            })
+            .await;
+        }
+        Ok(())
+    }
+}
+
+impl ArtifactStore {
+    /// The HTTP client of signed S3 calls.
+    fn http(&self, s: &S3Settings) -> Result<&reqwest::Client> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
+        let c = reqwest::Client::builder()
+            .danger_accept_invalid_certs(!s.verify_tls)
+            .build()
+            .map_err(|e| ArtifactError::Store {
+                location: s.endpoint.clone(),
+                message: format!("cannot make an HTTP client: {e}"),
+            })?;
+        Ok(self.http.get_or_init(|| c))
+    }
+
+    /// Copies `from` to `to` (same bucket, `size` bytes) with a multipart upload whose parts are
+    /// server-side copies of byte ranges (UploadPartCopy), keeping the content headers and user
+    /// metadata (`md5sum`…) as CopyObject does. On any failure the upload is aborted: the source
+    /// stays as it was and no part is left behind.
+    async fn multipart_copy(
+        &self,
+        s: &S3Settings,
+        from: &Location,
+        to: &Location,
+        size: u64,
+    ) -> Result<()> {
+        let http = self.http(s)?;
+        let fail = |what: &str, m: String| ArtifactError::Store {
+            location: to.to_string(),
+            message: format!("multipart copy from {from}: {what}: {m}"),
+        };
+        // Path-style: `endpoint/bucket/key`; virtual-hosted-style: `bucket.endpoint/key`.
+        let (endpoint, prefix) = if s.path_style {
+            (s.endpoint.clone(), format!("/{}", from.bucket))
+        } else {
+            let mut u =
+                reqwest::Url::parse(&s.endpoint).map_err(|e| fail("endpoint", e.to_string()))?;
+            let host = format!("{}.{}", from.bucket, u.host_str().unwrap_or_default());
+            u.set_host(Some(&host))
+                .map_err(|e| fail("endpoint", e.to_string()))?;
+            (u.to_string(), String::new())
+        };
+        let signer = sigv4::Signer {
+            endpoint: &endpoint,
+            region: &s.region,
+            access_key: &s.access_key,
+            secret_key: &s.secret_key,
+            token: "",
+        };
+        let (src_path, dst_path) = (
+            format!("{prefix}/{}", from.key),
+            format!("{prefix}/{}", to.key),
+        );
+        let call = |method: reqwest::Method,
+                    path: String,
+                    query: Vec<(&'static str, String)>,
+                    headers: Vec<(String, String)>,
+                    body: Bytes| {
+            let signer = &signer;
+            async move {
+                let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let h: Vec<(&str, String)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                let a = sigv4::send(http, signer, method, &path, &q, &h, body).await?;
+                // S3 may answer 200 with an error document for a copy that failed midway.
+                if !a.status.is_success() || a.body.contains("<Error>") {
+                    return Err(sigv4::error_text(a.status, &a.body));
+                }
+                Ok(a)
+            }
+        };
+        // The source's content headers and user metadata go onto the new object.
+        let head = call(
+            reqwest::Method::HEAD,
+            src_path,
+            vec![],
+            vec![],
+            Bytes::new(),
+        )
+        .await
+        .map_err(|e| fail("HEAD", e))?;
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for (k, v) in &head.headers {
+            let k = k.as_str();
+            let keep = k.starts_with("x-amz-meta-")
+                || matches!(
+                    k,
+                    "content-type"
+                        | "content-encoding"
+                        | "content-disposition"
+                        | "content-language"
+                        | "cache-control"
+                        | "expires"
+                );
+            if keep && let Ok(v) = v.to_str() {
+                headers.push((k.to_string(), v.to_string()));
+            }
+        }
+        let created = call(
+            reqwest::Method::POST,
+            dst_path.clone(),
+            vec![("uploads", String::new())],
+            headers,
+            Bytes::new(),
+        )
+        .await
+        .map_err(|e| fail("CreateMultipartUpload", e))?;
+        let Some(upload) = sigv4::xml_texts(&created.body, "UploadId").pop() else {
+            return Err(fail(
+                "CreateMultipartUpload",
+                "no UploadId in the answer".into(),
+            ));
+        };
+        let part = s.copy_part_size.max(size.div_ceil(MAX_PARTS)).max(1);
+        let source = sigv4::uri_encode(&format!("/{}/{}", from.bucket, from.key), true);
+        let copy = async {
+            let etags: Vec<String> = futures::stream::iter(0..size.div_ceil(part))
+                .map(|i| {
+                    let (start, end) = (i * part, ((i + 1) * part).min(size) - 1);
+                    let query = vec![
+                        ("partNumber", (i + 1).to_string()),
+                        ("uploadId", upload.clone()),
+                    ];
+                    let headers = vec![
+                        ("x-amz-copy-source".to_string(), source.clone()),
+                        (
+                            "x-amz-copy-source-range".to_string(),
+                            format!("bytes={start}-{end}"),
+                        ),
+                    ];
+                    let call = &call;
+                    let dst_path = dst_path.clone();
+                    async move {
+                        let a = call(reqwest::Method::PUT, dst_path, query, headers, Bytes::new())
+                            .await
+                            .map_err(|e| format!("UploadPartCopy {}: {e}", i + 1))?;
+                        sigv4::xml_texts(&a.body, "ETag").pop().ok_or_else(|| {
+                            format!("UploadPartCopy {}: no ETag in the answer", i + 1)
+                        })
+                    }
+                })
+                .buffered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            let mut xml = String::from("<CompleteMultipartUpload>");
+            for (i, etag) in etags.iter().enumerate() {
+                xml.push_str(&format!(
+                    "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                    i + 1,
+                    etag.replace('&', "&amp;").replace('"', "&quot;")
+                ));
+            }
+            xml.push_str("</CompleteMultipartUpload>");
+            call(
+                reqwest::Method::POST,
+                dst_path.clone(),
+                vec![("uploadId", upload.clone())],
+                vec![],
+                Bytes::from(xml),
+            )
+            .await
+            .map_err(|e| format!("CompleteMultipartUpload: {e}"))
+        };
+        if let Err(e) = copy.await {
+            if let Err(a) = call(
+                reqwest::Method::DELETE,
+                dst_path.clone(),
+                vec![("uploadId", upload.clone())],
+                vec![],
+                Bytes::new(),
+            )
+            .await
+            {
+                tracing::error!(location = %to, upload = %upload, error = %a, "could not abort a failed multipart copy; its parts stay until the bucket's lifecycle rules remove them");
+            }
+            return Err(fail("copy", e));
+        }
+        Ok(())
     }
 }
 
@@ -489,6 +751,39 @@ mod tests {
                 "fail = {fail}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn completing_moves_and_deletes_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let s = ArtifactStore::new(Backend::Local {
+            root: d.path().to_path_buf(),
+        })
+        .with_events(rec.clone());
+        let a = Location::parse("s3://boot-images/x/rootfs").unwrap();
+        let b = a.deleted();
+        s.put_small(&a, Bytes::from_static(b"r")).await.unwrap();
+        let first = s.complete_move(&a, &b).await.unwrap().unwrap();
+        // Re-run after a crash: the source is gone, the destination there: done, same object,
+        // and the hook is told again (its first event may have been lost).
+        assert_eq!(s.complete_move(&a, &b).await.unwrap(), Some(first));
+        assert_eq!(s.head(&a).await.unwrap(), None);
+        // Neither there: nothing to move.
+        let c = Location::parse("s3://boot-images/y/rootfs").unwrap();
+        assert_eq!(s.complete_move(&c, &c.deleted()).await.unwrap(), None);
+        s.complete_delete(&b).await.unwrap();
+        s.complete_delete(&b).await.unwrap();
+        assert_eq!(s.head(&b).await.unwrap(), None);
+        assert_eq!(
+            *rec.seen.lock().unwrap(),
+            [
+                "moved boot-images x/rootfs deleted/x/rootfs",
+                "moved boot-images x/rootfs deleted/x/rootfs",
+                "deleted boot-images deleted/x/rootfs",
+                "deleted boot-images deleted/x/rootfs",
+            ]
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@
 use crate::Client;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+pub use ims_artifacts::sigv4::hex;
+use ims_artifacts::sigv4::{self, uri_encode, xml_blocks, xml_texts};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use md5::Md5;
 use object_store::WriteMultipart;
@@ -117,10 +119,6 @@ pub fn s3_error(bucket: &str, key: &str, e: object_store::Error) -> String {
     }
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A token cancelled by the first Ctrl-C (SIGINT) from now on. Commands that take it handle the
 /// interruption themselves — abort uploads, remove partial files, undo records — and exit with an
 /// error instead of dying half-way. Call inside the runtime.
@@ -180,31 +178,6 @@ pub fn percent_progress(what: &str) -> ProgressBar {
     bar
 }
 
-/// HMAC-SHA256.
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut m = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
-        .expect("HMAC accepts keys of any length");
-    hmac::Mac::update(&mut m, msg);
-    hmac::Mac::finalize(m).into_bytes().into()
-}
-
-/// RFC 3986 percent-encoding of everything but the unreserved characters (and `/` when
-/// `keep_slash`), as SigV4 canonical requests need.
-fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// Sends one SigV4-signed request with an empty body to the endpoint (path-style): for the
 /// operations object_store does not offer (ListBuckets, ListObjects v1, CopyObject with new
 /// metadata). `path` is unencoded (`/bucket/key`), so are the `query` pairs; `headers` are
@@ -216,95 +189,24 @@ async fn signed(
     query: &[(&str, &str)],
     extra: &[(&str, String)],
 ) -> Result<(reqwest::StatusCode, String), String> {
-    let base = reqwest::Url::parse(&c.endpoint)
-        .map_err(|e| format!("invalid EndpointURL {:?}: {e}", c.endpoint))?;
-    let host = match (base.host_str(), base.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => return Err(format!("invalid EndpointURL {:?}", c.endpoint)),
+    let signer = sigv4::Signer {
+        endpoint: &c.endpoint,
+        region: REGION,
+        access_key: &c.access_key,
+        secret_key: &c.secret_key,
+        token: &c.token,
     };
-    let encoded = uri_encode(path, true);
-    let mut url = base
-        .join(&encoded)
-        .map_err(|e| format!("invalid S3 path {path:?}: {e}"))?;
-    // The canonical query string: encoded pairs sorted by name (then value); the URL carries the
-    // same string so that what is signed is what is sent.
-    let mut pairs: Vec<(String, String)> = query
-        .iter()
-        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
-        .collect();
-    pairs.sort();
-    let canonical_query = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    url.set_query((!canonical_query.is_empty()).then_some(canonical_query.as_str()));
-    let now = chrono::Utc::now();
-    let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
-    let date = now.format("%Y%m%d").to_string();
-    let payload = hex(&Sha256::digest(b""));
-    let mut headers: Vec<(String, String)> = vec![
-        ("host".into(), host),
-        ("x-amz-content-sha256".into(), payload.clone()),
-        ("x-amz-date".into(), amz_date.clone()),
-    ];
-    if !c.token.is_empty() {
-        headers.push(("x-amz-security-token".into(), c.token.clone()));
-    }
-    headers.extend(
-        extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.trim().to_string())),
-    );
-    headers.sort();
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let signed_names = headers
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
-    let canonical = format!(
-        "{method}\n{encoded}\n{canonical_query}\n{canonical_headers}\n{signed_names}\n{payload}"
-    );
-    let scope = format!("{date}/{REGION}/s3/aws4_request");
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let mut k = hmac(format!("AWS4{}", c.secret_key).as_bytes(), date.as_bytes());
-    for part in [REGION, "s3", "aws4_request"] {
-        k = hmac(&k, part.as_bytes());
-    }
-    let sig = hex(&hmac(&k, to_sign.as_bytes()));
-    let mut req = reqwest::Client::new().request(method, url.clone()).header(
-        "authorization",
-        format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_names}, Signature={sig}",
-            c.access_key
-        ),
-    );
-    for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await.map_err(|e| format!("S3 {url}: {e}"))?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| format!("S3 {url}: {e}"))?;
-    Ok((status, text))
-}
-
-/// The text of every `<tag>…</tag>` element of an S3 XML answer, entities decoded.
-fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
-    xml_blocks(xml, tag)
-        .into_iter()
-        .map(|t| {
-            t.replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&quot;", "\"")
-                .replace("&apos;", "'")
-                .replace("&amp;", "&")
-        })
-        .collect()
+    let a = sigv4::send(
+        &reqwest::Client::new(),
+        &signer,
+        method,
+        path,
+        query,
+        extra,
+        Bytes::new(),
+    )
+    .await?;
+    Ok((a.status, a.body))
 }
 
 /// ListBuckets (`GET /`), which object_store does not offer.
@@ -346,7 +248,10 @@ pub async fn list_objects(c: &Creds, bucket: &str) -> Result<Vec<Listed>, String
         let (status, text) =
             signed(c, reqwest::Method::GET, &format!("/{bucket}"), &query, &[]).await?;
         if !status.is_success() {
-            return Err(format!("s3://{bucket}: {}", s3_error_text(status, &text)));
+            return Err(format!(
+                "s3://{bucket}: {}",
+                sigv4::error_text(status, &text)
+            ));
         }
         let before = out.len();
         for block in xml_blocks(&text, "Contents") {
@@ -394,32 +299,6 @@ pub async fn bucket_exists(c: &Creds, bucket: &str) -> Result<bool, String> {
     Ok(names
         .as_array()
         .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(bucket))))
-}
-
-/// `Code: Message` of an S3 error document, or the status and body.
-fn s3_error_text(status: reqwest::StatusCode, text: &str) -> String {
-    match (
-        xml_texts(text, "Code").into_iter().next(),
-        xml_texts(text, "Message").into_iter().next(),
-    ) {
-        (Some(code), Some(msg)) => format!("{code}: {msg}"),
-        (Some(code), None) => code,
-        _ => format!("{status}: {}", text.trim()),
-    }
-}
-
-/// The inner text of every `<tag>…</tag>` element (not decoded).
-fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut out = vec![];
-    let mut rest = xml;
-    while let Some(i) = rest.find(&open) {
-        rest = &rest[i + open.len()..];
-        let Some(j) = rest.find(&close) else { break };
-        out.push(&rest[..j]);
-        rest = &rest[j + close.len()..];
-    }
-    out
 }
 
 /// Decodes `encoding-type=url` text as botocore does (`unquote_plus`): `%XX` escapes and `+`
@@ -902,15 +781,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hmac_matches_rfc4231() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            hex(&hmac(b"Jefe", b"what do ya want for nothing?")),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
-
-    #[test]
     fn s3_paths() {
         assert_eq!(
             split_s3("s3://boot-images/a/b").unwrap(),
@@ -918,12 +788,6 @@ mod tests {
         );
         assert!(split_s3("s3://b").is_err());
         assert!(split_s3("http://b/k").is_err());
-    }
-
-    #[test]
-    fn uri_encoding() {
-        assert_eq!(uri_encode("/b/a b/ü~", true), "/b/a%20b/%C3%BC~");
-        assert_eq!(uri_encode("/b/k", false), "%2Fb%2Fk");
     }
 
     #[test]

@@ -374,6 +374,9 @@ pub enum Table {
     /// Internal: the running state of jobs ([`JobRun`]); not a wire resource, not in [`Table::ALL`]
     /// (so `ims migrate` neither exports nor imports it).
     JobRuns,
+    /// Internal: artifact work a committed record change still owes (moves, deletes), written in the
+    /// same transaction as the change and removed once done; not in [`Table::ALL`].
+    ArtifactJournal,
 }
 
 impl Table {
@@ -400,6 +403,7 @@ impl Table {
             Table::DeletedRecipes => "deleted_recipes",
             Table::DeletedImages => "deleted_images",
             Table::JobRuns => "job_runs",
+            Table::ArtifactJournal => "artifact_journal",
         }
     }
 
@@ -416,6 +420,7 @@ impl Table {
             Table::DeletedImages => "v3.1_deleted_images.json",
             // Not one of the original's files: never read or written by `ims migrate`.
             Table::JobRuns => "job_runs.json",
+            Table::ArtifactJournal => "artifact_journal.json",
         }
     }
 

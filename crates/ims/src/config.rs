@@ -23,6 +23,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<String>,
+    /// How long unfinished artifact work stays with a process that stopped renewing it before
+    /// another replica takes it over (e.g. `60s`).
+    pub artifact_lease: Option<String>,
     #[serde(default)]
     pub s3: S3File,
     #[serde(default)]
@@ -55,6 +58,10 @@ pub struct S3File {
     pub verify_tls: Option<bool>,
     pub ims_bucket: Option<String>,
     pub boot_images_bucket: Option<String>,
+    /// Objects above this size move by multipart copy (e.g. `5GiB`, the default and maximum).
+    pub copy_multipart_threshold: Option<String>,
+    /// The part size of those copies (e.g. `512MiB`, the default; at least 5 MiB).
+    pub copy_part_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -254,6 +261,33 @@ fn parse_size(name: &str, v: &str) -> Result<i64, ConfigError> {
     }
 }
 
+/// A byte count: `1048576`, `8MiB`, `5GiB`, `512M` (binary multiples; `K`/`KiB`, `M`/`MiB`,
+/// `G`/`GiB`, any case) within `min..=max`.
+fn parse_bytes(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let t = v.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(err(name, format!("{v:?} is not a size (e.g. 8MiB, 5GiB)"))),
+    };
+    match n
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
+        Some(b) if (min..=max).contains(&b) => Ok(b),
+        Some(_) => Err(err(
+            name,
+            format!("{v:?} is not between {min} and {max} bytes"),
+        )),
+        None => Err(err(name, format!("{v:?} is not a size (e.g. 8MiB, 5GiB)"))),
+    }
+}
+
 fn check_bucket(name: &str, v: String) -> Result<String, ConfigError> {
     if ims_artifacts::valid_bucket(&v) {
         Ok(v)
@@ -421,6 +455,31 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 .map(|(_, v)| v)
                 .or(file.s3.region.clone())
                 .unwrap_or_else(|| "us-east-1".into());
+            // Moves of larger objects are multipart copies (S3 refuses one copy above 5 GiB).
+            let copy_multipart_threshold =
+                match env.get(&["IMS_S3_COPY_MULTIPART_THRESHOLD"]).or_else(|| {
+                    file.s3
+                        .copy_multipart_threshold
+                        .clone()
+                        .map(|v| ("s3.copy_multipart_threshold".to_string(), v))
+                }) {
+                    Some((n, v)) => parse_bytes(&n, &v, 1, ims_artifacts::MAX_SINGLE_COPY)?,
+                    None => ims_artifacts::MAX_SINGLE_COPY,
+                };
+            let copy_part_size = match env.get(&["IMS_S3_COPY_PART_SIZE"]).or_else(|| {
+                file.s3
+                    .copy_part_size
+                    .clone()
+                    .map(|v| ("s3.copy_part_size".to_string(), v))
+            }) {
+                Some((n, v)) => parse_bytes(
+                    &n,
+                    &v,
+                    ims_artifacts::MIN_PART,
+                    ims_artifacts::MAX_SINGLE_COPY,
+                )?,
+                None => ims_artifacts::DEFAULT_COPY_PART,
+            };
             Some(ims_artifacts::S3Settings {
                 endpoint,
                 region,
@@ -428,6 +487,8 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
                 secret_key,
                 path_style,
                 verify_tls,
+                copy_multipart_threshold,
+                copy_part_size,
             })
         }
     };
@@ -558,6 +619,13 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             .map(|v| ("jobs.heartbeat_timeout".to_string(), v))
     }) {
         svc.job_heartbeat_timeout = parse_duration(&n, &v)?;
+    }
+    if let Some((n, v)) = env.get(&["IMS_ARTIFACT_LEASE"]).or_else(|| {
+        file.artifact_lease
+            .clone()
+            .map(|v| ("artifact_lease".to_string(), v))
+    }) {
+        svc.artifact_lease = parse_duration(&n, &v)?;
     }
     if let Some((n, v)) = env.get(&["IMS_JOB_USER_DEADLINE"]).or_else(|| {
         file.jobs
@@ -758,6 +826,47 @@ mod tests {
         assert!(c.data_dir.is_absolute());
         assert!(c.s3.is_none());
         assert_eq!(c.service.default_image_size, 60);
+    }
+
+    #[test]
+    fn s3_copy_settings_and_artifact_lease() {
+        let s3 = [
+            ("S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("S3_ACCESS_KEY", "a"),
+            ("S3_SECRET_KEY", "s"),
+        ];
+        let c = load(&Flags::default(), &env(&s3)).unwrap();
+        let d = c.s3.unwrap();
+        assert_eq!(d.copy_multipart_threshold, 5 << 30);
+        assert_eq!(d.copy_part_size, 512 << 20);
+        assert_eq!(c.service.artifact_lease, std::time::Duration::from_secs(60));
+        let mut e = s3.to_vec();
+        e.extend([
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "8MiB"),
+            ("IMS_S3_COPY_PART_SIZE", "6m"),
+            ("IMS_ARTIFACT_LEASE", "2m"),
+        ]);
+        let c = load(&Flags::default(), &env(&e)).unwrap();
+        let d = c.s3.unwrap();
+        assert_eq!(d.copy_multipart_threshold, 8 << 20);
+        assert_eq!(d.copy_part_size, 6 << 20);
+        assert_eq!(
+            c.service.artifact_lease,
+            std::time::Duration::from_secs(120)
+        );
+        for (k, v) in [
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "6GiB"),
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "0"),
+            ("IMS_S3_COPY_MULTIPART_THRESHOLD", "lots"),
+            ("IMS_S3_COPY_PART_SIZE", "1MiB"),
+            ("IMS_S3_COPY_PART_SIZE", "99999999999999999999G"),
+            ("IMS_ARTIFACT_LEASE", "0"),
+        ] {
+            let mut e = s3.to_vec();
+            e.push((k, v));
+            let msg = load(&Flags::default(), &env(&e)).unwrap_err().to_string();
+            assert!(msg.contains(k), "{k}={v}: {msg}");
+        }
     }
 
     #[test]

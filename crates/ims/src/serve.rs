@@ -219,6 +219,25 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Jobs whose agents outlived a previous server are taken over (or failed); then the
     // reconciler fails jobs whose agents fall silent or whose users never finish.
     state.executor.recover(&state).await;
+    // Artifact work that record changes committed before a crash still owe (moves, deletes) is
+    // done before serving; the embedded SQLite store belongs to this process alone, so all of it.
+    let exclusive = store.backend() == "sqlite";
+    let done = ims_server::service::journal::recover(&state, exclusive).await;
+    if done > 0 {
+        tracing::info!("completed the artifact work of {done} interrupted record changes");
+    }
+    // Then work whose owner stopped (another replica died, a move failed) is taken over.
+    let sweeper = {
+        let st = state.clone();
+        let every =
+            (st.cfg.artifact_lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ims_server::service::journal::sweep(&st).await;
+            }
+        })
+    };
     let reconciler = {
         let st = state.clone();
         let every = (st.cfg.job_heartbeat_timeout / 3)
@@ -259,6 +278,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         ),
     }
     reconciler.abort();
+    sweeper.abort();
     let _ = stop_s3.send(());
     if let Some(task) = s3_task {
         match task.await {

@@ -24,6 +24,11 @@ impl Drop for Moto {
 }
 
 async fn start_moto() -> Option<Moto> {
+    start_moto_with(&[]).await
+}
+
+/// moto with extra environment (its settings, e.g. `S3_UPLOAD_PART_MIN_SIZE`).
+async fn start_moto_with(env: &[(&str, &str)]) -> Option<Moto> {
     if std::env::var("IMS_TEST_SKIP_S3").is_ok_and(|v| v == "1") {
         return None;
     }
@@ -37,6 +42,7 @@ async fn start_moto() -> Option<Moto> {
         .port();
     let child = Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -66,6 +72,8 @@ impl Moto {
             secret_key: "testing".into(),
             path_style: true,
             verify_tls: true,
+            copy_multipart_threshold: ims_artifacts::MAX_SINGLE_COPY,
+            copy_part_size: ims_artifacts::DEFAULT_COPY_PART,
         }))
     }
     fn loc(bucket: &str, key: &str) -> ims_artifacts::Location {
@@ -233,4 +241,220 @@ async fn records_service_on_s3() {
         .await
         .ok(204);
     assert!(!moto.exists("ims", "deleted/recipes/r1/recipe.tar.gz").await);
+}
+
+impl Moto {
+    /// A signed request to moto, with an empty body.
+    async fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> ims_artifacts::sigv4::Answer {
+        let signer = ims_artifacts::sigv4::Signer {
+            endpoint: &self.url,
+            region: "us-east-1",
+            access_key: "testing",
+            secret_key: "testing",
+            token: "",
+        };
+        ims_artifacts::sigv4::send(
+            &reqwest::Client::new(),
+            &signer,
+            method,
+            path,
+            query,
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The multipart uploads in progress in a bucket.
+    async fn uploads(&self, bucket: &str) -> usize {
+        let a = self
+            .signed(
+                reqwest::Method::GET,
+                &format!("/{bucket}"),
+                &[("uploads", "")],
+            )
+            .await;
+        assert!(a.status.is_success(), "{}", a.body);
+        a.body.matches("<UploadId>").count()
+    }
+
+    /// A whole object (up to 64 MiB).
+    async fn bytes(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        match self
+            .client()
+            .read_small(&Self::loc(bucket, key), 64 << 20)
+            .await
+            .unwrap()
+        {
+            ims_artifacts::SmallRead::Data(b) => Some(b.to_vec()),
+            ims_artifacts::SmallRead::NotFound => None,
+            other => panic!("{bucket}/{key}: {other:?}"),
+        }
+    }
+}
+
+/// Moves of objects above `IMS_S3_COPY_MULTIPART_THRESHOLD` are multipart copies (UploadPartCopy,
+/// issue 11 item 8): contents and metadata (content type, `md5sum`) are kept; a copy that fails
+/// (here: moto refuses parts smaller than its minimum at completion) is aborted, leaving the
+/// source as it was and no upload behind, and the soft delete is completed by the journal once
+/// copies work (a restart with a valid part size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_move_by_multipart_copy() {
+    const MIB: usize = 1 << 20;
+    let Some(moto) = start_moto_with(&[("S3_UPLOAD_PART_MIN_SIZE", "6291456")]).await else {
+        return;
+    };
+    moto.make_bucket("ims").await;
+    moto.make_bucket("boot-images").await;
+    // A 13 MiB rootfs with the metadata `cray artifacts create` gives it.
+    let rootfs: Vec<u8> = (0..13 * MIB + 7).map(|i| (i * 7 % 251) as u8).collect();
+    let md5 = {
+        use md5::Digest;
+        let d = md5::Md5::digest(&rootfs);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let put = reqwest::Client::new()
+        .put(format!("{}/boot-images/big/rootfs", moto.url))
+        .header("content-type", "application/vnd.cray.image.rootfs.squashfs")
+        .header("x-amz-meta-md5sum", &md5)
+        .body(rootfs.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    moto.put("boot-images", "big/kernel", b"kernel").await;
+    let manifest = json!({"version": "1.0", "created": "2024-01-01 00:00:00", "artifacts": [
+        {"link": {"path": "s3://boot-images/big/rootfs", "etag": "", "type": "s3"},
+         "type": "application/vnd.cray.image.rootfs.squashfs", "md5": md5},
+        {"link": {"path": "s3://boot-images/big/kernel", "etag": "", "type": "s3"},
+         "type": "application/vnd.cray.image.kernel", "md5": "00"}]});
+    moto.put(
+        "boot-images",
+        "big/manifest.json",
+        manifest.to_string().as_bytes(),
+    )
+    .await;
+    let with_part = |part: &str| {
+        let part = part.to_string();
+        let url = moto.url.clone();
+        async move {
+            builder(Db::Sqlite)
+                .await
+                .env("S3_ENDPOINT", &url)
+                .env("S3_ACCESS_KEY", "testing")
+                .env("S3_SECRET_KEY", "testing")
+                .env("IMS_S3_COPY_MULTIPART_THRESHOLD", "8MiB")
+                .env("IMS_S3_COPY_PART_SIZE", &part)
+        }
+    };
+    // Parts of 5 MiB: moto (minimum 6 MiB here) refuses the completion.
+    let mut s = with_part("5MiB").await.start().await;
+    let img = s
+        .post(
+            "/v3/images",
+            &json!({"name": "big", "link": {"path": "s3://boot-images/big/manifest.json", "type": "s3"}}),
+        )
+        .await
+        .ok(201);
+    let id = img["id"].as_str().unwrap().to_string();
+    let p = s
+        .delete(&format!("/v3/images/{id}"))
+        .await
+        .problem(500, false);
+    assert!(p["detail"].as_str().unwrap().contains("retries it"), "{p}");
+    let head = |key: &str| {
+        let path = format!("/boot-images/{key}");
+        let moto = &moto;
+        async move { moto.signed(reqwest::Method::HEAD, &path, &[]).await }
+    };
+    let body = |key: &str| {
+        let key = key.to_string();
+        let moto = &moto;
+        async move { moto.bytes("boot-images", &key).await }
+    };
+    assert!(
+        body("big/rootfs").await == Some(rootfs.clone()),
+        "source intact"
+    );
+    assert_eq!(head("deleted/big/rootfs").await.status, 404, "no copy left");
+    assert_eq!(moto.uploads("boot-images").await, 0, "upload aborted");
+    assert!(moto.exists("boot-images", "big/kernel").await);
+
+    // Valid parts: the restarted server completes the soft delete from its journal.
+    s.stop();
+    let data = std::mem::replace(&mut s.data, tempfile::tempdir().unwrap());
+    let mut b = with_part("6MiB").await;
+    b.data = data;
+    let s = b.start().await;
+    let moved = head("deleted/big/rootfs").await;
+    assert_eq!(moved.status, 200);
+    let etag = moved.headers["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(etag.ends_with("-3"), "three copied parts: {etag}");
+    assert_eq!(
+        moved.headers["content-type"],
+        "application/vnd.cray.image.rootfs.squashfs"
+    );
+    assert_eq!(moved.headers["x-amz-meta-md5sum"], md5.as_str());
+    assert!(
+        body("deleted/big/rootfs").await == Some(rootfs.clone()),
+        "copy identical"
+    );
+    assert_eq!(head("big/rootfs").await.status, 404);
+    assert_eq!(moto.uploads("boot-images").await, 0);
+    let dm: serde_json::Value = serde_json::from_slice(
+        &body(&format!("deleted/{id}/deleted_manifest.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<&str> = dm["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["link"]["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"s3://boot-images/deleted/big/rootfs"),
+        "{dm}"
+    );
+    assert_eq!(
+        dm["artifacts"][0]["link"]["etag"]
+            .as_str()
+            .unwrap()
+            .trim_matches('"'),
+        etag
+    );
+
+    // Undelete moves it back the same way.
+    s.patch(
+        &format!("/v3/deleted/images/{id}"),
+        &json!({"operation": "undelete"}),
+    )
+    .await
+    .ok(204);
+    let back = head("big/rootfs").await;
+    assert_eq!(back.status, 200);
+    assert_eq!(back.headers["x-amz-meta-md5sum"], md5.as_str());
+    assert_eq!(
+        back.headers["content-type"],
+        "application/vnd.cray.image.rootfs.squashfs"
+    );
+    assert!(
+        body("big/rootfs").await == Some(rootfs.clone()),
+        "restored identical"
+    );
+    assert_eq!(head("deleted/big/rootfs").await.status, 404);
+    assert_eq!(moto.uploads("boot-images").await, 0);
+    let rec = s.get(&format!("/v3/images/{id}")).await.ok(200);
+    assert_eq!(rec["link"]["path"], "s3://boot-images/big/manifest.json");
 }

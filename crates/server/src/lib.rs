@@ -55,6 +55,9 @@ pub struct ServiceConfig {
     pub job_heartbeat_timeout: std::time::Duration,
     /// A job waiting on its user this long ends in `error`.
     pub job_user_deadline: std::time::Duration,
+    /// How long a process holds unfinished artifact work (journal row) without renewing it before
+    /// another replica may take it over (`IMS_ARTIFACT_LEASE`).
+    pub artifact_lease: std::time::Duration,
     /// Reported by `/version`.
     pub version: String,
 }
@@ -74,6 +77,7 @@ impl Default for ServiceConfig {
             max_body_bytes: 1024 * 1024,
             job_heartbeat_timeout: std::time::Duration::from_secs(60),
             job_user_deadline: std::time::Duration::from_secs(24 * 3600),
+            artifact_lease: std::time::Duration::from_secs(60),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }

@@ -3,12 +3,14 @@
 //! in one transaction: all or nothing.
 
 use super::artifacts::{ManifestRead, location, read_manifest};
-use super::images::{Entry, MoveLog, manifest_entries};
+use super::images::{Entry, manifest_entries};
+use super::journal::{self, Batch, Linked, Step, image_key, recipe_key};
+use super::recipes::moved;
 use super::{must_get, no_content};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, retrying};
 use axum::response::Response;
-use ims_artifacts::Location;
+use ims_artifacts::{Location, ObjectInfo};
 use ims_core::manifest::MIME_MANIFEST;
 use ims_core::{
     ArtifactLink, Deleted, DeletedImage, DeletedPublicKey, DeletedRecipe, Image, Problem,
@@ -130,19 +132,30 @@ async fn check_restore(
     Ok(())
 }
 
-/// The moves that restoring a deleted artifact link implies: only objects that exist under
-/// `deleted/` move back.
-async fn restore_move(st: &AppState, from: Location) -> ApiResult<Option<(Location, Location)>> {
+/// The move that restoring a deleted artifact link implies: only an object that exists under
+/// `deleted/` moves back. Its current info too (the restored link's ETag).
+async fn restore_move(
+    st: &AppState,
+    from: Location,
+) -> ApiResult<Option<(Location, Location, ObjectInfo)>> {
     let Some(to) = from.undeleted() else {
         return Ok(None);
     };
-    Ok(st.artifacts.head(&from).await?.map(|_| (from, to)))
+    Ok(st.artifacts.head(&from).await?.map(|i| (from, to, i)))
+}
+
+/// The journal keys of the deleted records of a kind (`id` or all).
+fn keys_of<T>(
+    all: &[Versioned<T>],
+    key: fn(&str) -> String,
+    id: fn(&T) -> &str,
+) -> HashSet<String> {
+    all.iter().map(|v| key(id(&v.record))).collect()
 }
 
 async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult<()> {
     let mut ops: Vec<Op> = Vec::new();
-    let mut log = MoveLog::default();
-    let mut cleanup: Vec<Location> = Vec::new();
+    let mut batch = Batch::default();
     match kind {
         Kind::PublicKeys => {
             for d in targets::<DeletedPublicKey>(st, id).await? {
@@ -153,8 +166,10 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
         }
         Kind::Recipes => {
             let all = targets::<DeletedRecipe>(st, id).await?;
-            // Plan and check every record first: nothing moves unless all can be restored.
+            journal::settle(st, &keys_of(&all, recipe_key, |d| &d.record.id)).await?;
+            // Plan and check every record first: nothing changes unless all can be restored.
             let mut plans = Vec::with_capacity(all.len());
+            let mut links = Vec::with_capacity(all.len());
             for d in &all {
                 let rec = &d.record.record;
                 not_active::<Recipe>(st, &rec.id).await?;
@@ -162,44 +177,48 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                     Some(from) => restore_move(st, from).await?,
                     None => None,
                 };
-                let path = match &mv {
-                    Some((_, to)) => Some(to.s3_url()),
-                    None => rec.link.as_ref().map(|l| l.path.clone()),
+                let link = match &mv {
+                    Some((_, to, info)) => Some(ArtifactLink::s3(to.s3_url(), info.etag.clone())),
+                    None => rec.link.clone(),
                 };
-                plans.push((rec.id.clone(), path, mv.into_iter().collect::<Vec<_>>()));
+                plans.push((
+                    rec.id.clone(),
+                    link.as_ref().map(|l| l.path.clone()),
+                    mv.into_iter().map(|(f, t, _)| (f, t)).collect::<Vec<_>>(),
+                ));
+                links.push(link);
             }
             check_restore(st, ims_core::Table::Recipes, &plans).await?;
-            for (d, (_, _, moves)) in all.into_iter().zip(plans) {
+            for ((d, (rid, _, moves)), link) in all.into_iter().zip(plans).zip(links) {
                 let mut rec = d.record.record.clone();
-                for (from, to) in moves {
-                    match st.artifacts.rename(&from, &to).await {
-                        Ok(Some(info)) => {
-                            rec.link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
-                            log.moves.push((to, from));
-                        }
-                        Ok(None) => {
-                            tracing::warn!(path = %from, "deleted recipe artifact missing; link kept")
-                        }
-                        Err(e) => {
-                            log.undo(st).await;
-                            return Err(e.into());
-                        }
-                    }
-                }
+                rec.link = link;
+                let steps = moves
+                    .iter()
+                    .flat_map(|(from, to)| moved(Linked::Recipe, &rid, from, to))
+                    .collect();
+                batch.add(
+                    st,
+                    recipe_key(&rid),
+                    format!("undelete of recipe {rid}"),
+                    steps,
+                )?;
                 ops.push(delete_op(&d));
                 ops.push(insert_op(&rec)?);
             }
         }
         Kind::Images => {
             let all = targets::<DeletedImage>(st, id).await?;
-            // Validate every record first: nothing moves unless all can be restored.
-            let mut manifests = Vec::with_capacity(all.len());
+            journal::settle(st, &keys_of(&all, image_key, |d| &d.record.id)).await?;
+            // Validate every record first: nothing changes unless all can be restored.
+            let mut links = Vec::with_capacity(all.len());
+            let mut cleanup = Vec::with_capacity(all.len());
             let mut plans = Vec::with_capacity(all.len());
             for d in &all {
                 let rec = &d.record.record;
                 not_active::<Image>(st, &rec.id).await?;
                 let Some(loc) = deleted_manifest_loc(&rec.link) else {
-                    manifests.push(None);
+                    links.push(rec.link.clone());
+                    cleanup.push(None);
                     plans.push((
                         rec.id.clone(),
                         rec.link.as_ref().map(|l| l.path.clone()),
@@ -211,44 +230,58 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
                 // Every listed artifact that still exists under deleted/ moves back; the restored
                 // manifest becomes the record's link.
                 let mut moves = Vec::new();
-                let mut path = None;
-                for Entry { entry, link, loc } in manifest_entries(&v) {
-                    let Some((from, to)) = restore_move(st, loc).await? else {
-                        tracing::warn!(path = %link.path, "deleted image artifact missing; skipped");
+                let mut link = None;
+                for Entry {
+                    entry,
+                    link: l,
+                    loc,
+                } in manifest_entries(&v)
+                {
+                    let Some((from, to, info)) = restore_move(st, loc).await? else {
+                        tracing::warn!(path = %l.path, "deleted image artifact missing; skipped");
                         continue;
                     };
                     if entry.get("type").and_then(Value::as_str) == Some(MIME_MANIFEST) {
-                        path = Some(to.s3_url());
+                        link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
                     }
                     moves.push((from, to));
                 }
-                manifests.push(Some((loc, v)));
-                plans.push((rec.id.clone(), path, moves));
+                plans.push((rec.id.clone(), link.as_ref().map(|l| l.path.clone()), moves));
+                links.push(link);
+                cleanup.push(Some(loc));
             }
             check_restore(st, ims_core::Table::Images, &plans).await?;
-            for ((d, m), (_, path, moves)) in all.into_iter().zip(manifests).zip(plans) {
+            for (((d, (rid, path, moves)), link), dloc) in
+                all.into_iter().zip(plans).zip(links).zip(cleanup)
+            {
                 let mut rec = d.record.record.clone();
-                if let Some((dloc, _)) = m {
-                    let mut new_link = None;
-                    for (from, to) in moves {
-                        match st.artifacts.rename(&from, &to).await {
-                            Ok(Some(info)) => {
-                                if path.as_deref() == Some(to.s3_url().as_str()) {
-                                    new_link = Some(ArtifactLink::s3(to.s3_url(), info.etag));
-                                }
-                                log.moves.push((to, from));
-                            }
-                            Ok(None) => {
-                                tracing::warn!(path = %from, "deleted image artifact missing; skipped")
-                            }
-                            Err(e) => {
-                                tracing::error!(path = %from, error = %e, "could not restore image artifact")
-                            }
-                        }
+                rec.link = link;
+                let mut steps: Vec<Step> = moves
+                    .iter()
+                    .map(|(from, to)| Step::Move {
+                        from: from.s3_url(),
+                        to: to.s3_url(),
+                    })
+                    .collect();
+                if let Some(dloc) = dloc {
+                    // The deleted manifest goes once everything is back.
+                    steps.push(Step::Delete {
+                        path: dloc.s3_url(),
+                    });
+                    if let Some(path) = path {
+                        steps.push(Step::LinkEtag {
+                            record: Linked::Image,
+                            id: rid.clone(),
+                            path,
+                        });
                     }
-                    rec.link = new_link;
-                    cleanup.push(dloc);
                 }
+                batch.add(
+                    st,
+                    image_key(&rid),
+                    format!("undelete of image {rid}"),
+                    steps,
+                )?;
                 ops.push(delete_op(&d));
                 ops.push(insert_op(&rec)?);
             }
@@ -257,16 +290,9 @@ async fn undelete_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult
     if ops.is_empty() {
         return Ok(());
     }
-    if let Err(e) = st.store.apply(ops).await {
-        log.undo(st).await;
-        return Err(e.into());
-    }
-    for loc in cleanup {
-        if let Err(e) = st.artifacts.delete(&loc).await {
-            tracing::error!(path = %loc, error = %e, "could not remove deleted manifest");
-        }
-    }
-    Ok(())
+    ops.extend(batch.ops());
+    st.store.apply(ops).await?;
+    batch.complete(st).await
 }
 
 /// PATCH `{"operation": "undelete"}` on one deleted record (`id`) or the whole collection.
@@ -324,7 +350,12 @@ async fn plan_image_purge(st: &AppState, d: &Deleted<Image>) -> ApiResult<Purge>
 
 async fn purge_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult<()> {
     let mut ops: Vec<Op> = Vec::new();
-    let mut objects: Vec<Location> = Vec::new();
+    let mut batch = Batch::default();
+    let deletes = |objs: Vec<Location>| {
+        objs.into_iter()
+            .map(|l| Step::Delete { path: l.s3_url() })
+            .collect::<Vec<_>>()
+    };
     match kind {
         Kind::PublicKeys => {
             for d in targets::<DeletedPublicKey>(st, id).await? {
@@ -332,33 +363,46 @@ async fn purge_once(st: &AppState, kind: Kind, id: Option<&str>) -> ApiResult<()
             }
         }
         Kind::Recipes => {
-            for d in targets::<DeletedRecipe>(st, id).await? {
-                if let Some(loc) = d.record.record.link.as_ref().and_then(|l| location(l).ok()) {
-                    objects.push(loc);
-                }
+            let all = targets::<DeletedRecipe>(st, id).await?;
+            journal::settle(st, &keys_of(&all, recipe_key, |d| &d.record.id)).await?;
+            for d in all {
+                let rid = &d.record.record.id;
+                let objs = d.record.record.link.as_ref().and_then(|l| location(l).ok());
+                batch.add(
+                    st,
+                    recipe_key(rid),
+                    format!("permanent delete of recipe {rid}"),
+                    deletes(objs.into_iter().collect()),
+                )?;
                 ops.push(delete_op(&d));
             }
         }
         Kind::Images => {
             let all = targets::<DeletedImage>(st, id).await?;
+            journal::settle(st, &keys_of(&all, image_key, |d| &d.record.id)).await?;
             for d in &all {
-                if let Purge::Objects(o) = plan_image_purge(st, &d.record).await? {
-                    objects.extend(o);
-                }
+                let rid = &d.record.record.id;
+                let objs = match plan_image_purge(st, &d.record).await? {
+                    Purge::Objects(o) => o,
+                    Purge::Nothing => vec![],
+                };
+                batch.add(
+                    st,
+                    image_key(rid),
+                    format!("permanent delete of image {rid}"),
+                    deletes(objs),
+                )?;
                 ops.push(delete_op(d));
             }
         }
     }
-    if !ops.is_empty() {
-        st.store.apply(ops).await?;
+    if ops.is_empty() {
+        return Ok(());
     }
-    // Records are gone; now their artifacts. A failure here leaves garbage, never a dangling record.
-    for loc in objects {
-        if let Err(e) = st.artifacts.delete(&loc).await {
-            tracing::error!(path = %loc, error = %e, "could not delete artifact of a purged record");
-        }
-    }
-    Ok(())
+    // The records go with the journal of their artifacts' deletes; then the artifacts go.
+    ops.extend(batch.ops());
+    st.store.apply(ops).await?;
+    batch.complete(st).await
 }
 
 /// DELETE on one deleted record or the whole collection: permanent, artifacts included.

@@ -1,19 +1,21 @@
 //! Images: create with manifest validation, PATCH (link, arch, metadata), hard delete with cascade
-//! (v2), soft delete moving every artifact under `deleted/` (v3).
+//! (v2), soft delete moving every artifact under `deleted/` (v3); the artifact work of deletes goes
+//! through the [`journal`].
 
 use super::artifacts::{ManifestRead, location, read_manifest, validate_image_link};
-use super::recipes::{undo_moves, would_overwrite};
+use super::journal::{self, Batch, Step, image_key};
+use super::recipes::would_overwrite;
 use super::{must_get, no_content, set_link_once, update};
 use crate::error::ApiResult;
 use crate::{Api, AppState, retrying};
 use axum::response::Response;
-use bytes::Bytes;
 use ims_artifacts::Location;
 use ims_core::input::{self, MetadataOp};
-use ims_core::manifest::{MANIFEST_VERSION, MIME_MANIFEST};
+use ims_core::manifest::MIME_MANIFEST;
 use ims_core::{ArtifactLink, Deleted, Image, Problem, Timestamp};
 use ims_store::{Versioned, delete_op, insert_op, list};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Image> {
     let new = input::image_create(body)?;
@@ -120,32 +122,35 @@ pub fn manifest_entries(v: &Value) -> Vec<Entry<'_>> {
     out
 }
 
-/// v2 cascade: every artifact the manifest lists, then the manifest. Per-artifact failures are
-/// logged and skipped (as the original); a missing manifest means there is nothing to cascade.
-async fn delete_artifacts(st: &AppState, link: &Option<ArtifactLink>) -> ApiResult<()> {
-    let Some(link) = link else { return Ok(()) };
+/// v2 cascade: the deletes of every artifact the manifest lists, then of the manifest. A missing
+/// manifest means there is nothing to cascade; an unreadable one is deleted, but no artifacts.
+async fn plan_cascade(st: &AppState, link: &Option<ArtifactLink>) -> ApiResult<Vec<Step>> {
+    let Some(link) = link else { return Ok(vec![]) };
     let Ok(mloc) = location(link) else {
         tracing::warn!(path = %link.path, "image link is not a valid artifact location; nothing to delete");
-        return Ok(());
+        return Ok(vec![]);
     };
+    let mut steps = Vec::new();
     match read_manifest(st, &mloc).await? {
         ManifestRead::Missing => {
             tracing::warn!(path = %link.path, "image manifest missing; deleting the record only");
-            return Ok(());
+            return Ok(steps);
         }
         ManifestRead::Unreadable(why) => {
             tracing::warn!(path = %link.path, %why, "image manifest unreadable; deleting it but no artifacts");
         }
         ManifestRead::Json(v) => {
             for e in manifest_entries(&v) {
-                if let Err(err) = st.artifacts.delete(&e.loc).await {
-                    tracing::error!(path = %e.link.path, error = ?err, "could not delete image artifact");
-                }
+                steps.push(Step::Delete {
+                    path: e.loc.s3_url(),
+                });
             }
         }
     }
-    st.artifacts.delete(&mloc).await?;
-    Ok(())
+    steps.push(Step::Delete {
+        path: mloc.s3_url(),
+    });
+    Ok(steps)
 }
 
 /// Where an image's deleted manifest lives.
@@ -157,45 +162,34 @@ pub fn deleted_manifest_location(st: &AppState, image_id: &str) -> ApiResult<Loc
     .map_err(|e| Problem::internal(format!("invalid boot-images bucket: {e}")).into())
 }
 
-/// What a soft delete did to the artifacts, so it can be undone if the record change fails.
-#[derive(Default)]
-pub struct MoveLog {
-    pub moves: Vec<(Location, Location)>,
-    pub written: Vec<Location>,
+/// The link of a moved artifact in a deleted manifest (its ETag is filled in once it has moved).
+fn moved_link(to: &Location) -> Value {
+    json!({"etag": "", "path": to.s3_url(), "type": "s3"})
 }
 
-impl MoveLog {
-    pub async fn undo(self, st: &AppState) {
-        for w in &self.written {
-            let _ = st.artifacts.delete(w).await;
-        }
-        undo_moves(st, self.moves).await;
-    }
-}
-
-/// v3 soft delete of the artifacts: each listed artifact and the manifest move under `deleted/`, and a
-/// `deleted_manifest.json` records where they went. Returns the deleted record's link.
-async fn soft_delete_artifacts(
+/// v3 soft delete of the artifacts, planned: each listed artifact and the manifest move under
+/// `deleted/`, and a `deleted_manifest.json` records where they went. Returns the deleted record's
+/// link and the steps; 409 (nothing planned) if a move would overwrite an object under `deleted/`.
+async fn plan_soft_delete(
     st: &AppState,
     rec: &Image,
     deleted: Timestamp,
-    log: &mut MoveLog,
-) -> ApiResult<Option<ArtifactLink>> {
+) -> ApiResult<(Option<ArtifactLink>, Vec<Step>)> {
     let Some(link) = &rec.link else {
-        return Ok(None);
+        return Ok((None, vec![]));
     };
     let Ok(mloc) = location(link) else {
-        return Ok(rec.link.clone());
+        return Ok((rec.link.clone(), vec![]));
     };
     let manifest = match read_manifest(st, &mloc).await? {
         ManifestRead::Json(v) if v.get("artifacts").is_some_and(Value::is_array) => v,
         _ => {
             tracing::warn!(path = %link.path, "image manifest missing or unreadable; soft delete keeps the link");
-            return Ok(rec.link.clone());
+            return Ok((rec.link.clone(), vec![]));
         }
     };
     // Check first that no move would overwrite an object already under deleted/ (left by another
-    // deleted image when keys were reused): nothing moves if one would.
+    // deleted image when keys were reused): nothing changes if one would.
     let listed = manifest_entries(&manifest);
     for from in listed.iter().map(|e| &e.loc).chain([&mloc]) {
         let to = from.deleted();
@@ -203,63 +197,67 @@ async fn soft_delete_artifacts(
             return Err(would_overwrite(&rec.id, &to));
         }
     }
-    let mut entries = Vec::new();
-    for Entry { entry, link, loc } in listed {
+    let mut steps = Vec::with_capacity(listed.len() + 2);
+    let mut entries = Vec::with_capacity(listed.len() + 1);
+    for Entry { entry, loc, .. } in listed {
         let to = loc.deleted();
-        match st.artifacts.rename(&loc, &to).await {
-            Ok(Some(info)) => {
-                let mut e = entry.clone();
-                e["link"] = json!({"etag": info.etag, "path": to.s3_url(), "type": "s3"});
-                entries.push(e);
-                log.moves.push((to, loc));
-            }
-            Ok(None) => {
-                tracing::warn!(path = %link.path, "image artifact missing; left out of the deleted manifest")
-            }
-            Err(e) => {
-                tracing::error!(path = %link.path, error = %e, "could not move image artifact")
-            }
-        }
+        let mut e = entry.clone();
+        e["link"] = moved_link(&to);
+        entries.push(e);
+        steps.push(Step::Move {
+            from: loc.s3_url(),
+            to: to.s3_url(),
+        });
     }
     let to = mloc.deleted();
-    if let Some(info) = st.artifacts.rename(&mloc, &to).await? {
-        entries.push(json!({"type": MIME_MANIFEST,
-            "link": {"etag": info.etag, "path": to.s3_url(), "type": "s3"}}));
-        log.moves.push((to, mloc));
-    }
-    let dm = json!({"version": MANIFEST_VERSION, "created": deleted.to_manifest_form(), "artifacts": entries});
+    entries.push(json!({"type": MIME_MANIFEST, "link": moved_link(&to)}));
+    steps.push(Step::Move {
+        from: mloc.s3_url(),
+        to: to.s3_url(),
+    });
     let dloc = deleted_manifest_location(st, &rec.id)?;
-    let body = serde_json::to_vec(&dm).map_err(|e| Problem::internal(e.to_string()))?;
-    st.artifacts.put_small(&dloc, Bytes::from(body)).await?;
-    log.written.push(dloc.clone());
-    Ok(Some(ArtifactLink::s3(dloc.s3_url(), "")))
+    steps.push(Step::DeletedManifest {
+        path: dloc.s3_url(),
+        created: deleted.to_manifest_form(),
+        entries,
+    });
+    Ok((Some(ArtifactLink::s3(dloc.s3_url(), "")), steps))
 }
 
+/// Deletes (v2, optionally with the artifacts) or soft-deletes (v3) the images: the record changes
+/// and the artifact work they imply are committed together, then the work is done (see
+/// [`journal`]).
 async fn delete_many_once(
     st: &AppState,
     api: Api,
     targets: Vec<Versioned<Image>>,
     cascade: bool,
 ) -> ApiResult<()> {
-    let mut ops = Vec::with_capacity(targets.len() * 2);
-    let mut log = MoveLog::default();
+    let keys: HashSet<String> = targets.iter().map(|t| image_key(&t.record.id)).collect();
+    journal::settle(st, &keys).await?;
+    let mut ops = Vec::with_capacity(targets.len() * 3);
+    let mut batch = Batch::default();
     let now = Timestamp::now();
     for cur in &targets {
+        let id = &cur.record.id;
         match api {
             Api::V2 => {
-                if cascade {
-                    delete_artifacts(st, &cur.record.link).await?;
-                }
+                let steps = if cascade {
+                    plan_cascade(st, &cur.record.link).await?
+                } else {
+                    vec![]
+                };
+                batch.add(st, image_key(id), format!("delete of image {id}"), steps)?;
                 ops.push(delete_op(cur));
             }
             Api::V3 => {
-                let link = match soft_delete_artifacts(st, &cur.record, now, &mut log).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log.undo(st).await;
-                        return Err(e);
-                    }
-                };
+                let (link, steps) = plan_soft_delete(st, &cur.record, now).await?;
+                batch.add(
+                    st,
+                    image_key(id),
+                    format!("soft delete of image {id}"),
+                    steps,
+                )?;
                 let mut record = cur.record.clone();
                 record.link = link;
                 ops.push(delete_op(cur));
@@ -273,11 +271,9 @@ async fn delete_many_once(
     if ops.is_empty() {
         return Ok(());
     }
-    if let Err(e) = st.store.apply(ops).await {
-        log.undo(st).await;
-        return Err(e.into());
-    }
-    Ok(())
+    ops.extend(batch.ops());
+    st.store.apply(ops).await?;
+    batch.complete(st).await
 }
 
 pub async fn delete_one(st: &AppState, api: Api, id: &str, cascade: bool) -> ApiResult<Response> {

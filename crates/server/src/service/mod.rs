@@ -5,6 +5,7 @@ pub mod deleted;
 pub mod images;
 pub mod job_runs;
 pub mod jobs;
+pub mod journal;
 pub mod public_keys;
 pub mod recipes;
 pub mod remote_nodes;

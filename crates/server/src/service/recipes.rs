@@ -1,6 +1,7 @@
 //! Recipes: create with link validation, PATCH rules, hard delete with cascade (v2), soft delete (v3).
 
 use super::artifacts::{location, validate_recipe_link};
+use super::journal::{self, Batch, Linked, Step, recipe_key};
 use super::{must_get, no_content, set_link_once, update};
 use crate::error::ApiResult;
 use crate::{Api, AppState, retrying};
@@ -9,6 +10,7 @@ use ims_artifacts::Location;
 use ims_core::{ArtifactLink, Deleted, Problem, Recipe, Timestamp, input};
 use ims_store::{Versioned, delete_op, insert_op, list};
 use serde_json::Value;
+use std::collections::HashSet;
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Recipe> {
     let new = input::recipe_create(body)?;
@@ -80,48 +82,59 @@ pub fn cascade(q: Option<&str>) -> bool {
     q.is_none_or(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "t" | "1"))
 }
 
-/// Deletes the recipe's tarball (a missing object is fine).
-async fn delete_artifact(st: &AppState, link: &Option<ArtifactLink>) -> ApiResult<()> {
-    if let Some(link) = link {
-        match location(link) {
-            Ok(loc) => {
-                st.artifacts.delete(&loc).await?;
-            }
-            Err(_) => {
-                tracing::warn!(path = %link.path, "recipe link is not a valid artifact location; nothing to delete")
-            }
+/// v2 cascade, planned: the delete of the recipe's tarball (a missing object is fine).
+fn plan_cascade(link: &Option<ArtifactLink>) -> Vec<Step> {
+    let Some(link) = link else { return vec![] };
+    match location(link) {
+        Ok(loc) => vec![Step::Delete { path: loc.s3_url() }],
+        Err(_) => {
+            tracing::warn!(path = %link.path, "recipe link is not a valid artifact location; nothing to delete");
+            vec![]
         }
     }
-    Ok(())
 }
 
-/// Moves the tarball under `deleted/`; returns the record's new link and the move to undo on failure.
-async fn soft_delete_artifact(
+/// v3 soft delete, planned: the tarball moves under `deleted/`. Returns the deleted record's link and
+/// the steps; 409 (nothing planned) if the move would overwrite an object under `deleted/`.
+async fn plan_soft_delete(
     st: &AppState,
     rec: &Recipe,
-) -> ApiResult<(Option<ArtifactLink>, Option<(Location, Location)>)> {
+) -> ApiResult<(Option<ArtifactLink>, Vec<Step>)> {
     let Some(link) = &rec.link else {
-        return Ok((None, None));
+        return Ok((None, vec![]));
     };
     let Ok(from) = location(link) else {
-        return Ok((rec.link.clone(), None));
+        return Ok((rec.link.clone(), vec![]));
     };
     let to = from.deleted();
+    let Some(info) = st.artifacts.head(&from).await? else {
+        tracing::warn!(path = %link.path, "recipe artifact missing; soft delete keeps the link");
+        return Ok((rec.link.clone(), vec![]));
+    };
     // Never overwrite what is already under deleted/ (another deleted record's tarball, when a key
     // was reused): that record could no longer be restored, and purging either would remove both.
-    if st.artifacts.head(&to).await?.is_some() && st.artifacts.head(&from).await?.is_some() {
+    if st.artifacts.head(&to).await?.is_some() {
         return Err(would_overwrite(&rec.id, &to));
     }
-    match st.artifacts.rename(&from, &to).await? {
-        Some(info) => Ok((
-            Some(ArtifactLink::s3(to.s3_url(), info.etag)),
-            Some((to, from)),
-        )),
-        None => {
-            tracing::warn!(path = %link.path, "recipe artifact missing; soft delete keeps the link");
-            Ok((rec.link.clone(), None))
-        }
-    }
+    Ok((
+        Some(ArtifactLink::s3(to.s3_url(), info.etag)),
+        moved(Linked::DeletedRecipe, &rec.id, &from, &to),
+    ))
+}
+
+/// The steps of moving a record's artifact from `from` to `to`, the record's link following it.
+pub fn moved(record: Linked, id: &str, from: &Location, to: &Location) -> Vec<Step> {
+    vec![
+        Step::Move {
+            from: from.s3_url(),
+            to: to.s3_url(),
+        },
+        Step::LinkEtag {
+            record,
+            id: id.to_string(),
+            path: to.s3_url(),
+        },
+    ]
 }
 
 /// A soft delete would overwrite an object already under `deleted/`.
@@ -135,42 +148,40 @@ pub fn would_overwrite(id: &str, to: &Location) -> crate::error::ApiError {
     .into()
 }
 
-/// Moves objects back after a failed record change.
-pub async fn undo_moves(st: &AppState, moves: Vec<(Location, Location)>) {
-    for (from, to) in moves.into_iter().rev() {
-        if let Err(e) = st.artifacts.rename(&from, &to).await {
-            tracing::error!(from = %from, to = %to, error = %e, "could not move artifact back");
-        }
-    }
-}
-
+/// Deletes (v2, optionally with the tarball) or soft-deletes (v3) the recipes: the record changes
+/// and the artifact work they imply are committed together, then the work is done (see
+/// [`journal`]).
 async fn delete_many_once(
     st: &AppState,
     api: Api,
     targets: Vec<Versioned<Recipe>>,
     cascade: bool,
 ) -> ApiResult<()> {
-    let mut ops = Vec::with_capacity(targets.len() * 2);
-    let mut moves = Vec::new();
+    let keys: HashSet<String> = targets.iter().map(|t| recipe_key(&t.record.id)).collect();
+    journal::settle(st, &keys).await?;
+    let mut ops = Vec::with_capacity(targets.len() * 3);
+    let mut batch = Batch::default();
     let now = Timestamp::now();
     for cur in &targets {
+        let id = &cur.record.id;
         match api {
             Api::V2 => {
-                if cascade {
-                    delete_artifact(st, &cur.record.link).await?;
-                }
+                let steps = if cascade {
+                    plan_cascade(&cur.record.link)
+                } else {
+                    vec![]
+                };
+                batch.add(st, recipe_key(id), format!("delete of recipe {id}"), steps)?;
                 ops.push(delete_op(cur));
             }
             Api::V3 => {
-                let (link, mv) = match soft_delete_artifact(st, &cur.record).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Earlier records of the batch are not deleted: their tarballs go back.
-                        undo_moves(st, moves).await;
-                        return Err(e);
-                    }
-                };
-                moves.extend(mv);
+                let (link, steps) = plan_soft_delete(st, &cur.record).await?;
+                batch.add(
+                    st,
+                    recipe_key(id),
+                    format!("soft delete of recipe {id}"),
+                    steps,
+                )?;
                 let mut record = cur.record.clone();
                 record.link = link;
                 ops.push(delete_op(cur));
@@ -184,11 +195,9 @@ async fn delete_many_once(
     if ops.is_empty() {
         return Ok(());
     }
-    if let Err(e) = st.store.apply(ops).await {
-        undo_moves(st, moves).await;
-        return Err(e.into());
-    }
-    Ok(())
+    ops.extend(batch.ops());
+    st.store.apply(ops).await?;
+    batch.complete(st).await
 }
 
 pub async fn delete_one(st: &AppState, api: Api, id: &str, cascade: bool) -> ApiResult<Response> {
