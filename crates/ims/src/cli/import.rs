@@ -98,7 +98,8 @@ struct Boot {
 /// Whether the image root must be looked into: for the kernel, the initrd or the kernel parameters
 /// file, unless each is given on the host (or only the root file system is imported).
 fn needs_root(a: &ImportArgs) -> bool {
-    !a.rootfs_only && !(a.kernel.is_some() && a.initrd.is_some() && a.kernel_parameters.is_some())
+    let all_given = a.kernel.is_some() && a.initrd.is_some() && a.kernel_parameters.is_some();
+    !(a.rootfs_only || all_given)
 }
 
 /// Finds the boot files the user did not give in the image root `root` (not read when
