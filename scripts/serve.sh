@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs `ims serve` on a Debian machine with the embedded defaults: records in SQLite and
 # artifacts on the local filesystem under ./ims-data, API on http://127.0.0.1:9000. Nothing else to
-# install or start. Extra arguments go to `ims serve` (e.g. --listen 0.0.0.0:9000 --data-dir /var/lib/ims).
+# install or start. Extra arguments go to `ims serve` (e.g. --listen 0.0.0.0:9000 --data-dir /var/lib/ims, with
+# IMS_API_TOKEN_FILE set: a non-loopback API needs a token).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -26,6 +26,8 @@ pub struct FileConfig {
     /// How long unfinished artifact work stays with a process that stopped renewing it before
     /// another replica takes it over (e.g. `60s`).
     pub artifact_lease: Option<String>,
+    /// Serve the API on a non-loopback address without a token (a lab only).
+    pub insecure_open_api: Option<bool>,
     #[serde(default)]
     pub s3: S3File,
     #[serde(default)]
@@ -120,6 +122,8 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<String>,
+    /// `--insecure-open-api`.
+    pub insecure_open_api: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +150,8 @@ pub struct Config {
     pub node_ssh_key: Option<PathBuf>,
     /// The administrator bearer token the API requires, if any.
     pub api_token: Option<String>,
+    /// An API without a token may listen on a non-loopback address (`--insecure-open-api`).
+    pub insecure_open_api: bool,
     /// Which executor runs jobs.
     pub executor: ExecutorKind,
     pub agent_api_url: Option<String>,
@@ -155,6 +161,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// Why `ims serve` must not start as configured, if it must not: an API that starts root jobs
+    /// and hands out S3 credentials, open to anyone who can reach a non-loopback address.
+    pub fn exposure_problem(&self) -> Option<String> {
+        let ip = self.listen.ip();
+        if ip.is_loopback() || self.api_token.is_some() || self.insecure_open_api {
+            return None;
+        }
+        Some(format!(
+            "refusing to serve the API on {} without authentication: anyone who reaches that \
+             address could start root jobs and get S3 credentials. Set an administrator token \
+             (IMS_API_TOKEN_FILE or [auth] api_token_file), listen on 127.0.0.1, or — for a lab \
+             only — pass --insecure-open-api (IMS_INSECURE_OPEN_API=true)",
+            self.listen
+        ))
+    }
+
     /// The built-in S3 endpoint's long-lived key pair (mode 0600).
     pub fn s3_credentials_path(&self) -> PathBuf {
         self.data_dir.join("s3-credentials.json")
@@ -592,6 +614,14 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             None => None,
         },
     };
+    let insecure_open_api = if flags.insecure_open_api {
+        true
+    } else {
+        match env.get(&["IMS_INSECURE_OPEN_API"]) {
+            Some((n, v)) => parse_bool(&n, &v)?,
+            None => file.insecure_open_api.unwrap_or(false),
+        }
+    };
     if api_token.as_deref() == Some("") {
         return Err(err("IMS_API_TOKEN", "the token is empty"));
     }
@@ -800,6 +830,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         service: svc,
         node_ssh_key,
         api_token,
+        insecure_open_api,
         executor,
         agent_api_url,
         agent_env,

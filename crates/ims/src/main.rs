@@ -57,6 +57,10 @@ enum Cmd {
         /// Address of the built-in S3 endpoint (embedded mode). Default 127.0.0.1:9001.
         #[arg(long)]
         s3_listen: Option<String>,
+        /// Serve the API on a non-loopback address without an administrator token. Anyone who
+        /// reaches it can start root jobs and get S3 credentials: for an isolated lab only.
+        #[arg(long)]
+        insecure_open_api: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -98,11 +102,17 @@ enum MigrateOp {
     Export { dir: PathBuf },
 }
 
-fn flags(common: &Common, listen: Option<String>, s3_listen: Option<String>) -> config::Flags {
+fn flags(
+    common: &Common,
+    listen: Option<String>,
+    s3_listen: Option<String>,
+    insecure_open_api: bool,
+) -> config::Flags {
     config::Flags {
         config: common.config.clone(),
         listen,
         s3_listen,
+        insecure_open_api,
         data_dir: common.data_dir.clone(),
         database_url: common.database_url.clone(),
         log_format: common.log_format.clone(),
@@ -116,9 +126,15 @@ fn main() -> ExitCode {
         Cmd::Serve {
             listen,
             s3_listen,
+            insecure_open_api,
             common,
-        } => run_service(&common, listen, s3_listen, Service::Serve),
-        Cmd::Migrate { op, common } => run_service(&common, None, None, Service::Migrate(op)),
+        } => run_service(
+            &flags(&common, listen, s3_listen, insecure_open_api),
+            Service::Serve,
+        ),
+        Cmd::Migrate { op, common } => {
+            run_service(&flags(&common, None, None, false), Service::Migrate(op))
+        }
         Cmd::S3Credentials { common } => s3_credentials(&common, cli.client.format),
         Cmd::Agent {
             op: AgentOp::Run { job_id },
@@ -130,8 +146,11 @@ fn main() -> ExitCode {
 /// endpoint URL it advertises, in the shape of an STS answer.
 fn s3_credentials(common: &Common, format: Option<cli::Format>) -> ExitCode {
     let shown = (|| {
-        let cfg = config::load(&flags(common, None, None), &config::Env::from_process())
-            .map_err(|e| e.to_string())?;
+        let cfg = config::load(
+            &flags(common, None, None, false),
+            &config::Env::from_process(),
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(s3) = &cfg.s3 {
             return Err(format!(
                 "artifacts are kept in the external S3 endpoint {}; there is no built-in endpoint \
@@ -211,16 +230,8 @@ enum Service {
     Migrate(MigrateOp),
 }
 
-fn run_service(
-    common: &Common,
-    listen: Option<String>,
-    s3_listen: Option<String>,
-    cmd: Service,
-) -> ExitCode {
-    let cfg = match config::load(
-        &flags(common, listen, s3_listen),
-        &config::Env::from_process(),
-    ) {
+fn run_service(flags: &config::Flags, cmd: Service) -> ExitCode {
+    let cfg = match config::load(flags, &config::Env::from_process()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ims: {e}");

@@ -112,6 +112,16 @@ fn redact(url: &str) -> String {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(cfg: Config) -> Result<()> {
+    if let Some(why) = cfg.exposure_problem() {
+        bail!(why);
+    }
+    if cfg.insecure_open_api && !cfg.listen.ip().is_loopback() && cfg.api_token.is_none() {
+        tracing::warn!(
+            "INSECURE: the API on {} has no authentication (--insecure-open-api): anyone who \
+             reaches it can start root jobs and get S3 credentials",
+            cfg.listen
+        );
+    }
     let (store, _lock) = open_store(&cfg).await?;
     let backend = match &cfg.s3 {
         Some(s3) => Backend::S3(s3.clone()),

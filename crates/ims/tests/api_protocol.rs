@@ -9,6 +9,7 @@
 mod common;
 use common::*;
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -500,6 +501,27 @@ fn bad_settings_stop_start_up_with_one_line() {
             vec![("IMS_CONFIG", missing.to_str().unwrap())],
             vec!["config", "missing.toml"],
         ),
+        // An API open to the network without authentication is refused, saying what to do.
+        (
+            vec!["--listen".to_string(), "0.0.0.0:0".to_string()],
+            vec![],
+            vec![
+                "0.0.0.0:0",
+                "without authentication",
+                "IMS_API_TOKEN_FILE",
+                "--insecure-open-api",
+            ],
+        ),
+        (
+            vec![],
+            vec![("IMS_LISTEN", "[::]:0")],
+            vec!["[::]:0", "without authentication"],
+        ),
+        (
+            vec!["--listen".to_string(), "0.0.0.0:0".to_string()],
+            vec![("IMS_INSECURE_OPEN_API", "perhaps")],
+            vec!["IMS_INSECURE_OPEN_API", "perhaps"],
+        ),
     ];
     for (args, env, needles) in cases {
         let data = tempfile::tempdir().unwrap();
@@ -760,4 +782,52 @@ fn unreachable_postgres_fails_fast_with_the_cause() {
         !stderr.contains("secret"),
         "the password is not shown: {stderr}"
     );
+}
+
+/// A non-loopback API starts with a token, or with `--insecure-open-api` and a loud warning.
+#[test]
+fn open_api_needs_a_token_or_the_insecure_flag() {
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "s3cr3t-admin-token\n").unwrap();
+    for (args, env, warned) in [
+        (vec!["--insecure-open-api"], vec![], true),
+        (vec![], vec![("IMS_INSECURE_OPEN_API", "true")], true),
+        (
+            vec![],
+            vec![("IMS_API_TOKEN_FILE", token.path().to_str().unwrap())],
+            false,
+        ),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut c = serve_cmd(data.path());
+        c.args(["--listen", "0.0.0.0:0"]).args(&args);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.contains("listening on http://0.0.0.0:"),
+            "{args:?} {env:?}: {seen}"
+        );
+        assert_eq!(
+            seen.contains("INSECURE"),
+            warned,
+            "{args:?} {env:?}: {seen}"
+        );
+    }
 }
