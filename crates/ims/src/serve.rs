@@ -167,10 +167,18 @@ pub async fn run(cfg: Config) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {} (S3 endpoint)", cfg.s3_listen))?;
             let addr = listener.local_addr()?;
-            let url = cfg
-                .s3_public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
+            // On this host (`ims s3-credentials`, the log) the endpoint is reachable on loopback
+            // when it listens on every address; API clients get the host they used (STS).
+            let local_host = if addr.ip().is_unspecified() {
+                Some(if addr.is_ipv4() { "127.0.0.1" } else { "[::1]" })
+            } else {
+                None
+            };
+            let url = ims_server::sts::advertised_endpoint(
+                cfg.s3_public_url.as_deref(),
+                addr,
+                local_host,
+            );
             tracing::info!(
                 "S3 endpoint at {url} (access key {}; credentials in {}, shown by `ims s3-credentials`)",
                 creds.root().access_key,
@@ -189,7 +197,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             (
                 Arc::new(EmbeddedIssuer {
                     creds,
-                    endpoint_url: url,
+                    public_url: cfg.s3_public_url.clone(),
+                    listen: addr,
                 }),
                 Some(task),
                 Some(meta),
@@ -351,17 +360,24 @@ impl ims_artifacts::ObjectEvents for S3MetadataEvents {
 /// STS for the built-in endpoint: a fresh temporary key, secret and session token each time.
 struct EmbeddedIssuer {
     creds: Arc<ims_s3::CredentialStore>,
-    endpoint_url: String,
+    /// The configured public URL, if any.
+    public_url: Option<String>,
+    /// Where the endpoint listens.
+    listen: std::net::SocketAddr,
 }
 
 impl StsIssuer for EmbeddedIssuer {
-    fn issue(&self) -> StsCredentials {
+    fn issue(&self, host: Option<&str>) -> StsCredentials {
         let c = self.creds.issue(STS_TTL);
         StsCredentials {
             access_key_id: c.access_key,
             secret_access_key: c.secret_key,
             session_token: c.session_token.unwrap_or_default(),
-            endpoint_url: self.endpoint_url.clone(),
+            endpoint_url: ims_server::sts::advertised_endpoint(
+                self.public_url.as_deref(),
+                self.listen,
+                host,
+            ),
             expiration: ims_core::Timestamp(c.expires.unwrap_or_else(chrono::Utc::now)),
         }
     }

@@ -831,3 +831,81 @@ fn open_api_needs_a_token_or_the_insecure_flag() {
         );
     }
 }
+
+/// The built-in S3 endpoint on every address: STS advertises the host the client used for the API
+/// (never 0.0.0.0), and `ims s3-credentials` the loopback address of this host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_advertises_a_reachable_endpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let mut c = Command::new(ims_bin());
+    c.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--s3-listen",
+        "0.0.0.0:0",
+        "--data-dir",
+    ])
+    .arg(data.path())
+    .env_remove("IMS_CONFIG");
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut url = None;
+    let mut s3_port = None;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if let Some(i) = line.find("S3 endpoint at http://") {
+            let rest = &line[i + "S3 endpoint at ".len()..];
+            let u = rest.split_whitespace().next().unwrap();
+            assert!(u.starts_with("http://127.0.0.1:"), "{line}");
+            s3_port = Some(u.rsplit(':').next().unwrap().to_string());
+        }
+        if let Some(i) = line.find("listening on http://") {
+            url = Some(
+                line[i + "listening on ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+            break;
+        }
+    }
+    let (url, port) = (url.unwrap(), s3_port.unwrap());
+    let client = reqwest::Client::new();
+    for (host, want) in [
+        (
+            "ims.example.org:9000",
+            format!("http://ims.example.org:{port}"),
+        ),
+        ("[fd00::5]:9000", format!("http://[fd00::5]:{port}")),
+    ] {
+        let v: Value = client
+            .put(format!("{url}/apis/sts/token"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["Credentials"]["EndpointURL"], json!(want), "{v}");
+    }
+    let o = Command::new(ims_bin())
+        .args(["s3-credentials", "--format", "json", "--data-dir"])
+        .arg(data.path())
+        .env_remove("IMS_CONFIG")
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        shown["Credentials"]["EndpointURL"],
+        json!(format!("http://127.0.0.1:{port}")),
+        "{shown}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -124,17 +124,37 @@ async fn records_service_on_s3() {
     };
     moto.make_bucket("ims").await;
     moto.make_bucket("boot-images").await;
+    const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("job.key");
+    std::fs::write(&key_file, KEY_HEX).unwrap();
     let s = builder(Db::Sqlite)
         .await
         .env("S3_ENDPOINT", &moto.url)
         .env("S3_ACCESS_KEY", "testing")
         .env("S3_SECRET_KEY", "testing")
         .env("S3_REGION", "us-east-1")
+        .env("IMS_JOB_TOKEN_KEY_FILE", key_file.to_str().unwrap())
         .start()
         .await;
 
-    // STS points clients (cray artifacts) at the configured S3 endpoint.
-    let sts = s.send("PUT", "/apis/sts/token", None, None).await.ok(200);
+    // The site's keys are not handed to an anonymous caller, only to an authenticated one (here
+    // a job's agent); STS points clients (cray artifacts) at the configured S3 endpoint.
+    let p = s
+        .send("PUT", "/apis/sts/token", None, None)
+        .await
+        .problem(403, false);
+    assert!(!p.to_string().contains("testing"), "{p}");
+    let token = job_token(KEY_HEX, "11111111-1111-4111-8111-111111111111");
+    let r = s
+        .client
+        .put(format!("{}/apis/sts/token", s.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let sts: serde_json::Value = r.json().await.unwrap();
     let c = &sts["Credentials"];
     assert_eq!(c["EndpointURL"], moto.url.as_str());
     assert_eq!(c["AccessKeyId"], "testing");

@@ -347,14 +347,33 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// `PUT /apis/sts/token` (what `cray artifacts` calls first): temporary S3 credentials and the
 /// endpoint to use them with.
-async fn sts_token(State(st): St) -> ApiResult<Response> {
+async fn sts_token(
+    State(st): St,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
     let issuer = st.sts.as_ref().ok_or_else(|| {
         Problem::unavailable("No S3 endpoint is configured, so no S3 credentials can be issued.")
     })?;
+    let anonymous = caller.is_none_or(|c| c.0 == crate::auth::Caller::Anonymous);
+    if anonymous && issuer.hands_out_site_keys() {
+        return Err(Problem::new(
+            403,
+            "With an external S3 store, STS hands out the site's S3 keys: only to an \
+             authenticated caller. Configure an administrator token (IMS_API_TOKEN_FILE) and send \
+             it (Authorization: Bearer …).",
+        )
+        .into());
+    }
+    // The host the client reached the API at: where it can reach the S3 endpoint too, when that
+    // listens on every address.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
     json(
         StatusCode::OK,
         &crate::sts::StsResponse {
-            credentials: issuer.issue(),
+            credentials: issuer.issue(host),
         },
     )
 }

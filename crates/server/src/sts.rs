@@ -26,7 +26,50 @@ pub struct StsResponse {
 
 /// Issues credentials for S3 access.
 pub trait StsIssuer: Send + Sync + 'static {
-    fn issue(&self) -> StsCredentials;
+    /// `host`: the `Host` the client sent to the API (`name[:port]`), for an endpoint URL that
+    /// depends on how the client reaches this server.
+    fn issue(&self, host: Option<&str>) -> StsCredentials;
+    /// Whether the credentials are the site's own long-lived keys (an external S3 store), which
+    /// only an authenticated caller may get.
+    fn hands_out_site_keys(&self) -> bool {
+        false
+    }
+}
+
+/// The endpoint URL to advertise for an S3 endpoint listening on `listen`: `public` when
+/// configured; for an endpoint on every address (`0.0.0.0`, `::`) the host the client used for
+/// the API with the endpoint's port — never the unspecified address, which no client can use.
+pub fn advertised_endpoint(
+    public: Option<&str>,
+    listen: std::net::SocketAddr,
+    client_host: Option<&str>,
+) -> String {
+    if let Some(p) = public {
+        return p.to_string();
+    }
+    if !listen.ip().is_unspecified() {
+        return format!("http://{listen}");
+    }
+    let host = client_host
+        .map(host_part)
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}:{}", listen.port())
+}
+
+/// `name` of `name:port`, `[v6]` of `[v6]:port`.
+fn host_part(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
 }
 
 /// External S3: the configured keys (a site's RGW/MinIO policy governs them), no session token.
@@ -38,7 +81,11 @@ pub struct StaticIssuer {
 }
 
 impl StsIssuer for StaticIssuer {
-    fn issue(&self) -> StsCredentials {
+    fn hands_out_site_keys(&self) -> bool {
+        true
+    }
+
+    fn issue(&self, _host: Option<&str>) -> StsCredentials {
         let expiration = Timestamp(
             Timestamp::now().0 + chrono::Duration::from_std(self.ttl).unwrap_or_default(),
         );
@@ -57,6 +104,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn endpoint_urls_clients_can_use() {
+        let any: std::net::SocketAddr = "0.0.0.0:9001".parse().unwrap();
+        let any6: std::net::SocketAddr = "[::]:9001".parse().unwrap();
+        let lo: std::net::SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        assert_eq!(
+            advertised_endpoint(Some("https://s3.site"), any, Some("x")),
+            "https://s3.site"
+        );
+        assert_eq!(
+            advertised_endpoint(None, lo, Some("ims.site:9000")),
+            "http://127.0.0.1:9001"
+        );
+        assert_eq!(
+            advertised_endpoint(None, any, Some("ims.site:9000")),
+            "http://ims.site:9001"
+        );
+        assert_eq!(
+            advertised_endpoint(None, any6, Some("ims.site")),
+            "http://ims.site:9001"
+        );
+        assert_eq!(
+            advertised_endpoint(None, any, Some("[fd00::5]:9000")),
+            "http://[fd00::5]:9001"
+        );
+        assert_eq!(
+            advertised_endpoint(None, any, Some("10.1.2.3:9000")),
+            "http://10.1.2.3:9001"
+        );
+        // A hostile or missing Host header never ends up in the URL.
+        assert_eq!(
+            advertised_endpoint(None, any, Some("evil/x@y")),
+            "http://localhost:9001"
+        );
+        assert_eq!(
+            advertised_endpoint(None, any, None),
+            "http://localhost:9001"
+        );
+    }
+
+    #[test]
     fn response_shape_is_the_csm_one() {
         let i = StaticIssuer {
             access_key: "AK".into(),
@@ -65,7 +152,7 @@ mod tests {
             ttl: std::time::Duration::from_secs(3600),
         };
         let v = serde_json::to_value(StsResponse {
-            credentials: i.issue(),
+            credentials: i.issue(None),
         })
         .unwrap();
         let c = v["Credentials"].as_object().unwrap();
