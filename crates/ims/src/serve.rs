@@ -130,10 +130,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         },
     };
     let artifacts = ArtifactStore::new(backend);
-    if cfg.s3.is_none() {
-        artifacts
+    match &cfg.s3 {
+        None => artifacts
             .ensure_buckets(&[&cfg.service.ims_bucket, &cfg.service.boot_images_bucket])
-            .context("cannot create the artifact directories")?;
+            .context("cannot create the artifact directories")?,
+        Some(s3) => check_s3_keys(&artifacts, s3, &cfg.service.ims_bucket).await?,
     }
     // Embedded mode: the built-in S3 endpoint serves the artifact root; STS hands out temporary
     // credentials for it. With an external S3, STS hands out the configured keys and endpoint.
@@ -342,6 +343,47 @@ fn executor(
 }
 
 const STS_TTL: Duration = Duration::from_secs(3600);
+
+/// An external S3 store that refuses the configured keys stops start-up with one clear line (a
+/// typo in a secret would otherwise surface as 500s on the first image). An unreachable store
+/// is only a warning: it may come up after the server.
+async fn check_s3_keys(
+    artifacts: &ArtifactStore,
+    s3: &ims_artifacts::S3Settings,
+    bucket: &str,
+) -> Result<()> {
+    let probe = ims_artifacts::Location::new(bucket, ".ims-credentials-check")
+        .context("the IMS bucket name")?;
+    match tokio::time::timeout(Duration::from_secs(15), artifacts.head(&probe)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let refused = [
+                "403",
+                "401",
+                "Forbidden",
+                "Unauthorized",
+                "denied",
+                "Unauthenticated",
+            ]
+            .iter()
+            .any(|w| text.contains(w));
+            if refused {
+                bail!(
+                    "the S3 store at {} refuses the configured keys (S3_ACCESS_KEY {}, S3_SECRET_KEY): {text}",
+                    s3.endpoint,
+                    s3.access_key
+                );
+            }
+            tracing::warn!(endpoint = %s3.endpoint, error = %text, "the S3 store does not answer yet");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(endpoint = %s3.endpoint, "the S3 store did not answer within 15 s");
+            Ok(())
+        }
+    }
+}
 
 /// Keeps the built-in endpoint's per-object metadata in step with the artifact store's moves and
 /// deletes.

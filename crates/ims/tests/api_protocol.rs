@@ -909,3 +909,61 @@ async fn sts_advertises_a_reachable_endpoint() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An external S3 store that refuses the configured keys stops start-up with one line naming it
+/// (here the store is another `ims serve`'s built-in endpoint, which checks SigV4 signatures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bogus_s3_keys_stop_start_up() {
+    let store = start(Db::Sqlite).await;
+    let o = Command::new(ims_bin())
+        .args(["s3-credentials", "--format", "json", "--data-dir"])
+        .arg(store.data.path())
+        .env_remove("IMS_CONFIG")
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &shown["Credentials"];
+    let (endpoint, key, secret) = (
+        c["EndpointURL"].as_str().unwrap(),
+        c["AccessKeyId"].as_str().unwrap(),
+        c["SecretAccessKey"].as_str().unwrap(),
+    );
+    let serve = |secret: &str| {
+        let data = tempfile::tempdir().unwrap();
+        let mut c = serve_cmd(data.path());
+        c.args(["--listen", "127.0.0.1:0"])
+            .env("S3_ENDPOINT", endpoint)
+            .env("S3_ACCESS_KEY", key)
+            .env("S3_SECRET_KEY", secret)
+            .env("S3_REGION", "us-east-1");
+        (c, data)
+    };
+    let (c, _d) = serve("not-the-secret");
+    let stderr = must_fail(c, "ims serve with a bogus S3 secret");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ims:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(&format!(
+            "the S3 store at {endpoint} refuses the configured keys"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-secret"),
+        "the secret was printed: {stderr}"
+    );
+    // The right secret: it starts.
+    let (mut c, _d) = serve(secret);
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .map_while(Result::ok)
+        .any(|l| l.contains("listening on http://"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "did not start with the right keys");
+}
