@@ -413,6 +413,23 @@ async fn ssh_sessions_customize_the_image() {
                 "touch /mnt/image/complete",
             )
         };
+        if !jail {
+            // Outside the chroot the session is a host-like shell: the alternatives links
+            // (awk, which), os-release and CA certificates are there; host secrets are not.
+            let o = st.ssh(
+                &job,
+                "id_job",
+                "awk 'BEGIN { print 6 * 7 }' && which ls && . /etc/os-release && echo \"os=$ID\" \
+                 && ls /etc/ssl/certs | head -1 && ! ls /etc/ssl/private 2>/dev/null \
+                 && ! test -e /etc/shadow",
+            );
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{o:?}");
+            assert!(
+                out.contains("42\n") && out.contains("/ls\n") && out.contains("os="),
+                "{out}"
+            );
+        }
         let o = st.ssh(&job, "id_job", edit);
         assert!(o.status.success(), "{o:?}");
         let listing = String::from_utf8_lossy(&o.stdout);

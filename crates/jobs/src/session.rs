@@ -290,6 +290,9 @@ fn make_etc(spec: &Spec, etc: &Path, port: u16) -> Result<(), String> {
         0o644,
     )?;
     write(&ssh.join("sshd_config"), &sshd_config(port, spec)?, 0o644)?;
+    if !spec.jail {
+        host_etc_mount_points(etc)?;
+    }
     let key = ssh.join("ssh_host_ed25519_key");
     if !key.exists() {
         let out = std::process::Command::new("ssh-keygen")
@@ -321,6 +324,57 @@ pub fn fix_chroot_modes(job_dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot chown {}: {e}", p.display()))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("cannot chmod {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// What a shell, common scripts and Ansible expect of a host's `/etc`, bound read-only from the
+/// host into the sandbox of non-jailed sessions (whose programs are the host's `/usr`): the
+/// `alternatives` links (`awk`, `which`, `vi`…), `os-release`, CA certificates (never
+/// `/etc/ssl/private`), time zone and shell start-up files. (`true`: a directory.)
+const HOST_ETC: &[(&str, bool)] = &[
+    ("alternatives", true),
+    ("os-release", false),
+    ("debian_version", false),
+    ("ssl/certs", true),
+    ("ca-certificates", true),
+    ("localtime", false),
+    ("timezone", false),
+    ("profile", false),
+    ("profile.d", true),
+    ("bash.bashrc", false),
+    ("inputrc", false),
+    ("terminfo", true),
+    ("ld.so.cache", false),
+    ("ld.so.conf", false),
+    ("ld.so.conf.d", true),
+    ("environment", false),
+];
+
+/// Mount points in the generated `/etc` for [`HOST_ETC`] entries the host has (bwrap cannot
+/// create them inside the read-only `/etc`).
+fn host_etc_mount_points(etc: &Path) -> Result<(), String> {
+    for (name, dir) in HOST_ETC {
+        let host = Path::new("/etc").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let p = etc.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let made = if *dir {
+            std::fs::create_dir_all(&p)
+        } else {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)
+                .map(drop)
+        };
+        made.map_err(|e| format!("cannot create {}: {e}", p.display()))?;
     }
     Ok(())
 }
@@ -360,6 +414,14 @@ fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi:
     a.push("--ro-bind".into());
     a.push(etc.into());
     a.push("/etc".into());
+    if !spec.jail {
+        for (name, _) in HOST_ETC {
+            let host = Path::new("/etc").join(name);
+            a.push("--ro-bind-try".into());
+            a.push(host.clone().into());
+            a.push(host.into());
+        }
+    }
     let mut push = |s: &str| a.push(s.into());
     for s in [
         "--proc",
