@@ -950,8 +950,33 @@ async fn session_address_and_port_range() {
     let mut ports = vec![];
     let mut ids = vec![];
     for name in ["a", "b"] {
-        let id = st.job(name, true).await;
-        let job = st.wait_status(&id, "waiting_on_user").await;
+        let (id, job) = if name == "a" {
+            let id = st.job(name, true).await;
+            let job = st.wait_status(&id, "waiting_on_user").await;
+            (id, job)
+        } else {
+            // `ims jobs create --wait` returns when the session's real port is known.
+            let job = ims(
+                &st.s,
+                &[
+                    "jobs",
+                    "create",
+                    "--job-type",
+                    "customize",
+                    "--artifact-id",
+                    &st.image,
+                    "--public-key-id",
+                    &st.key,
+                    "--image-root-archive-name",
+                    name,
+                    "--ssh-containers-jail",
+                    "True",
+                    "--wait",
+                ],
+            );
+            assert_eq!(job["status"], "waiting_on_user", "{job}");
+            (job["id"].as_str().unwrap().to_string(), job)
+        };
         let port = job["ssh_containers"][0]["connection_info"]["cluster.local"]["port"]
             .as_u64()
             .unwrap() as u16;

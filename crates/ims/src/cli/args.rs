@@ -375,6 +375,10 @@ pub enum JobsVerb {
         /// SSH container jail flags, comma-separated booleans.
         #[arg(long, value_delimiter = ',', value_parser = parse_bool)]
         ssh_containers_jail: Option<Vec<bool>>,
+        /// Return when the job waits on its user (its session's real address and port known),
+        /// or when it ends; print the job then (exit 1 if it ended in error).
+        #[arg(long)]
+        wait: bool,
     },
     /// Delete a job.
     Delete(Id),

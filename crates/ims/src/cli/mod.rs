@@ -78,9 +78,21 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
             put(&mut o, "template_dictionary", t);
             artifacts::import_recipe(Value::Object(o), &source, &globals, format)
         }),
-        cmd => request(cmd)
-            .and_then(|req| send(req, &globals, format))
-            .map(|()| ExitCode::SUCCESS),
+        cmd => {
+            let wait = matches!(
+                &cmd,
+                Command::Jobs {
+                    verb: JobsVerb::Create { wait: true, .. }
+                }
+            );
+            match request(cmd) {
+                Ok(Request::Create(Resource::Jobs, body)) if wait => {
+                    create_job_and_wait(&body, &globals, format)
+                }
+                Ok(req) => send(req, &globals, format).map(|()| ExitCode::SUCCESS),
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(code) => code,
@@ -181,6 +193,49 @@ fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
+    })
+}
+
+/// `ims jobs create … --wait`: creates the job, then follows its status (changes on stderr) until
+/// it waits on its user — its session's address and port are then the real ones — or ends; prints
+/// the job then. Exit 1 when it ended in `error`.
+fn create_job_and_wait(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    let c = client(g)?;
+    let job = ims_client::s3::runtime()?.block_on(async {
+        let job = c
+            .create(Resource::Jobs, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = job
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("the server's answer has no job id")?
+            .to_string();
+        let mut shown = String::new();
+        loop {
+            let job = c
+                .describe(Resource::Jobs, &id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = job
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if status != shown && !ims_client::s3::quiet() {
+                eprintln!("job {id}: {status}");
+                shown.clone_from(&status);
+            }
+            if matches!(status.as_str(), "waiting_on_user" | "success" | "error") {
+                return Ok::<Value, String>(job);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })?;
+    print(&job, format)?;
+    Ok(match job.get("status").and_then(Value::as_str) {
+        Some("error") => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
     })
 }
 
@@ -716,6 +771,7 @@ fn request(cmd: Command) -> Result<Request, String> {
                 require_dkms,
                 ssh_containers_name,
                 ssh_containers_jail,
+                wait: _,
             } => {
                 let mut o = Map::new();
                 o.insert("job_type".into(), job_type.into());
