@@ -1,8 +1,8 @@
 //! The two SQL implementations of [`Store`]. They share one body of SQL through `sql_store!`.
 
-use crate::{NewRow, Op, Result, Row, Store, StoreError};
+use crate::{Batch, NewRow, Op, Result, Row, RowStream, Store, StoreError};
 use async_trait::async_trait;
-use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
 use ims_core::Table;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -89,28 +89,39 @@ fn expect_one(affected: u64) -> Result<()> {
     }
 }
 
+/// A transaction of either backend, taking its changes batch by batch.
+pub(crate) struct SqlBatch<DB: sqlx::Database>(sqlx::Transaction<'static, DB>);
+
+/// Rows sent ahead of the reader of a [`RowStream`].
+const STREAM_AHEAD: usize = 256;
+
 macro_rules! sql_store {
-    ($store:ident, $backend:literal, $join_sql:literal) => {
+    ($store:ident, $db:ty, $backend:literal) => {
         #[async_trait]
         impl Store for $store {
-            async fn list_json(&self, table: Table) -> Result<Bytes> {
-                // The database joins the rows' JSON itself: one result row instead of thousands.
-                let sql = format!($join_sql, table.name());
-                let (body,): (Option<String>,) = sqlx::query_as(&sql).fetch_one(&self.pool).await?;
-                Ok(Bytes::from(format!("[{}]", body.unwrap_or_default())))
-            }
-
-            async fn list(&self, table: Table) -> Result<Vec<Row>> {
-                let sql = format!(
-                    "SELECT id, version, created, data FROM {} ORDER BY created, id",
-                    table.name()
-                );
-                let rows: Vec<(String, i64, Option<String>, String)> =
-                    sqlx::query_as(&sql).fetch_all(&self.pool).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(id, version, created, data)| Row { id, version, created, data })
-                    .collect())
+            fn stream(&self, table: Table) -> RowStream {
+                // A task reads the rows with its own pooled connection and hands them over as they
+                // arrive; it stops when the reader goes away.
+                let pool = self.pool.clone();
+                let (mut tx, rx) = futures::channel::mpsc::channel(STREAM_AHEAD);
+                tokio::spawn(async move {
+                    let sql = format!(
+                        "SELECT id, version, created, data FROM {} ORDER BY created, id",
+                        table.name()
+                    );
+                    let mut rows =
+                        sqlx::query_as::<_, (String, i64, Option<String>, String)>(&sql).fetch(&pool);
+                    while let Some(r) = rows.next().await {
+                        let item = r
+                            .map(|(id, version, created, data)| Row { id, version, created, data })
+                            .map_err(StoreError::from);
+                        let failed = item.is_err();
+                        if tx.send(item).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                rx.boxed()
             }
 
             async fn get(&self, table: Table, id: &str) -> Result<Option<Row>> {
@@ -143,75 +154,8 @@ macro_rules! sql_store {
                 Ok(n > 0)
             }
 
-            async fn apply(&self, ops: Vec<Op>) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                for op in ops {
-                    match op {
-                        Op::Insert(table, r) => {
-                            let sql = format!(
-                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
-                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                                table.name()
-                            );
-                            let n = bind_row(sqlx::query(&sql), r)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::Upsert(table, r) => {
-                            let sql = format!(
-                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
-                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
-                                 version = {t}.version + 1, created = excluded.created, \
-                                 link_path = excluded.link_path, status = excluded.status, \
-                                 job_type = excluded.job_type, data = excluded.data",
-                                t = table.name()
-                            );
-                            bind_row(sqlx::query(&sql), r).execute(&mut *tx).await?;
-                        }
-                        Op::Update {
-                            table,
-                            version,
-                            row,
-                        } => {
-                            let sql = format!(
-                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
-                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
-                                table.name()
-                            );
-                            let n = bind_row(sqlx::query(&sql), row)
-                                .bind(version)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::Delete { table, id, version } => {
-                            let n = match version {
-                                Some(v) => {
-                                    let sql = format!(
-                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
-                                        table.name()
-                                    );
-                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *tx).await?
-                                }
-                                None => {
-                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
-                                    sqlx::query(&sql).bind(id).execute(&mut *tx).await?
-                                }
-                            }
-                            .rows_affected();
-                            expect_one(n)?;
-                        }
-                        Op::DeleteAll(table) => {
-                            let sql = format!("DELETE FROM {}", table.name());
-                            sqlx::query(&sql).execute(&mut *tx).await?;
-                        }
-                    }
-                }
-                tx.commit().await?;
-                Ok(())
+            async fn begin(&self) -> Result<Box<dyn Batch + '_>> {
+                Ok(Box::new(SqlBatch(self.pool.begin().await?)))
             }
 
             async fn ping(&self) -> Result<()> {
@@ -225,6 +169,83 @@ macro_rules! sql_store {
 
             async fn close(&self) {
                 self.pool.close().await;
+            }
+        }
+
+        #[async_trait]
+        impl Batch for SqlBatch<$db> {
+            async fn apply(&mut self, ops: Vec<Op>) -> Result<()> {
+                for op in ops {
+                    match op {
+                        Op::Insert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), r)
+                                .execute(&mut *self.0)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Upsert(table, r) => {
+                            let sql = format!(
+                                "INSERT INTO {t} (id, version, created, link_path, status, job_type, data) \
+                                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
+                                 version = {t}.version + 1, created = excluded.created, \
+                                 link_path = excluded.link_path, status = excluded.status, \
+                                 job_type = excluded.job_type, data = excluded.data",
+                                t = table.name()
+                            );
+                            bind_row(sqlx::query(&sql), r).execute(&mut *self.0).await?;
+                        }
+                        Op::Update {
+                            table,
+                            version,
+                            row,
+                        } => {
+                            let sql = format!(
+                                "UPDATE {} SET version = version + 1, created = $2, link_path = $3, \
+                                 status = $4, job_type = $5, data = $6 WHERE id = $1 AND version = $7",
+                                table.name()
+                            );
+                            let n = bind_row(sqlx::query(&sql), row)
+                                .bind(version)
+                                .execute(&mut *self.0)
+                                .await?
+                                .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::Delete { table, id, version } => {
+                            let n = match version {
+                                Some(v) => {
+                                    let sql = format!(
+                                        "DELETE FROM {} WHERE id = $1 AND version = $2",
+                                        table.name()
+                                    );
+                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *self.0).await?
+                                }
+                                None => {
+                                    let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
+                                    sqlx::query(&sql).bind(id).execute(&mut *self.0).await?
+                                }
+                            }
+                            .rows_affected();
+                            expect_one(n)?;
+                        }
+                        Op::DeleteAll(table) => {
+                            let sql = format!("DELETE FROM {}", table.name());
+                            sqlx::query(&sql).execute(&mut *self.0).await?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            async fn commit(self: Box<Self>) -> Result<()> {
+                self.0.commit().await?;
+                Ok(())
             }
         }
     };
@@ -247,13 +268,5 @@ where
         .bind(r.data)
 }
 
-sql_store!(
-    SqliteStore,
-    "sqlite",
-    "SELECT group_concat(data, ',' ORDER BY created, id) FROM {}"
-);
-sql_store!(
-    PgStore,
-    "postgres",
-    "SELECT string_agg(data, ',' ORDER BY created, id) FROM {}"
-);
+sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+sql_store!(PgStore, sqlx::Postgres, "postgres");

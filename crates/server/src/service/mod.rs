@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ims_core::{Problem, Record};
-use ims_store::{Row, Store, Versioned};
+use ims_store::{ListBody, Row, Store, Versioned};
 use serde::Serialize;
 
 /// How often an operation that lost a race with a concurrent change is re-run from a fresh read.
@@ -70,9 +70,21 @@ pub async fn must_get<T: Record>(store: &dyn Store, id: &str) -> ApiResult<Versi
         .ok_or_else(|| ApiError::Problem(Problem::not_found()))
 }
 
-/// GET collection of any table.
+/// GET collection of any table: the cached array, or the rows streamed from the database as they
+/// come (the first chunk is awaited, so a database that fails at once still gets an error status).
 pub async fn list_raw(store: &dyn Store, table: ims_core::Table) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, store.list_json(table).await?))
+    use futures::StreamExt as _;
+    match store.list_body(table).await? {
+        ListBody::Whole(body) => Ok(json_response(StatusCode::OK, body)),
+        ListBody::Chunks(mut chunks) => {
+            let first = chunks.next().await.transpose()?.unwrap_or_default();
+            let rest = futures::stream::once(async move { Ok(first) }).chain(chunks);
+            Ok(json_response(
+                StatusCode::OK,
+                axum::body::Body::from_stream(rest),
+            ))
+        }
+    }
 }
 
 /// GET one of any table.
