@@ -43,6 +43,8 @@ impl fmt::Display for TableReport {
 
 /// Records handed from the file reader to the writer at a time.
 const GROUP: usize = 1000;
+/// Stored records read at the same time to compare them with the imported ones.
+const READ_AHEAD: usize = 8;
 
 /// Calls `each` with every element of a JSON array, parsed one at a time.
 struct EachElement<F>(F);
@@ -153,8 +155,8 @@ async fn import_table<T: Record>(
     let mut seen = std::collections::HashSet::new();
     let mut links = std::collections::HashMap::new();
     while let Some(group) = records.recv().await {
-        let mut ops = Vec::new();
-        for rec in group? {
+        let group = group?;
+        for rec in &group {
             if !seen.insert(rec.id().to_string()) {
                 bail!("{name}: record id {} appears twice", rec.id());
             }
@@ -167,8 +169,20 @@ async fn import_table<T: Record>(
                     rec.id()
                 );
             }
-            let row = ims_store::row_of(&rec)?;
-            match store.get(T::TABLE, rec.id()).await? {
+        }
+        // What is stored already, read a few records at a time (the transaction has its own
+        // connection; these reads see the database as it was before it).
+        let compared: Vec<_> = futures::stream::iter(group.iter().map(|rec| async move {
+            let row = ims_store::row_of(rec)?;
+            let existing = store.get(T::TABLE, rec.id()).await?;
+            anyhow::Ok((row, existing))
+        }))
+        .buffered(READ_AHEAD)
+        .try_collect()
+        .await?;
+        let mut ops = Vec::new();
+        for (row, existing) in compared {
+            match existing {
                 Some(existing) if existing.data == row.data => report.unchanged += 1,
                 Some(_) => {
                     report.updated += 1;

@@ -6,13 +6,12 @@
 //! Writes are serialised in-process, so they queue in order instead of spinning on SQLite's busy
 //! handler.
 //!
-//! Memory: each table keeps its rendered collection array (one shared [`Bytes`]) and every record's
-//! JSON is a slice of it, so the records are held once. A write invalidates the array; the next list
-//! renders it again (once, however many lists wait for it, and without blocking reads of single
-//! records) and the records are re-pointed into the new array. Between a write and the next list
-//! the changed records have their own buffers and the old array is kept by the unchanged ones. A
-//! table larger than [`Cached::budget`] bytes is not kept (its reads stream from the database); it is
-//! tried again after [`TOO_BIG_RETRY`].
+//! Memory: each table keeps its collection array rendered in pieces of about [`PIECE`] records
+//! (shared [`Bytes`], sent as they are) and every record's JSON is a slice of its piece, so the
+//! records are held once. A write marks the piece it falls in; the next list renders only the
+//! marked pieces again (once, however many lists wait for it, and without blocking reads of single
+//! records) and re-points their records into them. A table larger than [`Cached::budget`] bytes is
+//! not kept (its reads stream from the database); it is tried again after [`TOO_BIG_RETRY`].
 
 use crate::{Batch, ListBody, Op, Result, Row, Store, StoreError};
 use async_trait::async_trait;
@@ -29,16 +28,23 @@ pub const DEFAULT_TABLE_BUDGET: usize = 256 * 1024 * 1024;
 /// How long a table found larger than the budget is served by the database before loading is tried again.
 pub const TOO_BIG_RETRY: Duration = Duration::from_secs(60);
 
+/// Records per rendered piece of a collection array (a piece that grew past twice this is split).
+pub const PIECE: usize = 256;
+
 /// List order: `created`, then id (as `ORDER BY created, id`; no `created` sorts first, as in SQLite).
 type Key = (Option<Arc<str>>, Arc<str>);
 
+/// The lowest key: the bound of the first piece.
+fn lowest() -> Key {
+    (None, Arc::from(""))
+}
+
 struct Entry {
     version: i64,
-    /// The record's JSON: a slice of the rendered array, or its own buffer if written since.
+    /// The record's JSON: a slice of its rendered piece, or its own buffer if written since.
     data: Bytes,
 }
 
-#[derive(Default)]
 struct Rows {
     entries: BTreeMap<Key, Entry>,
     /// id → created (the key's allocations are shared with `entries`)
@@ -46,16 +52,57 @@ struct Rows {
     bytes: usize,
     /// Counts changes, so a rendering knows whether it is still current.
     generation: u64,
-    body: Option<Bytes>,
+    /// The collection array in pieces, by lower bound: each holds the records from its bound up to
+    /// the next piece's, joined by commas; `None` after a write into it, until rendered again.
+    pieces: BTreeMap<Key, Option<Bytes>>,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Rows {
+            entries: BTreeMap::new(),
+            ids: HashMap::new(),
+            bytes: 0,
+            generation: 0,
+            pieces: BTreeMap::from([(lowest(), None)]),
+        }
+    }
+}
+
+/// The pieces of a collection to render again, taken under the read lock.
+struct Plan {
+    generation: u64,
+    pieces: Vec<PlanPiece>,
+}
+
+enum PlanPiece {
+    Ready(Bytes),
+    /// A piece to render: its bound and its records.
+    Render(Key, Vec<(Key, Bytes)>),
+}
+
+/// A rendered piece: bound, JSON, and its records' keys and lengths (to re-point them).
+struct Rendered {
+    bound: Key,
+    json: Bytes,
+    records: Vec<(Key, usize)>,
 }
 
 impl Rows {
+    /// Marks the piece `key` falls in for rendering.
+    fn touch(&mut self, key: &Key) {
+        if let Some((_, piece)) = self.pieces.range_mut(..=key.clone()).next_back() {
+            *piece = None;
+        }
+        self.generation += 1;
+    }
+
     fn remove(&mut self, id: &str) -> Option<i64> {
         let (id, created) = self.ids.remove_entry(id)?;
-        let entry = self.entries.remove(&(created, id))?;
+        let key = (created, id);
+        let entry = self.entries.remove(&key)?;
         self.bytes -= entry.data.len();
-        self.generation += 1;
-        self.body = None;
+        self.touch(&key);
         Some(entry.version)
     }
 
@@ -65,9 +112,9 @@ impl Rows {
         let created: Option<Arc<str>> = created.map(Arc::from);
         self.bytes += data.len();
         self.ids.insert(id.clone(), created.clone());
-        self.entries.insert((created, id), Entry { version, data });
-        self.generation += 1;
-        self.body = None;
+        let key = (created, id);
+        self.touch(&key);
+        self.entries.insert(key, Entry { version, data });
     }
 
     fn get(&self, id: &str) -> Option<Row> {
@@ -111,39 +158,121 @@ impl Rows {
         Some(self.entries.get(&(created.clone(), id.clone()))?.version)
     }
 
-    /// Length of the collection array.
-    fn json_len(&self) -> usize {
-        self.bytes + self.entries.len().max(1) + 1
+    /// The collection array, if no piece waits to be rendered.
+    fn parts(&self) -> Option<Vec<Bytes>> {
+        let mut pieces = Vec::with_capacity(self.pieces.len());
+        for piece in self.pieces.values() {
+            pieces.push(piece.clone()?);
+        }
+        Some(array(pieces))
     }
 
-    /// Makes `body` (rendered from this generation) the collection array and every record a slice
-    /// of it. A body rendered before a later write is not installed.
-    fn install(&mut self, generation: u64, body: &Bytes) {
+    /// What to render: the marked pieces with their records (the others as they are).
+    fn plan(&self) -> Plan {
+        let mut pieces = Vec::with_capacity(self.pieces.len());
+        let mut bounds = self.pieces.iter().peekable();
+        while let Some((bound, piece)) = bounds.next() {
+            match piece {
+                Some(json) => pieces.push(PlanPiece::Ready(json.clone())),
+                None => {
+                    let records = match bounds.peek() {
+                        Some((next, _)) => self.entries.range(bound.clone()..(*next).clone()),
+                        None => self.entries.range(bound.clone()..),
+                    }
+                    .map(|(k, e)| (k.clone(), e.data.clone()))
+                    .collect();
+                    pieces.push(PlanPiece::Render(bound.clone(), records));
+                }
+            }
+        }
+        Plan {
+            generation: self.generation,
+            pieces,
+        }
+    }
+
+    /// Installs the rendered pieces (if no write came in between) and re-points their records.
+    fn install(&mut self, generation: u64, rendered: &[Rendered]) {
         if generation != self.generation {
             return;
         }
-        let mut at = 1;
-        for entry in self.entries.values_mut() {
-            let len = entry.data.len();
-            entry.data = body.slice(at..at + len);
-            at += len + 1;
+        for r in rendered {
+            if r.records.is_empty() && r.bound != lowest() {
+                self.pieces.remove(&r.bound);
+                continue;
+            }
+            self.pieces.insert(r.bound.clone(), Some(r.json.clone()));
+            let mut at = 0;
+            for (key, len) in &r.records {
+                if let Some(entry) = self.entries.get_mut(key) {
+                    entry.data = r.json.slice(at..at + len);
+                }
+                at += len + 1;
+            }
         }
-        self.body = Some(body.clone());
     }
 }
 
-/// The records' JSON joined into one array.
-fn join<'a>(parts: impl Iterator<Item = &'a Bytes>, len: usize) -> Bytes {
-    let mut body = Vec::with_capacity(len);
-    body.push(b'[');
-    for (i, part) in parts.enumerate() {
-        if i > 0 {
-            body.push(b',');
+/// Renders the marked pieces of a plan (splitting those that grew too large); returns the
+/// collection array and the new pieces.
+fn render(plan: Plan) -> (Vec<Bytes>, Vec<Rendered>) {
+    let mut all = Vec::with_capacity(plan.pieces.len());
+    let mut rendered = Vec::new();
+    for piece in plan.pieces {
+        match piece {
+            PlanPiece::Ready(json) => all.push(json),
+            PlanPiece::Render(bound, records) => {
+                let size = if records.len() > 2 * PIECE {
+                    PIECE
+                } else {
+                    records.len().max(1)
+                };
+                let mut bound = Some(bound);
+                for group in records.chunks(size) {
+                    let len = group.iter().map(|(_, d)| d.len() + 1).sum();
+                    let mut json = Vec::with_capacity(len);
+                    for (i, (_, data)) in group.iter().enumerate() {
+                        if i > 0 {
+                            json.push(b',');
+                        }
+                        json.extend_from_slice(data);
+                    }
+                    let json = Bytes::from(json);
+                    all.push(json.clone());
+                    rendered.push(Rendered {
+                        // The first group keeps the piece's bound; the others start at their first record.
+                        bound: bound.take().unwrap_or_else(|| group[0].0.clone()),
+                        json,
+                        records: group.iter().map(|(k, d)| (k.clone(), d.len())).collect(),
+                    });
+                }
+                if let Some(bound) = bound {
+                    // No records left in this piece.
+                    all.push(Bytes::new());
+                    rendered.push(Rendered {
+                        bound,
+                        json: Bytes::new(),
+                        records: Vec::new(),
+                    });
+                }
+            }
         }
-        body.extend_from_slice(part);
     }
-    body.push(b']');
-    Bytes::from(body)
+    (array(all), rendered)
+}
+
+/// `[`, the non-empty pieces separated by commas, `]`.
+fn array(pieces: Vec<Bytes>) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(pieces.len() * 2 + 1);
+    out.push(Bytes::from_static(b"["));
+    for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+        if out.len() > 1 {
+            out.push(Bytes::from_static(b","));
+        }
+        out.push(piece);
+    }
+    out.push(Bytes::from_static(b"]"));
+    out
 }
 
 struct TableState {
@@ -161,26 +290,26 @@ impl TableState {
         self.rows.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The collection array, rendered if a write invalidated it. Readers of single records are not
-    /// blocked while it is copied (only the snapshot of the slices and the re-pointing take locks).
-    async fn body(self: &Arc<Self>) -> Result<Bytes> {
-        if let Some(b) = &self.read().body {
-            return Ok(b.clone());
+    /// The collection array, its marked pieces rendered again. Readers of single records are not
+    /// blocked while they are (only taking the plan and the re-pointing take locks).
+    async fn parts(self: &Arc<Self>) -> Result<Vec<Bytes>> {
+        if let Some(parts) = self.read().parts() {
+            return Ok(parts);
         }
         let _one = self.render.lock().await;
-        let (generation, parts, len) = {
+        let plan = {
             let rows = self.read();
-            if let Some(b) = &rows.body {
-                return Ok(b.clone());
+            if let Some(parts) = rows.parts() {
+                return Ok(parts);
             }
-            let parts: Vec<Bytes> = rows.entries.values().map(|e| e.data.clone()).collect();
-            (rows.generation, parts, rows.json_len())
+            rows.plan()
         };
-        let body = tokio::task::spawn_blocking(move || join(parts.iter(), len))
+        let generation = plan.generation;
+        let (parts, rendered) = tokio::task::spawn_blocking(move || render(plan))
             .await
             .map_err(|e| StoreError::Database(format!("rendering the collection: {e}")))?;
-        self.write().install(generation, &body);
-        Ok(body)
+        self.write().install(generation, &rendered);
+        Ok(parts)
     }
 }
 
@@ -286,9 +415,9 @@ impl<S: Store> Cached<S> {
                 return Ok(None);
             }
         }
-        let body = join(rows.entries.values().map(|e| &e.data), rows.json_len());
+        let (_, rendered) = render(rows.plan());
         let generation = rows.generation;
-        rows.install(generation, &body);
+        rows.install(generation, &rendered);
         Ok(Some(rows))
     }
 
@@ -306,7 +435,7 @@ impl<S: Store> Store for Cached<S> {
 
     async fn list_body(&self, table: Table) -> Result<ListBody> {
         match self.table(table).await? {
-            Some(t) => Ok(ListBody::Whole(t.body().await?)),
+            Some(t) => Ok(ListBody::Parts(t.parts().await?)),
             None => self.inner.list_body(table).await,
         }
     }

@@ -102,9 +102,10 @@ pub enum Op {
 /// Rows of a table as the database returns them, oldest first.
 pub type RowStream = BoxStream<'static, Result<Row>>;
 
-/// A collection as one JSON array: whole, or in chunks as its rows come from the database.
+/// A collection as one JSON array: in parts held in memory (to be sent one after the other), or in
+/// chunks as its rows come from the database.
 pub enum ListBody {
-    Whole(Bytes),
+    Parts(Vec<Bytes>),
     Chunks(BoxStream<'static, Result<Bytes>>),
 }
 
@@ -131,7 +132,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::list_body`] in one buffer.
     async fn list_json(&self, table: Table) -> Result<Bytes> {
         match self.list_body(table).await? {
-            ListBody::Whole(b) => Ok(b),
+            ListBody::Parts(parts) => Ok(Bytes::from(parts.concat())),
             ListBody::Chunks(chunks) => {
                 let parts: Vec<Bytes> = chunks.try_collect().await?;
                 Ok(Bytes::from(parts.concat()))

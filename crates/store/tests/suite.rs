@@ -389,9 +389,11 @@ async fn sqlite_cache_budget() {
 async fn sqlite_cache_lists_during_writes() {
     let (_dir, url) = testing::sqlite_url();
     let s = ims_store::open(&url).await.unwrap();
-    for i in 0..300 {
-        insert(&*s, &key(&format!("k{i}"))).await.unwrap();
-    }
+    // Enough records for several rendered pieces (ims_store::cache::PIECE records each).
+    let keys: Vec<_> = (0..1200).map(|i| key(&format!("k{i}"))).collect();
+    s.apply(keys.iter().map(|k| insert_op(k).unwrap()).collect())
+        .await
+        .unwrap();
     let listers: Vec<_> = (0..4)
         .map(|_| {
             let s = s.clone();
@@ -399,7 +401,7 @@ async fn sqlite_cache_lists_during_writes() {
                 for _ in 0..30 {
                     let body = s.list_json(Table::PublicKeys).await.unwrap();
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    assert!(v.as_array().unwrap().len() >= 250, "whole arrays only");
+                    assert!(v.as_array().unwrap().len() >= 1100, "whole arrays only");
                 }
             })
         })
@@ -412,7 +414,7 @@ async fn sqlite_cache_lists_during_writes() {
         .enumerate()
     {
         match n % 3 {
-            0 => {
+            0 if n % 9 == 0 || n > 1000 => {
                 let mut r = v.record.clone();
                 r.name = format!("{}-renamed-with-a-longer-name", r.name);
                 s.apply(vec![ims_store::update_op(&r, v.version).unwrap()])
@@ -422,7 +424,7 @@ async fn sqlite_cache_lists_during_writes() {
                 assert_eq!(got.record, r, "a write is visible at once");
                 kept.push(r);
             }
-            1 if n < 150 => s.apply(vec![delete_op(&v)]).await.unwrap(),
+            1 if n < 150 || n > 1100 => s.apply(vec![delete_op(&v)]).await.unwrap(),
             _ => kept.push(v.record),
         }
         if n % 50 == 0 {
@@ -434,6 +436,22 @@ async fn sqlite_cache_lists_during_writes() {
     for l in listers {
         l.await.unwrap();
     }
+    // Appends that make the last piece grow past twice its size (it is split when rendered).
+    let more: Vec<_> = (0..600).map(|i| key(&format!("more{i}"))).collect();
+    s.apply(more.iter().map(|k| insert_op(k).unwrap()).collect())
+        .await
+        .unwrap();
+    kept.extend(more);
+    let _ = s.list_json(Table::PublicKeys).await.unwrap();
+    let last = key("last");
+    insert(&*s, &last).await.unwrap();
+    kept.push(last);
+    s.apply(vec![delete_op(
+        &get::<PublicKey>(&*s, &kept[0].id).await.unwrap().unwrap(),
+    )])
+    .await
+    .unwrap();
+    kept.remove(0);
     kept.sort_by(|a, b| (a.created.to_wire(), &a.id).cmp(&(b.created.to_wire(), &b.id)));
     let v: serde_json::Value =
         serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
