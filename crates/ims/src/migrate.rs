@@ -151,6 +151,8 @@ async fn import_table<T: Record>(
         return Ok(report);
     };
     report.file = Some(name.to_string());
+    // Into an empty table (a first import) every record is new: no need to compare.
+    let was_empty = store.stream(T::TABLE).next().await.transpose()?.is_none();
     let mut records = read_records::<T>(name, dir.join(name));
     let mut seen = std::collections::HashSet::new();
     let mut links = std::collections::HashMap::new();
@@ -174,7 +176,11 @@ async fn import_table<T: Record>(
         // connection; these reads see the database as it was before it).
         let compared: Vec<_> = futures::stream::iter(group.iter().map(|rec| async move {
             let row = ims_store::row_of(rec)?;
-            let existing = store.get(T::TABLE, rec.id()).await?;
+            let existing = if was_empty {
+                None
+            } else {
+                store.get(T::TABLE, rec.id()).await?
+            };
             anyhow::Ok((row, existing))
         }))
         .buffered(READ_AHEAD)

@@ -414,6 +414,13 @@ impl<S: Store> Cached<S> {
             if rows.bytes > self.budget {
                 return Ok(None);
             }
+            // Render as the rows come (they come in list order, so mostly the last piece): the
+            // rows' own buffers are freed as they go and the table is never held twice.
+            if rows.entries.len() % (4 * PIECE) == 0 {
+                let (_, rendered) = render(rows.plan());
+                let generation = rows.generation;
+                rows.install(generation, &rendered);
+            }
         }
         let (_, rendered) = render(rows.plan());
         let generation = rows.generation;
