@@ -238,6 +238,34 @@ async fn batched_transactions(s: DynStore) {
     assert_eq!(list::<PublicKey>(&*s).await.unwrap().len(), 3);
 }
 
+/// A collection larger than one streamed chunk (PostgreSQL) or one rendered piece (embedded) is
+/// one valid array with every record once, in list order.
+async fn large_collections_are_whole(s: DynStore) {
+    let keys: Vec<_> = (0..1500)
+        .map(|i| {
+            let mut k = key(&format!("k{i:04}-{}", "x".repeat(200)));
+            k.created =
+                Timestamp::parse(&format!("2020-01-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60))
+                    .unwrap();
+            k
+        })
+        .collect();
+    s.apply(keys.iter().map(|k| insert_op(k).unwrap()).collect())
+        .await
+        .unwrap();
+    let body = s.list_json(Table::PublicKeys).await.unwrap();
+    assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let listed: Vec<_> = list::<PublicKey>(&*s)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.record)
+        .collect();
+    assert_eq!(listed.len(), 1500);
+    assert_eq!(v, serde_json::json!(listed));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -287,6 +315,7 @@ suite!(
     link_lookup,
     concurrent_updates_lose_nothing,
     batched_transactions,
+    large_collections_are_whole,
 );
 
 #[tokio::test]
