@@ -6,6 +6,11 @@ mod config;
 mod migrate;
 mod serve;
 
+/// mimalloc: per-thread heaps instead of glibc malloc's contended arenas (measured in
+/// docs/benchmarks.md, "A new connection must be cheap").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

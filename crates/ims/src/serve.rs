@@ -7,7 +7,7 @@ use ims_artifacts::{ArtifactStore, Backend};
 use ims_server::executor::{LocalExecutor, LocalSettings, RecordOnlyExecutor};
 use ims_server::nodes::SshProber;
 use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
-use ims_server::{AppState, router};
+use ims_server::{AppParts, AppState, router};
 use ims_store::DynStore;
 use std::fs::File;
 use std::sync::Arc;
@@ -216,7 +216,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState {
+    let state = AppState::new(AppParts {
         store: store.clone(),
         artifacts,
         cfg: Arc::new(cfg.service.clone()),
@@ -235,7 +235,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 )
             })?,
         started: ims_core::Timestamp::now(),
-    };
+    });
     // Jobs whose agents outlived a previous server are taken over (or failed); then the
     // reconciler fails jobs whose agents fall silent or whose users never finish.
     state.executor.recover(&state).await;
@@ -278,11 +278,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     // On SIGTERM/SIGINT stop accepting and let in-flight requests finish, but only for
     // SHUTDOWN_GRACE: a stalled client must not keep the process alive.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stopping_tx.send(());
-    });
+    let server = axum::serve(listener, router(state).into_make_service()).with_graceful_shutdown(
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stopping_tx.send(());
+        },
+    );
     let deadline = async move {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(SHUTDOWN_GRACE).await;

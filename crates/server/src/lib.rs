@@ -83,9 +83,27 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Everything a request handler needs.
+/// Everything a request handler needs, behind one `Arc`: the state is cloned for every request,
+/// and that must stay one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of an [`AppState`].
+pub struct AppParts {
     pub store: DynStore,
     pub artifacts: Arc<ArtifactStore>,
     pub cfg: Arc<ServiceConfig>,

@@ -378,11 +378,13 @@ async fn sts_token(
     )
 }
 
-/// The complete HTTP application.
+/// The complete HTTP application. The layers wrap the finished router once (they are not copied
+/// into every route), and the state is applied here, so a new connection costs a reference count.
+/// Serve it with `into_make_service()`.
 pub fn router(st: AppState) -> Router {
     let limit = st.cfg.max_body_bytes;
     let tree = api_tree();
-    Router::new()
+    let routes = Router::new()
         .merge(tree.clone())
         .nest("/apis/ims", tree)
         .route(
@@ -390,13 +392,16 @@ pub fn router(st: AppState) -> Router {
             axum::routing::put(sts_token).post(sts_token),
         )
         .fallback(not_found)
+        .with_state(st.clone());
+    let app = tower::ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::map_response(ensure_problem))
+        .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
-            st.clone(),
+            st,
             crate::auth::authenticate,
         ))
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(ensure_problem))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
-        .with_state(st)
+        .service(routes);
+    Router::new().fallback_service(app)
 }

@@ -14,12 +14,14 @@ mod cache;
 mod sql;
 mod typed;
 
-pub use cache::Cached;
+pub use cache::{Cached, DEFAULT_TABLE_BUDGET};
 
 pub use sql::{PgStore, SqliteStore};
 pub use typed::*;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt as _, TryStreamExt as _};
 use ims_core::Table;
 use std::sync::Arc;
 
@@ -101,19 +103,57 @@ pub enum Op {
     DeleteAll(Table),
 }
 
+/// Rows of a table as the database returns them, oldest first.
+pub type RowStream = BoxStream<'static, Result<Row>>;
+
+/// A collection as one JSON array: in parts held in memory (to be sent one after the other), or in
+/// chunks as its rows come from the database.
+pub enum ListBody {
+    Parts(Vec<Bytes>),
+    Chunks(BoxStream<'static, Result<Bytes>>),
+}
+
+/// One transaction applied in several batches (an import too large to hold in memory at once).
+/// Dropped without [`Batch::commit`], nothing of it happened.
+#[async_trait]
+pub trait Batch: Send {
+    async fn apply(&mut self, ops: Vec<Op>) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Every row of a table, oldest first, as the database returns them (memory stays bounded).
+    fn stream(&self, table: Table) -> RowStream;
     /// Every row of a table, oldest first.
-    async fn list(&self, table: Table) -> Result<Vec<Row>>;
+    async fn list(&self, table: Table) -> Result<Vec<Row>> {
+        self.stream(table).try_collect().await
+    }
     /// Every row of a table as one JSON array (the rows' wire JSON joined), oldest first.
-    async fn list_json(&self, table: Table) -> Result<bytes::Bytes> {
-        Ok(bytes::Bytes::from(join_json(&self.list(table).await?)))
+    async fn list_body(&self, table: Table) -> Result<ListBody> {
+        Ok(ListBody::Chunks(json_chunks(self.stream(table))))
+    }
+    /// [`Store::list_body`] in one buffer.
+    async fn list_json(&self, table: Table) -> Result<Bytes> {
+        match self.list_body(table).await? {
+            ListBody::Parts(parts) => Ok(Bytes::from(parts.concat())),
+            ListBody::Chunks(chunks) => {
+                let parts: Vec<Bytes> = chunks.try_collect().await?;
+                Ok(Bytes::from(parts.concat()))
+            }
+        }
     }
     async fn get(&self, table: Table, id: &str) -> Result<Option<Row>>;
     /// Whether any row other than `except_id` has this link path.
     async fn link_in_use(&self, table: Table, path: &str, except_id: Option<&str>) -> Result<bool>;
+    /// Starts a transaction that takes its changes in batches.
+    async fn begin(&self) -> Result<Box<dyn Batch + '_>>;
     /// Runs all `ops` in one transaction.
-    async fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    async fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let mut batch = self.begin().await?;
+        batch.apply(ops).await?;
+        batch.commit().await
+    }
     /// Read-modify-write of one row with no other writer in between (in this process or another
     /// replica): reads the row, calls `edit` once with it and writes what `edit` returns (`None`
     /// leaves the row as it is), in one transaction that holds the row's lock. Returns whether the
@@ -126,6 +166,57 @@ pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     async fn close(&self);
+}
+
+/// The rows' JSON as an array, in chunks of about 64 KiB.
+pub fn json_chunks<'a>(rows: BoxStream<'a, Result<Row>>) -> BoxStream<'a, Result<Bytes>> {
+    const CHUNK: usize = 64 * 1024;
+    struct State<'a> {
+        rows: BoxStream<'a, Result<Row>>,
+        opened: bool,
+        any: bool,
+        done: bool,
+    }
+    let start = State {
+        rows,
+        opened: false,
+        any: false,
+        done: false,
+    };
+    futures::stream::unfold(start, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(CHUNK + 1024);
+        if !st.opened {
+            buf.push(b'[');
+            st.opened = true;
+        }
+        loop {
+            match st.rows.next().await {
+                Some(Ok(row)) => {
+                    if st.any {
+                        buf.push(b',');
+                    }
+                    st.any = true;
+                    buf.extend_from_slice(row.data.as_bytes());
+                    if buf.len() >= CHUNK {
+                        return Some((Ok(Bytes::from(buf)), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    buf.push(b']');
+                    st.done = true;
+                    return Some((Ok(Bytes::from(buf)), st));
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 pub type DynStore = Arc<dyn Store>;
@@ -152,18 +243,3 @@ pub async fn open(url: &str) -> Result<DynStore> {
 
 #[cfg(feature = "testing")]
 pub mod testing;
-
-/// Joins rows' wire JSON into one JSON array.
-pub fn join_json(rows: &[Row]) -> String {
-    let len = rows.iter().map(|r| r.data.len() + 1).sum::<usize>() + 2;
-    let mut body = String::with_capacity(len);
-    body.push('[');
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&r.data);
-    }
-    body.push(']');
-    body
-}

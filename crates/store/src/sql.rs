@@ -1,8 +1,8 @@
 //! The two SQL implementations of [`Store`]. They share one body of SQL through `sql_store!`.
 
-use crate::{NewRow, Op, Result, Row, RowEdit, Store, StoreError};
+use crate::{Batch, NewRow, Op, Result, Row, RowEdit, RowStream, Store, StoreError};
 use async_trait::async_trait;
-use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
 use ims_core::Table;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -83,23 +83,6 @@ impl PgStore {
     }
 }
 
-/// After any error a connection is closed instead of going back to the pool. A failed COMMIT (a
-/// full disk, an I/O error) can leave it inside the transaction, and sqlx would then hand it out
-/// again with the transaction still open: later writes become savepoints of a transaction that
-/// never commits while their requests are acknowledged, and the database's write lock stays held.
-/// A new connection starts clean, so service resumes once the cause is gone.
-fn discard_on_error<DB: sqlx::Database, T>(
-    conn: &mut sqlx::pool::PoolConnection<DB>,
-    r: &Result<T>,
-) {
-    if let Err(e) = r {
-        if !matches!(e, StoreError::Conflict) {
-            tracing::warn!(error = %e, "records store: discarding the database connection after an error");
-        }
-        conn.close_on_drop();
-    }
-}
-
 /// What the readiness probe writes: 64 KiB that neither SQLite nor PostgreSQL's TOAST compression
 /// shrinks (hex of pseudo-random bytes), so a disk too full for an ordinary record write is too full
 /// for the probe too.
@@ -127,28 +110,114 @@ fn expect_one(affected: u64) -> Result<()> {
     }
 }
 
+/// A transaction of either backend, taking its changes batch by batch, on a pooled connection of
+/// its own.
+///
+/// A connection goes back to the pool only when its transaction ended cleanly (committed, or a
+/// conflict rolled back). After any other error, or when the batch is dropped unfinished (a
+/// cancelled request), the connection is closed instead: a failed COMMIT (a full disk, an I/O
+/// error) can leave it inside the transaction, and a pooled connection with an open transaction
+/// would turn later writes into parts of a transaction that never commits while their requests
+/// are acknowledged (and keep SQLite's write lock). A new connection starts clean, so service
+/// resumes by itself once the cause is gone.
+pub(crate) struct SqlBatch<DB: sqlx::Database> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    /// The transaction ended cleanly: the connection may be reused.
+    clean: bool,
+}
+
+impl<DB: sqlx::Database> Drop for SqlBatch<DB> {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Logs why a connection is discarded (conflicts are ordinary and rolled back, not logged).
+fn discarding(e: &StoreError) {
+    if !matches!(e, StoreError::Conflict) {
+        tracing::warn!(error = %e, "records store: discarding the database connection after an error");
+    }
+}
+
+/// Rows sent ahead of the reader of a [`RowStream`].
+const STREAM_AHEAD: usize = 256;
+
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $backend:literal, $join_sql:literal, $begin:literal, $lock:literal) => {
-        #[async_trait]
-        impl Store for $store {
-            async fn list_json(&self, table: Table) -> Result<Bytes> {
-                // The database joins the rows' JSON itself: one result row instead of thousands.
-                let sql = format!($join_sql, table.name());
-                let (body,): (Option<String>,) = sqlx::query_as(&sql).fetch_one(&self.pool).await?;
-                Ok(Bytes::from(format!("[{}]", body.unwrap_or_default())))
+    ($store:ident, $db:ty, $backend:literal, $begin:literal, $lock:literal) => {
+        impl $store {
+            /// A transaction on a connection of its own (`$begin`: SQLite takes the write lock
+            /// at once).
+            async fn begin_sql(&self) -> Result<SqlBatch<$db>> {
+                let mut conn = self.pool.acquire().await?;
+                match sqlx::query($begin).execute(&mut *conn).await {
+                    Ok(_) => Ok(SqlBatch { conn, clean: false }),
+                    Err(e) => {
+                        let e = StoreError::from(e);
+                        discarding(&e);
+                        conn.close_on_drop();
+                        Err(e)
+                    }
+                }
+            }
+        }
+
+        impl SqlBatch<$db> {
+            /// Ends the transaction; the connection is reused only if COMMIT succeeded.
+            async fn finish(mut self) -> Result<()> {
+                match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+                    Ok(_) => {
+                        self.clean = true;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = StoreError::from(e);
+                        discarding(&e);
+                        Err(e)
+                    }
+                }
             }
 
-            async fn list(&self, table: Table) -> Result<Vec<Row>> {
-                let sql = format!(
-                    "SELECT id, version, created, data FROM {} ORDER BY created, id",
-                    table.name()
-                );
-                let rows: Vec<(String, i64, Option<String>, String)> =
-                    sqlx::query_as(&sql).fetch_all(&self.pool).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(id, version, created, data)| Row { id, version, created, data })
-                    .collect())
+            /// After a failed statement: a conflict is rolled back and the connection kept;
+            /// anything else leaves it to be discarded.
+            async fn failed(&mut self, e: StoreError) -> StoreError {
+                if matches!(e, StoreError::Conflict)
+                    && sqlx::query("ROLLBACK").execute(&mut *self.conn).await.is_ok()
+                {
+                    self.clean = true;
+                } else {
+                    discarding(&e);
+                }
+                e
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn stream(&self, table: Table) -> RowStream {
+                // A task reads the rows with its own pooled connection and hands them over as they
+                // arrive; it stops when the reader goes away.
+                let pool = self.pool.clone();
+                let (mut tx, rx) = futures::channel::mpsc::channel(STREAM_AHEAD);
+                tokio::spawn(async move {
+                    let sql = format!(
+                        "SELECT id, version, created, data FROM {} ORDER BY created, id",
+                        table.name()
+                    );
+                    let mut rows =
+                        sqlx::query_as::<_, (String, i64, Option<String>, String)>(&sql).fetch(&pool);
+                    while let Some(r) = rows.next().await {
+                        let item = r
+                            .map(|(id, version, created, data)| Row { id, version, created, data })
+                            .map_err(StoreError::from);
+                        let failed = item.is_err();
+                        if tx.send(item).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                rx.boxed()
             }
 
             async fn get(&self, table: Table, id: &str) -> Result<Option<Row>> {
@@ -181,17 +250,8 @@ macro_rules! sql_store {
                 Ok(n > 0)
             }
 
-            async fn apply(&self, ops: Vec<Op>) -> Result<()> {
-                let mut conn = self.pool.acquire().await?;
-                let r = async {
-                    let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await?;
-                    $store::exec_ops_on(&mut tx, ops).await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-                .await;
-                discard_on_error(&mut conn, &r);
-                r
+            async fn begin(&self) -> Result<Box<dyn Batch + '_>> {
+                Ok(Box::new(self.begin_sql().await?))
             }
 
             async fn modify(
@@ -200,55 +260,45 @@ macro_rules! sql_store {
                 id: &str,
                 edit: &mut RowEdit<'_>,
             ) -> Result<bool> {
-                let mut conn = self.pool.acquire().await?;
-                let r = async {
-                    let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await?;
-                    let sql = format!(
-                        "SELECT id, version, created, data FROM {} WHERE id = $1{}",
-                        table.name(),
-                        $lock
-                    );
-                    let row: Option<(String, i64, Option<String>, String)> = sqlx::query_as(&sql)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let found = match row {
-                        None => false,
-                        Some((id, version, created, data)) => {
-                            let row = Row { id, version, created, data };
-                            if let Some(new) = edit(&row) {
-                                let op = Op::Update { table, version, row: new };
-                                $store::exec_ops_on(&mut tx, vec![op]).await?;
-                            }
-                            true
-                        }
+                let mut b = self.begin_sql().await?;
+                let sql = format!(
+                    "SELECT id, version, created, data FROM {} WHERE id = $1{}",
+                    table.name(),
+                    $lock
+                );
+                let row: Option<(String, i64, Option<String>, String)> =
+                    match sqlx::query_as(&sql).bind(id).fetch_optional(&mut *b.conn).await {
+                        Ok(r) => r,
+                        Err(e) => return Err(b.failed(e.into()).await),
                     };
-                    tx.commit().await?;
-                    Ok(found)
-                }
-                .await;
-                discard_on_error(&mut conn, &r);
-                r
+                let found = match row {
+                    None => false,
+                    Some((id, version, created, data)) => {
+                        let row = Row { id, version, created, data };
+                        if let Some(new) = edit(&row) {
+                            b.apply(vec![Op::Update { table, version, row: new }]).await?;
+                        }
+                        true
+                    }
+                };
+                b.finish().await?;
+                Ok(found)
             }
 
             async fn ready(&self) -> Result<()> {
-                let mut conn = self.pool.acquire().await?;
-                let r = async {
-                    let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await?;
-                    sqlx::query(
-                        "INSERT INTO write_probe (id, at, pad) VALUES (1, $1, $2) \
-                         ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad",
-                    )
-                    .bind(ims_core::Timestamp::now().to_wire())
-                    .bind(probe_pad())
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
+                let mut b = self.begin_sql().await?;
+                let probe = sqlx::query(
+                    "INSERT INTO write_probe (id, at, pad) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad",
+                )
+                .bind(ims_core::Timestamp::now().to_wire())
+                .bind(probe_pad())
+                .execute(&mut *b.conn)
                 .await;
-                discard_on_error(&mut conn, &r);
-                r
+                if let Err(e) = probe {
+                    return Err(b.failed(e.into()).await);
+                }
+                b.finish().await
             }
 
             async fn ping(&self) -> Result<()> {
@@ -265,12 +315,22 @@ macro_rules! sql_store {
             }
         }
 
-        impl $store {
-            /// Runs `ops` on a connection inside a transaction.
-            async fn exec_ops_on(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                ops: Vec<Op>,
-            ) -> Result<()> {
+        #[async_trait]
+        impl Batch for SqlBatch<$db> {
+            async fn apply(&mut self, ops: Vec<Op>) -> Result<()> {
+                match self.apply_ops(ops).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(self.failed(e).await),
+                }
+            }
+
+            async fn commit(self: Box<Self>) -> Result<()> {
+                (*self).finish().await
+            }
+        }
+
+        impl SqlBatch<$db> {
+            async fn apply_ops(&mut self, ops: Vec<Op>) -> Result<()> {
                 for op in ops {
                     match op {
                         Op::Insert(table, r) => {
@@ -280,7 +340,7 @@ macro_rules! sql_store {
                                 table.name()
                             );
                             let n = bind_row(sqlx::query(&sql), r)
-                                .execute(&mut *conn)
+                                .execute(&mut *self.conn)
                                 .await?
                                 .rows_affected();
                             expect_one(n)?;
@@ -294,7 +354,7 @@ macro_rules! sql_store {
                                  job_type = excluded.job_type, data = excluded.data",
                                 t = table.name()
                             );
-                            bind_row(sqlx::query(&sql), r).execute(&mut *conn).await?;
+                            bind_row(sqlx::query(&sql), r).execute(&mut *self.conn).await?;
                         }
                         Op::Update {
                             table,
@@ -308,7 +368,7 @@ macro_rules! sql_store {
                             );
                             let n = bind_row(sqlx::query(&sql), row)
                                 .bind(version)
-                                .execute(&mut *conn)
+                                .execute(&mut *self.conn)
                                 .await?
                                 .rows_affected();
                             expect_one(n)?;
@@ -320,11 +380,11 @@ macro_rules! sql_store {
                                         "DELETE FROM {} WHERE id = $1 AND version = $2",
                                         table.name()
                                     );
-                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *conn).await?
+                                    sqlx::query(&sql).bind(id).bind(v).execute(&mut *self.conn).await?
                                 }
                                 None => {
                                     let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
-                                    sqlx::query(&sql).bind(id).execute(&mut *conn).await?
+                                    sqlx::query(&sql).bind(id).execute(&mut *self.conn).await?
                                 }
                             }
                             .rows_affected();
@@ -332,7 +392,7 @@ macro_rules! sql_store {
                         }
                         Op::DeleteAll(table) => {
                             let sql = format!("DELETE FROM {}", table.name());
-                            sqlx::query(&sql).execute(&mut *conn).await?;
+                            sqlx::query(&sql).execute(&mut *self.conn).await?;
                         }
                     }
                 }
@@ -361,20 +421,6 @@ where
 
 // SQLite: writers take the write lock when they begin (no deferred upgrade that can fail busy), so
 // a read inside `modify` sees the last commit and no other writer until its own commit.
-sql_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "sqlite",
-    "SELECT group_concat(data, ',' ORDER BY created, id) FROM {}",
-    "BEGIN IMMEDIATE",
-    ""
-);
+sql_store!(SqliteStore, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE", "");
 // PostgreSQL: `modify` locks the row (`FOR UPDATE`) until its commit, also against other replicas.
-sql_store!(
-    PgStore,
-    sqlx::Postgres,
-    "postgres",
-    "SELECT string_agg(data, ',' ORDER BY created, id) FROM {}",
-    "BEGIN",
-    " FOR UPDATE"
-);
+sql_store!(PgStore, sqlx::Postgres, "postgres", "BEGIN", " FOR UPDATE");

@@ -199,6 +199,73 @@ async fn concurrent_updates_lose_nothing(s: DynStore, other: DynStore) {
     assert_eq!(got.version, 41);
 }
 
+/// A transaction taken in batches (`ims migrate import`) is all or nothing, and once committed it
+/// is what every read sees, the collection array included.
+async fn batched_transactions(s: DynStore) {
+    let a = key("a");
+    let mut b = key("b");
+    b.created = Timestamp::parse("2000-01-01T00:00:00Z").unwrap();
+    // Loaded before the transaction: what it commits must replace what was cached.
+    assert_eq!(&s.list_json(Table::PublicKeys).await.unwrap()[..], b"[]");
+    {
+        let mut t = s.begin().await.unwrap();
+        t.apply(vec![insert_op(&a).unwrap()]).await.unwrap();
+        t.apply(vec![insert_op(&b).unwrap()]).await.unwrap();
+        // dropped without commit
+    }
+    assert!(list::<PublicKey>(&*s).await.unwrap().is_empty());
+    {
+        let mut t = s.begin().await.unwrap();
+        t.apply(vec![insert_op(&a).unwrap()]).await.unwrap();
+        let dup = t.apply(vec![insert_op(&a).unwrap()]).await;
+        assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
+    }
+    assert!(list::<PublicKey>(&*s).await.unwrap().is_empty());
+    assert_eq!(&s.list_json(Table::PublicKeys).await.unwrap()[..], b"[]");
+    let mut t = s.begin().await.unwrap();
+    t.apply(vec![insert_op(&a).unwrap()]).await.unwrap();
+    t.apply(vec![insert_op(&b).unwrap()]).await.unwrap();
+    t.commit().await.unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(json, serde_json::json!([b, a]));
+    assert_eq!(
+        get::<PublicKey>(&*s, &a.id).await.unwrap().unwrap().record,
+        a
+    );
+    // Writes after the transaction are mirrored as before.
+    insert(&*s, &key("c")).await.unwrap();
+    assert_eq!(list::<PublicKey>(&*s).await.unwrap().len(), 3);
+}
+
+/// A collection larger than one streamed chunk (PostgreSQL) or one rendered piece (embedded) is
+/// one valid array with every record once, in list order.
+async fn large_collections_are_whole(s: DynStore) {
+    let keys: Vec<_> = (0..1500)
+        .map(|i| {
+            let mut k = key(&format!("k{i:04}-{}", "x".repeat(200)));
+            k.created =
+                Timestamp::parse(&format!("2020-01-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60))
+                    .unwrap();
+            k
+        })
+        .collect();
+    s.apply(keys.iter().map(|k| insert_op(k).unwrap()).collect())
+        .await
+        .unwrap();
+    let body = s.list_json(Table::PublicKeys).await.unwrap();
+    assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let listed: Vec<_> = list::<PublicKey>(&*s)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.record)
+        .collect();
+    assert_eq!(listed.len(), 1500);
+    assert_eq!(v, serde_json::json!(listed));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -247,6 +314,8 @@ suite!(
     batches_are_atomic,
     link_lookup,
     concurrent_updates_lose_nothing,
+    batched_transactions,
+    large_collections_are_whole,
 );
 
 #[tokio::test]
@@ -386,4 +455,90 @@ async fn sqlite_cache_survives_cancelled_writes() {
         s.get(Table::Images, &img.id).await.unwrap(),
         raw.get(Table::Images, &img.id).await.unwrap()
     );
+}
+
+/// Lists while records change: every array is whole and valid, single reads see each write at
+/// once, and in the end the cache (records re-pointed into rendered arrays) equals the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_cache_lists_during_writes() {
+    let (_dir, url) = testing::sqlite_url();
+    let s = ims_store::open(&url).await.unwrap();
+    // Enough records for several rendered pieces (ims_store::cache::PIECE records each).
+    let keys: Vec<_> = (0..1200).map(|i| key(&format!("k{i}"))).collect();
+    s.apply(keys.iter().map(|k| insert_op(k).unwrap()).collect())
+        .await
+        .unwrap();
+    let listers: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for _ in 0..30 {
+                    let body = s.list_json(Table::PublicKeys).await.unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert!(v.as_array().unwrap().len() >= 1100, "whole arrays only");
+                }
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for (n, v) in list::<PublicKey>(&*s)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        match n % 3 {
+            0 if n % 9 == 0 || n > 1000 => {
+                let mut r = v.record.clone();
+                r.name = format!("{}-renamed-with-a-longer-name", r.name);
+                s.apply(vec![ims_store::update_op(&r, v.version).unwrap()])
+                    .await
+                    .unwrap();
+                let got = get::<PublicKey>(&*s, &r.id).await.unwrap().unwrap();
+                assert_eq!(got.record, r, "a write is visible at once");
+                kept.push(r);
+            }
+            1 if !(150..=1100).contains(&n) => s.apply(vec![delete_op(&v)]).await.unwrap(),
+            _ => kept.push(v.record),
+        }
+        if n % 50 == 0 {
+            let fresh = key(&format!("new{n}"));
+            insert(&*s, &fresh).await.unwrap();
+            kept.push(fresh);
+        }
+    }
+    for l in listers {
+        l.await.unwrap();
+    }
+    // Appends that make the last piece grow past twice its size (it is split when rendered).
+    let more: Vec<_> = (0..600).map(|i| key(&format!("more{i}"))).collect();
+    s.apply(more.iter().map(|k| insert_op(k).unwrap()).collect())
+        .await
+        .unwrap();
+    kept.extend(more);
+    let _ = s.list_json(Table::PublicKeys).await.unwrap();
+    let last = key("last");
+    insert(&*s, &last).await.unwrap();
+    kept.push(last);
+    s.apply(vec![delete_op(
+        &get::<PublicKey>(&*s, &kept[0].id).await.unwrap().unwrap(),
+    )])
+    .await
+    .unwrap();
+    kept.remove(0);
+    kept.sort_by(|a, b| (a.created.to_wire(), &a.id).cmp(&(b.created.to_wire(), &b.id)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&s.list_json(Table::PublicKeys).await.unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!(kept));
+    let raw =
+        ims_store::SqliteStore::open(std::path::Path::new(url.trim_start_matches("sqlite://")))
+            .await
+            .unwrap();
+    assert_eq!(
+        s.list_json(Table::PublicKeys).await.unwrap(),
+        raw.list_json(Table::PublicKeys).await.unwrap()
+    );
+    for r in raw.list(Table::PublicKeys).await.unwrap() {
+        assert_eq!(s.get(Table::PublicKeys, &r.id).await.unwrap(), Some(r));
+    }
 }

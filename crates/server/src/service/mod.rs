@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ims_core::{Problem, Record};
-use ims_store::{Row, Store, Versioned};
+use ims_store::{ListBody, Row, Store, Versioned};
 use serde::Serialize;
 
 /// How often an operation that lost a race with a concurrent change is re-run from a fresh read.
@@ -102,9 +102,64 @@ pub async fn must_get<T: Record>(store: &dyn Store, id: &str) -> ApiResult<Versi
         .ok_or_else(|| ApiError::Problem(Problem::not_found()))
 }
 
-/// GET collection of any table.
+/// GET collection of any table: the cached array, or the rows streamed from the database as they
+/// come (the first chunk is awaited, so a database that fails at once still gets an error status).
 pub async fn list_raw(store: &dyn Store, table: ims_core::Table) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, store.list_json(table).await?))
+    use futures::StreamExt as _;
+    match store.list_body(table).await? {
+        ListBody::Parts(parts) => Ok(json_response(
+            StatusCode::OK,
+            axum::body::Body::new(PartsBody::new(parts)),
+        )),
+        ListBody::Chunks(mut chunks) => {
+            let first = chunks.next().await.transpose()?.unwrap_or_default();
+            let rest = futures::stream::once(async move { Ok(first) }).chain(chunks);
+            Ok(json_response(
+                StatusCode::OK,
+                axum::body::Body::from_stream(rest),
+            ))
+        }
+    }
+}
+
+/// A body sent from parts held in memory, with its exact length (`Content-Length`).
+struct PartsBody {
+    parts: std::collections::VecDeque<bytes::Bytes>,
+    remaining: u64,
+}
+
+impl PartsBody {
+    fn new(parts: Vec<bytes::Bytes>) -> PartsBody {
+        let remaining = parts.iter().map(|p| p.len() as u64).sum();
+        PartsBody {
+            parts: parts.into(),
+            remaining,
+        }
+    }
+}
+
+impl http_body::Body for PartsBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.parts.pop_front();
+        if let Some(part) = &next {
+            self.remaining -= part.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// GET one of any table.
