@@ -368,3 +368,33 @@ both_backends!(
     v3_soft_delete_and_undelete,
     only_openssh_public_keys,
 );
+
+/// A purged record cannot be read back from the SQLite database file (`secure_delete`): after a
+/// soft delete, a purge and a clean stop, no byte of it is left in `ims.db` (or its WAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_records_leave_no_trace_in_the_database_file() {
+    let mut s = start(Db::Sqlite).await;
+    let marker = "purge-me-7f3a9c1e5b2d4068";
+    let rec = s
+        .post(
+            "/v3/public-keys",
+            &json!({"name": marker, "public_key": format!("{PUBLIC_KEY} {marker}")}),
+        )
+        .await
+        .ok(201);
+    let id = rec["id"].as_str().unwrap();
+    s.delete(&format!("/v3/public-keys/{id}")).await.ok(204);
+    s.delete(&format!("/v3/deleted/public-keys/{id}"))
+        .await
+        .ok(204);
+    s.stop();
+    for f in ["ims.db", "ims.db-wal"] {
+        let Ok(bytes) = std::fs::read(s.data.path().join(f)) else {
+            continue;
+        };
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{f} still holds the purged record"
+        );
+    }
+}

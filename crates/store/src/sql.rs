@@ -28,6 +28,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .pragma("cache_size", "-2000")
+            // Deleted content is overwritten with zeros, not left in free pages: a purged record
+            // (a key pasted by mistake) cannot be read back from the database file.
+            .pragma("secure_delete", "ON")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
