@@ -162,19 +162,19 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// A percentage progress bar on stderr (a tool's own progress, such as mksquashfs's), drawn only
-/// when stderr is a terminal (and not quiet).
-pub fn percent_progress(what: &str) -> ProgressBar {
+/// A progress line on stderr for work of unknown total size (bytes produced so far, elapsed time),
+/// drawn only when stderr is a terminal (and not quiet).
+pub fn bytes_progress(what: &str) -> ProgressBar {
     if quiet() || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos:>3}% {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} {msg}: {bytes} written, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
 }
 

@@ -588,13 +588,6 @@ async fn debian_example_recipe_builds_and_boots() {
         followed.contains("Installing system (chroot)"),
         "no kiwi log"
     );
-    // Packaging says how far mksquashfs is (the Debian root takes seconds to squash).
-    assert!(
-        followed
-            .lines()
-            .any(|l| l.contains("mksquashfs ") && l.contains("% (")),
-        "no packaging progress"
-    );
     assert!(
         seen.iter().any(|s| s == "building_image"),
         "describe never showed building_image: {seen:?}"

@@ -75,17 +75,20 @@ pub async fn package(
     ));
     let started = std::time::Instant::now();
     let (src, dst) = (root.to_path_buf(), sqsh.clone());
-    // mksquashfs's own progress in the job's log, every 10 % (a large root takes minutes).
+    // Progress in the job's log while it runs (a large root takes minutes): the image's bytes
+    // written so far, after 2 s and then every 10 s.
     let log = agent.log.clone();
-    let mut next = 10;
+    let mut next = std::time::Duration::from_secs(2);
     let squash = tokio::task::spawn_blocking(move || {
-        ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |p| {
-            if p >= next && p < 100 {
+        ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| {
+            let t = started.elapsed();
+            if t >= next {
                 log.line(&format!(
-                    "mksquashfs {p}% ({:.0} s)",
-                    started.elapsed().as_secs_f64()
+                    "mksquashfs: {:.1} MiB written ({:.0} s)",
+                    b as f64 / 1_048_576.0,
+                    t.as_secs_f64()
                 ));
-                next = (p / 10 + 1) * 10;
+                next = t + std::time::Duration::from_secs(10);
             }
         })
     });

@@ -126,21 +126,11 @@ pub struct SquashfsOptions {
 impl SquashfsOptions {
     /// The mksquashfs options shared by a directory source and a tar source.
     pub(crate) fn args(&self) -> Vec<String> {
-        self.args_for(false)
-    }
-
-    /// The options, with mksquashfs's progress bar on stdout when `progress` (`-quiet` then
-    /// leaves nothing else there).
-    pub(crate) fn args_for(&self, progress: bool) -> Vec<String> {
         let mut args: Vec<String> = [
-            "-noappend", // replace the destination, never append to an existing image
-            "-xattrs",   // keep extended attributes (the default, said explicitly)
-            "-quiet",    // no summary on stdout
-            if progress {
-                "-progress"
-            } else {
-                "-no-progress"
-            },
+            "-noappend",    // replace the destination, never append to an existing image
+            "-xattrs",      // keep extended attributes (the default, said explicitly)
+            "-quiet",       // no summary on stdout
+            "-no-progress", // no progress bar
             "-comp",
         ]
         .iter()
@@ -169,13 +159,14 @@ pub fn mksquashfs(source_dir: &Path, dest_file: &Path, opts: &SquashfsOptions) -
     mksquashfs_inner(source_dir, dest_file, opts, None)
 }
 
-/// [`mksquashfs`], calling `progress` with mksquashfs's own percentage (0–100) as its progress bar
-/// moves (at most once per percent), for a progress bar or periodic log lines.
+/// [`mksquashfs`], calling `progress` with the bytes of the image written so far as they grow
+/// (mksquashfs writes its output as it goes; its own progress bar moves only on a terminal), for a
+/// progress bar or periodic log lines.
 pub fn mksquashfs_with_progress(
     source_dir: &Path,
     dest_file: &Path,
     opts: &SquashfsOptions,
-    progress: &mut (dyn FnMut(u32) + Send),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<()> {
     mksquashfs_inner(source_dir, dest_file, opts, Some(progress))
 }
@@ -184,7 +175,7 @@ fn mksquashfs_inner(
     source_dir: &Path,
     dest_file: &Path,
     opts: &SquashfsOptions,
-    progress: Option<&mut (dyn FnMut(u32) + Send)>,
+    progress: Option<&mut (dyn FnMut(u64) + Send)>,
 ) -> Result<()> {
     let meta =
         fs::metadata(source_dir).map_err(io_err("cannot read the image root", source_dir))?;
@@ -202,12 +193,10 @@ fn mksquashfs_inner(
         source_dir.display()
     );
     let mut cmd = MKSQUASHFS.command();
-    cmd.arg(source_dir)
-        .arg(dest_file)
-        .args(opts.args_for(progress.is_some()));
+    cmd.arg(source_dir).arg(dest_file).args(opts.args());
     let result = match progress {
         None => MKSQUASHFS.run(&mut cmd, &action).map(|_| ()),
-        Some(progress) => run_with_progress(&mut cmd, &action, progress),
+        Some(progress) => run_with_progress(&mut cmd, &action, dest_file, progress),
     };
     if result.is_err() {
         let _ = fs::remove_file(dest_file);
@@ -215,59 +204,42 @@ fn mksquashfs_inner(
     result
 }
 
-/// Runs mksquashfs reading its progress bar (`\r[====|   ] 123/456  27%`) from stdout.
+/// Runs mksquashfs, reporting the size of `dest` as it grows (polled every 250 ms).
 fn run_with_progress(
-    cmd: &mut std::process::Command,
+    cmd: &mut Command,
     action: &str,
-    progress: &mut (dyn FnMut(u32) + Send),
+    dest: &Path,
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<()> {
     use std::process::Stdio;
-    let mut child = MKSQUASHFS.spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), action)?;
+    let mut child = MKSQUASHFS.spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped()), action)?;
     let stderr = child.stderr.take().map(crate::tool::drain);
-    let mut last = None;
-    if let Some(mut out) = child.stdout.take() {
-        let mut buf = [0u8; 4096];
-        let mut line = Vec::new();
-        loop {
-            let n = match out.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            for &b in &buf[..n] {
-                if b == b'\r' || b == b'\n' {
-                    if let Some(p) = percent_of(&line)
-                        && last != Some(p)
-                    {
-                        last = Some(p);
-                        progress(p);
-                    }
-                    line.clear();
-                } else if line.len() < 1024 {
-                    line.push(b);
-                }
+    let mut last = 0;
+    let mut report = |progress: &mut (dyn FnMut(u64) + Send)| {
+        if let Ok(m) = fs::metadata(dest)
+            && m.len() != last
+        {
+            last = m.len();
+            progress(last);
+        }
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(MKSQUASHFS.spawn_error(e, action));
             }
         }
-        if let Some(p) = percent_of(&line)
-            && last != Some(p)
-        {
-            progress(p);
-        }
-    }
-    let status = child
-        .wait()
-        .map_err(|e| MKSQUASHFS.spawn_error(e, action))?;
+        report(progress);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
     let stderr = crate::tool::join_drain(stderr);
-    MKSQUASHFS.check(status, &stderr, action)
-}
-
-/// The percentage at the end of one progress-bar line (`… 123/456  27%`).
-fn percent_of(line: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(line).ok()?.trim_end();
-    let digits = text.strip_suffix('%')?;
-    let start = digits
-        .rfind(|c: char| !c.is_ascii_digit())
-        .map_or(0, |i| i + 1);
-    digits[start..].parse().ok().filter(|p| *p <= 100)
+    MKSQUASHFS.check(status, &stderr, action)?;
+    report(progress);
+    Ok(())
 }
 
 /// The destination of a squashfs build must not be a directory, and its parent must exist.
@@ -395,24 +367,6 @@ fn extract(file: &Path, dest_dir: &Path, paths: &[&str], xattrs: bool) -> Result
         cmd.arg(p);
     }
     UNSQUASHFS.run(&mut cmd, &action).map(|_| ())
-}
-
-#[cfg(test)]
-mod progress_tests {
-    use super::percent_of;
-
-    #[test]
-    fn percentages_of_the_progress_bar() {
-        assert_eq!(percent_of(b"[=====|     ] 123/456  27%"), Some(27));
-        assert_eq!(
-            percent_of(b"[====================|] 4919/4919 100%"),
-            Some(100)
-        );
-        assert_eq!(percent_of(b"[/    ]   0/686   0%"), Some(0));
-        assert_eq!(percent_of(b"Parallel mksquashfs: Using 2 processors"), None);
-        assert_eq!(percent_of(b"999%"), None);
-        assert_eq!(percent_of(b""), None);
-    }
 }
 
 #[cfg(test)]

@@ -202,12 +202,12 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
                 );
             }
             let (src, dst) = (rootfs.clone(), out.clone());
-            // mksquashfs's own progress, as a bar on a terminal.
-            let bar = ims_client::s3::percent_progress("mksquashfs");
+            // The image's bytes written so far, on a terminal.
+            let bar = ims_client::s3::bytes_progress("mksquashfs");
             let shown = bar.clone();
             blocking(move || {
-                ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |p| {
-                    shown.set_position(u64::from(p))
+                ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| {
+                    shown.set_position(b)
                 })
                 .map_err(|e| e.to_string())
             })
