@@ -161,11 +161,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether the API listens beyond loopback without an administrator token.
+    pub fn open_to_the_network(&self) -> bool {
+        !self.listen.ip().is_loopback() && self.api_token.is_none()
+    }
+
     /// Why `ims serve` must not start as configured, if it must not: an API that starts root jobs
     /// and hands out S3 credentials, open to anyone who can reach a non-loopback address.
     pub fn exposure_problem(&self) -> Option<String> {
-        let ip = self.listen.ip();
-        if ip.is_loopback() || self.api_token.is_some() || self.insecure_open_api {
+        if !self.open_to_the_network() || self.insecure_open_api {
             return None;
         }
         Some(format!(

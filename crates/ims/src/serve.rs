@@ -115,7 +115,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(why) = cfg.exposure_problem() {
         bail!(why);
     }
-    if cfg.insecure_open_api && !cfg.listen.ip().is_loopback() && cfg.api_token.is_none() {
+    if cfg.open_to_the_network() {
         tracing::warn!(
             "INSECURE: the API on {} has no authentication (--insecure-open-api): anyone who \
              reaches it can start root jobs and get S3 credentials",

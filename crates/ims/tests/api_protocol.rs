@@ -407,6 +407,28 @@ fn serve_cmd(data: &std::path::Path) -> Command {
     c
 }
 
+/// Starts `ims serve` and reads its log up to the `listening on` line (or its end, if it stops
+/// first); the server is stopped again. The log lines read.
+fn log_until_listening(mut c: Command) -> String {
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
 #[test]
 fn bad_settings_stop_start_up_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -679,20 +701,6 @@ async fn second_server_on_same_sqlite_file_refused() {
     );
 }
 
-/// Starts a new server on a stopped server's data directory and database (without signalling the
-/// old, already reaped process again).
-async fn reopen(s: &mut Server) -> Server {
-    Builder {
-        db: s.db,
-        data: std::mem::replace(&mut s.data, tempfile::tempdir().unwrap()),
-        db_url: s.db_url.clone(),
-        env: s.env.clone(),
-        seed: vec![],
-    }
-    .start()
-    .await
-}
-
 async fn clean_shutdown(db: Db) {
     for sig in ["TERM", "INT"] {
         let mut s = start(db).await;
@@ -763,11 +771,7 @@ both_backends!(
 #[test]
 fn unreachable_postgres_fails_fast_with_the_cause() {
     // A port on loopback that nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut c = serve_cmd(dir.path());
     c.args([
@@ -804,22 +808,7 @@ fn open_api_needs_a_token_or_the_insecure_flag() {
         for (k, v) in &env {
             c.env(k, v);
         }
-        let mut child = c
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("listening on") {
-                break;
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let seen = log_until_listening(c);
         assert!(
             seen.contains("listening on http://0.0.0.0:"),
             "{args:?} {env:?}: {seen}"
@@ -953,17 +942,10 @@ async fn bogus_s3_keys_stop_start_up() {
         "the secret was printed: {stderr}"
     );
     // The right secret: it starts.
-    let (mut c, _d) = serve(secret);
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = lines
-        .map_while(Result::ok)
-        .any(|l| l.contains("listening on http://"));
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(started, "did not start with the right keys");
+    let (c, _d) = serve(secret);
+    let seen = log_until_listening(c);
+    assert!(
+        seen.contains("listening on http://"),
+        "did not start with the right keys: {seen}"
+    );
 }

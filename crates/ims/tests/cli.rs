@@ -1253,11 +1253,7 @@ async fn names_tables_and_confirmation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_across_a_restart_and_report_error() {
     const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("job.key");
     std::fs::write(&key, KEY_HEX).unwrap();

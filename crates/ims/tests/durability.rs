@@ -72,19 +72,6 @@ async fn burst_and_kill(s: &mut Server, round: usize) -> Vec<String> {
     ids
 }
 
-/// A new server on a dead server's data directory and database.
-async fn reopen(s: &mut Server) -> Server {
-    Builder {
-        db: s.db,
-        data: std::mem::replace(&mut s.data, tempfile::tempdir().unwrap()),
-        db_url: s.db_url.clone(),
-        env: s.env.clone(),
-        seed: vec![],
-    }
-    .start()
-    .await
-}
-
 async fn sigkill_during_writes_loses_nothing_acknowledged(db: Db) {
     let mut s = start(db).await;
     let mut all_acked: Vec<String> = vec![];
@@ -311,11 +298,7 @@ impl SmallPg {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pg = SmallPg {
             bin,
             data,

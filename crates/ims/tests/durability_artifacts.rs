@@ -19,6 +19,17 @@ const NAMES: [&str; 3] = ["rootfs", "kernel", "initrd"];
 struct Rng(u64);
 
 impl Rng {
+    /// Seeded from the clock; the seed is printed, to replay a failing run.
+    fn seeded() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("seed {seed}");
+        Rng(seed)
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -38,19 +49,6 @@ fn files(dir: &Path) -> usize {
             if p.is_dir() { files(&p) } else { 1 }
         })
         .sum()
-}
-
-/// A new server on a dead server's data directory and database.
-async fn reopen(s: &mut Server) -> Server {
-    Builder {
-        db: s.db,
-        data: std::mem::replace(&mut s.data, tempfile::tempdir().unwrap()),
-        db_url: s.db_url.clone(),
-        env: s.env.clone(),
-        seed: vec![],
-    }
-    .start()
-    .await
 }
 
 /// Sends `method path` and SIGKILLs the server at a random point: when `progress()` (a count of
@@ -196,17 +194,24 @@ fn check(
     Ok(out)
 }
 
-/// Restarts after a kill and checks the invariant (on PostgreSQL, work whose lease ran out is
-/// taken over by the sweeper, so the check waits for it, boundedly).
+/// What a check of one resource's records against their artifacts is.
+type Check =
+    fn(&Server, &HashMap<String, String>, &Value, &Value) -> Result<HashMap<String, Where>, String>;
+
+/// Restarts after a kill and checks the invariant for `resource` (`images`, `recipes`) with
+/// `check` (on PostgreSQL, work whose lease ran out is taken over by the sweeper, so the check waits
+/// for it, boundedly).
 async fn restart_and_check(
     s: &mut Server,
     dirs: &HashMap<String, String>,
+    resource: &str,
+    check: Check,
 ) -> HashMap<String, Where> {
     *s = reopen(s).await;
     let t = Instant::now();
     loop {
-        let active = s.get("/v3/images").await.ok(200);
-        let deleted = s.get("/v3/deleted/images").await.ok(200);
+        let active = s.get(&format!("/v3/{resource}")).await.ok(200);
+        let deleted = s.get(&format!("/v3/deleted/{resource}")).await.ok(200);
         match check(s, dirs, &active, &deleted) {
             Ok(st) => return st,
             Err(e) if t.elapsed() > Duration::from_secs(15) => panic!("after restart: {e}"),
@@ -216,13 +221,7 @@ async fn restart_and_check(
 }
 
 async fn sigkill_during_artifact_moves_leaves_no_broken_record(db: Db) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
     // A short lease: on PostgreSQL the restarted server takes the killed one's work over soon.
     let mut s = builder(db)
         .await
@@ -247,7 +246,7 @@ async fn sigkill_during_artifact_moves_leaves_no_broken_record(db: Db) {
             files(&s.data.path().join("artifacts/boot-images/deleted")).saturating_sub(before)
         })
         .await;
-        let st = restart_and_check(&mut s, &dirs).await;
+        let st = restart_and_check(&mut s, &dirs, "images", check).await;
         if acked {
             assert!(
                 st.values().all(|w| *w != Where::Active),
@@ -268,7 +267,7 @@ async fn sigkill_during_artifact_moves_leaves_no_broken_record(db: Db) {
             },
         )
         .await;
-        let st = restart_and_check(&mut s, &dirs).await;
+        let st = restart_and_check(&mut s, &dirs, "images", check).await;
         if acked {
             assert!(
                 st.values().all(|w| *w != Where::Deleted),
@@ -295,7 +294,7 @@ async fn sigkill_during_artifact_moves_leaves_no_broken_record(db: Db) {
             move |s| present.saturating_sub(files(&s.data.path().join("artifacts/boot-images"))),
         )
         .await;
-        let st = restart_and_check(&mut s, &dirs).await;
+        let st = restart_and_check(&mut s, &dirs, "images", check).await;
         if acked {
             assert!(
                 st.values().all(|w| *w != Where::Active),
@@ -352,32 +351,9 @@ fn check_recipes(
     Ok(out)
 }
 
-async fn restart_and_check_recipes(
-    s: &mut Server,
-    dirs: &HashMap<String, String>,
-) -> HashMap<String, Where> {
-    *s = reopen(s).await;
-    let t = Instant::now();
-    loop {
-        let active = s.get("/v3/recipes").await.ok(200);
-        let deleted = s.get("/v3/deleted/recipes").await.ok(200);
-        match check_recipes(s, dirs, &active, &deleted) {
-            Ok(st) => return st,
-            Err(e) if t.elapsed() > Duration::from_secs(15) => panic!("after restart: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 /// The same for recipes: soft delete, undelete and cascade delete of recipes with real tarballs.
 async fn sigkill_during_recipe_moves_leaves_no_broken_record(db: Db) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
     let mut s = builder(db)
         .await
         .env("IMS_ARTIFACT_LEASE", "1s")
@@ -411,7 +387,7 @@ async fn sigkill_during_recipe_moves_leaves_no_broken_record(db: Db) {
             |s| files(&ims(s).join("deleted")).saturating_sub(before),
         )
         .await;
-        let st = restart_and_check_recipes(&mut s, &dirs).await;
+        let st = restart_and_check(&mut s, &dirs, "recipes", check_recipes).await;
         if acked {
             assert!(st.values().all(|w| *w != Where::Active));
         }
@@ -426,7 +402,7 @@ async fn sigkill_during_recipe_moves_leaves_no_broken_record(db: Db) {
             move |s| under.saturating_sub(files(&ims(s).join("deleted"))),
         )
         .await;
-        let st = restart_and_check_recipes(&mut s, &dirs).await;
+        let st = restart_and_check(&mut s, &dirs, "recipes", check_recipes).await;
         if acked {
             assert!(st.values().all(|w| *w != Where::Deleted));
         }
@@ -441,7 +417,7 @@ async fn sigkill_during_recipe_moves_leaves_no_broken_record(db: Db) {
             move |s| present.saturating_sub(files(&ims(s))),
         )
         .await;
-        let st = restart_and_check_recipes(&mut s, &dirs).await;
+        let st = restart_and_check(&mut s, &dirs, "recipes", check_recipes).await;
         if acked {
             assert!(st.values().all(|w| *w != Where::Active));
         }

@@ -736,11 +736,7 @@ async fn dkms_mounts_exist_only_during_the_session() {
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_takes_running_agents_over() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let Some(mut st) =
         setup_with(&[("IMS_LISTEN", &listen), ("IMS_JOB_HEARTBEAT_TIMEOUT", "8s")]).await

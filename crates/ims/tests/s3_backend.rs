@@ -35,11 +35,7 @@ async fn start_moto_with(env: &[(&str, &str)]) -> Option<Moto> {
     let bin = std::env::var("IMS_TEST_MOTO_SERVER").expect(
         "IMS_TEST_MOTO_SERVER is not set: run the tests with scripts/test.sh (or set IMS_TEST_SKIP_S3=1)",
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .envs(env.iter().copied())

@@ -596,7 +596,7 @@ impl<S: Store> Batch for CachedBatch<'_, S> {
 impl<S> Drop for CachedBatch<'_, S> {
     fn drop(&mut self) {
         // Rolled back or committed: either way the mirror of a written table is not trusted.
-        let mut tables = self.cache.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tables = lock_tables(&self.cache.tables);
         for t in &self.touched {
             tables.remove(t);
         }

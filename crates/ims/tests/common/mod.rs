@@ -349,16 +349,7 @@ impl Server {
     /// Stops the server (SIGTERM) and starts a new one on the same data directory and database.
     pub async fn restart(mut self) -> Server {
         self.stop();
-        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
-        Builder {
-            db: self.db,
-            data,
-            db_url: self.db_url.clone(),
-            env: self.env.clone(),
-            seed: vec![],
-        }
-        .start()
-        .await
+        reopen(&mut self).await
     }
 
     /// Stops the server with SIGTERM and waits.
@@ -366,6 +357,29 @@ impl Server {
         unsafe_kill(self.child.id(), "TERM");
         let _ = self.child.wait();
     }
+}
+
+/// Starts a new server on a stopped (or killed) server's data directory and database, without
+/// signalling the old, already reaped process again.
+pub async fn reopen(s: &mut Server) -> Server {
+    Builder {
+        db: s.db,
+        data: std::mem::replace(&mut s.data, tempfile::tempdir().unwrap()),
+        db_url: s.db_url.clone(),
+        env: s.env.clone(),
+        seed: vec![],
+    }
+    .start()
+    .await
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a fixed address that survives restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn unsafe_kill(pid: u32, sig: &str) {
