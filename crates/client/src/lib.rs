@@ -357,6 +357,18 @@ impl Client {
             .await
     }
 
+    /// `GET /apis/ims/v3/jobs/<id>/session` (extension): where the job's SSH session listens
+    /// and sshd's public host key.
+    pub async fn job_session(&self, id: &str) -> Result<Value> {
+        self.send(
+            Method::GET,
+            self.url(["v3", "jobs", id, "session"]),
+            &[],
+            None,
+        )
+        .await
+    }
+
     /// `POST /apis/ims/v3/jobs/<id>/log?seq=N` (job agents): one log chunk.
     pub async fn job_log_append(&self, id: &str, seq: u64, chunk: Vec<u8>) -> Result<Value> {
         let mut url = self.url(["v3", "jobs", id, "log"]);

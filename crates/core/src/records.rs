@@ -545,6 +545,9 @@ pub struct JobRun {
     /// Log bytes received so far.
     #[serde(default)]
     pub log_bytes: u64,
+    /// The public host key of the job's sshd, as its agent reported it (clients pin it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 impl Record for JobRun {

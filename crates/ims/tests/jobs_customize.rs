@@ -1001,3 +1001,97 @@ async fn session_address_and_port_range() {
         nothing_left(&st, id);
     }
 }
+
+/// `ims images shell` under a real terminal, with the real OpenSSH client: one command from the
+/// image to a new image (jailed; sshd's host key pinned from the API, so no question about it
+/// in an empty HOME); Ctrl-C while waiting leaves the job; `--job` connects to it again, and with
+/// `--fail-on-error` a shell that exits non-zero fails the job and the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_shell_from_command_to_new_image() {
+    let Some(st) = setup_with(&[("IMS_JOB_SSH_HOST", "127.0.0.1")]).await else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let key = st.dir.path().join("id_job");
+    let shell = |args: &[&str]| {
+        let mut c = Command::new(ims_bin());
+        c.args(["images", "shell"])
+            .args(args)
+            .args(["--url", &st.s.url, "--format", "json"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", home.path())
+            .env("TERM", "xterm")
+            .env("IMS_CLIENT_CONFIG", home.path().join("client.toml"));
+        Pty::spawn(c)
+    };
+    let minute = Duration::from_secs(60);
+    // 1. Jailed, by name, from command to new image.
+    let mut t = shell(&["base", "--name", "shelled", "-i", key.to_str().unwrap()]);
+    t.wait_for("connecting to 127.0.0.1:", minute);
+    t.send("echo from-the-shell > /etc/shelltest; echo MARK-$((6*7))\n");
+    t.wait_for("MARK-42", minute);
+    t.send("exit\n");
+    let status = t.finish(Duration::from_secs(120));
+    let out = t.output();
+    assert!(status.success(), "{status}: {out}");
+    assert!(!out.contains("authenticity of host"), "{out}");
+    assert!(out.contains("packag"), "packaging is followed: {out}");
+    let jobs = st.s.get("/v3/jobs").await.ok(200);
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["image_root_archive_name"] == "shelled")
+        .unwrap()
+        .clone();
+    assert_eq!(job["status"], "success", "{job}");
+    assert_eq!(job["ssh_containers"][0]["jail"], true);
+    let new = job["resultant_image_id"].as_str().unwrap();
+    assert!(out.contains(new), "the new image is printed: {out}");
+    let (_scratch, root) = st.result_root(&job).await;
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/shelltest")).unwrap(),
+        "from-the-shell\n"
+    );
+    // The user's key was registered once and is found again below.
+    let keys = st.s.get("/v3/public-keys").await.ok(200);
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+
+    // 2. Ctrl-C while the job starts leaves it.
+    let mut t = shell(&["base", "--no-jail", "-i", key.to_str().unwrap()]);
+    t.wait_for("Ctrl-C leaves the job", minute);
+    t.send("\x03");
+    let status = t.finish(minute);
+    let out = t.output();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("is left as it is"), "{out}");
+    let id = out
+        .split("ims images shell --job ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap()
+        .to_string();
+    let waiting = st.wait_status(&id, "waiting_on_user").await;
+    assert_eq!(waiting["ssh_containers"][0]["jail"], false);
+    let session = st.s.get(&format!("/v3/jobs/{id}/session")).await.ok(200);
+    assert!(
+        session["host_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 "),
+        "{session}"
+    );
+
+    // 3. Connect again; a failing shell with --fail-on-error fails the job.
+    let mut t = shell(&["--job", &id, "--fail-on-error", "-i", key.to_str().unwrap()]);
+    t.wait_for("connecting to", minute);
+    t.send("echo MARK-$((6*7)); exit 3\n");
+    let status = t.finish(Duration::from_secs(120));
+    let out = t.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("MARK-42"), "{out}");
+    assert!(out.contains("--fail-on-error"), "{out}");
+    let failed = st.wait_status(&id, "error").await;
+    assert!(failed["resultant_image_id"].is_null(), "{failed}");
+}

@@ -467,8 +467,19 @@ impl Agent {
 
     /// Reports the job's SSH endpoint (now, and with every later heartbeat): the server fills
     /// the job's `ssh_containers[0]` status and `connection_info` with it.
-    pub async fn report_ssh(&self, host: &str, port: u16, status: &str) -> Result<(), String> {
-        let ssh = serde_json::json!({"host": host, "port": port, "status": status});
+    /// Reports the session's endpoint: where it listens, its state and sshd's public host key
+    /// (which clients pin instead of trusting on first use).
+    pub async fn report_ssh(
+        &self,
+        host: &str,
+        port: u16,
+        status: &str,
+        host_key: Option<&str>,
+    ) -> Result<(), String> {
+        let mut ssh = serde_json::json!({"host": host, "port": port, "status": status});
+        if let Some(k) = host_key {
+            ssh["host_key"] = k.trim().into();
+        }
         let _ = self.ssh.send(Some(ssh.clone()));
         let phase = self.phase.borrow().clone();
         self.api

@@ -637,6 +637,16 @@ impl Session {
         let _ = self.child.kill().await;
     }
 
+    /// sshd's public host key (an OpenSSH public key line), which the job publishes so that
+    /// clients pin it (`ims images shell`) instead of trusting on first use.
+    pub fn host_public_key(&self) -> Result<String, String> {
+        let dir = self.log.parent().unwrap_or(Path::new("."));
+        let p = dir.join("etc/ssh/ssh_host_ed25519_key.pub");
+        std::fs::read_to_string(&p)
+            .map(|k| k.trim().to_string())
+            .map_err(|e| format!("cannot read sshd's host key {}: {e}", p.display()))
+    }
+
     /// Whether sshd is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

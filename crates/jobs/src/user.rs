@@ -98,8 +98,14 @@ pub async fn open(
             "the job's files are at /mnt/image"
         }
     ));
+    let host_key = ssh.host_public_key()?;
     agent
-        .report_ssh(&agent.settings.ssh_host, ssh.port, "running")
+        .report_ssh(
+            &agent.settings.ssh_host,
+            ssh.port,
+            "running",
+            Some(&host_key),
+        )
         .await?;
     agent.status("waiting_on_user").await?;
     let (complete, failed) = if jail {
@@ -123,7 +129,7 @@ pub async fn close(agent: &Agent, ssh: session::Session) {
         agent.say(&format!("sshd: {line}"));
     }
     let _ = agent
-        .report_ssh(&agent.settings.ssh_host, port, "stopped")
+        .report_ssh(&agent.settings.ssh_host, port, "stopped", None)
         .await;
 }
 

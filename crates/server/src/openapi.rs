@@ -454,6 +454,16 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         All,
+        "get",
+        "/jobs/{id}/session",
+        "Extension: the job's SSH session as clients reach it: job_status, status, jail, host, port and sshd's public host_key (null until the agent reports it), to pin in known_hosts",
+        None,
+        200,
+        Object,
+        &[404],
+    ),
+    op(
+        All,
         "post",
         "/jobs/{id}/complete",
         "Extension: end a waiting_on_user session successfully (as touching the complete flag)",
@@ -868,7 +878,23 @@ fn input_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
         ),
         (
             "Heartbeat",
-            input(vec![("phase", string(), false)]),
+            input(vec![
+                ("phase", string(), false),
+                (
+                    "ssh",
+                    input(vec![
+                        ("host", string(), true),
+                        ("port", integer(), true),
+                        (
+                            "status",
+                            enumerated(&["pending", "establishing", "running", "stopped"]),
+                            true,
+                        ),
+                        ("host_key", string(), false),
+                    ]),
+                    false,
+                ),
+            ]),
         ),
         (
             "ImagePatch",

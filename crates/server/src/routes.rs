@@ -138,6 +138,12 @@ fn jobs() -> Router<AppState> {
             }),
         )
         .route(
+            "/jobs/{id}/session",
+            get(|State(st): St, IdPath(id): IdPath| async move {
+                json(StatusCode::OK, &r::session(&st, &id).await?)
+            }),
+        )
+        .route(
             "/jobs/{id}/complete",
             axum::routing::post(|State(st): St, IdPath(id): IdPath| async move {
                 json(StatusCode::OK, &r::request(&st, &id, "complete").await?)

@@ -196,6 +196,44 @@ pub enum ImagesVerb {
     /// s3://BUCKET/<id>/ with its md5 and sha256, writes the manifest and registers the image.
     /// All or nothing: on any failure nothing is registered and the uploaded objects are removed.
     Import(ImportArgs),
+    /// Customize an image in an interactive shell, in one command (the seed's customize
+    /// procedure): creates the customize job, waits for its session, connects as root with your
+    /// SSH key (sshd's host key pinned from the API), and when the shell exits completes the job,
+    /// follows packaging and prints the new image. Ctrl-C while waiting, or a lost connection,
+    /// leaves the job (`ims jobs complete|fail|delete ID`, or `--job ID` to connect again).
+    #[command(after_help = "Examples:
+  ims images shell debian12-minbase                 jailed shell in the image root
+  ims images shell 5b0a1d6e-… --no-jail --name v2   the job's files at /mnt/image/image-root
+  ims images shell --job 0f2d8c3b-…                 connect again to a waiting job
+  ims images shell base --fail-on-error             fail the job when the shell exits non-zero")]
+    Shell(ShellArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    /// The image to customize: its id, or its name when one image has it.
+    #[arg(value_name = "NAME|ID", required_unless_present = "job")]
+    pub image: Option<String>,
+    /// Not jailed: the shell runs on the job's host tools with the image root at
+    /// /mnt/image/image-root (as `--ssh-containers-jail False`).
+    #[arg(long)]
+    pub no_jail: bool,
+    /// The new image's name (default: the source image's).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Your private SSH key (default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa, the first that has
+    /// its .pub). Its public half is found among the public key records, or registered.
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Use this public key record instead of finding or registering the identity's.
+    #[arg(long, value_name = "ID")]
+    pub public_key_id: Option<String>,
+    /// When the shell exits non-zero, fail the job (no new image) and exit 1.
+    #[arg(long)]
+    pub fail_on_error: bool,
+    /// Connect to this job's waiting session instead of creating a job.
+    #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["image", "no_jail", "name", "public_key_id"])]
+    pub job: Option<String>,
 }
 
 #[derive(Args, Debug)]

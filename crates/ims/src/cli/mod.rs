@@ -10,6 +10,7 @@ mod artifacts;
 mod import;
 mod output;
 mod settings;
+mod shell;
 
 pub use args::{Command, Format, Globals};
 
@@ -48,6 +49,9 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
         Command::Images {
             verb: ImagesVerb::Import(args),
         } => import::run(args, &globals, format),
+        Command::Images {
+            verb: ImagesVerb::Shell(args),
+        } => shell::run(args, &globals, format),
         Command::Jobs {
             verb: JobsVerb::Logs { id, follow },
         } => job_logs(&id, follow, &globals),
@@ -137,63 +141,68 @@ const FOLLOW_OUTAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(
 /// server that stops answering (restarted, upgraded) is waited for and the log goes on where it
 /// was; the exit code is 1 when the job ended in `error`.
 fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
-    use std::io::Write;
     let c = client(g)?;
-    ims_client::s3::runtime()?.block_on(async {
-        let mut offset = 0;
-        let mut outage: Option<std::time::Instant> = None;
-        loop {
-            let (text, next, done) = match c.job_log(id, offset).await {
-                Ok(r) => r,
-                Err(e) if follow && retryable(&e) => {
-                    let since = *outage.get_or_insert_with(|| {
-                        eprintln!("ims: {e}; still following, retrying");
-                        std::time::Instant::now()
-                    });
-                    if since.elapsed() > FOLLOW_OUTAGE_LIMIT {
-                        return Err(format!(
-                            "{e} (gave up after {} s without an answer)",
-                            FOLLOW_OUTAGE_LIMIT.as_secs()
-                        ));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            if outage.take().is_some() {
-                eprintln!("ims: the server answers again; following on");
-            }
-            if !text.is_empty() {
-                let mut out = std::io::stdout().lock();
-                if out.write_all(&text).and_then(|()| out.flush()).is_err() {
-                    // A closed pipe (`| head`): stop quietly.
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-            let more = next > offset;
-            offset = next;
-            if !follow {
-                return Ok(ExitCode::SUCCESS);
-            }
-            if done {
-                let job = c
-                    .describe(Resource::Jobs, id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(match job.get("status").and_then(Value::as_str) {
-                    Some("error") => {
-                        eprintln!("ims: job {id} ended in error");
-                        ExitCode::from(1)
-                    }
-                    _ => ExitCode::SUCCESS,
+    ims_client::s3::runtime()?.block_on(follow_log(&c, id, 0, follow, &mut std::io::stdout()))
+}
+
+/// Copies job `id`'s log from byte `offset` to `out` as it arrives; with `follow` until the job
+/// is over (riding out a server that stops answering for a while), exit code 1 when it ended in
+/// `error`. A closed `out` (`| head`) stops quietly.
+pub(crate) async fn follow_log(
+    c: &Client,
+    id: &str,
+    mut offset: u64,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitCode, String> {
+    let mut outage: Option<std::time::Instant> = None;
+    loop {
+        let (text, next, done) = match c.job_log(id, offset).await {
+            Ok(r) => r,
+            Err(e) if follow && retryable(&e) => {
+                let since = *outage.get_or_insert_with(|| {
+                    eprintln!("ims: {e}; still following, retrying");
+                    std::time::Instant::now()
                 });
+                if since.elapsed() > FOLLOW_OUTAGE_LIMIT {
+                    return Err(format!(
+                        "{e} (gave up after {} s without an answer)",
+                        FOLLOW_OUTAGE_LIMIT.as_secs()
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                continue;
             }
-            if !more {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if outage.take().is_some() {
+            eprintln!("ims: the server answers again; following on");
         }
-    })
+        if !text.is_empty() && out.write_all(&text).and_then(|()| out.flush()).is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let more = next > offset;
+        offset = next;
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if done {
+            let job = c
+                .describe(Resource::Jobs, id)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(match job.get("status").and_then(Value::as_str) {
+                Some("error") => {
+                    eprintln!("ims: job {id} ended in error");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            });
+        }
+        if !more {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// `ims jobs create … --wait`: creates the job, then follows its status (changes on stderr) until
@@ -622,7 +631,9 @@ fn request(cmd: Command) -> Result<Request, String> {
             ImagesVerb::Describe(i) => simple(R::Images, false, Some(i.id), None),
             ImagesVerb::Delete(i) => simple(R::Images, false, None, Some(i.id)),
             ImagesVerb::Deleteall(c) => delete_all(R::Images, c),
-            ImagesVerb::Verify(_) | ImagesVerb::Import(_) => unreachable!("handled by run"),
+            ImagesVerb::Verify(_) | ImagesVerb::Import(_) | ImagesVerb::Shell(_) => {
+                unreachable!("handled by run")
+            }
             ImagesVerb::Create {
                 name,
                 link,

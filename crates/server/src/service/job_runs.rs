@@ -63,6 +63,7 @@ fn run_for(job: &Job, executor: &str) -> JobRun {
         agent_log_seq: 0,
         log_bytes: 0,
         error: None,
+        ssh_host_key: None,
     }
 }
 
@@ -92,6 +93,8 @@ struct SshReport {
     host: String,
     port: u16,
     status: String,
+    /// sshd's public host key (an OpenSSH public key line).
+    host_key: Option<String>,
 }
 
 fn ssh_report(v: &Value) -> Result<SshReport, Problem> {
@@ -112,10 +115,18 @@ fn ssh_report(v: &Value) -> Result<SshReport, Problem> {
         .and_then(Value::as_str)
         .filter(|s| matches!(*s, "pending" | "establishing" | "running" | "stopped"))
         .ok_or_else(|| bad("status: pending, establishing, running or stopped."))?;
+    let host_key = match v.get("host_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if ims_core::sshkey::check_public_key(k).is_ok() => {
+            Some(k.trim().to_string())
+        }
+        Some(_) => return Err(bad("host_key: one OpenSSH public key line.")),
+    };
     Ok(SshReport {
         host: host.to_string(),
         port,
         status: status.to_string(),
+        host_key,
     })
 }
 
@@ -166,8 +177,12 @@ pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResu
         )?;
     }
     let waiting = job.status == "waiting_on_user";
+    let host_key = ssh.as_ref().and_then(|r| r.host_key.clone());
     let run = update_run(st, &job, |r| {
         r.heartbeat = Some(Timestamp::now());
+        if host_key.is_some() {
+            r.ssh_host_key = host_key.clone();
+        }
         if phase.is_some() {
             r.phase = phase.clone();
         }
@@ -179,6 +194,32 @@ pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResu
     })
     .await?;
     Ok(json!({"status": job.status, "request": run.request}))
+}
+
+/// `GET /v3/jobs/{id}/session`: the job's SSH session as a client connects to it — the address
+/// users reach (`customer_access`, else `cluster.local`), its state, and sshd's public host key
+/// once the agent reported it (`null` before), for a `known_hosts` line that pins it.
+pub async fn session(st: &AppState, id: &str) -> ApiResult<Value> {
+    let job = must_get::<Job>(&*st.store, id).await?.record;
+    let Some(c) = job.ssh_containers.as_ref().and_then(|c| c.first()) else {
+        return Err(Problem::new(404, format!("Job {id} has no SSH session.")).into());
+    };
+    let info = c
+        .connection_info
+        .get("customer_access")
+        .or_else(|| c.connection_info.get("cluster.local"));
+    let host_key = match ims_store::get::<JobRun>(&*st.store, id).await? {
+        Some(run) => run.record.ssh_host_key,
+        None => None,
+    };
+    Ok(json!({
+        "job_status": job.status,
+        "status": c.status,
+        "jail": c.jail,
+        "host": info.map(|i| i.host.clone()),
+        "port": info.map(|i| i.port),
+        "host_key": host_key,
+    }))
 }
 
 /// `POST /v3/jobs/{id}/complete` and `/fail`: the user ends the session.
