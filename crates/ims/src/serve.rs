@@ -331,12 +331,38 @@ fn executor(
                 format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
             });
             let program = std::env::current_exe().context("cannot find the ims binary")?;
+            let kiwi = std::path::PathBuf::from(
+                cfg.agent_env
+                    .iter()
+                    .find(|(k, _)| k == "IMS_AGENT_KIWI")
+                    .map_or("kiwi-ng", |(_, v)| v.as_str()),
+            );
+            // Say at start-up what this host lacks, rather than when the first job fails.
+            for (job_type, session) in [("customize", true), ("create", false)] {
+                let host = ims_jobs::prereq::check(
+                    job_type,
+                    session,
+                    ims_server::executor::local::PATH,
+                    &kiwi,
+                );
+                for w in &host.warnings {
+                    tracing::warn!("local executor: {w}");
+                }
+                if let Some(why) = host.explain(job_type) {
+                    tracing::warn!("local executor: {why}; such jobs are refused (503)");
+                }
+            }
             let local = LocalExecutor::new(LocalSettings {
                 program,
                 api_url,
                 jobs_dir: cfg.data_dir.join("jobs"),
                 agent_env: cfg.agent_env.clone(),
                 stop_grace: Duration::from_secs(10),
+                prerequisites: Some(Arc::new(
+                    move |job_type: &str, session: bool, path: &str| {
+                        ims_jobs::prereq::check(job_type, session, path, &kiwi).explain(job_type)
+                    },
+                )),
             })
             .with_context(|| format!("cannot create {}", cfg.data_dir.join("jobs").display()))?;
             Arc::new(ims_server::executor::local::Local(Arc::new(local)))

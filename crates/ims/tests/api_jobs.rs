@@ -1248,3 +1248,131 @@ both_backends!(
     delete_collection_bad_filters,
     delete_collection_mixed,
 );
+
+/// The local executor checks its host at start-up and before it accepts a job: a server that is
+/// not root says at start-up that jobs cannot run here and why, and refuses them (503, nothing
+/// stored) instead of starting a session nobody can log in to; a create job whose kiwi-ng is
+/// missing is refused the same way.
+#[tokio::test]
+async fn jobs_the_host_cannot_run_are_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to start a server as another user");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(data.path(), Some(65534), Some(65534)).unwrap();
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(ims_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path().join("d"))
+        .env_remove("IMS_CONFIG")
+        .env("IMS_JOB_EXECUTOR", "local")
+        .env("IMS_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = vec![];
+    let mut stderr = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    for line in stderr.by_ref().map_while(Result::ok) {
+        let last = line.contains("listening on");
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    std::thread::spawn(move || stderr.for_each(drop));
+    let url = lines
+        .iter()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {lines:?}"))
+        .to_string();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("customize jobs cannot run on this host") && l.contains("root")),
+        "{lines:#?}"
+    );
+    let http = reqwest::Client::new();
+    let key = http
+        .post(format!("{url}/v3/public-keys"))
+        .json(&json!({"name": "k", "public_key": PUBLIC_KEY}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{url}/v3/jobs"))
+        .json(
+            &json!({"job_type": "customize", "artifact_id": "5b0a1d6e-3c9f-4f7e-9a41-0f2d8c3b7e11",
+            "public_key_id": key["id"], "image_root_archive_name": "x"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    // Refused before the artifact is even looked up (it does not exist).
+    assert_eq!(status, 503, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("root"), "{body}");
+    let jobs: Value = http
+        .get(format!("{url}/v3/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs, json!([]), "a refused job was stored");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // As root, a create job whose kiwi-ng is not there.
+    let s = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .env("IMS_JOB_KIWI", "/nonexistent/kiwi-ng")
+        .start()
+        .await;
+    let key = s
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
+        .await
+        .ok(201);
+    let recipe = s
+        .post(
+            "/v3/recipes",
+            &json!({"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15"}),
+        )
+        .await
+        .ok(201);
+    let p = s
+        .post(
+            "/v3/jobs",
+            &json!({"job_type": "create", "artifact_id": recipe["id"],
+                "public_key_id": key["id"], "image_root_archive_name": "x"}),
+        )
+        .await
+        .problem(503, false);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/kiwi-ng"),
+        "{p}"
+    );
+}

@@ -405,6 +405,16 @@ async fn ssh_sessions_customize_the_image() {
         }
         let o = st.ssh(&job, "id_other", "true");
         assert_eq!(o.status.code(), Some(255), "another key got in: {o:?}");
+        // sshd's refusal reaches the job's log while the session waits, not only at its end.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = st.log(&id).await;
+            if log.contains("sshd: Connection closed by authenticating user root") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no live sshd refusal in:\n{log}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let (edit, flag) = if jail {
             ("echo by-ssh > /etc/motd && ls /", "touch /tmp/complete")
         } else {
@@ -467,7 +477,10 @@ async fn ssh_sessions_customize_the_image() {
         );
         // sshd's own log reaches the job's log when the session ends: who logged in, how.
         let log = st.log(&id).await;
-        assert!(log.contains("sshd: Accepted publickey for root"), "{log}");
+        assert!(
+            log.matches("sshd: Accepted publickey for root").count() >= 2,
+            "the login check's and the user's: {log}"
+        );
         nothing_left(&st, &id);
     }
 }
@@ -1094,4 +1107,40 @@ async fn images_shell_from_command_to_new_image() {
     assert!(out.contains("--fail-on-error"), "{out}");
     let failed = st.wait_status(&id, "error").await;
     assert!(failed["resultant_image_id"].is_null(), "{failed}");
+}
+
+/// A session that accepts connections but where no login can work does not claim to wait for
+/// its user: a jailed image without a shell ends in error saying a login fails, with sshd's
+/// reason in the job's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_can_log_in_to_is_an_error() {
+    let Some(st) = setup().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for d in ["boot", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd").unwrap();
+    let image = ims(
+        &st.s,
+        &["images", "import", "shell-less", root.to_str().unwrap()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"job_type": "customize", "artifact_id": image,
+        "public_key_id": st.key, "image_root_archive_name": "never",
+        "ssh_containers": [{"name": "customize", "jail": true}]});
+    let id = st.s.post("/v3/jobs", &body).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    st.wait_status(&id, "error").await;
+    let log = st.log(&id).await;
+    assert!(
+        log.contains("sshd accepts connections but a login fails"),
+        "{log}"
+    );
+    assert!(!log.contains("status: waiting_on_user"), "{log}");
 }

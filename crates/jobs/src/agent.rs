@@ -603,7 +603,14 @@ async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, sto
         agent.job.id,
         agent.job.image_root_archive_name
     ));
+    let session = agent.job.job_type == "customize" || agent.job.enable_debug;
+    let path = std::env::var("PATH").unwrap_or_default();
+    let host = crate::prereq::check(&agent.job.job_type, session, &path, &agent.settings.kiwi);
+    for w in &host.warnings {
+        agent.say(&format!("warning: {w}"));
+    }
     let outcome = match agent.job.job_type.as_str() {
+        _ if !host.missing.is_empty() => Err(host.explain(&agent.job.job_type).unwrap_or_default()),
         "customize" => crate::customize::run(&agent).await,
         "create" => crate::create::run(&agent).await,
         other => Err(format!("{other} jobs are not run by this agent version")),

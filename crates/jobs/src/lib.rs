@@ -34,6 +34,7 @@ pub mod create;
 pub mod customize;
 pub mod imageroot;
 pub mod package;
+pub mod prereq;
 pub mod recipe;
 pub mod repos;
 pub mod rootfiles;

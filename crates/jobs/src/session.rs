@@ -208,28 +208,6 @@ async fn serves(ip: std::net::IpAddr, port: u16) -> bool {
     )
 }
 
-/// The end of sshd's own log (logins, refused keys, …), at most `max` bytes in whole lines, for
-/// the job's log when the session ends.
-pub fn log_tail(path: &Path, max: u64) -> Vec<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return vec![];
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let from = len.saturating_sub(max);
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(from)).is_err() || f.take(max).read_to_end(&mut buf).is_err() {
-        return vec![];
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    if from > 0 && !lines.is_empty() {
-        // Cut mid-line.
-        lines[0] = format!("(earlier lines left out) …{}", lines[0]);
-    }
-    lines
-}
-
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -650,6 +628,116 @@ impl Session {
     /// Whether sshd is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Logs in once with a key of the agent's own, as a user would, before the job says it waits for
+/// its user: sshd that accepts TCP connections may still refuse every login (a file root does not
+/// own, a jailed image without a shell). The probe key is accepted only for this check
+/// (`restrict,command="true"`) and removed before anyone else can connect.
+pub async fn check_login(spec: &Spec, s: &Session) -> Result<(), String> {
+    let dir = s.log.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let probe = dir.join("login-check");
+    let _ = std::fs::remove_file(&probe);
+    let _ = std::fs::remove_file(dir.join("login-check.pub"));
+    let out = tokio::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "ims-login-check",
+            "-f",
+        ])
+        .arg(&probe)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run ssh-keygen (install openssh-client): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let probe_pub = std::fs::read_to_string(dir.join("login-check.pub"))
+        .map_err(|e| format!("cannot read the login check's key: {e}"))?;
+    let authorized = dir.join("etc/ssh/authorized_keys");
+    let user_line = format!("{}\n", spec.public_key.trim());
+    write(
+        &authorized,
+        &format!(
+            "{user_line}restrict,command=\"true\" {}\n",
+            probe_pub.trim()
+        ),
+        0o644,
+    )?;
+    let ip = if spec.listen.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        spec.listen
+    };
+    let known = dir.join("login-check.known_hosts");
+    let host_key = s.host_public_key()?;
+    let host = match ip {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", s.port),
+        a => format!("[{a}]:{}", s.port),
+    };
+    write(&known, &format!("{host} {host_key}\n"), 0o644)?;
+    let mut known_opt = std::ffi::OsString::from("UserKnownHostsFile=");
+    known_opt.push(&known);
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-T", "-o"])
+            .arg(known_opt)
+            .args([
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+            ])
+            .arg(&probe)
+            .args([
+                "-p",
+                &s.port.to_string(),
+                "-l",
+                "root",
+                "--",
+                &ip.to_string(),
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    // Only the user's key from here on, whatever the outcome.
+    let restored = write(&authorized, &user_line, 0o644);
+    for p in [probe.clone(), dir.join("login-check.pub"), known] {
+        let _ = std::fs::remove_file(p);
+    }
+    restored?;
+    match result {
+        Err(_) => Err("a login to the session did not finish within 30 s".to_string()),
+        Ok(Err(e)) => Err(format!("cannot run ssh (install openssh-client): {e}")),
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => Err(format!(
+            "sshd accepts connections but a login fails ({}): {}",
+            String::from_utf8_lossy(&o.stderr).trim(),
+            tail(&s.log)
+        )),
     }
 }
 

@@ -10,8 +10,59 @@ use ims_client::Resource;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How much of the end of sshd's own log goes into the job's log when the session ends.
-const SSHD_LOG_KEPT: u64 = 64 * 1024;
+/// At most this much of sshd's own log (logins, refused keys) goes into the job's log.
+const SSHD_LOG_KEPT: u64 = 1024 * 1024;
+
+/// An open session: sshd, and how far its log has gone into the job's log.
+pub struct Open {
+    ssh: session::Session,
+    sshd_log: SshdLog,
+}
+
+/// Copies sshd's own log into the job's log as it grows (`sshd: …` lines), so refused logins
+/// show in `ims jobs logs --follow` while the user tries.
+struct SshdLog {
+    offset: u64,
+    partial: String,
+}
+
+impl SshdLog {
+    /// Says every complete new line; `all`: the rest too (the session is over).
+    fn drain(&mut self, agent: &Agent, path: &Path, all: bool) {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.offset >= SSHD_LOG_KEPT {
+            return;
+        }
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err()
+            || f.take(SSHD_LOG_KEPT - self.offset)
+                .read_to_end(&mut buf)
+                .is_err()
+        {
+            return;
+        }
+        self.offset += buf.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        let cut = if all {
+            self.partial.len()
+        } else {
+            self.partial.rfind('\n').map_or(0, |i| i + 1)
+        };
+        let done: String = self.partial.drain(..cut).collect();
+        for line in done.lines().filter(|l| !l.trim().is_empty()) {
+            agent.say(&format!("sshd: {line}"));
+        }
+        if self.offset >= SSHD_LOG_KEPT {
+            agent.say(&format!(
+                "sshd: (its log passed {} KiB; the rest is left out of the job's log)",
+                SSHD_LOG_KEPT >> 10
+            ));
+        }
+    }
+}
 
 /// The flag files of a session.
 pub struct Flags {
@@ -52,13 +103,14 @@ pub enum Outcome {
 }
 
 /// Starts the job's sshd for a session (`jail`: chrooted into the image root; `dkms`: /proc,
-/// /sys and /dev in the image root), reports its endpoint and sets `waiting_on_user`.
+/// /sys and /dev in the image root), checks that a login works, reports its endpoint and host
+/// key and sets `waiting_on_user`.
 pub async fn open(
     agent: &Agent,
     jail: bool,
     dkms: bool,
     set_env: Vec<(String, String)>,
-) -> Result<session::Session, String> {
+) -> Result<Open, String> {
     let job = &agent.job;
     let public_key = agent
         .api
@@ -88,6 +140,15 @@ pub async fn open(
         debug: job.enable_debug,
     };
     let ssh = session::start(&spec).await?;
+    let mut sshd_log = SshdLog {
+        offset: 0,
+        partial: String::new(),
+    };
+    if let Err(e) = session::check_login(&spec, &ssh).await {
+        sshd_log.drain(agent, &ssh.log, true);
+        ssh.stop().await;
+        return Err(e);
+    }
     agent.say(&format!(
         "sshd accepts connections on {}:{} ({}; root login with the job's key only)",
         agent.settings.ssh_host,
@@ -117,17 +178,16 @@ pub async fn open(
         "waiting for the user: touch {complete} (or {failed}), or `ims jobs complete|fail {}`",
         job.id
     ));
-    Ok(ssh)
+    Ok(Open { ssh, sshd_log })
 }
 
-/// Stops the session's sshd, copies the end of its own log (logins, refused keys) into the job's
-/// log and reports the endpoint stopped.
-pub async fn close(agent: &Agent, ssh: session::Session) {
-    let (port, sshd_log) = (ssh.port, ssh.log.clone());
+/// Stops the session's sshd, copies the rest of its own log into the job's log and reports the
+/// endpoint stopped.
+pub async fn close(agent: &Agent, open: Open) {
+    let Open { ssh, mut sshd_log } = open;
+    let (port, path) = (ssh.port, ssh.log.clone());
     ssh.stop().await;
-    for line in session::log_tail(&sshd_log, SSHD_LOG_KEPT) {
-        agent.say(&format!("sshd: {line}"));
-    }
+    sshd_log.drain(agent, &path, true);
     let _ = agent
         .report_ssh(&agent.settings.ssh_host, port, "stopped", None)
         .await;
@@ -138,10 +198,12 @@ pub async fn close(agent: &Agent, ssh: session::Session) {
 pub async fn wait_for_user(
     agent: &Agent,
     flags: &Flags,
-    ssh: &mut session::Session,
+    open: &mut Open,
 ) -> Result<Outcome, String> {
     let mut requests = agent.requests.clone();
+    let Open { ssh, sshd_log } = open;
     loop {
+        sshd_log.drain(agent, &ssh.log, false);
         if !ssh.running() {
             return Err(format!(
                 "the job's sshd stopped unexpectedly; see {}",

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the local executor needs to start agents.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalSettings {
     /// The `ims` binary to run as `ims agent run <id>`.
     pub program: PathBuf,
@@ -37,7 +37,14 @@ pub struct LocalSettings {
     pub agent_env: Vec<(String, String)>,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace: Duration,
+    /// What this host lacks for a job (job type, whether it opens an SSH session, the agent's
+    /// `PATH`), in one line; `None` when nothing is missing. The agent's own declaration
+    /// (`ims_jobs::prereq`), handed in by the binary.
+    pub prerequisites: Option<Prerequisites>,
 }
+
+/// See [`LocalSettings::prerequisites`].
+pub type Prerequisites = Arc<dyn Fn(&str, bool, &str) -> Option<String> + Send + Sync>;
 
 pub struct LocalExecutor {
     s: LocalSettings,
@@ -48,7 +55,8 @@ pub struct LocalExecutor {
     running: Mutex<HashMap<String, u32>>,
 }
 
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The `PATH` agents get.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -380,6 +388,11 @@ impl JobExecutor for Local {
 
     fn supervises(&self) -> bool {
         true
+    }
+
+    fn cannot_run(&self, job_type: &str, session: bool) -> Option<String> {
+        let check = self.0.s.prerequisites.as_ref()?;
+        check(job_type, session, PATH)
     }
 
     fn name(&self) -> &'static str {

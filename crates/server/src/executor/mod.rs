@@ -45,6 +45,12 @@ pub trait JobExecutor: Send + Sync + 'static {
     fn supervises(&self) -> bool {
         false
     }
+    /// Why this executor cannot run jobs of `job_type` now (its host lacks a tool, root, a
+    /// capability), in one line; `session`: the job opens an SSH session. `None` when it can.
+    /// Checked before a job is stored: such a job is refused (503) rather than left to fail.
+    fn cannot_run(&self, _job_type: &str, _session: bool) -> Option<String> {
+        None
+    }
     /// A short name for logs.
     fn name(&self) -> &'static str;
 }

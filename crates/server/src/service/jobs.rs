@@ -195,6 +195,11 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     let new = input::job_create(body)?;
+    // A host that cannot run the job refuses it before anything else is looked at or stored.
+    let session = new.job_type == "customize" || new.enable_debug;
+    if let Some(why) = st.executor.cannot_run(&new.job_type, session) {
+        return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
+    }
     let launch = prepare(st, new).await?;
     // Record first, then start: a job that runs always has a record; a start failure removes it.
     ims_store::insert(&*st.store, &launch.job).await?;
