@@ -96,15 +96,60 @@ enum Cmd {
 #[derive(Subcommand)]
 enum AgentOp {
     /// Run one job: settings from IMS_URL, IMS_TOKEN, IMS_AGENT_DIR and IMS_AGENT_*.
-    Run { job_id: String },
+    Run {
+        /// The job's id.
+        job_id: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum MigrateOp {
     /// Load the original's data files (v2_public_keys.json, v2.2_recipes.json, …) from DIR.
-    Import { dir: PathBuf },
+    Import {
+        /// The directory holding the data files.
+        dir: PathBuf,
+    },
     /// Write all records to DIR as the original's data files.
-    Export { dir: PathBuf },
+    Export {
+        /// The directory to write the data files to (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// The command line. The client options (`--url`, `--format`, …) are global so that they go
+/// anywhere on a client command line; the server's own commands (`serve`, `migrate`, `agent`,
+/// `s3-credentials`) do not list them in their `--help`: each gets hidden copies, which clap's
+/// propagation of global options then leaves alone.
+fn command() -> clap::Command {
+    use clap::{Args, CommandFactory};
+    fn hide_client_options(mut c: clap::Command, options: &[clap::Arg]) -> clap::Command {
+        for a in options {
+            c = c.arg(a.clone().global(false).hide(true));
+        }
+        let subs: Vec<String> = c
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for name in subs {
+            c = c.mut_subcommand(name, |s| hide_client_options(s, options));
+        }
+        c
+    }
+    let options: Vec<clap::Arg> = cli::Globals::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .cloned()
+        .collect();
+    let mut cmd = cli::examples::add(Cli::command());
+    for server_command in ["serve", "migrate", "s3-credentials", "agent"] {
+        cmd = cmd.mut_subcommand(server_command, |s| hide_client_options(s, &options));
+    }
+    cmd
+}
+
+fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn flags(
@@ -125,7 +170,7 @@ fn flags(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.cmd {
         Cmd::Client(c) => cli::run(c, cli.client),
         Cmd::Serve {
@@ -280,5 +325,61 @@ fn run_service(flags: &config::Flags, cmd: Service) -> ExitCode {
             eprintln!("ims: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every leaf command's path ("images list") with the command.
+    fn leaves(c: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        let subs: Vec<&clap::Command> = c
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subs.is_empty() {
+            out.push((path.trim().to_string(), c.clone()));
+        }
+        for s in subs {
+            leaves(s, &format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    /// `--help` is complete: every option and argument described, examples in every command,
+    /// and the server's commands without the client options.
+    #[test]
+    fn help_describes_every_option_with_examples() {
+        let mut cmd = super::command();
+        cmd.build();
+        let mut all = vec![];
+        leaves(&cmd, "", &mut all);
+        let mut problems = vec![];
+        for (path, c) in &all {
+            for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    problems.push(format!("ims {path}: {id} is not described"));
+                }
+            }
+            let help = c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if !help.contains("Examples:") || !help.contains(&format!("ims {path}")) {
+                problems.push(format!("ims {path}: no example"));
+            }
+            let server = ["serve", "migrate", "s3-credentials", "agent"]
+                .iter()
+                .any(|s| path.split(' ').next() == Some(s));
+            let url = c
+                .get_arguments()
+                .any(|a| a.get_id() == "url" && !a.is_hide_set());
+            if server == url {
+                problems.push(format!("ims {path}: client options shown: {url}"));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }

@@ -554,6 +554,37 @@ async fn jobs() {
     assert_eq!(j["ssh_containers"][0]["name"], "customize", "{j}");
     assert_eq!(j["ssh_containers"][0]["jail"], true, "{j}");
     deleted(&cli, &["jobs", "delete", &id(&j)]);
+    // In the human formats the placeholder address (port 22 of a Kubernetes service name) of a
+    // session that is not listening yet is left out, and stderr says where the real one will be.
+    let o = cli.run(&[
+        "jobs",
+        "create",
+        "--job-type",
+        "customize",
+        "--artifact-id",
+        &iid,
+        "--public-key-id",
+        &kid,
+        "--image-root-archive-name",
+        "human",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout.contains("image_root_archive_name = \"human\""),
+        "{}",
+        o.stdout
+    );
+    assert!(!o.stdout.contains("port = 22"), "{}", o.stdout);
+    assert!(!o.stdout.contains("svc.cluster.local"), "{}", o.stdout);
+    assert!(o.stderr.contains("--wait"), "{}", o.stderr);
+    let human = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    deleted(&cli, &["jobs", "delete", &human]);
 
     check_formats(&cli, &["jobs", "list"], &s.get("/v3/jobs").await.ok(200));
     let now = s.get(&format!("/v3/jobs/{jid}")).await.ok(200);

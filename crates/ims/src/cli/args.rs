@@ -113,11 +113,13 @@ pub enum VersionVerb {
 pub enum ConfigOp {
     /// Write settings: `ims config set url=http://host:9000 [token=…]` (an empty value removes one).
     Set {
+        /// Settings: url=… and token=….
         #[arg(required = true, value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
     /// Show the settings (the token masked), or one setting's value.
     Get {
+        /// One setting's name (url or token).
         #[arg(value_name = "KEY")]
         key: Option<String>,
     },
@@ -158,10 +160,12 @@ pub enum ImagesVerb {
     Describe(Id),
     /// Register an image.
     Create {
+        /// The image's name (need not be unique).
         #[arg(long)]
         name: String,
         #[command(flatten)]
         link: Link,
+        /// Architecture: x86_64 (default on the server) or aarch64.
         #[arg(long, value_parser = choices(ARCHES))]
         arch: Option<String>,
         /// Metadata key (sent as `metadata.key`).
@@ -173,15 +177,20 @@ pub enum ImagesVerb {
     },
     /// Change an image's link, arch or metadata.
     Update {
+        /// The image's id.
         id: String,
         #[command(flatten)]
         link: Link,
+        /// Architecture: x86_64 (default on the server) or aarch64.
         #[arg(long, value_parser = choices(ARCHES))]
         arch: Option<String>,
+        /// What to do with the metadata key: set (with --metadata-value) or remove.
         #[arg(long, value_parser = choices(&["set", "remove"]))]
         metadata_operation: Option<String>,
+        /// The metadata key to set or remove.
         #[arg(long)]
         metadata_key: Option<String>,
+        /// The metadata value to set.
         #[arg(long)]
         metadata_value: Option<String>,
     },
@@ -201,11 +210,6 @@ pub enum ImagesVerb {
     /// SSH key (sshd's host key pinned from the API), and when the shell exits completes the job,
     /// follows packaging and prints the new image. Ctrl-C while waiting, or a lost connection,
     /// leaves the job (`ims jobs complete|fail|delete ID`, or `--job ID` to connect again).
-    #[command(after_help = "Examples:
-  ims images shell debian12-minbase                 jailed shell in the image root
-  ims images shell 5b0a1d6e-… --no-jail --name v2   the job's files at /mnt/image/image-root
-  ims images shell --job 0f2d8c3b-…                 connect again to a waiting job
-  ims images shell base --fail-on-error             fail the job when the shell exits non-zero")]
     Shell(ShellArgs),
 }
 
@@ -266,6 +270,7 @@ pub struct ImportArgs {
     /// Name of the initrd in the image root's /boot (default: found like the kernel).
     #[arg(long, value_name = "NAME", conflicts_with = "initrd")]
     pub initrd_file_name: Option<String>,
+    /// The image's architecture.
     #[arg(long, value_parser = choices(ARCHES), default_value = "x86_64")]
     pub arch: String,
     /// squashfs compression when ROOTFS is converted (an archive or a directory): zstd (default),
@@ -302,16 +307,21 @@ pub enum RecipesVerb {
     Describe(Id),
     /// Register a recipe.
     Create {
+        /// The recipe's name.
         #[arg(long)]
         name: String,
+        /// The recipe's builder.
         #[arg(long, value_parser = choices(RECIPE_TYPES))]
         recipe_type: String,
+        /// The distribution the recipe builds.
         #[arg(long, value_parser = choices(LINUX_DISTRIBUTIONS))]
         linux_distribution: String,
         #[command(flatten)]
         link: Link,
+        /// Architecture: x86_64 (default on the server) or aarch64.
         #[arg(long, value_parser = choices(ARCHES))]
         arch: Option<String>,
+        /// Whether building the image needs DKMS (kernel modules built in the image): true or false.
         #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
         require_dkms: Option<bool>,
         #[command(flatten)]
@@ -319,11 +329,14 @@ pub enum RecipesVerb {
     },
     /// Change a recipe's link, arch, require_dkms or template dictionary.
     Update {
+        /// The recipe's id.
         id: String,
         #[command(flatten)]
         link: Link,
+        /// Architecture: x86_64 (default on the server) or aarch64.
         #[arg(long, value_parser = choices(ARCHES))]
         arch: Option<String>,
+        /// Whether building the image needs DKMS (kernel modules built in the image): true or false.
         #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
         require_dkms: Option<bool>,
         #[command(flatten)]
@@ -337,12 +350,16 @@ pub enum RecipesVerb {
         /// A kiwi description directory, or a gzip tar of one.
         #[arg(value_name = "DIR|TGZ")]
         source: PathBuf,
+        /// The recipe's builder.
         #[arg(long, value_parser = choices(RECIPE_TYPES), default_value = "kiwi-ng")]
         recipe_type: String,
+        /// The distribution the recipe builds.
         #[arg(long, value_parser = choices(LINUX_DISTRIBUTIONS))]
         linux_distribution: String,
+        /// Architecture: x86_64 (default on the server) or aarch64.
         #[arg(long, value_parser = choices(ARCHES))]
         arch: Option<String>,
+        /// Whether building the image needs DKMS (kernel modules built in the image): true or false.
         #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
         require_dkms: Option<bool>,
         #[command(flatten)]
@@ -360,8 +377,10 @@ pub enum PublicKeysVerb {
     List,
     /// Show one public key.
     Describe(Id),
-    /// Register a public key read from a file (verbatim).
+    /// Register a public key read from a file (one OpenSSH public key line; a private key is
+    /// refused before anything is sent).
     Create {
+        /// The key's name (e.g. user@host).
         #[arg(long)]
         name: String,
         /// File holding the public key (e.g. ~/.ssh/id_rsa.pub).
@@ -382,21 +401,30 @@ pub enum JobsVerb {
     Describe(Id),
     /// Start a create or customize job.
     Create {
+        /// create: build an image from a recipe; customize: change an image in an SSH session.
         #[arg(long, value_parser = choices(JOB_TYPES))]
         job_type: String,
         /// The recipe (create) or image (customize) id.
         #[arg(long)]
         artifact_id: String,
+        /// The public key record whose key may log in to the job's SSH session.
         #[arg(long)]
         public_key_id: String,
+        /// The name of the image the job makes.
         #[arg(long)]
         image_root_archive_name: String,
+        /// The kernel's file name in the image root's /boot (default: found by the server's
+        /// rules, see docs/architecture.md).
         #[arg(long)]
         kernel_file_name: Option<String>,
+        /// The initrd's file name in the image root's /boot.
         #[arg(long, default_value = "initrd")]
         initrd_file_name: String,
+        /// The kernel parameters file's name in the image root's /boot.
         #[arg(long, default_value = "kernel-parameters")]
         kernel_parameters_file_name: String,
+        /// create: keep a debug SSH session open after a failed build; customize: sshd logs
+        /// verbosely.
         #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
         enable_debug: Option<bool>,
         /// Build environment size (GiB).
@@ -405,6 +433,7 @@ pub enum JobsVerb {
         /// Job memory size (GiB).
         #[arg(long, value_name = "INT")]
         job_mem_size: Option<i64>,
+        /// Mount /proc, /sys and /dev in the image root during the session (module builds).
         #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
         require_dkms: Option<bool>,
         /// SSH container names, comma-separated (zipped with --ssh-containers-jail).
@@ -426,6 +455,7 @@ pub enum JobsVerb {
     Fail(Id),
     /// Show the job agent's log (stdout), optionally following it until the job ends.
     Logs {
+        /// The job's id.
         id: String,
         /// Keep printing new lines until the job ends.
         #[arg(long, short = 'f')]
@@ -433,8 +463,10 @@ pub enum JobsVerb {
     },
     /// Delete jobs, optionally only those matching the filters.
     Deleteall {
+        /// Only jobs in this status.
         #[arg(long, value_parser = choices(JOB_STATUSES))]
         status: Option<String>,
+        /// Only jobs of this type.
         #[arg(long, value_parser = choices(JOB_TYPES))]
         job_type: Option<String>,
         /// Minimum age, e.g. 1d, 6h, 1w2d.
@@ -459,6 +491,7 @@ pub enum NodesVerb {
     Describe(Xname),
     /// Register a remote build node.
     Create {
+        /// The node's xname (its name in the cluster, e.g. x3000c0s1b0n0).
         #[arg(long)]
         xname: String,
     },
@@ -508,7 +541,9 @@ pub enum DeletedVerb {
     Describe(Id),
     /// Undelete a record (`--operation undelete`).
     Update {
+        /// The deleted record's id.
         id: String,
+        /// undelete: bring the record (and its artifacts) back.
         #[arg(long, value_parser = choices(&["undelete"]))]
         operation: Option<String>,
     },
@@ -526,23 +561,42 @@ pub enum ArtifactsVerb {
         verb: BucketsVerb,
     },
     /// List the objects of a bucket.
-    List { bucket: String },
+    List {
+        /// The bucket (e.g. boot-images).
+        bucket: String,
+    },
     /// Show one object's size, etag, content type and metadata (md5sum).
-    Describe { bucket: String, key: String },
+    Describe {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+    },
     /// Upload a file (multipart, parallel), storing its md5 as `x-amz-meta-md5sum`.
     Create {
+        /// The bucket.
         bucket: String,
+        /// The object's key.
         key: String,
+        /// The file to upload.
         file: PathBuf,
     },
     /// Download an object to a file (ranged, parallel).
     Get {
+        /// The bucket.
         bucket: String,
+        /// The object's key.
         key: String,
+        /// Where to write it.
         file: PathBuf,
     },
     /// Delete an object.
-    Delete { bucket: String, key: String },
+    Delete {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@
 
 mod args;
 mod artifacts;
+pub(crate) mod examples;
 mod import;
 mod output;
 mod settings;
@@ -93,6 +94,7 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
                 Ok(Request::Create(Resource::Jobs, body)) if wait => {
                     create_job_and_wait(&body, &globals, format)
                 }
+                Ok(Request::Create(Resource::Jobs, body)) => create_job(&body, &globals, format),
                 Ok(req) => send(req, &globals, format).map(|()| ExitCode::SUCCESS),
                 Err(e) => Err(e),
             }
@@ -203,6 +205,43 @@ pub(crate) async fn follow_log(
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
+}
+
+/// `ims jobs create` (without `--wait`): the new job. Its session's address is not known yet
+/// (the containers are `pending`; the executor fills in the real address and port when the
+/// session listens), so the human formats leave those placeholders out and say where the real
+/// ones will be; `--format json` keeps the record as the server sent it, as `cray` prints it.
+fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, String> {
+    let c = client(g)?;
+    let mut job = ims_client::s3::runtime()?
+        .block_on(c.create(Resource::Jobs, body))
+        .map_err(|e| e.to_string())?;
+    let id = job
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut pending = false;
+    if let Some(containers) = job.get_mut("ssh_containers").and_then(Value::as_array_mut) {
+        for ct in containers {
+            if ct.get("status").and_then(Value::as_str) == Some("pending") {
+                pending = true;
+                if format != Format::Json
+                    && let Some(o) = ct.as_object_mut()
+                {
+                    o.remove("connection_info");
+                }
+            }
+        }
+    }
+    print(&job, format)?;
+    if pending && !ims_client::s3::quiet() {
+        eprintln!(
+            "ims: the session's address and port are known once the job waits on its user: \
+             `ims jobs describe {id}` then, or `ims jobs create … --wait` next time"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `ims jobs create … --wait`: creates the job, then follows its status (changes on stderr) until
