@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # kiwi-ng (kiwi, which also needs rsync and gpg for its signing keys; debootstrap and the Debian archive
 # keyring for Debian recipes).
 missing=()
-for p in gcc libc6-dev curl ca-certificates squashfs-tools tar xz-utils zstd util-linux mount bubblewrap openssh-server openssh-client kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf; do
+for p in gcc libc6-dev binutils curl ca-certificates squashfs-tools tar xz-utils zstd util-linux mount bubblewrap openssh-server openssh-client kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -26,4 +26,12 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 cargo build --release -q -p ims
-exec "${CARGO_TARGET_DIR:-target}/release/ims" serve "$@"
+bin="${CARGO_TARGET_DIR:-target}/release/ims"
+# Run it stripped: its debug information moves to ims.debug beside it (gdb and debuginfod-style
+# tools find it through the binary's debug link). Done once per build: cargo leaves a stripped
+# binary alone until the sources change.
+if readelf -S "$bin" | grep -q '\.debug_info'; then
+  objcopy --only-keep-debug --compress-debug-sections=zlib "$bin" "$bin.debug"
+  objcopy --strip-debug --add-gnu-debuglink="$bin.debug" "$bin"
+fi
+exec "$bin" serve "$@"

@@ -165,13 +165,20 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 /// A progress line on stderr for work of unknown total size (bytes produced so far, elapsed time),
 /// drawn only when stderr is a terminal (and not quiet).
 pub fn bytes_progress(what: &str) -> ProgressBar {
+    bytes_progress_of(what, "written")
+}
+
+/// A spinner with `what`, bytes `done` (e.g. "read") so far and the time taken, on a terminal.
+pub fn bytes_progress_of(what: &str, done: &str) -> ProgressBar {
     if quiet() || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}: {bytes} written, {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{msg}}: {{bytes}} {done}, {{elapsed}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_message(what.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -663,12 +670,14 @@ pub async fn download(
 
 /// Downloads an object to `file` (created new, mode 0600) with parallel ranged GETs written in
 /// order, computing its md5 and sha256 in the same pass. Returns (md5, sha256) in hex.
+/// `progress` is called with (bytes written, object size) after every part.
 pub async fn download_hashed(
     ctx: &Ctx,
     bucket: &str,
     key: &str,
     file: &Path,
     cancel: &CancellationToken,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<(String, String), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -708,6 +717,7 @@ pub async fn download_hashed(
         })
         .buffered(IN_FLIGHT);
     let mut state = Some((out, Md5::new(), Sha256::new()));
+    let mut done = 0u64;
     loop {
         let next = tokio::select! {
             n = ranges.next() => n,
@@ -717,6 +727,7 @@ pub async fn download_hashed(
         };
         let Some(data) = next else { break };
         let data = data?;
+        done += data.len() as u64;
         let (mut f, mut m, mut s) = state.take().ok_or("internal error: lost state")?;
         let r = tokio::task::spawn_blocking(move || {
             f.write_all(&data)?;
@@ -728,6 +739,7 @@ pub async fn download_hashed(
         .map_err(|e| e.to_string())?
         .map_err(unwritable)?;
         state = Some(r);
+        progress(done, size);
     }
     let (f, m, s) = state.ok_or("internal error: lost state")?;
     f.sync_all().map_err(unwritable)?;

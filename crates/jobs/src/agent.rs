@@ -493,6 +493,53 @@ impl Agent {
     }
 }
 
+/// When a long step (download, mksquashfs) says how far it got in the job's log: after 2 s, then
+/// every 10 s.
+pub struct ProgressLines {
+    started: std::time::Instant,
+    next: Duration,
+}
+
+impl ProgressLines {
+    pub fn new() -> ProgressLines {
+        ProgressLines {
+            started: std::time::Instant::now(),
+            next: Duration::from_secs(2),
+        }
+    }
+
+    /// The time since the start when a line is due now, else `None`.
+    pub fn due(&mut self) -> Option<Duration> {
+        let t = self.started.elapsed();
+        (t >= self.next).then(|| {
+            self.next = t + Duration::from_secs(10);
+            t
+        })
+    }
+
+    /// A line for `done` of `total` bytes (0: unknown) of `what` at `t`.
+    pub fn line(what: &str, done: u64, total: u64, t: Duration) -> String {
+        let mib = |b: u64| b as f64 / 1_048_576.0;
+        if total > 0 {
+            format!(
+                "{what}: {:.1} of {:.1} MiB ({:.0} %, {:.0} s)",
+                mib(done),
+                mib(total),
+                done as f64 * 100.0 / total as f64,
+                t.as_secs_f64()
+            )
+        } else {
+            format!("{what}: {:.1} MiB ({:.0} s)", mib(done), t.as_secs_f64())
+        }
+    }
+}
+
+impl Default for ProgressLines {
+    fn default() -> Self {
+        ProgressLines::new()
+    }
+}
+
 /// Runs the job's pipeline; returns the process exit code.
 pub async fn run(job_id: &str, settings: Settings) -> i32 {
     let api = match Client::new(&settings.api_url, settings.token.clone()) {
@@ -739,6 +786,38 @@ async fn heartbeat(
 
 #[cfg(test)]
 mod tests {
+    use super::ProgressLines;
+
+    #[test]
+    fn progress_lines_after_2_s_then_every_10_s() {
+        let mut p = ProgressLines::new();
+        assert_eq!(p.due(), None, "not at once");
+        p.started -= std::time::Duration::from_secs(3);
+        let t = p.due().expect("after 2 s");
+        assert!(t.as_secs() >= 3);
+        assert_eq!(p.due(), None, "not again before 10 s more");
+        p.started -= std::time::Duration::from_secs(10);
+        assert!(p.due().is_some());
+        assert_eq!(
+            ProgressLines::line(
+                "downloading",
+                3 << 20,
+                12 << 20,
+                std::time::Duration::from_secs(4)
+            ),
+            "downloading: 3.0 of 12.0 MiB (25 %, 4 s)"
+        );
+        assert_eq!(
+            ProgressLines::line(
+                "mksquashfs: written",
+                5 << 19,
+                0,
+                std::time::Duration::from_secs(12)
+            ),
+            "mksquashfs: written: 2.5 MiB (12 s)"
+        );
+    }
+
     use super::*;
     use std::collections::BTreeMap;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

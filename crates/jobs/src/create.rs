@@ -219,7 +219,13 @@ async fn fetch_recipe(
     });
     let archive = dir.join("recipe.tar.gz");
     agent.say(&format!("downloading {link}"));
-    let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel).await?;
+    let mut lines = crate::agent::ProgressLines::new();
+    let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel, &mut |d, t| {
+        if let Some(at) = lines.due() {
+            agent.say(&crate::agent::ProgressLines::line("downloading", d, t, at));
+        }
+    })
+    .await?;
     match want.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
         Some(w) if !w.eq_ignore_ascii_case(&md5) => {
             return Err(format!(

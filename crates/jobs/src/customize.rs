@@ -75,7 +75,13 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let image = dir.join("image.sqsh");
     agent.say(&format!("downloading s3://{bucket}/{key}"));
     let started = std::time::Instant::now();
-    let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel).await?;
+    let mut lines = crate::agent::ProgressLines::new();
+    let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel, &mut |d, t| {
+        if let Some(at) = lines.due() {
+            agent.say(&crate::agent::ProgressLines::line("downloading", d, t, at));
+        }
+    })
+    .await?;
     let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     agent.say(&format!(
         "downloaded {size} bytes in {:.2} s; md5 {md5}, sha256 {sha256}",

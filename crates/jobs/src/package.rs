@@ -78,17 +78,16 @@ pub async fn package(
     // Progress in the job's log while it runs (a large root takes minutes): the image's bytes
     // written so far, after 2 s and then every 10 s.
     let log = agent.log.clone();
-    let mut next = std::time::Duration::from_secs(2);
+    let mut lines = crate::agent::ProgressLines::new();
     let squash = tokio::task::spawn_blocking(move || {
         ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| {
-            let t = started.elapsed();
-            if t >= next {
-                log.line(&format!(
-                    "mksquashfs: {:.1} MiB written ({:.0} s)",
-                    b as f64 / 1_048_576.0,
-                    t.as_secs_f64()
+            if let Some(t) = lines.due() {
+                log.line(&crate::agent::ProgressLines::line(
+                    "mksquashfs: written",
+                    b,
+                    0,
+                    t,
                 ));
-                next = t + std::time::Duration::from_secs(10);
             }
         })
     });

@@ -428,12 +428,23 @@ fn clean_dest(dest_dir: &Path, created: bool) {
 /// nodes, hard and symbolic links. The image's `/` is 0755 root:root. On any error (corrupt archive, unsafe
 /// member, tool failure) no `dest_file` is left behind.
 pub fn tar_to_squashfs(archive: &Path, dest_file: &Path, opts: &SquashfsOptions) -> Result<()> {
+    tar_to_squashfs_with_progress(archive, dest_file, opts, &mut |_| {})
+}
+
+/// [`tar_to_squashfs`], calling `progress` with the bytes of the (uncompressed) tar stream read
+/// so far, every 250 ms at most, for a progress bar.
+pub fn tar_to_squashfs_with_progress(
+    archive: &Path,
+    dest_file: &Path,
+    opts: &SquashfsOptions,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<()> {
     let format = detect_format(archive)?;
     if format == ArchiveFormat::Tar {
         check_plain_tar_end(archive)?;
     }
     check_dest_file(dest_file)?;
-    let result = tar_to_squashfs_inner(archive, format, dest_file, opts);
+    let result = tar_to_squashfs_inner(archive, format, dest_file, opts, progress);
     if result.is_err() {
         let _ = fs::remove_file(dest_file);
     }
@@ -476,6 +487,7 @@ fn tar_to_squashfs_inner(
     format: ArchiveFormat,
     dest_file: &Path,
     opts: &SquashfsOptions,
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<()> {
     let action = format!(
         "converting {} into {}",
@@ -540,11 +552,18 @@ fn tar_to_squashfs_inner(
     // mksquashfs writes nothing useful on stdout with -quiet; drain it anyway so that it cannot block.
     let squash_stdout = squasher.child.stdout.take().map(drain);
 
+    let mut counted = Counted {
+        inner: &mut source,
+        read: 0,
+        reported: std::time::Instant::now(),
+        progress,
+    };
     let copy = tee(
-        &mut source,
+        &mut counted,
         lister.child.stdin.take(),
         squasher.child.stdin.take(),
     );
+    (counted.progress)(counted.read);
     drop(source);
     let squasher_stopped_early = matches!(copy, Err((Side::Squasher, _)));
     if copy.is_err() {
@@ -617,6 +636,26 @@ fn tar_to_squashfs_inner(
         return Err(io_err("cannot read the archive", archive)(e));
     }
     Ok(())
+}
+
+/// A reader that reports how much has been read (every 250 ms at most).
+struct Counted<'a> {
+    inner: &'a mut (dyn Read + Send),
+    read: u64,
+    reported: std::time::Instant,
+    progress: &'a mut (dyn FnMut(u64) + Send),
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.reported.elapsed() >= std::time::Duration::from_millis(250) {
+            self.reported = std::time::Instant::now();
+            (self.progress)(self.read);
+        }
+        Ok(n)
+    }
 }
 
 fn tar_list_command_stdin() -> Command {

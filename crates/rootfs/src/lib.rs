@@ -40,7 +40,7 @@ pub mod kernel;
 pub mod squashfs;
 mod tool;
 
-pub use archive::{ArchiveFormat, tar_to_squashfs, unpack};
+pub use archive::{ArchiveFormat, tar_to_squashfs, tar_to_squashfs_with_progress, unpack};
 pub use error::{Result, RootfsError};
 pub use kernel::{BootFiles, find_boot_artifacts};
 pub use squashfs::{

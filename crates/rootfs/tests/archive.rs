@@ -383,3 +383,42 @@ fn hard_links_out_of_the_archive_are_refused() {
         assert!(!image.exists(), "{name}: an image was left behind");
     }
 }
+
+/// Converting an archive reports the tar stream read so far: growing, ending at the whole stream
+/// (a plain tar's size; more than a compressed one's), and the image is the same as without.
+#[test]
+fn conversion_progress_is_the_tar_stream_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).expect("mkdir");
+    for i in 0..64 {
+        fs::write(root.join(format!("f{i}")), vec![i as u8; 64 * 1024]).expect("write");
+    }
+    for (name, compression) in [("p.tar", None), ("p.tar.zst", Some("--zstd"))] {
+        let archive = tmp.path().join(name);
+        make_archive(&root, &archive, compression);
+        let image = tmp.path().join(format!("{name}.sqsh"));
+        let mut seen = vec![];
+        ims_rootfs::tar_to_squashfs_with_progress(
+            &archive,
+            &image,
+            &SquashfsOptions::default(),
+            &mut |b| seen.push(b),
+        )
+        .expect("convert");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        let last = *seen.last().expect("reported at the end");
+        let size = fs::metadata(&archive).expect("archive").len();
+        if compression.is_none() {
+            assert_eq!(last, size, "{seen:?}");
+        } else {
+            assert!(last > size && last > 64 * 64 * 1024, "{last} vs {size}");
+        }
+        let out = tmp.path().join(format!("{name}.out"));
+        ims_rootfs::unsquashfs(&image, &out).expect("unsquashfs");
+        assert_eq!(
+            fs::read(out.join("f9")).expect("read"),
+            vec![9u8; 64 * 1024]
+        );
+    }
+}

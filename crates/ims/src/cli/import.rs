@@ -224,10 +224,17 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
                 );
             }
             let (src, dst) = (rootfs.clone(), out.clone());
+            // The archive's (uncompressed) tar stream read so far, on a terminal.
+            let bar = ims_client::s3::bytes_progress_of("converting", "of tar read");
+            let shown = bar.clone();
             blocking(move || {
-                ims_rootfs::tar_to_squashfs(&src, &dst, &opts).map_err(|e| e.to_string())
+                ims_rootfs::tar_to_squashfs_with_progress(&src, &dst, &opts, &mut |b| {
+                    shown.set_position(b)
+                })
+                .map_err(|e| e.to_string())
             })
             .await?;
+            bar.finish_and_clear();
             out
         }
     };
