@@ -213,14 +213,8 @@ pub(crate) async fn follow_log(
 /// ones will be; `--format json` keeps the record as the server sent it, as `cray` prints it.
 fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let c = client(g)?;
-    let mut job = ims_client::s3::runtime()?
-        .block_on(c.create(Resource::Jobs, body))
-        .map_err(|e| e.to_string())?;
-    let id = job
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let (mut job, id) =
+        ims_client::s3::runtime()?.block_on(create_record(&c, Resource::Jobs, body))?;
     let mut pending = false;
     if let Some(containers) = job.get_mut("ssh_containers").and_then(Value::as_array_mut) {
         for ct in containers {
@@ -250,15 +244,7 @@ fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, Str
 fn create_job_and_wait(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let c = client(g)?;
     let job = ims_client::s3::runtime()?.block_on(async {
-        let job = c
-            .create(Resource::Jobs, body)
-            .await
-            .map_err(|e| e.to_string())?;
-        let id = job
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or("the server's answer has no job id")?
-            .to_string();
+        let (_, id) = create_record(&c, Resource::Jobs, body).await?;
         let mut shown = String::new();
         loop {
             let job = c
@@ -285,6 +271,17 @@ fn create_job_and_wait(body: &Value, g: &Globals, format: Format) -> Result<Exit
         Some("error") => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// Creates a record; the server's answer and the new record's id.
+async fn create_record(c: &Client, r: Resource, body: &Value) -> Result<(Value, String), String> {
+    let v = c.create(r, body).await.map_err(|e| e.to_string())?;
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("the server's answer has no {} id", kind_of(r).0))?
+        .to_string();
+    Ok((v, id))
 }
 
 /// A failure that a server restart explains: no connection, a broken one, or a gateway's or

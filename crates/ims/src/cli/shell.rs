@@ -7,7 +7,7 @@
 //! leaves the job for `ims jobs complete|fail|delete`.
 
 use super::args::ShellArgs;
-use super::{Format, Globals, by_id_or_name, client, follow_log, print};
+use super::{Format, Globals, by_id_or_name, client, create_record, follow_log, print};
 use ims_client::{Client, Resource};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -211,15 +211,7 @@ async fn prepare(
         "image_root_archive_name": name,
         "ssh_containers": [{"name": "customize", "jail": !a.no_jail}],
     });
-    let job = c
-        .create(Resource::Jobs, &body)
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = job
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or("the server's answer has no job id")?
-        .to_string();
+    let (_, id) = create_record(c, Resource::Jobs, &body).await?;
     say(&format!(
         "job {id} customizes image {image_id} ({}) into a new image {name:?}; Ctrl-C leaves the job",
         if a.no_jail { "not jailed" } else { "jailed" }
@@ -261,18 +253,12 @@ async fn public_key_record(
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let k = c
-        .create(
-            Resource::PublicKeys,
-            &json!({"name": format!("{user}@{host}"), "public_key": line}),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = k
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or("the server's answer has no public key id")?
-        .to_string();
+    let (_, id) = create_record(
+        c,
+        Resource::PublicKeys,
+        &json!({"name": format!("{user}@{host}"), "public_key": line}),
+    )
+    .await?;
     say(&format!(
         "registered {} as public key {id}",
         pub_path.display()
