@@ -333,3 +333,80 @@ async fn a_slow_request_body_outlasts_the_timeouts() {
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     assert!(closed_within(&mut c, Duration::from_secs(3)).is_some());
 }
+
+/// `ims jobs logs --follow` polls the log (every second while nothing is new) on one kept-alive
+/// connection: with a header timeout of 1 s and an idle timeout of 3 s it follows a job for
+/// longer than both, without a dropped connection, every line once, until the job ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_logs_follow_outlasts_the_timeouts() {
+    const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("job.key");
+    std::fs::write(&key, KEY_HEX).unwrap();
+    let s = with(builder(Db::Sqlite).await, "1", "3", "100")
+        .env("IMS_JOB_TOKEN_KEY_FILE", key.to_str().unwrap())
+        .start()
+        .await;
+    let link = s.put_image_artifacts("img");
+    let img = s
+        .post(
+            "/v3/images",
+            &serde_json::json!({"name": "i", "link": link}),
+        )
+        .await
+        .ok(201);
+    let pk = s
+        .post(
+            "/v3/public-keys",
+            &serde_json::json!({"name": "k", "public_key": common::PUBLIC_KEY}),
+        )
+        .await
+        .ok(201);
+    let job = s
+        .post(
+            "/v3/jobs",
+            &serde_json::json!({"job_type": "customize", "artifact_id": img["id"],
+                "public_key_id": pk["id"], "image_root_archive_name": "x"}),
+        )
+        .await
+        .ok(201);
+    let jid = job["id"].as_str().unwrap().to_string();
+    let token = common::job_token(KEY_HEX, &jid);
+    let follow = common::Cli::of(&s)
+        .command(&["jobs", "logs", &jid, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A line every 1.5 s for 6 s: the follower waits a second between polls, two or three polls
+    // per line, on the same connection.
+    for seq in 0..4u64 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let r = s
+            .client
+            .post(format!("{}/v3/jobs/{jid}/log?seq={seq}", s.url))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body(format!("line {seq}\n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    s.patch(
+        &format!("/v3/jobs/{jid}"),
+        &serde_json::json!({"status": "success"}),
+    )
+    .await
+    .ok(200);
+    let out = tokio::task::spawn_blocking(move || follow.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "line 0\nline 1\nline 2\nline 3\n", "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+}
