@@ -3,10 +3,10 @@
 //! server's connections bounded:
 //!
 //! * **Connection limit** ([`Limits::max_connections`], per listener): at the limit the listener
-//!   stops accepting. New connections wait in the kernel's listen backlog (their TCP handshake is
-//!   done, they cost the server no file descriptor) and are accepted, oldest first, as others
-//!   close; beyond the backlog the kernel drops their SYNs and clients retry. Nothing is refused
-//!   by the server itself.
+//!   stops accepting. New connections wait in the kernel's listen backlog ([`bind`]: their TCP
+//!   handshake is done, they cost the server no file descriptor) and are accepted, oldest first,
+//!   as others close; beyond the backlog the kernel drops their SYNs and clients retry. Nothing is
+//!   refused by the server itself.
 //! * **Header-read timeout** ([`Limits::header_timeout`]): a new connection must send a complete
 //!   request head within this time of being accepted, and a request that starts on a kept-alive
 //!   connection must complete its head within this time of its first byte (slowloris).
@@ -56,6 +56,23 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// After the shutdown signal, a connection with no request in flight is closed once it has
 /// written nothing for this long (hyper may still be flushing the end of a response).
 const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+
+/// The listen backlog [`bind`] asks for (the kernel caps it at `net.core.somaxconn`): how many
+/// connections can wait, handshake done, while the listener is at its connection limit.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` (address reuse, as the standard library's) with a backlog of
+/// [`LISTEN_BACKLOG`] instead of the standard 128.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
+}
 
 /// The connection rules of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -162,8 +162,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 creds.clone(),
             )
             .context("cannot start the built-in S3 endpoint")?;
-            let listener = tokio::net::TcpListener::bind(cfg.s3_listen)
-                .await
+            let listener = ims_http::bind(cfg.s3_listen)
                 .with_context(|| format!("cannot listen on {} (S3 endpoint)", cfg.s3_listen))?;
             let addr = listener.local_addr()?;
             // On this host (`ims s3-credentials`, the log) the endpoint is reachable on loopback
@@ -210,9 +209,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         Some(meta) => artifacts.with_events(Arc::new(S3MetadataEvents(meta))),
         None => artifacts,
     });
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener =
+        ims_http::bind(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState::new(AppParts {
         store: store.clone(),
