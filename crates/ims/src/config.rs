@@ -36,6 +36,20 @@ pub struct FileConfig {
     pub remote_build_nodes: NodesFile,
     #[serde(default)]
     pub auth: AuthFile,
+    #[serde(default)]
+    pub http: HttpFile,
+}
+
+/// `[http]`: the connection rules of both listeners (API and built-in S3 endpoint).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// A connection must send a complete request head within this time (e.g. `30s`).
+    pub header_timeout: Option<String>,
+    /// A connection with no request in flight is closed after this time (e.g. `60s`).
+    pub idle_timeout: Option<String>,
+    /// Connections each listener serves at once; more wait in the listen backlog.
+    pub max_connections: Option<u64>,
 }
 
 /// `[auth]`: API access.
@@ -158,7 +172,22 @@ pub struct Config {
     /// Settings handed to job agents (`IMS_AGENT_*`).
     pub agent_env: Vec<(String, String)>,
     pub job_token_key_file: PathBuf,
+    /// The connection rules of both listeners.
+    pub http: HttpConfig,
 }
+
+/// The connection rules of both listeners (`ims_http::Limits`, once the connection limit is
+/// known).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpConfig {
+    pub header_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    /// `None`: derived from the open-file limit at start-up (`ims_http::default_max_connections`).
+    pub max_connections: Option<usize>,
+}
+
+/// The largest connection limit accepted.
+pub const MAX_CONNECTIONS_LIMIT: u64 = 1_000_000;
 
 impl Config {
     /// Whether the API listens beyond loopback without an administrator token.
@@ -822,6 +851,45 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         .map(|(_, v)| PathBuf::from(v))
         .or(file.auth.job_token_key_file.clone())
         .unwrap_or_else(|| data_dir.join("job-token.key"));
+    let http = HttpConfig {
+        header_timeout: match env.get(&["IMS_HTTP_HEADER_TIMEOUT"]).or_else(|| {
+            file.http
+                .header_timeout
+                .clone()
+                .map(|v| ("http.header_timeout".to_string(), v))
+        }) {
+            Some((n, v)) => parse_duration(&n, &v)?,
+            None => ims_http::DEFAULT_HEADER_TIMEOUT,
+        },
+        idle_timeout: match env.get(&["IMS_HTTP_IDLE_TIMEOUT"]).or_else(|| {
+            file.http
+                .idle_timeout
+                .clone()
+                .map(|v| ("http.idle_timeout".to_string(), v))
+        }) {
+            Some((n, v)) => parse_duration(&n, &v)?,
+            None => ims_http::DEFAULT_IDLE_TIMEOUT,
+        },
+        max_connections: match env.get(&["IMS_HTTP_MAX_CONNECTIONS"]).or_else(|| {
+            file.http
+                .max_connections
+                .map(|v| ("http.max_connections".to_string(), v.to_string()))
+        }) {
+            Some((n, v)) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|c| (1..=MAX_CONNECTIONS_LIMIT).contains(c))
+                    .ok_or_else(|| {
+                        err(
+                            &n,
+                            format!("{v:?} is not a number of connections (1 to {MAX_CONNECTIONS_LIMIT})"),
+                        )
+                    })? as usize,
+            ),
+            None => None,
+        },
+    };
 
     Ok(Config {
         listen,
@@ -839,6 +907,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         agent_api_url,
         agent_env,
         job_token_key_file,
+        http,
     })
 }
 
@@ -901,6 +970,49 @@ mod tests {
             e.push((k, v));
             let msg = load(&Flags::default(), &env(&e)).unwrap_err().to_string();
             assert!(msg.contains(k), "{k}={v}: {msg}");
+        }
+    }
+
+    #[test]
+    fn http_connection_rules() {
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.http.header_timeout, ims_http::DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(c.http.idle_timeout, ims_http::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.http.max_connections, None);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[http]\nheader_timeout = \"5s\"\nidle_timeout = \"2m\"\nmax_connections = 50\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(f),
+            ..Default::default()
+        };
+        let c = load(&flags, &env(&[])).unwrap();
+        assert_eq!(c.http.header_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.http.idle_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(c.http.max_connections, Some(50));
+        let c = load(
+            &flags,
+            &env(&[
+                ("IMS_HTTP_HEADER_TIMEOUT", "7"),
+                ("IMS_HTTP_IDLE_TIMEOUT", "90s"),
+                ("IMS_HTTP_MAX_CONNECTIONS", "20"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.header_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(c.http.idle_timeout, std::time::Duration::from_secs(90));
+        assert_eq!(c.http.max_connections, Some(20));
+        for (k, v) in [
+            ("IMS_HTTP_HEADER_TIMEOUT", "0"),
+            ("IMS_HTTP_IDLE_TIMEOUT", "soon"),
+            ("IMS_HTTP_MAX_CONNECTIONS", "0"),
+            ("IMS_HTTP_MAX_CONNECTIONS", "many"),
+        ] {
+            assert_eq!(load(&flags, &env(&[(k, v)])).unwrap_err().setting, k);
         }
     }
 

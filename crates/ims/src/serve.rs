@@ -108,9 +108,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// How long in-flight requests may run on after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 pub async fn run(cfg: Config) -> Result<()> {
     if let Some(why) = cfg.exposure_problem() {
         bail!(why);
@@ -123,6 +120,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
     }
     let (store, _lock) = open_store(&cfg).await?;
+    let limits = connection_limits(&cfg);
     let backend = match &cfg.s3 {
         Some(s3) => Backend::S3(s3.clone()),
         None => Backend::Local {
@@ -164,8 +162,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 creds.clone(),
             )
             .context("cannot start the built-in S3 endpoint")?;
-            let listener = tokio::net::TcpListener::bind(cfg.s3_listen)
-                .await
+            let listener = ims_http::bind(cfg.s3_listen)
                 .with_context(|| format!("cannot listen on {} (S3 endpoint)", cfg.s3_listen))?;
             let addr = listener.local_addr()?;
             // On this host (`ims s3-credentials`, the log) the endpoint is reachable on loopback
@@ -192,7 +189,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                     cfg.data_dir.display()
                 )
             })?;
-            let task = tokio::spawn(ims_s3::serve(listener, svc, async move {
+            let task = tokio::spawn(ims_s3::serve(listener, svc, limits, async move {
                 let _ = stop_s3_rx.await;
             }));
             (
@@ -212,9 +209,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         Some(meta) => artifacts.with_events(Arc::new(S3MetadataEvents(meta))),
         None => artifacts,
     });
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener =
+        ims_http::bind(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState::new(AppParts {
         store: store.clone(),
@@ -276,29 +272,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         if cfg.s3.is_some() { "s3" } else { "local" }
     );
     // On SIGTERM/SIGINT stop accepting and let in-flight requests finish, but only for
-    // SHUTDOWN_GRACE: a stalled client must not keep the process alive.
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state).into_make_service()).with_graceful_shutdown(
-        async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            let _ = stopping_tx.send(());
-        },
-    );
-    let deadline = async move {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        r = server => r.context("server error")?,
-        _ = deadline => tracing::warn!(
-            "requests still in flight after {} s; stopping anyway",
-            SHUTDOWN_GRACE.as_secs()
-        ),
-    }
+    // ims_http::SHUTDOWN_GRACE: a stalled client must not keep the process alive.
+    let service = ims_http::TowerToHyperService::new(router(state));
+    ims_http::serve(listener, service, limits, "API", async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await
+    .context("server error")?;
     reconciler.abort();
     sweeper.abort();
     let _ = stop_s3.send(());
@@ -313,7 +294,40 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// How long STS credentials are valid (the CSM STS default is one hour).
+/// The connection rules of both listeners. The soft open-file limit is raised to the hard one
+/// first; the default connection limit is derived from it.
+fn connection_limits(cfg: &Config) -> ims_http::Limits {
+    let nofile = match ims_http::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let max_connections = cfg
+        .http
+        .max_connections
+        .unwrap_or_else(|| ims_http::default_max_connections(nofile));
+    // Two listeners, and an S3 connection may hold a file open besides its socket.
+    if (max_connections as u64).saturating_mul(4) + ims_http::RESERVED_FDS > nofile {
+        tracing::warn!(
+            "IMS_HTTP_MAX_CONNECTIONS {max_connections} per listener may exhaust the open-file \
+             limit ({nofile}); raise `ulimit -n` (LimitNOFILE=) or lower the setting"
+        );
+    }
+    tracing::info!(
+        "connections: at most {max_connections} per listener, request head within {} s, closed \
+         after {} s without a request (open-file limit {nofile})",
+        cfg.http.header_timeout.as_secs(),
+        cfg.http.idle_timeout.as_secs()
+    );
+    ims_http::Limits {
+        header_timeout: cfg.http.header_timeout,
+        idle_timeout: cfg.http.idle_timeout,
+        max_connections,
+    }
+}
+
 /// The configured job executor.
 fn executor(
     cfg: &Config,
@@ -370,6 +384,7 @@ fn executor(
     })
 }
 
+/// How long STS credentials are valid (the CSM STS default is one hour).
 const STS_TTL: Duration = Duration::from_secs(3600);
 
 /// An external S3 store that refuses the configured keys stops start-up with one clear line (a

@@ -32,7 +32,7 @@ async fn main() -> std::io::Result<()> {
     println!("export AWS_ENDPOINT_URL=http://{}", listener.local_addr()?);
     println!("export AWS_ACCESS_KEY_ID={}", root_creds.access_key);
     println!("export AWS_SECRET_ACCESS_KEY={}", root_creds.secret_key);
-    ims_s3::serve(listener, svc, async {
+    ims_s3::serve(listener, svc, ims_s3::Limits::default(), async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await

@@ -54,6 +54,7 @@ mod store;
 mod util;
 
 pub use creds::{CredentialStore, Credentials};
+pub use ims_http::Limits;
 
 use s3s::config::StaticConfigProvider;
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -62,7 +63,6 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Where the endpoint keeps things.
 #[derive(Debug, Clone)]
@@ -138,59 +138,23 @@ impl ObjectMetadata {
     }
 }
 
-/// How long [`serve`] waits for in-flight requests after `shutdown` resolved.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Slow-loris guard: a client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Serves `svc` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then stops accepting,
-/// lets in-flight requests finish for up to 10 s and returns.
+/// Serves `svc` on `listener` (HTTP/1.1 and h2c) under `limits` (connection limit, header-read
+/// and idle timeouts: [`ims_http`], the same rules as the API's) until `shutdown` resolves, then
+/// stops accepting, lets in-flight requests finish for up to 10 s and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     svc: S3Service,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::server::graceful::GracefulShutdown;
-
-    let mut http = Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((sock, _peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let svc = conn::CloseUnreadBodies(svc.clone());
-                    let conn = http.serve_connection(TokioIo::new(sock), svc).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "S3 connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "S3 endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("S3 endpoint: requests still running after the shutdown grace period");
-    }
-    Ok(())
+    ims_http::serve(
+        listener,
+        conn::CloseUnreadBodies(svc),
+        limits,
+        "S3 endpoint",
+        shutdown,
+    )
+    .await
 }
 
 /// Runs blocking file-system work off the async threads.

@@ -386,7 +386,7 @@ async fn sts_token(
 
 /// The complete HTTP application. The layers wrap the finished router once (they are not copied
 /// into every route), and the state is applied here, so a new connection costs a reference count.
-/// Serve it with `into_make_service()`.
+/// `ims serve` serves it with `ims_http::serve` (as a `TowerToHyperService`).
 pub fn router(st: AppState) -> Router {
     let limit = st.cfg.max_body_bytes;
     let tree = api_tree();

@@ -113,9 +113,14 @@ pub async fn start() -> Option<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ims_s3::serve(listener, svc, async move {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(ims_s3::serve(
+        listener,
+        svc,
+        ims_s3::Limits::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let temp = creds.issue(Duration::from_secs(600));
     Some(Server {
         addr,
