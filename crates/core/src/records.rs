@@ -545,6 +545,13 @@ pub struct JobRun {
     /// Log bytes received so far.
     #[serde(default)]
     pub log_bytes: u64,
+    /// The id the job's new image gets, chosen by the server the first time the agent asks for
+    /// S3 credentials (they may write only under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// When the job reached `success` or `error` (its token's grace period counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Timestamp>,
 }
 
 impl Record for JobRun {

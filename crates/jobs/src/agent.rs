@@ -682,6 +682,10 @@ async fn heartbeat(
         match answer {
             Ok(v) => {
                 warned = false;
+                // Job tokens expire: every answer carries a fresh one while the job runs.
+                if let Some(t) = v.get("token").and_then(|t| t.as_str()) {
+                    api.set_token(t.to_string());
+                }
                 let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
                 if matches!(status, "success" | "error") && !cancel.is_cancelled() {
                     // Only this agent sets success, and only as its last step.

@@ -126,7 +126,15 @@ pub async fn package(
             file: p,
         });
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    // The server chooses the new image's id (the job's S3 credentials may write only under it);
+    // a server that does not say (an older one) leaves the choice to the agent.
+    let (id, bucket) = match &ctx.job {
+        Some(j) => (j.image_id.clone(), j.bucket.clone()),
+        None => (
+            uuid::Uuid::new_v4().to_string(),
+            agent.settings.boot_images_bucket.clone(),
+        ),
+    };
     let img = NewImage {
         id: &id,
         name: &job.image_root_archive_name,
@@ -135,7 +143,6 @@ pub async fn package(
     };
     let log = agent.log.clone();
     let say = move |l: &str| log.line(l);
-    let bucket = agent.settings.boot_images_bucket.clone();
     let mut sent = vec![];
     match publish(
         ctx,
