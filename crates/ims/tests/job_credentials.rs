@@ -530,6 +530,16 @@ async fn a_customize_jobs_token_and_credentials_reach_only_its_job() {
     call(&s, Some(&ta), "GET", &format!("/v3/images/{new}"), None)
         .await
         .ok(200);
+    // Its result can only be that image.
+    call(
+        &s,
+        Some(&ta),
+        "PATCH",
+        &format!("/v3/jobs/{a}"),
+        Some(json!({"resultant_image_id": other})),
+    )
+    .await
+    .problem(403, false);
     call(
         &s,
         Some(&ta),

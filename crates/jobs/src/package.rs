@@ -2,7 +2,8 @@
 //! (the job's names when they are not the defaults, else [`ims_rootfs::find_boot_artifacts`]'s
 //! rule), the kernel parameters file if present, `mksquashfs` of the image root outside it, then
 //! [`ims_client::publish`]: uploaded with md5 and sha256 computed while sending, manifest, and
-//! the new image registered last (named `image_root_archive_name`). Nothing stays registered or
+//! the new image registered last (named `image_root_archive_name`, with the id the server chose in
+//! the STS answer: the job's credentials may write only below it). Nothing stays registered or
 //! uploaded when it fails.
 
 use crate::agent::Agent;

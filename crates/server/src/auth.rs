@@ -253,6 +253,8 @@ async fn job_request_allowed(
         .map_err(store_error)?
         .map(|v| v.record)
     else {
+        // The agent recognises "its token is void" (it stops instead of waiting for a server that
+        // may come back): keep the words.
         return Err(problem_response(Problem::new(
             401,
             format!("Job {id} no longer exists: its token is void."),

@@ -199,7 +199,13 @@ fn jobs() -> Router<AppState> {
                 get_raw(&*st.store, Table::Jobs, &id).await
             })
             .patch(
-                |State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
+                |State(st): St,
+                 caller: Option<Extension<Caller>>,
+                 IdPath(id): IdPath,
+                 body: JsonBody| async move {
+                    if let Some(Extension(Caller::Job(_))) = &caller {
+                        service::job_creds::check_result(&st, &id, body.as_ref()).await?;
+                    }
                     json(StatusCode::OK, &j::patch(&st, &id, body.as_ref()).await?)
                 },
             )

@@ -41,34 +41,22 @@ pub async fn image_id(st: &AppState, job: &Job) -> ApiResult<String> {
         .ok_or_else(|| Problem::internal("The job's image id was not recorded.").into())
 }
 
-/// What the job may touch in S3.
+/// What the job may touch in S3. A source that is gone by now (deleted while a customize session
+/// ran: packaging needs only the write grant) grants nothing to read.
 pub async fn scope(st: &AppState, job: &Job, image_id: &str) -> ApiResult<JobScope> {
-    let gone = |what: &str| {
-        Problem::new(
-            409,
-            format!(
-                "The {what} {} of job {} no longer exists.",
-                job.artifact_id, job.id
-            ),
-        )
-    };
     let mut read = vec![];
     if job.job_type == "create" {
-        let recipe = ims_store::get::<Recipe>(&*st.store, &job.artifact_id)
-            .await?
-            .ok_or_else(|| gone("recipe"))?
-            .record;
-        if let Some(link) = &recipe.link {
-            let loc = location(link)?;
+        let recipe = ims_store::get::<Recipe>(&*st.store, &job.artifact_id).await?;
+        if let Some(link) = recipe.and_then(|r| r.record.link)
+            && let Ok(loc) = location(&link)
+        {
             read.push((loc.bucket, loc.key));
         }
     } else {
-        let image = ims_store::get::<Image>(&*st.store, &job.artifact_id)
-            .await?
-            .ok_or_else(|| gone("image"))?
-            .record;
-        if let Some(link) = &image.link {
-            let loc = location(link)?;
+        let image = ims_store::get::<Image>(&*st.store, &job.artifact_id).await?;
+        if let Some(link) = image.and_then(|i| i.record.link)
+            && let Ok(loc) = location(&link)
+        {
             if let ManifestRead::Json(v) = read_manifest(st, &loc).await? {
                 for e in manifest_entries(&v) {
                     read.push((e.loc.bucket, e.loc.key));
@@ -130,6 +118,25 @@ pub async fn check_registration(
         return Err(refuse(format!("its manifest must be below {prefix}")));
     }
     Ok(())
+}
+
+/// `PATCH /jobs/{id}` from the job's own agent: a `resultant_image_id` must be the image the server
+/// chose for it (403 otherwise).
+pub async fn check_result(st: &AppState, job_id: &str, body: Option<&Value>) -> ApiResult<()> {
+    let Some(given) = body.and_then(|b| b.get("resultant_image_id")) else {
+        return Ok(());
+    };
+    let want = ims_store::get::<JobRun>(&*st.store, job_id)
+        .await?
+        .and_then(|r| r.record.image_id);
+    if want.is_some() && given.as_str() == want.as_deref() {
+        return Ok(());
+    }
+    Err(Problem::new(
+        403,
+        format!("Job {job_id} may record only its own new image as its result."),
+    )
+    .into())
 }
 
 /// The job reached `success` or `error`: records when (once) and revokes its S3 credentials.
