@@ -188,7 +188,9 @@ pub struct Client {
     http: reqwest::Client,
     /// `<base>/apis/ims`, without a trailing slash.
     root: Url,
-    token: Option<String>,
+    /// Shared by the clones of this client, so that a renewed token (a job agent's) reaches
+    /// every one of them.
+    token: std::sync::Arc<std::sync::RwLock<Option<String>>>,
     /// Called with every request about to be sent (the CLI's `-v`).
     trace: Option<fn(&Method, &Url)>,
 }
@@ -230,7 +232,7 @@ impl Client {
         Ok(Client {
             http,
             root,
-            token: token.filter(|t| !t.is_empty()),
+            token: std::sync::Arc::new(std::sync::RwLock::new(token.filter(|t| !t.is_empty()))),
             trace: None,
         })
     }
@@ -248,10 +250,23 @@ impl Client {
         }
         let shown = url.to_string();
         let mut req = self.http.request(method, url);
-        if let Some(t) = &self.token {
+        if let Some(t) = self.token() {
             req = req.bearer_auth(t);
         }
         (shown, req)
+    }
+
+    /// The bearer token sent.
+    pub fn token(&self) -> Option<String> {
+        self.token.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Sends `token` from now on, from this client and all its clones (a job agent's renewed
+    /// token).
+    pub fn set_token(&self, token: String) {
+        if let Ok(mut t) = self.token.write() {
+            *t = Some(token).filter(|t| !t.is_empty());
+        }
     }
 
     /// The URL of `/apis/ims/<segments...>`; each segment is percent-encoded on its own.

@@ -44,6 +44,16 @@ pub struct Creds {
 pub struct Ctx {
     pub client: Client,
     pub creds: Creds,
+    /// For a job's agent: the image the credentials are for (STS's `ImsJob`).
+    pub job: Option<JobImage>,
+}
+
+/// What STS tells a job's agent along with its credentials: the id its new image is to have and
+/// the bucket it goes to (the credentials may write only below `<bucket>/<image_id>/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobImage {
+    pub image_id: String,
+    pub bucket: String,
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -83,7 +93,13 @@ impl Ctx {
             token: field("SessionToken").unwrap_or_default(),
             endpoint: field("EndpointURL").ok_or_else(|| missing("EndpointURL"))?,
         };
-        Ok(Ctx { client, creds })
+        let job = v.get("ImsJob").and_then(|j| {
+            Some(JobImage {
+                image_id: j.get("ImageId")?.as_str()?.to_string(),
+                bucket: j.get("Bucket")?.as_str()?.to_string(),
+            })
+        });
+        Ok(Ctx { client, creds, job })
     }
 
     pub fn store(&self, bucket: &str) -> Result<Arc<AmazonS3>, String> {

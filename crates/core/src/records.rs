@@ -548,6 +548,13 @@ pub struct JobRun {
     /// The public host key of the job's sshd, as its agent reported it (clients pin it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// The id the job's new image gets, chosen by the server the first time the agent asks for
+    /// S3 credentials (they may write only under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// When the job reached `success` or `error` (its token's grace period counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Timestamp>,
 }
 
 impl Record for JobRun {

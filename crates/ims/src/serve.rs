@@ -453,7 +453,42 @@ struct EmbeddedIssuer {
 
 impl StsIssuer for EmbeddedIssuer {
     fn issue(&self, host: Option<&str>) -> StsCredentials {
-        let c = self.creds.issue(STS_TTL);
+        self.answer(self.creds.issue(STS_TTL), host)
+    }
+
+    /// A job's credentials may read its source objects and write below its new image's prefix,
+    /// nothing else; they are revoked when the job ends or is deleted.
+    fn issue_for_job(
+        &self,
+        host: Option<&str>,
+        scope: &ims_server::sts::JobScope,
+    ) -> StsCredentials {
+        let mut policy = ims_s3::Policy::new(&scope.job_id);
+        for (bucket, key) in &scope.read {
+            policy = policy.read_object(bucket, key);
+        }
+        policy = policy.write_prefix(&scope.write_bucket, &scope.write_prefix);
+        self.answer(self.creds.issue_with(STS_TTL, Some(policy)), host)
+    }
+
+    fn confines_jobs(&self) -> bool {
+        true
+    }
+
+    fn revoke_job(&self, job_id: &str) {
+        let n = self.creds.revoke_owner(job_id);
+        if n > 0 {
+            tracing::debug!(
+                job = job_id,
+                revoked = n,
+                "revoked the job's S3 credentials"
+            );
+        }
+    }
+}
+
+impl EmbeddedIssuer {
+    fn answer(&self, c: ims_s3::Credentials, host: Option<&str>) -> StsCredentials {
         StsCredentials {
             access_key_id: c.access_key,
             secret_access_key: c.secret_key,

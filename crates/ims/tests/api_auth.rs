@@ -1,6 +1,6 @@
 //! Who may call the API: the optional administrator token (`IMS_API_TOKEN`) and the job agents'
-//! tokens (`ims-job.<job-id>.<hex HMAC-SHA256(key, "ims job token\0" + job-id)>`), which can act on
-//! their own job only.
+//! tokens (`ims-job.<job-id>.<expiry>.<hex HMAC-SHA256(key, "ims job token v2\0" + job-id + "\0" +
+//! expiry)>`), which can act on their own live job only.
 
 mod common;
 use common::*;
@@ -8,8 +8,6 @@ use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const J: &str = "11111111-1111-4111-8111-111111111111";
-const K: &str = "22222222-2222-4222-8222-222222222222";
 
 /// A job token as the server issues it under the test key.
 fn job_token(job: &str) -> String {
@@ -58,47 +56,97 @@ async fn server(admin: Option<&str>) -> (Server, tempfile::TempDir) {
     (b.start().await, dir)
 }
 
+/// A customize job on a new image (records only: the API tests run no agents), created with
+/// `admin`'s token; returns (job id, image id, public key id).
+async fn job_of(s: &Server, admin: Option<&str>, dir: &str) -> (String, String, String) {
+    let link = s.put_image_artifacts(dir);
+    let img = call(
+        s,
+        admin,
+        "POST",
+        "/v3/images",
+        Some(json!({"name": dir, "link": link})),
+    )
+    .await
+    .ok(201);
+    let pk = call(
+        s,
+        admin,
+        "POST",
+        "/v3/public-keys",
+        Some(json!({"name": dir, "public_key": PUBLIC_KEY})),
+    )
+    .await
+    .ok(201);
+    let job = call(
+        s,
+        admin,
+        "POST",
+        "/v3/jobs",
+        Some(json!({"job_type": "customize", "artifact_id": img["id"],
+                    "public_key_id": pk["id"], "image_root_archive_name": "new"})),
+    )
+    .await
+    .ok(201);
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+    (id(&job), id(&img), id(&pk))
+}
+
 /// What a job token may and may not do, on an open API (no administrator token).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_tokens_act_on_their_own_job_only() {
     let (s, _d) = server(None).await;
-    let j = job_token(J);
-    // Allowed: reads, registering an image, its own job, STS.
-    call(&s, Some(&j), "GET", "/v3/images", None).await.ok(200);
-    call(&s, Some(&j), "GET", "/apis/ims/recipes", None)
+    let (jid, img, pk) = job_of(&s, None, "a").await;
+    let (kid, other_img, _) = job_of(&s, None, "b").await;
+    let j = job_token(&jid);
+    // Allowed: its source image, its public key, its own job, STS.
+    call(&s, Some(&j), "GET", &format!("/v3/images/{img}"), None)
         .await
         .ok(200);
-    let img = call(
+    call(
         &s,
         Some(&j),
-        "POST",
-        "/v3/images",
-        Some(json!({"name": "result"})),
+        "GET",
+        &format!("/apis/ims/public-keys/{pk}"),
+        None,
     )
     .await
-    .ok(201);
-    assert_eq!(img["name"], "result");
-    // Its own job passes authorisation (and is then simply not found).
-    for (m, p) in [
-        ("GET", format!("/v3/jobs/{J}")),
-        ("PATCH", format!("/jobs/{J}")),
-    ] {
-        let body = (m == "PATCH").then(|| json!({"status": "fetching_image"}));
-        let r = call(&s, Some(&j), m, &p, body).await;
-        assert_eq!(r.status, 404, "{m} {p}: {r:?}");
-    }
+    .ok(200);
+    call(&s, Some(&j), "GET", &format!("/v3/jobs/{jid}"), None)
+        .await
+        .ok(200);
+    call(
+        &s,
+        Some(&j),
+        "PATCH",
+        &format!("/jobs/{jid}"),
+        Some(json!({"status": "fetching_image"})),
+    )
+    .await
+    .ok(200);
     call(&s, Some(&j), "PUT", "/apis/sts/token", None)
         .await
         .ok(200);
-    // Refused: other jobs, listing or deleting jobs, changing other records.
+    // Refused: other records, other jobs, listing or deleting jobs, changing other records,
+    // registering an image that is not the job's.
     for (m, p, body) in [
+        ("GET", "/v3/images".to_string(), None),
+        ("GET", format!("/v3/images/{other_img}"), None),
+        ("GET", "/apis/ims/recipes".to_string(), None),
+        ("GET", "/v3/public-keys".to_string(), None),
+        (
+            "POST",
+            "/v3/images".to_string(),
+            Some(json!({"name": "result"})),
+        ),
         (
             "PATCH",
-            format!("/v3/jobs/{K}"),
+            format!("/v3/jobs/{kid}"),
             Some(json!({"status": "error"})),
         ),
-        ("GET", format!("/v3/jobs/{K}"), None),
-        ("DELETE", format!("/v3/jobs/{J}"), None),
+        ("GET", format!("/v3/jobs/{kid}"), None),
+        ("GET", format!("/v3/jobs/{kid}/log"), None),
+        ("DELETE", format!("/v3/jobs/{jid}"), None),
         ("GET", "/v3/jobs".to_string(), None),
         ("DELETE", "/v3/jobs".to_string(), None),
         (
@@ -106,24 +154,20 @@ async fn job_tokens_act_on_their_own_job_only() {
             "/v3/public-keys".to_string(),
             Some(json!({"name": "k", "public_key": PUBLIC_KEY})),
         ),
-        (
-            "DELETE",
-            format!("/v3/images/{}", img["id"].as_str().unwrap()),
-            None,
-        ),
+        ("DELETE", format!("/v3/images/{img}"), None),
         (
             "PATCH",
-            format!("/v3/images/{}", img["id"].as_str().unwrap()),
+            format!("/v3/images/{img}"),
             Some(json!({"arch": "aarch64"})),
         ),
         ("DELETE", "/v3/deleted/images".to_string(), None),
     ] {
         let p = call(&s, Some(&j), m, &p, body).await.problem(403, false);
-        assert!(p["detail"].as_str().unwrap().contains(J), "{m}: {p}");
+        assert!(p["detail"].as_str().unwrap().contains(&jid), "{m}: {p}");
     }
     // A forged token (J's MAC under K's id) or a token under another key: 401, never anonymous.
-    let forged = j.replace(J, K);
-    let p = call(&s, Some(&forged), "GET", "/v3/images", None)
+    let forged = j.replace(&jid, &kid);
+    let p = call(&s, Some(&forged), "GET", &format!("/v3/jobs/{kid}"), None)
         .await
         .problem(401, false);
     assert_eq!(p["title"], "Unauthorized");
@@ -138,6 +182,7 @@ async fn job_tokens_act_on_their_own_job_only() {
     )
     .await
     .ok(200);
+    call(&s, None, "DELETE", "/v3/jobs", None).await.ok(204);
     call(&s, None, "DELETE", "/v3/images", None).await.ok(204);
 }
 
@@ -178,10 +223,14 @@ async fn administrator_token_is_required_when_configured() {
     )
     .await
     .ok(201);
-    let j = job_token(J);
-    call(&s, Some(&j), "GET", "/v3/public-keys", None)
+    let (jid, _, pk) = job_of(&s, Some("s3cret-admin"), "a").await;
+    let j = job_token(&jid);
+    call(&s, Some(&j), "GET", &format!("/v3/public-keys/{pk}"), None)
         .await
         .ok(200);
+    call(&s, Some(&j), "GET", "/v3/public-keys", None)
+        .await
+        .problem(403, false);
     call(
         &s,
         Some(&j),

@@ -141,21 +141,6 @@ async fn records_service_on_s3() {
         .await
         .problem(403, false);
     assert!(!p.to_string().contains("testing"), "{p}");
-    let token = job_token(KEY_HEX, "11111111-1111-4111-8111-111111111111");
-    let r = s
-        .client
-        .put(format!("{}/apis/sts/token", s.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let sts: serde_json::Value = r.json().await.unwrap();
-    let c = &sts["Credentials"];
-    assert_eq!(c["EndpointURL"], moto.url.as_str());
-    assert_eq!(c["AccessKeyId"], "testing");
-    assert_eq!(c["SecretAccessKey"], "testing");
-    assert!(is_wire_time(c["Expiration"].as_str().unwrap()));
 
     // Recipe link validated by HEAD on S3; a missing object is a 422.
     s.post(
@@ -200,6 +185,44 @@ async fn records_service_on_s3() {
         .await
         .ok(201);
     let id = img["id"].as_str().unwrap();
+
+    // A job's agent gets the site's keys (they cannot be confined here: the site's bucket policy
+    // must do it, docs/compatibility.md), and the id of the image it is to write.
+    let pk = s
+        .post(
+            "/v3/public-keys",
+            &json!({"name": "k", "public_key": PUBLIC_KEY}),
+        )
+        .await
+        .ok(201);
+    let job = s
+        .post(
+            "/v3/jobs",
+            &json!({"job_type": "customize", "artifact_id": id, "public_key_id": pk["id"],
+                    "image_root_archive_name": "x"}),
+        )
+        .await
+        .ok(201);
+    let token = job_token(KEY_HEX, job["id"].as_str().unwrap());
+    let r = s
+        .client
+        .put(format!("{}/apis/sts/token", s.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let sts: serde_json::Value = r.json().await.unwrap();
+    let c = &sts["Credentials"];
+    assert_eq!(c["EndpointURL"], moto.url.as_str());
+    assert_eq!(c["AccessKeyId"], "testing");
+    assert_eq!(c["SecretAccessKey"], "testing");
+    assert!(is_wire_time(c["Expiration"].as_str().unwrap()));
+    assert_eq!(sts["ImsJob"]["Confined"], false);
+    assert!(is_uuid4(sts["ImsJob"]["ImageId"].as_str().unwrap()));
+    s.delete(&format!("/v3/jobs/{}", job["id"].as_str().unwrap()))
+        .await
+        .ok(204);
 
     // Soft delete moves everything under deleted/ on S3 and writes the deleted manifest there.
     s.delete(&format!("/v3/images/{id}")).await.ok(204);

@@ -5,8 +5,10 @@
 //!   agent settings (`IMS_AGENT_CA_CERT`, `IMS_AGENT_COMPRESSION`, `IMS_AGENT_KIWI`,
 //!   `IMS_AGENT_KIWI_CACHE`, `IMS_AGENT_SIGNING_KEYS`, `IMS_AGENT_REPO_TIMEOUT`, …).
 //! * **Heartbeat**: every few seconds `POST /v3/jobs/{id}/heartbeat` with the current phase. The
-//!   answer carries the user's `complete`/`fail` request; a job that someone else ended (status
-//!   `success`/`error`) or deleted (404) cancels the pipeline.
+//!   answer carries the user's `complete`/`fail` request and a fresh job token (tokens expire; the
+//!   new one replaces the old in every clone of the agent's client); a job that someone else ended
+//!   (status `success`/`error`) or deleted (404, or 401 once its token is void) cancels the
+//!   pipeline.
 //! * **Log**: every line goes to stderr (the executor keeps it beside the job) and, in order, to
 //!   the server (`POST /v3/jobs/{id}/log?seq=N`, retried until accepted; at most [`LOG_BUFFER`]
 //!   bytes wait in memory while the server is unreachable).
@@ -698,12 +700,21 @@ async fn orphan_guard(stop: Stop, log: Log, after: Duration) {
 /// Whether the job was deleted or already ended by someone else.
 async fn ended_elsewhere(api: &Client, id: &str) -> bool {
     match api.describe(Resource::Jobs, id).await {
-        Err(e) => e.status() == Some(404),
+        Err(e) => {
+            e.status() == Some(404) || (e.status() == Some(401) && token_void(&e.to_string()))
+        }
         Ok(v) => matches!(
             v.get("status").and_then(|s| s.as_str()),
             Some("success" | "error")
         ),
     }
+}
+
+/// Whether a 401 says the job's token is void because its job was deleted or has ended (the
+/// server's words), rather than that the server does not know the token at all (a wiped or
+/// replaced server, which may yet come back).
+fn token_void(error: &str) -> bool {
+    error.contains("its token is void")
 }
 
 /// Sends the rest of the log: for [`FINAL_FLUSH`] at most, [`FLUSH_RESERVE`] while stopping, and
@@ -747,6 +758,10 @@ async fn heartbeat(
         match answer {
             Ok(v) => {
                 warned = false;
+                // Job tokens expire: every answer carries a fresh one while the job runs.
+                if let Some(t) = v.get("token").and_then(|t| t.as_str()) {
+                    api.set_token(t.to_string());
+                }
                 let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
                 if matches!(status, "success" | "error") && !cancel.is_cancelled() {
                     // Only this agent sets success, and only as its last step.
@@ -770,6 +785,11 @@ async fn heartbeat(
             }
             Err((Some(404), _)) => {
                 log.line("stopping: the job was deleted");
+                cancel.cancel();
+                return;
+            }
+            Err((Some(401), e)) if token_void(&e) => {
+                log.line(&format!("stopping: {e}"));
                 cancel.cancel();
                 return;
             }

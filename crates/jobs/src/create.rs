@@ -92,7 +92,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         .map(|l| l.path.as_str())
         .filter(|p| !p.is_empty())
         .ok_or_else(|| format!("the recipe {} has no archive (no link)", rec.id))?;
-    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
     fetch_recipe(agent, &ctx, link, &dir, &recipe_dir).await?;
     template(agent, &rec, &recipe_dir)?;
 
@@ -176,7 +176,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     agent.status("packaging_artifacts").await?;
     let packaging = Instant::now();
     // Fresh credentials: a build can outlast the first ones.
-    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
     let image_id = package(agent, &ctx, &root, &rec.arch, Some(CREATE_ZSTD_LEVEL)).await?;
     agent.result(&image_id).await?;
     let total = started.elapsed();

@@ -37,7 +37,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let job = &agent.job;
     let dir = agent.settings.dir.clone();
     agent.status("fetching_image").await?;
-    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
     let source = agent
         .api
         .describe(Resource::Images, &job.artifact_id)
@@ -193,7 +193,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let packaging = std::time::Instant::now();
     // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
     // with it the S3 endpoint's address, may have restarted meanwhile).
-    let ctx = Ctx::new(&agent.settings.api_url, agent.settings.token.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
     let result = package(agent, &ctx, &root.path, &arch, None).await;
     root.release();
     let image_id = result?;

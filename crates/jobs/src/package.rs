@@ -2,7 +2,8 @@
 //! (the job's names when they are not the defaults, else [`ims_rootfs::find_boot_artifacts`]'s
 //! rule), the kernel parameters file if present, `mksquashfs` of the image root outside it, then
 //! [`ims_client::publish`]: uploaded with md5 and sha256 computed while sending, manifest, and
-//! the new image registered last (named `image_root_archive_name`). Nothing stays registered or
+//! the new image registered last (named `image_root_archive_name`, with the id the server chose in
+//! the STS answer: the job's credentials may write only below it). Nothing stays registered or
 //! uploaded when it fails.
 
 use crate::agent::Agent;
@@ -125,7 +126,15 @@ pub async fn package(
             file: p,
         });
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    // The server chooses the new image's id (the job's S3 credentials may write only under it);
+    // a server that does not say (an older one) leaves the choice to the agent.
+    let (id, bucket) = match &ctx.job {
+        Some(j) => (j.image_id.clone(), j.bucket.clone()),
+        None => (
+            uuid::Uuid::new_v4().to_string(),
+            agent.settings.boot_images_bucket.clone(),
+        ),
+    };
     let img = NewImage {
         id: &id,
         name: &job.image_root_archive_name,
@@ -134,7 +143,6 @@ pub async fn package(
     };
     let log = agent.log.clone();
     let say = move |l: &str| log.line(l);
-    let bucket = agent.settings.boot_images_bucket.clone();
     let mut sent = vec![];
     match publish(
         ctx,

@@ -1,11 +1,13 @@
 //! Credentials: the long-lived key pair (a 0600 JSON file) and the temporary STS credentials IMS
 //! issues (in memory), plus the s3s hooks that enforce them.
 
+use crate::policy::{Access, Policy, op_access};
 use crate::util::{ALNUM, UPPER_ALNUM, random_string};
 use chrono::{DateTime, Utc};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
-use s3s::{S3Result, s3_error};
+use s3s::dto::{CopyObjectInput, CopySource, UploadPartCopyInput};
+use s3s::{S3Request, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -51,6 +53,8 @@ struct Temporary {
     secret_key: String,
     session_token: String,
     expires: DateTime<Utc>,
+    /// What the credentials may touch; `None`: everything.
+    policy: Option<Arc<Policy>>,
 }
 
 /// Issued temporary credentials are forgotten this long after they expire (until then a request
@@ -110,6 +114,7 @@ pub(crate) enum KeyKind {
     Temporary {
         session_token: String,
         expired: bool,
+        policy: Option<Arc<Policy>>,
     },
     Unknown,
 }
@@ -220,8 +225,15 @@ impl CredentialStore {
         self.root.clone()
     }
 
-    /// New temporary credentials (key, secret and session token), valid for `ttl`.
+    /// New temporary credentials (key, secret and session token), valid for `ttl`, with full
+    /// access.
     pub fn issue(&self, ttl: Duration) -> Credentials {
+        self.issue_with(ttl, None)
+    }
+
+    /// New temporary credentials valid for `ttl` that may do only what `policy` grants (full
+    /// access when `None`).
+    pub fn issue_with(&self, ttl: Duration, policy: Option<Policy>) -> Credentials {
         let now = Utc::now();
         let ttl = chrono::TimeDelta::from_std(ttl).unwrap_or(chrono::TimeDelta::days(365));
         let expires = now
@@ -249,9 +261,26 @@ impl CredentialStore {
                 secret_key: creds.secret_key.clone(),
                 session_token: creds.session_token.clone().unwrap_or_default(),
                 expires,
+                policy: policy.map(Arc::new),
             },
         );
         creds
+    }
+
+    /// Forgets every temporary credential issued with a policy for `owner` (its job ended or
+    /// was deleted): requests with them fail from now on. Returns how many were revoked.
+    pub fn revoke_owner(&self, owner: &str) -> usize {
+        let mut map = self.temporary.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.by_key.len();
+        map.by_key
+            .retain(|_, t| t.policy.as_ref().is_none_or(|p| p.owner() != owner));
+        before - map.by_key.len()
+    }
+
+    /// The policy of a temporary key (`None`: full access, or not a temporary key).
+    fn policy_of(&self, access_key: &str) -> Option<Arc<Policy>> {
+        let map = self.temporary.lock().unwrap_or_else(|p| p.into_inner());
+        map.by_key.get(access_key).and_then(|t| t.policy.clone())
     }
 
     fn secret(&self, access_key: &str) -> S3Result<SecretKey> {
@@ -280,6 +309,7 @@ impl CredentialStore {
             Some(t) => KeyKind::Temporary {
                 session_token: t.session_token.clone(),
                 expired: t.expires <= Utc::now(),
+                policy: t.policy.clone(),
             },
             None => KeyKind::Unknown,
         }
@@ -313,22 +343,70 @@ impl S3Access for TokenAccess {
             KeyKind::Temporary { expired: true, .. } => {
                 Err(s3_error!(ExpiredToken, "The provided token has expired."))
             }
-            KeyKind::Temporary { session_token, .. } => {
+            KeyKind::Temporary {
+                session_token,
+                policy,
+                ..
+            } => {
                 let Some(given) = session_token_of(cx.headers(), cx.uri()) else {
                     return Err(s3_error!(
                         AccessDenied,
                         "Temporary credentials require the session token (x-amz-security-token)"
                     ));
                 };
-                if bool::from(given.as_bytes().ct_eq(session_token.as_bytes())) {
-                    Ok(())
-                } else {
-                    Err(s3_error!(
+                if !bool::from(given.as_bytes().ct_eq(session_token.as_bytes())) {
+                    return Err(s3_error!(
                         InvalidToken,
                         "The provided token is malformed or otherwise invalid."
-                    ))
+                    ));
+                }
+                match policy {
+                    None => Ok(()),
+                    Some(p) => {
+                        let allowed = match (cx.s3_path(), op_access(cx.s3_op().name())) {
+                            (s3s::path::S3Path::Object { bucket, key }, Some(a)) => {
+                                p.allows(a, bucket, key)
+                            }
+                            _ => false,
+                        };
+                        if allowed { Ok(()) } else { Err(denied()) }
+                    }
                 }
             }
+        }
+    }
+
+    // The source of a copy must be readable by the same credentials.
+    async fn copy_object(&self, req: &mut S3Request<CopyObjectInput>) -> S3Result<()> {
+        self.may_read_source(req.credentials.as_ref(), &req.input.copy_source)
+    }
+
+    async fn upload_part_copy(&self, req: &mut S3Request<UploadPartCopyInput>) -> S3Result<()> {
+        self.may_read_source(req.credentials.as_ref(), &req.input.copy_source)
+    }
+}
+
+fn denied() -> s3s::S3Error {
+    s3_error!(
+        AccessDenied,
+        "These credentials do not allow this operation on this object."
+    )
+}
+
+impl TokenAccess {
+    fn may_read_source(
+        &self,
+        creds: Option<&s3s::auth::Credentials>,
+        source: &CopySource,
+    ) -> S3Result<()> {
+        let Some(policy) = creds.and_then(|c| self.0.policy_of(&c.access_key)) else {
+            return Ok(());
+        };
+        match source {
+            CopySource::Bucket { bucket, key, .. } if policy.allows(Access::Read, bucket, key) => {
+                Ok(())
+            }
+            _ => Err(denied()),
         }
     }
 }
@@ -405,6 +483,7 @@ mod tests {
                     secret_key: String::new(),
                     session_token: String::new(),
                     expires,
+                    policy: None,
                 },
             )
         };
@@ -447,6 +526,29 @@ mod tests {
         let e = s.secret("NOPE").unwrap_err();
         assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidAccessKeyId);
         assert!(s.secret(&s.root().access_key).is_ok());
+    }
+
+    #[test]
+    fn revoking_an_owner_voids_its_credentials_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = CredentialStore::open(&d.path().join("c.json")).unwrap();
+        let hour = Duration::from_secs(3600);
+        let a1 = s.issue_with(hour, Some(Policy::new("job-a").write_prefix("b", "x")));
+        let a2 = s.issue_with(hour, Some(Policy::new("job-a")));
+        let b = s.issue_with(hour, Some(Policy::new("job-b")));
+        let admin = s.issue(hour);
+        assert!(s.policy_of(&a1.access_key).is_some());
+        assert!(s.policy_of(&admin.access_key).is_none());
+        assert_eq!(s.revoke_owner("job-a"), 2);
+        for gone in [&a1, &a2] {
+            assert_eq!(
+                s.secret(&gone.access_key).unwrap_err().code(),
+                &s3s::S3ErrorCode::InvalidAccessKeyId
+            );
+        }
+        assert!(s.secret(&b.access_key).is_ok());
+        assert!(s.secret(&admin.access_key).is_ok());
+        assert_eq!(s.revoke_owner("job-a"), 0);
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! * every request is signed (SigV4, or SigV2 which boto3 uses for presigned URLs by default)
 //!   with the long-lived key or an unexpired temporary key issued by [`CredentialStore::issue`];
 //!   temporary keys must present their exact session token; anonymous requests get 403;
+//! * temporary keys issued with a [`Policy`] ([`CredentialStore::issue_with`], a job's) may do
+//!   only what it grants, checked on every request (the source of a copy included); the rest is
+//!   `AccessDenied`; [`CredentialStore::revoke_owner`] voids them at once;
 //! * keys with empty, `.` or `..` segments, a leading `/`, NUL or backslashes, or over 1024 bytes
 //!   are refused with 400 before any file is touched; symlinks inside the root are not followed;
 //! * request bodies are streamed to disk (memory does not grow with object size).
@@ -50,11 +53,13 @@ mod conn;
 mod creds;
 mod ingest;
 mod list;
+mod policy;
 mod store;
 mod util;
 
 pub use creds::{CredentialStore, Credentials};
 pub use ims_http::Limits;
+pub use policy::{Access, Policy};
 
 use s3s::config::StaticConfigProvider;
 use s3s::service::{S3Service, S3ServiceBuilder};

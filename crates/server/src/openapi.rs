@@ -446,7 +446,7 @@ pub const OPERATIONS: &[Operation] = &[
         All,
         "post",
         "/jobs/{id}/heartbeat",
-        "Extension (job agents): report being alive, optionally with {\"phase\"}; answers the job's status and the user's request (complete/fail)",
+        "Extension (job agents): report being alive, optionally with {\"phase\"}; answers the job's status, the user's request (complete/fail) and, to the job's own agent while the job runs, a fresh job token (\"token\")",
         Some("Heartbeat"),
         200,
         Object,

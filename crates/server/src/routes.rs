@@ -4,16 +4,17 @@
 //! * `/v3/...`: the same resources with v3 semantics, `deleted/*` and remote build nodes;
 //! * `/healthz/{ready,live}`, `/version`, `/openapi.json`.
 
+use crate::auth::Caller;
 use crate::error::{ApiResult, problem_response};
 use crate::extract::{IdPath, JsonBody};
 use crate::service::deleted::Kind;
 use crate::service::{self, get_raw, json, list_raw};
 use crate::{Api, AppState};
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Extension, Router};
 use ims_core::problem::{DETAIL_BAD_METHOD, DETAIL_NO_ROUTE};
 use ims_core::{Problem, Table};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -89,9 +90,15 @@ fn images(api: Api) -> Router<AppState> {
         .route(
             "/images",
             get(|State(st): St| async move { list_raw(&*st.store, Table::Images).await })
-                .post(|State(st): St, body: JsonBody| async move {
-                    json(StatusCode::CREATED, &i::create(&st, body.as_ref()).await?)
-                })
+                .post(
+                    |State(st): St, caller: Option<Extension<Caller>>, body: JsonBody| async move {
+                        // A job's agent registers its one new image only.
+                        if let Some(Extension(Caller::Job(job))) = &caller {
+                            service::job_creds::check_registration(&st, job, body.as_ref()).await?;
+                        }
+                        json(StatusCode::CREATED, &i::create(&st, body.as_ref()).await?)
+                    },
+                )
                 .delete(move |State(st): St, RawQuery(q): RawQuery| async move {
                     i::delete_all(&st, api, cascade_of(&q)).await
                 }),
@@ -133,9 +140,24 @@ fn jobs() -> Router<AppState> {
     Router::new()
         .route(
             "/jobs/{id}/heartbeat",
-            axum::routing::post(|State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
-                json(StatusCode::OK, &r::heartbeat(&st, &id, body.as_ref()).await?)
-            }),
+            axum::routing::post(
+                |State(st): St,
+                 caller: Option<Extension<Caller>>,
+                 IdPath(id): IdPath,
+                 body: JsonBody| async move {
+                    let mut answer = r::heartbeat(&st, &id, body.as_ref()).await?;
+                    // The job's own agent gets a fresh token with every answer (tokens expire),
+                    // while its job runs.
+                    if let (Some(Extension(Caller::Job(job))), Some(o)) =
+                        (&caller, answer.as_object_mut())
+                        && *job == id
+                        && !matches!(o.get("status").and_then(|s| s.as_str()), Some("success" | "error"))
+                    {
+                        o.insert("token".into(), st.job_tokens.issue(job).into());
+                    }
+                    json(StatusCode::OK, &answer)
+                },
+            ),
         )
         .route(
             "/jobs/{id}/session",
@@ -183,7 +205,13 @@ fn jobs() -> Router<AppState> {
                 get_raw(&*st.store, Table::Jobs, &id).await
             })
             .patch(
-                |State(st): St, IdPath(id): IdPath, body: JsonBody| async move {
+                |State(st): St,
+                 caller: Option<Extension<Caller>>,
+                 IdPath(id): IdPath,
+                 body: JsonBody| async move {
+                    if let Some(Extension(Caller::Job(_))) = &caller {
+                        service::job_creds::check_result(&st, &id, body.as_ref()).await?;
+                    }
                     json(StatusCode::OK, &j::patch(&st, &id, body.as_ref()).await?)
                 },
             )
@@ -361,8 +389,8 @@ async fn sts_token(
     let issuer = st.sts.as_ref().ok_or_else(|| {
         Problem::unavailable("No S3 endpoint is configured, so no S3 credentials can be issued.")
     })?;
-    let anonymous = caller.is_none_or(|c| c.0 == crate::auth::Caller::Anonymous);
-    if anonymous && issuer.hands_out_site_keys() {
+    let caller = caller.map(|c| c.0).unwrap_or(Caller::Anonymous);
+    if caller == Caller::Anonymous && issuer.hands_out_site_keys() {
         return Err(Problem::new(
             403,
             "With an external S3 store, STS hands out the site's S3 keys: only to an \
@@ -376,10 +404,41 @@ async fn sts_token(
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok());
+    // A job's agent: credentials confined to what the job needs (where the issuer can confine
+    // them), and the id its new image is to have.
+    if let Caller::Job(id) = &caller {
+        let job = service::must_get::<ims_core::Job>(&*st.store, id)
+            .await?
+            .record;
+        let image_id = service::job_creds::image_id(&st, &job).await?;
+        let scope = service::job_creds::scope(&st, &job, &image_id).await?;
+        let credentials = issuer.issue_for_job(host, &scope);
+        // The job may have been deleted or ended while they were made (after its revocation):
+        // then they are revoked again.
+        let live = ims_store::get::<ims_core::Job>(&*st.store, id).await?;
+        if live.is_none_or(|j| crate::auth::ended(&j.record)) {
+            issuer.revoke_job(id);
+            return Err(
+                Problem::new(401, format!("Job {id} has ended: its token is void.")).into(),
+            );
+        }
+        return json(
+            StatusCode::OK,
+            &crate::sts::StsResponse {
+                credentials,
+                job: Some(crate::sts::StsJob {
+                    image_id,
+                    bucket: scope.write_bucket.clone(),
+                    confined: issuer.confines_jobs(),
+                }),
+            },
+        );
+    }
     json(
         StatusCode::OK,
         &crate::sts::StsResponse {
             credentials: issuer.issue(host),
+            job: None,
         },
     )
 }

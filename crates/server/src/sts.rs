@@ -22,6 +22,32 @@ pub struct StsCredentials {
 pub struct StsResponse {
     #[serde(rename = "Credentials")]
     pub credentials: StsCredentials,
+    /// To a job's agent only: what its credentials are for (an IMS extension).
+    #[serde(rename = "ImsJob", skip_serializing_if = "Option::is_none")]
+    pub job: Option<StsJob>,
+}
+
+/// The part of an STS answer only a job's agent gets: the image it is to write.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StsJob {
+    /// The id the job's new image is to have; its objects go under `<ImageId>/` of `Bucket`.
+    pub image_id: String,
+    pub bucket: String,
+    /// Whether the credentials are confined to the objects below (`false`: the site's own keys).
+    pub confined: bool,
+}
+
+/// What a job may touch in S3: read its source objects, write below its new image's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobScope {
+    pub job_id: String,
+    /// `(bucket, key)` of every object the job reads: the source image's manifest and the
+    /// artifacts it lists (customize), or the recipe's archive (create).
+    pub read: Vec<(String, String)>,
+    /// The bucket and prefix (`<image id>/`) the job writes its new image under.
+    pub write_bucket: String,
+    pub write_prefix: String,
 }
 
 /// Issues credentials for S3 access.
@@ -29,6 +55,21 @@ pub trait StsIssuer: Send + Sync + 'static {
     /// `host`: the `Host` the client sent to the API (`name[:port]`), for an endpoint URL that
     /// depends on how the client reaches this server.
     fn issue(&self, host: Option<&str>) -> StsCredentials;
+    /// Credentials for a job's agent, confined to `scope` where the issuer can confine them
+    /// (the built-in endpoint); the default is [`StsIssuer::issue`].
+    fn issue_for_job(&self, host: Option<&str>, scope: &JobScope) -> StsCredentials {
+        let _ = scope;
+        self.issue(host)
+    }
+    /// Whether [`StsIssuer::issue_for_job`] confines what the credentials may do.
+    fn confines_jobs(&self) -> bool {
+        false
+    }
+    /// Voids every credential issued for job `job_id` (it ended or was deleted), where the
+    /// issuer can.
+    fn revoke_job(&self, job_id: &str) {
+        let _ = job_id;
+    }
     /// Whether the credentials are the site's own long-lived keys (an external S3 store), which
     /// only an authenticated caller may get.
     fn hands_out_site_keys(&self) -> bool {
@@ -153,6 +194,7 @@ mod tests {
         };
         let v = serde_json::to_value(StsResponse {
             credentials: i.issue(None),
+            job: None,
         })
         .unwrap();
         let c = v["Credentials"].as_object().unwrap();
@@ -169,5 +211,6 @@ mod tests {
             ]
         );
         assert!(c["Expiration"].as_str().unwrap().ends_with("+00:00"));
+        assert!(v.get("ImsJob").is_none());
     }
 }

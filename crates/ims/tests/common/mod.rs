@@ -24,24 +24,35 @@ pub enum Db {
 pub const PUBLIC_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMHcrBAKqXIvSdnVXEGDk43qhGflqc1mzQUR37MsZKx5 test@ims";
 
-/// A job token as a server whose job-token key file holds `key_hex` issues it (the documented
-/// format: `ims-job.<id>.<hex HMAC-SHA256(key, "ims job token\0" + id)>`).
+/// A job token as a server whose job-token key file holds `key_hex` issues it, valid for an hour.
 pub fn job_token(key_hex: &str, job: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    job_token_until(key_hex, job, now + 3600)
+}
+
+/// A job token valid until `expires` (Unix seconds), in the documented format:
+/// `ims-job.<id>.<expires>.<hex HMAC-SHA256(key, "ims job token v2\0" + id + "\0" + expires)>`.
+pub fn job_token_until(key_hex: &str, job: &str, expires: i64) -> String {
     use hmac::Mac;
     let key: Vec<u8> = (0..key_hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&key_hex[i..i + 2], 16).unwrap())
         .collect();
     let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
-    m.update(b"ims job token\0");
+    m.update(b"ims job token v2\0");
     m.update(job.as_bytes());
+    m.update(b"\0");
+    m.update(expires.to_string().as_bytes());
     let mac: String = m
         .finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("ims-job.{job}.{mac}")
+    format!("ims-job.{job}.{expires}.{mac}")
 }
 
 pub fn ims_bin() -> &'static str {

@@ -64,6 +64,8 @@ fn run_for(job: &Job, executor: &str) -> JobRun {
         log_bytes: 0,
         error: None,
         ssh_host_key: None,
+        image_id: None,
+        ended: None,
     }
 }
 
@@ -447,8 +449,11 @@ async fn end_in_error(st: &AppState, job: &Job) {
         }
         .await
     );
-    if let Err(e) = r {
-        tracing::error!(job = %job.id, error = ?e, "could not set the job's status to error");
+    match r {
+        Ok(()) => super::job_creds::ended(st, job).await,
+        Err(e) => {
+            tracing::error!(job = %job.id, error = ?e, "could not set the job's status to error")
+        }
     }
 }
 

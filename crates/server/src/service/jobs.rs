@@ -239,6 +239,9 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<J
     must_get::<Job>(&*st.store, id).await?;
     let p = input::job_patch(body)?;
     let job = patch_once(st, id, &p).await?;
+    if crate::auth::ended(&job) {
+        super::job_creds::ended(st, &job).await;
+    }
     if matches!(p.status.as_deref(), Some("success" | "error"))
         && let Err(e) = st.executor.finished(st, &job).await
     {
@@ -253,6 +256,7 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<J
 
 pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
     let cur = must_get::<Job>(&*st.store, id).await?;
+    super::job_creds::revoke(st, id);
     if let Err(e) = st.executor.stop(st, &cur.record).await {
         return Err(Problem::internal(format!(
             "Job {id} could not be stopped; its record was kept: {e}"
@@ -348,6 +352,7 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
     let mut errors = Vec::new();
     let mut ops = Vec::new();
     for j in &selected {
+        super::job_creds::revoke(st, &j.record.id);
         match st.executor.stop(st, &j.record).await {
             Ok(()) => ops.push(Op::Delete {
                 table: ims_core::Table::Jobs,

@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod deleted;
 pub mod images;
+pub mod job_creds;
 pub mod job_runs;
 pub mod jobs;
 pub mod journal;
