@@ -30,11 +30,17 @@ pub fn run(a: ShellArgs, g: &Globals, format: Format) -> Result<ExitCode, String
         }
     };
     // Ctrl-C while waiting leaves the job; from here on SIGINT no longer kills this process (ssh,
-    // in raw mode, passes it to the session).
+    // in raw mode, passes it to the session). One listener for the whole wait, so a Ctrl-C
+    // between two steps is not lost.
+    let mut interrupt = {
+        let _in = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?
+    };
     let job = rt.block_on(async {
         tokio::select! {
             r = prepare(&c, &a, &identity, &say) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = interrupt.recv() => Ok(None),
         }
     })?;
     let Some(job_id) = job else {
@@ -45,7 +51,7 @@ pub fn run(a: ShellArgs, g: &Globals, format: Format) -> Result<ExitCode, String
     let waited = rt.block_on(async {
         tokio::select! {
             r = wait_for_session(&c, &job_id, &mut offset, quiet) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = interrupt.recv() => Ok(None),
         }
     })?;
     let session = match waited {
