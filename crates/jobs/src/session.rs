@@ -853,7 +853,10 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-    inherit(&mut cmd, [fds.block].into_iter().chain(fds.seccomp).collect());
+    inherit(
+        &mut cmd,
+        [fds.block].into_iter().chain(fds.seccomp).collect(),
+    );
     // SAFETY: unshare is async-signal-safe: bwrap starts in a network namespace of its own (with
     // only a loopback interface, down), which the sandbox inherits.
     unsafe {
