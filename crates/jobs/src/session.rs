@@ -59,9 +59,9 @@ pub struct Spec {
     pub jail: bool,
     /// The one public key accepted (an OpenSSH `authorized_keys` line).
     pub public_key: String,
-    /// Address sshd listens on.
+    /// Address the session's port is on (IPv4: slirp4netns forwards it to sshd in the sandbox).
     pub listen: std::net::IpAddr,
-    /// Ports sshd may listen on (a firewall's range); `None`: any free port.
+    /// Ports the session's port may be (a firewall's range); `None`: any free port.
     pub ports: Option<PortRange>,
     /// Environment for sessions (`SetEnv`), e.g. `IMS_JOB_ID`.
     pub set_env: Vec<(String, String)>,
