@@ -10,11 +10,12 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # A C compiler builds the bundled SQLite; curl is handy for the walk-through; the image tools
 # (squashfs-tools, tar and its compressors) serve imports and jobs; job agents run each job's sshd
-# (openssh-server, openssh-client for its host keys) in a bubblewrap sandbox; create jobs build with
+# (openssh-server, openssh-client for its host keys) in a bubblewrap sandbox with a network of its own
+# (slirp4netns; gcc and libc6-dev also build the static login shell of jailed sessions); create jobs build with
 # kiwi-ng (kiwi, which also needs rsync and gpg for its signing keys; debootstrap and the Debian archive
 # keyring for Debian recipes).
 missing=()
-for p in gcc libc6-dev binutils curl ca-certificates squashfs-tools tar xz-utils zstd util-linux mount bubblewrap openssh-server openssh-client kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf; do
+for p in gcc libc6-dev binutils curl ca-certificates squashfs-tools tar xz-utils zstd util-linux mount bubblewrap slirp4netns openssh-server openssh-client kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -10,10 +10,12 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # System packages the tests use: PostgreSQL (store suite), the OpenSSH client (node probes), curl, Python (moto),
 # squashfs-tools, tar, xz-utils, zstd, attr, libcap2-bin (crates/rootfs: real mksquashfs, xattrs, capabilities),
-# and what job agents run: bubblewrap + openssh-server (per-job sshd sandbox), util-linux (mount, setpriv, nsenter),
+# and what job agents run: bubblewrap + openssh-server + slirp4netns (per-job sshd sandbox and its network), gcc + libc6-dev
+# (the static login shell of jailed sessions is built with the agent), util-linux (mount, setpriv, nsenter),
 # kiwi + rsync + gpg + debootstrap + debian-archive-keyring (create jobs build the Debian example recipe), and for the
-# tests themselves qemu-system-x86 (the built image boots), openssl (a site CA) and gzip.
-packages=(postgresql openssh-client openssh-server bubblewrap busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip)
+# tests themselves qemu-system-x86 (the built image boots), openssl (a site CA), gzip and iproute2 (a test network
+# namespace that sessions must reach).
+packages=(postgresql openssh-client openssh-server bubblewrap slirp4netns gcc libc6-dev iproute2 busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

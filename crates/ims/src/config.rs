@@ -741,10 +741,13 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             .clone()
             .map(|v| ("jobs.ssh_listen".to_string(), v))
     }) {
-        let ip: std::net::IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| err(&n, format!("{a:?} is not an IP address")))?;
+        // IPv4: slirp4netns forwards the session's port to sshd in its sandbox, IPv4 only.
+        let ip: std::net::Ipv4Addr = a.trim().parse().map_err(|_| {
+            err(
+                &n,
+                format!("{a:?} is not an IPv4 address (sessions are reached over IPv4)"),
+            )
+        })?;
         agent_env.push(("IMS_AGENT_SSH_LISTEN".into(), ip.to_string()));
     }
     if let Some((n, r)) = env.get(&["IMS_JOB_SSH_PORTS"]).or_else(|| {
@@ -1013,6 +1016,31 @@ mod tests {
             ("IMS_HTTP_MAX_CONNECTIONS", "many"),
         ] {
             assert_eq!(load(&flags, &env(&[(k, v)])).unwrap_err().setting, k);
+        }
+    }
+
+    #[test]
+    fn session_address_is_ipv4() {
+        let c = load(
+            &Flags::default(),
+            &env(&[("IMS_JOB_SSH_LISTEN", "127.0.0.1")]),
+        )
+        .unwrap();
+        assert!(
+            c.agent_env
+                .iter()
+                .any(|(k, v)| k == "IMS_AGENT_SSH_LISTEN" && v == "127.0.0.1"),
+            "{:?}",
+            c.agent_env
+        );
+        for bad in ["::1", "localhost"] {
+            let msg = load(&Flags::default(), &env(&[("IMS_JOB_SSH_LISTEN", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("IMS_JOB_SSH_LISTEN") && msg.contains("IPv4"),
+                "{msg}"
+            );
         }
     }
 

@@ -23,7 +23,7 @@ fn image_root(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/true", root.join("bin/true")).unwrap();
     // A shell for jailed sessions: busybox-static and a few applets.
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "ls", "touch", "echo", "mount", "id"] {
+    for applet in ["sh", "cat", "ls", "touch", "echo", "mount", "id", "chroot"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let o = Command::new("setcap")
@@ -147,6 +147,25 @@ fn agent_pid(id: &str) -> Option<u32> {
         }
     }
     None
+}
+
+/// The slirp4netns processes (the sessions' network) started by the agent `agent`.
+fn network_helpers(agent: u32) -> Vec<u32> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        if status.starts_with("Name:\tslirp4netns\n")
+            && status.contains(&format!("\nPPid:\t{agent}\n"))
+        {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// Runs a shell command inside the agent's mount namespace (where the image root is mounted).
@@ -354,6 +373,9 @@ async fn failed_killed_and_deleted_jobs_leave_nothing() {
     let killed = st.job("killed", true).await;
     st.wait_status(&killed, "waiting_on_user").await;
     let pid = agent_pid(&killed).unwrap();
+    // The session's network helper is the agent's child, and goes with it.
+    let net = network_helpers(pid);
+    assert_eq!(net.len(), 1, "the agent runs no slirp4netns");
     // SAFETY: kill(2) on a pid we just looked up.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     st.wait_status(&killed, "error").await;
@@ -363,6 +385,13 @@ async fn failed_killed_and_deleted_jobs_leave_nothing() {
         "{log}"
     );
     nothing_left(&st, &killed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "slirp4netns\n")
+    }) {
+        assert!(Instant::now() < deadline, "slirp4netns outlived its agent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let deleted = st.job("deleted", false).await;
     st.wait_status(&deleted, "waiting_on_user").await;
@@ -485,12 +514,110 @@ async fn ssh_sessions_customize_the_image() {
     }
 }
 
+/// A network namespace of the test's own with a veth pair on a private subnet (198.18.0.0/15,
+/// for benchmarks) and a TCP server in it that greets every connection: an address that is not
+/// the host's loopback, with all traffic on this machine. Removed (with the server) on drop.
+struct TestNet {
+    name: String,
+    server: std::process::Child,
+    ip: String,
+    port: u16,
+}
+
+const GREETING: &str = "reached-the-test-network";
+
+impl TestNet {
+    fn new() -> TestNet {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let tag = (std::process::id() ^ nanos) % 100_000;
+        let idx = (std::process::id().wrapping_mul(7919) ^ nanos) % 32768;
+        let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + idx * 4;
+        let host = std::net::Ipv4Addr::from(base + 1).to_string();
+        let ip = std::net::Ipv4Addr::from(base + 2).to_string();
+        let name = format!("ims-test-{tag}");
+        let (a, b) = (format!("imsv{tag}a"), format!("imsv{tag}b"));
+        let run = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {args:?}: {o:?}");
+        };
+        run(&["netns", "add", &name]);
+        let net = TestNet {
+            server: Command::new("true").spawn().unwrap(),
+            name: name.clone(),
+            ip: ip.clone(),
+            port: 8080,
+        };
+        run(&[
+            "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &name,
+        ]);
+        run(&["addr", "add", &format!("{host}/30"), "dev", &a]);
+        run(&["link", "set", &a, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        in_ns(&["addr", "add", &format!("{ip}/30"), "dev", &b]);
+        in_ns(&["link", "set", &b, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        let mut net = net;
+        net.server = Command::new("ip")
+            .args(["netns", "exec", &name, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns = socket.create_server(('0.0.0.0', 8080))\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'{GREETING}\\n')\n    c.close()\n"
+            ))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((ip.as_str(), net.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the test network's server does not answer"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        net
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // Its veth pair goes with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
 /// Neither mode reaches anything of the host outside the job: planted files in the data
 /// directory, another job's directory and elsewhere on the host are invisible; mounting and
-/// reading the agent's environment (its token) fail.
+/// reading the agent's environment (its token) fail. Sessions have a network namespace of their
+/// own: the API and the S3 endpoint on the host's loopback cannot be reached (directly, nor
+/// through slirp4netns's host alias 10.0.2.2), while an address beyond the host's loopback (a test
+/// network namespace) is reachable. No process of the session shows a host path in its command
+/// line. Jailed, root cannot chroot(2) out of the image root, nor enter another process's root
+/// through /proc (where sshd's private host key is).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_cannot_reach_the_host() {
     let Some(st) = setup().await else { return };
+    let api_port = st.s.url.rsplit(':').next().unwrap().to_string();
+    let sts =
+        st.s.send("PUT", "/apis/sts/token", None, None)
+            .await
+            .ok(200);
+    let s3_port = sts["Credentials"]["EndpointURL"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let net = TestNet::new();
     let planted = [
         st.s.data.path().join("planted-secret"),
         st.dir.path().join("planted-secret"),
@@ -531,6 +658,88 @@ async fn sessions_cannot_reach_the_host() {
             !String::from_utf8_lossy(&o.stdout).contains("ims-job."),
             "token leaked: {o:?}"
         );
+        // The network: the host's loopback services are out of reach, the test network answers.
+        for (host, port) in [
+            ("127.0.0.1", &api_port),
+            ("127.0.0.1", &s3_port),
+            ("10.0.2.2", &api_port),
+        ] {
+            let o = st.ssh(
+                &job,
+                "id_job",
+                &format!("busybox timeout 5 busybox nc {host} {port} </dev/null"),
+            );
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                text.contains("can't connect") && o.status.code() != Some(0),
+                "jail={jail}: {host}:{port} of the host is reachable from the session: {o:?}"
+            );
+        }
+        let o = st.ssh(
+            &job,
+            "id_job",
+            &format!(
+                "busybox timeout 10 busybox nc {} {} </dev/null",
+                net.ip, net.port
+            ),
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(GREETING),
+            "jail={jail}: the session cannot reach {}:{}: {o:?}",
+            net.ip,
+            net.port
+        );
+        // No process of the session shows where the job lives on the host (bwrap's arguments).
+        let o = st.ssh(
+            &job,
+            "id_job",
+            "cat /proc/[0-9]*/cmdline | busybox tr '\\0' ' '",
+        );
+        let cmdlines = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !cmdlines.contains("/jobs/") && cmdlines.contains("sshd"),
+            "jail={jail}: {o:?}"
+        );
+        if jail {
+            // No chroot(2) out of the image root.
+            let o = st.ssh(&job, "id_job", "chroot / /bin/true");
+            assert!(
+                o.status.code() != Some(0)
+                    && String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+                "chroot works in a jailed session: {o:?}"
+            );
+            let o = st.ssh(
+                &job,
+                "id_job",
+                "busybox grep -E '^Cap(Prm|Eff|Inh)' /proc/self/status",
+            );
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                let caps =
+                    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+                // CAP_SETPCAP 8, CAP_SYS_CHROOT 18; CAP_CHOWN 0 (root's customization) stays.
+                assert_eq!(caps & (1 << 8 | 1 << 18), 0, "{line}");
+                assert!(line.starts_with("CapInh") || caps & 1 == 1, "{line}");
+            }
+            // Nor into any other process's root: every process outside the jail (sshd, pid 1 of
+            // the sandbox) holds a capability the session lacks.
+            let o = st.ssh(&job, "id_job", "cd /proc/1/root");
+            assert_ne!(o.status.code(), Some(0), "/proc/1/root entered: {o:?}");
+            let o = st.ssh(
+                &job,
+                "id_job",
+                "for p in /proc/[0-9]*; do cat $p/root/etc/ssh/ssh_host_ed25519_key; \
+                 ls $p/root/usr/sbin/sshd; done 2>&1; true",
+            );
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                !text.contains("PRIVATE KEY") && !text.contains("/usr/sbin/sshd\n"),
+                "the sandbox's root is reachable from a jailed session:\n{text}"
+            );
+        }
         st.s.send("POST", &format!("/v3/jobs/{id}/fail"), None, None)
             .await
             .ok(200);

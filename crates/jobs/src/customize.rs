@@ -5,7 +5,7 @@
 //!    directory with its md5 and sha256 computed in the same pass and checked against the manifest.
 //! 2. **Image root**: [`crate::imageroot::prepare`] (overlay fast path or `unsquashfs`).
 //! 3. **Site setup**: the site CA certificate at `/etc/cray/ca/certificate_authority.crt`, and the
-//!    host's `/etc/resolv.conf` in place of the image's for the session (the image's is put back
+//!    host's resolvers (`session::resolv_conf`) in place of the image's resolv.conf for the session (the image's is put back
 //!    before packaging). Paths inside the image root are never followed through symbolic links.
 //! 4. **Wait for the user**: the flag files (`/tmp/complete|failed` inside the image root when
 //!    jailed, `/mnt/image/complete|failed` otherwise) or `ims jobs complete|fail`.
@@ -206,9 +206,10 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     Ok(())
 }
 
-/// Puts the host's resolv.conf in place of the image's (kept aside); `false` if the host has none.
+/// Puts the session's resolv.conf (the host's resolvers, as the session's network reaches them) in
+/// place of the image's (kept aside); `false` if the host has none.
 fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
-    let Ok(host) = std::fs::read("/etc/resolv.conf") else {
+    let Some(host) = crate::session::resolv_conf() else {
         return Ok(false);
     };
     let etc = dir_in_root(root, "etc")?;
@@ -219,7 +220,7 @@ fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
         std::fs::rename(&cur, &saved)
             .map_err(|e| format!("cannot set aside {}: {e}", cur.display()))?;
     }
-    replace_file(&etc.join("resolv.conf"), &host, 0o644)?;
+    replace_file(&etc.join("resolv.conf"), host.as_bytes(), 0o644)?;
     Ok(true)
 }
 

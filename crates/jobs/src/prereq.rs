@@ -24,13 +24,14 @@ const COMMON: &[Tool] = &[
 ];
 
 /// A session with the user (customize jobs; create jobs' debug shell): sshd in a bubblewrap
-/// sandbox with its capabilities cut by setpriv; ssh-keygen makes its host key and the ssh
+/// sandbox with its capabilities cut by setpriv and a network of its own (slirp4netns); ssh-keygen makes its host key and the ssh
 /// client checks that a login works before the job says it waits for its user. (Absolute paths
 /// where the session runs them so.)
 const SESSION: &[Tool] = &[
     tool("bwrap", "bubblewrap"),
     tool("/usr/sbin/sshd", "openssh-server"),
     tool("/usr/bin/setpriv", "util-linux"),
+    tool("slirp4netns", "slirp4netns"),
     tool("ssh-keygen", "openssh-client"),
     tool("ssh", "openssh-client"),
 ];
@@ -183,6 +184,10 @@ mod tests {
             "{m:?}"
         );
         assert!(m.iter().any(|l| l == "bwrap (install bubblewrap)"), "{m:?}");
+        assert!(
+            m.iter().any(|l| l == "slirp4netns (install slirp4netns)"),
+            "{m:?}"
+        );
         assert!(!m.iter().any(|l| l.contains("kiwi")), "{m:?}");
         let c = check(
             "create",

@@ -2,8 +2,15 @@
 //!
 //! The sandbox is the isolation boundary (measured in docs/research/job-sandbox.md):
 //!
-//! * new mount, pid, ipc, uts and cgroup namespaces; the host's network (the port must be
-//!   reachable, and customization installs packages);
+//! * new mount, pid, ipc, uts, cgroup and network namespaces. The network is a user-mode stack,
+//!   `slirp4netns`, attached to the sandbox's namespace: outbound TCP and UDP are NATed through
+//!   the agent's own sockets (package mirrors, CFS; DNS at 10.0.2.3 goes to the host's resolvers),
+//!   but the host's loopback is not reachable (`--disable-host-loopback`), so neither the API nor
+//!   the S3 endpoint on 127.0.0.1 is. sshd listens inside on 10.0.2.100:2222 and slirp4netns
+//!   forwards the session's port on the host (`listen`, a port of `ports`) to it; sshd sees every
+//!   connection coming from 10.0.2.2, the gateway. slirp4netns runs in a sandbox and seccomp
+//!   filter of its own, and exits when the agent's end of its exit pipe closes (the agent stops
+//!   the session or dies);
 //! * its root is built from read-only binds of the host's `/usr` (tools, and `sshd` itself), a
 //!   generated `/etc` (users, the sshd configuration, fresh host keys, the job's public key only),
 //!   private `/tmp` and `/run`, a minimal `/dev`, a `/proc` of its own with `/proc/sys` read-only,
@@ -14,7 +21,14 @@
 //!   module loading and the like; the environment is empty;
 //! * `jail: true` adds `ChrootDirectory /mnt/image/image-root` with the image root's own `/dev`
 //!   (the sandbox's, shared so ptys work) and `/proc` mounted inside the sandbox only — the image
-//!   root outside, and so the packaged image, never sees them.
+//!   root outside, and so the packaged image, never sees them. sshd needs `CAP_SYS_CHROOT` for
+//!   the chroot, so the session's login shell is a small static program
+//!   (`shell/ims-session-shell.c`, bound at `/dev/.ims/shell`, in the sandbox's `/dev` only) that
+//!   drops `CAP_SYS_CHROOT` and `CAP_SETPCAP` and then runs the image's `/bin/bash` (or
+//!   `/bin/sh`): root in a jailed session cannot `chroot` out of the image root. sshd is the
+//!   sandbox's pid 1 (`--as-pid-1`, no capability-less bwrap reaper), so every process outside
+//!   the chroot holds a capability the session lacks and the kernel refuses the session its
+//!   `/proc/PID/root` (the ptrace access rule).
 //!
 //! `--die-with-parent`: if the agent dies, the sandbox and every session process die with it.
 
@@ -45,9 +59,9 @@ pub struct Spec {
     pub jail: bool,
     /// The one public key accepted (an OpenSSH `authorized_keys` line).
     pub public_key: String,
-    /// Address sshd listens on.
+    /// Address the session's port is on (IPv4: slirp4netns forwards it to sshd in the sandbox).
     pub listen: std::net::IpAddr,
-    /// Ports sshd may listen on (a firewall's range); `None`: any free port.
+    /// Ports the session's port may be (a firewall's range); `None`: any free port.
     pub ports: Option<PortRange>,
     /// Environment for sessions (`SetEnv`), e.g. `IMS_JOB_ID`.
     pub set_env: Vec<(String, String)>,
@@ -62,7 +76,13 @@ pub struct Spec {
 
 /// A running session.
 pub struct Session {
+    /// bwrap (sshd is its child, the sandbox's pid 1).
     child: tokio::process::Child,
+    /// The sandbox's network.
+    net: tokio::process::Child,
+    /// Our end of slirp4netns's exit pipe: closed when the session is dropped or the agent dies,
+    /// which ends slirp4netns.
+    _net_exit: std::os::fd::OwnedFd,
     pub port: u16,
     pub log: PathBuf,
 }
@@ -79,14 +99,24 @@ fn one_line(what: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn sshd_config(port: u16, spec: &Spec) -> Result<String, String> {
-    let mut c = format!(
-        "Port {port}\nListenAddress {}\n",
-        match spec.listen {
-            std::net::IpAddr::V6(a) => format!("[{a}]"),
-            a => a.to_string(),
-        }
-    );
+/// Where sshd listens inside the sandbox's network namespace (slirp4netns's guest address).
+const GUEST_ADDR: &str = "10.0.2.100";
+const GUEST_PORT: u16 = 2222;
+/// slirp4netns's DNS forwarder, for hosts whose resolvers are on their loopback.
+const GUEST_DNS: &str = "10.0.2.3";
+/// The login shell of jailed sessions, in the sandbox's `/dev` (which is the jail's).
+const JAIL_SHELL: &str = "/dev/.ims/shell";
+/// [`JAIL_SHELL`]'s program (`shell/ims-session-shell.c`, built static by `build.rs`).
+const JAIL_SHELL_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ims-session-shell"));
+
+/// `penalties`: sshd has `PerSourcePenalties` (OpenSSH 9.8 and later), which must be off: every
+/// connection comes from slirp4netns's gateway address, so one client's penalty (the readiness
+/// probe's is "no authentication") would lock every user out.
+fn sshd_config(spec: &Spec, penalties: bool) -> Result<String, String> {
+    let mut c = format!("Port {GUEST_PORT}\nListenAddress {GUEST_ADDR}\n");
+    if penalties {
+        c.push_str("PerSourcePenalties no\n");
+    }
     c.push_str(
         "HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile none
@@ -208,6 +238,68 @@ async fn serves(ip: std::net::IpAddr, port: u16) -> bool {
     )
 }
 
+/// Whether the host's sshd is OpenSSH 9.8 or later (`PerSourcePenalties`).
+fn sshd_has_penalties() -> bool {
+    let Ok(out) = std::process::Command::new("/usr/sbin/sshd")
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stderr);
+    let Some(v) = text.split("OpenSSH_").nth(1) else {
+        return false;
+    };
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (9, 8)
+}
+
+/// The session's `resolv.conf`: the host's, with its loopback resolvers (a local stub such as
+/// systemd-resolved's 127.0.0.53, unreachable from the session's network namespace) replaced by
+/// slirp4netns's DNS forwarder, which asks the host's first resolver, and IPv6 resolvers left
+/// out (the session has no IPv6 route). `None` if the host has no resolv.conf.
+pub fn resolv_conf() -> Option<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .map(|host| session_resolv_conf(&host))
+}
+
+fn session_resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    let mut forwarder = false;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        match words
+            .next()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        {
+            Some(std::net::IpAddr::V4(a)) if !a.is_loopback() => {
+                out.push_str(&format!("nameserver {a}\n"));
+                servers += 1;
+            }
+            Some(std::net::IpAddr::V4(_)) if !forwarder => {
+                out.push_str(&format!("nameserver {GUEST_DNS}\n"));
+                forwarder = true;
+                servers += 1;
+            }
+            _ => {}
+        }
+    }
+    if servers == 0 {
+        out.push_str(&format!("nameserver {GUEST_DNS}\n"));
+    }
+    out
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -215,20 +307,16 @@ fn tail(path: &Path) -> String {
 }
 
 /// Generates the session's `/etc` in `<job>/session/etc`.
-fn make_etc(spec: &Spec, etc: &Path, port: u16) -> Result<(), String> {
-    // The login shell: bash where the session lands has it, else sh.
-    let has_bash = if spec.jail {
-        ims_rootfs::kernel::resolve_in_root(
-            &spec.job_dir.join("mnt").join("image-root"),
-            Path::new("bin/bash"),
-        )
-        .ok()
-        .flatten()
-        .is_some()
+fn make_etc(spec: &Spec, etc: &Path) -> Result<(), String> {
+    // The login shell: jailed, the capability-dropping one (which runs the image's bash or sh);
+    // otherwise bash where the host has it, else sh.
+    let shell = if spec.jail {
+        JAIL_SHELL
+    } else if Path::new("/usr/bin/bash").exists() {
+        "/bin/bash"
     } else {
-        Path::new("/usr/bin/bash").exists()
+        "/bin/sh"
     };
-    let shell = if has_bash { "/bin/bash" } else { "/bin/sh" };
     use std::os::unix::fs::DirBuilderExt;
     let ssh = etc.join("ssh");
     std::fs::DirBuilder::new()
@@ -258,7 +346,7 @@ fn make_etc(spec: &Spec, etc: &Path, port: u16) -> Result<(), String> {
         "127.0.0.1 localhost\n::1 localhost\n",
         0o644,
     )?;
-    if let Ok(r) = std::fs::read_to_string("/etc/resolv.conf") {
+    if let Some(r) = resolv_conf() {
         write(&etc.join("resolv.conf"), &r, 0o644)?;
     }
     one_line("public key", spec.public_key.trim())?;
@@ -267,7 +355,11 @@ fn make_etc(spec: &Spec, etc: &Path, port: u16) -> Result<(), String> {
         &format!("{}\n", spec.public_key.trim()),
         0o644,
     )?;
-    write(&ssh.join("sshd_config"), &sshd_config(port, spec)?, 0o644)?;
+    write(
+        &ssh.join("sshd_config"),
+        &sshd_config(spec, sshd_has_penalties())?,
+        0o644,
+    )?;
     if !spec.jail {
         host_etc_mount_points(etc)?;
     }
@@ -357,16 +449,32 @@ fn host_etc_mount_points(etc: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi::OsString> {
+/// The descriptors bwrap gets: the seccomp filter, and what it waits on before it starts sshd
+/// (the network being ready).
+#[derive(Debug, Clone, Copy)]
+struct Fds {
+    seccomp: Option<i32>,
+    block: i32,
+}
+
+/// bwrap's arguments; `jail_shell`: the host file bound at [`JAIL_SHELL`]. bwrap starts in the
+/// session's network namespace (made by [`start`]; bwrap's own `--unshare-net` would set up the
+/// loopback interface at the same time as slirp4netns does, and the two race).
+fn bwrap_args(spec: &Spec, etc: &Path, jail_shell: &Path, fds: Fds) -> Vec<std::ffi::OsString> {
     let mut a: Vec<std::ffi::OsString> = vec![];
     let mut push = |s: &str| a.push(s.into());
     for s in [
         "--die-with-parent",
         "--new-session",
         "--unshare-pid",
+        // sshd is pid 1: bwrap's reaper would be a process outside the jail without capabilities,
+        // whose /proc/1/root a capability-less session could enter.
+        "--as-pid-1",
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup",
+        "--block-fd",
+        &fds.block.to_string(),
         "--hostname",
         "ims-job",
         "--ro-bind",
@@ -450,6 +558,9 @@ fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi:
         ] {
             push(s);
         }
+        a.push("--ro-bind".into());
+        a.push(jail_shell.into());
+        a.push(format!("/mnt/image/image-root{JAIL_SHELL}").into());
     } else {
         for s in ["--dev", "/dev"] {
             push(s);
@@ -468,6 +579,7 @@ fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi:
             }
         }
     }
+    let mut push = |s: &str| a.push(s.into());
     if spec.dkms {
         for s in ["--ro-bind", "/sys", "/mnt/image/image-root/sys"] {
             push(s);
@@ -479,7 +591,8 @@ fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi:
         push("--cap-add");
         push(c);
     }
-    if let Some(fd) = seccomp_fd {
+    let mut push = |s: &str| a.push(s.into());
+    if let Some(fd) = fds.seccomp {
         push("--seccomp");
         push(&fd.to_string());
     }
@@ -504,8 +617,184 @@ fn bwrap_args(spec: &Spec, etc: &Path, seccomp_fd: Option<i32>) -> Vec<std::ffi:
     a
 }
 
+/// A pipe, both ends close-on-exec (a child gets its end through [`inherit`]).
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "cannot make a pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Lets a child started by `cmd` inherit `fds` at their own numbers (they are close-on-exec in
+/// the agent, so no other child gets them).
+fn inherit(cmd: &mut tokio::process::Command, fds: Vec<i32>) {
+    // SAFETY: fcntl is async-signal-safe; it only clears the close-on-exec flag in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Reads what a child writes into `fd` until `done` says it is complete, the writer closes its
+/// end (`Ok` with what came), or `limit` passes.
+async fn read_pipe(
+    fd: std::os::fd::OwnedFd,
+    limit: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 512];
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if done(&got) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(r) => r.map(|()| got),
+        Err(_) => Err(format!("nothing within {} s", limit.as_secs())),
+    }
+}
+
+/// The sandbox's network: `slirp4netns` attached to the network namespace of process `pid`
+/// (bwrap), configured (lo up, (10.0.2.100/24, gateway 10.0.2.2, DNS 10.0.2.3), without
+/// access to the host's loopback; its API socket is `dir/slirp.sock`. Returns once the network is
+/// configured, with our end of its exit pipe.
+async fn start_network(
+    dir: &Path,
+    pid: u32,
+) -> Result<(tokio::process::Child, std::os::fd::OwnedFd), String> {
+    use std::os::fd::AsRawFd;
+    let log = dir.join("slirp4netns.log");
+    let out =
+        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(dir.join("slirp.sock"));
+    let (exit_r, exit_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let mut cmd = tokio::process::Command::new("slirp4netns");
+    cmd.args([
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        // Relative to its working directory: a socket's path is limited to 107 bytes.
+        "--api-socket=slirp.sock",
+        "--enable-sandbox",
+        "--enable-seccomp",
+    ])
+    .arg(format!("--exit-fd={}", exit_r.as_raw_fd()))
+    .arg(format!("--ready-fd={}", ready_w.as_raw_fd()))
+    .arg(pid.to_string())
+    .arg("tap0")
+    .current_dir(dir)
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err)
+    .kill_on_drop(true);
+    inherit(&mut cmd, vec![exit_r.as_raw_fd(), ready_w.as_raw_fd()]);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run slirp4netns (install slirp4netns): {e}"))?;
+    drop((exit_r, ready_w));
+    let ready = read_pipe(ready_r, Duration::from_secs(10), |b| !b.is_empty()).await;
+    if ready.as_deref().map(|b| b.starts_with(b"1")) != Ok(true) {
+        let _ = child.kill().await;
+        return Err(format!(
+            "the session's network (slirp4netns) did not come up: {}",
+            tail(&log)
+        ));
+    }
+    Ok((child, exit_w))
+}
+
+/// Forwards `listen:port` on the host to sshd in the sandbox (slirp4netns's `add_hostfwd`);
+/// `Err((in_use, why))`.
+async fn forward(dir: &Path, listen: std::net::IpAddr, port: u16) -> Result<(), (bool, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = serde_json::json!({"execute": "add_hostfwd", "arguments": {
+        "proto": "tcp", "host_addr": listen.to_string(), "host_port": port,
+        "guest_addr": GUEST_ADDR, "guest_port": GUEST_PORT}});
+    // Through the directory's descriptor: the socket's full path may be too long for connect(2).
+    let d = std::fs::File::open(dir).map_err(|e| (false, format!("{}: {e}", dir.display())))?;
+    let path = format!(
+        "/proc/self/fd/{}/slirp.sock",
+        std::os::fd::AsRawFd::as_raw_fd(&d)
+    );
+    let talk = async {
+        let mut s = tokio::net::UnixStream::connect(&path).await?;
+        s.write_all(request.to_string().as_bytes()).await?;
+        s.shutdown().await?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(Duration::from_secs(10), talk).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Err((false, format!("slirp4netns's API: {e}"))),
+        Err(_) => return Err((false, "slirp4netns's API does not answer".into())),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
+        (
+            false,
+            format!(
+                "slirp4netns's API answered {:?}: {e}",
+                String::from_utf8_lossy(&answer)
+            ),
+        )
+    })?;
+    if v.get("return").is_some() {
+        return Ok(());
+    }
+    let why = v["error"]["desc"]
+        .as_str()
+        .map_or_else(|| v.to_string(), str::to_string);
+    // libslirp reports a failed bind(2) this way; anything else about the port is no race.
+    let in_use = why.contains("bind") || why.contains("in use");
+    Err((
+        in_use,
+        format!("cannot forward {listen}:{port} to the session: {why}"),
+    ))
+}
+
 /// Starts the session and returns once sshd serves connections.
 pub async fn start(spec: &Spec) -> Result<Session, String> {
+    use std::os::fd::AsRawFd;
+    if spec.listen.is_ipv6() {
+        return Err(format!(
+            "sessions listen on IPv4 addresses only (slirp4netns forwards IPv4), not {}: set IMS_JOB_SSH_LISTEN to one",
+            spec.listen
+        ));
+    }
     let dir = spec.job_dir.join("session");
     let etc = dir.join("etc");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -530,89 +819,140 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
             }
         }
     }
+    let jail_shell = dir.join("ims-session-shell");
+    if spec.jail {
+        crate::rootfiles::replace_file(&jail_shell, JAIL_SHELL_PROGRAM, 0o755)?;
+    }
     let seccomp = crate::seccomp::filter();
     let bpf = dir.join("seccomp.bpf");
     if let Some(prog) = &seccomp {
         std::fs::write(&bpf, prog).map_err(|e| format!("cannot write {}: {e}", bpf.display()))?;
     }
-    let mut last_err = String::new();
-    for _attempt in 0..5 {
-        let port = free_port(spec.listen, spec.ports)?;
-        make_etc(spec, &etc, port)?;
-        let log = dir.join("sshd.log");
-        let out = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let bpf_file = match &seccomp {
-            Some(_) => Some(
-                std::fs::File::open(&bpf)
-                    .map_err(|e| format!("cannot read {}: {e}", bpf.display()))?,
-            ),
-            None => None,
-        };
-        const SECCOMP_FD: i32 = 9;
-        let mut cmd = tokio::process::Command::new("bwrap");
-        cmd.args(bwrap_args(
-            spec,
-            &etc,
-            bpf_file.as_ref().map(|_| SECCOMP_FD),
-        ))
+    make_etc(spec, &etc)?;
+    let log = dir.join("sshd.log");
+    let out =
+        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let bpf_file = match &seccomp {
+        // Opened close-on-exec, as Rust does: only bwrap gets it.
+        Some(_) => Some(
+            std::fs::File::open(&bpf).map_err(|e| format!("cannot read {}: {e}", bpf.display()))?,
+        ),
+        None => None,
+    };
+    let (block_r, block_w) = pipe()?;
+    let fds = Fds {
+        seccomp: bpf_file.as_ref().map(|f| f.as_raw_fd()),
+        block: block_r.as_raw_fd(),
+    };
+    let mut cmd = tokio::process::Command::new("bwrap");
+    cmd.args(bwrap_args(spec, &etc, &jail_shell, fds))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-        if let Some(f) = &bpf_file {
-            use std::os::fd::AsRawFd;
-            let fd = f.as_raw_fd();
-            // SAFETY: dup2 is async-signal-safe; it gives the child the filter at a known
-            // descriptor without the close-on-exec flag.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::dup2(fd, SECCOMP_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+    inherit(
+        &mut cmd,
+        [fds.block].into_iter().chain(fds.seccomp).collect(),
+    );
+    // SAFETY: unshare is async-signal-safe: bwrap starts in a network namespace of its own (with
+    // only a loopback interface, down), which the sandbox inherits.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run bwrap (install bubblewrap): {e}"))?;
+    // The child has its copies; it waits for `block_w` before it starts sshd.
+    drop((bpf_file, block_r));
+    let Some(pid) = child.id() else {
+        return Err(format!("the sandbox did not start: {}", tail(&log)));
+    };
+    let (mut net, net_exit) = match start_network(&dir, pid).await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+    };
+    // The network is up: sshd may start (and bind the guest address).
+    let go = std::fs::File::from(block_w);
+    if let Err(e) = std::io::Write::write_all(&mut &go, b"1") {
+        let _ = child.kill().await;
+        let _ = net.kill().await;
+        return Err(format!(
+            "cannot start the sandbox's sshd ({e}): {}",
+            tail(&log)
+        ));
+    }
+    drop(go);
+    let mut last_err = String::new();
+    for _attempt in 0..5 {
+        let port = free_port(spec.listen, spec.ports)?;
+        match forward(&dir, spec.listen, port).await {
+            Ok(()) => {}
+            // A port taken meanwhile: try another.
+            Err((true, e)) => {
+                last_err = e;
+                continue;
+            }
+            Err((false, e)) => {
+                last_err = e;
+                break;
             }
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run bwrap (install bubblewrap): {e}"))?;
-        // The child has its copy.
-        drop(bpf_file);
         let deadline = Instant::now() + spec.ready_timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 last_err = format!("sshd stopped ({status}): {}", tail(&log));
                 break;
             }
+            if let Ok(Some(status)) = net.try_wait() {
+                last_err = format!(
+                    "the session's network (slirp4netns) stopped ({status}): {}",
+                    tail(&dir.join("slirp4netns.log"))
+                );
+                break;
+            }
             if serves(spec.listen, port).await {
-                return Ok(Session { child, port, log });
+                return Ok(Session {
+                    child,
+                    net,
+                    _net_exit: net_exit,
+                    port,
+                    log,
+                });
             }
             if Instant::now() > deadline {
-                let _ = child.kill().await;
-                return Err(format!(
+                last_err = format!(
                     "sshd did not accept connections within {} s: {}",
                     spec.ready_timeout.as_secs(),
                     tail(&log)
-                ));
+                );
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // A port taken meanwhile: try another.
-        if !last_err.contains("Address already in use") && !last_err.contains("Cannot bind") {
-            break;
-        }
+        break;
     }
+    let _ = child.kill().await;
+    let _ = net.kill().await;
     Err(last_err)
 }
 
 impl Session {
-    /// Ends the session: sshd and every session process (the sandbox's pid namespace) go.
+    /// Ends the session: sshd and every session process (the sandbox's pid namespace) go, and
+    /// its network.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+        let _ = self.net.kill().await;
     }
 
     /// sshd's public host key (an OpenSSH public key line), which the job publishes so that
@@ -625,9 +965,9 @@ impl Session {
             .map_err(|e| format!("cannot read sshd's host key {}: {e}", p.display()))
     }
 
-    /// Whether sshd is still running.
+    /// Whether sshd and the session's network are still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.child.try_wait(), Ok(None)) && matches!(self.net.try_wait(), Ok(None))
     }
 }
 
@@ -783,32 +1123,48 @@ mod tests {
 
     #[test]
     fn configuration() {
-        let c = sshd_config(2222, &spec(true)).unwrap();
-        assert!(c.starts_with("Port 2222\nListenAddress 0.0.0.0\n"), "{c}");
+        let c = sshd_config(&spec(true), false).unwrap();
+        assert!(
+            c.starts_with("Port 2222\nListenAddress 10.0.2.100\n"),
+            "{c}"
+        );
+        assert!(!c.contains("PerSourcePenalties"), "{c}");
+        assert!(
+            sshd_config(&spec(true), true)
+                .unwrap()
+                .contains("PerSourcePenalties no\n")
+        );
         assert!(c.contains("ChrootDirectory /mnt/image/image-root\n"));
         assert!(c.contains("SetEnv IMS_JOB_ID=abc\n"));
         assert!(c.contains("PasswordAuthentication no\n"));
         assert!(
-            !sshd_config(2222, &spec(false))
+            !sshd_config(&spec(false), false)
                 .unwrap()
                 .contains("ChrootDirectory")
         );
         let mut s = spec(false);
         s.set_env = vec![("X".into(), "a\nChrootDirectory /".into())];
-        assert!(sshd_config(1, &s).is_err());
+        assert!(sshd_config(&s, false).is_err());
         assert!(one_line("public key", "ssh-ed25519 AAAA\ncommand=\"x\" ssh-rsa").is_err());
     }
 
     #[test]
     fn sandbox_arguments() {
-        let a: Vec<String> = bwrap_args(&spec(true), Path::new("/j/session/etc"), Some(9))
+        let fds = Fds {
+            seccomp: Some(9),
+            block: 6,
+        };
+        let shell = Path::new("/j/session/ims-session-shell");
+        let a: Vec<String> = bwrap_args(&spec(true), Path::new("/j/session/etc"), shell, fds)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();
         let joined = a.join(" ");
         for want in [
             "--die-with-parent",
-            "--unshare-pid",
+            "--unshare-pid --as-pid-1",
+            "--block-fd 6",
+            "--ro-bind /j/session/ims-session-shell /mnt/image/image-root/dev/.ims/shell",
             "--ro-bind /proc/sys /proc/sys",
             "--ro-bind /j/session/etc /etc",
             "--bind /j/mnt /mnt/image",
@@ -827,7 +1183,11 @@ mod tests {
         );
         let mut d = spec(false);
         d.dkms = true;
-        let joined: Vec<String> = bwrap_args(&d, Path::new("/e"), None)
+        let fds = Fds {
+            seccomp: None,
+            ..fds
+        };
+        let joined: Vec<String> = bwrap_args(&d, Path::new("/e"), shell, fds)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();
@@ -839,5 +1199,26 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
+        assert!(!joined.contains("ims-session-shell"), "{joined}");
+    }
+
+    #[test]
+    fn resolvers_reachable_from_the_session() {
+        // A loopback stub (systemd-resolved) becomes slirp4netns's forwarder; IPv6 resolvers
+        // (no route) go; others and the other lines stay.
+        assert_eq!(
+            session_resolv_conf("# x\nnameserver 127.0.0.53\noptions edns0\nsearch example.org\n"),
+            "# x\nnameserver 10.0.2.3\noptions edns0\nsearch example.org\n"
+        );
+        assert_eq!(
+            session_resolv_conf(
+                "nameserver 192.0.2.53\nnameserver ::1\nnameserver fd00::53\nnameserver 127.0.0.1\nnameserver 127.0.0.2\n"
+            ),
+            "nameserver 192.0.2.53\nnameserver 10.0.2.3\n"
+        );
+        assert_eq!(
+            session_resolv_conf("nameserver fd00::53\n"),
+            "nameserver 10.0.2.3\n"
+        );
     }
 }
