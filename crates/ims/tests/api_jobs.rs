@@ -1262,27 +1262,30 @@ async fn jobs_the_host_cannot_run_are_refused() {
     }
     let data = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(data.path(), Some(65534), Some(65534)).unwrap();
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(ims_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--s3-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path().join("d"))
-        .env_remove("IMS_CONFIG")
-        .env("IMS_JOB_EXECUTOR", "local")
-        .env("IMS_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(ims_bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data.path().join("d"))
+            .env_remove("IMS_CONFIG")
+            .env("IMS_JOB_EXECUTOR", "local")
+            .env("IMS_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = vec![];
-    let mut stderr = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut stderr =
+        std::io::BufRead::lines(std::io::BufReader::new(child.0.stderr.take().unwrap()));
     for line in stderr.by_ref().map_while(Result::ok) {
         let last = line.contains("listening on");
         lines.push(line);
@@ -1336,8 +1339,7 @@ async fn jobs_the_host_cannot_run_are_refused() {
         .await
         .unwrap();
     assert_eq!(jobs, json!([]), "a refused job was stored");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     // As root, a create job whose kiwi-ng is not there.
     let s = builder(Db::Sqlite)

@@ -55,6 +55,8 @@ async fn setup_with(env: &[(&str, &str)]) -> Option<Setup> {
     let mut b = builder(Db::Sqlite)
         .await
         .env("IMS_JOB_EXECUTOR", "local")
+        // The agents of a test that fails do not outlive it by the default hour.
+        .env("IMS_JOB_ORPHAN_TIMEOUT", "300s")
         .relative_data_dir();
     for (k, v) in env {
         b = b.env(k, v);

@@ -458,3 +458,13 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// A child process killed (and reaped) when the test ends, also when it fails first.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
