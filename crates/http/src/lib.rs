@@ -239,7 +239,7 @@ where
                     }
                     () = expired => {
                         if act.deadline(&limits, stopping).is_some_and(|d| d <= Instant::now()) {
-                            tracing::debug!("{name}: closing a connection without a request in flight");
+                            tracing::debug!("{name}: closing a connection idle for its timeout (no request, or a response its client does not read)");
                             return;
                         }
                     }
@@ -286,6 +286,9 @@ struct State {
     idle_since: Instant,
     /// The first byte read since then (a request head coming in).
     first_byte: Option<Instant>,
+    /// Since when a write has been waiting for the client to read (its receive window is shut):
+    /// a response nobody reads for the idle timeout is cut, so slow readers cannot hold slots.
+    write_blocked: Option<Instant>,
 }
 
 impl Activity {
@@ -297,6 +300,7 @@ impl Activity {
                 served: false,
                 idle_since: now,
                 first_byte: None,
+                write_blocked: None,
             }),
             wake: Notify::new(),
             accepted: now,
@@ -309,11 +313,12 @@ impl Activity {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// When the connection is to be closed if nothing changes; `None` while a request is in flight.
+    /// When the connection is to be closed if nothing changes. While a request is in flight:
+    /// only when the client has not read any of the response for the idle timeout.
     fn deadline(&self, l: &Limits, stopping: bool) -> Option<Instant> {
         let s = self.state();
         if s.in_flight > 0 {
-            return None;
+            return s.write_blocked.map(|t| t + l.idle_timeout);
         }
         if stopping {
             return Some(s.idle_since + SHUTDOWN_LINGER);
@@ -359,8 +364,27 @@ impl Activity {
 
     fn wrote(&self) {
         let mut s = self.state();
+        s.write_blocked = None;
         if s.in_flight == 0 {
             s.idle_since = Instant::now();
+        }
+    }
+
+    /// A write could not go on: the client's receive window is full.
+    fn write_waits(&self) {
+        let mut s = self.state();
+        if s.write_blocked.is_none() {
+            s.write_blocked = Some(Instant::now());
+            drop(s);
+            self.wake.notify_one();
+        }
+    }
+
+    fn after_write(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.wrote(),
+            Poll::Pending => self.write_waits(),
+            _ => {}
         }
     }
 }
@@ -393,9 +417,7 @@ impl AsyncWrite for Tracked {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.sock).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.act.wrote();
-        }
+        self.act.after_write(&r);
         r
     }
 
@@ -405,9 +427,7 @@ impl AsyncWrite for Tracked {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.sock).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.act.wrote();
-        }
+        self.act.after_write(&r);
         r
     }
 

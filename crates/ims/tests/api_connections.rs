@@ -312,6 +312,37 @@ async fn a_slow_download_outlasts_the_timeouts() {
     assert!(closed_within(&mut c, Duration::from_secs(3)).is_some());
 }
 
+/// A client that asks for a large response and then reads nothing (its receive window shut)
+/// does not hold its connection: it is cut after the idle timeout, while a reader that reads
+/// slowly (above) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_nobody_reads_is_cut_after_the_idle_timeout() {
+    let (s, _, s3) = quick_timeouts().await;
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    s.put_artifact("ims", "unread/download", &big);
+    let path = presigned(&s, reqwest::Method::GET, "unread/download").await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let c = sock.connect(s3.parse().unwrap()).await.unwrap();
+    let mut c = c.into_std().unwrap();
+    c.set_nonblocking(false).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {s3}\r\n\r\n").unwrap();
+    // Read nothing for a while: the server's writes stall on the shut window.
+    std::thread::sleep(Duration::from_secs(4));
+    let t = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "still sending");
+    }
+    assert!(got < big.len(), "the whole response came ({got} bytes)");
+}
+
 /// A request body sent slowly to the API (for three times the timeouts) is read whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_body_outlasts_the_timeouts() {

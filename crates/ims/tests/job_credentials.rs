@@ -496,6 +496,38 @@ async fn a_customize_jobs_token_and_credentials_reach_only_its_job() {
     );
     let link = |p: &str| json!({"path": p, "etag": "", "type": "s3"});
     let own_link = link(&format!("s3://boot-images/{new}/manifest.json"));
+    // A manifest of its own that lists another image's rootfs (later jobs would be granted it,
+    // and a cascade delete of this image would take it) is refused too.
+    let stealing = json!({"version": "1.0", "created": "2024-01-01 00:00:00", "artifacts": [
+        {"link": {"path": "s3://boot-images/other/rootfs", "etag": "", "type": "s3"},
+         "type": "application/vnd.cray.image.rootfs.squashfs", "md5": ""}]});
+    ok(
+        &s3(
+            &py,
+            &c,
+            &[
+                "put",
+                "boot-images",
+                &mine("stealing.json"),
+                &stealing.to_string(),
+            ],
+        ),
+        "put a manifest listing another image's rootfs",
+    );
+    let p = call(
+        &s,
+        Some(&ta),
+        "POST",
+        "/v3/images",
+        Some(json!({"id": new, "name": "n",
+            "link": link(&format!("s3://boot-images/{new}/stealing.json"))})),
+    )
+    .await
+    .problem(403, false);
+    assert!(
+        p["detail"].as_str().unwrap().contains("every artifact"),
+        "{p}"
+    );
     for (body, what) in [
         (json!({"name": "n", "link": own_link}), "no id"),
         (

@@ -159,16 +159,24 @@ pub async fn open(
             "the job's files are at /mnt/image"
         }
     ));
-    let host_key = ssh.host_public_key()?;
-    agent
-        .report_ssh(
-            &agent.settings.ssh_host,
-            ssh.port,
-            "running",
-            Some(&host_key),
-        )
-        .await?;
-    agent.status("waiting_on_user").await?;
+    let announced = async {
+        let host_key = ssh.host_public_key()?;
+        agent
+            .report_ssh(
+                &agent.settings.ssh_host,
+                ssh.port,
+                "running",
+                Some(&host_key),
+            )
+            .await?;
+        agent.status("waiting_on_user").await
+    }
+    .await;
+    if let Err(e) = announced {
+        // Ended the same way as a session that ran: sshd stopped, its log in the job's.
+        close(agent, Open { ssh, sshd_log }).await;
+        return Err(e);
+    }
     let (complete, failed) = if jail {
         ("/tmp/complete", "/tmp/failed")
     } else {

@@ -144,17 +144,47 @@ const FOLLOW_OUTAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(
 /// was; the exit code is 1 when the job ended in `error`.
 fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
     let c = client(g)?;
-    ims_client::s3::runtime()?.block_on(follow_log(&c, id, 0, follow, &mut std::io::stdout()))
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    ims_client::s3::runtime()?.block_on(follow_log(
+        &c,
+        id,
+        0,
+        follow,
+        terminal,
+        &mut std::io::stdout(),
+    ))
 }
 
-/// Copies job `id`'s log from byte `offset` to `out` as it arrives; with `follow` until the job
-/// is over (riding out a server that stops answering for a while), exit code 1 when it ended in
-/// `error`. A closed `out` (`| head`) stops quietly.
+/// A job's log as a terminal may show it: the log carries what builds and package scripts wrote,
+/// so control characters (escape sequences that could move the cursor, retitle the window or
+/// worse) are shown as `^X` instead of being sent; newlines and tabs stay.
+pub(crate) fn printable(text: &[u8]) -> Vec<u8> {
+    let mut out = String::with_capacity(text.len());
+    for c in String::from_utf8_lossy(text).chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push('^');
+                out.push(char::from((c as u8) ^ 0x40));
+            }
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out.into_bytes()
+}
+
+/// Copies job `id`'s log from byte `offset` to `out` as it arrives (through [`printable`] when
+/// `out` is a terminal); with `follow` until the job is over (riding out a server that stops
+/// answering for a while), exit code 1 when it ended in `error`. A closed `out` (`| head`) stops
+/// quietly.
 pub(crate) async fn follow_log(
     c: &Client,
     id: &str,
     mut offset: u64,
     follow: bool,
+    terminal: bool,
     out: &mut dyn std::io::Write,
 ) -> Result<ExitCode, String> {
     let mut outage: Option<std::time::Instant> = None;
@@ -180,6 +210,7 @@ pub(crate) async fn follow_log(
         if outage.take().is_some() {
             eprintln!("ims: the server answers again; following on");
         }
+        let text = if terminal { printable(&text) } else { text };
         if !text.is_empty() && out.write_all(&text).and_then(|()| out.flush()).is_err() {
             return Ok(ExitCode::SUCCESS);
         }
@@ -885,6 +916,14 @@ fn request(cmd: Command) -> Result<Request, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn job_logs_cannot_drive_the_terminal() {
+        assert_eq!(
+            super::printable(b"ok\tline\n\x1b]0;pwned\x07\x1b[2J\r\x7f\xc2\x9b caf\xc3\xa9\n"),
+            "ok\tline\n^[]0;pwned^G^[[2J^M^?\u{fffd} caf\u{e9}\n".as_bytes()
+        );
+    }
+
     use super::*;
     use clap::Parser;
 

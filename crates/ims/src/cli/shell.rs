@@ -107,7 +107,8 @@ pub fn run(a: ShellArgs, g: &Globals, format: Format) -> Result<ExitCode, String
         } else {
             Box::new(std::io::stderr())
         };
-        let ended = follow_log(&c, &job_id, offset, true, &mut sink).await?;
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let ended = follow_log(&c, &job_id, offset, true, terminal, &mut sink).await?;
         let job = c
             .describe(Resource::Jobs, &job_id)
             .await
@@ -292,6 +293,11 @@ async fn wait_for_session(
         if let Ok((text, next, _)) = c.job_log(id, *offset).await {
             if !quiet && !text.is_empty() {
                 let mut e = std::io::stderr().lock();
+                let text = if std::io::IsTerminal::is_terminal(&e) {
+                    super::printable(&text)
+                } else {
+                    text
+                };
                 let _ = e.write_all(&text).and_then(|()| e.flush());
             }
             *offset = next;

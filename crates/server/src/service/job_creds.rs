@@ -117,6 +117,28 @@ pub async fn check_registration(
     {
         return Err(refuse(format!("its manifest must be below {prefix}")));
     }
+    // What the manifest lists must be the job's own objects too: an image's artifacts are read by
+    // later jobs (their read grants) and moved or deleted with it (soft delete, v2 cascade).
+    let link: ims_core::ArtifactLink = body
+        .and_then(|b| b.get("link"))
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .ok_or_else(|| refuse("its link is not an artifact link".into()))?;
+    let mloc = location(&link)?;
+    if let ManifestRead::Json(v) = read_manifest(st, &mloc).await? {
+        let listed = v
+            .get("artifacts")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let entries = manifest_entries(&v);
+        let own = |e: &super::images::Entry| {
+            e.loc.bucket == st.cfg.boot_images_bucket && e.loc.key.starts_with(&format!("{want}/"))
+        };
+        if entries.len() != listed || !entries.iter().all(own) {
+            return Err(refuse(format!(
+                "every artifact its manifest lists must be below {prefix}"
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -277,6 +277,9 @@ pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
         }
         .await
     )?;
+    // Again once the record is gone: credentials STS issued while the job was being stopped
+    // (its re-check still found the record) die too.
+    super::job_creds::revoke(st, id);
     super::job_runs::forget(st, id).await;
     Ok(no_content())
 }
@@ -369,7 +372,11 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
             _ => String::new(),
         };
         match st.store.apply(vec![op]).await {
-            Ok(()) | Err(ims_store::StoreError::Conflict) => super::job_runs::forget(st, &id).await,
+            Ok(()) | Err(ims_store::StoreError::Conflict) => {
+                // As in `delete_one`: what STS issued during the stop dies with the record.
+                super::job_creds::revoke(st, &id);
+                super::job_runs::forget(st, &id).await
+            }
             Err(e) => return Err(e.into()),
         }
     }
