@@ -178,14 +178,10 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// A progress line on stderr for work of unknown total size (bytes produced so far, elapsed time),
-/// drawn only when stderr is a terminal (and not quiet).
-pub fn bytes_progress(what: &str) -> ProgressBar {
-    bytes_progress_of(what, "written")
-}
-
-/// A spinner with `what`, bytes `done` (e.g. "read") so far and the time taken, on a terminal.
-pub fn bytes_progress_of(what: &str, done: &str) -> ProgressBar {
+/// A progress line on stderr for work of unknown total size (`what`: the bytes so far and what
+/// happened to them, e.g. "written"; elapsed time), drawn only when stderr is a terminal (and not
+/// quiet).
+pub fn bytes_progress(what: &str, done: &str) -> ProgressBar {
     if quiet() || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

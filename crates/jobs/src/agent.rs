@@ -495,23 +495,35 @@ impl Agent {
     }
 }
 
-/// When a long step (download, mksquashfs) says how far it got in the job's log: after 2 s, then
-/// every 10 s.
+/// How far a long step (download, mksquashfs) got, in the job's log: after 2 s, then every 10 s.
 pub struct ProgressLines {
+    log: Log,
+    what: &'static str,
     started: std::time::Instant,
     next: Duration,
 }
 
 impl ProgressLines {
-    pub fn new() -> ProgressLines {
+    /// Lines `what: …` in `log`.
+    pub fn new(log: Log, what: &'static str) -> ProgressLines {
         ProgressLines {
+            log,
+            what,
             started: std::time::Instant::now(),
             next: Duration::from_secs(2),
         }
     }
 
+    /// Says `done` of `total` bytes (0: unknown) when a line is due.
+    pub fn report(&mut self, done: u64, total: u64) {
+        if let Some(t) = self.due() {
+            self.log
+                .line(&ProgressLines::line(self.what, done, total, t));
+        }
+    }
+
     /// The time since the start when a line is due now, else `None`.
-    pub fn due(&mut self) -> Option<Duration> {
+    fn due(&mut self) -> Option<Duration> {
         let t = self.started.elapsed();
         (t >= self.next).then(|| {
             self.next = t + Duration::from_secs(10);
@@ -520,7 +532,7 @@ impl ProgressLines {
     }
 
     /// A line for `done` of `total` bytes (0: unknown) of `what` at `t`.
-    pub fn line(what: &str, done: u64, total: u64, t: Duration) -> String {
+    fn line(what: &str, done: u64, total: u64, t: Duration) -> String {
         let mib = |b: u64| b as f64 / 1_048_576.0;
         if total > 0 {
             format!(
@@ -533,12 +545,6 @@ impl ProgressLines {
         } else {
             format!("{what}: {:.1} MiB ({:.0} s)", mib(done), t.as_secs_f64())
         }
-    }
-}
-
-impl Default for ProgressLines {
-    fn default() -> Self {
-        ProgressLines::new()
     }
 }
 
@@ -810,7 +816,7 @@ mod tests {
 
     #[test]
     fn progress_lines_after_2_s_then_every_10_s() {
-        let mut p = ProgressLines::new();
+        let mut p = ProgressLines::new(super::Log::new(), "downloading");
         assert_eq!(p.due(), None, "not at once");
         p.started -= std::time::Duration::from_secs(3);
         let t = p.due().expect("after 2 s");

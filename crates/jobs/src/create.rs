@@ -219,11 +219,9 @@ async fn fetch_recipe(
     });
     let archive = dir.join("recipe.tar.gz");
     agent.say(&format!("downloading {link}"));
-    let mut lines = crate::agent::ProgressLines::new();
+    let mut lines = crate::agent::ProgressLines::new(agent.log.clone(), "downloading");
     let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel, &mut |d, t| {
-        if let Some(at) = lines.due() {
-            agent.say(&crate::agent::ProgressLines::line("downloading", d, t, at));
-        }
+        lines.report(d, t)
     })
     .await?;
     match want.as_deref().map(str::trim).filter(|w| !w.is_empty()) {

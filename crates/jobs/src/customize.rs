@@ -75,11 +75,9 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let image = dir.join("image.sqsh");
     agent.say(&format!("downloading s3://{bucket}/{key}"));
     let started = std::time::Instant::now();
-    let mut lines = crate::agent::ProgressLines::new();
+    let mut lines = crate::agent::ProgressLines::new(agent.log.clone(), "downloading");
     let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel, &mut |d, t| {
-        if let Some(at) = lines.due() {
-            agent.say(&crate::agent::ProgressLines::line("downloading", d, t, at));
-        }
+        lines.report(d, t)
     })
     .await?;
     let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);

@@ -78,19 +78,9 @@ pub async fn package(
     let (src, dst) = (root.to_path_buf(), sqsh.clone());
     // Progress in the job's log while it runs (a large root takes minutes): the image's bytes
     // written so far, after 2 s and then every 10 s.
-    let log = agent.log.clone();
-    let mut lines = crate::agent::ProgressLines::new();
+    let mut lines = crate::agent::ProgressLines::new(agent.log.clone(), "mksquashfs: written");
     let squash = tokio::task::spawn_blocking(move || {
-        ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| {
-            if let Some(t) = lines.due() {
-                log.line(&crate::agent::ProgressLines::line(
-                    "mksquashfs: written",
-                    b,
-                    0,
-                    t,
-                ));
-            }
-        })
+        ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| lines.report(b, 0))
     });
     tokio::select! {
         r = squash => r.map_err(|e| e.to_string())?.map_err(|e| format!("packaging: {e}"))?,

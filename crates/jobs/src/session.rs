@@ -215,14 +215,20 @@ fn free_port(ip: std::net::IpAddr, ports: Option<PortRange>) -> Result<u16, Stri
         .ok_or_else(|| format!("no free port in the session port range {r} on {ip}"))
 }
 
+/// Where the agent reaches a session listening on `listen`: that address, or loopback for the
+/// unspecified one.
+fn local_address(listen: std::net::IpAddr) -> std::net::IpAddr {
+    if listen.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        listen
+    }
+}
+
 /// Connects and reads the SSH banner: only an sshd that serves connections sends it.
 async fn serves(ip: std::net::IpAddr, port: u16) -> bool {
     use tokio::io::AsyncReadExt;
-    let ip = if ip.is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        ip
-    };
+    let ip = local_address(ip);
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::net::TcpStream::connect((ip, port)),
@@ -1014,18 +1020,10 @@ pub async fn check_login(spec: &Spec, s: &Session) -> Result<(), String> {
         ),
         0o644,
     )?;
-    let ip = if spec.listen.is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        spec.listen
-    };
+    let ip = local_address(spec.listen);
     let known = dir.join("login-check.known_hosts");
     let host_key = s.host_public_key()?;
-    let host = match ip {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{}", s.port),
-        a => format!("[{a}]:{}", s.port),
-    };
-    write(&known, &format!("{host} {host_key}\n"), 0o644)?;
+    write(&known, &format!("[{ip}]:{} {host_key}\n", s.port), 0o644)?;
     let mut known_opt = std::ffi::OsString::from("UserKnownHostsFile=");
     known_opt.push(&known);
     let result = tokio::time::timeout(

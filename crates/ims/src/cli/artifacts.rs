@@ -255,16 +255,7 @@ pub fn import_recipe(
     let v = rt.block_on(async {
         let ctx = s3_ctx(g).await?;
         let cancel = interrupt_token();
-        let rec = ctx
-            .client
-            .create(Resource::Recipes, &body)
-            .await
-            .map_err(|e| e.to_string())?;
-        let id = rec
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("the server's answer has no recipe id: {rec}"))?
-            .to_string();
+        let (_, id) = super::create_record(&ctx.client, Resource::Recipes, &body).await?;
         const BUCKET: &str = "ims";
         let key = format!("recipes/{id}/recipe.tar.gz");
         let mut uploaded = false;

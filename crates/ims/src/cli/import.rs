@@ -171,6 +171,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("internal error: {e}"))?
 }
 
+/// Runs a conversion on a blocking thread, with a spinner of the bytes it reports (`what`: `done`)
+/// on a terminal.
+async fn with_spinner(
+    what: &str,
+    done: &str,
+    convert: impl FnOnce(&mut (dyn FnMut(u64) + Send)) -> ims_rootfs::Result<()> + Send + 'static,
+) -> Result<(), String> {
+    let bar = ims_client::s3::bytes_progress(what, done);
+    let shown = bar.clone();
+    blocking(move || convert(&mut |b| shown.set_position(b)).map_err(|e| e.to_string())).await?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// Produces the squashfs image and the boot files, in `work` when anything must be written.
 async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf, Boot), String> {
     let compression: Compression = match &a.compression {
@@ -202,17 +216,11 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
                 );
             }
             let (src, dst) = (rootfs.clone(), out.clone());
-            // The image's bytes written so far, on a terminal.
-            let bar = ims_client::s3::bytes_progress("mksquashfs");
-            let shown = bar.clone();
-            blocking(move || {
-                ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| {
-                    shown.set_position(b)
-                })
-                .map_err(|e| e.to_string())
+            // The image's bytes written so far.
+            with_spinner("mksquashfs", "written", move |progress| {
+                ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, progress)
             })
             .await?;
-            bar.finish_and_clear();
             return Ok((out, boot));
         }
         Source::Archive(_) => {
@@ -224,17 +232,11 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
                 );
             }
             let (src, dst) = (rootfs.clone(), out.clone());
-            // The archive's (uncompressed) tar stream read so far, on a terminal.
-            let bar = ims_client::s3::bytes_progress_of("converting", "of tar read");
-            let shown = bar.clone();
-            blocking(move || {
-                ims_rootfs::tar_to_squashfs_with_progress(&src, &dst, &opts, &mut |b| {
-                    shown.set_position(b)
-                })
-                .map_err(|e| e.to_string())
+            // The archive's (uncompressed) tar stream read so far.
+            with_spinner("converting", "of tar read", move |progress| {
+                ims_rootfs::tar_to_squashfs_with_progress(&src, &dst, &opts, progress)
             })
             .await?;
-            bar.finish_and_clear();
             out
         }
     };

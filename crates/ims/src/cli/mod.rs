@@ -310,7 +310,7 @@ async fn create_record(c: &Client, r: Resource, body: &Value) -> Result<(Value, 
     let id = v
         .get("id")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("the server's answer has no {} id", kind_of(r).0))?
+        .ok_or_else(|| format!("the server's answer has no {} id: {v}", kind_of(r).0))?
         .to_string();
     Ok((v, id))
 }
