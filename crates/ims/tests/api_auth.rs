@@ -21,26 +21,10 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Resp {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = s.client.request(m, format!("{}{path}", s.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    Resp {
-        status,
-        content_type,
-        body: r.bytes().await.unwrap().to_vec(),
-    }
+    let body = body.map(|b| b.to_string().into_bytes());
+    let content_type = body.as_ref().map(|_| "application/json");
+    s.send_as(token, method, path, body.as_deref(), content_type)
+        .await
 }
 
 async fn server(admin: Option<&str>) -> (Server, tempfile::TempDir) {

@@ -52,34 +52,14 @@ except botocore.exceptions.ClientError as e:
     print(json.dumps({"error": e.response["Error"]["Code"]}))
 "#;
 
-fn python() -> Option<String> {
-    if std::env::var("IMS_TEST_SKIP_S3").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    Some(std::env::var("IMS_TEST_PYTHON").expect(
-        "IMS_TEST_PYTHON is not set: run the tests with scripts/test.sh (or set IMS_TEST_SKIP_S3=1)",
-    ))
-}
-
+/// One call of this file's boto3 client with `creds`; its JSON answer.
 fn s3(py: &str, creds: &Value, args: &[&str]) -> Value {
-    let out = std::process::Command::new(py)
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(creds.to_string())
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "boto3 {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    boto3(py, CLIENT, creds, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sts_and_builtin_s3_serve_the_artifact_store() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let s = start(Db::Sqlite).await;
 
     // Credentials are generated on first start, private to the owner.
@@ -259,7 +239,7 @@ fn upload_image(py: &str, c: &Value, dir: &str, parts: &[(&str, &str, &str, &str
 /// deletes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_metadata_follows_soft_delete_undelete_and_purge() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let s = start(Db::Sqlite).await;
     let c = s.send("PUT", "/apis/sts/token", None, None).await.ok(200)["Credentials"].clone();
 

@@ -84,30 +84,9 @@ except botocore.exceptions.ClientError as e:
     print(json.dumps({"error": e.response["Error"]["Code"]}))
 "#;
 
-fn python() -> Option<String> {
-    if std::env::var("IMS_TEST_SKIP_S3").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    Some(std::env::var("IMS_TEST_PYTHON").expect(
-        "IMS_TEST_PYTHON is not set: run the tests with scripts/test.sh (or set IMS_TEST_SKIP_S3=1)",
-    ))
-}
-
 /// One boto3 call with `creds`; its JSON answer (`{"error": code}` for an S3 error).
 fn s3(py: &str, creds: &Value, args: &[&str]) -> Value {
-    let out = std::process::Command::new(py)
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(creds.to_string())
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "boto3 {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    boto3(py, CLIENT, creds, args)
 }
 
 fn ok(v: &Value, what: &str) {
@@ -145,26 +124,9 @@ async fn call_raw(
     body: Option<Vec<u8>>,
     content_type: &str,
 ) -> Resp {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = s.client.request(m, format!("{}{path}", s.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.header("content-type", content_type).body(b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    Resp {
-        status,
-        content_type,
-        body: r.bytes().await.unwrap().to_vec(),
-    }
+    let content_type = body.as_ref().map(|_| content_type);
+    s.send_as(token, method, path, body.as_deref(), content_type)
+        .await
 }
 
 async fn server() -> (Server, tempfile::TempDir) {
@@ -228,7 +190,7 @@ async fn append_log(s: &Server, token: &str, job: &str, seq: u64, text: &str) ->
 /// The trial's abuses, each refused, and what a customize job needs, still allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customize_jobs_token_and_credentials_reach_only_its_job() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let (s, _keys) = server().await;
     let pk = public_key(&s).await;
     let src = image(&s, "src").await;
@@ -706,7 +668,7 @@ async fn a_customize_jobs_token_and_credentials_reach_only_its_job() {
 /// A create job reads its recipe's archive only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_jobs_credentials_read_its_recipe_only() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let (s, _keys) = server().await;
     let pk = public_key(&s).await;
     let mut recipes = vec![];

@@ -272,8 +272,23 @@ impl Server {
         body: Option<&[u8]>,
         content_type: Option<&str>,
     ) -> Resp {
+        self.send_as(None, method, path, body, content_type).await
+    }
+
+    /// [`Server::send`] with a bearer token (`None`: none).
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: Option<&str>,
+    ) -> Resp {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.client.request(m, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -467,4 +482,32 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The Python with boto3 that the S3 tests drive (`IMS_TEST_PYTHON`, set by scripts/test.sh);
+/// `None` when `IMS_TEST_SKIP_S3=1`.
+pub fn test_python() -> Option<String> {
+    if std::env::var("IMS_TEST_SKIP_S3").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    Some(std::env::var("IMS_TEST_PYTHON").expect(
+        "IMS_TEST_PYTHON is not set: run the tests with scripts/test.sh (or set IMS_TEST_SKIP_S3=1)",
+    ))
+}
+
+/// Runs the boto3 `script` (given the STS credentials JSON and `args`) with `py`; its JSON answer.
+pub fn boto3(py: &str, script: &str, creds: &Value, args: &[&str]) -> Value {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(creds.to_string())
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "boto3 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
