@@ -4,8 +4,7 @@
 //!
 //! Needs `IMS_TEST_PYTHON` (a Python with boto3; `scripts/test.sh` sets it) unless `IMS_TEST_SKIP_S3=1`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 

@@ -1,8 +1,7 @@
 //! `ims artifacts …` and `ims images verify` (issue 3 items 4 and 7), driven as a subprocess
 //! against a real `ims serve` (SQLite) and its built-in S3 endpoint, through STS.
 
-mod common;
-use common::*;
+use crate::common::*;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use std::process::Command;

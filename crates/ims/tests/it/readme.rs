@@ -1,8 +1,7 @@
 //! The README's walk-through, run as written: `ims serve` with its defaults (relative `./ims-data`,
 //! ports 9000 and 9001) in a fresh directory, the bash block verbatim, a new HOME (no SSH key yet).
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

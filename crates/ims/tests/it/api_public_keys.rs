@@ -1,7 +1,6 @@
 //! Public keys over HTTP (reference §3.1, §7.2 test_v2/v3_public_keys, deleted public keys).
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const PREFIXES: &[&str] = &[

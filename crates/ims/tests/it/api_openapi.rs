@@ -1,8 +1,7 @@
 //! The OpenAPI document matches the router: every documented operation is routed (no "unknown URL"
 //! 404, no 405), at the root and under /apis/ims, and the document is served under both.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_routed() {

@@ -6,8 +6,7 @@
 //! by another user, so building it needs root (as IMS jobs run); those tests print a message and
 //! return when not run as root.
 
-mod common;
-use common::*;
+use crate::common::*;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};

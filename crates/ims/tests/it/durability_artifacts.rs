@@ -3,8 +3,7 @@
 //! of images with real artifact files; after a restart every record is either as before with its
 //! artifacts, or changed with its artifacts where its new state says.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

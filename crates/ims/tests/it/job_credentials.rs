@@ -7,8 +7,7 @@
 //! Needs `IMS_TEST_PYTHON` (a Python with boto3; `scripts/test.sh` sets it) unless
 //! `IMS_TEST_SKIP_S3=1`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

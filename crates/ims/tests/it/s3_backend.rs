@@ -5,8 +5,7 @@
 //! `scripts/test.sh` installs moto and sets `IMS_TEST_MOTO_SERVER`; without it this test fails
 //! unless `IMS_TEST_SKIP_S3=1`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

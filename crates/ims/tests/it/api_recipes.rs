@@ -4,8 +4,7 @@
 //! Recipe tarballs live in the server's local artifact store (`<data>/artifacts/<bucket>/<key>`), so
 //! every S3 effect (HEAD, delete, move under `deleted/`) is checked on the files themselves.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Every family: unversioned and v2 (hard delete), v3 (soft delete), and the same under the gateway.

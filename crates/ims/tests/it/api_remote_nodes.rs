@@ -4,8 +4,7 @@
 //! The test servers have no SSH key for remote nodes, so the status probe cannot connect and says
 //! why in `sshStatus`; every other field keeps its initial value.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const STATUS_KEYS: &[&str] = &[

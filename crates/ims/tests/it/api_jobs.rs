@@ -2,8 +2,7 @@
 //! and resolution rule, the original's validation order and errors, PATCH by job agents, single and
 //! filtered collection DELETE, and the API families (v2, v3, unversioned, `/apis/ims`).
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const PREFIXES: &[&str] = &[

@@ -2,8 +2,7 @@
 //! original's eight data files (and their legacy names), its load defaults, all-or-nothing imports,
 //! idempotence, round trips, and the imported records served over HTTP.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Output;

@@ -1,8 +1,7 @@
 //! The `ims` client CLI (issue 3 item 3), driven as a subprocess against a real `ims serve`
 //! (SQLite) and, where the exact request matters, against a tiny recording HTTP listener.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -3,9 +3,8 @@
 //! mount namespace, the user's `complete`/`fail`, packaging and register-last publishing. Needs
 //! root (mounts), as jobs do; skipped otherwise.
 
-mod common;
-use common::jobs::*;
-use common::*;
+use crate::common::jobs::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;

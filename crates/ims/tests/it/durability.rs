@@ -2,8 +2,7 @@
 //! acknowledged, and restarts on the same data cleanly. (The original rewrote whole JSON files
 //! without fsync; a crash mid-write could truncate a table, §8.)
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,9 +3,8 @@
 //! (more connections wait in the listen backlog), and requests that take longer than both
 //! timeouts while they progress (a slow upload, a slow download, a slow JSON body).
 
-mod common;
 
-use common::{Builder, Db, Server, builder};
+use crate::common::{Builder, Db, Server, builder};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -348,7 +347,7 @@ async fn a_response_nobody_reads_is_cut_after_the_idle_timeout() {
 async fn a_slow_request_body_outlasts_the_timeouts() {
     let (_s, api, _) = quick_timeouts().await;
     // A public key whose JSON body arrives a few bytes every 300 ms for 3 s.
-    let key = serde_json::json!({"name": "slow", "public_key": common::PUBLIC_KEY}).to_string();
+    let key = serde_json::json!({"name": "slow", "public_key": crate::common::PUBLIC_KEY}).to_string();
     let mut c = TcpStream::connect(&api).unwrap();
     write!(
         c,
@@ -389,7 +388,7 @@ async fn jobs_logs_follow_outlasts_the_timeouts() {
     let pk = s
         .post(
             "/v3/public-keys",
-            &serde_json::json!({"name": "k", "public_key": common::PUBLIC_KEY}),
+            &serde_json::json!({"name": "k", "public_key": crate::common::PUBLIC_KEY}),
         )
         .await
         .ok(201);
@@ -402,8 +401,8 @@ async fn jobs_logs_follow_outlasts_the_timeouts() {
         .await
         .ok(201);
     let jid = job["id"].as_str().unwrap().to_string();
-    let token = common::job_token(KEY_HEX, &jid);
-    let follow = common::Cli::of(&s)
+    let token = crate::common::job_token(KEY_HEX, &jid);
+    let follow = crate::common::Cli::of(&s)
         .command(&["jobs", "logs", &jid, "--follow"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

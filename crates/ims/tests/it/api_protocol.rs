@@ -6,8 +6,7 @@
 //! Where the original answered with Flask defaults (`{"message": …}`, not problem+json, for 415 /
 //! malformed JSON, plain JSON for 405), we answer problem+json as the design's conventions require.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitStatus, Stdio};

@@ -2,8 +2,7 @@
 //! tokens (`ims-job.<job-id>.<expiry>.<hex HMAC-SHA256(key, "ims job token v2\0" + job-id + "\0" +
 //! expiry)>`), which can act on their own live job only.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 
@@ -11,7 +10,7 @@ const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1
 
 /// A job token as the server issues it under the test key.
 fn job_token(job: &str) -> String {
-    common::job_token(KEY_HEX, job)
+    crate::common::job_token(KEY_HEX, job)
 }
 
 async fn call(

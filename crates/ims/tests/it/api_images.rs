@@ -5,8 +5,7 @@
 //! (`<data>/artifacts/<bucket>/<key>`), so every S3 effect (HEAD, GET, delete, move under `deleted/`,
 //! the written `deleted_manifest.json`) is checked on the files themselves.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const PREFIXES: &[&str] = &[

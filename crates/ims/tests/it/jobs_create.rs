@@ -5,10 +5,8 @@
 //! built-in S3 endpoint by a presigned URL. Needs root (kiwi, mounts), as jobs do; skipped
 //! otherwise.
 
-mod common;
-mod qemu;
-use common::jobs::*;
-use common::*;
+use crate::common::jobs::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -688,11 +686,11 @@ async fn debian_example_recipe_builds_and_boots() {
 
     // Boot it: the rootfs over HTTP from the built-in S3 endpoint, by a presigned URL signed for
     // the address the guest uses (10.0.2.2 is the host's loopback behind QEMU's user network).
-    let url = qemu::presigned_rootfs_url(&st.s.url, "boot-images", &rootfs_key).await;
+    let url = crate::qemu::presigned_rootfs_url(&st.s.url, "boot-images", &rootfs_key).await;
     let cmdline =
         format!("root=live:{url} rd.live.overlay.overlayfs=1 ip=dhcp rd.neednet=1 console=ttyS0");
     let console = st.dir.path().join("console.log");
-    match qemu::boot_to_login(
+    match crate::qemu::boot_to_login(
         &kernel,
         &initrd,
         &cmdline,

@@ -2,8 +2,7 @@
 //! `ims serve` processes sharing one PostgreSQL database (the scale-out path of the design; the
 //! original could only run one single-threaded pod, §8).
 
-mod common;
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
