@@ -1,131 +1,12 @@
 //! Configuration: defaults < TOML file < the original's environment names < `IMS_*` environment <
-//! command-line flags. A bad value stops start-up with one line naming the setting.
+//! command-line flags. A bad value stops start-up with one line naming the setting. The settings
+//! themselves (names, parsers, defaults) are declared in [`crate::settings`].
 
-use serde::Deserialize;
+use crate::settings::{self as s, FileConfig, Raw, Setting};
+use ims_core::agent_env::AgentSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
-pub const DEFAULT_DATA_DIR: &str = "./ims-data";
-/// The built-in S3 endpoint (embedded mode, when no external S3 is configured).
-pub const DEFAULT_S3_LISTEN: &str = "127.0.0.1:9001";
-
-/// The configuration file (`--config FILE`, `IMS_CONFIG`, or `<data-dir>/ims.toml` when present).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    /// Address of the built-in S3 endpoint.
-    pub s3_listen: Option<String>,
-    /// The URL clients are told to use for the built-in S3 endpoint (STS `EndpointURL`).
-    pub s3_public_url: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub database_url: Option<String>,
-    pub log_format: Option<String>,
-    /// How long unfinished artifact work stays with a process that stopped renewing it before
-    /// another replica takes it over (e.g. `60s`).
-    pub artifact_lease: Option<String>,
-    /// Serve the API on a non-loopback address without a token (a lab only).
-    pub insecure_open_api: Option<bool>,
-    #[serde(default)]
-    pub s3: S3File,
-    #[serde(default)]
-    pub jobs: JobsFile,
-    #[serde(default)]
-    pub remote_build_nodes: NodesFile,
-    #[serde(default)]
-    pub auth: AuthFile,
-    #[serde(default)]
-    pub http: HttpFile,
-}
-
-/// `[http]`: the connection rules of both listeners (API and built-in S3 endpoint).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpFile {
-    /// A connection must send a complete request head within this time (e.g. `30s`).
-    pub header_timeout: Option<String>,
-    /// A connection with no request in flight is closed after this time (e.g. `60s`).
-    pub idle_timeout: Option<String>,
-    /// Connections each listener serves at once; more wait in the listen backlog.
-    pub max_connections: Option<u64>,
-}
-
-/// `[auth]`: API access.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AuthFile {
-    /// File holding the administrator bearer token; when set, the API requires it.
-    pub api_token_file: Option<PathBuf>,
-    /// File holding the job-token key (hex); replicas sharing a database must share it.
-    /// Default: `<data-dir>/job-token.key`, created on first start.
-    pub job_token_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct S3File {
-    pub endpoint: Option<String>,
-    pub access_key: Option<String>,
-    pub secret_key: Option<String>,
-    pub region: Option<String>,
-    pub path_style: Option<bool>,
-    pub verify_tls: Option<bool>,
-    pub ims_bucket: Option<String>,
-    pub boot_images_bucket: Option<String>,
-    /// Objects above this size move by multipart copy (e.g. `5GiB`, the default and maximum).
-    pub copy_multipart_threshold: Option<String>,
-    /// The part size of those copies (e.g. `512MiB`, the default; at least 5 MiB).
-    pub copy_part_size: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct JobsFile {
-    pub default_image_size: Option<i64>,
-    pub default_mem_size: Option<i64>,
-    pub namespace: Option<String>,
-    pub customer_access_subnet: Option<String>,
-    pub customer_access_domain: Option<String>,
-    pub enable_dkms: Option<bool>,
-    pub max_manifest_size: Option<u64>,
-    /// `local` (agents as child processes) or `none` (records only).
-    pub executor: Option<String>,
-    /// The API URL job agents use (default: the listen address, loopback if unspecified).
-    pub agent_api_url: Option<String>,
-    /// A silent agent's job ends in error after this long (e.g. `60s`, `2m`).
-    pub heartbeat_timeout: Option<String>,
-    /// A job waiting on its user ends in error after this long (e.g. `24h`).
-    pub user_deadline: Option<String>,
-    /// An agent that cannot reach the server for this long stops by itself (default `1h`).
-    pub orphan_timeout: Option<String>,
-    /// The site CA certificate put into every image root (`/etc/cray/ca/certificate_authority.crt`).
-    pub ca_cert: Option<PathBuf>,
-    /// The host name users reach job SSH sessions at (default: this host's name).
-    pub ssh_host: Option<String>,
-    /// Address sessions' sshd listen on (default every address).
-    pub ssh_listen: Option<String>,
-    /// Ports sessions' sshd may listen on, `FIRST-LAST` (default any free port).
-    pub ssh_ports: Option<String>,
-    /// squashfs compression of the images jobs produce (default zstd).
-    pub compression: Option<String>,
-    /// Its level (default: mksquashfs's; create jobs 6 for zstd).
-    pub compression_level: Option<u32>,
-    /// How long a create job waits for its recipe's repositories (default 500s).
-    pub repo_timeout: Option<String>,
-    /// Keys passed to kiwi-ng as `--signing-key` (files or directories of them; default: the
-    /// Debian archive keyring for apt recipes).
-    pub signing_keys: Option<Vec<PathBuf>>,
-    /// The kiwi-ng program (default `kiwi-ng` on the PATH).
-    pub kiwi: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NodesFile {
-    pub ssh_key: Option<PathBuf>,
-}
 
 /// Flags that override everything else.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +19,22 @@ pub struct Flags {
     pub log_format: Option<String>,
     /// `--insecure-open-api`.
     pub insecure_open_api: bool,
+}
+
+impl Flags {
+    /// The value given to `flag` (a setting's [`s::Spec::flag`]).
+    pub fn value(&self, flag: &str) -> Option<Raw> {
+        match flag {
+            "--config" => self.config.clone().map(Raw::Path),
+            "--listen" => self.listen.clone().map(Raw::Text),
+            "--s3-listen" => self.s3_listen.clone().map(Raw::Text),
+            "--data-dir" => self.data_dir.clone().map(Raw::Path),
+            "--database-url" => self.database_url.clone().map(Raw::Text),
+            "--log-format" => self.log_format.clone().map(Raw::Text),
+            "--insecure-open-api" => self.insecure_open_api.then(|| Raw::Text("true".into())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +67,7 @@ pub struct Config {
     pub executor: ExecutorKind,
     pub agent_api_url: Option<String>,
     /// Settings handed to job agents (`IMS_AGENT_*`).
-    pub agent_env: Vec<(String, String)>,
+    pub agent: AgentSettings,
     pub job_token_key_file: PathBuf,
     /// The connection rules of both listeners.
     pub http: HttpConfig,
@@ -185,9 +82,6 @@ pub struct HttpConfig {
     /// `None`: derived from the open-file limit at start-up (`ims_http::default_max_connections`).
     pub max_connections: Option<usize>,
 }
-
-/// The largest connection limit accepted.
-pub const MAX_CONNECTIONS_LIMIT: u64 = 1_000_000;
 
 impl Config {
     /// Whether the API listens beyond loopback without an administrator token.
@@ -251,22 +145,6 @@ pub enum ExecutorKind {
     None,
 }
 
-/// A duration setting: `90`, `90s`, `2m`, `24h`, `1d`, `2weeks`, … (at least one second).
-fn parse_duration(name: &str, v: &str) -> Result<std::time::Duration, ConfigError> {
-    let v = v.trim();
-    let secs = match v.parse::<i64>() {
-        Ok(n) => Some(n),
-        Err(_) => ims_core::input::parse_age(v),
-    };
-    match secs {
-        Some(n) if n >= 1 => Ok(std::time::Duration::from_secs(n as u64)),
-        _ => Err(err(
-            name,
-            format!("{v:?} is not a duration (e.g. 90s, 2m, 24h, 1d)"),
-        )),
-    }
-}
-
 /// A configuration error: names the setting and says what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("invalid setting {setting}: {message}")]
@@ -301,597 +179,210 @@ impl Env {
     }
 }
 
-fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
-        "0" | "false" | "f" | "no" | "n" | "off" => Ok(false),
-        _ => Err(err(name, format!("{v:?} is not a boolean (true/false)"))),
+/// Where settings are given, in order of precedence.
+struct Sources<'a> {
+    flags: &'a Flags,
+    env: &'a Env,
+    file: Option<&'a FileConfig>,
+}
+
+impl Sources<'_> {
+    /// The setting's value if given, with the name errors about it use.
+    fn given<T>(&self, setting: &Setting<T>) -> Result<Option<(String, T)>, ConfigError> {
+        let spec = &setting.spec;
+        let found = spec
+            .flag
+            .and_then(|f| self.flags.value(f).map(|v| (f.to_string(), v)))
+            .or_else(|| self.env.get(spec.env).map(|(n, v)| (n, Raw::Text(v))))
+            .or_else(|| {
+                let v = (spec.file)(self.file?)?;
+                Some((spec.key?.to_string(), v))
+            });
+        let Some((name, raw)) = found else {
+            return Ok(None);
+        };
+        match (setting.parse)(raw) {
+            Ok(v) => Ok(Some((name, v))),
+            Err(m) => Err(err(spec.reported_as.unwrap_or(&name), m)),
+        }
+    }
+
+    /// The setting's value if given.
+    fn value<T>(&self, setting: &Setting<T>) -> Result<Option<T>, ConfigError> {
+        Ok(self.given(setting)?.map(|(_, v)| v))
+    }
+
+    /// The setting's value, else its default value.
+    fn get<T>(&self, setting: &Setting<T>) -> Result<T, ConfigError> {
+        if let Some(v) = self.value(setting)? {
+            return Ok(v);
+        }
+        let name = setting.spec.env[0];
+        match setting.spec.default {
+            s::Default::Value(d) => (setting.parse)(Raw::Text(d.into()))
+                .map_err(|m| err(name, format!("default {d:?}: {m}"))),
+            s::Default::Doc(_) => Err(err(name, "has no default value (a bug)")),
+        }
     }
 }
 
-fn parse_size(name: &str, v: &str) -> Result<i64, ConfigError> {
-    match v.trim().parse::<i64>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(err(name, format!("{v:?} is not a positive integer"))),
+/// Stores a given value into `slot` (which holds the default).
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
     }
 }
 
-/// A byte count: `1048576`, `8MiB`, `5GiB`, `512M` (binary multiples; `K`/`KiB`, `M`/`MiB`,
-/// `G`/`GiB`, any case) within `min..=max`.
-fn parse_bytes(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let t = v.trim().to_ascii_lowercase();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(digits);
-    let shift = match unit.trim() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        _ => return Err(err(name, format!("{v:?} is not a size (e.g. 8MiB, 5GiB)"))),
+/// The configuration file: `--config`, `IMS_CONFIG`, or `<data-dir>/ims.toml` when it exists.
+fn read_file(pre: &Sources) -> Result<FileConfig, ConfigError> {
+    let path = match pre.value(&s::CONFIG)? {
+        Some(p) => Some(p),
+        None => Some(pre.get(&s::DATA_DIR)?.join("ims.toml")).filter(|p| p.is_file()),
     };
-    match n
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-    {
-        Some(b) if (min..=max).contains(&b) => Ok(b),
-        Some(_) => Err(err(
-            name,
-            format!("{v:?} is not between {min} and {max} bytes"),
-        )),
-        None => Err(err(name, format!("{v:?} is not a size (e.g. 8MiB, 5GiB)"))),
-    }
-}
-
-fn check_bucket(name: &str, v: String) -> Result<String, ConfigError> {
-    if ims_artifacts::valid_bucket(&v) {
-        Ok(v)
-    } else {
-        Err(err(name, format!("{v:?} is not a valid S3 bucket name")))
-    }
-}
-
-/// `p` made absolute against the working directory (without touching the filesystem).
-fn absolute(name: &str, p: &std::path::Path) -> Result<PathBuf, ConfigError> {
-    std::path::absolute(p).map_err(|e| {
+    let Some(p) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| err("config", format!("cannot read {}: {e}", p.display())))?;
+    toml::from_str(&text).map_err(|e| {
         err(
-            name,
-            format!("cannot make {} an absolute path: {e}", p.display()),
+            "config",
+            format!("{}: {}", p.display(), e.to_string().replace('\n', " ")),
         )
     })
 }
 
 /// Resolves the configuration from flags, environment and the configuration file.
 pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
-    // Which file: --config, IMS_CONFIG, or <data-dir>/ims.toml when it exists.
-    let explicit = flags
-        .config
-        .clone()
-        .or_else(|| env.get(&["IMS_CONFIG"]).map(|(_, v)| PathBuf::from(v)));
-    let pre_data_dir = flags
-        .data_dir
-        .clone()
-        .or_else(|| env.get(&["IMS_DATA_DIR"]).map(|(_, v)| PathBuf::from(v)))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let file_path = explicit.clone().or_else(|| {
-        let p = pre_data_dir.join("ims.toml");
-        p.is_file().then_some(p)
-    });
-    let file: FileConfig = match &file_path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| err("config", format!("cannot read {}: {e}", p.display())))?;
-            toml::from_str(&text).map_err(|e| {
-                err(
-                    "config",
-                    format!("{}: {}", p.display(), e.to_string().replace('\n', " ")),
-                )
-            })?
-        }
-        None => FileConfig::default(),
+    let mut src = Sources {
+        flags,
+        env,
+        file: None,
     };
+    let file = read_file(&src)?;
+    src.file = Some(&file);
 
-    let pick = |flag: &Option<String>,
-                names: &[&str],
-                file: &Option<String>|
-     -> Option<(String, String)> {
-        flag.clone()
-            .map(|v| ("--flag".to_string(), v))
-            .or_else(|| env.get(names))
-            .or_else(|| file.clone().map(|v| ("config file".to_string(), v)))
-    };
-
-    let (lname, listen) = pick(&flags.listen, &["IMS_LISTEN"], &file.listen)
-        .unwrap_or(("default".into(), DEFAULT_LISTEN.into()));
-    let listen: SocketAddr = listen.parse().map_err(|_| {
-        err(
-            if lname == "--flag" {
-                "--listen"
-            } else if lname == "config file" {
-                "listen"
-            } else {
-                &lname
-            },
-            format!("{listen:?} is not an ADDRESS:PORT"),
-        )
-    })?;
-
-    let (sname, s3_listen) = pick(&flags.s3_listen, &["IMS_S3_LISTEN"], &file.s3_listen)
-        .unwrap_or(("default".into(), DEFAULT_S3_LISTEN.into()));
-    let s3_listen: SocketAddr = s3_listen.parse().map_err(|_| {
-        err(
-            if sname == "--flag" {
-                "--s3-listen"
-            } else if sname == "config file" {
-                "s3_listen"
-            } else {
-                &sname
-            },
-            format!("{s3_listen:?} is not an ADDRESS:PORT"),
-        )
-    })?;
-    let s3_public_url = pick(&None, &["IMS_S3_PUBLIC_URL"], &file.s3_public_url).map(|(_, v)| v);
-    if let Some(u) = &s3_public_url
-        && !(u.starts_with("http://") || u.starts_with("https://"))
-    {
-        return Err(err("s3_public_url", format!("{u:?} is not an http(s) URL")));
-    }
-
-    let data_dir = flags
-        .data_dir
-        .clone()
-        .or_else(|| env.get(&["IMS_DATA_DIR"]).map(|(_, v)| PathBuf::from(v)))
-        .or(file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    // Resolved once, here: every path derived from it (the job directories, the agents'
-    // settings) stays right for processes started elsewhere (agents run in their job directory).
-    let data_dir = absolute("data_dir", &data_dir)?;
-
-    let database_url = pick(
-        &flags.database_url,
-        &["IMS_DATABASE_URL"],
-        &file.database_url,
-    )
-    .map(|(_, v)| v);
-    if let Some(u) = &database_url
-        && !(u.starts_with("postgres://")
-            || u.starts_with("postgresql://")
-            || u.starts_with("sqlite://"))
-    {
-        return Err(err(
-            "database_url",
-            format!("{u:?} is not a postgres:// or sqlite:// URL"),
-        ));
-    }
-
-    let log_format = match pick(&flags.log_format, &["IMS_LOG_FORMAT"], &file.log_format)
-        .map(|(_, v)| v)
-        .as_deref()
-    {
-        None | Some("human") => LogFormat::Human,
-        Some("json") => LogFormat::Json,
-        Some(other) => return Err(err("log_format", format!("{other:?} is not human or json"))),
-    };
+    let listen = src.get(&s::LISTEN)?;
+    let s3_listen = src.get(&s::S3_LISTEN)?;
+    let s3_public_url = src.value(&s::S3_PUBLIC_URL)?;
+    let data_dir = src.get(&s::DATA_DIR)?;
+    let database_url = src.value(&s::DATABASE_URL)?;
+    let log_format = src.get(&s::LOG_FORMAT)?;
 
     // S3: configured when an endpoint is given.
-    let s3 = match env
-        .get(&["IMS_S3_ENDPOINT", "S3_ENDPOINT"])
-        .map(|(_, v)| v)
-        .or(file.s3.endpoint.clone())
-    {
+    let s3 = match src.value(&s::S3_ENDPOINT)? {
         None => None,
         Some(endpoint) => {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(err(
-                    "S3_ENDPOINT",
-                    format!("{endpoint:?} is not an http(s) URL"),
-                ));
-            }
-            let access_key = env
-                .get(&["IMS_S3_ACCESS_KEY", "S3_ACCESS_KEY"])
-                .map(|(_, v)| v)
-                .or(file.s3.access_key.clone())
-                .ok_or_else(|| err("S3_ACCESS_KEY", "required when an S3 endpoint is set"))?;
-            let secret_key = env
-                .get(&["IMS_S3_SECRET_KEY", "S3_SECRET_KEY"])
-                .map(|(_, v)| v)
-                .or(file.s3.secret_key.clone())
-                .ok_or_else(|| err("S3_SECRET_KEY", "required when an S3 endpoint is set"))?;
-            let verify_tls = match env.get(&["IMS_S3_VERIFY_TLS", "S3_SSL_VALIDATE"]) {
-                Some((n, v)) => parse_bool(&n, &v)?,
-                None => file.s3.verify_tls.unwrap_or(true),
-            };
-            let path_style = match env.get(&["IMS_S3_PATH_STYLE"]) {
-                Some((n, v)) => parse_bool(&n, &v)?,
-                None => file.s3.path_style.unwrap_or(true),
-            };
-            let region = env
-                .get(&["IMS_S3_REGION", "S3_REGION"])
-                .map(|(_, v)| v)
-                .or(file.s3.region.clone())
-                .unwrap_or_else(|| "us-east-1".into());
-            // Moves of larger objects are multipart copies (S3 refuses one copy above 5 GiB).
-            let copy_multipart_threshold =
-                match env.get(&["IMS_S3_COPY_MULTIPART_THRESHOLD"]).or_else(|| {
-                    file.s3
-                        .copy_multipart_threshold
-                        .clone()
-                        .map(|v| ("s3.copy_multipart_threshold".to_string(), v))
-                }) {
-                    Some((n, v)) => parse_bytes(&n, &v, 1, ims_artifacts::MAX_SINGLE_COPY)?,
-                    None => ims_artifacts::MAX_SINGLE_COPY,
-                };
-            let copy_part_size = match env.get(&["IMS_S3_COPY_PART_SIZE"]).or_else(|| {
-                file.s3
-                    .copy_part_size
-                    .clone()
-                    .map(|v| ("s3.copy_part_size".to_string(), v))
-            }) {
-                Some((n, v)) => parse_bytes(
-                    &n,
-                    &v,
-                    ims_artifacts::MIN_PART,
-                    ims_artifacts::MAX_SINGLE_COPY,
-                )?,
-                None => ims_artifacts::DEFAULT_COPY_PART,
+            let required = |v: Option<String>, name| {
+                v.ok_or_else(|| err(name, "required when an S3 endpoint is set"))
             };
             Some(ims_artifacts::S3Settings {
                 endpoint,
-                region,
-                access_key,
-                secret_key,
-                path_style,
-                verify_tls,
-                copy_multipart_threshold,
-                copy_part_size,
+                access_key: required(src.value(&s::S3_ACCESS_KEY)?, "S3_ACCESS_KEY")?,
+                secret_key: required(src.value(&s::S3_SECRET_KEY)?, "S3_SECRET_KEY")?,
+                verify_tls: src.get(&s::S3_VERIFY_TLS)?,
+                path_style: src.get(&s::S3_PATH_STYLE)?,
+                region: src.get(&s::S3_REGION)?,
+                // Moves of larger objects are multipart copies (S3 refuses one copy above 5 GiB).
+                copy_multipart_threshold: src
+                    .value(&s::S3_COPY_MULTIPART_THRESHOLD)?
+                    .unwrap_or(ims_artifacts::MAX_SINGLE_COPY),
+                copy_part_size: src
+                    .value(&s::S3_COPY_PART_SIZE)?
+                    .unwrap_or(ims_artifacts::DEFAULT_COPY_PART),
             })
         }
     };
 
     let mut svc = ims_server::ServiceConfig::default();
-    if let Some(b) = env
-        .get(&["IMS_S3_IMS_BUCKET", "S3_IMS_BUCKET"])
-        .map(|(_, v)| v)
-        .or(file.s3.ims_bucket.clone())
-    {
-        svc.ims_bucket = check_bucket("S3_IMS_BUCKET", b)?;
-    }
-    if let Some(b) = env
-        .get(&["IMS_S3_BOOT_IMAGES_BUCKET", "S3_BOOT_IMAGES_BUCKET"])
-        .map(|(_, v)| v)
-        .or(file.s3.boot_images_bucket.clone())
-    {
-        svc.boot_images_bucket = check_bucket("S3_BOOT_IMAGES_BUCKET", b)?;
-    }
-    match env.get(&["IMS_DEFAULT_IMAGE_SIZE", "DEFAULT_IMS_IMAGE_SIZE"]) {
-        Some((n, v)) => svc.default_image_size = parse_size(&n, &v)?,
-        None => {
-            if let Some(n) = file.jobs.default_image_size {
-                svc.default_image_size = parse_size("jobs.default_image_size", &n.to_string())?;
-            }
-        }
-    }
-    match env.get(&["IMS_DEFAULT_JOB_MEM_SIZE", "DEFAULT_IMS_JOB_MEM_SIZE"]) {
-        Some((n, v)) => svc.default_job_mem_size = parse_size(&n, &v)?,
-        None => {
-            if let Some(n) = file.jobs.default_mem_size {
-                svc.default_job_mem_size = parse_size("jobs.default_mem_size", &n.to_string())?;
-            }
-        }
-    }
-    if let Some(v) = env
-        .get(&["IMS_JOB_NAMESPACE", "DEFAULT_IMS_JOB_NAMESPACE"])
-        .map(|(_, v)| v)
-        .or(file.jobs.namespace.clone())
-    {
-        svc.job_namespace = v;
-    }
-    if let Some(v) = env
-        .get(&["JOB_CUSTOMER_ACCESS_SUBNET_NAME"])
-        .map(|(_, v)| v)
-        .or(file.jobs.customer_access_subnet.clone())
-    {
-        svc.customer_access_subnet = v;
-    }
-    if let Some(v) = env
-        .get(&["JOB_CUSTOMER_ACCESS_NETWORK_DOMAIN"])
-        .map(|(_, v)| v)
-        .or(file.jobs.customer_access_domain.clone())
-    {
-        svc.customer_access_domain = v;
-    }
-    match env.get(&["IMS_JOB_ENABLE_DKMS", "JOB_ENABLE_DKMS"]) {
-        Some((n, v)) => svc.job_enable_dkms = parse_bool(&n, &v)?,
-        None => {
-            if let Some(b) = file.jobs.enable_dkms {
-                svc.job_enable_dkms = b;
-            }
-        }
-    }
-    match env.get(&["MAX_IMAGE_MANIFEST_SIZE_BYTES"]) {
-        Some((n, v)) => {
-            svc.max_manifest_size = v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| err(&n, format!("{v:?} is not a positive integer")))?
-        }
-        None => {
-            if let Some(n) = file.jobs.max_manifest_size {
-                svc.max_manifest_size = n;
-            }
-        }
-    }
-    let node_ssh_key = env
-        .get(&["IMS_REMOTE_BUILD_NODE_SSH_KEY"])
-        .map(|(_, v)| PathBuf::from(v))
-        .or(file.remote_build_nodes.ssh_key.clone());
-    let api_token = match env.get(&["IMS_API_TOKEN"]) {
-        Some((_, v)) => Some(v.trim().to_string()),
-        None => match env
-            .get(&["IMS_API_TOKEN_FILE"])
-            .map(|(n, v)| (n, PathBuf::from(v)))
-            .or_else(|| {
-                file.auth
-                    .api_token_file
-                    .clone()
-                    .map(|p| ("auth.api_token_file".to_string(), p))
-            }) {
-            Some((n, p)) => Some(
-                std::fs::read_to_string(&p)
-                    .map_err(|e| err(&n, format!("cannot read {}: {e}", p.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        },
+    set(&mut svc.ims_bucket, src.value(&s::S3_IMS_BUCKET)?);
+    set(
+        &mut svc.boot_images_bucket,
+        src.value(&s::S3_BOOT_IMAGES_BUCKET)?,
+    );
+    set(
+        &mut svc.default_image_size,
+        src.value(&s::DEFAULT_IMAGE_SIZE)?,
+    );
+    set(
+        &mut svc.default_job_mem_size,
+        src.value(&s::DEFAULT_MEM_SIZE)?,
+    );
+    set(&mut svc.job_namespace, src.value(&s::JOB_NAMESPACE)?);
+    set(
+        &mut svc.customer_access_subnet,
+        src.value(&s::CUSTOMER_ACCESS_SUBNET)?,
+    );
+    set(
+        &mut svc.customer_access_domain,
+        src.value(&s::CUSTOMER_ACCESS_DOMAIN)?,
+    );
+    set(&mut svc.job_enable_dkms, src.value(&s::ENABLE_DKMS)?);
+    set(
+        &mut svc.max_manifest_size,
+        src.value(&s::MAX_MANIFEST_SIZE)?,
+    );
+    let node_ssh_key = src.value(&s::NODE_SSH_KEY)?;
+    let api_token = match src.value(&s::API_TOKEN)? {
+        Some(t) => Some(t),
+        None => src.value(&s::API_TOKEN_FILE)?,
     };
-    let insecure_open_api = if flags.insecure_open_api {
-        true
-    } else {
-        match env.get(&["IMS_INSECURE_OPEN_API"]) {
-            Some((n, v)) => parse_bool(&n, &v)?,
-            None => file.insecure_open_api.unwrap_or(false),
-        }
-    };
+    let insecure_open_api = src.get(&s::INSECURE_OPEN_API)?;
     if api_token.as_deref() == Some("") {
         return Err(err("IMS_API_TOKEN", "the token is empty"));
     }
-    let executor = match env.get(&["IMS_JOB_EXECUTOR"]).or_else(|| {
-        file.jobs
-            .executor
-            .clone()
-            .map(|v| ("jobs.executor".to_string(), v))
-    }) {
-        None => ExecutorKind::Local,
-        Some((n, v)) => match v.trim().to_ascii_lowercase().as_str() {
-            "local" => ExecutorKind::Local,
-            "none" | "record-only" => ExecutorKind::None,
-            _ => return Err(err(&n, format!("{v:?} is not an executor (local or none)"))),
-        },
-    };
-    let agent_api_url = env
-        .get(&["IMS_AGENT_API_URL"])
-        .map(|(_, v)| v)
-        .or(file.jobs.agent_api_url.clone());
-    if let Some((n, v)) = env.get(&["IMS_JOB_HEARTBEAT_TIMEOUT"]).or_else(|| {
-        file.jobs
-            .heartbeat_timeout
-            .clone()
-            .map(|v| ("jobs.heartbeat_timeout".to_string(), v))
-    }) {
-        svc.job_heartbeat_timeout = parse_duration(&n, &v)?;
-    }
-    if let Some((n, v)) = env.get(&["IMS_ARTIFACT_LEASE"]).or_else(|| {
-        file.artifact_lease
-            .clone()
-            .map(|v| ("artifact_lease".to_string(), v))
-    }) {
-        svc.artifact_lease = parse_duration(&n, &v)?;
-    }
-    if let Some((n, v)) = env.get(&["IMS_JOB_USER_DEADLINE"]).or_else(|| {
-        file.jobs
-            .user_deadline
-            .clone()
-            .map(|v| ("jobs.user_deadline".to_string(), v))
-    }) {
-        svc.job_user_deadline = parse_duration(&n, &v)?;
-    }
-    let mut agent_env = vec![(
-        "IMS_AGENT_BOOT_IMAGES_BUCKET".to_string(),
-        svc.boot_images_bucket.clone(),
-    )];
-    if let Some((n, v)) = env.get(&["IMS_JOB_ORPHAN_TIMEOUT"]).or_else(|| {
-        file.jobs
-            .orphan_timeout
-            .clone()
-            .map(|v| ("jobs.orphan_timeout".to_string(), v))
-    }) {
-        let t = parse_duration(&n, &v)?;
-        agent_env.push(("IMS_AGENT_ORPHAN_TIMEOUT".into(), t.as_secs().to_string()));
-    }
-    let ca = env
-        .get(&["IMS_JOB_CA_CERT"])
-        .map(|(n, v)| (n, PathBuf::from(v)))
-        .or_else(|| {
-            file.jobs
-                .ca_cert
-                .clone()
-                .map(|p| ("jobs.ca_cert".to_string(), p))
-        });
-    if let Some((n, p)) = ca {
-        if !p.is_file() {
-            return Err(err(&n, format!("{} is not a readable file", p.display())));
-        }
-        let p = absolute(&n, &p)?;
-        agent_env.push(("IMS_AGENT_CA_CERT".into(), p.display().to_string()));
-    }
-    if let Some(h) = env
-        .get(&["IMS_JOB_SSH_HOST"])
-        .map(|(_, v)| v)
-        .or(file.jobs.ssh_host.clone())
-    {
-        agent_env.push(("IMS_AGENT_SSH_HOST".into(), h));
-    }
+    let executor = src.get(&s::EXECUTOR)?;
+    let agent_api_url = src.value(&s::AGENT_API_URL)?;
+    set(
+        &mut svc.job_heartbeat_timeout,
+        src.value(&s::HEARTBEAT_TIMEOUT)?,
+    );
+    set(&mut svc.artifact_lease, src.value(&s::ARTIFACT_LEASE)?);
+    set(&mut svc.job_user_deadline, src.value(&s::USER_DEADLINE)?);
+
+    let orphan_timeout = src.value(&s::ORPHAN_TIMEOUT)?;
+    let ca_cert = src.value(&s::CA_CERT)?;
+    let ssh_host = src.value(&s::SSH_HOST)?;
     // Where sessions' sshd listen: an address and a port range, for firewalls.
-    if let Some((n, a)) = env.get(&["IMS_JOB_SSH_LISTEN"]).or_else(|| {
-        file.jobs
-            .ssh_listen
-            .clone()
-            .map(|v| ("jobs.ssh_listen".to_string(), v))
-    }) {
-        // IPv4: slirp4netns forwards the session's port to sshd in its sandbox, IPv4 only.
-        let ip: std::net::Ipv4Addr = a.trim().parse().map_err(|_| {
-            err(
-                &n,
-                format!("{a:?} is not an IPv4 address (sessions are reached over IPv4)"),
-            )
-        })?;
-        agent_env.push(("IMS_AGENT_SSH_LISTEN".into(), ip.to_string()));
-    }
-    if let Some((n, r)) = env.get(&["IMS_JOB_SSH_PORTS"]).or_else(|| {
-        file.jobs
-            .ssh_ports
-            .clone()
-            .map(|v| ("jobs.ssh_ports".to_string(), v))
-    }) {
-        let range: ims_jobs::session::PortRange = r.parse().map_err(|e: String| err(&n, e))?;
-        agent_env.push(("IMS_AGENT_SSH_PORTS".into(), range.to_string()));
-    }
-    let mut compression = ims_rootfs::Compression::default();
-    if let Some((n, c)) = env.get(&["IMS_JOB_COMPRESSION"]).or_else(|| {
-        file.jobs
-            .compression
-            .clone()
-            .map(|v| ("jobs.compression".to_string(), v))
-    }) {
-        if !["zstd", "gzip", "xz", "lz4", "lzo"].contains(&c.trim()) {
-            return Err(err(
-                &n,
-                format!("{c:?} is not one of zstd, gzip, xz, lz4, lzo"),
-            ));
+    let ssh_listen = src.value(&s::SSH_LISTEN)?;
+    let ssh_ports = src.value(&s::SSH_PORTS)?;
+    let compression = src.value(&s::COMPRESSION)?;
+    let compression_level = match src.given(&s::COMPRESSION_LEVEL)? {
+        Some((n, l)) => {
+            compression
+                .unwrap_or_default()
+                .check_level(l)
+                .map_err(|e| err(&n, e))?;
+            Some(l)
         }
-        compression = c.trim().parse().map_err(|e| err(&n, format!("{e}")))?;
-        agent_env.push(("IMS_AGENT_COMPRESSION".into(), c.trim().to_string()));
-    }
-    let level = env
-        .get(&["IMS_JOB_COMPRESSION_LEVEL"])
-        .map(|(n, v)| {
-            v.trim()
-                .parse::<u32>()
-                .map(|l| (n.clone(), l))
-                .map_err(|_| err(&n, format!("{v:?} is not a number")))
-        })
-        .transpose()?
-        .or_else(|| {
-            file.jobs
-                .compression_level
-                .map(|l| ("jobs.compression_level".to_string(), l))
-        });
-    if let Some((n, l)) = level {
-        compression.check_level(l).map_err(|e| err(&n, e))?;
-        agent_env.push(("IMS_AGENT_COMPRESSION_LEVEL".into(), l.to_string()));
-    }
-    if let Some((n, v)) = env.get(&["IMS_JOB_REPO_TIMEOUT"]).or_else(|| {
-        file.jobs
-            .repo_timeout
-            .clone()
-            .map(|v| ("jobs.repo_timeout".to_string(), v))
-    }) {
-        let t = parse_duration(&n, &v)?;
-        agent_env.push(("IMS_AGENT_REPO_TIMEOUT".into(), t.as_secs().to_string()));
-    }
-    let keys = env
-        .get(&["IMS_JOB_SIGNING_KEYS"])
-        .map(|(n, v)| (n, v.split(':').map(PathBuf::from).collect::<Vec<_>>()))
-        .or_else(|| {
-            file.jobs
-                .signing_keys
-                .clone()
-                .map(|k| ("jobs.signing_keys".to_string(), k))
-        });
-    if let Some((n, keys)) = keys {
-        let keys: Vec<PathBuf> = keys
-            .into_iter()
-            .filter(|k| !k.as_os_str().is_empty())
-            .collect();
-        for k in &keys {
-            if !k.exists() {
-                return Err(err(&n, format!("{} does not exist", k.display())));
-            }
-            if k.to_string_lossy().contains(':') {
-                return Err(err(&n, format!("{} contains ':'", k.display())));
-            }
-        }
-        let mut joined = Vec::with_capacity(keys.len());
-        for k in &keys {
-            joined.push(absolute(&n, k)?.display().to_string());
-        }
-        agent_env.push(("IMS_AGENT_SIGNING_KEYS".into(), joined.join(":")));
-    }
-    if let Some(k) = env
-        .get(&["IMS_JOB_KIWI"])
-        .map(|(_, v)| PathBuf::from(v))
-        .or(file.jobs.kiwi.clone())
-    {
-        // A path (not a bare program name looked up in PATH) must not depend on the agent's
-        // working directory.
-        let k = if k.components().count() > 1 {
-            absolute("IMS_JOB_KIWI", &k)?
-        } else {
-            k
-        };
-        agent_env.push(("IMS_AGENT_KIWI".into(), k.display().to_string()));
-    }
-    // One package cache for the host's builds (a build finding it busy uses its own).
-    agent_env.push((
-        "IMS_AGENT_KIWI_CACHE".into(),
-        data_dir.join("kiwi-cache").display().to_string(),
-    ));
-    let job_token_key_file = env
-        .get(&["IMS_JOB_TOKEN_KEY_FILE"])
-        .map(|(_, v)| PathBuf::from(v))
-        .or(file.auth.job_token_key_file.clone())
+        None => None,
+    };
+    let agent = AgentSettings {
+        boot_images_bucket: Some(svc.boot_images_bucket.clone()),
+        orphan_timeout,
+        ca_cert,
+        ssh_host,
+        ssh_listen,
+        ssh_ports,
+        compression,
+        compression_level,
+        repo_timeout: src.value(&s::REPO_TIMEOUT)?,
+        signing_keys: src.value(&s::SIGNING_KEYS)?,
+        kiwi: src.value(&s::KIWI)?,
+        // One package cache for the host's builds (a build finding it busy uses its own).
+        kiwi_cache: Some(data_dir.join("kiwi-cache")),
+    };
+    let job_token_key_file = src
+        .value(&s::JOB_TOKEN_KEY_FILE)?
         .unwrap_or_else(|| data_dir.join("job-token.key"));
     let http = HttpConfig {
-        header_timeout: match env.get(&["IMS_HTTP_HEADER_TIMEOUT"]).or_else(|| {
-            file.http
-                .header_timeout
-                .clone()
-                .map(|v| ("http.header_timeout".to_string(), v))
-        }) {
-            Some((n, v)) => parse_duration(&n, &v)?,
-            None => ims_http::DEFAULT_HEADER_TIMEOUT,
-        },
-        idle_timeout: match env.get(&["IMS_HTTP_IDLE_TIMEOUT"]).or_else(|| {
-            file.http
-                .idle_timeout
-                .clone()
-                .map(|v| ("http.idle_timeout".to_string(), v))
-        }) {
-            Some((n, v)) => parse_duration(&n, &v)?,
-            None => ims_http::DEFAULT_IDLE_TIMEOUT,
-        },
-        max_connections: match env.get(&["IMS_HTTP_MAX_CONNECTIONS"]).or_else(|| {
-            file.http
-                .max_connections
-                .map(|v| ("http.max_connections".to_string(), v.to_string()))
-        }) {
-            Some((n, v)) => Some(
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|c| (1..=MAX_CONNECTIONS_LIMIT).contains(c))
-                    .ok_or_else(|| {
-                        err(
-                            &n,
-                            format!("{v:?} is not a number of connections (1 to {MAX_CONNECTIONS_LIMIT})"),
-                        )
-                    })? as usize,
-            ),
-            None => None,
-        },
+        header_timeout: src
+            .value(&s::HTTP_HEADER_TIMEOUT)?
+            .unwrap_or(ims_http::DEFAULT_HEADER_TIMEOUT),
+        idle_timeout: src
+            .value(&s::HTTP_IDLE_TIMEOUT)?
+            .unwrap_or(ims_http::DEFAULT_IDLE_TIMEOUT),
+        max_connections: src.value(&s::HTTP_MAX_CONNECTIONS)?,
     };
 
     Ok(Config {
@@ -908,7 +399,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         insecure_open_api,
         executor,
         agent_api_url,
-        agent_env,
+        agent,
         job_token_key_file,
         http,
     })
@@ -917,6 +408,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env(pairs
@@ -1027,11 +519,12 @@ mod tests {
         )
         .unwrap();
         assert!(
-            c.agent_env
+            c.agent
+                .to_env()
                 .iter()
-                .any(|(k, v)| k == "IMS_AGENT_SSH_LISTEN" && v == "127.0.0.1"),
+                .any(|(k, v)| *k == "IMS_AGENT_SSH_LISTEN" && v == "127.0.0.1"),
             "{:?}",
-            c.agent_env
+            c.agent
         );
         for bad in ["::1", "localhost"] {
             let msg = load(&Flags::default(), &env(&[("IMS_JOB_SSH_LISTEN", bad)]))
@@ -1107,7 +600,7 @@ mod tests {
     #[test]
     fn create_job_settings_reach_the_agent() {
         let agent =
-            |pairs: &[(&str, &str)]| load(&Flags::default(), &env(pairs)).map(|c| c.agent_env);
+            |pairs: &[(&str, &str)]| load(&Flags::default(), &env(pairs)).map(|c| c.agent.to_env());
         let a = agent(&[
             ("IMS_JOB_COMPRESSION_LEVEL", "9"),
             ("IMS_JOB_REPO_TIMEOUT", "2m"),
@@ -1115,7 +608,7 @@ mod tests {
             ("IMS_JOB_ORPHAN_TIMEOUT", "90s"),
         ])
         .unwrap();
-        let get = |k: &str| a.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| a.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("IMS_AGENT_ORPHAN_TIMEOUT"), Some("90"));
         assert_eq!(get("IMS_AGENT_COMPRESSION_LEVEL"), Some("9"));
         assert_eq!(get("IMS_AGENT_REPO_TIMEOUT"), Some("120"));
@@ -1170,10 +663,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.data_dir, cwd.join("rel-data"));
         assert_eq!(c.job_token_key_file, cwd.join("rel-data/job-token.key"));
+        let agent_env = c.agent.to_env();
         let get = |k: &str| {
-            c.agent_env
+            agent_env
                 .iter()
-                .find(|(n, _)| n == k)
+                .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.clone())
                 .unwrap()
         };
@@ -1191,8 +685,9 @@ mod tests {
         // A bare program name is still looked up in PATH.
         let c = load(&Flags::default(), &env(&[("IMS_JOB_KIWI", "kiwi-ng")])).unwrap();
         assert!(
-            c.agent_env
-                .contains(&("IMS_AGENT_KIWI".into(), "kiwi-ng".into()))
+            c.agent
+                .to_env()
+                .contains(&("IMS_AGENT_KIWI", "kiwi-ng".into()))
         );
     }
 

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod migrate;
 mod serve;
+mod settings;
 
 /// mimalloc: per-thread heaps instead of glibc malloc's contended arenas (measured in
 /// docs/benchmarks.md, "A new connection must be cheap").
@@ -143,7 +144,7 @@ fn command() -> clap::Command {
     for server_command in ["serve", "migrate", "s3-credentials", "agent"] {
         cmd = cmd.mut_subcommand(server_command, |s| hide_client_options(s, &options));
     }
-    cmd
+    cmd.mut_subcommand("serve", settings::add_to_help)
 }
 
 fn parse() -> Cli {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 pub fn init_logging(fmt: &LogFormat) {
-    let filter = EnvFilter::try_from_env("IMS_LOG")
+    let filter = EnvFilter::try_from_env(crate::settings::LOG.spec.env[0])
         // s3s logs every S3 error answer (a HEAD of a missing object too) at ERROR under `s3s::ops`.
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn,s3s::ops=off"));
     let b = tracing_subscriber::fmt()
@@ -345,12 +345,7 @@ fn executor(
                 format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
             });
             let program = std::env::current_exe().context("cannot find the ims binary")?;
-            let kiwi = std::path::PathBuf::from(
-                cfg.agent_env
-                    .iter()
-                    .find(|(k, _)| k == "IMS_AGENT_KIWI")
-                    .map_or("kiwi-ng", |(_, v)| v.as_str()),
-            );
+            let kiwi = cfg.agent.kiwi_program();
             // Say at start-up what this host lacks, rather than when the first job fails.
             for (job_type, session) in [("customize", true), ("create", false)] {
                 let host = ims_jobs::prereq::check(
@@ -370,7 +365,7 @@ fn executor(
                 program,
                 api_url,
                 jobs_dir: cfg.data_dir.join("jobs"),
-                agent_env: cfg.agent_env.clone(),
+                agent: cfg.agent.clone(),
                 stop_grace: Duration::from_secs(10),
                 prerequisites: Some(Arc::new(
                     move |job_type: &str, session: bool, path: &str| {

@@ -1,9 +1,8 @@
 //! The frame every job pipeline runs in.
 //!
-//! * **Settings** come from the environment the executor sets: `IMS_URL`, `IMS_TOKEN` (the job
-//!   token), `IMS_AGENT_DIR` (scratch space, removed by the executor afterwards), and optional
-//!   agent settings (`IMS_AGENT_CA_CERT`, `IMS_AGENT_COMPRESSION`, `IMS_AGENT_KIWI`,
-//!   `IMS_AGENT_KIWI_CACHE`, `IMS_AGENT_SIGNING_KEYS`, `IMS_AGENT_REPO_TIMEOUT`, …).
+//! * **Settings** come from the environment the executor sets ([`ims_core::agent_env`]): `IMS_URL`,
+//!   `IMS_TOKEN` (the job token), `IMS_AGENT_DIR` (scratch space, removed by the executor
+//!   afterwards), and the site's optional agent settings (`IMS_AGENT_*`).
 //! * **Heartbeat**: every few seconds `POST /v3/jobs/{id}/heartbeat` with the current phase. The
 //!   answer carries the user's `complete`/`fail` request and a fresh job token (tokens expire; the
 //!   new one replaces the old in every clone of the agent's client); a job that someone else ended
@@ -25,6 +24,7 @@
 
 use ims_client::{Client, Resource};
 use ims_core::Job;
+use ims_core::agent_env::AgentEnv;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,77 +92,41 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The settings the executor put into the agent's environment ([`AgentEnv`]), with the
+    /// agent's defaults for those it left out.
     pub fn from_env() -> Result<Settings, String> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let api_url = var("IMS_URL").ok_or("IMS_URL is not set")?;
-        let dir = var("IMS_AGENT_DIR")
-            .map(PathBuf::from)
-            .ok_or("IMS_AGENT_DIR is not set")?;
-        let compression = match var("IMS_AGENT_COMPRESSION") {
-            Some(c) => c
-                .parse()
-                .map_err(|e: ims_rootfs::RootfsError| format!("IMS_AGENT_COMPRESSION: {e}"))?,
-            None => ims_rootfs::Compression::default(),
-        };
-        let compression_level = match var("IMS_AGENT_COMPRESSION_LEVEL") {
-            Some(l) => {
-                let l: u32 = l
-                    .parse()
-                    .map_err(|e| format!("IMS_AGENT_COMPRESSION_LEVEL {l:?}: {e}"))?;
-                compression
-                    .check_level(l)
-                    .map_err(|e| format!("IMS_AGENT_COMPRESSION_LEVEL: {e}"))?;
-                Some(l)
-            }
-            None => None,
-        };
+        let AgentEnv {
+            api_url,
+            token,
+            dir,
+            settings: s,
+        } = AgentEnv::from_env().map_err(|e| e.to_string())?;
         Ok(Settings {
             api_url,
-            compression_level,
-            token: var("IMS_TOKEN"),
+            token,
             dir,
-            ca_cert: var("IMS_AGENT_CA_CERT").map(PathBuf::from),
-            compression,
-            boot_images_bucket: var("IMS_AGENT_BOOT_IMAGES_BUCKET")
+            kiwi: s.kiwi_program(),
+            ca_cert: s.ca_cert,
+            compression: s.compression.unwrap_or_default(),
+            compression_level: s.compression_level,
+            boot_images_bucket: s
+                .boot_images_bucket
                 .unwrap_or_else(|| "boot-images".to_string()),
             private_mounts: false,
-            ssh_host: var("IMS_AGENT_SSH_HOST").unwrap_or_else(|| {
+            ssh_host: s.ssh_host.unwrap_or_else(|| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|h| h.trim().to_string())
                     .unwrap_or_else(|_| "localhost".to_string())
             }),
-            kiwi: var("IMS_AGENT_KIWI")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("kiwi-ng")),
-            kiwi_cache: var("IMS_AGENT_KIWI_CACHE").map(PathBuf::from),
-            signing_keys: var("IMS_AGENT_SIGNING_KEYS").map(|v| {
-                v.split(':')
-                    .filter(|p| !p.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            }),
-            repo_timeout: match var("IMS_AGENT_REPO_TIMEOUT") {
-                Some(t) => Duration::from_secs(
-                    t.parse()
-                        .map_err(|e| format!("IMS_AGENT_REPO_TIMEOUT {t:?} (seconds): {e}"))?,
-                ),
-                None => DEFAULT_REPO_TIMEOUT,
-            },
-            orphan_timeout: match var("IMS_AGENT_ORPHAN_TIMEOUT") {
-                Some(t) => Duration::from_secs(t.parse().ok().filter(|s| *s > 0).ok_or(
-                    format!("IMS_AGENT_ORPHAN_TIMEOUT {t:?} is not a number of seconds"),
-                )?),
-                None => DEFAULT_ORPHAN_TIMEOUT,
-            },
-            ssh_listen: match var("IMS_AGENT_SSH_LISTEN") {
-                Some(a) => a
-                    .parse()
-                    .map_err(|e| format!("IMS_AGENT_SSH_LISTEN {a:?}: {e}"))?,
-                None => std::net::IpAddr::from([0, 0, 0, 0]),
-            },
-            ssh_ports: var("IMS_AGENT_SSH_PORTS")
-                .map(|r| r.parse().map_err(|e| format!("IMS_AGENT_SSH_PORTS: {e}")))
-                .transpose()?,
+            kiwi_cache: s.kiwi_cache,
+            signing_keys: s.signing_keys,
+            repo_timeout: s.repo_timeout.unwrap_or(DEFAULT_REPO_TIMEOUT),
+            orphan_timeout: s.orphan_timeout.unwrap_or(DEFAULT_ORPHAN_TIMEOUT),
+            ssh_listen: s
+                .ssh_listen
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+                .into(),
+            ssh_ports: s.ssh_ports,
         })
     }
 }

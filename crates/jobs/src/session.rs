@@ -162,36 +162,8 @@ PermitTunnel no
     Ok(c)
 }
 
-/// The ports sessions may listen on (`IMS_JOB_SSH_PORTS=40000-40999`, or one port `40000`), for
-/// firewalls that open a range. One declaration for the server's check of the setting and the
-/// agent's use of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{s:?} is not a port range (FIRST-LAST, e.g. 40000-40999, or one port)");
-        let (a, b) = s.trim().split_once('-').unwrap_or((s.trim(), s.trim()));
-        let first: u16 = a.trim().parse().map_err(|_| bad())?;
-        let last: u16 = b.trim().parse().map_err(|_| bad())?;
-        if first == 0 || last < first {
-            return Err(bad());
-        }
-        Ok(PortRange { first, last })
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
-    }
-}
+/// Ports sessions may listen on: part of the agent's contract.
+pub use ims_core::agent_env::PortRange;
 
 /// A free TCP port on `ip`, in `ports` when given (sshd binds it right after; a lost race is
 /// retried by the caller). In a range the search starts at a different place for each process,

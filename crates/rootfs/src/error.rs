@@ -73,10 +73,6 @@ pub enum RootfsError {
     #[error("cannot extract into {}: {reason}", path.display())]
     BadDestination { path: PathBuf, reason: &'static str },
 
-    /// A compression name that mksquashfs does not know.
-    #[error("unknown squashfs compression `{0}`: use one of zstd, gzip, xz, lz4, lzo")]
-    UnknownCompression(String),
-
     /// A file name given by the user (kernel, initrd) is not a plain name under `boot/`.
     #[error("invalid {what} file name `{name}`: {reason}")]
     InvalidFileName {

@@ -13,13 +13,11 @@
 //!
 //! All functions block (they wait for a subprocess); async callers run them with `tokio::task::spawn_blocking`.
 
-use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::Command;
-use std::str::FromStr;
 
 use crate::error::{Result, RootfsError, io_err};
 use crate::tool::{MKSQUASHFS, UNSQUASHFS};
@@ -33,83 +31,9 @@ const MAJOR_OFFSET: usize = 28;
 /// Offset of `bytes_used` (u64, little-endian): the size of the image without its padding.
 const BYTES_USED_OFFSET: usize = 40;
 
-/// Compression of the squashfs data and metadata blocks (`mksquashfs -comp`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Compression {
-    /// zstd: the default; close to xz in size, several times faster to build and to read.
-    #[default]
-    Zstd,
-    /// gzip: readable by every kernel that reads squashfs.
-    Gzip,
-    /// xz: smallest images, slowest to build.
-    Xz,
-    /// lz4: fastest, largest.
-    Lz4,
-    /// lzo.
-    Lzo,
-}
-
-impl Compression {
-    /// All variants, in the order of the documentation.
-    pub const ALL: [Compression; 5] = [Self::Zstd, Self::Gzip, Self::Xz, Self::Lz4, Self::Lzo];
-
-    /// The name `mksquashfs -comp` takes (and that [`fmt::Display`] prints).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Zstd => "zstd",
-            Self::Gzip => "gzip",
-            Self::Xz => "xz",
-            Self::Lz4 => "lz4",
-            Self::Lzo => "lzo",
-        }
-    }
-}
-
-impl Compression {
-    /// The levels `-Xcompression-level` takes for this compressor; `None` if it has none.
-    pub fn levels(self) -> Option<std::ops::RangeInclusive<u32>> {
-        match self {
-            Self::Zstd => Some(1..=22),
-            Self::Gzip | Self::Lzo => Some(1..=9),
-            Self::Xz | Self::Lz4 => None,
-        }
-    }
-
-    /// Checks that `level` is one this compressor takes; the error says which are.
-    pub fn check_level(self, level: u32) -> std::result::Result<(), String> {
-        match self.levels() {
-            Some(r) if r.contains(&level) => Ok(()),
-            Some(r) => Err(format!(
-                "{self} levels are {} to {}, not {level}",
-                r.start(),
-                r.end()
-            )),
-            None => Err(format!("{self} has no compression level")),
-        }
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Compression {
-    type Err = RootfsError;
-
-    /// Case-insensitive; accepts `zstd`, `gzip` (or `gz`), `xz`, `lz4`, `lzo`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "zstd" => Ok(Self::Zstd),
-            "gzip" | "gz" => Ok(Self::Gzip),
-            "xz" => Ok(Self::Xz),
-            "lz4" => Ok(Self::Lz4),
-            "lzo" => Ok(Self::Lzo),
-            _ => Err(RootfsError::UnknownCompression(s.to_string())),
-        }
-    }
-}
+/// squashfs compression: declared in `ims_core` (one list of names, shared with the job agent's
+/// environment and the server's configuration).
+pub use ims_core::compression::Compression;
 
 /// Options of [`mksquashfs`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -188,7 +188,9 @@ async fn with_spinner(
 /// Produces the squashfs image and the boot files, in `work` when anything must be written.
 async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf, Boot), String> {
     let compression: Compression = match &a.compression {
-        Some(c) => c.parse().map_err(|e: RootfsError| e.to_string())?,
+        Some(c) => c
+            .parse()
+            .map_err(|e: ims_core::compression::UnknownCompression| e.to_string())?,
         None => Compression::default(),
     };
     if source == Source::Squashfs && a.compression.is_some() {

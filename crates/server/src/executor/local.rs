@@ -18,6 +18,7 @@ use super::{ExecutorError, JobExecutor, JobLaunch};
 use crate::AppState;
 use crate::service::job_runs;
 use async_trait::async_trait;
+use ims_core::agent_env::{AgentEnv, AgentSettings};
 use ims_core::{Job, JobRun};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -33,8 +34,8 @@ pub struct LocalSettings {
     pub api_url: String,
     /// Scratch space: one directory per job.
     pub jobs_dir: PathBuf,
-    /// Extra environment for the agent (its settings).
-    pub agent_env: Vec<(String, String)>,
+    /// The site's agent settings (handed on in the agent's environment).
+    pub agent: AgentSettings,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace: Duration,
     /// What this host lacks for a job (job type, whether it opens an SSH session, the agent's
@@ -228,10 +229,15 @@ impl JobExecutor for Local {
             .arg(&id)
             .env_clear()
             .env("PATH", PATH)
-            .env("IMS_URL", &me.s.api_url)
-            .env("IMS_TOKEN", st.job_tokens.issue(&id))
-            .env("IMS_AGENT_DIR", &dir)
-            .envs(me.s.agent_env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                AgentEnv {
+                    api_url: me.s.api_url.clone(),
+                    token: Some(st.job_tokens.issue(&id)),
+                    dir: dir.clone(),
+                    settings: me.s.agent.clone(),
+                }
+                .to_env(),
+            )
             .current_dir(&dir)
             .stdin(std::process::Stdio::null())
             .stdout(out)
