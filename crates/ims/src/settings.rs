@@ -116,10 +116,10 @@ raw_from_display!(bool, i64, u64, u32);
 macro_rules! settings {
     (
         top $Top:ident {
-            $( $NAME:ident: $T:ty = $field:ident: $FT:ty { $($spec:tt)* } )*
+            $( $NAME:ident: $T:ty = $field:ident: $FT:ty { help: $help:literal, $($spec:tt)* } )*
         }
         $( section $sec:ident: $Sec:ident {
-            $( $SNAME:ident: $ST:ty = $sfield:ident: $SFT:ty { $($sspec:tt)* } )*
+            $( $SNAME:ident: $ST:ty = $sfield:ident: $SFT:ty { help: $shelp:literal, $($sspec:tt)* } )*
         } )*
         not_in_the_file {
             $( $UNAME:ident: $UT:ty { $($uspec:tt)* } )*
@@ -129,21 +129,23 @@ macro_rules! settings {
         #[derive(Debug, Clone, Deserialize, PartialEq, std::default::Default)]
         #[serde(deny_unknown_fields)]
         pub struct $Top {
-            $( pub $field: Option<$FT>, )*
+            $( #[doc = $help] pub $field: Option<$FT>, )*
             $( #[serde(default)] pub $sec: $Sec, )*
         }
         $(
             #[derive(Debug, Clone, Deserialize, PartialEq, std::default::Default)]
             #[serde(deny_unknown_fields)]
             pub struct $Sec {
-                $( pub $sfield: Option<$SFT>, )*
+                $( #[doc = $shelp] pub $sfield: Option<$SFT>, )*
             }
         )*
         $( pub static $NAME: Setting<$T> = settings!(@setting
-            Some(stringify!($field)), |f| f.$field.clone().map(Raw::from), $($spec)*); )*
+            Some(stringify!($field)), |f| f.$field.clone().map(Raw::from),
+            help: $help, $($spec)*); )*
         $( $( pub static $SNAME: Setting<$ST> = settings!(@setting
             Some(concat!(stringify!($sec), ".", stringify!($sfield))),
-            |f| f.$sec.$sfield.clone().map(Raw::from), $($sspec)*); )* )*
+            |f| f.$sec.$sfield.clone().map(Raw::from),
+            help: $shelp, $($sspec)*); )* )*
         $( pub static $UNAME: Setting<$UT> = settings!(@setting None, |_| None, $($uspec)*); )*
         /// Every setting, in the order of declaration.
         pub static ALL: &[&Spec] = &[
