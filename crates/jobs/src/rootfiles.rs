@@ -2,67 +2,64 @@
 //! untrusted: its links could point anywhere on the host), the site CA certificate, and the
 //! distribution's trust store.
 
-use std::path::{Component, Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use ims_rootfs::confined::{Dir, Root};
 
 /// Where the site CA goes in every image, as in the original.
 pub const CA_PATH: &str = "etc/cray/ca/certificate_authority.crt";
 /// Its name in a distribution's trust store.
 const CA_NAME: &str = "cray_certificate_authority.crt";
 
+fn open_root(root: &Path) -> Result<Root, String> {
+    Root::open(root).map_err(|e| format!("image root {}: {e}", root.display()))
+}
+
+/// The directory `rel` (plain components) inside the image root, created as needed; refuses to
+/// pass through anything that is not a real directory (a link could lead out of the image root).
+fn root_dir(root: &Root, rel: &str) -> Result<Dir, String> {
+    root.create_dirs(Path::new(rel), 0o755, |_| {})
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP) => {
+                format!("/{rel} in the image root is not a directory (a link?)")
+            }
+            _ => format!("cannot create /{rel} in {}: {e}", root.path().display()),
+        })
+}
+
 /// The directory `rel` (plain components) inside `root`, created as needed; refuses to pass
 /// through anything that is not a real directory (a link could lead out of the image root).
 pub fn dir_in_root(root: &Path, rel: &str) -> Result<PathBuf, String> {
-    let mut p = root.to_path_buf();
-    for c in Path::new(rel).components() {
-        let Component::Normal(name) = c else {
-            return Err(format!("bad path {rel:?}"));
-        };
-        p.push(name);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "/{} in the image root is not a directory (a link?)",
-                    p.strip_prefix(root).unwrap_or(&p).display()
-                ));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&p)
-                .map_err(|e| format!("cannot create {}: {e}", p.display()))?,
-            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
-        }
-    }
-    Ok(p)
+    let dir = root_dir(&open_root(root)?, rel)?;
+    Ok(root.join(dir.rel()))
 }
 
-/// Writes `data` as a new regular file at `p` with `mode` (replacing whatever entry was there, a
-/// link included, never writing through it).
+/// Writes `data` as a new regular file at `p` with `mode`, atomically (replacing whatever entry
+/// was there, a link included, never writing through it).
 pub fn replace_file(p: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", p.display())),
-        Ok(_) => {
-            std::fs::remove_file(p).map_err(|e| format!("cannot replace {}: {e}", p.display()))?
-        }
-        Err(_) => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(p)
-        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-    f.write_all(data)
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(format!("cannot write {}: not a file name", p.display()));
+    };
+    Root::open(dir)
+        .and_then(|d| d.top().replace_file(name, data, mode))
         .map_err(|e| format!("cannot write {}: {e}", p.display()))
+}
+
+/// Writes `data` as the regular file `/dir/name` (mode 0644) inside the image root `root`, as
+/// [`replace_file`] does; the directories are created as needed, never through a link.
+fn replace_in_root(root: &Path, dir: &str, name: &str, data: &[u8]) -> Result<(), String> {
+    root_dir(&open_root(root)?, dir)?
+        .replace_file(OsStr::new(name), data, 0o644)
+        .map_err(|e| format!("cannot write /{dir}/{name} in {}: {e}", root.display()))
 }
 
 /// Puts the site CA certificate `ca` at `/etc/cray/ca/certificate_authority.crt`.
 pub fn install_ca(root: &Path, ca: &Path) -> Result<(), String> {
     let data = std::fs::read(ca)
         .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
-    let dir = dir_in_root(root, "etc/cray/ca")?;
-    replace_file(&dir.join("certificate_authority.crt"), &data, 0o644)
+    replace_in_root(root, "etc/cray/ca", "certificate_authority.crt", &data)
 }
 
 /// A distribution's trust store: where anchors go and what rebuilds the bundle.
@@ -75,11 +72,13 @@ pub struct TrustStore {
 
 /// The image root's trust store, told by the tool that rebuilds it (`None`: no known one).
 pub fn trust_store(root: &Path) -> Option<TrustStore> {
+    let root = Root::open(root).ok()?;
+    // Links are followed inside the image root only; one that leaves it names nothing.
     let has = |rel: &str| {
-        ims_rootfs::kernel::resolve_in_root(root, Path::new(rel))
+        root.resolve(Path::new(rel))
             .ok()
             .flatten()
-            .is_some_and(|p| p.is_file())
+            .is_some_and(|r| r.is_file())
     };
     if has("usr/sbin/update-ca-certificates") {
         if has("etc/debian_version") {
@@ -121,8 +120,7 @@ pub fn add_to_trust_store(root: &Path, ca: &Path) -> Result<Option<TrustStore>, 
     };
     let data = std::fs::read(ca)
         .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
-    let dir = dir_in_root(root, store.anchors)?;
-    replace_file(&dir.join(CA_NAME), &data, 0o644)?;
+    replace_in_root(root, store.anchors, CA_NAME, &data)?;
     let out = Command::new("chroot")
         .arg(root)
         .args(store.update)
