@@ -28,6 +28,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ims_rootfs::confined::{FileType, Root};
+
 /// How the image root was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -195,20 +197,22 @@ fn overlay_index_on(mount_point: &Path) -> bool {
 
 /// The first file under `dir` (links not followed) with more than one name, if any.
 fn multiply_linked(dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let mut dirs = vec![dir.to_path_buf()];
+    let root = Root::open(dir).ok()?;
+    let mut dirs = vec![root.top().try_clone().ok()?];
     while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+        let Ok(names) = d.list() else {
             continue;
         };
-        for e in entries.flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+        for name in names {
+            let Ok(st) = d.stat(&name) else {
                 continue;
             };
-            if m.is_dir() {
-                dirs.push(e.path());
-            } else if m.nlink() > 1 {
-                return Some(e.path());
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                if let Ok(sub) = d.open_dir(&name) {
+                    dirs.push(sub);
+                }
+            } else if st.st_nlink > 1 {
+                return Some(root.host_path(&d.rel().join(name)));
             }
         }
     }
@@ -253,43 +257,49 @@ pub struct Preread {
 /// it stops between reads when `stop` is set. Runs on the calling thread.
 pub fn preread(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> Preread {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::Ordering;
     idle_priority();
     let mut done = Preread::default();
+    let Ok(root) = Root::open(dir) else {
+        return done;
+    };
     let mut buf = vec![0u8; 1 << 20];
-    let mut dirs = vec![dir.to_path_buf()];
+    let Ok(top) = root.top().try_clone() else {
+        return done;
+    };
+    let mut dirs = vec![top];
     while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+        let Ok(names) = d.list() else {
             continue;
         };
-        for e in entries.flatten() {
+        for name in names {
             if stop.load(Ordering::Relaxed) {
                 done.stopped = true;
                 return done;
             }
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                dirs.push(e.path());
-            } else if t.is_file() {
-                let Ok(mut f) = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-                    .open(e.path())
-                else {
-                    continue;
-                };
-                done.files += 1;
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        done.stopped = true;
-                        return done;
-                    }
-                    match f.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => done.bytes += n as u64,
+            match d.kind(&name) {
+                Ok(Some(FileType::Directory)) => {
+                    if let Ok(sub) = d.open_dir(&name) {
+                        dirs.push(sub);
                     }
                 }
+                Ok(Some(FileType::RegularFile)) => {
+                    let Ok(mut f) = d.open_regular(&name) else {
+                        continue;
+                    };
+                    done.files += 1;
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            done.stopped = true;
+                            return done;
+                        }
+                        match f.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => done.bytes += n as u64,
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
