@@ -36,6 +36,8 @@
 //! `security.*` xattrs, so [`archive::tar_to_squashfs`] is the import path; [`archive::unpack`] stays for jobs
 //! that need the tree on disk.
 
+#![forbid(unsafe_code)]
+
 pub mod archive;
 pub mod confined;
 mod error;
