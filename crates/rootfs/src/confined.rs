@@ -582,6 +582,15 @@ impl Dir {
         )?)
     }
 
+    /// Removes the empty directory `name` (not a link to one).
+    pub fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(
+            &self.fd,
+            check_name(name)?,
+            AtFlags::REMOVEDIR,
+        )?)
+    }
+
     /// Removes `name` with everything below it, never following a link.
     pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
         match self.kind(name)? {
@@ -589,7 +598,7 @@ impl Dir {
             Some(FileType::Directory) => {
                 let d = self.open_dir(name)?;
                 d.remove_contents()?;
-                Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+                self.remove_dir(name)
             }
             Some(_) => self.remove_file(name),
         }
@@ -832,7 +841,7 @@ mod tests {
             })
         };
         for root in roots(d.path()) {
-            for i in 0..500 {
+            for i in 0..200 {
                 if let Ok(etc) = root.create_dirs(Path::new("etc"), 0o755, |_| {}) {
                     let _ = etc.replace_file(os(&format!("f{i}")), b"x", 0o644);
                 }
@@ -867,9 +876,15 @@ mod tests {
             let mut names = root.top().list().unwrap();
             names.sort();
             assert_eq!(names, [os("a"), os("top")]);
+            // remove_dir takes only a real, empty directory, never a link to one.
+            std::fs::create_dir(outside.path().join("empty")).unwrap();
+            symlink(outside.path().join("empty"), d.path().join("a/empty")).unwrap();
+            assert!(root.dir(Path::new("a")).unwrap().remove_dir(os("empty")).is_err());
+            assert!(root.top().remove_dir(os("a")).is_err());
             root.top().remove_contents().unwrap();
             assert!(root.top().list().unwrap().is_empty());
             assert!(outside.path().join("keep").is_file());
+            std::fs::remove_dir(outside.path().join("empty")).unwrap();
         }
     }
 
