@@ -625,22 +625,8 @@ fn bwrap_args(spec: &Spec, etc: &Path, jail_shell: &Path, fds: Fds) -> Vec<std::
 
 /// A pipe, both ends close-on-exec (a child gets its end through [`inherit`]).
 fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!(
-            "cannot make a pipe: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("cannot make a pipe: {}", std::io::Error::from(e)))
 }
 
 /// Lets a child started by `cmd` inherit `fds` at their own numbers (they are close-on-exec in
