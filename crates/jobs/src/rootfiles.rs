@@ -55,6 +55,44 @@ fn replace_in_root(root: &Path, dir: &str, name: &str, data: &[u8]) -> Result<()
         .map_err(|e| format!("cannot write /{dir}/{name} in {}: {e}", root.display()))
 }
 
+/// Writes `data` as `/dir/name` (mode 0644) inside the image root `root`, the image's own entry
+/// (whatever it is, a link included) set aside as `/dir/saved` for [`put_back`].
+pub fn replace_keeping(
+    root: &Path,
+    dir: &str,
+    name: &str,
+    saved: &str,
+    data: &[u8],
+) -> Result<(), String> {
+    let d = root_dir(&open_root(root)?, dir)?;
+    let (name, saved_name) = (OsStr::new(name), OsStr::new(saved));
+    if matches!(d.kind(name), Ok(Some(_))) {
+        // A rename moves a link as a link.
+        d.rename(name, saved_name)
+            .map_err(|e| format!("cannot set aside /{dir}/{}: {e}", name.display()))?;
+    }
+    d.replace_file(name, data, 0o644).map_err(|e| {
+        format!(
+            "cannot write /{dir}/{} in {}: {e}",
+            name.display(),
+            root.display()
+        )
+    })
+}
+
+/// Undoes [`replace_keeping`]: `/dir/saved` back as `/dir/name` (or no `/dir/name` when the image
+/// had none).
+pub fn put_back(root: &Path, dir: &str, name: &str, saved: &str) -> Result<(), String> {
+    let d = root_dir(&open_root(root)?, dir)?;
+    let (name, saved_name) = (OsStr::new(name), OsStr::new(saved));
+    let _ = d.remove_file(name);
+    if matches!(d.kind(saved_name), Ok(Some(_))) {
+        d.rename(saved_name, name)
+            .map_err(|e| format!("cannot restore /{dir}/{}: {e}", name.display()))?;
+    }
+    Ok(())
+}
+
 /// Puts the site CA certificate `ca` at `/etc/cray/ca/certificate_authority.crt`.
 pub fn install_ca(root: &Path, ca: &Path) -> Result<(), String> {
     let data = std::fs::read(ca)
@@ -172,6 +210,52 @@ mod tests {
                 .unwrap()
                 .is_file()
         );
+    }
+
+    #[test]
+    fn a_replaced_file_is_put_back_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::create_dir(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("etc/resolv.conf")).unwrap();
+        replace_keeping(
+            root,
+            "etc",
+            "resolv.conf",
+            ".saved",
+            b"nameserver 10.0.2.3\n",
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
+            "nameserver 10.0.2.3\n"
+        );
+        assert_eq!(std::fs::read_link(root.join("etc/.saved")).unwrap(), victim);
+        put_back(root, "etc", "resolv.conf", ".saved").unwrap();
+        assert_eq!(
+            std::fs::read_link(root.join("etc/resolv.conf")).unwrap(),
+            victim
+        );
+        assert!(std::fs::symlink_metadata(root.join("etc/.saved")).is_err());
+        // An image without one has none again; an /etc that is a link is refused.
+        std::fs::remove_file(root.join("etc/resolv.conf")).unwrap();
+        replace_keeping(root, "etc", "resolv.conf", ".saved", b"x").unwrap();
+        put_back(root, "etc", "resolv.conf", ".saved").unwrap();
+        assert!(
+            std::fs::read_dir(root.join("etc"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        std::fs::remove_dir(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("etc")).unwrap();
+        let e = replace_keeping(root, "etc", "resolv.conf", ".saved", b"x").unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -802,13 +802,7 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
             &["dev", "proc"]
         };
         for d in points {
-            let p = root.join(d);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("/{d} in the image root is not a directory")),
-                Err(_) => std::fs::create_dir(&p)
-                    .map_err(|e| format!("cannot create /{d} in the image root: {e}"))?,
-            }
+            crate::rootfiles::dir_in_root(&root, d)?;
         }
     }
     let jail_shell = dir.join("ims-session-shell");
