@@ -215,5 +215,5 @@ fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
 }
 
 fn restore_resolv_conf(root: &Path) -> Result<(), String> {
-    put_back(root, "etc", "resolv.conf", SAVED_RESOLV)
+    Ok(put_back(root, "etc", "resolv.conf", SAVED_RESOLV)?)
 }

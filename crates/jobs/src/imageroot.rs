@@ -30,6 +30,8 @@ use std::process::Command;
 
 use ims_rootfs::confined::{FileType, Root};
 
+use crate::error::{Context, Error, Result};
+
 /// How the image root was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -53,25 +55,25 @@ pub struct ImageRoot {
     mounts: Vec<PathBuf>,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+        .with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
+        Err(Error::Failed(format!(
             "{what}: {} ({})",
             String::from_utf8_lossy(&out.stderr).trim(),
             out.status
-        ))
+        )))
     }
 }
 
-fn mkdirs(dirs: &[&Path]) -> Result<(), String> {
+fn mkdirs(dirs: &[&Path]) -> Result<()> {
     for d in dirs {
-        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     Ok(())
 }
@@ -83,12 +85,12 @@ pub fn prepare(
     dir: &Path,
     image: &Path,
     prefer_overlay: bool,
-) -> Result<(ImageRoot, Option<String>), String> {
+) -> Result<(ImageRoot, Option<String>)> {
     let root = dir.join("mnt").join("image-root");
     let why_not = if prefer_overlay {
         match overlay(dir, image, &root) {
             Ok(r) => return Ok((r, None)),
-            Err(e) => Some(e),
+            Err(e) => Some(e.to_string()),
         }
     } else {
         Some("the agent has no private mount namespace".to_string())
@@ -96,7 +98,7 @@ pub fn prepare(
     // The fallback: a real tree. `root` may hold a half-made overlay's empty directory.
     let _ = std::fs::remove_dir(&root);
     mkdirs(&[&dir.join("mnt")])?;
-    ims_rootfs::unsquashfs(image, &root).map_err(|e| e.to_string())?;
+    ims_rootfs::unsquashfs(image, &root)?;
     // The download is not needed any more; the tree may be large.
     let _ = std::fs::remove_file(image);
     Ok((
@@ -111,7 +113,7 @@ pub fn prepare(
     ))
 }
 
-fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
+fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot> {
     let lower = dir.join("lower");
     let upper = dir.join("ovl").join("upper");
     let work = dir.join("ovl").join("work");
@@ -160,11 +162,11 @@ fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
             Ok(r)
         }
         // `r` goes: both mounts are undone.
-        Some(p) => Err(format!(
+        Some(p) => Err(Error::Failed(format!(
             "the image has hard-linked files (/{} among them) and {NO_INDEX}, which a change would \
              split",
             p.strip_prefix(&lower).unwrap_or(&p).display()
-        )),
+        ))),
     }
 }
 

@@ -8,72 +8,74 @@ use std::process::Command;
 
 use ims_rootfs::confined::{Dir, Root};
 
+use crate::error::{Context, Error, Result};
+
 /// Where the site CA goes in every image, as in the original.
 pub const CA_PATH: &str = "etc/cray/ca/certificate_authority.crt";
 /// Its name in a distribution's trust store.
 const CA_NAME: &str = "cray_certificate_authority.crt";
 
-fn open_root(root: &Path) -> Result<Root, String> {
-    Root::open(root).map_err(|e| format!("image root {}: {e}", root.display()))
+fn open_root(root: &Path) -> Result<Root> {
+    Root::open(root).with_context(|| format!("image root {}", root.display()))
 }
 
 /// The directory `rel` (plain components) inside the image root, created as needed; refuses to
 /// pass through anything that is not a real directory (a link could lead out of the image root).
-fn root_dir(root: &Root, rel: &str) -> Result<Dir, String> {
+fn root_dir(root: &Root, rel: &str) -> Result<Dir> {
     root.create_dirs(Path::new(rel), 0o755, |_| {})
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOTDIR | libc::ELOOP) => {
-                format!("/{rel} in the image root is not a directory (a link?)")
-            }
-            _ => format!("cannot create /{rel} in {}: {e}", root.path().display()),
+            Some(libc::ENOTDIR | libc::ELOOP) => Error::Refused(format!(
+                "/{rel} in the image root is not a directory (a link?)"
+            )),
+            _ => Error::Io {
+                context: format!("cannot create /{rel} in {}", root.path().display()),
+                source: e,
+            },
         })
 }
 
 /// The directory `rel` (plain components) inside `root`, created as needed; refuses to pass
 /// through anything that is not a real directory (a link could lead out of the image root).
-pub fn dir_in_root(root: &Path, rel: &str) -> Result<PathBuf, String> {
+pub fn dir_in_root(root: &Path, rel: &str) -> Result<PathBuf> {
     let dir = root_dir(&open_root(root)?, rel)?;
     Ok(root.join(dir.rel()))
 }
 
 /// Writes `data` as a new regular file at `p` with `mode`, atomically (replacing whatever entry
 /// was there, a link included, never writing through it).
-pub fn replace_file(p: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+pub fn replace_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
     let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
-        return Err(format!("cannot write {}: not a file name", p.display()));
+        return Err(Error::Failed(format!(
+            "cannot write {}: not a file name",
+            p.display()
+        )));
     };
     Root::open(dir)
         .and_then(|d| d.top().replace_file(name, data, mode))
-        .map_err(|e| format!("cannot write {}: {e}", p.display()))
+        .with_context(|| format!("cannot write {}", p.display()))
 }
 
 /// Writes `data` as the regular file `/dir/name` (mode 0644) inside the image root `root`, as
 /// [`replace_file`] does; the directories are created as needed, never through a link.
-fn replace_in_root(root: &Path, dir: &str, name: &str, data: &[u8]) -> Result<(), String> {
+fn replace_in_root(root: &Path, dir: &str, name: &str, data: &[u8]) -> Result<()> {
     root_dir(&open_root(root)?, dir)?
         .replace_file(OsStr::new(name), data, 0o644)
-        .map_err(|e| format!("cannot write /{dir}/{name} in {}: {e}", root.display()))
+        .with_context(|| format!("cannot write /{dir}/{name} in {}", root.display()))
 }
 
 /// Writes `data` as `/dir/name` (mode 0644) inside the image root `root`, the image's own entry
 /// (whatever it is, a link included) set aside as `/dir/saved` for [`put_back`].
-pub fn replace_keeping(
-    root: &Path,
-    dir: &str,
-    name: &str,
-    saved: &str,
-    data: &[u8],
-) -> Result<(), String> {
+pub fn replace_keeping(root: &Path, dir: &str, name: &str, saved: &str, data: &[u8]) -> Result<()> {
     let d = root_dir(&open_root(root)?, dir)?;
     let (name, saved_name) = (OsStr::new(name), OsStr::new(saved));
     if matches!(d.kind(name), Ok(Some(_))) {
         // A rename moves a link as a link.
         d.rename(name, saved_name)
-            .map_err(|e| format!("cannot set aside /{dir}/{}: {e}", name.display()))?;
+            .with_context(|| format!("cannot set aside /{dir}/{}", name.display()))?;
     }
-    d.replace_file(name, data, 0o644).map_err(|e| {
+    d.replace_file(name, data, 0o644).with_context(|| {
         format!(
-            "cannot write /{dir}/{} in {}: {e}",
+            "cannot write /{dir}/{} in {}",
             name.display(),
             root.display()
         )
@@ -82,22 +84,25 @@ pub fn replace_keeping(
 
 /// Undoes [`replace_keeping`]: `/dir/saved` back as `/dir/name` (or no `/dir/name` when the image
 /// had none).
-pub fn put_back(root: &Path, dir: &str, name: &str, saved: &str) -> Result<(), String> {
+pub fn put_back(root: &Path, dir: &str, name: &str, saved: &str) -> Result<()> {
     let d = root_dir(&open_root(root)?, dir)?;
     let (name, saved_name) = (OsStr::new(name), OsStr::new(saved));
     let _ = d.remove_file(name);
     if matches!(d.kind(saved_name), Ok(Some(_))) {
         d.rename(saved_name, name)
-            .map_err(|e| format!("cannot restore /{dir}/{}: {e}", name.display()))?;
+            .with_context(|| format!("cannot restore /{dir}/{}", name.display()))?;
     }
     Ok(())
 }
 
 /// Puts the site CA certificate `ca` at `/etc/cray/ca/certificate_authority.crt`.
-pub fn install_ca(root: &Path, ca: &Path) -> Result<(), String> {
-    let data = std::fs::read(ca)
-        .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+pub fn install_ca(root: &Path, ca: &Path) -> Result<()> {
+    let data = read_ca(ca)?;
     replace_in_root(root, "etc/cray/ca", "certificate_authority.crt", &data)
+}
+
+fn read_ca(ca: &Path) -> Result<Vec<u8>> {
+    std::fs::read(ca).with_context(|| format!("cannot read the CA certificate {}", ca.display()))
 }
 
 /// A distribution's trust store: where anchors go and what rebuilds the bundle.
@@ -152,12 +157,11 @@ pub fn trust_store(root: &Path) -> Option<TrustStore> {
 /// Adds the CA certificate `ca` to the image root's trust store and rebuilds the bundle with the
 /// image's own tool (chrooted, clean environment). `Ok(None)`: the image has no known trust
 /// store (only `/etc/cray/ca` has the certificate then).
-pub fn add_to_trust_store(root: &Path, ca: &Path) -> Result<Option<TrustStore>, String> {
+pub fn add_to_trust_store(root: &Path, ca: &Path) -> Result<Option<TrustStore>> {
     let Some(store) = trust_store(root) else {
         return Ok(None);
     };
-    let data = std::fs::read(ca)
-        .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+    let data = read_ca(ca)?;
     replace_in_root(root, store.anchors, CA_NAME, &data)?;
     let out = Command::new("chroot")
         .arg(root)
@@ -167,14 +171,14 @@ pub fn add_to_trust_store(root: &Path, ca: &Path) -> Result<Option<TrustStore>, 
         .env("LANG", "C")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run chroot: {e}"))?;
+        .context("cannot run chroot")?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "{} in the image root failed ({}): {}",
             store.update.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(Some(store))
 }
@@ -189,7 +193,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let root = d.path();
         std::os::unix::fs::symlink(outside.path(), root.join("etc")).unwrap();
-        let e = dir_in_root(root, "etc/cray/ca").unwrap_err();
+        let e = dir_in_root(root, "etc/cray/ca").unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
         // A link where the file goes is replaced, not written through.
@@ -253,7 +257,9 @@ mod tests {
         );
         std::fs::remove_dir(root.join("etc")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.join("etc")).unwrap();
-        let e = replace_keeping(root, "etc", "resolv.conf", ".saved", b"x").unwrap_err();
+        let e = replace_keeping(root, "etc", "resolv.conf", ".saved", b"x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
     }

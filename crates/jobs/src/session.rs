@@ -88,7 +88,7 @@ pub struct Session {
 }
 
 fn write(path: &Path, data: &str, mode: u32) -> Result<(), String> {
-    crate::rootfiles::replace_file(path, data.as_bytes(), mode)
+    Ok(crate::rootfiles::replace_file(path, data.as_bytes(), mode)?)
 }
 
 /// A line of `sshd_config` or `authorized_keys` must not smuggle in another line.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ims_rootfs::confined::{Dir, FileType, Root};
 
 use super::{components, join};
+use crate::error::{Context, Error, Result};
 
 /// The file that lists the recipe's templates (relative to the recipe).
 pub const TEMPLATE_LIST: &str = ".ims_recipe_template.yaml";
@@ -37,17 +38,15 @@ struct Confined {
 }
 
 /// Opens the directory of `rel` inside `recipe` (relative, no `..`, no link on the way).
-fn confine(recipe: &Path, rel: &str) -> Result<Confined, String> {
-    let comps = components(rel.as_bytes()).map_err(|why| format!("{rel:?}: {why}"))?;
+fn confine(recipe: &Path, rel: &str) -> Result<Confined> {
+    let comps =
+        components(rel.as_bytes()).map_err(|why| Error::Refused(format!("{rel:?}: {why}")))?;
     let Some((leaf, parents)) = comps.split_last() else {
-        return Err(format!("{rel:?}: empty name"));
+        return Err(Error::Refused(format!("{rel:?}: empty name")));
     };
-    let root =
-        Root::open(recipe).map_err(|e| format!("recipe directory {}: {e}", recipe.display()))?;
-    let mut cur = root
-        .top()
-        .try_clone()
-        .map_err(|e| format!("recipe directory {}: {e}", recipe.display()))?;
+    let what = || format!("recipe directory {}", recipe.display());
+    let root = Root::open(recipe).with_context(what)?;
+    let mut cur = root.top().try_clone().with_context(what)?;
     for (i, c) in parents.iter().enumerate() {
         let name = OsStr::from_bytes(c);
         let shown_path = String::from_utf8_lossy(&join(&comps[..=i])).into_owned();
@@ -55,12 +54,17 @@ fn confine(recipe: &Path, rel: &str) -> Result<Confined, String> {
             Ok(d) => d,
             Err(e) => {
                 return Err(match cur.kind(name) {
-                    Ok(Some(FileType::Symlink)) => {
-                        format!("{rel:?}: goes through the symbolic link {shown_path:?}")
+                    Ok(Some(FileType::Symlink)) => Error::Refused(format!(
+                        "{rel:?}: goes through the symbolic link {shown_path:?}"
+                    )),
+                    Ok(Some(_)) => {
+                        Error::Refused(format!("{rel:?}: {shown_path:?} is not a directory"))
                     }
-                    Ok(Some(_)) => format!("{rel:?}: {shown_path:?} is not a directory"),
-                    Ok(None) => format!("{rel:?} does not exist"),
-                    Err(_) => format!("{rel:?}: {e}"),
+                    Ok(None) => Error::Refused(format!("{rel:?} does not exist")),
+                    Err(_) => Error::Io {
+                        context: format!("{rel:?}"),
+                        source: e,
+                    },
                 });
             }
         };
@@ -73,23 +77,31 @@ fn confine(recipe: &Path, rel: &str) -> Result<Confined, String> {
 }
 
 /// Reads a regular file inside the recipe (not a link, not through one). `Ok(None)`: absent.
-fn read_confined(recipe: &Path, rel: &str) -> Result<Option<(String, u32, Confined)>, String> {
+fn read_confined(recipe: &Path, rel: &str) -> Result<Option<(String, u32, Confined)>> {
     let c = confine(recipe, rel)?;
     let (data, st) = match c.dir.read_regular(&c.name, MAX_TEMPLATE) {
         Ok(read) => read,
         Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
-            return Err(format!("{rel:?} {e}, the most a template may have"));
+            return Err(Error::Refused(format!(
+                "{rel:?} {e}, the most a template may have"
+            )));
         }
         Err(e) => {
             return match c.dir.kind(&c.name) {
                 Ok(None) => Ok(None),
-                Ok(Some(FileType::Symlink)) => Err(format!("{rel:?} is a symbolic link")),
-                Ok(Some(FileType::RegularFile)) | Err(_) => Err(format!("{rel:?}: {e}")),
-                Ok(Some(_)) => Err(format!("{rel:?} is not a regular file")),
+                Ok(Some(FileType::Symlink)) => {
+                    Err(Error::Refused(format!("{rel:?} is a symbolic link")))
+                }
+                Ok(Some(FileType::RegularFile)) | Err(_) => Err(Error::Io {
+                    context: format!("{rel:?}"),
+                    source: e,
+                }),
+                Ok(Some(_)) => Err(Error::Refused(format!("{rel:?} is not a regular file"))),
             };
         }
     };
-    let text = String::from_utf8(data).map_err(|_| format!("{rel:?} is not UTF-8 text"))?;
+    let text = String::from_utf8(data)
+        .map_err(|_| Error::Refused(format!("{rel:?} is not UTF-8 text")))?;
     Ok(Some((text, st.st_mode & 0o7777, c)))
 }
 
@@ -100,29 +112,28 @@ fn read_confined(recipe: &Path, rel: &str) -> Result<Option<(String, u32, Confin
 /// not empty; see [`has_template_list`]). A list with an empty dictionary, a listed file outside
 /// the recipe, behind a link or missing, an undefined variable, a syntax error: errors, with
 /// nothing changed (every file is rendered before any is written).
-pub fn render_templates(
-    recipe: &Path,
-    dictionary: &[(String, String)],
-) -> Result<Vec<PathBuf>, String> {
+pub fn render_templates(recipe: &Path, dictionary: &[(String, String)]) -> Result<Vec<PathBuf>> {
     if !has_template_list(recipe) {
         return Ok(Vec::new());
     }
     let (list, _, _) = read_confined(recipe, TEMPLATE_LIST)
-        .map_err(|e| format!("recipe template list: {e}"))?
-        .ok_or_else(|| format!("recipe template list {TEMPLATE_LIST} vanished"))?;
+        .context("recipe template list")?
+        .ok_or_else(|| Error::Refused(format!("recipe template list {TEMPLATE_LIST} vanished")))?;
     if dictionary.is_empty() {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "the recipe has a template list ({TEMPLATE_LIST}) but the recipe record has no \
              template_dictionary values"
-        ));
+        )));
     }
     let files: Vec<String> = if list.trim().is_empty() {
         Vec::new()
     } else {
         let parsed: TemplateListFile = yaml_serde::from_str(&list)
-            .map_err(|e| format!("recipe template list {TEMPLATE_LIST}: {e}"))?;
+            .map_err(|e| Error::Refused(format!("recipe template list {TEMPLATE_LIST}: {e}")))?;
         parsed.template_files.ok_or_else(|| {
-            format!("recipe template list {TEMPLATE_LIST}: no template_files list")
+            Error::Refused(format!(
+                "recipe template list {TEMPLATE_LIST}: no template_files list"
+            ))
         })?
     };
 
@@ -145,14 +156,14 @@ pub fn render_templates(
     let mut rendered = Vec::new();
     for rel in &files {
         let (_, mode, place) = read_confined(recipe, rel)
-            .map_err(|e| format!("recipe template {e}"))?
-            .ok_or_else(|| format!("recipe template {rel:?} does not exist"))?;
-        let tmpl = env
-            .get_template(&place.rel)
-            .map_err(|e| format!("recipe template {rel:?}: {}", jinja_error(&e)))?;
-        let text = tmpl
-            .render(ctx.clone())
-            .map_err(|e| format!("recipe template {rel:?}: {}", jinja_error(&e)))?;
+            // (Its messages start with the file's name.)
+            .map_err(|e| Error::Refused(format!("recipe template {e}")))?
+            .ok_or_else(|| Error::Refused(format!("recipe template {rel:?} does not exist")))?;
+        let jinja = |e: minijinja::Error| {
+            Error::Refused(format!("recipe template {rel:?}: {}", jinja_error(&e)))
+        };
+        let tmpl = env.get_template(&place.rel).map_err(jinja)?;
+        let text = tmpl.render(ctx.clone()).map_err(jinja)?;
         rendered.push((place, mode, text));
     }
     let mut out = Vec::new();
@@ -160,7 +171,7 @@ pub fn render_templates(
         place
             .dir
             .replace_file(&place.name, text.as_bytes(), mode)
-            .map_err(|e| format!("recipe template {:?}: cannot write: {e}", place.rel))?;
+            .with_context(|| format!("recipe template {:?}: cannot write", place.rel))?;
         out.push(recipe.join(&place.rel));
     }
     Ok(out)
@@ -269,7 +280,9 @@ mod tests {
             ("config.xml", "{{ mirror }}", 0o644),
             ("root/etc/motd", "{{ mirorr }}", 0o644),
         ]);
-        let e = render_templates(r.path(), &dict(&[("mirror", "m")])).unwrap_err();
+        let e = render_templates(r.path(), &dict(&[("mirror", "m")]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("root/etc/motd") && e.contains("undefined"),
             "{e}"
@@ -288,7 +301,9 @@ mod tests {
             (TEMPLATE_LIST, "template_files: [a]", 0o644),
             ("a", "{% if x %}unclosed", 0o644),
         ]);
-        let e = render_templates(r.path(), &dict(&[("x", "v")])).unwrap_err();
+        let e = render_templates(r.path(), &dict(&[("x", "v")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"a\""), "{e}");
     }
 
@@ -336,7 +351,9 @@ mod tests {
             std::os::unix::fs::symlink(outside.path(), r.path().join("link")).unwrap();
             std::os::unix::fs::symlink(outside.path().join("secret"), r.path().join("secret.link"))
                 .unwrap();
-            let e = render_templates(r.path(), &dict(&[("k", "v")])).unwrap_err();
+            let e = render_templates(r.path(), &dict(&[("k", "v")]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{list}: {e:?} lacks {want:?}");
         }
         assert_eq!(
@@ -353,7 +370,9 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("list"), r.path().join(TEMPLATE_LIST))
             .unwrap();
         assert!(has_template_list(r.path()));
-        let e = render_templates(r.path(), &dict(&[("k", "v")])).unwrap_err();
+        let e = render_templates(r.path(), &dict(&[("k", "v")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a symbolic link"), "{e}");
     }
 
@@ -388,7 +407,9 @@ mod tests {
         ] {
             std::fs::write(recipe.join(TEMPLATE_LIST), "template_files: [t]").unwrap();
             std::fs::write(recipe.join("t"), inc).unwrap();
-            let e = render_templates(&recipe, &dict(&[("k", "v")])).unwrap_err();
+            let e = render_templates(&recipe, &dict(&[("k", "v")]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{inc}: {e:?} lacks {want:?}");
             assert!(!e.contains("s3cr3t") && !e.contains("SIBLING-TEXT"), "{e}");
             assert_eq!(std::fs::read_to_string(recipe.join("t")).unwrap(), inc);
@@ -401,7 +422,7 @@ mod tests {
             (TEMPLATE_LIST, LIST, 0o644),
             ("config.xml", "{{ a }}", 0o644),
         ]);
-        let e = render_templates(r.path(), &[]).unwrap_err();
+        let e = render_templates(r.path(), &[]).unwrap_err().to_string();
         assert!(e.contains("no template_dictionary"), "{e}");
         let r = recipe_with(&[("config.xml", "{{ a }}", 0o644)]);
         assert!(!has_template_list(r.path()));

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use ims_rootfs::confined::{Dir, FileType, Root};
 
 use super::{components, join, shown};
+use crate::error::{Context, Error, Result};
 
 /// Compression ratios are judged only past this many bytes, so tiny archives (a tar pads to
 /// 10 KiB of zeros) are never refused for compressing well.
@@ -62,32 +63,37 @@ pub struct Extracted {
 
 /// Unpacks the recipe archive `archive` into `dest`, an existing empty directory. On any error
 /// everything written inside `dest` is removed again (`dest` itself stays, empty).
-pub fn extract(archive: &Path, dest: &Path, limits: &Limits) -> Result<Extracted, String> {
-    let dest_err = |e: io::Error| format!("recipe directory {}: {e}", dest.display());
-    let root = Root::open(dest).map_err(dest_err)?;
-    if !root.top().list().map_err(dest_err)?.is_empty() {
-        return Err(format!("recipe directory {} is not empty", dest.display()));
+pub fn extract(archive: &Path, dest: &Path, limits: &Limits) -> Result<Extracted> {
+    let dest_err = || format!("recipe directory {}", dest.display());
+    let root = Root::open(dest).with_context(dest_err)?;
+    if !root.top().list().with_context(dest_err)?.is_empty() {
+        return Err(Error::Refused(format!(
+            "recipe directory {} is not empty",
+            dest.display()
+        )));
     }
     match unpack(archive, &root, limits) {
         Ok(done) => Ok(done),
         Err(e) => match root.top().remove_contents() {
             Ok(()) => Err(e),
-            Err(c) => Err(format!("{e} (and removing what was unpacked failed: {c})")),
+            Err(c) => Err(Error::Failed(format!(
+                "{e} (and removing what was unpacked failed: {c})"
+            ))),
         },
     }
 }
 
-fn unpack(archive: &Path, root: &Root, limits: &Limits) -> Result<Extracted, String> {
+fn unpack(archive: &Path, root: &Root, limits: &Limits) -> Result<Extracted> {
     let mut file =
-        File::open(archive).map_err(|e| format!("recipe archive {}: {e}", archive.display()))?;
+        File::open(archive).with_context(|| format!("recipe archive {}", archive.display()))?;
     let compressed = file
         .metadata()
-        .map_err(|e| format!("recipe archive {}: {e}", archive.display()))?
+        .with_context(|| format!("recipe archive {}", archive.display()))?
         .len()
         .max(1);
     let mut magic = [0u8; 2];
     let got = read_up_to(&mut file, &mut magic)
-        .map_err(|e| format!("recipe archive {}: {e}", archive.display()))?;
+        .with_context(|| format!("recipe archive {}", archive.display()))?;
     let head = io::Cursor::new(magic[..got].to_vec());
     let raw = head.chain(io::BufReader::with_capacity(256 * 1024, file));
     let stream: Box<dyn Read> = if got == 2 && magic == [0x1f, 0x8b] {
@@ -116,11 +122,14 @@ fn unpack(archive: &Path, root: &Root, limits: &Limits) -> Result<Extracted, Str
 
 /// The message for a member that could not be created: a name taken by an earlier member is
 /// refused as such (members never replace each other).
-fn create_error(e: io::Error, what: &str) -> String {
+fn create_error(e: io::Error, what: &str) -> Error {
     if e.kind() == io::ErrorKind::AlreadyExists {
-        "already exists (members may not replace each other)".to_string()
+        Error::Refused("already exists (members may not replace each other)".to_string())
     } else {
-        format!("{what}: {e}")
+        Error::Io {
+            context: what.to_string(),
+            source: e,
+        }
     }
 }
 
@@ -166,10 +175,10 @@ impl Meter {
     }
 
     /// The reason a read failed: the limit that stopped it, or the error itself.
-    fn explain(&self, e: &io::Error) -> String {
+    fn explain(&self, e: io::Error) -> Error {
         match &*self.tripped.borrow() {
-            Some(why) => why.clone(),
-            None => e.to_string(),
+            Some(why) => Error::Refused(why.clone()),
+            None => Error::Os(e),
         }
     }
 }
@@ -222,11 +231,11 @@ struct Unpacker<'a> {
 }
 
 impl Unpacker<'_> {
-    fn run<R: Read>(&mut self, stream: Counted<R>) -> Result<(), String> {
+    fn run<R: Read>(&mut self, stream: Counted<R>) -> Result<()> {
         let mut archive = tar::Archive::new(stream);
         let mut entries = archive
             .entries()
-            .map_err(|e| format!("recipe archive: {}", self.meter.explain(&e)))?;
+            .map_err(|e| self.meter.explain(e).context("recipe archive"))?;
         let mut previous: Option<String> = None;
         let mut count = 0u64;
         loop {
@@ -240,10 +249,10 @@ impl Unpacker<'_> {
                 None => return Ok(()),
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
-                    let why = self.meter.explain(&e);
+                    let why = self.meter.explain(e);
                     return Err(match &previous {
-                        Some(p) => format!("recipe archive: after member {p}: {why}"),
-                        None => format!("recipe archive: {why}"),
+                        Some(p) => why.context(format!("recipe archive: after member {p}")),
+                        None => why.context("recipe archive"),
                     });
                 }
             };
@@ -251,30 +260,26 @@ impl Unpacker<'_> {
             let raw = entry.path_bytes().into_owned();
             let name = shown(&raw);
             if count > self.limits.max_entries {
-                return Err(format!(
+                return Err(Error::Refused(format!(
                     "recipe archive: member {name}: more than {} members",
                     self.limits.max_entries
-                ));
+                )));
             }
             self.member(&mut entry, &raw)
-                .map_err(|why| format!("recipe archive: member {name}: {why}"))?;
+                .with_context(|| format!("recipe archive: member {name}"))?;
             previous = Some(name);
         }
     }
 
-    fn member<R: Read>(&mut self, entry: &mut tar::Entry<R>, raw: &[u8]) -> Result<(), String> {
+    fn member<R: Read>(&mut self, entry: &mut tar::Entry<R>, raw: &[u8]) -> Result<()> {
         use tar::EntryType as T;
         let kind = entry.header().entry_type();
         if matches!(kind, T::XGlobalHeader) {
             // pax global records: metadata only.
             return Ok(());
         }
-        let comps = components(raw)?;
-        let mode = entry
-            .header()
-            .mode()
-            .map_err(|e| format!("bad mode: {e}"))?
-            & 0o1777;
+        let comps = components(raw).map_err(|why| Error::Refused(why.into()))?;
+        let mode = entry.header().mode().context("bad mode")? & 0o1777;
         let mtime = entry.header().mtime().ok();
         let is_dir = matches!(kind, T::Directory)
             || (matches!(kind, T::Regular) && raw.ends_with(b"/") && entry.size() == 0);
@@ -283,7 +288,7 @@ impl Unpacker<'_> {
                 // `./`: the recipe directory itself, which exists already.
                 return Ok(());
             }
-            return Err("empty name".into());
+            return Err(Error::Refused("empty name".into()));
         }
         let (leaf, parents) = comps.split_last().expect("not empty");
         if is_dir {
@@ -297,35 +302,31 @@ impl Unpacker<'_> {
             T::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or("symbolic link without a target")?
+                    .ok_or_else(|| Error::Refused("symbolic link without a target".into()))?
                     .into_owned();
                 self.symlink(parents, leaf, &comps, &target)
             }
             T::Link => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or("hard link without a target")?
+                    .ok_or_else(|| Error::Refused("hard link without a target".into()))?
                     .into_owned();
                 self.hardlink(parents, leaf, &comps, &target)
             }
-            T::Char => Err("character devices are not allowed".into()),
-            T::Block => Err("block devices are not allowed".into()),
-            T::Fifo => Err("FIFOs are not allowed".into()),
-            other => Err(format!(
+            T::Char => Err(Error::Refused("character devices are not allowed".into())),
+            T::Block => Err(Error::Refused("block devices are not allowed".into())),
+            T::Fifo => Err(Error::Refused("FIFOs are not allowed".into())),
+            other => Err(Error::Refused(format!(
                 "members of type {:?} are not allowed (only directories, files and links)",
                 other.as_byte() as char
-            )),
+            ))),
         }
     }
 
     /// Opens (creating as needed) the directory `comps` below the root, one component at a time,
     /// never through a symbolic link.
-    fn parent(&mut self, comps: &[&[u8]]) -> Result<Dir, String> {
-        let mut cur = self
-            .root
-            .top()
-            .try_clone()
-            .map_err(|e| format!("recipe directory: {e}"))?;
+    fn parent(&mut self, comps: &[&[u8]]) -> Result<Dir> {
+        let mut cur = self.root.top().try_clone().context("recipe directory")?;
         for (i, c) in comps.iter().enumerate() {
             let name = OsStr::from_bytes(c);
             cur = match cur.open_dir(name) {
@@ -343,7 +344,12 @@ impl Unpacker<'_> {
                             );
                         }
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(format!("cannot create {}: {e}", shown(c))),
+                        Err(e) => {
+                            return Err(Error::Io {
+                                context: format!("cannot create {}", shown(c)),
+                                source: e,
+                            });
+                        }
                     }
                     cur.open_dir(name)
                         .map_err(|e| not_a_dir(&cur, name, &comps[..=i], e))?
@@ -354,7 +360,7 @@ impl Unpacker<'_> {
         Ok(cur)
     }
 
-    fn directory(&mut self, comps: &[&[u8]], mode: u32, mtime: Option<u64>) -> Result<(), String> {
+    fn directory(&mut self, comps: &[&[u8]], mode: u32, mtime: Option<u64>) -> Result<()> {
         let (leaf, parents) = comps.split_last().expect("not empty");
         let dir = self.parent(parents)?;
         let name = OsStr::from_bytes(leaf);
@@ -364,10 +370,17 @@ impl Unpacker<'_> {
                 // Allowed only for a directory that is already there (a repeated entry, or one
                 // created for an earlier member's path).
                 if !matches!(dir.kind(name), Ok(Some(FileType::Directory))) {
-                    return Err("already exists and is not a directory".into());
+                    return Err(Error::Refused(
+                        "already exists and is not a directory".into(),
+                    ));
                 }
             }
-            Err(e) => return Err(format!("cannot create the directory: {e}")),
+            Err(e) => {
+                return Err(Error::Io {
+                    context: "cannot create the directory".into(),
+                    source: e,
+                });
+            }
         }
         self.kinds.insert(join(comps), Kind::Dir { mode, mtime });
         Ok(())
@@ -381,20 +394,20 @@ impl Unpacker<'_> {
         comps: &[&[u8]],
         mode: u32,
         mtime: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         let size = entry.size();
         let l = self.limits;
         if size > l.max_file_bytes {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "is {size} bytes, more than the limit of {} per file",
                 l.max_file_bytes
-            ));
+            )));
         }
         if size > l.max_total_bytes.saturating_sub(self.done.bytes) {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "is {size} bytes, which takes the recipe over its limit of {} bytes",
                 l.max_total_bytes
-            ));
+            )));
         }
         let mut out = dir
             .create_new(OsStr::from_bytes(leaf))
@@ -408,44 +421,43 @@ impl Unpacker<'_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.meter.explain(&e)),
+                Err(e) => return Err(self.meter.explain(e)),
             };
             let n64 = n as u64;
             if got + n64 > l.max_file_bytes {
-                return Err(format!(
+                return Err(Error::Refused(format!(
                     "more than the limit of {} bytes per file",
                     l.max_file_bytes
-                ));
+                )));
             }
             let total = self.done.bytes + n64;
             if total > l.max_total_bytes {
-                return Err(format!(
+                return Err(Error::Refused(format!(
                     "the recipe unpacks to more than its limit of {} bytes",
                     l.max_total_bytes
-                ));
+                )));
             }
             if total > RATIO_FLOOR && total > self.compressed.saturating_mul(l.max_ratio) {
-                return Err(format!(
+                return Err(Error::Refused(format!(
                     "the recipe unpacks to more than {} times the archive's size",
                     l.max_ratio
-                ));
+                )));
             }
-            out.write_all(&buf[..n])
-                .map_err(|e| format!("cannot write: {e}"))?;
+            out.write_all(&buf[..n]).context("cannot write")?;
             got += n64;
             self.done.bytes = total;
         }
         if got != size {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "the archive ends inside this member ({got} of {size} bytes)"
-            ));
+            )));
         }
         out.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot set the mode: {e}"))?;
+            .context("cannot set the mode")?;
         if let Some(t) = mtime.and_then(time_of) {
             let times = std::fs::FileTimes::new().set_modified(t).set_accessed(t);
             out.set_times(times)
-                .map_err(|e| format!("cannot set the modification time: {e}"))?;
+                .context("cannot set the modification time")?;
         }
         Ok(())
     }
@@ -456,27 +468,29 @@ impl Unpacker<'_> {
         leaf: &[u8],
         comps: &[&[u8]],
         target: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         if target.is_empty() {
-            return Err("symbolic link with an empty target".into());
+            return Err(Error::Refused("symbolic link with an empty target".into()));
         }
         if target.contains(&0) {
-            return Err("symbolic link target contains a NUL byte".into());
+            return Err(Error::Refused(
+                "symbolic link target contains a NUL byte".into(),
+            ));
         }
         if target[0] == b'/' {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "symbolic link to {} points outside the recipe (absolute target)",
                 shown(target)
-            ));
+            )));
         }
         let at: Vec<Vec<u8>> = parents.iter().map(|c| c.to_vec()).collect();
         // Resolved as the kernel would, through the links already there (the whole set is
         // checked again at the end, when every link is known).
         self.resolve(at, target).map_err(|why| {
-            format!(
+            Error::Refused(format!(
                 "symbolic link to {} points outside the recipe ({why})",
                 shown(target)
-            )
+            ))
         })?;
         let dir = self.parent(parents)?;
         dir.symlink(OsStr::from_bytes(target), OsStr::from_bytes(leaf))
@@ -493,17 +507,20 @@ impl Unpacker<'_> {
         leaf: &[u8],
         comps: &[&[u8]],
         target: &[u8],
-    ) -> Result<(), String> {
-        let tcomps =
-            components(target).map_err(|why| format!("hard link to {}: {why}", shown(target)))?;
+    ) -> Result<()> {
+        let tcomps = components(target)
+            .map_err(|why| Error::Refused(format!("hard link to {}: {why}", shown(target))))?;
         let Some((tleaf, tparents)) = tcomps.split_last() else {
-            return Err(format!("hard link to {}: empty name", shown(target)));
+            return Err(Error::Refused(format!(
+                "hard link to {}: empty name",
+                shown(target)
+            )));
         };
         if self.kinds.get(&join(&tcomps)) != Some(&Kind::File) {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "hard link to {}, which is not a regular file extracted before it",
                 shown(target)
-            ));
+            )));
         }
         // The target's directories exist (it was extracted through them) and are real ones;
         // opening them without following links proves it again.
@@ -516,12 +533,8 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn existing_dir(&self, comps: &[&[u8]]) -> Result<Dir, String> {
-        let mut cur = self
-            .root
-            .top()
-            .try_clone()
-            .map_err(|e| format!("recipe directory: {e}"))?;
+    fn existing_dir(&self, comps: &[&[u8]]) -> Result<Dir> {
+        let mut cur = self.root.top().try_clone().context("recipe directory")?;
         for (i, c) in comps.iter().enumerate() {
             let name = OsStr::from_bytes(c);
             cur = cur
@@ -533,7 +546,7 @@ impl Unpacker<'_> {
 
     /// Follows `target` from the directory `at` (components below the root) through the
     /// symbolic links extracted so far; an error if it ever climbs above the root.
-    fn resolve(&self, at: Vec<Vec<u8>>, target: &[u8]) -> Result<(), String> {
+    fn resolve(&self, at: Vec<Vec<u8>>, target: &[u8]) -> Result<(), &'static str> {
         let mut stack = at;
         let mut pending: VecDeque<Vec<u8>> =
             target.split(|b| *b == b'/').map(|c| c.to_vec()).collect();
@@ -543,7 +556,7 @@ impl Unpacker<'_> {
                 b"" | b"." => {}
                 b".." => {
                     if stack.pop().is_none() {
-                        return Err("climbs above the recipe directory".into());
+                        return Err("climbs above the recipe directory");
                     }
                 }
                 _ => {
@@ -552,10 +565,10 @@ impl Unpacker<'_> {
                     if let Some(Kind::Symlink(next)) = self.kinds.get(&key) {
                         hops += 1;
                         if hops > MAX_HOPS {
-                            return Err("too many levels of symbolic links".into());
+                            return Err("too many levels of symbolic links");
                         }
                         if next.first() == Some(&b'/') {
-                            return Err("goes through an absolute link".into());
+                            return Err("goes through an absolute link");
                         }
                         stack.pop();
                         for part in next.rsplit(|b| *b == b'/') {
@@ -570,7 +583,7 @@ impl Unpacker<'_> {
 
     /// Every link again, now that all of them are known (a link extracted later can change
     /// where an earlier one leads).
-    fn check_all_links(&self) -> Result<(), String> {
+    fn check_all_links(&self) -> Result<()> {
         let mut links: Vec<(&Vec<u8>, &Vec<u8>)> = self
             .kinds
             .iter()
@@ -584,12 +597,12 @@ impl Unpacker<'_> {
             let mut at: Vec<Vec<u8>> = path.split(|b| *b == b'/').map(|c| c.to_vec()).collect();
             at.pop();
             self.resolve(at, target).map_err(|why| {
-                format!(
+                Error::Refused(format!(
                     "recipe archive: member {}: symbolic link to {} points outside the recipe \
                      ({why})",
                     shown(path),
                     shown(target)
-                )
+                ))
             })?;
         }
         Ok(())
@@ -597,7 +610,7 @@ impl Unpacker<'_> {
 
     /// Directory modes and times, set last (directories stay writable while unpacking, and
     /// entries created inside would change their times).
-    fn finish_dirs(&self) -> Result<(), String> {
+    fn finish_dirs(&self) -> Result<()> {
         let mut dirs: Vec<(&Vec<u8>, u32, Option<u64>)> = self
             .kinds
             .iter()
@@ -609,16 +622,16 @@ impl Unpacker<'_> {
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.iter().filter(|b| **b == b'/').count()));
         for (path, mode, mtime) in dirs {
             let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+            let what = || format!("recipe archive: directory {}", shown(path));
             let f = self
                 .existing_dir(&comps)
-                .and_then(|d| d.as_file().map_err(|e| e.to_string()))
-                .map_err(|why| format!("recipe archive: directory {}: {why}", shown(path)))?;
+                .and_then(|d| d.as_file().map_err(Error::Os))
+                .with_context(what)?;
             f.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("recipe archive: directory {}: {e}", shown(path)))?;
+                .with_context(what)?;
             if let Some(t) = mtime.and_then(time_of) {
                 let times = std::fs::FileTimes::new().set_modified(t).set_accessed(t);
-                f.set_times(times)
-                    .map_err(|e| format!("recipe archive: directory {}: {e}", shown(path)))?;
+                f.set_times(times).with_context(what)?;
             }
         }
         Ok(())
@@ -630,12 +643,19 @@ fn time_of(secs: u64) -> Option<SystemTime> {
 }
 
 /// Why the directory `name` in `dir` (at `path`) could not be opened.
-fn not_a_dir(dir: &Dir, name: &OsStr, path: &[&[u8]], e: io::Error) -> String {
+fn not_a_dir(dir: &Dir, name: &OsStr, path: &[&[u8]], e: io::Error) -> Error {
     let p = shown(&join(path));
     match dir.kind(name) {
-        Ok(Some(FileType::Symlink)) => format!("goes through the symbolic link {p}"),
-        Ok(Some(k)) if k != FileType::Directory => format!("{p} is not a directory"),
-        _ => format!("cannot open the directory {p}: {e}"),
+        Ok(Some(FileType::Symlink)) => {
+            Error::Refused(format!("goes through the symbolic link {p}"))
+        }
+        Ok(Some(k)) if k != FileType::Directory => {
+            Error::Refused(format!("{p} is not a directory"))
+        }
+        _ => Error::Io {
+            context: format!("cannot open the directory {p}"),
+            source: e,
+        },
     }
 }
 
@@ -768,7 +788,7 @@ mod tests {
     impl Scratch {
         fn run(&self, bytes: &[u8], limits: &Limits) -> Result<Extracted, String> {
             std::fs::write(&self.archive, bytes).unwrap();
-            extract(&self.archive, &self.dest, limits)
+            extract(&self.archive, &self.dest, limits).map_err(String::from)
         }
 
         /// Extraction fails with `want` in the message, `dest` is left empty and nothing but
@@ -1175,7 +1195,7 @@ mod tests {
         let s = scratch();
         std::fs::write(s.dest.join("mine"), b"keep").unwrap();
         let t = Tar::new().file("f", b"1", 0o644).end();
-        let e = s.run(&t, &d()).unwrap_err();
+        let e = s.run(&t, &d()).unwrap_err().to_string();
         assert!(e.contains("is not empty"), "{e}");
         assert_eq!(std::fs::read(s.dest.join("mine")).unwrap(), b"keep");
     }
