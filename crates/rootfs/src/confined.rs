@@ -10,7 +10,8 @@
 //!   [`Root::create_dirs`], [`Dir::create_new`], [`Dir::read_regular`], [`Dir::replace_file`]…):
 //!   each step opens with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 //!   | RESOLVE_NO_XDEV)`, so a link — even one swapped in after it was checked — fails the step
-//!   (`ELOOP`), and so does a mount point inside the tree (`EXDEV`).
+//!   (`ELOOP`, or `ENOTDIR` where a directory is opened), and so does a mount point inside the
+//!   tree (`EXDEV`).
 //! * [`Root::resolve`] follows links **inside the root only**, as a chroot would (an absolute
 //!   target starts again at the root) but stricter: a `..` that would climb above the root is
 //!   [`ResolveError::Escapes`] rather than being clamped, more than 40 links is
@@ -22,7 +23,7 @@
 //!   before it is opened and again after, by `fstat`), and never more than the caller's limit.
 //!
 //! Fallback: where `openat2` does not exist (Linux before 5.6, or a seccomp filter answering
-//! `ENOSYS`), each step is `openat(O_NOFOLLOW)` instead: links and `..` are confined exactly as
+//! `ENOSYS` or `EPERM` for it), each step is `openat(O_NOFOLLOW)` instead: links and `..` are confined exactly as
 //! above (the walk is the same), but mount points inside the tree are not detected. The choice is
 //! made once per process by probing; [`Root::without_openat2`] forces the fallback (for tests).
 
@@ -89,7 +90,7 @@ fn openat2_works() -> bool {
                 Mode::empty(),
                 ResolveFlags::BENEATH,
             ),
-            Err(Errno::NOSYS)
+            Err(Errno::NOSYS | Errno::PERM)
         )
     })
 }
@@ -156,7 +157,7 @@ pub struct Dir {
 
 /// The components of a relative path inside a root: plain names only (`.` and empty ones
 /// dropped; `..` and absolute paths refused).
-pub fn plain_components(rel: &Path) -> io::Result<Vec<&OsStr>> {
+fn plain_components(rel: &Path) -> io::Result<Vec<&OsStr>> {
     let mut out = Vec::new();
     for c in rel.components() {
         match c {
@@ -302,7 +303,7 @@ impl Root {
                 let target = match parent.read_link(&c) {
                     Ok(t) => t,
                     // Replaced by something else meanwhile: look at it again.
-                    Err(e) if e.raw_os_error() == Some(libc_einval()) => {
+                    Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => {
                         queue.push(c);
                         continue;
                     }
@@ -338,10 +339,6 @@ impl Root {
             kind: FileType::Directory,
         }))
     }
-}
-
-fn libc_einval() -> i32 {
-    Errno::INVAL.raw_os_error()
 }
 
 /// Missing, or a path through something that is not a directory.
@@ -630,12 +627,6 @@ impl Dir {
     }
 }
 
-impl AsFd for Dir {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,7 +870,12 @@ mod tests {
             // remove_dir takes only a real, empty directory, never a link to one.
             std::fs::create_dir(outside.path().join("empty")).unwrap();
             symlink(outside.path().join("empty"), d.path().join("a/empty")).unwrap();
-            assert!(root.dir(Path::new("a")).unwrap().remove_dir(os("empty")).is_err());
+            assert!(
+                root.dir(Path::new("a"))
+                    .unwrap()
+                    .remove_dir(os("empty"))
+                    .is_err()
+            );
             assert!(root.top().remove_dir(os("a")).is_err());
             root.top().remove_contents().unwrap();
             assert!(root.top().list().unwrap().is_empty());
