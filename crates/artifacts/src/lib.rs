@@ -9,6 +9,8 @@
 //! each object's ETag, content headers and user metadata) can follow the store's moves and deletes
 //! through [`ObjectEvents`] ([`ArtifactStore::with_events`]).
 
+#![forbid(unsafe_code)]
+
 mod location;
 pub mod sigv4;
 

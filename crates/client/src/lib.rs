@@ -13,6 +13,8 @@
 //!
 //! Nothing here prints; callers decide how to show results and errors.
 
+#![forbid(unsafe_code)]
+
 pub mod publish;
 pub mod s3;
 

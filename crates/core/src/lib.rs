@@ -1,6 +1,8 @@
 //! `ims-core`: the IMS wire format — records, enums, request validation, problem errors and the image
 //! manifest. No I/O: every other crate builds on these types and nothing re-declares a field.
 
+#![forbid(unsafe_code)]
+
 pub mod agent_env;
 pub mod compression;
 pub mod input;

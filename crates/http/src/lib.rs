@@ -23,6 +23,8 @@
 //! closed, and the others finish their request (HTTP/1.1: then close; HTTP/2: GOAWAY) for up to
 //! [`SHUTDOWN_GRACE`].
 
+#![forbid(unsafe_code)]
+
 pub use hyper_util::service::TowerToHyperService;
 
 use bytes::Buf;
@@ -31,6 +33,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -104,43 +107,31 @@ pub fn default_max_connections(nofile: u64) -> usize {
     (n.min(MAX_DEFAULT_CONNECTIONS as u64) as usize).max(16)
 }
 
+/// A limit as a number (unlimited: `u64::MAX`, as `RLIM_INFINITY`).
+fn limit(l: Option<u64>) -> u64 {
+    l.unwrap_or(u64::MAX)
+}
+
 /// The soft open-file limit (RLIMIT_NOFILE) in force.
 pub fn nofile_limit() -> io::Result<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r.rlim_cur)
+    Ok(limit(getrlimit(Resource::Nofile).current))
 }
 
 /// Raises the soft open-file limit to the hard limit (as far as the kernel allows) and returns
 /// the soft limit now in force.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given; setrlimit reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if r.rlim_cur < r.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            // An unlimited hard limit is refused above the kernel's nr_open: keep the old one.
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                r.rlim_cur = r.rlim_max;
-            }
+    let r = getrlimit(Resource::Nofile);
+    if limit(r.current) < limit(r.maximum) {
+        let wanted = Rlimit {
+            current: r.maximum,
+            maximum: r.maximum,
+        };
+        // An unlimited hard limit is refused above the kernel's nr_open: keep the old one.
+        if setrlimit(Resource::Nofile, wanted).is_ok() {
+            return Ok(limit(r.maximum));
         }
     }
-    Ok(r.rlim_cur)
+    Ok(limit(r.current))
 }
 
 /// Serves `service` on `listener` under `limits` until `shutdown` resolves, then stops accepting,

@@ -134,23 +134,14 @@ impl Settings {
 /// Moves the process into a mount namespace of its own whose mounts do not propagate back, so
 /// every mount the agent makes vanishes with it. Must run before any thread is started.
 pub fn enter_private_mount_namespace() -> std::io::Result<()> {
-    // SAFETY: plain system calls with valid, NUL-terminated constant strings; called while the
-    // process is single-threaded, as unshare(CLONE_NEWNS) requires.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    // SAFETY: rustix marks unshare unsafe for the flags that take file descriptors or memory
+    // away (CLONE_FILES, CLONE_VM…); CLONE_NEWNS touches neither. Called while the process is
+    // single-threaded, as unshare(CLONE_NEWNS) requires.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE,
+    )?;
     Ok(())
 }
 
@@ -239,13 +230,12 @@ fn hard_stop_after(grace: Duration) {
             "[agent] still running {} s after being told to stop: killing it",
             grace.as_secs()
         );
-        // SAFETY: getpgrp, getpid, kill and _exit have no memory preconditions.
-        unsafe {
-            if libc::getpgrp() == libc::getpid() {
-                libc::kill(0, libc::SIGKILL);
-            }
-            libc::_exit(1);
+        if rustix::process::getpgrp() == rustix::process::getpid() {
+            let _ = rustix::process::kill_current_process_group(rustix::process::Signal::KILL);
         }
+        // SAFETY: _exit has no memory preconditions; it ends the process without running
+        // destructors or atexit handlers while other threads may hold locks.
+        unsafe { libc::_exit(1) }
     });
 }
 

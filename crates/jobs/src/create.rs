@@ -324,7 +324,6 @@ struct Cache {
 }
 
 fn cache_for_build(agent: &Agent, job_kiwi: &Path) -> Result<Cache, String> {
-    use std::os::fd::AsRawFd;
     let private = Cache {
         dir: job_kiwi.join("cache"),
         _lock: None,
@@ -344,8 +343,7 @@ fn cache_for_build(agent: &Agent, job_kiwi: &Path) -> Result<Cache, String> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    // SAFETY: flock on a file descriptor owned by `lock`, which lives as long as the Cache.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         agent.say(&format!(
             "the shared kiwi cache {} is in use by another build: this build uses its own",
             shared.display()
@@ -532,15 +530,17 @@ async fn lines(r: impl tokio::io::AsyncRead + Unpin, f: &impl Fn(String)) {
 
 /// SIGTERM to kiwi's process group, SIGKILL after a grace period.
 async fn stop_group(pgid: i32) {
-    // SAFETY: kill(2) on a process group this agent created; a stale id is harmless (ESRCH).
-    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
+    // A process group this agent created; a stale id is harmless (ESRCH).
+    let Some(group) = Pid::from_raw(pgid) else {
+        return;
+    };
+    let _ = kill_process_group(group, Signal::TERM);
     let deadline = Instant::now() + KIWI_STOP_GRACE;
-    // SAFETY: as above; signal 0 only checks whether the group still exists.
-    while Instant::now() < deadline && unsafe { libc::kill(-pgid, 0) } == 0 {
+    while Instant::now() < deadline && test_kill_process_group(group).is_ok() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = kill_process_group(group, Signal::KILL);
 }
 
 /// The debug shell into a failed build: not jailed, the job's files at `/mnt/image` (the failed
@@ -572,27 +572,29 @@ fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>, 
     let mut notes = vec![];
     for m in mounts_under(root)? {
         // kiwi unmounts what it mounted; a mount left behind would be packaged.
-        let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes())
-            .map_err(|_| format!("bad mount point {}", m.display()))?;
-        // SAFETY: umount2 with a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
             return Err(format!(
                 "{} is still mounted after the build and cannot be unmounted: {}",
                 m.display(),
-                std::io::Error::last_os_error()
+                std::io::Error::from(e)
             ));
         }
         notes.push(format!("unmounted {} left by the build", m.display()));
     }
+    let tree = ims_rootfs::confined::Root::open(root)
+        .map_err(|e| format!("image root {}: {e}", root.display()))?;
     for name in KIWI_LEFTOVERS {
-        let p = root.join(name);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
-            Ok(_) => std::fs::remove_file(&p),
-            Err(_) => continue,
+        let name = std::ffi::OsStr::new(name);
+        if !matches!(tree.top().kind(name), Ok(Some(_))) {
+            continue;
         }
-        .map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
-        notes.push(format!("removed kiwi's /{name} from the image root"));
+        tree.top()
+            .remove_all(name)
+            .map_err(|e| format!("cannot remove {}: {e}", root.join(name).display()))?;
+        notes.push(format!(
+            "removed kiwi's /{} from the image root",
+            name.display()
+        ));
     }
     // kiwi bind-mounts its cache into the root at the host's path, and leaves the empty mount
     // point behind: remove the empty directories it made (never a top-level one).
@@ -605,13 +607,9 @@ fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>, 
             })
             .collect();
         for depth in (2..=rel.len()).rev() {
-            let mut p = root.to_path_buf();
-            let mut real = true;
-            for c in &rel[..depth] {
-                p.push(c);
-                real &= std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
-            }
-            if !real || std::fs::remove_dir(&p).is_err() {
+            let parent: PathBuf = rel[..depth - 1].iter().collect();
+            let dir = tree.dir(&parent);
+            if dir.and_then(|d| d.remove_dir(&rel[depth - 1])).is_err() {
                 break;
             }
         }

@@ -18,7 +18,7 @@
 use crate::agent::Agent;
 use crate::imageroot::{self, Method};
 use crate::package::package;
-use crate::rootfiles::{dir_in_root, install_ca, replace_file};
+use crate::rootfiles::{install_ca, put_back, replace_keeping};
 use crate::user::{self, Flags, Outcome};
 use ims_client::Resource;
 use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Largest manifest read.
 const MAX_MANIFEST: usize = 1024 * 1024;
 /// Where the image's own resolv.conf waits during the session.
-const SAVED_RESOLV: &str = "etc/.resolv.conf.ims-saved";
+const SAVED_RESOLV: &str = ".resolv.conf.ims-saved";
 
 pub async fn run(agent: &Agent) -> Result<(), String> {
     let job = &agent.job;
@@ -210,26 +210,10 @@ fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
     let Some(host) = crate::session::resolv_conf() else {
         return Ok(false);
     };
-    let etc = dir_in_root(root, "etc")?;
-    let cur = etc.join("resolv.conf");
-    let saved = root.join(SAVED_RESOLV);
-    if std::fs::symlink_metadata(&cur).is_ok() {
-        // A rename moves a link as a link.
-        std::fs::rename(&cur, &saved)
-            .map_err(|e| format!("cannot set aside {}: {e}", cur.display()))?;
-    }
-    replace_file(&etc.join("resolv.conf"), host.as_bytes(), 0o644)?;
+    replace_keeping(root, "etc", "resolv.conf", SAVED_RESOLV, host.as_bytes())?;
     Ok(true)
 }
 
 fn restore_resolv_conf(root: &Path) -> Result<(), String> {
-    let etc = dir_in_root(root, "etc")?;
-    let cur = etc.join("resolv.conf");
-    let _ = std::fs::remove_file(&cur);
-    let saved = root.join(SAVED_RESOLV);
-    if std::fs::symlink_metadata(&saved).is_ok() {
-        std::fs::rename(&saved, &cur)
-            .map_err(|e| format!("cannot restore {}: {e}", cur.display()))?;
-    }
-    Ok(())
+    Ok(put_back(root, "etc", "resolv.conf", SAVED_RESOLV)?)
 }

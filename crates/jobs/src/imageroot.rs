@@ -28,6 +28,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ims_rootfs::confined::{FileType, Root};
+
+use crate::error::{Context, Error, Result};
+
 /// How the image root was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -51,25 +55,25 @@ pub struct ImageRoot {
     mounts: Vec<PathBuf>,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+        .with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
+        Err(Error::Failed(format!(
             "{what}: {} ({})",
             String::from_utf8_lossy(&out.stderr).trim(),
             out.status
-        ))
+        )))
     }
 }
 
-fn mkdirs(dirs: &[&Path]) -> Result<(), String> {
+fn mkdirs(dirs: &[&Path]) -> Result<()> {
     for d in dirs {
-        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     Ok(())
 }
@@ -81,12 +85,12 @@ pub fn prepare(
     dir: &Path,
     image: &Path,
     prefer_overlay: bool,
-) -> Result<(ImageRoot, Option<String>), String> {
+) -> Result<(ImageRoot, Option<String>)> {
     let root = dir.join("mnt").join("image-root");
     let why_not = if prefer_overlay {
         match overlay(dir, image, &root) {
             Ok(r) => return Ok((r, None)),
-            Err(e) => Some(e),
+            Err(e) => Some(e.to_string()),
         }
     } else {
         Some("the agent has no private mount namespace".to_string())
@@ -94,7 +98,7 @@ pub fn prepare(
     // The fallback: a real tree. `root` may hold a half-made overlay's empty directory.
     let _ = std::fs::remove_dir(&root);
     mkdirs(&[&dir.join("mnt")])?;
-    ims_rootfs::unsquashfs(image, &root).map_err(|e| e.to_string())?;
+    ims_rootfs::unsquashfs(image, &root)?;
     // The download is not needed any more; the tree may be large.
     let _ = std::fs::remove_file(image);
     Ok((
@@ -109,7 +113,7 @@ pub fn prepare(
     ))
 }
 
-fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
+fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot> {
     let lower = dir.join("lower");
     let upper = dir.join("ovl").join("upper");
     let work = dir.join("ovl").join("work");
@@ -158,11 +162,11 @@ fn overlay(dir: &Path, image: &Path, root: &Path) -> Result<ImageRoot, String> {
             Ok(r)
         }
         // `r` goes: both mounts are undone.
-        Some(p) => Err(format!(
+        Some(p) => Err(Error::Failed(format!(
             "the image has hard-linked files (/{} among them) and {NO_INDEX}, which a change would \
              split",
             p.strip_prefix(&lower).unwrap_or(&p).display()
-        )),
+        ))),
     }
 }
 
@@ -195,20 +199,22 @@ fn overlay_index_on(mount_point: &Path) -> bool {
 
 /// The first file under `dir` (links not followed) with more than one name, if any.
 fn multiply_linked(dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let mut dirs = vec![dir.to_path_buf()];
+    let root = Root::open(dir).ok()?;
+    let mut dirs = vec![root.top().try_clone().ok()?];
     while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+        let Ok(names) = d.list() else {
             continue;
         };
-        for e in entries.flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+        for name in names {
+            let Ok(st) = d.stat(&name) else {
                 continue;
             };
-            if m.is_dir() {
-                dirs.push(e.path());
-            } else if m.nlink() > 1 {
-                return Some(e.path());
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                if let Ok(sub) = d.open_dir(&name) {
+                    dirs.push(sub);
+                }
+            } else if st.st_nlink > 1 {
+                return Some(root.host_path(&d.rel().join(name)));
             }
         }
     }
@@ -253,43 +259,49 @@ pub struct Preread {
 /// it stops between reads when `stop` is set. Runs on the calling thread.
 pub fn preread(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> Preread {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::Ordering;
     idle_priority();
     let mut done = Preread::default();
+    let Ok(root) = Root::open(dir) else {
+        return done;
+    };
     let mut buf = vec![0u8; 1 << 20];
-    let mut dirs = vec![dir.to_path_buf()];
+    let Ok(top) = root.top().try_clone() else {
+        return done;
+    };
+    let mut dirs = vec![top];
     while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+        let Ok(names) = d.list() else {
             continue;
         };
-        for e in entries.flatten() {
+        for name in names {
             if stop.load(Ordering::Relaxed) {
                 done.stopped = true;
                 return done;
             }
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                dirs.push(e.path());
-            } else if t.is_file() {
-                let Ok(mut f) = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-                    .open(e.path())
-                else {
-                    continue;
-                };
-                done.files += 1;
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        done.stopped = true;
-                        return done;
-                    }
-                    match f.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => done.bytes += n as u64,
+            match d.kind(&name) {
+                Ok(Some(FileType::Directory)) => {
+                    if let Ok(sub) = d.open_dir(&name) {
+                        dirs.push(sub);
                     }
                 }
+                Ok(Some(FileType::RegularFile)) => {
+                    let Ok(mut f) = d.open_regular(&name) else {
+                        continue;
+                    };
+                    done.files += 1;
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            done.stopped = true;
+                            return done;
+                        }
+                        match f.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => done.bytes += n as u64,
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }

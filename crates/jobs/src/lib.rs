@@ -32,6 +32,7 @@
 pub mod agent;
 pub mod create;
 pub mod customize;
+pub mod error;
 pub mod imageroot;
 pub mod package;
 pub mod prereq;

@@ -7,6 +7,7 @@
 //! uploaded when it fails.
 
 use crate::agent::Agent;
+use crate::error::{Context, Error, Result};
 use ims_client::publish::{Artifact, Failure, NewImage, publish, remove_uploads};
 use ims_client::s3::Ctx;
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
@@ -36,7 +37,7 @@ pub async fn package(
     root: &Path,
     arch: &str,
     zstd_level: Option<u32>,
-) -> Result<String, String> {
+) -> Result<String> {
     let job = &agent.job;
     let boot = ims_rootfs::find_boot_artifacts(
         root,
@@ -44,12 +45,12 @@ pub async fn package(
         explicit_name(&job.kernel_file_name, &["vmlinuz", "Image"]),
         explicit_name(&job.initrd_file_name, &["initrd"]),
     )
-    .map_err(|e| format!("packaging: {e}"))?;
+    .context("packaging")?;
     let initrd = boot.initrd.ok_or_else(|| {
-        format!(
+        Error::Failed(format!(
             "packaging: no initrd found in {}",
             root.join("boot").display()
-        )
+        ))
     })?;
     agent.say(&format!(
         "kernel {}, initrd {}",
@@ -83,8 +84,8 @@ pub async fn package(
         ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| lines.report(b, 0))
     });
     tokio::select! {
-        r = squash => r.map_err(|e| e.to_string())?.map_err(|e| format!("packaging: {e}"))?,
-        _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
+        r = squash => r.map_err(|e| Error::Failed(e.to_string()))?.context("packaging")?,
+        _ = agent.cancel.cancelled() => return Err(Error::Cancelled),
     }
     agent.say(&format!(
         "squashed in {:.2} s ({} bytes)",
@@ -160,9 +161,9 @@ pub async fn package(
                     left.join("; ")
                 ));
             }
-            Err(format!("publishing the image: {e}"))
+            Err(Error::Failed(format!("publishing the image: {e}")))
         }
-        Err(Failure::Unknown(e)) => Err(format!("publishing the image: {e}")),
+        Err(Failure::Unknown(e)) => Err(Error::Failed(format!("publishing the image: {e}"))),
     }
 }
 

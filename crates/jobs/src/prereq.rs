@@ -89,8 +89,7 @@ pub struct Check {
 /// the agent gets; `kiwi` the kiwi-ng program create jobs run.
 pub fn check(job_type: &str, session: bool, path: &str, kiwi: &Path) -> Check {
     let mut c = Check::default();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         c.missing.push(
             "root: the agent mounts the image, and the session's sshd logs users in as root \
              (it refuses keys that root does not own); run `ims serve` as root"
@@ -209,7 +208,7 @@ mod tests {
                 .starts_with("create jobs cannot run on this host; missing: ")
         );
         // On the test machine everything is there (the suite runs as root with the packages).
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
             let c = check("customize", true, path, Path::new("kiwi-ng"));
             assert_eq!(c.explain("customize"), None, "{c:?}");

@@ -15,6 +15,8 @@
 //! shown in messages.
 
 use futures::future::join_all;
+
+use crate::error::{Context, Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -54,16 +56,16 @@ impl Repo {
 }
 
 /// The recipe's kiwi description: `config.xml`, else the single `*.kiwi` file.
-pub fn description_file(recipe: &Path) -> Result<PathBuf, String> {
+pub fn description_file(recipe: &Path) -> Result<PathBuf> {
     let config = recipe.join("config.xml");
     if std::fs::symlink_metadata(&config).is_ok() {
         return Ok(config);
     }
     let listing = std::fs::read_dir(recipe)
-        .map_err(|e| format!("recipe directory {}: {e}", recipe.display()))?;
+        .with_context(|| format!("recipe directory {}", recipe.display()))?;
     let mut kiwi = Vec::new();
     for e in listing {
-        let e = e.map_err(|e| format!("recipe directory {}: {e}", recipe.display()))?;
+        let e = e.with_context(|| format!("recipe directory {}", recipe.display()))?;
         let name = e.file_name();
         let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if !is_dir && name.to_string_lossy().ends_with(".kiwi") {
@@ -73,8 +75,10 @@ pub fn description_file(recipe: &Path) -> Result<PathBuf, String> {
     kiwi.sort();
     match kiwi.len() {
         1 => Ok(kiwi.remove(0)),
-        0 => Err("the recipe has no kiwi description (config.xml or a *.kiwi file)".into()),
-        _ => Err(format!(
+        0 => Err(Error::Refused(
+            "the recipe has no kiwi description (config.xml or a *.kiwi file)".into(),
+        )),
+        _ => Err(Error::Refused(format!(
             "the recipe has no config.xml and several *.kiwi files: {}",
             kiwi.iter()
                 .map(|p| p
@@ -84,24 +88,24 @@ pub fn description_file(recipe: &Path) -> Result<PathBuf, String> {
                     .into_owned())
                 .collect::<Vec<_>>()
                 .join(", ")
-        )),
+        ))),
     }
 }
 
 /// Every `<repository>` of a kiwi description (the children of `<image>`), in order.
-pub fn repositories(config_xml: &str) -> Result<Vec<Repo>, String> {
+pub fn repositories(config_xml: &str) -> Result<Vec<Repo>> {
     let opts = roxmltree::ParsingOptions {
         allow_dtd: true,
         ..Default::default()
     };
     let doc = roxmltree::Document::parse_with_options(config_xml, opts)
-        .map_err(|e| format!("kiwi description: {e}"))?;
+        .map_err(|e| Error::Refused(format!("kiwi description: {e}")))?;
     let image = doc.root_element();
     if image.tag_name().name() != "image" {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "kiwi description: the root element is <{}>, not <image>",
             image.tag_name().name()
-        ));
+        )));
     }
     let attr = |n: roxmltree::Node, a: &str| {
         n.attribute(a)
@@ -128,9 +132,10 @@ pub fn repositories(config_xml: &str) -> Result<Vec<Repo>, String> {
         let source = node
             .children()
             .find(|n| n.is_element() && n.tag_name().name() == "source")
-            .ok_or_else(|| format!("kiwi description: {which} has no <source>"))?;
-        let url = attr(source, "path")
-            .ok_or_else(|| format!("kiwi description: {which} has no source path"))?;
+            .ok_or_else(|| Error::Refused(format!("kiwi description: {which} has no <source>")))?;
+        let url = attr(source, "path").ok_or_else(|| {
+            Error::Refused(format!("kiwi description: {which} has no source path"))
+        })?;
         out.push(Repo {
             kind,
             url,
@@ -215,37 +220,39 @@ fn describe(e: reqwest::Error) -> String {
     parts.join(": ")
 }
 
-fn client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
+fn client(ca: Option<&Path>) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("ims-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = ca {
         let pem = std::fs::read(ca)
-            .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("CA certificate {}: {}", ca.display(), describe(e)))?;
+            .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::Failed(format!("CA certificate {}: {}", ca.display(), describe(e)))
+        })?;
         if certs.is_empty() {
-            return Err(format!(
+            return Err(Error::Failed(format!(
                 "CA certificate {}: no PEM certificate in it",
                 ca.display()
-            ));
+            )));
         }
         for c in certs {
             b = b.add_root_certificate(c);
         }
     }
     b.build()
-        .map_err(|e| format!("cannot set up an HTTP client: {}", describe(e)))
+        .map_err(|e| Error::Failed(format!("cannot set up an HTTP client: {}", describe(e))))
 }
 
 /// One probe: HEAD, or a short GET when the server refuses HEAD.
-async fn probe_one(client: &reqwest::Client, url: &str, t: Duration) -> Result<(), String> {
-    let head = client.head(url).timeout(t).send().await.map_err(describe)?;
+async fn probe_one(client: &reqwest::Client, url: &str, t: Duration) -> Result<()> {
+    let failed = |e| Error::Failed(describe(e));
+    let head = client.head(url).timeout(t).send().await.map_err(failed)?;
     let mut status = head.status();
     if status == reqwest::StatusCode::METHOD_NOT_ALLOWED
         || status == reqwest::StatusCode::NOT_IMPLEMENTED
     {
-        let mut get = client.get(url).timeout(t).send().await.map_err(describe)?;
+        let mut get = client.get(url).timeout(t).send().await.map_err(failed)?;
         status = get.status();
         let mut read = 0;
         while read < GET_READ {
@@ -258,16 +265,12 @@ async fn probe_one(client: &reqwest::Client, url: &str, t: Duration) -> Result<(
     if status.is_success() {
         Ok(())
     } else {
-        Err(status.to_string())
+        Err(Error::Failed(status.to_string()))
     }
 }
 
 /// A repository's probes in turn: the URL that answered, or every URL with its answer.
-async fn probe_repo(
-    client: &reqwest::Client,
-    urls: &[String],
-    t: Duration,
-) -> Result<String, String> {
+async fn probe_repo(client: &reqwest::Client, urls: &[String], t: Duration) -> Result<String> {
     let mut failed = Vec::new();
     for url in urls {
         match probe_one(client, url, t).await {
@@ -275,7 +278,7 @@ async fn probe_repo(
             Err(why) => failed.push(format!("{}: {why}", redact(url))),
         }
     }
-    Err(failed.join("; "))
+    Err(Error::Failed(failed.join("; ")))
 }
 
 /// Waits until every http(s) repository of `repos` answers 2xx, probing every `every` for at
@@ -288,7 +291,7 @@ pub async fn wait_for_repos(
     timeout: Duration,
     every: Duration,
     say: &dyn Fn(&str),
-) -> Result<(), String> {
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut pending: Vec<(usize, Vec<String>)> = Vec::new();
     for (i, r) in repos.iter().enumerate() {
@@ -333,10 +336,10 @@ pub async fn wait_for_repos(
             .join(", ");
         let now = Instant::now();
         if now >= deadline {
-            return Err(format!(
+            return Err(Error::Failed(format!(
                 "repositories not reachable after {}: {list}",
                 seconds(timeout)
-            ));
+            )));
         }
         if said_missing.is_none_or(|t| now.duration_since(t) >= MISSING_EVERY) {
             say(&format!(
@@ -450,17 +453,22 @@ mod tests {
         assert!(
             repositories("<image><repository")
                 .unwrap_err()
+                .to_string()
                 .contains("kiwi description")
         );
         assert!(
             repositories("<notkiwi/>")
                 .unwrap_err()
+                .to_string()
                 .contains("not <image>")
         );
-        let e = repositories(r#"<image><repository alias="a"/></image>"#).unwrap_err();
+        let e = repositories(r#"<image><repository alias="a"/></image>"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("repository \"a\" has no <source>"), "{e}");
         let e = repositories(r#"<image><repository><source path=" "/></repository></image>"#)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("repository #1 has no source path"), "{e}");
         assert_eq!(repositories("<image/>").unwrap(), []);
     }
@@ -527,12 +535,13 @@ mod tests {
         assert!(
             description_file(t.path())
                 .unwrap_err()
+                .to_string()
                 .contains("no kiwi description")
         );
         std::fs::write(t.path().join("a.kiwi"), "<image/>").unwrap();
         assert_eq!(description_file(t.path()).unwrap(), t.path().join("a.kiwi"));
         std::fs::write(t.path().join("b.kiwi"), "<image/>").unwrap();
-        let e = description_file(t.path()).unwrap_err();
+        let e = description_file(t.path()).unwrap_err().to_string();
         assert!(e.contains("a.kiwi, b.kiwi"), "{e}");
         std::fs::write(t.path().join("config.xml"), "<image/>").unwrap();
         assert_eq!(
@@ -700,7 +709,8 @@ mod tests {
             &|_| {},
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(started.elapsed() >= Duration::from_millis(700));
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(
@@ -746,7 +756,8 @@ mod tests {
             &|_| {},
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.starts_with("repositories not reachable after 0.3 s: r (http://***@127.0.0.1:"),
             "{e}"
@@ -763,10 +774,10 @@ mod tests {
                 &|_| {},
             )
         };
-        let e = with_ca().await.unwrap_err();
+        let e = with_ca().await.unwrap_err().to_string();
         assert!(e.contains("cannot read the CA certificate"), "{e}");
         std::fs::write(&missing, "not a certificate").unwrap();
-        let e = with_ca().await.unwrap_err();
+        let e = with_ca().await.unwrap_err().to_string();
         assert!(e.contains("CA certificate"), "{e}");
         // Nothing to probe: done at once, whatever the CA.
         let local = vec![repo(RepoKind::RpmMd, "dir:///x", None, "x")];

@@ -88,7 +88,7 @@ pub struct Session {
 }
 
 fn write(path: &Path, data: &str, mode: u32) -> Result<(), String> {
-    crate::rootfiles::replace_file(path, data.as_bytes(), mode)
+    Ok(crate::rootfiles::replace_file(path, data.as_bytes(), mode)?)
 }
 
 /// A line of `sshd_config` or `authorized_keys` must not smuggle in another line.
@@ -597,22 +597,8 @@ fn bwrap_args(spec: &Spec, etc: &Path, jail_shell: &Path, fds: Fds) -> Vec<std::
 
 /// A pipe, both ends close-on-exec (a child gets its end through [`inherit`]).
 fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!(
-            "cannot make a pipe: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("cannot make a pipe: {}", std::io::Error::from(e)))
 }
 
 /// Lets a child started by `cmd` inherit `fds` at their own numbers (they are close-on-exec in
@@ -788,13 +774,7 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
             &["dev", "proc"]
         };
         for d in points {
-            let p = root.join(d);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("/{d} in the image root is not a directory")),
-                Err(_) => std::fs::create_dir(&p)
-                    .map_err(|e| format!("cannot create /{d} in the image root: {e}"))?,
-            }
+            crate::rootfiles::dir_in_root(&root, d)?;
         }
     }
     let jail_shell = dir.join("ims-session-shell");

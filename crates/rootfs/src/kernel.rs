@@ -19,10 +19,10 @@
 //! The image root must not change while this runs (it is a job's own copy).
 
 use std::cmp::Ordering;
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
+use crate::confined::{ResolveError, Root};
 use crate::error::{Result, RootfsError, io_err};
 
 /// Where the kernel and the initrd of an image root are, as host paths of regular files inside the root (no
@@ -32,9 +32,6 @@ pub struct BootFiles {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
 }
-
-/// Links followed at most while resolving one path (Linux's limit).
-const MAX_LINKS: usize = 40;
 
 /// Finds the kernel (required) and the initrd (optional) of the image root `image_root` for `arch`
 /// (`x86_64` or `aarch64`; other values are looked up with both sets of names). See the module documentation
@@ -55,14 +52,15 @@ pub fn find_boot_artifacts(
         });
     }
     let names = Names::for_arch(arch);
+    let root = Root::open(image_root).map_err(io_err("cannot read the image root", image_root))?;
 
     let kernel = match explicit_kernel {
-        Some(name) => explicit(image_root, "kernel", name)?,
-        None => find_kernel(image_root, &names)?,
+        Some(name) => explicit(&root, "kernel", name)?,
+        None => find_kernel(&root, &names)?,
     };
     let initrd = match explicit_initrd {
-        Some(name) => Some(explicit(image_root, "initrd", name)?),
-        None => find_initrd(image_root, &kernel)?,
+        Some(name) => Some(explicit(&root, "initrd", name)?),
+        None => find_initrd(&root, &kernel)?,
     };
     Ok(BootFiles { kernel, initrd })
 }
@@ -100,7 +98,7 @@ const INITRD_LINKS: [&str; 5] = [
 ];
 const INITRD_PREFIXES: [&str; 3] = ["initrd.img-", "initrd-", "initramfs-"];
 
-fn find_kernel(root: &Path, names: &Names) -> Result<PathBuf> {
+fn find_kernel(root: &Root, names: &Names) -> Result<PathBuf> {
     for link in &names.links {
         if let Some(p) = resolve_file(root, Path::new(link))? {
             return Ok(p);
@@ -112,12 +110,12 @@ fn find_kernel(root: &Path, names: &Names) -> Result<PathBuf> {
     let mut looked_for: Vec<String> = names.links.iter().map(|l| format!("/{l}")).collect();
     looked_for.extend(names.prefixes.iter().map(|p| format!("/boot/{p}<version>")));
     Err(RootfsError::NoKernel {
-        root: root.to_path_buf(),
+        root: root.path().to_path_buf(),
         looked_for: looked_for.join(", "),
     })
 }
 
-fn find_initrd(root: &Path, kernel: &Path) -> Result<Option<PathBuf>> {
+fn find_initrd(root: &Root, kernel: &Path) -> Result<Option<PathBuf>> {
     for link in INITRD_LINKS {
         if let Some(p) = resolve_file(root, Path::new(link))? {
             return Ok(Some(p));
@@ -141,23 +139,23 @@ fn find_initrd(root: &Path, kernel: &Path) -> Result<Option<PathBuf>> {
 /// The newest `boot/<prefix><version>` that resolves to a regular file. With `want_version`, only files of
 /// that version (`<prefix><version>` or `<prefix><version>.img`).
 fn newest_versioned(
-    root: &Path,
+    root: &Root,
     prefixes: &[&str],
     want_version: Option<&str>,
 ) -> Result<Option<(PathBuf, String)>> {
     let boot_rel = Path::new("boot");
-    let Some(boot) = resolve_dir(root, boot_rel)? else {
+    let Some(boot) = resolve(root, boot_rel)?.filter(|r| r.is_dir()) else {
         return Ok(None);
     };
-    let entries = match fs::read_dir(&boot) {
-        Ok(e) => e,
+    let host = root.host_path(&boot.rel);
+    let names = match root.dir(&boot.rel).and_then(|d| d.list()) {
+        Ok(names) => names,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("cannot list", &boot)(e)),
+        Err(e) => return Err(io_err("cannot list", &host)(e)),
     };
     let mut candidates: Vec<(String, String)> = Vec::new(); // (version, file name)
-    for entry in entries {
-        let entry = entry.map_err(io_err("cannot list", &boot))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+    for name in names {
+        let Some(name) = name.to_str().map(str::to_string) else {
             continue;
         };
         let Some(version) = prefixes.iter().find_map(|p| name.strip_prefix(p)) else {
@@ -203,7 +201,7 @@ fn excluded(version: &str) -> bool {
 }
 
 /// An explicit file name, relative to `<root>/boot`.
-fn explicit(root: &Path, what: &'static str, name: &str) -> Result<PathBuf> {
+fn explicit(root: &Root, what: &'static str, name: &str) -> Result<PathBuf> {
     let invalid = |reason| RootfsError::InvalidFileName {
         what,
         name: name.to_string(),
@@ -234,118 +232,37 @@ fn explicit(root: &Path, what: &'static str, name: &str) -> Result<PathBuf> {
     resolve_file(root, &Path::new("boot").join(rel))?.ok_or_else(|| RootfsError::BootFileNotFound {
         what,
         name: name.to_string(),
-        root: root.to_path_buf(),
+        root: root.path().to_path_buf(),
     })
 }
 
-/// `rel` resolved inside `root`, if it ends on a regular file.
-fn resolve_file(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
-    Ok(resolve_in_root(root, rel)?.filter(|p| {
-        fs::symlink_metadata(p)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-    }))
+/// `rel` resolved inside `root` (see [`Root::resolve`]), as the image root's errors.
+fn resolve(root: &Root, rel: &Path) -> Result<Option<crate::confined::Resolved>> {
+    root.resolve(rel).map_err(|e| match e {
+        ResolveError::Escapes { link, target } => RootfsError::LinkEscapesRoot { link, target },
+        ResolveError::Loop { path } => RootfsError::LinkLoop { path },
+        ResolveError::Io { path, source } => {
+            let host = root.host_path(path.strip_prefix("/").unwrap_or(&path));
+            io_err("cannot read", &host)(source)
+        }
+    })
+}
+
+/// `rel` resolved inside `root`, if it ends on a regular file: its host path (no link in it).
+fn resolve_file(root: &Root, rel: &Path) -> Result<Option<PathBuf>> {
+    Ok(resolve(root, rel)?
+        .filter(|r| r.is_file())
+        .map(|r| root.host_path(&r.rel)))
 }
 
 /// The kernel parameters file `/boot/<file_name>` of an image root (links followed inside the root), if it is
 /// a regular file: what becomes an image's `boot_parameters` artifact, in jobs' packaging and in
 /// `ims images import` alike. Anything else there (nothing, a directory, a link out of the root) is no file.
 pub fn kernel_parameters_file(root: &Path, file_name: &str) -> Option<PathBuf> {
-    resolve_in_root(root, &Path::new("boot").join(file_name))
+    let root = Root::open(root).ok()?;
+    resolve_file(&root, &Path::new("boot").join(file_name))
         .ok()
         .flatten()
-        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-}
-
-/// `rel` resolved inside `root`, if it ends on a directory.
-fn resolve_dir(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
-    Ok(resolve_in_root(root, rel)?
-        .filter(|p| fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false)))
-}
-
-/// Resolves `rel` (a path inside the image, absolute or relative to its `/`) following symbolic links as if
-/// `root` were `/`. Returns the host path (free of symbolic links) of what it names, or `None` if it names
-/// nothing inside the root. A `..` that would climb above the root is [`RootfsError::LinkEscapesRoot`], more
-/// than 40 links [`RootfsError::LinkLoop`].
-pub fn resolve_in_root(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
-    let mut queue: Vec<OsString> = Vec::new(); // components still to walk, in reverse order
-    push_components(&mut queue, rel);
-    let mut cur: Vec<OsString> = Vec::new(); // resolved components below root
-    let mut links = 0usize;
-    let mut last_link: Option<(PathBuf, String)> = None;
-
-    while let Some(c) = queue.pop() {
-        if c.is_empty() {
-            // The marker for "/": restart from the root.
-            cur.clear();
-            continue;
-        }
-        if c == "." {
-            continue;
-        }
-        if c == ".." {
-            if cur.pop().is_none() {
-                let (link, target) = last_link
-                    .clone()
-                    .unwrap_or_else(|| (PathBuf::from("/").join(rel), rel.display().to_string()));
-                return Err(RootfsError::LinkEscapesRoot { link, target });
-            }
-            continue;
-        }
-        let host = cur
-            .iter()
-            .fold(root.to_path_buf(), |p, c| p.join(c))
-            .join(&c);
-        let meta = match fs::symlink_metadata(&host) {
-            Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(io_err("cannot read", &host)(e)),
-        };
-        if meta.file_type().is_symlink() {
-            links += 1;
-            let in_image = cur
-                .iter()
-                .fold(PathBuf::from("/"), |p, c| p.join(c))
-                .join(&c);
-            if links > MAX_LINKS {
-                return Err(RootfsError::LinkLoop { path: in_image });
-            }
-            let target = fs::read_link(&host).map_err(io_err("cannot read the link", &host))?;
-            last_link = Some((in_image, target.display().to_string()));
-            push_components(&mut queue, &target);
-        } else {
-            if !queue.is_empty()
-                && !meta.is_dir()
-                && queue.iter().any(|q| q != "." && !q.is_empty())
-            {
-                // A path through a regular file names nothing.
-                return Ok(None);
-            }
-            cur.push(c);
-        }
-    }
-    Ok(Some(cur.iter().fold(root.to_path_buf(), |p, c| p.join(c))))
-}
-
-/// Pushes the components of `p` onto the reverse-ordered queue (an absolute path starts with the root marker).
-fn push_components(queue: &mut Vec<OsString>, p: &Path) {
-    let mut comps: Vec<OsString> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::RootDir | Component::Prefix(_) => comps.push(OsString::new()),
-            Component::CurDir => comps.push(OsString::from(".")),
-            Component::ParentDir => comps.push(OsString::from("..")),
-            Component::Normal(n) => comps.push(n.to_os_string()),
-        }
-    }
-    queue.extend(comps.into_iter().rev());
 }
 
 /// Version sort, as `sort -V` / `ls -v` order file names: digit runs compare as numbers, other runs

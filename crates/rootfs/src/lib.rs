@@ -8,6 +8,8 @@
 //!   ([`archive::tar_to_squashfs`]) or extracted safely ([`archive::unpack`]) with GNU tar; absolute and `..`
 //!   members are refused before anything is written.
 //! * [`kernel`]: finding the kernel and initrd of an image root, resolving links inside the root only.
+//! * [`confined`]: the one way IMS touches an untrusted tree (image roots, recipes): walked from a directory
+//!   descriptor one component at a time (`openat2`), links never followed or followed inside the root only.
 //!
 //! Every function returns [`RootfsError`], whose messages name the file, the tool and the remedy. Functions block
 //! on subprocesses: call them from `tokio::task::spawn_blocking` in async code. Keeping other users' ownership,
@@ -34,7 +36,10 @@
 //! `security.*` xattrs, so [`archive::tar_to_squashfs`] is the import path; [`archive::unpack`] stays for jobs
 //! that need the tree on disk.
 
+#![forbid(unsafe_code)]
+
 pub mod archive;
+pub mod confined;
 mod error;
 pub mod kernel;
 pub mod squashfs;

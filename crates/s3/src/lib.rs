@@ -48,6 +48,8 @@
 //!   content headers and user metadata to the new key. [`ObjectMetadata::deleted`] removes the
 //!   metadata of an object other code deleted.
 
+#![forbid(unsafe_code)]
+
 mod backend;
 mod conn;
 mod creds;

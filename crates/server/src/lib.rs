@@ -3,6 +3,8 @@
 //! Route modules are thin (parse, call the service, map the error); v2 and v3 are one service layer
 //! with an [`Api`] parameter. Job execution is behind the [`executor::JobExecutor`] seam.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod error;
 pub mod executor;

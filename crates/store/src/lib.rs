@@ -10,6 +10,8 @@
 //! [`update_with`]) instead holds the row's lock from the read to the commit, so concurrent
 //! updates of one record queue and all succeed.
 
+#![forbid(unsafe_code)]
+
 mod cache;
 mod sql;
 mod typed;

@@ -114,9 +114,11 @@ fn failure_reason(out: &std::path::Path) -> Option<String> {
 }
 
 fn signal_group(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-    unsafe {
-        libc::kill(-(pid as libc::pid_t), sig);
+    if let (Some(group), Some(sig)) = (
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::Signal::from_named_raw(sig),
+    ) {
+        let _ = rustix::process::kill_process_group(group, sig);
     }
 }
 
