@@ -47,7 +47,9 @@ async fn every_documented_operation_is_routed() {
 /// schemathesis (`IMS_TEST_SCHEMATHESIS`, set by scripts/test.sh) against a real server with our own
 /// document: every check (the defaults, `not_a_server_error`, `positive_data_acceptance`,
 /// `negative_data_rejection`, and tests/it/schemathesis/hooks.py's), no stateful phase, a bounded
-/// number of examples per operation. Any finding fails the test with schemathesis' report.
+/// number of examples per operation. Any finding fails the test with schemathesis' report. One
+/// worker: hypothesis' generation in several threads trips a CPython 3.11 `ast` race ("AST
+/// constructor recursion depth mismatch").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing() {
     let st = std::env::var("IMS_TEST_SCHEMATHESIS").expect(
@@ -71,11 +73,11 @@ async fn schemathesis_finds_nothing() {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args([
             "--max-examples",
-            "25",
+            "20",
             "--seed",
             "20261204",
             "--workers",
-            "2",
+            "1",
         ])
         .args(["--request-timeout", "30"])
         .stdout(std::process::Stdio::piped())
