@@ -1,7 +1,9 @@
 //! The OpenAPI 3 document served at `/openapi.json` (and `/apis/ims/openapi.json`).
 //!
 //! Response schemas come from the record types themselves (`utoipa::ToSchema` on the `ims-core`
-//! types), so the document cannot drift from the wire format. The operations come from [`OPERATIONS`],
+//! types), so the document cannot drift from the wire format. Request schemas come from the
+//! declarations the server reads requests with (`ims_core::input`: bodies and query parameters),
+//! so the document and the validator cannot disagree. The operations come from [`OPERATIONS`],
 //! the table of every route; a test sends a request for each documented operation to a real server
 //! and checks that it is routed, so the table cannot drift from the router either.
 
