@@ -27,23 +27,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Python tools the tests drive (moto's S3 server for the external-S3 configuration; boto3 and the AWS
-# CLI as clients of the built-in S3 endpoint), in a virtual
+# CLI as clients of the built-in S3 endpoint; schemathesis against the OpenAPI document), in a virtual
 # environment outside the clone so that it is reused between runs.
 venv=${IMS_TEST_VENV:-/var/tmp/ims-test-venv}
-if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/ansible-playbook" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
-  echo "test.sh: installing moto[server], boto3, awscli and ansible-core into $venv" >&2
+if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -x "$venv/bin/st" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
+  echo "test.sh: installing moto[server], boto3, awscli, ansible-core and schemathesis into $venv" >&2
   python3 -m venv "$venv" 2>/dev/null || {
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
     python3 -m venv "$venv"
   }
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*" boto3 awscli "ansible-core==2.19.*"
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*" boto3 awscli "ansible-core==2.19.*" "schemathesis==4.*"
 fi
 export IMS_TEST_MOTO_SERVER="$venv/bin/moto_server"
 export IMS_TEST_ANSIBLE_PLAYBOOK="$venv/bin/ansible-playbook"
 # Real S3 clients for the built-in S3 endpoint tests (crates/s3).
 export IMS_TEST_PYTHON="$venv/bin/python"
 export IMS_TEST_AWS="$venv/bin/aws"
+# schemathesis 4 (its `st run` has the positive/negative data checks api_openapi runs).
+export IMS_TEST_SCHEMATHESIS="$venv/bin/st"
 
 if ! command -v cargo >/dev/null; then
   echo "test.sh: cargo not found; install a Rust toolchain (rustup) first" >&2

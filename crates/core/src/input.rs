@@ -1,135 +1,88 @@
-//! Request bodies: parsing and validation of every POST/PATCH body, with the original's rules
-//! (defaults, enums, `{key,value}` metadata conversion, blank checks, unknown fields → 422).
+//! Request contracts: every POST/PATCH body and query parameter, declared once with the original's
+//! rules (defaults, enums, `{key,value}` metadata conversion, blank checks, unknown fields → 422).
+//!
+//! Each body is a [`Shape`] (see [`crate::validate`]): the server reads requests with it and the
+//! OpenAPI document describes them with it. The typed request values below are what a read body
+//! turns into.
 
 use crate::problem::Problem;
 use crate::records::*;
-use crate::validate::{Fields, MSG_LIST, MSG_NULL, body_object};
+use crate::validate::{Absent, Custom, Field, Kind, MSG_STRING, Shape, WHITESPACE_CLASS};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use utoipa::openapi::schema::{AnyOfBuilder, Object, ObjectBuilder, Schema, Type};
 
-fn nonblank(field: &str) -> String {
-    format!("{field} field must not be blank")
+/// `Some(value)` for a present field, `null` included (`Some(None)`): a PATCH's "set to null".
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
-/// Reads a nested `ArtifactLink`. Returns `Some(None)` for an allowed `null`.
-fn link_field(f: &mut Fields, nullable: bool) -> Option<Option<ArtifactLink>> {
-    let v = f.raw("link")?;
-    match v {
-        Value::Null if nullable => Some(None),
-        Value::Null => {
-            f.error("link", MSG_NULL);
-            None
-        }
-        Value::Object(o) => match parse_link(o) {
-            Ok(l) => Some(Some(l)),
-            Err(e) => {
-                f.nested_error("link", e);
-                None
-            }
-        },
-        _ => {
-            f.nested_error("link", json!({"_schema": ["Invalid input type."]}));
-            None
-        }
-    }
-}
+const ARCH: Field = Field::choice("arch", ARCHES, "Arch");
 
-/// Validates an `ArtifactLink` object; returns the nested error map on failure.
-pub fn parse_link(o: &Map<String, Value>) -> Result<ArtifactLink, Value> {
-    let mut f = Fields::new(o);
-    let path = f.string("path", true, Some(&nonblank("path")));
-    let etag = match f.raw("etag") {
-        None | Some(Value::Null) => Some(String::new()),
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            f.error("etag", crate::validate::MSG_STRING);
-            None
-        }
-    };
-    let kind = f.one_of("type", true, LINK_TYPES, "Type");
-    if let Some(e) = f.finish_nested() {
-        return Err(e);
-    }
-    match (path, etag, kind) {
-        (Some(path), Some(etag), Some(kind)) => Ok(ArtifactLink { etag, path, kind }),
-        _ => Err(json!({"_schema": ["Invalid link."]})),
-    }
-}
+/// An `ArtifactLink` in a request.
+pub const LINK: Shape = Shape {
+    name: "ArtifactLinkInput",
+    fields: &[
+        Field::nonblank("path").required(),
+        Field::text("etag").nullable(),
+        Field::choice("type", LINK_TYPES, "Type").required(),
+    ],
+    check: None,
+};
 
-/// A list of `{key, value}` string pairs (recipe `template_dictionary`); `Some(None)` for `null`.
-fn template_dictionary_field(f: &mut Fields) -> Option<Option<Vec<KeyValue>>> {
-    let v = f.raw("template_dictionary")?;
-    let items = match v {
-        Value::Null => return Some(None),
-        Value::Array(a) => a,
-        _ => {
-            f.error("template_dictionary", MSG_LIST);
-            return None;
-        }
-    };
-    let mut out = Vec::with_capacity(items.len());
-    let mut errors = Map::new();
-    for (i, item) in items.iter().enumerate() {
-        let Value::Object(o) = item else {
-            errors.insert(i.to_string(), json!({"_schema": ["Invalid input type."]}));
-            continue;
-        };
-        let mut g = Fields::new(o);
-        let key = g.string("key", true, None);
-        let value = g.string("value", true, None);
-        match g.finish_nested() {
-            Some(e) => {
-                errors.insert(i.to_string(), e);
-            }
-            None => {
-                if let (Some(key), Some(value)) = (key, value) {
-                    out.push(KeyValue { key, value });
-                }
-            }
-        }
-    }
-    if errors.is_empty() {
-        Some(Some(out))
-    } else {
-        f.nested_error("template_dictionary", Value::Object(errors));
-        None
-    }
-}
+/// One `{key, value}` pair of a recipe's `template_dictionary`.
+pub const KEY_VALUE: Shape = Shape {
+    name: "KeyValueInput",
+    fields: &[
+        Field::text("key").required(),
+        Field::text("value").required(),
+    ],
+    check: None,
+};
 
-fn arch_field(f: &mut Fields) -> Option<String> {
-    f.one_of("arch", false, ARCHES, "Arch")
-}
+const TEMPLATE_DICTIONARY: Field = Field::new(
+    "template_dictionary",
+    Kind::List {
+        item: &KEY_VALUE,
+        max_items: None,
+    },
+)
+.nullable();
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct NewPublicKey {
     pub name: String,
     pub public_key: String,
 }
 
+pub const PUBLIC_KEY_CREATE: Shape = Shape {
+    name: "PublicKeyCreate",
+    fields: &[
+        Field::nonblank("name").required(),
+        Field::nonblank("public_key")
+            .required()
+            .describe("One OpenSSH public key line"),
+    ],
+    check: Some(|read, errors| {
+        // Only a well-formed OpenSSH public key is kept (the message never repeats the input: it
+        // may be a private key pasted by mistake).
+        if let Some(Value::String(k)) = read.get("public_key")
+            && let Err(e) = crate::sshkey::check_public_key(k)
+        {
+            errors.add(
+                "public_key",
+                format!("public_key field is not an OpenSSH public key: {e}"),
+            );
+        }
+    }),
+};
+
 pub fn public_key_create(body: Option<&Value>) -> Result<NewPublicKey, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let name = f.string("name", true, Some(&nonblank("name")));
-    let public_key = f.string("public_key", true, Some(&nonblank("public_key")));
-    // Only a well-formed OpenSSH public key is kept (the message never repeats the input: it may
-    // be a private key pasted by mistake).
-    if let Some(k) = &public_key
-        && !k.trim().is_empty()
-        && let Err(e) = crate::sshkey::check_public_key(k)
-    {
-        f.error(
-            "public_key",
-            format!("public_key field is not an OpenSSH public key: {e}"),
-        );
-    }
-    f.finish()?;
-    Ok(NewPublicKey {
-        name: name.unwrap_or_default(),
-        public_key: public_key.unwrap_or_default(),
-    })
+    PUBLIC_KEY_CREATE.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct NewRecipe {
     pub name: String,
     pub recipe_type: String,
@@ -140,59 +93,55 @@ pub struct NewRecipe {
     pub arch: String,
 }
 
+pub const RECIPE_CREATE: Shape = Shape {
+    name: "RecipeCreate",
+    fields: &[
+        Field::nonblank("name").required(),
+        Field::choice("recipe_type", RECIPE_TYPES, "Recipe type").required(),
+        Field::choice(
+            "linux_distribution",
+            LINUX_DISTRIBUTIONS,
+            "Linux distribution",
+        )
+        .required(),
+        Field::new("link", Kind::Object(&LINK)).nullable(),
+        TEMPLATE_DICTIONARY.absent(Absent::EmptyList),
+        Field::new("require_dkms", Kind::Bool).absent(Absent::Bool(true)),
+        ARCH.absent(Absent::Text(DEFAULT_ARCH)),
+    ],
+    check: None,
+};
+
 pub fn recipe_create(body: Option<&Value>) -> Result<NewRecipe, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let name = f.string("name", true, Some(&nonblank("name")));
-    let recipe_type = f.one_of("recipe_type", true, RECIPE_TYPES, "Recipe type");
-    let linux_distribution = f.one_of(
-        "linux_distribution",
-        true,
-        LINUX_DISTRIBUTIONS,
-        "Linux distribution",
-    );
-    let link = link_field(&mut f, true);
-    let td = template_dictionary_field(&mut f);
-    let require_dkms = f.boolean("require_dkms");
-    let arch = arch_field(&mut f);
-    f.finish()?;
-    Ok(NewRecipe {
-        name: name.unwrap_or_default(),
-        recipe_type: recipe_type.unwrap_or_default(),
-        linux_distribution: linux_distribution.unwrap_or_default(),
-        link: link.flatten(),
-        template_dictionary: td.unwrap_or(Some(vec![])),
-        require_dkms: require_dkms.unwrap_or(true),
-        arch: arch.unwrap_or_else(|| DEFAULT_ARCH.into()),
-    })
+    RECIPE_CREATE.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct RecipePatch {
     pub link: Option<ArtifactLink>,
     pub arch: Option<String>,
     pub require_dkms: Option<bool>,
     /// `Some(None)` sets `null`.
+    #[serde(default, deserialize_with = "present")]
     pub template_dictionary: Option<Option<Vec<KeyValue>>>,
 }
 
+pub const RECIPE_PATCH: Shape = Shape {
+    name: "RecipePatch",
+    fields: &[
+        Field::new("link", Kind::Object(&LINK)),
+        ARCH,
+        Field::new("require_dkms", Kind::Bool),
+        TEMPLATE_DICTIONARY,
+    ],
+    check: None,
+};
+
 pub fn recipe_patch(body: Option<&Value>) -> Result<RecipePatch, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let link = link_field(&mut f, false).flatten();
-    let arch = arch_field(&mut f);
-    let require_dkms = f.boolean("require_dkms");
-    let template_dictionary = template_dictionary_field(&mut f);
-    f.finish()?;
-    Ok(RecipePatch {
-        link,
-        arch,
-        require_dkms,
-        template_dictionary,
-    })
+    RECIPE_PATCH.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct NewImage {
     /// The id the client chose (an extension: the original refuses the field); the server picks
     /// one otherwise.
@@ -203,133 +152,120 @@ pub struct NewImage {
     pub metadata: BTreeMap<String, String>,
 }
 
-fn string_map(o: &Map<String, Value>) -> Result<BTreeMap<String, String>, Value> {
-    let mut out = BTreeMap::new();
-    let mut errors = Map::new();
-    for (k, v) in o {
-        match v {
-            Value::String(s) => {
-                out.insert(k.clone(), s.clone());
+/// An image's `metadata` on create: a string map, or the `{key, value}` form (what `cray ims
+/// images create --metadata-key K --metadata-value V` sends), read as a map of one entry.
+const METADATA_MAP: Custom = Custom {
+    read: |v| match v {
+        Value::Object(m) if m.contains_key("key") => match (m.get("key"), m.get("value")) {
+            (Some(Value::String(k)), None | Some(Value::Null)) => {
+                Ok(Value::Object(Map::from_iter([(k.clone(), json!(""))])))
             }
-            _ => {
-                errors.insert(k.clone(), json!({"value": ["Not a valid string."]}));
+            (Some(Value::String(k)), Some(Value::String(v))) => {
+                Ok(Value::Object(Map::from_iter([(k.clone(), json!(v))])))
+            }
+            _ => Err(json!({"key": [MSG_STRING]})),
+        },
+        Value::Object(m) => {
+            let mut errors = Map::new();
+            for (k, v) in m {
+                if !v.is_string() {
+                    errors.insert(k.clone(), json!({"value": [MSG_STRING]}));
+                }
+            }
+            if errors.is_empty() {
+                Ok(v.clone())
+            } else {
+                Err(Value::Object(errors))
             }
         }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(Value::Object(errors))
-    }
-}
+        _ => Err(json!(["Not a valid mapping type."])),
+    },
+    schema: || {
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .property("key", Object::with_type(Type::String))
+                    .property(
+                        "value",
+                        Object::with_type([Type::String, Type::Null].into_iter().collect::<utoipa::openapi::schema::SchemaType>()),
+                    )
+                    .required("key"),
+            )
+            .description(Some(
+                "A string map, or the `{key, value}` form of `cray ims images create --metadata-key/--metadata-value`",
+            ))
+            .build()
+            .into()
+    },
+};
+
+pub const IMAGE_CREATE: Shape = Shape {
+    name: "ImageCreate",
+    fields: &[
+        Field::new("id", Kind::Uuid).describe(
+            "Extension: the new image's id, chosen by the client (for register-last uploads); 409 if an image or deleted image has it",
+        ),
+        Field::nonblank("name").required(),
+        Field::new("link", Kind::Object(&LINK)).nullable(),
+        ARCH.absent(Absent::Text(DEFAULT_ARCH)),
+        Field::new("metadata", Kind::Custom(&METADATA_MAP)).absent(Absent::EmptyMap),
+    ],
+    check: None,
+};
 
 pub fn image_create(body: Option<&Value>) -> Result<NewImage, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let id = f.uuid("id", false);
-    let name = f.string("name", true, Some(&nonblank("name")));
-    let link = link_field(&mut f, true);
-    let arch = arch_field(&mut f);
-    let metadata = match f.raw("metadata") {
-        None => Some(BTreeMap::new()),
-        // The `{key, value}` form (what `cray ims images create --metadata-key K --metadata-value V` sends).
-        Some(Value::Object(m)) if m.contains_key("key") => {
-            let key = m.get("key");
-            let value = m.get("value");
-            match (key, value) {
-                (Some(Value::String(k)), None | Some(Value::Null)) => {
-                    Some(BTreeMap::from([(k.clone(), String::new())]))
-                }
-                (Some(Value::String(k)), Some(Value::String(v))) => {
-                    Some(BTreeMap::from([(k.clone(), v.clone())]))
-                }
-                _ => {
-                    f.nested_error("metadata", json!({"key": ["Not a valid string."]}));
-                    None
-                }
-            }
-        }
-        Some(Value::Object(m)) => match string_map(m) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                f.nested_error("metadata", e);
-                None
-            }
-        },
-        Some(Value::Null) => {
-            f.error("metadata", MSG_NULL);
-            None
-        }
-        Some(_) => {
-            f.error("metadata", "Not a valid mapping type.");
-            None
-        }
-    };
-    f.finish()?;
-    Ok(NewImage {
-        id,
-        name: name.unwrap_or_default(),
-        link: link.flatten(),
-        arch: arch.unwrap_or_else(|| DEFAULT_ARCH.into()),
-        metadata: metadata.unwrap_or_default(),
-    })
+    IMAGE_CREATE.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "operation", rename_all = "lowercase")]
 pub enum MetadataOp {
-    Set { key: String, value: String },
-    Remove { key: String },
+    Set {
+        key: String,
+        #[serde(default)]
+        value: String,
+    },
+    Remove {
+        key: String,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+/// An image PATCH's `metadata`: one set or remove operation.
+pub const METADATA_OP: Shape = Shape {
+    name: "MetadataOperation",
+    fields: &[
+        Field::choice("operation", &["set", "remove"], "Operation").required(),
+        Field::text("key").required(),
+        Field::text("value"),
+    ],
+    check: None,
+};
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct ImagePatch {
     pub link: Option<ArtifactLink>,
     pub arch: Option<String>,
     pub metadata: Option<MetadataOp>,
 }
 
+pub const IMAGE_PATCH: Shape = Shape {
+    name: "ImagePatch",
+    fields: &[
+        Field::new("link", Kind::Object(&LINK)),
+        ARCH,
+        Field::new("metadata", Kind::Object(&METADATA_OP)),
+    ],
+    check: None,
+};
+
 pub fn image_patch(body: Option<&Value>) -> Result<ImagePatch, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let link = link_field(&mut f, false).flatten();
-    let arch = arch_field(&mut f);
-    let metadata = match f.raw("metadata") {
-        None => None,
-        Some(Value::Object(m)) => {
-            let mut g = Fields::new(m);
-            let op = g.one_of("operation", true, &["set", "remove"], "Operation");
-            let key = g.string("key", true, None);
-            let value = g.string("value", false, None);
-            match g.finish_nested() {
-                Some(e) => {
-                    f.nested_error("metadata", e);
-                    None
-                }
-                None => match (op.as_deref(), key) {
-                    (Some("set"), Some(key)) => Some(MetadataOp::Set {
-                        key,
-                        value: value.unwrap_or_default(),
-                    }),
-                    (Some("remove"), Some(key)) => Some(MetadataOp::Remove { key }),
-                    _ => None,
-                },
-            }
-        }
-        Some(Value::Null) => {
-            f.error("metadata", MSG_NULL);
-            None
-        }
-        Some(_) => {
-            f.nested_error("metadata", json!({"_schema": ["Invalid input type."]}));
-            None
-        }
-    };
-    f.finish()?;
-    Ok(ImagePatch {
-        link,
-        arch,
-        metadata,
-    })
+    IMAGE_PATCH.parse(body)
 }
 
 /// Why a job's boot file name cannot name a file under the image root's `/boot`, if it cannot:
@@ -346,15 +282,37 @@ fn boot_file_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The same rule as [`boot_file_name_problem`], for the document: `/`-separated segments, none
+/// of them `..`, the first not empty (no leading `/`), no NUL. A test holds the two together.
+const BOOT_FILE_NAME_PATTERN: &str = concat!(
+    r"^(?:",
+    r"(?:[^/.\u0000][^/\u0000]*|\.(?:[^/.\u0000][^/\u0000]*)?|\.\.[^/\u0000]+)",
+    r"(?:/(?:[^/.\u0000][^/\u0000]*|\.(?:[^/.\u0000][^/\u0000]*)?|\.\.[^/\u0000]+)?)*",
+    r")?$"
+);
+
+/// The most `ssh_containers` a job may have (the service answers 400 above it, in the original's
+/// order of checks).
+pub const MAX_SSH_CONTAINERS: usize = 1;
+
 /// One entry of a job's `ssh_containers` input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct SshContainerInput {
     pub name: Option<String>,
     pub jail: bool,
 }
 
+pub const SSH_CONTAINER: Shape = Shape {
+    name: "SshContainerInput",
+    fields: &[
+        Field::text("name"),
+        Field::new("jail", Kind::Bool).absent(Absent::Bool(false)),
+    ],
+    check: None,
+};
+
 /// A validated job POST body. Presence flags keep what the resolution rules need to know.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct NewJob {
     pub job_type: String,
     pub artifact_id: String,
@@ -373,139 +331,265 @@ pub struct NewJob {
     pub require_dkms: Option<bool>,
 }
 
+/// The job fields naming a file under the image root's `/boot`.
+const BOOT_FILE_FIELDS: [&str; 3] = [
+    "kernel_file_name",
+    "initrd_file_name",
+    "kernel_parameters_file_name",
+];
+
+pub const JOB_CREATE: Shape = Shape {
+    name: "JobCreate",
+    fields: &[
+        Field::choice("job_type", JOB_TYPES, "Job type").required(),
+        Field::new("artifact_id", Kind::Uuid).required(),
+        Field::new("public_key_id", Kind::Uuid).required(),
+        Field::nonblank("image_root_archive_name").required(),
+        Field::new("enable_debug", Kind::Bool).absent(Absent::Bool(false)),
+        Field::new("build_env_size", Kind::Count),
+        Field::new("job_mem_size", Kind::Count),
+        Field::text("kernel_file_name").pattern(BOOT_FILE_NAME_PATTERN),
+        Field::nonblank("initrd_file_name")
+            .pattern(BOOT_FILE_NAME_PATTERN)
+            .absent(Absent::Text("initrd")),
+        Field::nonblank("kernel_parameters_file_name")
+            .pattern(BOOT_FILE_NAME_PATTERN)
+            .absent(Absent::Text(DEFAULT_KERNEL_PARAMETERS_FILE_NAME)),
+        Field::new(
+            "ssh_containers",
+            Kind::List {
+                item: &SSH_CONTAINER,
+                max_items: Some(MAX_SSH_CONTAINERS),
+            },
+        )
+        .nullable(),
+        Field::new("require_dkms", Kind::Bool),
+    ],
+    check: Some(|read, errors| {
+        // The boot files are looked up under the image root's /boot at packaging, after the
+        // user's whole session: a name that cannot be there is refused now, not then.
+        for field in BOOT_FILE_FIELDS {
+            if let Some(Value::String(v)) = read.get(field)
+                && let Some(why) = boot_file_name_problem(v)
+            {
+                errors.add(field, format!("{field} {why}"));
+            }
+        }
+    }),
+};
+
 pub fn job_create(body: Option<&Value>) -> Result<NewJob, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let job_type = f.one_of("job_type", true, JOB_TYPES, "Job type");
-    let artifact_id = f.uuid("artifact_id", true);
-    let public_key_id = f.uuid("public_key_id", true);
-    let name = f.string(
-        "image_root_archive_name",
-        true,
-        Some(&nonblank("image_root_archive_name")),
-    );
-    let enable_debug = f.boolean("enable_debug");
-    let build_env_size = f.integer_min(
-        "build_env_size",
-        1,
-        "build_env_size must be greater than or equal to 1",
-    );
-    let job_mem_size = f.integer_min(
-        "job_mem_size",
-        1,
-        "job_mem_size must be greater than or equal to 1",
-    );
-    let kernel_file_name = f.string("kernel_file_name", false, None);
-    let initrd = f.string(
-        "initrd_file_name",
-        false,
-        Some(&nonblank("initrd_file_name")),
-    );
-    let kparams = f.string(
-        "kernel_parameters_file_name",
-        false,
-        Some(&nonblank("kernel_parameters_file_name")),
-    );
-    // The boot files are looked up under the image root's /boot at packaging, after the user's
-    // whole session: a name that cannot be there is refused now, not then.
-    for (field, v) in [
-        ("kernel_file_name", &kernel_file_name),
-        ("initrd_file_name", &initrd),
-        ("kernel_parameters_file_name", &kparams),
-    ] {
-        if let Some(v) = v
-            && let Some(why) = boot_file_name_problem(v)
-        {
-            f.error(field, format!("{field} {why}"));
-        }
-    }
-    let ssh_containers = match f.raw("ssh_containers") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => {
-            let mut out = Vec::new();
-            let mut errors = Map::new();
-            for (i, item) in items.iter().enumerate() {
-                let Value::Object(o) = item else {
-                    errors.insert(i.to_string(), json!({"_schema": ["Invalid input type."]}));
-                    continue;
-                };
-                let mut g = Fields::new(o);
-                let name = g.string("name", false, None);
-                let jail = g.boolean("jail");
-                match g.finish_nested() {
-                    Some(e) => {
-                        errors.insert(i.to_string(), e);
-                    }
-                    None => out.push(SshContainerInput {
-                        name,
-                        jail: jail.unwrap_or(false),
-                    }),
-                }
-            }
-            if !errors.is_empty() {
-                f.nested_error("ssh_containers", Value::Object(errors));
-            }
-            Some(out)
-        }
-        Some(_) => {
-            f.error("ssh_containers", MSG_LIST);
-            None
-        }
-    };
-    let require_dkms = f.boolean("require_dkms");
-    // Fields the server owns: named explicitly so the error says so.
-    f.finish()?;
-    Ok(NewJob {
-        job_type: job_type.unwrap_or_default(),
-        artifact_id: artifact_id.unwrap_or_default(),
-        public_key_id: public_key_id.unwrap_or_default(),
-        image_root_archive_name: name.unwrap_or_default(),
-        enable_debug: enable_debug.unwrap_or(false),
-        build_env_size,
-        job_mem_size,
-        kernel_file_name,
-        initrd_file_name: initrd.unwrap_or_else(|| "initrd".into()),
-        kernel_parameters_file_name: kparams
-            .unwrap_or_else(|| DEFAULT_KERNEL_PARAMETERS_FILE_NAME.into()),
-        ssh_containers,
-        require_dkms,
-    })
+    JOB_CREATE.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct JobPatch {
     pub status: Option<String>,
     pub resultant_image_id: Option<String>,
 }
 
+pub const JOB_PATCH: Shape = Shape {
+    name: "JobPatch",
+    fields: &[
+        Field::choice("status", JOB_STATUSES, "Job state"),
+        Field::new("resultant_image_id", Kind::Uuid),
+    ],
+    check: None,
+};
+
 pub fn job_patch(body: Option<&Value>) -> Result<JobPatch, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let status = f.one_of("status", false, JOB_STATUSES, "Job state");
-    let resultant_image_id = f.uuid("resultant_image_id", false);
-    f.finish()?;
-    Ok(JobPatch {
-        status,
-        resultant_image_id,
-    })
+    JOB_PATCH.parse(body)
 }
 
 /// `{"operation": "undelete"}` on a deleted record or collection.
+pub const UNDELETE: Shape = Shape {
+    name: "Undelete",
+    fields: &[Field::choice("operation", &["undelete"], "Operation").required()],
+    check: None,
+};
+
 pub fn undelete(body: Option<&Value>) -> Result<(), Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    f.one_of("operation", true, &["undelete"], "Operation");
-    f.finish()
+    UNDELETE.parse::<serde::de::IgnoredAny>(body).map(|_| ())
 }
 
+pub const REMOTE_BUILD_NODE_CREATE: Shape = Shape {
+    name: "RemoteBuildNodeCreate",
+    fields: &[Field::nonblank("xname").required()],
+    check: None,
+};
+
 pub fn remote_build_node_create(body: Option<&Value>) -> Result<RemoteBuildNode, Problem> {
-    let o = body_object(body)?;
-    let mut f = Fields::new(o);
-    let xname = f.string("xname", true, Some(&nonblank("xname")));
-    f.finish()?;
-    Ok(RemoteBuildNode {
-        xname: xname.unwrap_or_default(),
-    })
+    REMOTE_BUILD_NODE_CREATE.parse(body)
+}
+
+/// Every request body the API reads (the document lists them under these names).
+pub const BODIES: &[&Shape] = &[
+    &PUBLIC_KEY_CREATE,
+    &RECIPE_CREATE,
+    &RECIPE_PATCH,
+    &IMAGE_CREATE,
+    &IMAGE_PATCH,
+    &JOB_CREATE,
+    &JOB_PATCH,
+    &UNDELETE,
+    &REMOTE_BUILD_NODE_CREATE,
+];
+
+/// What a query parameter's values may be.
+#[derive(Debug, Clone, Copy)]
+pub enum QueryKind {
+    /// One of the values, in any ASCII case.
+    Choice(&'static [&'static str]),
+    /// A duration ([`parse_age`]).
+    Age,
+    /// A non-negative integer ([`Query::index`]).
+    Index,
+    /// `true|yes|t|1` (any case) is true, any other value false ([`Query::flag`]).
+    Flag,
+}
+
+/// A query parameter: its name and values, read by the service and described by the document.
+#[derive(Debug, Clone, Copy)]
+pub struct Query {
+    pub name: &'static str,
+    pub kind: QueryKind,
+    pub description: &'static str,
+}
+
+/// v2 hard deletes: whether the artifacts go too.
+pub const CASCADE: Query = Query {
+    name: "cascade",
+    kind: QueryKind::Flag,
+    description: "true|yes|t|1 (any case) deletes the linked artifacts too (the default); any other value keeps them",
+};
+/// Job-collection DELETE filters.
+pub const JOB_STATUS: Query = Query {
+    name: "status",
+    kind: QueryKind::Choice(JOB_STATUSES),
+    description: "Only jobs in this status (repeatable)",
+};
+pub const JOB_TYPE: Query = Query {
+    name: "job_type",
+    kind: QueryKind::Choice(JOB_TYPES),
+    description: "Only jobs of this type",
+};
+pub const JOB_AGE: Query = Query {
+    name: "age",
+    kind: QueryKind::Age,
+    description: "Only jobs at least this old: 30m, 6h, 1d, 2w, long forms (2weeks, 6hours) and combinations (1d12h)",
+};
+/// Job logs: where to read from, which chunk is appended.
+pub const LOG_OFFSET: Query = Query {
+    name: "offset",
+    kind: QueryKind::Index,
+    description: "The byte to read from (default 0)",
+};
+pub const LOG_SEQ: Query = Query {
+    name: "seq",
+    kind: QueryKind::Index,
+    description: "The chunk's number, from 0",
+};
+
+impl Query {
+    /// The value of this [`QueryKind::Index`] parameter in a raw query string (absent: 0).
+    pub fn index(&self, query: Option<&str>) -> Result<u64, Problem> {
+        let Some(q) = query else { return Ok(0) };
+        for pair in q.split('&') {
+            if let Some(v) = pair
+                .strip_prefix(self.name)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                return v.parse::<u64>().map_err(|_| {
+                    Problem::bad_request(format!(
+                        "{} must be a non-negative integer, not {v:?}.",
+                        self.name
+                    ))
+                });
+            }
+        }
+        Ok(0)
+    }
+
+    /// A value of this [`QueryKind::Choice`] parameter, lower-cased.
+    pub fn choice(&self, v: &str) -> Result<String, Problem> {
+        let values = match self.kind {
+            QueryKind::Choice(values) => values,
+            _ => &[],
+        };
+        let s = v.to_ascii_lowercase();
+        if values.contains(&s.as_str()) {
+            Ok(s)
+        } else {
+            Err(Problem::bad_request(format!(
+                "Invalid {} {v:?}; must be one of: {}.",
+                self.name,
+                values.join(", ")
+            )))
+        }
+    }
+
+    /// A value of this [`QueryKind::Age`] parameter, in seconds.
+    pub fn age(&self, v: &str) -> Result<i64, Problem> {
+        parse_age(v).ok_or_else(|| {
+            Problem::bad_request(format!(
+                "Invalid {} {v:?}; use a duration such as 30m, 6h, 1d or 2w.",
+                self.name
+            ))
+        })
+    }
+
+    /// The value of this [`QueryKind::Flag`] parameter (absent: true).
+    pub fn flag(value: Option<&str>) -> bool {
+        value.is_none_or(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "t" | "1"))
+    }
+
+    /// The values this parameter accepts, as a JSON Schema.
+    pub fn schema(&self) -> Schema {
+        let b = match self.kind {
+            QueryKind::Choice(values) => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(values.iter().copied())),
+            QueryKind::Age => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .pattern(Some(age_pattern())),
+            QueryKind::Index => ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u64::MAX)),
+            QueryKind::Flag => ObjectBuilder::new().schema_type(Type::String),
+        };
+        b.description(Some(self.description)).build().into()
+    }
+}
+
+/// The units of an `age`, with their length in seconds.
+const AGE_UNITS: &[(&[&str], i64)] = &[
+    (&["w", "wk", "wks", "week", "weeks"], 7 * 86400),
+    (&["d", "day", "days"], 86400),
+    (&["h", "hr", "hrs", "hour", "hours"], 3600),
+    (&["m", "min", "mins", "minute", "minutes"], 60),
+    (&["s", "sec", "secs", "second", "seconds"], 1),
+];
+
+/// What [`parse_age`] reads, as a regular expression: one or more numbers with a unit, in any ASCII
+/// case, whitespace around and between them. Numbers have at most 12 digits here (a sum that
+/// overflows cannot be stated as a pattern; 12 digits of weeks are far from it).
+fn age_pattern() -> String {
+    let units: Vec<String> = AGE_UNITS
+        .iter()
+        .flat_map(|(names, _)| names.iter())
+        .map(|u| {
+            u.chars()
+                .map(|c| format!("[{c}{}]", c.to_ascii_uppercase()))
+                .collect()
+        })
+        .collect();
+    format!(
+        "^[{ws}]*(?:[0-9]{{1,12}}[{ws}]*(?:{})[{ws}]*)+$",
+        units.join("|"),
+        ws = WHITESPACE_CLASS
+    )
 }
 
 /// Parses a job-collection DELETE `age` (`30m`, `6h`, `1d`, `2w`, long forms such as `2weeks`,
@@ -529,16 +613,10 @@ pub fn parse_age(s: &str) -> Option<i64> {
             - rest
                 .trim_start_matches(|c: char| c.is_ascii_alphabetic())
                 .len();
-        let unit = match &rest[..letters] {
-            "w" | "wk" | "wks" | "week" | "weeks" => 7 * 86400,
-            "d" | "day" | "days" => 86400,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            _ => return None,
-        };
+        let word = &rest[..letters];
+        let (_, unit) = AGE_UNITS.iter().find(|(names, _)| names.contains(&word))?;
         rest = rest[letters..].trim_start();
-        total = total.checked_add(n.checked_mul(unit)?)?;
+        total = total.checked_add(n.checked_mul(*unit)?)?;
     }
     Some(total)
 }
@@ -594,5 +672,95 @@ mod tests {
         assert!(e["link"]["path"].is_array());
         assert!(e["link"]["type"].is_array());
         assert!(e["link"]["x"].is_array());
+    }
+
+    /// A body with every declared field set to an acceptable value.
+    fn sample(shape: &Shape) -> Value {
+        let mut m = Map::new();
+        for f in shape.fields {
+            let v = match f.kind {
+                Kind::Text { .. } => json!("x"),
+                Kind::Choice { values, .. } => json!(values[0]),
+                Kind::Uuid => json!("4e78488d-4d92-4675-9d83-97adfc17cb19"),
+                Kind::Bool => json!(true),
+                Kind::Count => json!(2),
+                Kind::Object(s) => sample(s),
+                Kind::List { item, .. } => json!([sample(item)]),
+                Kind::Custom(_) => json!({"a": "b"}),
+            };
+            m.insert(f.name.into(), v);
+        }
+        Value::Object(m)
+    }
+
+    #[test]
+    fn every_declared_field_reaches_its_request_type() {
+        let mut pk = sample(&PUBLIC_KEY_CREATE);
+        pk["public_key"] = json!(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMHcrBAKqXIvSdnVXEGDk43qhGflqc1mzQUR37MsZKx5 t@ims"
+        );
+        public_key_create(Some(&pk)).unwrap();
+        let r = recipe_create(Some(&sample(&RECIPE_CREATE))).unwrap();
+        assert_eq!(r.template_dictionary.unwrap()[0].key, "x");
+        let p = recipe_patch(Some(&sample(&RECIPE_PATCH))).unwrap();
+        assert!(p.link.is_some() && p.arch.is_some() && p.require_dkms.is_some());
+        assert!(matches!(p.template_dictionary, Some(Some(_))));
+        let i = image_create(Some(&sample(&IMAGE_CREATE))).unwrap();
+        assert_eq!(i.metadata["a"], "b");
+        assert!(i.id.is_some() && i.link.is_some());
+        let p = image_patch(Some(&sample(&IMAGE_PATCH))).unwrap();
+        assert_eq!(
+            p.metadata,
+            Some(MetadataOp::Set {
+                key: "x".into(),
+                value: "x".into()
+            })
+        );
+        let j = job_create(Some(&sample(&JOB_CREATE))).unwrap();
+        assert_eq!(j.build_env_size, Some(2));
+        assert_eq!(j.ssh_containers.unwrap()[0].name.as_deref(), Some("x"));
+        assert_eq!(j.require_dkms, Some(true));
+        let p = job_patch(Some(&sample(&JOB_PATCH))).unwrap();
+        assert!(p.status.is_some() && p.resultant_image_id.is_some());
+        undelete(Some(&sample(&UNDELETE))).unwrap();
+        remote_build_node_create(Some(&sample(&REMOTE_BUILD_NODE_CREATE))).unwrap();
+        assert_eq!(BODIES.len(), 9);
+    }
+
+    #[test]
+    fn patterns_state_the_checks() {
+        let boot = regex::Regex::new(BOOT_FILE_NAME_PATTERN).unwrap();
+        for name in [
+            "", "vmlinuz", "a/b", "a/", "a//b", ".", "..a", "...", "a/.b", "/x", "/", "..", "../x",
+            "a/..", "a/../b", "x\0y", "\0", ". .", "a/./b",
+        ] {
+            assert_eq!(
+                boot.is_match(name),
+                boot_file_name_problem(name).is_none(),
+                "{name:?}"
+            );
+        }
+        let age = regex::Regex::new(&age_pattern()).unwrap();
+        for a in [
+            "1d",
+            "2w",
+            "1h30m",
+            "2weeks",
+            "1DAY",
+            " 6 hours ",
+            "30min",
+            "1d12h",
+            "1x",
+            "d",
+            "",
+            "12",
+            "1dd",
+            "1 d 2",
+            "1d-",
+            "1\u{2003}d",
+            "٣d",
+        ] {
+            assert_eq!(age.is_match(a), parse_age(a).is_some(), "{a:?}");
+        }
     }
 }

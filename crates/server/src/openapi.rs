@@ -1,10 +1,13 @@
 //! The OpenAPI 3 document served at `/openapi.json` (and `/apis/ims/openapi.json`).
 //!
 //! Response schemas come from the record types themselves (`utoipa::ToSchema` on the `ims-core`
-//! types), so the document cannot drift from the wire format. The operations come from [`OPERATIONS`],
+//! types), so the document cannot drift from the wire format. Request schemas come from the
+//! declarations the server reads requests with (`ims_core::input`: bodies and query parameters),
+//! so the document and the validator cannot disagree. The operations come from [`OPERATIONS`],
 //! the table of every route; a test sends a request for each documented operation to a real server
 //! and checks that it is routed, so the table cannot drift from the router either.
 
+use ims_core::input::{self, CASCADE, JOB_AGE, JOB_STATUS, JOB_TYPE, LOG_OFFSET, LOG_SEQ, Query};
 use ims_core::{
     ArtifactLink, ConnectionInfo, Image, Job, KeyValue, Problem, PublicKey, Recipe,
     RemoteBuildNode, RemoteBuildNodeStatus, SshContainer,
@@ -52,7 +55,7 @@ pub struct Operation {
     pub body: Option<&'static str>,
     pub status: u16,
     pub out: Out,
-    pub query: &'static [&'static str],
+    pub query: &'static [&'static Query],
     pub errors: &'static [u16],
 }
 
@@ -83,7 +86,7 @@ const fn op(
 /// A `text/plain` request body (not a schema name).
 pub const TEXT_BODY: &str = "text/plain";
 
-const fn q(mut o: Operation, query: &'static [&'static str]) -> Operation {
+const fn q(mut o: Operation, query: &'static [&'static Query]) -> Operation {
     o.query = query;
     o
 }
@@ -149,7 +152,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/public-keys",
         "Create a public key",
-        Some("PublicKeyCreate"),
+        Some(input::PUBLIC_KEY_CREATE.name),
         201,
         One("PublicKey"),
         &[400, 413, 415, 422],
@@ -220,7 +223,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/recipes",
         "Create a recipe (link validated against S3)",
-        Some("RecipeCreate"),
+        Some(input::RECIPE_CREATE.name),
         201,
         One("Recipe"),
         &[400, 413, 415, 422],
@@ -236,7 +239,7 @@ pub const OPERATIONS: &[Operation] = &[
             Empty,
             &[],
         ),
-        &["cascade"],
+        &[&CASCADE],
     ),
     op(
         V3,
@@ -263,7 +266,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/recipes/{id}",
         "Update a recipe",
-        Some("RecipePatch"),
+        Some(input::RECIPE_PATCH.name),
         200,
         One("Recipe"),
         &[400, 404, 409, 422],
@@ -279,7 +282,7 @@ pub const OPERATIONS: &[Operation] = &[
             Empty,
             &[404],
         ),
-        &["cascade"],
+        &[&CASCADE],
     ),
     op(
         V3,
@@ -307,7 +310,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/images",
         "Create an image (manifest validated)",
-        Some("ImageCreate"),
+        Some(input::IMAGE_CREATE.name),
         201,
         One("Image"),
         &[400, 409, 413, 415, 422],
@@ -323,7 +326,7 @@ pub const OPERATIONS: &[Operation] = &[
             Empty,
             &[],
         ),
-        &["cascade"],
+        &[&CASCADE],
     ),
     op(
         V3,
@@ -350,7 +353,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/images/{id}",
         "Update an image (link, arch, metadata set/remove)",
-        Some("ImagePatch"),
+        Some(input::IMAGE_PATCH.name),
         200,
         One("Image"),
         &[400, 404, 409, 422],
@@ -366,7 +369,7 @@ pub const OPERATIONS: &[Operation] = &[
             Empty,
             &[404],
         ),
-        &["cascade"],
+        &[&CASCADE],
     ),
     op(
         V3,
@@ -394,7 +397,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/jobs",
         "Create a job",
-        Some("JobCreate"),
+        Some(input::JOB_CREATE.name),
         201,
         One("Job"),
         &[400, 422, 500],
@@ -410,7 +413,7 @@ pub const OPERATIONS: &[Operation] = &[
             Empty,
             &[400, 500],
         ),
-        &["status", "job_type", "age"],
+        &[&JOB_STATUS, &JOB_TYPE, &JOB_AGE],
     ),
     op(
         All,
@@ -427,7 +430,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/jobs/{id}",
         "Update a job's status or resultant image (job agents)",
-        Some("JobPatch"),
+        Some(input::JOB_PATCH.name),
         200,
         One("Job"),
         &[400, 404, 422, 500],
@@ -493,7 +496,7 @@ pub const OPERATIONS: &[Operation] = &[
             Text,
             &[400, 404],
         ),
-        &["offset"],
+        &[&LOG_OFFSET],
     ),
     q(
         op(
@@ -506,7 +509,7 @@ pub const OPERATIONS: &[Operation] = &[
             Object,
             &[400, 401, 403, 404, 409, 413],
         ),
-        &["seq"],
+        &[&LOG_SEQ],
     ),
     // deleted records
     op(
@@ -524,7 +527,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/deleted/public-keys",
         "Undelete all public keys",
-        Some("Undelete"),
+        Some(input::UNDELETE.name),
         204,
         Empty,
         &[400, 409, 422],
@@ -554,7 +557,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/deleted/public-keys/{id}",
         "Undelete a public key",
-        Some("Undelete"),
+        Some(input::UNDELETE.name),
         204,
         Empty,
         &[400, 404, 409, 422],
@@ -584,7 +587,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/deleted/recipes",
         "Undelete all recipes",
-        Some("Undelete"),
+        Some(input::UNDELETE.name),
         204,
         Empty,
         &[400, 409, 422],
@@ -614,7 +617,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/deleted/recipes/{id}",
         "Undelete a recipe",
-        Some("Undelete"),
+        Some(input::UNDELETE.name),
         204,
         Empty,
         &[400, 404, 409, 422],
@@ -644,7 +647,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/deleted/images",
         "Undelete all images",
-        Some("Undelete"),
+        Some(input::UNDELETE.name),
         204,
         Empty,
         &[400, 409, 422],
@@ -674,7 +677,7 @@ pub const OPERATIONS: &[Operation] = &[
         "patch",
         "/deleted/images/{id}",
         "Undelete an image",
-        Some("Undelete"),
+        Some(input::UNDELETE.name),
         204,
         Empty,
         &[400, 404, 409, 422],
@@ -705,7 +708,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/remote-build-nodes",
         "Register a remote build node",
-        Some("RemoteBuildNode"),
+        Some(input::REMOTE_BUILD_NODE_CREATE.name),
         201,
         One("RemoteBuildNode"),
         &[400, 422],
@@ -729,6 +732,16 @@ pub const OPERATIONS: &[Operation] = &[
         200,
         Many("RemoteBuildNodeStatus"),
         &[],
+    ),
+    op(
+        V3,
+        "delete",
+        "/remote-build-nodes/status",
+        "Remove the remote build node named \"status\" (the original's router falls through to /remote-build-nodes/{xname} for the methods the status route lacks)",
+        None,
+        204,
+        Empty,
+        &[404],
     ),
     op(
         V3,
@@ -781,8 +794,11 @@ impl Operation {
 fn string() -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(Type::String).into()
 }
-fn boolean() -> RefOr<Schema> {
-    ObjectBuilder::new().schema_type(Type::Boolean).into()
+fn uuid() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::Custom("uuid".into())))
+        .into()
 }
 fn integer() -> RefOr<Schema> {
     ObjectBuilder::new()
@@ -817,122 +833,34 @@ fn input(fields: Vec<(&str, RefOr<Schema>, bool)>) -> RefOr<Schema> {
     b.into()
 }
 
+/// The request bodies: each from its declaration in `ims_core::input` (the declaration the server
+/// reads requests with), and the heartbeat's.
 fn input_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
-    use ims_core::records::{ARCHES, JOB_STATUSES, JOB_TYPES, LINUX_DISTRIBUTIONS, RECIPE_TYPES};
-    let metadata_op = input(vec![
-        ("operation", enumerated(&["set", "remove"]), true),
-        ("key", string(), true),
-        ("value", string(), false),
-    ]);
-    let ssh = input(vec![("name", string(), false), ("jail", boolean(), false)]);
-    vec![
-        (
-            "PublicKeyCreate",
-            input(vec![("name", string(), true), ("public_key", string(), true)]),
-        ),
-        (
-            "RecipeCreate",
-            input(vec![
-                ("name", string(), true),
-                ("recipe_type", enumerated(RECIPE_TYPES), true),
-                ("linux_distribution", enumerated(LINUX_DISTRIBUTIONS), true),
-                ("link", reference("ArtifactLink"), false),
-                ("template_dictionary", array_of(reference("KeyValue")), false),
-                ("require_dkms", boolean(), false),
-                ("arch", enumerated(ARCHES), false),
-            ]),
-        ),
-        (
-            "RecipePatch",
-            input(vec![
-                ("link", reference("ArtifactLink"), false),
-                ("arch", enumerated(ARCHES), false),
-                ("require_dkms", boolean(), false),
-                ("template_dictionary", array_of(reference("KeyValue")), false),
-            ]),
-        ),
-        (
-            "ImageCreate",
-            input(vec![
-                (
-                    "id",
-                    ObjectBuilder::new()
-                        .schema_type(utoipa::openapi::schema::Type::String)
-                        .format(Some(utoipa::openapi::SchemaFormat::Custom("uuid".into())))
-                        .description(Some("Extension: the new image's id, chosen by the client (for register-last uploads); 409 if an image or deleted image has it"))
-                        .into(),
-                    false,
-                ),
-                ("name", string(), true),
-                ("link", reference("ArtifactLink"), false),
-                ("arch", enumerated(ARCHES), false),
-                (
-                    "metadata",
-                    ObjectBuilder::new()
-                        .additional_properties(Some(string()))
-                        .description(Some("A string map, or the `{key, value}` form of `cray ims images create --metadata-key/--metadata-value`"))
-                        .into(),
-                    false,
-                ),
-            ]),
-        ),
-        (
-            "Heartbeat",
-            input(vec![
-                ("phase", string(), false),
-                (
-                    "ssh",
-                    input(vec![
-                        ("host", string(), true),
-                        ("port", integer(), true),
-                        (
-                            "status",
-                            enumerated(&["pending", "establishing", "running", "stopped"]),
-                            true,
-                        ),
-                        ("host_key", string(), false),
-                    ]),
-                    false,
-                ),
-            ]),
-        ),
-        (
-            "ImagePatch",
-            input(vec![
-                ("link", reference("ArtifactLink"), false),
-                ("arch", enumerated(ARCHES), false),
-                ("metadata", metadata_op, false),
-            ]),
-        ),
-        (
-            "JobCreate",
-            input(vec![
-                ("job_type", enumerated(JOB_TYPES), true),
-                ("artifact_id", string(), true),
-                ("public_key_id", string(), true),
-                ("image_root_archive_name", string(), true),
-                ("enable_debug", boolean(), false),
-                ("build_env_size", integer(), false),
-                ("job_mem_size", integer(), false),
-                ("kernel_file_name", string(), false),
-                ("initrd_file_name", string(), false),
-                ("kernel_parameters_file_name", string(), false),
-                ("ssh_containers", array_of(ssh), false),
-                ("require_dkms", boolean(), false),
-            ]),
-        ),
-        (
-            "JobPatch",
-            input(vec![
-                ("status", enumerated(JOB_STATUSES), false),
-                ("resultant_image_id", string(), false),
-            ]),
-        ),
-        (
-            "Undelete",
-            input(vec![("operation", enumerated(&["undelete"]), true)]),
-        ),
-    ]
+    let mut schemas: Vec<(&'static str, RefOr<Schema>)> = input::BODIES
+        .iter()
+        .map(|b| (b.name, RefOr::T(b.schema(true))))
+        .collect();
+    schemas.push((
+        "Heartbeat",
+        input(vec![
+            ("phase", string(), false),
+            (
+                "ssh",
+                input(vec![
+                    ("host", string(), true),
+                    ("port", integer(), true),
+                    (
+                        "status",
+                        enumerated(&["pending", "establishing", "running", "stopped"]),
+                        true,
+                    ),
+                    ("host_key", string(), false),
+                ]),
+                false,
+            ),
+        ]),
+    ));
+    schemas
 }
 
 /// A deleted record: the record plus `deleted`.
@@ -1001,24 +929,25 @@ fn build() -> OpenApi {
                     o.method,
                     path.replace(['/', '{', '}', '-', '.'], "_")
                 )));
-            for p in ["id", "xname"] {
+            // Record ids are UUIDs; a node's xname is any path segment.
+            for (p, schema) in [("id", uuid()), ("xname", string())] {
                 if path.contains(&format!("{{{p}}}")) {
                     b = b.parameter(
                         ParameterBuilder::new()
                             .name(p)
                             .parameter_in(ParameterIn::Path)
                             .required(Required::True)
-                            .schema(Some(string())),
+                            .schema(Some(schema)),
                     );
                 }
             }
-            for name in o.query {
+            for query in o.query {
                 b = b.parameter(
                     ParameterBuilder::new()
-                        .name(*name)
+                        .name(query.name)
                         .parameter_in(ParameterIn::Query)
                         .required(Required::False)
-                        .schema(Some(string())),
+                        .schema(Some(query.schema())),
                 );
             }
             if o.body == Some(TEXT_BODY) {

@@ -16,7 +16,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use ims_core::problem::{DETAIL_BAD_METHOD, DETAIL_NO_ROUTE};
-use ims_core::{Problem, Table};
+use ims_core::{Problem, Table, input};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -25,10 +25,10 @@ type St = State<AppState>;
 fn cascade_of(q: &Option<String>) -> bool {
     let v = q.as_deref().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "cascade")
+            .find(|(k, _)| k == input::CASCADE.name)
             .map(|(_, v)| v.into_owned())
     });
-    service::recipes::cascade(v.as_deref())
+    input::Query::flag(v.as_deref())
 }
 
 fn public_keys(api: Api) -> Router<AppState> {
@@ -121,19 +121,6 @@ fn images(api: Api) -> Router<AppState> {
         )
 }
 
-/// A non-negative integer query parameter (`seq`, `offset`); absent is 0.
-fn query_u64(q: &Option<String>, name: &str) -> Result<u64, Problem> {
-    let Some(q) = q else { return Ok(0) };
-    for pair in q.split('&') {
-        if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-            return v.parse::<u64>().map_err(|_| {
-                Problem::bad_request(format!("{name} must be a non-negative integer, not {v:?}."))
-            });
-        }
-    }
-    Ok(0)
-}
-
 fn jobs() -> Router<AppState> {
     use service::job_runs as r;
     use service::jobs as j;
@@ -180,11 +167,11 @@ fn jobs() -> Router<AppState> {
         .route(
             "/jobs/{id}/log",
             get(|State(st): St, IdPath(id): IdPath, RawQuery(q): RawQuery| async move {
-                r::read_log(&st, &id, query_u64(&q, "offset")?).await
+                r::read_log(&st, &id, input::LOG_OFFSET.index(q.as_deref())?).await
             })
             .post(
                 |State(st): St, IdPath(id): IdPath, RawQuery(q): RawQuery, body: bytes::Bytes| async move {
-                    let seq = query_u64(&q, "seq")?;
+                    let seq = input::LOG_SEQ.index(q.as_deref())?;
                     json(StatusCode::OK, &r::append_log(&st, &id, seq, body).await?)
                 },
             ),

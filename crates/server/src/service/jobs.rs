@@ -9,7 +9,7 @@ use crate::{AppState, retrying};
 use axum::response::Response;
 use ims_core::input::{self, NewJob};
 use ims_core::manifest::job_rootfs;
-use ims_core::records::{JOB_STATUSES, JOB_TYPES, default_kernel_file_name};
+use ims_core::records::default_kernel_file_name;
 use ims_core::{ConnectionInfo, Image, Job, Problem, PublicKey, Recipe, SshContainer, Timestamp};
 use ims_store::{Op, delete_op, list};
 use serde_json::Value;
@@ -49,7 +49,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
         )
         .into());
     }
-    if containers.len() > 1 {
+    if containers.len() > input::MAX_SSH_CONTAINERS {
         return Err(Problem::bad_request("Only one ssh container is supported per job.").into());
     }
     let invalid_artifact = || {
@@ -297,35 +297,9 @@ pub fn parse_filter(query: Option<&str>) -> ApiResult<JobFilter> {
     let mut f = JobFilter::default();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "status" => {
-                let s = v.to_ascii_lowercase();
-                if !JOB_STATUSES.contains(&s.as_str()) {
-                    return Err(Problem::bad_request(format!(
-                        "Invalid status {v:?}; must be one of: {}.",
-                        JOB_STATUSES.join(", ")
-                    ))
-                    .into());
-                }
-                f.statuses.push(s);
-            }
-            "job_type" => {
-                let t = v.to_ascii_lowercase();
-                if !JOB_TYPES.contains(&t.as_str()) {
-                    return Err(Problem::bad_request(format!(
-                        "Invalid job_type {v:?}; must be one of: {}.",
-                        JOB_TYPES.join(", ")
-                    ))
-                    .into());
-                }
-                f.job_type = Some(t);
-            }
-            "age" => {
-                f.age_seconds = Some(input::parse_age(&v).ok_or_else(|| {
-                    Problem::bad_request(format!(
-                        "Invalid age {v:?}; use a duration such as 30m, 6h, 1d or 2w."
-                    ))
-                })?);
-            }
+            k if k == input::JOB_STATUS.name => f.statuses.push(input::JOB_STATUS.choice(&v)?),
+            k if k == input::JOB_TYPE.name => f.job_type = Some(input::JOB_TYPE.choice(&v)?),
+            k if k == input::JOB_AGE.name => f.age_seconds = Some(input::JOB_AGE.age(&v)?),
             _ => {}
         }
     }

@@ -77,11 +77,6 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<R
     retrying!(patch_once(st, id, &p).await)
 }
 
-/// `cascade` query value: `true|yes|t|1` (any case) is true, anything else false; absent is true.
-pub fn cascade(q: Option<&str>) -> bool {
-    q.is_none_or(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "t" | "1"))
-}
-
 /// v2 cascade, planned: the delete of the recipe's tarball (a missing object is fine).
 fn plan_cascade(link: &Option<ArtifactLink>) -> Vec<Step> {
     let Some(link) = link else { return vec![] };
