@@ -2,6 +2,7 @@
 //! manifest. No I/O: every other crate builds on these types and nothing re-declares a field.
 
 pub mod input;
+pub mod job_wire;
 pub mod manifest;
 pub mod problem;
 pub mod records;

@@ -756,7 +756,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
             .clone()
             .map(|v| ("jobs.ssh_ports".to_string(), v))
     }) {
-        let range: ims_jobs::session::PortRange = r.parse().map_err(|e: String| err(&n, e))?;
+        let range: ims_jobs::sshd::PortRange = r.parse().map_err(|e: String| err(&n, e))?;
         agent_env.push(("IMS_AGENT_SSH_PORTS".into(), range.to_string()));
     }
     let mut compression = ims_rootfs::Compression::default();
