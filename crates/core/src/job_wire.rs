@@ -1,7 +1,8 @@
 //! What a job's agent and the server say to each other besides the records (extensions of the
 //! API, documented in docs/compatibility.md): the heartbeat, with the agent's SSH report, and its
-//! answer. The agent sends these types and the server reads them with [`Heartbeat::parse`], so
-//! both sides share one declaration.
+//! answer; the agent's job updates; and the job's session as clients see it. The agent sends
+//! these types and the server reads them with [`Heartbeat::parse`], so both sides share one
+//! declaration.
 
 use crate::problem::Problem;
 use crate::records::{JobStatus, SshStatus, UserRequest};
@@ -56,6 +57,20 @@ pub struct HeartbeatAnswer {
     pub status: JobStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+}
+
+/// `GET /v3/jobs/{id}/session`: the job's SSH session as a client connects to it — the address
+/// users reach, its state, and sshd's public host key once the agent reported it (`null` before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobSession {
+    pub host: Option<String>,
+    pub host_key: Option<String>,
+    pub jail: bool,
+    #[schema(inline)]
+    pub job_status: JobStatus,
+    pub port: Option<u16>,
+    #[schema(inline)]
+    pub status: SshStatus,
 }
 
 impl Heartbeat {
@@ -180,6 +195,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
             r#"{"request":"complete","status":"success"}"#
+        );
+    }
+
+    #[test]
+    fn sessions_serialise_as_before() {
+        let s = JobSession {
+            host: None,
+            host_key: None,
+            jail: true,
+            job_status: JobStatus::FetchingImage,
+            port: None,
+            status: SshStatus::Pending,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"host":null,"host_key":null,"jail":true,"job_status":"fetching_image","port":null,"status":"pending"}"#
         );
     }
 

@@ -1,6 +1,6 @@
 //! What a job pipeline works with ([`JobContext`]): the job, the agent's settings, the API
 //! client, the log, cancellation, and the calls that report to the server (status, result, SSH
-//! endpoint, phase).
+//! endpoint).
 //!
 //! * **Log**: every line goes to stderr (the executor keeps it beside the job) and, in order, to
 //!   the server (`POST /v3/jobs/{id}/log?seq=N`, retried until accepted; at most [`LOG_BUFFER`]

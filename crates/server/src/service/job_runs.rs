@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ims_artifacts::{Location, SmallRead};
-use ims_core::job_wire::{Heartbeat, HeartbeatAnswer};
+use ims_core::job_wire::{Heartbeat, HeartbeatAnswer, JobSession};
 use ims_core::{Job, JobRun, JobStatus, Problem, Timestamp, UserRequest};
 use ims_store::{Versioned, insert_op, update_op};
 use serde_json::{Value, json};
@@ -206,7 +206,7 @@ pub async fn heartbeat(
 /// `GET /v3/jobs/{id}/session`: the job's SSH session as a client connects to it — the address
 /// users reach (`customer_access`, else `cluster.local`), its state, and sshd's public host key
 /// once the agent reported it (`null` before), for a `known_hosts` line that pins it.
-pub async fn session(st: &AppState, id: &str) -> ApiResult<Value> {
+pub async fn session(st: &AppState, id: &str) -> ApiResult<JobSession> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
     let Some(c) = job.ssh_containers.as_ref().and_then(|c| c.first()) else {
         return Err(Problem::new(404, format!("Job {id} has no SSH session.")).into());
@@ -219,14 +219,14 @@ pub async fn session(st: &AppState, id: &str) -> ApiResult<Value> {
         Some(run) => run.record.ssh_host_key,
         None => None,
     };
-    Ok(json!({
-        "job_status": job.status,
-        "status": c.status,
-        "jail": c.jail,
-        "host": info.map(|i| i.host.clone()),
-        "port": info.map(|i| i.port),
-        "host_key": host_key,
-    }))
+    Ok(JobSession {
+        host: info.map(|i| i.host.clone()),
+        host_key,
+        jail: c.jail,
+        job_status: job.status,
+        port: info.map(|i| i.port),
+        status: c.status,
+    })
 }
 
 /// `POST /v3/jobs/{id}/complete` and `/fail`: the user ends the session.
