@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-/// The longest `phase` a heartbeat may carry.
+/// The longest `phase` a heartbeat may carry (also in [`Heartbeat`]'s schema).
 pub const MAX_PHASE_LEN: usize = 200;
 
 /// `POST /v3/jobs/{id}/heartbeat`: the agent is alive and says what it is doing. The body and
@@ -18,6 +18,7 @@ pub const MAX_PHASE_LEN: usize = 200;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Heartbeat {
     /// What the agent is doing (a status or a finer step), at most 200 characters.
+    #[schema(max_length = 200)]
     pub phase: Option<String>,
     /// The job's SSH session, once it has one.
     #[schema(inline)]
@@ -29,10 +30,13 @@ pub struct Heartbeat {
 /// `ssh_containers[0]` status and `connection_info` with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct SshReport {
+    /// A host name or address, without white space.
+    #[schema(min_length = 1, max_length = 253)]
     pub host: String,
     /// An OpenSSH public key line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
+    #[schema(minimum = 1)]
     pub port: u16,
     #[schema(inline)]
     pub status: SshStatus,
@@ -231,6 +235,21 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&u).unwrap(),
             r#"{"resultant_image_id":"i"}"#
+        );
+    }
+
+    /// The derived schema carries the rules `parse` applies, for the OpenAPI document to reference.
+    #[test]
+    fn the_heartbeat_schema_states_the_rules() {
+        let s = serde_json::to_value(<Heartbeat as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(s["properties"]["phase"]["maxLength"], MAX_PHASE_LEN);
+        let ssh = &s["properties"]["ssh"];
+        let ssh = ssh.get("oneOf").map_or(ssh, |o| &o[1]);
+        assert_eq!(ssh["properties"]["port"]["minimum"], 1);
+        assert_eq!(
+            ssh["properties"]["status"]["enum"],
+            json!(["pending", "establishing", "running", "stopped"]),
+            "{s}"
         );
     }
 

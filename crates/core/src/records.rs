@@ -21,7 +21,7 @@ macro_rules! wire_enum {
         }
     ) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         pub enum $name {
             $($(#[$vm])* #[serde(rename = $s)] $v,)+
         }
@@ -39,6 +39,22 @@ macro_rules! wire_enum {
                 match self {
                     $($name::$v => $s,)+
                 }
+            }
+        }
+
+        // By hand: the derive does not see serde renames made by a macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some($name::NAMES.iter().copied()))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
             }
         }
 
@@ -742,6 +758,55 @@ mod tests {
         assert_eq!(j.arch, "x86_64");
         let out = serde_json::to_value(&j).unwrap();
         assert_eq!(out.as_object().unwrap().len(), 24);
+    }
+
+    /// Every enum value is its wire string in serde, `as_str` and `FromStr` alike, and the
+    /// tables the validators use are the enums' (the original's order).
+    #[test]
+    fn wire_enums_are_their_strings() {
+        fn check<T>(all: &[T], names: &[&str])
+        where
+            T: Copy + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned,
+            T: std::str::FromStr<Err = String> + std::fmt::Display,
+        {
+            assert_eq!(all.len(), names.len());
+            for (v, n) in all.iter().zip(names) {
+                assert_eq!(serde_json::to_value(v).unwrap(), json!(n));
+                assert_eq!(serde_json::from_value::<T>(json!(n)).unwrap(), *v);
+                assert_eq!(n.parse::<T>().unwrap(), *v);
+                assert_eq!(v.to_string(), *n);
+            }
+            assert!("Nope".parse::<T>().is_err());
+        }
+        check(Arch::ALL, ARCHES);
+        check(JobType::ALL, JOB_TYPES);
+        check(JobStatus::ALL, JOB_STATUSES);
+        check(SshStatus::ALL, SshStatus::NAMES);
+        check(UserRequest::ALL, UserRequest::NAMES);
+        assert_eq!(ARCHES, ["x86_64", "aarch64"]);
+        assert_eq!(JOB_TYPES, ["create", "customize"]);
+        assert_eq!(
+            JOB_STATUSES,
+            [
+                "creating",
+                "fetching_image",
+                "fetching_recipe",
+                "waiting_for_repos",
+                "building_image",
+                "packaging_artifacts",
+                "waiting_on_user",
+                "error",
+                "success"
+            ]
+        );
+        let e = serde_json::from_value::<JobStatus>(json!("running")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(r#"status "running" is not one of: creating, "#),
+            "{e}"
+        );
+        assert!(JobStatus::Error.is_final() && JobStatus::Success.is_final());
+        assert!(!JobStatus::WaitingOnUser.is_final());
     }
 
     #[test]
