@@ -7,7 +7,9 @@
 //! * Path arguments (ids, xnames) are percent-encoded as one path segment, so `a/b` or `x?y` can never
 //!   turn into another route or a query string (cray inserts them raw).
 //! * Bodies are returned as [`serde_json::Value`]: an empty body (204) is `Value::Null`, a body that is
-//!   not JSON is a `Value::String` holding its text.
+//!   not JSON is a `Value::String` holding its text. The calls job agents make are typed with
+//!   `ims-core`'s records and job wire types ([`ims_core::job_wire`]); an answer that is not the
+//!   expected type is [`Error::Decode`].
 //! * A non-2xx answer becomes [`Error::Api`], carrying the status, the reason phrase and the RFC 7807
 //!   `title`/`detail` when the body has them. Its `Display` is what `cray` prints after `Error: `.
 //!
@@ -18,7 +20,10 @@
 pub mod publish;
 pub mod s3;
 
+use ims_core::job_wire::{Heartbeat, HeartbeatAnswer, JobUpdate};
+use ims_core::{Job, UserRequest};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::Duration;
 use url::Url;
@@ -82,6 +87,13 @@ pub enum Error {
         url: String,
         #[source]
         source: reqwest::Error,
+    },
+    /// A 2xx answer that is not the JSON the call expects.
+    #[error("unexpected answer from {url}: {source}")]
+    Decode {
+        url: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// Any other transport failure (timeout, broken connection, unreadable body).
     #[error("request to {url} failed: {}{}", root_cause(.source), tls_hint(.url, .source))]
@@ -356,22 +368,57 @@ impl Client {
             .await
     }
 
-    /// `POST /apis/ims/v3/jobs/<id>/heartbeat` (job agents) with `{"phase", "ssh"}`: answers the
-    /// job's status and the user's request (`complete`/`fail`).
-    pub async fn job_heartbeat(&self, id: &str, body: &Value) -> Result<Value> {
-        self.send(
+    /// Sends one request with a typed body and reads the typed answer.
+    async fn send_typed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T> {
+        let (shown, mut req) = self.request(method, url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let (v, _) = self.finish(shown.clone(), req).await?;
+        serde_json::from_value(v).map_err(|source| Error::Decode { url: shown, source })
+    }
+
+    /// `GET /apis/ims/v3/<resource>/<id>` read as the record type `T`.
+    pub async fn describe_as<T: DeserializeOwned>(&self, res: Resource, id: &str) -> Result<T> {
+        self.send_typed(Method::GET, self.v3_url(res, Some(id)), None::<&()>)
+            .await
+    }
+
+    /// `PATCH /apis/ims/v3/jobs/<id>` (job agents): a new status or the resultant image.
+    pub async fn job_update(&self, id: &str, update: &JobUpdate) -> Result<Job> {
+        self.send_typed(
+            Method::PATCH,
+            self.v3_url(Resource::Jobs, Some(id)),
+            Some(update),
+        )
+        .await
+    }
+
+    /// `POST /apis/ims/v3/jobs/<id>/heartbeat` (job agents): answers the job's status, the
+    /// user's request (`complete`/`fail`) and, for the job's own agent, a fresh token.
+    pub async fn job_heartbeat(&self, id: &str, body: &Heartbeat) -> Result<HeartbeatAnswer> {
+        self.send_typed(
             Method::POST,
             self.url(["v3", "jobs", id, "heartbeat"]),
-            &[],
             Some(body),
         )
         .await
     }
 
     /// `POST /apis/ims/v3/jobs/<id>/complete` or `/fail`: ends a `waiting_on_user` session.
-    pub async fn job_request(&self, id: &str, what: &str) -> Result<Value> {
-        self.send(Method::POST, self.url(["v3", "jobs", id, what]), &[], None)
-            .await
+    pub async fn job_request(&self, id: &str, what: UserRequest) -> Result<Value> {
+        self.send(
+            Method::POST,
+            self.url(["v3", "jobs", id, what.as_str()]),
+            &[],
+            None,
+        )
+        .await
     }
 
     /// `GET /apis/ims/v3/jobs/<id>/session` (extension): where the job's SSH session listens

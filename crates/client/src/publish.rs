@@ -10,9 +10,12 @@ use crate::s3::{
     Ctx, Hashing, Uploaded, hex, key_path, remove, replace_metadata, s3_error, upload,
 };
 use crate::{Error as ClientError, Resource};
+use ims_core::manifest::{MANIFEST_VERSION, Manifest, ManifestArtifact};
+use ims_core::{Arch, ArtifactLink};
 use md5::{Digest, Md5};
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +32,7 @@ pub struct Artifact {
 pub struct NewImage<'a> {
     pub id: &'a str,
     pub name: &'a str,
-    pub arch: &'a str,
+    pub arch: Arch,
     /// The job that made it (recorded as `x-shasta-ims-job-id` metadata, as the original does).
     pub job_id: Option<&'a str>,
 }
@@ -42,27 +45,31 @@ pub enum Failure {
     Unknown(String),
 }
 
-/// One uploaded artifact's manifest entry, in the original's key order (sorted).
-fn manifest_entry(bucket: &str, key: &str, mime: &str, up: &Uploaded) -> Value {
-    let mut link = Map::new();
-    link.insert("etag".into(), up.etag.clone().into());
-    link.insert("path".into(), format!("s3://{bucket}/{key}").into());
-    link.insert("type".into(), "s3".into());
-    let mut o = Map::new();
-    o.insert("link".into(), Value::Object(link));
-    o.insert("md5".into(), up.md5.clone().unwrap_or_default().into());
-    // An extra field: readers of manifest v1.0 (the original IMS, BOS) ignore it.
-    o.insert(
-        "sha256".into(),
-        up.sha256.clone().unwrap_or_default().into(),
-    );
-    o.insert("type".into(), mime.into());
-    Value::Object(o)
+/// One uploaded artifact's manifest entry (with our extra `sha256`, which readers of manifest
+/// v1.0 — the original IMS, BOS — ignore).
+fn manifest_entry(bucket: &str, key: &str, mime: &str, up: &Uploaded) -> ManifestArtifact {
+    ManifestArtifact {
+        link: ArtifactLink::s3(format!("s3://{bucket}/{key}"), up.etag.clone()),
+        mime: mime.to_string(),
+        md5: Some(up.md5.clone().unwrap_or_default()),
+        sha256: Some(up.sha256.clone().unwrap_or_default()),
+        extra: Map::new(),
+    }
+}
+
+/// `POST /images` as the publisher sends it: the record's id, name and arch, and the manifest.
+#[derive(Serialize)]
+struct Registration<'a> {
+    arch: Arch,
+    id: &'a str,
+    link: ArtifactLink,
+    name: &'a str,
 }
 
 /// Serialises like Python's `json.dump(sort_keys=True, indent=4)`, as the original writes
 /// manifests.
-pub fn python_json(v: &Value) -> Result<Vec<u8>, String> {
+pub fn python_json(v: &impl Serialize) -> Result<Vec<u8>, String> {
+    let v = serde_json::to_value(v).map_err(|e| e.to_string())?;
     fn sorted(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -81,7 +88,7 @@ pub fn python_json(v: &Value) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    serde::Serialize::serialize(&sorted(v), &mut ser).map_err(|e| e.to_string())?;
+    Serialize::serialize(&sorted(&v), &mut ser).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -150,11 +157,11 @@ pub async fn publish(
         }
         entries.push(manifest_entry(bucket, &key, art.mime, &up));
     }
-    let manifest = json!({
-        "artifacts": entries,
-        "created": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
-        "version": "1.0",
-    });
+    let manifest = Manifest {
+        artifacts: entries,
+        created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+        version: MANIFEST_VERSION.to_string(),
+    };
     let body = python_json(&manifest).map_err(Failure::Before)?;
     let key = format!("{id}/manifest.json");
     let mut attributes = Attributes::new();
@@ -180,16 +187,16 @@ pub async fn publish(
     if cancel.is_cancelled() {
         return Err(Failure::Before("interrupted".to_string()));
     }
-    let record = json!({
-        "id": id,
-        "name": img.name,
-        "arch": img.arch,
-        "link": {
-            "path": format!("s3://{bucket}/{key}"),
-            "etag": put.e_tag.unwrap_or_default().trim_matches('"'),
-            "type": "s3",
-        },
-    });
+    let record = Registration {
+        arch: img.arch,
+        id,
+        link: ArtifactLink::s3(
+            format!("s3://{bucket}/{key}"),
+            put.e_tag.unwrap_or_default().trim_matches('"'),
+        ),
+        name: img.name,
+    };
+    let record = serde_json::to_value(&record).map_err(|e| Failure::Before(e.to_string()))?;
     match ctx.client.create(Resource::Images, &record).await {
         Ok(v) => Ok(v),
         // A definite answer (or no connection at all): the image was not created.
@@ -226,7 +233,7 @@ mod tests {
 
     #[test]
     fn manifests_are_written_like_the_original() {
-        let v = json!({"version": "1.0", "artifacts": [{"type": "t", "md5": "m", "link": {"type": "s3", "path": "p", "etag": "e"}}], "created": "c"});
+        let v = serde_json::json!({"version": "1.0", "artifacts": [{"type": "t", "md5": "m", "link": {"type": "s3", "path": "p", "etag": "e"}}], "created": "c"});
         let text = String::from_utf8(python_json(&v).unwrap()).unwrap();
         let expect = r#"{
     "artifacts": [
@@ -244,5 +251,54 @@ mod tests {
     "version": "1.0"
 }"#;
         assert_eq!(text, expect);
+    }
+
+    /// The typed manifest writes the bytes the map-building writer wrote (keys sorted at every
+    /// level, `md5` and `sha256` always present).
+    #[test]
+    fn the_typed_manifest_writes_the_same_bytes() {
+        let up = Uploaded {
+            etag: "e1".into(),
+            md5: Some("m1".into()),
+            sha256: None,
+        };
+        let m = Manifest {
+            artifacts: vec![manifest_entry("b", "i/rootfs", "application/r", &up)],
+            created: "2026-01-01 00:00:00".into(),
+            version: MANIFEST_VERSION.into(),
+        };
+        let text = String::from_utf8(python_json(&m).unwrap()).unwrap();
+        let expect = r#"{
+    "artifacts": [
+        {
+            "link": {
+                "etag": "e1",
+                "path": "s3://b/i/rootfs",
+                "type": "s3"
+            },
+            "md5": "m1",
+            "sha256": "",
+            "type": "application/r"
+        }
+    ],
+    "created": "2026-01-01 00:00:00",
+    "version": "1.0"
+}"#;
+        assert_eq!(text, expect);
+    }
+
+    /// The registration body is the one the `json!` literal made (keys sorted).
+    #[test]
+    fn registrations_serialise_as_before() {
+        let r = Registration {
+            arch: Arch::Aarch64,
+            id: "i",
+            link: ArtifactLink::s3("s3://b/i/manifest.json", "e"),
+            name: "n",
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"arch":"aarch64","id":"i","link":{"etag":"e","path":"s3://b/i/manifest.json","type":"s3"},"name":"n"}"#
+        );
     }
 }

@@ -510,15 +510,19 @@ impl Query {
         Ok(0)
     }
 
-    /// A value of this [`QueryKind::Choice`] parameter, lower-cased.
-    pub fn choice(&self, v: &str) -> Result<String, Problem> {
+    /// A value of this [`QueryKind::Choice`] parameter (any case), as the type its values name.
+    pub fn choice<T: std::str::FromStr>(&self, v: &str) -> Result<T, Problem> {
         let values = match self.kind {
             QueryKind::Choice(values) => values,
             _ => &[],
         };
         let s = v.to_ascii_lowercase();
-        if values.contains(&s.as_str()) {
-            Ok(s)
+        if let Some(t) = values
+            .contains(&s.as_str())
+            .then(|| s.parse().ok())
+            .flatten()
+        {
+            Ok(t)
         } else {
             Err(Problem::bad_request(format!(
                 "Invalid {} {v:?}; must be one of: {}.",

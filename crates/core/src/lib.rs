@@ -6,6 +6,7 @@
 pub mod agent_env;
 pub mod compression;
 pub mod input;
+pub mod job_wire;
 pub mod manifest;
 pub mod problem;
 pub mod records;

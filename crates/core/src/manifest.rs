@@ -15,7 +15,8 @@ pub const MIME_BOOT_PARAMETERS: &str = "application/vnd.cray.image.parameters.bo
 pub const MIME_DEBUG_KERNEL: &str = "application/vnd.cray.image.debug.kernel";
 pub const MIME_MANIFEST: &str = "application/vnd.cray.image.manifest";
 
-/// One artifact entry. Unknown keys (e.g. our `sha256`) are kept so old and new readers agree.
+/// One artifact entry. `sha256` is this implementation's addition (readers of v1.0 ignore it);
+/// other unknown keys are kept so old and new readers agree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestArtifact {
     pub link: ArtifactLink,
@@ -23,6 +24,8 @@ pub struct ManifestArtifact {
     pub mime: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub md5: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

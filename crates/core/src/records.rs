@@ -10,8 +10,157 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-pub const ARCHES: &[&str] = &["x86_64", "aarch64"];
-pub const DEFAULT_ARCH: &str = "x86_64";
+/// Declares a closed set of wire strings as an enum: serde uses the strings (so records and bodies
+/// are unchanged), `NAMES` is the strings in declaration order, `as_str`/`FromStr` convert, and
+/// an unknown value fails to deserialise with `<field> "<value>" is not one of: …`.
+macro_rules! wire_enum {
+    (
+        $(#[$m:meta])*
+        $name:ident ($field:literal) {
+            $($(#[$vm:meta])* $v:ident = $s:literal,)+
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)+];
+            /// Every value's wire string, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($s,)+];
+            /// The field these values appear in (error messages).
+            pub const FIELD: &'static str = $field;
+
+            /// The wire string.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)+
+                }
+            }
+        }
+
+        // By hand: the derive does not see serde renames made by a macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some($name::NAMES.iter().copied()))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$name, String> {
+                match s {
+                    $($s => Ok($name::$v),)+
+                    _ => Err(not_one_of($field, s, $name::NAMES)),
+                }
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn not_one_of(field: &str, value: &str, allowed: &[&str]) -> String {
+    format!("{field} {value:?} is not one of: {}", allowed.join(", "))
+}
+
+wire_enum! {
+    /// A recipe's, image's or job's architecture.
+    Arch("arch") {
+        X86_64 = "x86_64",
+        Aarch64 = "aarch64",
+    }
+}
+
+impl Arch {
+    /// The default kernel file name (`vmlinuz` on x86_64, `Image` on aarch64).
+    pub fn default_kernel_file_name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "vmlinuz",
+            Arch::Aarch64 => "Image",
+        }
+    }
+}
+
+wire_enum! {
+    /// A job's kind.
+    JobType("job_type") {
+        Create = "create",
+        Customize = "customize",
+    }
+}
+
+wire_enum! {
+    /// A job's status: the original's `STATUS_TYPES`, in its order.
+    JobStatus("status") {
+        Creating = "creating",
+        FetchingImage = "fetching_image",
+        FetchingRecipe = "fetching_recipe",
+        WaitingForRepos = "waiting_for_repos",
+        BuildingImage = "building_image",
+        PackagingArtifacts = "packaging_artifacts",
+        WaitingOnUser = "waiting_on_user",
+        Error = "error",
+        Success = "success",
+    }
+}
+
+impl JobStatus {
+    /// `success` or `error`: the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Success | JobStatus::Error)
+    }
+}
+
+wire_enum! {
+    /// The state of a job's SSH session (`ssh_containers[].status`, and the agent's report).
+    SshStatus("status") {
+        Pending = "pending",
+        Establishing = "establishing",
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
+wire_enum! {
+    /// What a user asked of a job waiting on them (`POST /v3/jobs/{id}/complete|fail`).
+    UserRequest("request") {
+        Complete = "complete",
+        Fail = "fail",
+    }
+}
+
+pub const ARCHES: &[&str] = Arch::NAMES;
+pub const DEFAULT_ARCH: &str = Arch::X86_64.as_str();
 pub const RECIPE_TYPES: &[&str] = &["kiwi-ng", "packer"];
 /// Accepted `linux_distribution` values: the original's three first, then the additions.
 pub const LINUX_DISTRIBUTIONS: &[&str] = &[
@@ -36,32 +185,13 @@ pub const LINUX_DISTRIBUTIONS: &[&str] = &[
     "ubuntu22",
     "ubuntu24",
 ];
-pub const JOB_TYPES: &[&str] = &["create", "customize"];
+pub const JOB_TYPES: &[&str] = JobType::NAMES;
 /// The original's `STATUS_TYPES`, in its order.
-pub const JOB_STATUSES: &[&str] = &[
-    "creating",
-    "fetching_image",
-    "fetching_recipe",
-    "waiting_for_repos",
-    "building_image",
-    "packaging_artifacts",
-    "waiting_on_user",
-    "error",
-    "success",
-];
+pub const JOB_STATUSES: &[&str] = JobStatus::NAMES;
 pub const LINK_TYPES: &[&str] = &["s3"];
 
-/// Default kernel file name by architecture (`vmlinuz` on x86_64, `Image` on aarch64).
-pub fn default_kernel_file_name(arch: &str) -> &'static str {
-    if arch == "aarch64" {
-        "Image"
-    } else {
-        "vmlinuz"
-    }
-}
-
-fn default_arch() -> String {
-    DEFAULT_ARCH.to_string()
+fn default_arch() -> Arch {
+    Arch::X86_64
 }
 fn default_true() -> bool {
     true
@@ -116,7 +246,8 @@ pub struct PublicKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Recipe {
     #[serde(default = "default_arch")]
-    pub arch: String,
+    #[schema(value_type = String)]
+    pub arch: Arch,
     pub created: Timestamp,
     pub id: String,
     #[serde(default)]
@@ -133,7 +264,8 @@ pub struct Recipe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Image {
     #[serde(default = "default_arch")]
-    pub arch: String,
+    #[schema(value_type = String)]
+    pub arch: Arch,
     pub created: Timestamp,
     pub id: String,
     #[serde(default)]
@@ -158,11 +290,12 @@ pub struct SshContainer {
     #[serde(default)]
     pub name: String,
     #[serde(default = "default_pending")]
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: SshStatus,
 }
 
-fn default_pending() -> String {
-    "pending".into()
+fn default_pending() -> SshStatus {
+    SshStatus::Pending
 }
 fn default_namespace() -> String {
     "default".into()
@@ -191,7 +324,8 @@ fn default_mem_size() -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     #[serde(default = "default_arch")]
-    pub arch: String,
+    #[schema(value_type = String)]
+    pub arch: Arch,
     pub artifact_id: String,
     #[serde(default = "default_image_size")]
     pub build_env_size: i64,
@@ -204,7 +338,8 @@ pub struct Job {
     pub initrd_file_name: String,
     #[serde(default = "default_mem_size")]
     pub job_mem_size: i64,
-    pub job_type: String,
+    #[schema(value_type = String)]
+    pub job_type: JobType,
     #[serde(default = "default_kernel")]
     pub kernel_file_name: String,
     #[serde(default = "default_kernel_parameters")]
@@ -230,7 +365,8 @@ pub struct Job {
     pub resultant_image_id: Option<String>,
     #[serde(default)]
     pub ssh_containers: Option<Vec<SshContainer>>,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: JobStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -311,7 +447,7 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn job_fields(&self) -> (Option<&str>, Option<&str>) {
         (None, None)
     }
-    /// Checks what deserialisation alone does not (id form, enum values): records from outside the
+    /// Checks what deserialisation alone does not (id form, string sets): records from outside the
     /// API (`ims migrate import`) must be ones the API could have produced.
     fn check(&self) -> Result<(), String>;
 }
@@ -327,10 +463,7 @@ fn check_enum(field: &str, value: &str, allowed: &[&str]) -> Result<(), String> 
     if allowed.contains(&value) {
         Ok(())
     } else {
-        Err(format!(
-            "{field} {value:?} is not one of: {}",
-            allowed.join(", ")
-        ))
+        Err(not_one_of(field, value, allowed))
     }
 }
 
@@ -348,15 +481,14 @@ impl Recipe {
             "linux_distribution",
             &self.linux_distribution,
             LINUX_DISTRIBUTIONS,
-        )?;
-        check_enum("arch", &self.arch, ARCHES)
+        )
     }
 }
 
 impl Image {
     fn check_fields(&self) -> Result<(), String> {
-        check_id(&self.id)?;
-        check_enum("arch", &self.arch, ARCHES)
+        // The arch is checked by deserialisation (an enum).
+        check_id(&self.id)
     }
 }
 
@@ -492,13 +624,11 @@ impl Record for Job {
         Some(self.created)
     }
     fn job_fields(&self) -> (Option<&str>, Option<&str>) {
-        (Some(&self.status), Some(&self.job_type))
+        (Some(self.status.as_str()), Some(self.job_type.as_str()))
     }
     fn check(&self) -> Result<(), String> {
-        check_id(&self.id)?;
-        check_enum("job_type", &self.job_type, JOB_TYPES)?;
-        check_enum("status", &self.status, JOB_STATUSES)?;
-        check_enum("arch", &self.arch, ARCHES)
+        // Job type, status and arch are checked by deserialisation (enums).
+        check_id(&self.id)
     }
 }
 
@@ -528,7 +658,7 @@ pub struct JobRun {
     pub phase: Option<String>,
     /// `complete` or `fail`, asked through the API (`ims jobs complete|fail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
+    pub request: Option<UserRequest>,
     /// When the job entered `waiting_on_user` (for the user deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_since: Option<Timestamp>,
@@ -628,6 +758,55 @@ mod tests {
         assert_eq!(j.arch, "x86_64");
         let out = serde_json::to_value(&j).unwrap();
         assert_eq!(out.as_object().unwrap().len(), 24);
+    }
+
+    /// Every enum value is its wire string in serde, `as_str` and `FromStr` alike, and the
+    /// tables the validators use are the enums' (the original's order).
+    #[test]
+    fn wire_enums_are_their_strings() {
+        fn check<T>(all: &[T], names: &[&str])
+        where
+            T: Copy + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned,
+            T: std::str::FromStr<Err = String> + std::fmt::Display,
+        {
+            assert_eq!(all.len(), names.len());
+            for (v, n) in all.iter().zip(names) {
+                assert_eq!(serde_json::to_value(v).unwrap(), json!(n));
+                assert_eq!(serde_json::from_value::<T>(json!(n)).unwrap(), *v);
+                assert_eq!(n.parse::<T>().unwrap(), *v);
+                assert_eq!(v.to_string(), *n);
+            }
+            assert!("Nope".parse::<T>().is_err());
+        }
+        check(Arch::ALL, ARCHES);
+        check(JobType::ALL, JOB_TYPES);
+        check(JobStatus::ALL, JOB_STATUSES);
+        check(SshStatus::ALL, SshStatus::NAMES);
+        check(UserRequest::ALL, UserRequest::NAMES);
+        assert_eq!(ARCHES, ["x86_64", "aarch64"]);
+        assert_eq!(JOB_TYPES, ["create", "customize"]);
+        assert_eq!(
+            JOB_STATUSES,
+            [
+                "creating",
+                "fetching_image",
+                "fetching_recipe",
+                "waiting_for_repos",
+                "building_image",
+                "packaging_artifacts",
+                "waiting_on_user",
+                "error",
+                "success"
+            ]
+        );
+        let e = serde_json::from_value::<JobStatus>(json!("running")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(r#"status "running" is not one of: creating, "#),
+            "{e}"
+        );
+        assert!(JobStatus::Error.is_final() && JobStatus::Success.is_final());
+        assert!(!JobStatus::WaitingOnUser.is_final());
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn run_agent(job_id: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(ims_jobs::agent::run(job_id, settings));
+    let code = rt.block_on(ims_jobs::runner::run(job_id, settings));
     // A blocking task still running (a stopped pipeline's) must not keep the agent alive.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code.clamp(0, 255) as u8)

@@ -234,7 +234,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     });
     // Jobs whose agents outlived a previous server are taken over (or failed); then the
     // reconciler fails jobs whose agents fall silent or whose users never finish.
-    state.executor.recover(&state).await;
+    state
+        .executor
+        .recover(&ims_server::service::job_runs::executor_context(&state))
+        .await;
     // Artifact work that record changes committed before a crash still owe (moves, deletes) is
     // done before serving; the embedded SQLite store belongs to this process alone, so all of it.
     let exclusive = store.backend() == "sqlite";

@@ -19,14 +19,15 @@
 //! that `system build` would compress. Its output is the job's log as it happens; it runs in a
 //! process group of its own that stopping the job kills.
 
-use crate::agent::Agent;
+use crate::context::JobContext;
 use crate::package::{CREATE_ZSTD_LEVEL, package};
 use crate::recipe::{self, Limits};
 use crate::repos;
 use crate::rootfiles::{add_to_trust_store, install_ca};
-use crate::user::{self, Flags, Outcome};
+use crate::user_session::{self, Flags, Outcome};
 use ims_client::Resource;
 use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
+use ims_core::JobStatus;
 use ims_core::records::Recipe;
 use object_store::{Attribute, GetOptions, ObjectStore};
 use std::collections::VecDeque;
@@ -54,7 +55,7 @@ const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// its profile variables.
 const KIWI_LEFTOVERS: [&str; 3] = ["image", ".kconfig", ".profile"];
 
-pub async fn run(agent: &Agent) -> Result<(), String> {
+pub async fn run(agent: &JobContext) -> Result<(), String> {
     let job = &agent.job;
     let started = Instant::now();
     let dir = agent.settings.dir.clone();
@@ -69,17 +70,23 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
             .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
 
-    agent.status("fetching_recipe").await?;
-    let rec: Recipe = serde_json::from_value(
-        agent
-            .api
-            .describe(Resource::Recipes, &job.artifact_id)
-            .await
-            .map_err(|e| format!("cannot read the recipe {}: {e}", job.artifact_id))?,
-    )
-    .map_err(|e| format!("the recipe record {} cannot be read: {e}", job.artifact_id))?;
+    agent.status(JobStatus::FetchingRecipe).await?;
+    let rec: Recipe = match agent
+        .api
+        .describe_as(Resource::Recipes, &job.artifact_id)
+        .await
+    {
+        Ok(r) => r,
+        Err(ims_client::Error::Decode { source, .. }) => {
+            return Err(format!(
+                "the recipe record {} cannot be read: {source}",
+                job.artifact_id
+            ));
+        }
+        Err(e) => return Err(format!("cannot read the recipe {}: {e}", job.artifact_id)),
+    };
     let host_arch = std::env::consts::ARCH;
-    if rec.arch != host_arch {
+    if rec.arch.as_str() != host_arch {
         return Err(format!(
             "the recipe is for {}, this build host is {host_arch} (cross-architecture builds are \
              not supported)",
@@ -96,7 +103,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     fetch_recipe(agent, &ctx, link, &dir, &recipe_dir).await?;
     template(agent, &rec, &recipe_dir)?;
 
-    agent.status("waiting_for_repos").await?;
+    agent.status(JobStatus::WaitingForRepos).await?;
     let description = repos::description_file(&recipe_dir)?;
     let config = std::fs::read_to_string(&description)
         .map_err(|e| format!("cannot read {}: {e}", description.display()))?;
@@ -126,7 +133,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         ));
     }
 
-    agent.status("building_image").await?;
+    agent.status(JobStatus::BuildingImage).await?;
     let apt = package_manager(&config).as_deref() == Some("apt");
     let keys = signing_keys(agent, apt)?;
     let kiwi_started = Instant::now();
@@ -173,11 +180,11 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         }
     }
 
-    agent.status("packaging_artifacts").await?;
+    agent.status(JobStatus::PackagingArtifacts).await?;
     let packaging = Instant::now();
     // Fresh credentials: a build can outlast the first ones.
     let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
-    let image_id = package(agent, &ctx, &root, &rec.arch, Some(CREATE_ZSTD_LEVEL)).await?;
+    let image_id = package(agent, &ctx, &root, rec.arch, Some(CREATE_ZSTD_LEVEL)).await?;
     agent.result(&image_id).await?;
     let total = started.elapsed();
     agent.say(&format!(
@@ -188,14 +195,14 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         kiwi_took.as_secs_f64(),
         total.saturating_sub(kiwi_took).as_secs_f64()
     ));
-    agent.status("success").await?;
+    agent.status(JobStatus::Success).await?;
     Ok(())
 }
 
 /// Downloads the recipe archive (md5 checked against the object's `md5sum` metadata when it has
 /// one), unpacks it safely into `dest` and removes the archive.
 async fn fetch_recipe(
-    agent: &Agent,
+    agent: &JobContext,
     ctx: &Ctx,
     link: &str,
     dir: &Path,
@@ -219,7 +226,7 @@ async fn fetch_recipe(
     });
     let archive = dir.join("recipe.tar.gz");
     agent.say(&format!("downloading {link}"));
-    let mut lines = crate::agent::ProgressLines::new(agent.log.clone(), "downloading");
+    let mut lines = crate::context::ProgressLines::new(agent.log.clone(), "downloading");
     let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel, &mut |d, t| {
         lines.report(d, t)
     })
@@ -249,7 +256,7 @@ async fn fetch_recipe(
 }
 
 /// Renders the recipe's `template_dictionary` into the files its template list names.
-fn template(agent: &Agent, rec: &Recipe, recipe_dir: &Path) -> Result<(), String> {
+fn template(agent: &JobContext, rec: &Recipe, recipe_dir: &Path) -> Result<(), String> {
     let dict: Vec<(String, String)> = rec
         .template_dictionary
         .iter()
@@ -289,7 +296,7 @@ fn package_manager(config: &str) -> Option<String> {
 
 /// The `--signing-key` files: the configured ones (a directory stands for the files in it), else
 /// the Debian archive keyring for apt recipes when the host has it.
-fn signing_keys(agent: &Agent, apt: bool) -> Result<Vec<PathBuf>, String> {
+fn signing_keys(agent: &JobContext, apt: bool) -> Result<Vec<PathBuf>, String> {
     let Some(configured) = &agent.settings.signing_keys else {
         let debian = Path::new(DEBIAN_KEYRING);
         return Ok(if apt && debian.is_file() {
@@ -323,7 +330,7 @@ struct Cache {
     _lock: Option<std::fs::File>,
 }
 
-fn cache_for_build(agent: &Agent, job_kiwi: &Path) -> Result<Cache, String> {
+fn cache_for_build(agent: &JobContext, job_kiwi: &Path) -> Result<Cache, String> {
     let private = Cache {
         dir: job_kiwi.join("cache"),
         _lock: None,
@@ -359,7 +366,7 @@ fn cache_for_build(agent: &Agent, job_kiwi: &Path) -> Result<Cache, String> {
 /// Runs `kiwi-ng system prepare` into `root`, its output into the job's log line by line. On
 /// failure the error carries the end of its output.
 async fn build(
-    agent: &Agent,
+    agent: &JobContext,
     dir: &Path,
     recipe_dir: &Path,
     root: &Path,
@@ -546,7 +553,7 @@ async fn stop_group(pgid: i32) {
 /// The debug shell into a failed build: not jailed, the job's files at `/mnt/image` (the failed
 /// tree at `/mnt/image/build/image-root`, kiwi's log at `/mnt/image/kiwi.log`). Returns when the
 /// user finishes either way.
-async fn debug_shell(agent: &Agent, dir: &Path) -> Result<(), String> {
+async fn debug_shell(agent: &JobContext, dir: &Path) -> Result<(), String> {
     let flags = Flags::new(
         dir,
         &dir.join("mnt").join("build").join("image-root"),
@@ -554,13 +561,13 @@ async fn debug_shell(agent: &Agent, dir: &Path) -> Result<(), String> {
     );
     flags.clear();
     let env = vec![("IMS_ARCH".to_string(), std::env::consts::ARCH.to_string())];
-    let mut ssh = user::open(agent, false, false, env).await?;
+    let mut ssh = user_session::open(agent, false, false, env).await?;
     agent.say(
         "debug shell: the failed build root is at /mnt/image/build/image-root, the recipe at \
          /mnt/image/recipe, kiwi's log at /mnt/image/kiwi.log; the job ends in error either way",
     );
-    let outcome = user::wait_for_user(agent, &flags, &mut ssh).await;
-    user::close(agent, ssh).await;
+    let outcome = user_session::wait_for_user(agent, &flags, &mut ssh).await;
+    user_session::close(agent, ssh).await;
     match outcome? {
         Outcome::Complete | Outcome::Failed => Ok(()),
     }

@@ -5,7 +5,7 @@
 //!    directory with its md5 and sha256 computed in the same pass and checked against the manifest.
 //! 2. **Image root**: [`crate::imageroot::prepare`] (overlay fast path or `unsquashfs`).
 //! 3. **Site setup**: the site CA certificate at `/etc/cray/ca/certificate_authority.crt`, and the
-//!    host's resolvers (`session::resolv_conf`) in place of the image's resolv.conf for the session (the image's is put back
+//!    host's resolvers (`sshd::resolv_conf`) in place of the image's resolv.conf for the session (the image's is put back
 //!    before packaging). Paths inside the image root are never followed through symbolic links.
 //! 4. **Wait for the user**: the flag files (`/tmp/complete|failed` inside the image root when
 //!    jailed, `/mnt/image/complete|failed` otherwise) or `ims jobs complete|fail`.
@@ -15,14 +15,15 @@
 //!    sha256, manifest, and the new image registered last (name = `image_root_archive_name`, arch
 //!    of the source); `resultant_image_id`; `success`.
 
-use crate::agent::Agent;
+use crate::context::JobContext;
 use crate::imageroot::{self, Method};
 use crate::package::package;
 use crate::rootfiles::{install_ca, put_back, replace_keeping};
-use crate::user::{self, Flags, Outcome};
+use crate::user_session::{self, Flags, Outcome};
 use ims_client::Resource;
 use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
 use ims_core::manifest::job_rootfs;
+use ims_core::{Image, JobStatus};
 use object_store::ObjectStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,24 +34,21 @@ const MAX_MANIFEST: usize = 1024 * 1024;
 /// Where the image's own resolv.conf waits during the session.
 const SAVED_RESOLV: &str = ".resolv.conf.ims-saved";
 
-pub async fn run(agent: &Agent) -> Result<(), String> {
+pub async fn run(agent: &JobContext) -> Result<(), String> {
     let job = &agent.job;
     let dir = agent.settings.dir.clone();
-    agent.status("fetching_image").await?;
+    agent.status(JobStatus::FetchingImage).await?;
     let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
-    let source = agent
+    let source: Image = agent
         .api
-        .describe(Resource::Images, &job.artifact_id)
+        .describe_as(Resource::Images, &job.artifact_id)
         .await
         .map_err(|e| format!("cannot read the source image {}: {e}", job.artifact_id))?;
-    let arch = source
-        .get("arch")
-        .and_then(|a| a.as_str())
-        .unwrap_or("x86_64")
-        .to_string();
+    let arch = source.arch;
     let link = source
-        .pointer("/link/path")
-        .and_then(|p| p.as_str())
+        .link
+        .as_ref()
+        .map(|l| l.path.as_str())
         .filter(|p| !p.is_empty())
         .ok_or_else(|| format!("the source image {} has no manifest link", job.artifact_id))?;
     let (mbucket, mkey) = split_s3(link)?;
@@ -75,7 +73,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
     let image = dir.join("image.sqsh");
     agent.say(&format!("downloading s3://{bucket}/{key}"));
     let started = std::time::Instant::now();
-    let mut lines = crate::agent::ProgressLines::new(agent.log.clone(), "downloading");
+    let mut lines = crate::context::ProgressLines::new(agent.log.clone(), "downloading");
     let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel, &mut |d, t| {
         lines.report(d, t)
     })
@@ -149,10 +147,10 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         );
     }
     let env = vec![
-        ("IMS_ARCH".into(), arch.clone()),
+        ("IMS_ARCH".into(), arch.to_string()),
         ("IMS_DKMS_ENABLED".into(), job.require_dkms.to_string()),
     ];
-    let mut ssh = user::open(agent, jail, job.require_dkms, env).await?;
+    let mut ssh = user_session::open(agent, jail, job.require_dkms, env).await?;
     // The session's idle time warms the page cache for packaging (fast path only).
     let preread_stop = Arc::new(AtomicBool::new(false));
     let preread = root.lower.clone().map(|lower| {
@@ -162,7 +160,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
             (imageroot::preread(&lower, &stop), started.elapsed())
         })
     });
-    let outcome = user::wait_for_user(agent, &flags, &mut ssh).await;
+    let outcome = user_session::wait_for_user(agent, &flags, &mut ssh).await;
     preread_stop.store(true, Ordering::Relaxed);
     if let Some(Ok((p, took))) = preread.map(|t| t.join()) {
         agent.say(&format!(
@@ -177,7 +175,7 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
             took.as_secs_f64()
         ));
     }
-    user::close(agent, ssh).await;
+    user_session::close(agent, ssh).await;
     let outcome = outcome?;
     flags.clear();
     if matches!(resolv, Ok(true)) {
@@ -187,12 +185,12 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         return Err("the customization was marked as failed".to_string());
     }
 
-    agent.status("packaging_artifacts").await?;
+    agent.status(JobStatus::PackagingArtifacts).await?;
     let packaging = std::time::Instant::now();
     // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
     // with it the S3 endpoint's address, may have restarted meanwhile).
     let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
-    let result = package(agent, &ctx, &root.path, &arch, None).await;
+    let result = package(agent, &ctx, &root.path, arch, None).await;
     root.release();
     let image_id = result?;
     agent.result(&image_id).await?;
@@ -200,14 +198,14 @@ pub async fn run(agent: &Agent) -> Result<(), String> {
         "packaged in {:.2} s",
         packaging.elapsed().as_secs_f64()
     ));
-    agent.status("success").await?;
+    agent.status(JobStatus::Success).await?;
     Ok(())
 }
 
 /// Puts the session's resolv.conf (the host's resolvers, as the session's network reaches them) in
 /// place of the image's (kept aside); `false` if the host has none.
 fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
-    let Some(host) = crate::session::resolv_conf() else {
+    let Some(host) = crate::sshd::resolv_conf() else {
         return Ok(false);
     };
     replace_keeping(root, "etc", "resolv.conf", SAVED_RESOLV, host.as_bytes())?;

@@ -6,10 +6,11 @@
 //! the STS answer: the job's credentials may write only below it). Nothing stays registered or
 //! uploaded when it fails.
 
-use crate::agent::Agent;
+use crate::context::JobContext;
 use crate::error::{Context, Error, Result};
 use ims_client::publish::{Artifact, Failure, NewImage, publish, remove_uploads};
 use ims_client::s3::Ctx;
+use ims_core::Arch;
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
 use std::path::Path;
 
@@ -32,16 +33,16 @@ fn explicit_name<'a>(name: &'a str, defaults: &[&str]) -> Option<&'a str> {
 /// Squashes the image root and publishes the new image; returns its id. `zstd_level`: the zstd
 /// level when none is configured (`None`: mksquashfs's default).
 pub async fn package(
-    agent: &Agent,
+    agent: &JobContext,
     ctx: &Ctx,
     root: &Path,
-    arch: &str,
+    arch: Arch,
     zstd_level: Option<u32>,
 ) -> Result<String> {
     let job = &agent.job;
     let boot = ims_rootfs::find_boot_artifacts(
         root,
-        arch,
+        arch.as_str(),
         explicit_name(&job.kernel_file_name, &["vmlinuz", "Image"]),
         explicit_name(&job.initrd_file_name, &["initrd"]),
     )
@@ -79,7 +80,7 @@ pub async fn package(
     let (src, dst) = (root.to_path_buf(), sqsh.clone());
     // Progress in the job's log while it runs (a large root takes minutes): the image's bytes
     // written so far, after 2 s and then every 10 s.
-    let mut lines = crate::agent::ProgressLines::new(agent.log.clone(), "mksquashfs: written");
+    let mut lines = crate::context::ProgressLines::new(agent.log.clone(), "mksquashfs: written");
     let squash = tokio::task::spawn_blocking(move || {
         ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| lines.report(b, 0))
     });

@@ -211,7 +211,7 @@ fn job_may(job: &Job, method: &Method, path: &str) -> May {
         };
     }
     let own = |id: &str| if id == job.id { May::Yes } else { May::No };
-    let customize = job.job_type == "customize";
+    let customize = job.job_type == ims_core::JobType::Customize;
     match (method, segments(path).as_slice()) {
         (&Method::GET, ["images", id]) if customize && *id == job.artifact_id => May::Yes,
         (&Method::GET, ["images", id]) => May::IfNewImage(id.to_string()),
@@ -233,11 +233,6 @@ fn ended_job_may(job: &str, method: &Method, path: &str) -> bool {
         (&Method::POST, ["jobs", id, "log" | "heartbeat"]) => *id == job,
         _ => false,
     }
-}
-
-/// Whether a job is in a final state.
-pub fn ended(job: &Job) -> bool {
-    matches!(job.status.as_str(), "success" | "error")
 }
 
 /// Checks a job token's request against its job's record: `Err` is the refusal to send.
@@ -266,7 +261,7 @@ async fn job_request_allowed(
             .map(|r| r.map(|v| v.record))
             .map_err(store_error)
     };
-    if ended(&job) {
+    if job.status.is_final() {
         let grace = chrono::Duration::from_std(JOB_TOKEN_GRACE).unwrap_or_default();
         let since = run().await?.and_then(|r| r.ended);
         let within = since.is_some_and(|t| Timestamp::now().0 - t.0 < grace);

@@ -135,12 +135,11 @@ fn jobs() -> Router<AppState> {
                     let mut answer = r::heartbeat(&st, &id, body.as_ref()).await?;
                     // The job's own agent gets a fresh token with every answer (tokens expire),
                     // while its job runs.
-                    if let (Some(Extension(Caller::Job(job))), Some(o)) =
-                        (&caller, answer.as_object_mut())
+                    if let Some(Extension(Caller::Job(job))) = &caller
                         && *job == id
-                        && !matches!(o.get("status").and_then(|s| s.as_str()), Some("success" | "error"))
+                        && !answer.status.is_final()
                     {
-                        o.insert("token".into(), st.job_tokens.issue(job).into());
+                        answer.token = Some(st.job_tokens.issue(job));
                     }
                     json(StatusCode::OK, &answer)
                 },
@@ -155,13 +154,13 @@ fn jobs() -> Router<AppState> {
         .route(
             "/jobs/{id}/complete",
             axum::routing::post(|State(st): St, IdPath(id): IdPath| async move {
-                json(StatusCode::OK, &r::request(&st, &id, "complete").await?)
+                json(StatusCode::OK, &r::request(&st, &id, ims_core::UserRequest::Complete).await?)
             }),
         )
         .route(
             "/jobs/{id}/fail",
             axum::routing::post(|State(st): St, IdPath(id): IdPath| async move {
-                json(StatusCode::OK, &r::request(&st, &id, "fail").await?)
+                json(StatusCode::OK, &r::request(&st, &id, ims_core::UserRequest::Fail).await?)
             }),
         )
         .route(
@@ -403,7 +402,7 @@ async fn sts_token(
         // The job may have been deleted or ended while they were made (after its revocation):
         // then they are revoked again.
         let live = ims_store::get::<ims_core::Job>(&*st.store, id).await?;
-        if live.is_none_or(|j| crate::auth::ended(&j.record)) {
+        if live.is_none_or(|j| j.record.status.is_final()) {
             issuer.revoke_job(id);
             return Err(
                 Problem::new(401, format!("Job {id} has ended: its token is void.")).into(),

@@ -19,7 +19,7 @@ fn key(name: &str) -> PublicKey {
 
 fn image(name: &str, link: Option<&str>) -> Image {
     Image {
-        arch: "x86_64".into(),
+        arch: ims_core::Arch::X86_64,
         created: Timestamp::now(),
         id: ims_core::new_id(),
         link: link.map(|p| ims_core::ArtifactLink::s3(p, "")),

@@ -335,7 +335,7 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
         let img = NewImage {
             id: &id,
             name: &a.name,
-            arch: &a.arch,
+            arch: a.arch.parse()?,
             job_id: None,
         };
         let say = |line: &str| {

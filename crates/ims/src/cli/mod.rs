@@ -17,6 +17,7 @@ pub use args::{Command, Format, Globals};
 
 use args::*;
 use ims_client::{Client, Resource};
+use ims_core::UserRequest;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::process::ExitCode;
@@ -58,10 +59,10 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
         } => job_logs(&id, follow, &globals),
         Command::Jobs {
             verb: JobsVerb::Complete(i),
-        } => job_request(&i.id, "complete", &globals, format),
+        } => job_request(&i.id, UserRequest::Complete, &globals, format),
         Command::Jobs {
             verb: JobsVerb::Fail(i),
-        } => job_request(&i.id, "fail", &globals, format),
+        } => job_request(&i.id, UserRequest::Fail, &globals, format),
         Command::Recipes {
             verb:
                 RecipesVerb::Import {
@@ -126,7 +127,12 @@ fn trace(method: &reqwest::Method, url: &reqwest::Url) {
 }
 
 /// `ims jobs complete|fail ID`: prints the job.
-fn job_request(id: &str, what: &str, g: &Globals, format: Format) -> Result<ExitCode, String> {
+fn job_request(
+    id: &str,
+    what: UserRequest,
+    g: &Globals,
+    format: Format,
+) -> Result<ExitCode, String> {
     let c = client(g)?;
     let v = ims_client::s3::runtime()?
         .block_on(c.job_request(id, what))
@@ -321,7 +327,7 @@ fn retryable(e: &ims_client::Error) -> bool {
     match e {
         ims_client::Error::Connect { .. } | ims_client::Error::Transport { .. } => true,
         ims_client::Error::Api { status, .. } => matches!(status, 502..=504),
-        ims_client::Error::InvalidUrl { .. } => false,
+        ims_client::Error::InvalidUrl { .. } | ims_client::Error::Decode { .. } => false,
     }
 }
 

@@ -9,6 +9,7 @@
 use super::args::ShellArgs;
 use super::{Format, Globals, by_id_or_name, client, create_record, follow_log, print};
 use ims_client::{Client, Resource};
+use ims_core::UserRequest;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,7 +89,11 @@ pub fn run(a: ShellArgs, g: &Globals, format: Format) -> Result<ExitCode, String
         return Ok(ExitCode::from(CONNECTION_LOST));
     }
     let failed = a.fail_on_error && code != Some(0);
-    let what = if failed { "fail" } else { "complete" };
+    let what = if failed {
+        UserRequest::Fail
+    } else {
+        UserRequest::Complete
+    };
     if failed {
         say(&format!(
             "the shell exited with {status}: failing job {job_id} (--fail-on-error)"

@@ -14,12 +14,10 @@
 //!   agents that still run (they are not its children any more: it polls them) and fails the jobs
 //!   whose agents are gone.
 
-use super::{ExecutorError, JobExecutor, JobLaunch};
-use crate::AppState;
-use crate::service::job_runs;
+use super::{ExecutorContext, ExecutorError, JobExecutor};
 use async_trait::async_trait;
 use ims_core::agent_env::{AgentEnv, AgentSettings};
-use ims_core::{Job, JobRun};
+use ims_core::{Job, JobRun, JobType};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -158,7 +156,7 @@ impl LocalExecutor {
 
     /// The agent of `id` is gone (it exited, or a taken-over one vanished): fail the job if it
     /// did not finish, kill what the agent may have left in its group, remove its directory.
-    async fn agent_gone(self: &Arc<Self>, st: &AppState, id: &str, pid: u32, how: String) {
+    async fn agent_gone(self: &Arc<Self>, cx: &ExecutorContext, id: &str, pid: u32, how: String) {
         self.running.lock().map(|mut r| r.remove(id)).ok();
         signal_group(pid, libc::SIGKILL);
         let stopping = self
@@ -167,12 +165,11 @@ impl LocalExecutor {
             .map(|s| s.contains(id))
             .unwrap_or(false);
         if !stopping
-            && let Ok(Some(job)) = ims_store::get::<Job>(&*st.store, id).await
-            && !matches!(job.record.status.as_str(), "success" | "error")
+            && let Ok(Some(job)) = cx.job(id).await
+            && !job.status.is_final()
         {
-            job_runs::fail(
-                st,
-                &job.record,
+            cx.fail(
+                &job,
                 &format!("the job agent {how} before the job finished"),
             )
             .await;
@@ -181,13 +178,13 @@ impl LocalExecutor {
     }
 
     /// Waits for a process that is not our child (taken over after a restart).
-    fn watch(self: &Arc<Self>, st: &AppState, id: String, pid: u32, started: Option<u64>) {
-        let (me, st) = (self.clone(), st.clone());
+    fn watch(self: &Arc<Self>, cx: &ExecutorContext, id: String, pid: u32, started: Option<u64>) {
+        let (me, cx) = (self.clone(), cx.clone());
         tokio::spawn(async move {
             while same_process(pid, started) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            me.agent_gone(&st, &id, pid, "disappeared".to_string())
+            me.agent_gone(&cx, &id, pid, "disappeared".to_string())
                 .await;
         });
     }
@@ -208,9 +205,9 @@ pub struct Local(pub Arc<LocalExecutor>);
 
 #[async_trait]
 impl JobExecutor for Local {
-    async fn start(&self, st: &AppState, launch: &JobLaunch) -> Result<(), ExecutorError> {
+    async fn start(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
         let me = &self.0;
-        let id = launch.job.id.clone();
+        let id = job.id.clone();
         let dir = me.job_dir(&id);
         let fail = |what: &str, e: std::io::Error| ExecutorError(format!("{what}: {e}"));
         {
@@ -234,7 +231,7 @@ impl JobExecutor for Local {
             .envs(
                 AgentEnv {
                     api_url: me.s.api_url.clone(),
-                    token: Some(st.job_tokens.issue(&id)),
+                    token: Some(cx.job_token(&id)),
                     dir: dir.clone(),
                     settings: me.s.agent.clone(),
                 }
@@ -262,24 +259,22 @@ impl JobExecutor for Local {
             r.insert(id.clone(), pid);
         }
         let host = me.host.clone();
-        if let Err(e) = job_runs::update_run(st, &launch.job, |r| {
-            r.executor = "local".into();
-            r.host = Some(host.clone());
-            r.pid = Some(pid);
-            r.pid_start = started;
-        })
-        .await
+        if let Err(e) = cx
+            .update_run(job, |r| {
+                r.executor = "local".into();
+                r.host = Some(host.clone());
+                r.pid = Some(pid);
+                r.pid_start = started;
+            })
+            .await
         {
             signal_group(pid, libc::SIGKILL);
             let _ = child.wait().await;
             me.remove_dir(&id);
-            return Err(ExecutorError(format!(
-                "cannot record the agent: {}",
-                e.into_problem().detail.unwrap_or_default()
-            )));
+            return Err(ExecutorError(format!("cannot record the agent: {e}")));
         }
         tracing::info!(job = %id, pid, "job agent started");
-        let (me, st) = (me.clone(), st.clone());
+        let (me, cx) = (me.clone(), cx.clone());
         tokio::spawn(async move {
             let how = match child.wait().await {
                 Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
@@ -298,23 +293,20 @@ impl JobExecutor for Local {
                     None => tracing::warn!(job = %id, pid, "job agent {how}"),
                 }
             }
-            me.agent_gone(&st, &id, pid, how).await;
+            me.agent_gone(&cx, &id, pid, how).await;
         });
         Ok(())
     }
 
-    async fn finished(&self, _st: &AppState, _job: &Job) -> Result<(), ExecutorError> {
+    async fn finished(&self, _cx: &ExecutorContext, _job: &Job) -> Result<(), ExecutorError> {
         // The agent sets `success`/`error` itself and then exits; a status set by someone else
         // reaches it through its heartbeat, and it stops.
         Ok(())
     }
 
-    async fn stop(&self, st: &AppState, job: &Job) -> Result<(), ExecutorError> {
+    async fn stop(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
         let me = &self.0;
-        let run = ims_store::get::<JobRun>(&*st.store, &job.id)
-            .await
-            .map_err(|e| ExecutorError(e.to_string()))?
-            .map(|v| v.record);
+        let run = cx.run(&job.id).await?;
         let Some((pid, started)) = me.pid_of(run.as_ref(), &job.id) else {
             me.remove_dir(&job.id);
             return Ok(());
@@ -352,25 +344,24 @@ impl JobExecutor for Local {
         result
     }
 
-    async fn recover(&self, st: &AppState) {
+    async fn recover(&self, cx: &ExecutorContext) {
         let me = &self.0;
-        let runs = match ims_store::list::<JobRun>(&*st.store).await {
+        let runs = match cx.runs().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the running jobs");
                 return;
             }
         };
-        for v in runs {
-            let run = v.record;
+        for run in runs {
             if run.executor != "local" || run.host.as_deref() != Some(me.host.as_str()) {
                 continue;
             }
-            let job = match ims_store::get::<Job>(&*st.store, &run.id).await {
-                Ok(Some(j)) => j.record,
+            let job = match cx.job(&run.id).await {
+                Ok(Some(j)) => j,
                 _ => continue,
             };
-            if matches!(job.status.as_str(), "success" | "error") {
+            if job.status.is_final() {
                 continue;
             }
             match run.pid {
@@ -379,11 +370,10 @@ impl JobExecutor for Local {
                     if let Ok(mut r) = me.running.lock() {
                         r.insert(run.id.clone(), pid);
                     }
-                    me.watch(st, run.id.clone(), pid, run.pid_start);
+                    me.watch(cx, run.id.clone(), pid, run.pid_start);
                 }
                 _ => {
-                    job_runs::fail(
-                        st,
+                    cx.fail(
                         &job,
                         "the job agent was not running any more when the server started",
                     )
@@ -398,9 +388,9 @@ impl JobExecutor for Local {
         true
     }
 
-    fn cannot_run(&self, job_type: &str, session: bool) -> Option<String> {
+    fn cannot_run(&self, job_type: JobType, session: bool) -> Option<String> {
         let check = self.0.s.prerequisites.as_ref()?;
-        check(job_type, session, PATH)
+        check(job_type.as_str(), session, PATH)
     }
 
     fn name(&self) -> &'static str {

@@ -2,44 +2,110 @@
 //! `success`/`error`) tells the executor to stop and clean up. Executors that run jobs (local child
 //! processes, Kubernetes, remote nodes) implement [`JobExecutor`]; until one is configured,
 //! [`RecordOnlyExecutor`] keeps jobs as records only.
+//!
+//! An executor sees the server only through its [`ExecutorContext`]: the jobs' records (read
+//! only), their run state ([`JobRun`]: where the agent runs), job tokens for the agents it
+//! starts, the service settings, and one way to report that a job cannot go on. It cannot reach
+//! the records or artifact stores otherwise; the service layer provides the context
+//! (`service::job_runs::executor_context`).
 
-use crate::AppState;
+use crate::ServiceConfig;
 use async_trait::async_trait;
-use ims_core::Job;
+use ims_core::{Job, JobRun, JobType};
+use std::sync::Arc;
 
 pub mod local;
 pub use local::{LocalExecutor, LocalSettings};
-
-/// What an executor gets at job creation, besides the record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobLaunch {
-    pub job: Job,
-    /// The artifact to fetch: recipe tarball (create) or rootfs (customize), as `s3://bucket/key`.
-    pub download: String,
-    /// Its md5 as the manifest records it (customize), if any.
-    pub download_md5: Option<String>,
-    /// The public key text the job's SSH server must accept.
-    pub public_key: String,
-    /// create jobs: the recipe's template dictionary flattened to a JSON object.
-    pub template_dictionary: Option<serde_json::Value>,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ExecutorError(pub String);
 
+/// What the server lets an executor do; implemented by the service layer.
+#[async_trait]
+pub trait JobRuns: Send + Sync + 'static {
+    /// A job's record; `None` once it is gone.
+    async fn job(&self, id: &str) -> Result<Option<Job>, ExecutorError>;
+    /// A job's run state, if any was recorded.
+    async fn run(&self, id: &str) -> Result<Option<JobRun>, ExecutorError>;
+    /// Every job's run state.
+    async fn runs(&self) -> Result<Vec<JobRun>, ExecutorError>;
+    /// Changes a job's run state with `f` (creating it first if need be); the new state.
+    async fn update_run(
+        &self,
+        job: &Job,
+        f: &(dyn for<'r> Fn(&'r mut JobRun) + Send + Sync),
+    ) -> Result<JobRun, ExecutorError>;
+    /// Ends an unfinished job in `error` because its agent cannot go on; `reason` goes to the
+    /// job's log and run state.
+    async fn fail(&self, job: &Job, reason: &str);
+    /// A fresh token for the agent of job `id` (it can act on its own job only).
+    fn job_token(&self, id: &str) -> String;
+    fn settings(&self) -> &ServiceConfig;
+}
+
+/// What every [`JobExecutor`] method gets: the server, as far as executors may see it.
+#[derive(Clone)]
+pub struct ExecutorContext(Arc<dyn JobRuns>);
+
+impl ExecutorContext {
+    pub fn new(runs: Arc<dyn JobRuns>) -> ExecutorContext {
+        ExecutorContext(runs)
+    }
+
+    /// The service settings (bucket names, namespaces, time limits).
+    pub fn settings(&self) -> &ServiceConfig {
+        self.0.settings()
+    }
+
+    /// A job's record; `None` once it is gone.
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, ExecutorError> {
+        self.0.job(id).await
+    }
+
+    /// A job's run state, if any was recorded.
+    pub async fn run(&self, id: &str) -> Result<Option<JobRun>, ExecutorError> {
+        self.0.run(id).await
+    }
+
+    /// Every job's run state (to re-attach to agents after a restart).
+    pub async fn runs(&self) -> Result<Vec<JobRun>, ExecutorError> {
+        self.0.runs().await
+    }
+
+    /// Records where a job's agent runs (and anything else of its run state).
+    pub async fn update_run(
+        &self,
+        job: &Job,
+        f: impl Fn(&mut JobRun) + Send + Sync,
+    ) -> Result<JobRun, ExecutorError> {
+        self.0.update_run(job, &f).await
+    }
+
+    /// Reports that a job's agent is gone or cannot run: an unfinished job ends in `error`
+    /// with `reason` in its log.
+    pub async fn fail(&self, job: &Job, reason: &str) {
+        self.0.fail(job, reason).await
+    }
+
+    /// A fresh token for the agent of job `id`.
+    pub fn job_token(&self, id: &str) -> String {
+        self.0.job_token(id)
+    }
+}
+
 #[async_trait]
 pub trait JobExecutor: Send + Sync + 'static {
-    /// Starts work for a freshly stored job. An error removes the job record again (500).
-    async fn start(&self, st: &AppState, launch: &JobLaunch) -> Result<(), ExecutorError>;
+    /// Starts the agent of a freshly stored job. An error removes the job record again (500).
+    async fn start(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError>;
     /// The job reached `success` or `error`: release what only runs during the job.
-    async fn finished(&self, st: &AppState, job: &Job) -> Result<(), ExecutorError>;
+    async fn finished(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError>;
     /// The job is being deleted (or ended by the server): stop everything and clean up. An error
     /// keeps the record (500).
-    async fn stop(&self, st: &AppState, job: &Job) -> Result<(), ExecutorError>;
-    /// After a server start: take over the agents of unfinished jobs that still run, and fail the
-    /// jobs whose agents are gone.
-    async fn recover(&self, _st: &AppState) {}
+    async fn stop(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError>;
+    /// After a server start: re-attach to the agents of unfinished jobs that still run, and fail
+    /// the jobs whose agents are gone.
+    async fn recover(&self, _cx: &ExecutorContext) {}
     /// Whether this executor runs agents that heartbeat (so silent jobs are failed by the
     /// reconciler).
     fn supervises(&self) -> bool {
@@ -48,10 +114,10 @@ pub trait JobExecutor: Send + Sync + 'static {
     /// Why this executor cannot run jobs of `job_type` now (its host lacks a tool, root, a
     /// capability), in one line; `session`: the job opens an SSH session. `None` when it can.
     /// Checked before a job is stored: such a job is refused (503) rather than left to fail.
-    fn cannot_run(&self, _job_type: &str, _session: bool) -> Option<String> {
+    fn cannot_run(&self, _job_type: JobType, _session: bool) -> Option<String> {
         None
     }
-    /// A short name for logs.
+    /// A short name for logs (and [`JobRun::executor`]).
     fn name(&self) -> &'static str;
 }
 
@@ -60,14 +126,14 @@ pub struct RecordOnlyExecutor;
 
 #[async_trait]
 impl JobExecutor for RecordOnlyExecutor {
-    async fn start(&self, _st: &AppState, launch: &JobLaunch) -> Result<(), ExecutorError> {
-        tracing::info!(job = %launch.job.id, "job recorded (the record-only executor runs nothing)");
+    async fn start(&self, _cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
+        tracing::info!(job = %job.id, "job recorded (the record-only executor runs nothing)");
         Ok(())
     }
-    async fn finished(&self, _st: &AppState, _job: &Job) -> Result<(), ExecutorError> {
+    async fn finished(&self, _cx: &ExecutorContext, _job: &Job) -> Result<(), ExecutorError> {
         Ok(())
     }
-    async fn stop(&self, _st: &AppState, _job: &Job) -> Result<(), ExecutorError> {
+    async fn stop(&self, _cx: &ExecutorContext, _job: &Job) -> Result<(), ExecutorError> {
         Ok(())
     }
     fn name(&self) -> &'static str {

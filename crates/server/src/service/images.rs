@@ -39,7 +39,7 @@ async fn create_once(st: &AppState, new: &input::NewImage) -> ApiResult<Image> {
     }
     let new = new.clone();
     let rec = Image {
-        arch: new.arch,
+        arch: super::checked(&new.arch)?,
         created: Timestamp::now(),
         id: new.id.unwrap_or_else(ims_core::new_id),
         link: new.link,
@@ -69,7 +69,7 @@ async fn patch_once(st: &AppState, id: &str, p: &input::ImagePatch) -> ApiResult
             set_link_once(&mut rec.link, link, checked)?;
         }
         if let Some(arch) = &p.arch {
-            rec.arch = arch.clone();
+            rec.arch = super::checked(arch)?;
         }
         match &p.metadata {
             Some(MetadataOp::Set { key, value }) => {

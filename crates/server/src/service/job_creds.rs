@@ -45,7 +45,7 @@ pub async fn image_id(st: &AppState, job: &Job) -> ApiResult<String> {
 /// ran: packaging needs only the write grant) grants nothing to read.
 pub async fn scope(st: &AppState, job: &Job, image_id: &str) -> ApiResult<JobScope> {
     let mut read = vec![];
-    if job.job_type == "create" {
+    if job.job_type == ims_core::JobType::Create {
         let recipe = ims_store::get::<Recipe>(&*st.store, &job.artifact_id).await?;
         if let Some(link) = recipe.and_then(|r| r.record.link)
             && let Ok(loc) = location(&link)

@@ -11,12 +11,14 @@
 
 use super::must_get;
 use crate::error::{ApiError, ApiResult};
-use crate::{AppState, retrying};
+use crate::executor::{ExecutorContext, ExecutorError, JobRuns};
+use crate::{AppState, ServiceConfig, retrying};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ims_artifacts::{Location, SmallRead};
-use ims_core::{Job, JobRun, Problem, Timestamp};
+use ims_core::job_wire::{Heartbeat, HeartbeatAnswer, JobSession};
+use ims_core::{Job, JobRun, JobStatus, Problem, Timestamp, UserRequest};
 use ims_store::{Versioned, insert_op, update_op};
 use serde_json::{Value, json};
 
@@ -30,8 +32,6 @@ const MAX_LOG_READ: u64 = 4 * 1024 * 1024;
 pub const LOG_OFFSET_HEADER: &str = "x-ims-log-offset";
 /// Header saying whether the job is over (no more log will come).
 pub const LOG_DONE_HEADER: &str = "x-ims-log-complete";
-
-const FINAL: &[&str] = &["success", "error"];
 
 /// Log writers of one job take turns within this server: a chunk is stored at the next index
 /// before the count that publishes it is committed, so two writers at once (the agent's shipper
@@ -90,81 +90,82 @@ pub async fn update_run(st: &AppState, job: &Job, f: impl Fn(&mut JobRun)) -> Ap
     )
 }
 
-/// The SSH endpoint an agent reports in its heartbeat.
-struct SshReport {
-    host: String,
-    port: u16,
-    status: String,
-    /// sshd's public host key (an OpenSSH public key line).
-    host_key: Option<String>,
+/// What executors see of the server: jobs (read only), their run state, job tokens, settings.
+struct ForExecutors(AppState);
+
+fn executor_error(e: impl Into<ApiError>) -> ExecutorError {
+    let p = e.into().into_problem();
+    ExecutorError(p.detail.unwrap_or(p.title))
 }
 
-fn ssh_report(v: &Value) -> Result<SshReport, Problem> {
-    let bad = |m: &str| Problem::validation(json!({"ssh": [m]}));
-    let host = v
-        .get("host")
-        .and_then(Value::as_str)
-        .filter(|h| !h.is_empty() && h.len() <= 253 && !h.contains(char::is_whitespace))
-        .ok_or_else(|| bad("host: a host name or address."))?;
-    let port = v
-        .get("port")
-        .and_then(Value::as_u64)
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| bad("port: 1 to 65535."))?;
-    let status = v
-        .get("status")
-        .and_then(Value::as_str)
-        .filter(|s| matches!(*s, "pending" | "establishing" | "running" | "stopped"))
-        .ok_or_else(|| bad("status: pending, establishing, running or stopped."))?;
-    let host_key = match v.get("host_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) if ims_core::sshkey::check_public_key(k).is_ok() => {
-            Some(k.trim().to_string())
-        }
-        Some(_) => return Err(bad("host_key: one OpenSSH public key line.")),
-    };
-    Ok(SshReport {
-        host: host.to_string(),
-        port,
-        status: status.to_string(),
-        host_key,
-    })
+#[async_trait::async_trait]
+impl JobRuns for ForExecutors {
+    async fn job(&self, id: &str) -> Result<Option<Job>, ExecutorError> {
+        Ok(ims_store::get::<Job>(&*self.0.store, id)
+            .await
+            .map_err(executor_error)?
+            .map(|v| v.record))
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<JobRun>, ExecutorError> {
+        Ok(ims_store::get::<JobRun>(&*self.0.store, id)
+            .await
+            .map_err(executor_error)?
+            .map(|v| v.record))
+    }
+
+    async fn runs(&self) -> Result<Vec<JobRun>, ExecutorError> {
+        Ok(ims_store::list::<JobRun>(&*self.0.store)
+            .await
+            .map_err(executor_error)?
+            .into_iter()
+            .map(|v| v.record)
+            .collect())
+    }
+
+    async fn update_run(
+        &self,
+        job: &Job,
+        f: &(dyn for<'r> Fn(&'r mut JobRun) + Send + Sync),
+    ) -> Result<JobRun, ExecutorError> {
+        update_run(&self.0, job, f).await.map_err(executor_error)
+    }
+
+    async fn fail(&self, job: &Job, reason: &str) {
+        fail(&self.0, job, reason).await
+    }
+
+    fn job_token(&self, id: &str) -> String {
+        self.0.job_tokens.issue(id)
+    }
+
+    fn settings(&self) -> &ServiceConfig {
+        &self.0.cfg
+    }
 }
 
-/// `POST /v3/jobs/{id}/heartbeat` `{"phase": "…", "ssh": {"host", "port", "status"}}` (body and
-/// fields optional). `ssh` fills the job's first SSH container: its status and both
-/// `connection_info` entries (the address users and Ansible connect to).
-pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Value> {
+/// The context every call of the executor gets.
+pub fn executor_context(st: &AppState) -> ExecutorContext {
+    ExecutorContext::new(std::sync::Arc::new(ForExecutors(st.clone())))
+}
+
+/// `POST /v3/jobs/{id}/heartbeat` ([`Heartbeat`]; body and fields optional). `ssh` fills the
+/// job's first SSH container: its status and both `connection_info` entries (the address users
+/// and Ansible connect to).
+pub async fn heartbeat(
+    st: &AppState,
+    id: &str,
+    body: Option<&Value>,
+) -> ApiResult<HeartbeatAnswer> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
-    let (phase, ssh) = match body {
-        None | Some(Value::Null) => (None, None),
-        Some(Value::Object(o)) => {
-            let phase = match o.get("phase") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
-                Some(_) => {
-                    return Err(Problem::validation(
-                        json!({"phase": ["A string of at most 200 characters."]}),
-                    )
-                    .into());
-                }
-            };
-            let ssh = match o.get("ssh") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(ssh_report(v)?),
-            };
-            (phase, ssh)
-        }
-        Some(_) => return Err(Problem::bad_request("The body must be a JSON object.").into()),
-    };
+    let Heartbeat { phase, ssh } = Heartbeat::parse(body)?;
     if let Some(r) = &ssh {
         retrying!(
             async {
                 let cur = must_get::<Job>(&*st.store, id).await?;
                 let mut j = cur.record.clone();
                 if let Some(c) = j.ssh_containers.as_mut().and_then(|c| c.first_mut()) {
-                    c.status = r.status.clone();
+                    c.status = r.status;
                     for info in c.connection_info.values_mut() {
                         info.host = r.host.clone();
                         info.port = r.port;
@@ -178,7 +179,7 @@ pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResu
             .await
         )?;
     }
-    let waiting = job.status == "waiting_on_user";
+    let waiting = job.status == JobStatus::WaitingOnUser;
     let host_key = ssh.as_ref().and_then(|r| r.host_key.clone());
     let run = update_run(st, &job, |r| {
         r.heartbeat = Some(Timestamp::now());
@@ -195,13 +196,17 @@ pub async fn heartbeat(st: &AppState, id: &str, body: Option<&Value>) -> ApiResu
         }
     })
     .await?;
-    Ok(json!({"status": job.status, "request": run.request}))
+    Ok(HeartbeatAnswer {
+        request: run.request,
+        status: job.status,
+        token: None,
+    })
 }
 
 /// `GET /v3/jobs/{id}/session`: the job's SSH session as a client connects to it — the address
 /// users reach (`customer_access`, else `cluster.local`), its state, and sshd's public host key
 /// once the agent reported it (`null` before), for a `known_hosts` line that pins it.
-pub async fn session(st: &AppState, id: &str) -> ApiResult<Value> {
+pub async fn session(st: &AppState, id: &str) -> ApiResult<JobSession> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
     let Some(c) = job.ssh_containers.as_ref().and_then(|c| c.first()) else {
         return Err(Problem::new(404, format!("Job {id} has no SSH session.")).into());
@@ -214,20 +219,20 @@ pub async fn session(st: &AppState, id: &str) -> ApiResult<Value> {
         Some(run) => run.record.ssh_host_key,
         None => None,
     };
-    Ok(json!({
-        "job_status": job.status,
-        "status": c.status,
-        "jail": c.jail,
-        "host": info.map(|i| i.host.clone()),
-        "port": info.map(|i| i.port),
-        "host_key": host_key,
-    }))
+    Ok(JobSession {
+        host: info.map(|i| i.host.clone()),
+        host_key,
+        jail: c.jail,
+        job_status: job.status,
+        port: info.map(|i| i.port),
+        status: c.status,
+    })
 }
 
 /// `POST /v3/jobs/{id}/complete` and `/fail`: the user ends the session.
-pub async fn request(st: &AppState, id: &str, what: &'static str) -> ApiResult<Job> {
+pub async fn request(st: &AppState, id: &str, what: UserRequest) -> ApiResult<Job> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
-    if job.status != "waiting_on_user" {
+    if job.status != JobStatus::WaitingOnUser {
         return Err(Problem::new(
             409,
             format!(
@@ -237,7 +242,7 @@ pub async fn request(st: &AppState, id: &str, what: &'static str) -> ApiResult<J
         )
         .into());
     }
-    update_run(st, &job, |r| r.request = Some(what.to_string())).await?;
+    update_run(st, &job, |r| r.request = Some(what)).await?;
     Ok(job)
 }
 
@@ -376,8 +381,7 @@ pub async fn read_log(st: &AppState, id: &str, offset: u64) -> ApiResult<Respons
         pos = end;
     }
     let next = offset.max(offset + out.len() as u64);
-    let done =
-        FINAL.contains(&job.status.as_str()) && next >= run.as_ref().map_or(0, |r| r.log_bytes);
+    let done = job.status.is_final() && next >= run.as_ref().map_or(0, |r| r.log_bytes);
     let mut resp = (StatusCode::OK, out).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -439,11 +443,11 @@ async fn end_in_error(st: &AppState, job: &Job) {
             let Some(cur) = ims_store::get::<Job>(&*st.store, &job.id).await? else {
                 return Ok(());
             };
-            if FINAL.contains(&cur.record.status.as_str()) {
+            if cur.record.status.is_final() {
                 return Ok(());
             }
             let mut j = cur.record.clone();
-            j.status = "error".to_string();
+            j.status = JobStatus::Error;
             st.store.apply(vec![update_op(&j, cur.version)?]).await?;
             Ok::<_, ApiError>(())
         }
@@ -474,7 +478,7 @@ pub async fn reconcile(st: &AppState) {
     let secs = |t: Timestamp| (now - t.0).num_seconds().max(0) as u64;
     for v in jobs {
         let job = v.record;
-        if FINAL.contains(&job.status.as_str()) {
+        if job.status.is_final() {
             continue;
         }
         let run = match ims_store::get::<JobRun>(&*st.store, &job.id).await {
@@ -497,7 +501,7 @@ pub async fn reconcile(st: &AppState) {
         } else {
             match run.as_ref().and_then(|r| r.waiting_since) {
                 Some(since)
-                    if job.status == "waiting_on_user"
+                    if job.status == JobStatus::WaitingOnUser
                         && secs(since) > st.cfg.job_user_deadline.as_secs() =>
                 {
                     Some(format!(
@@ -510,7 +514,7 @@ pub async fn reconcile(st: &AppState) {
         };
         if let Some(reason) = reason {
             explain(st, &job, &reason).await;
-            if let Err(e) = st.executor.stop(st, &job).await {
+            if let Err(e) = st.executor.stop(&executor_context(st), &job).await {
                 tracing::error!(job = %job.id, error = %e, "reconciler: cannot stop the job");
             }
             end_in_error(st, &job).await;

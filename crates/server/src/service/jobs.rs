@@ -2,15 +2,16 @@
 //! (one, or filtered by status/type/age). Creation and deletion go through the executor seam.
 
 use super::artifacts::{ManifestRead, read_manifest, require_object};
-use super::{must_get, no_content, update};
+use super::{checked, must_get, no_content, update};
 use crate::error::{ApiError, ApiResult};
-use crate::executor::JobLaunch;
 use crate::{AppState, retrying};
 use axum::response::Response;
 use ims_core::input::{self, NewJob};
 use ims_core::manifest::job_rootfs;
-use ims_core::records::default_kernel_file_name;
-use ims_core::{ConnectionInfo, Image, Job, Problem, PublicKey, Recipe, SshContainer, Timestamp};
+use ims_core::{
+    Arch, ConnectionInfo, Image, Job, JobStatus, JobType, Problem, PublicKey, Recipe, SshContainer,
+    SshStatus, Timestamp,
+};
 use ims_store::{Op, delete_op, list};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -39,9 +40,11 @@ fn connection_info(st: &AppState, id: &str, service: &str) -> BTreeMap<String, C
     ])
 }
 
-/// Builds the job record and what the executor needs; every check of §3.4 in the original's order.
-async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
-    let is_create = new.job_type == "create";
+/// Builds the job record; every check of §3.4 in the original's order (the agent reads what it
+/// needs through the API itself).
+async fn prepare(st: &AppState, new: NewJob) -> ApiResult<Job> {
+    let job_type: JobType = checked(&new.job_type)?;
+    let is_create = job_type == JobType::Create;
     let containers = new.ssh_containers.clone().unwrap_or_default();
     if is_create && !containers.is_empty() {
         return Err(Problem::bad_request(
@@ -60,25 +63,18 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
         )))
     };
     // The artifact: recipe (create) or image (customize), which must have a link that exists.
-    let (arch, link, recipe_dkms, template_dictionary) = if is_create {
+    let (arch, link, recipe_dkms) = if is_create {
         let r = ims_store::get::<Recipe>(&*st.store, &new.artifact_id)
             .await?
             .ok_or_else(invalid_artifact)?
             .record;
-        let td = r.template_dictionary.as_ref().map(|kvs| {
-            Value::Object(
-                kvs.iter()
-                    .map(|kv| (kv.key.clone(), Value::String(kv.value.clone())))
-                    .collect(),
-            )
-        });
-        (r.arch, r.link, Some(r.require_dkms), td)
+        (r.arch, r.link, Some(r.require_dkms))
     } else {
         let i = ims_store::get::<Image>(&*st.store, &new.artifact_id)
             .await?
             .ok_or_else(invalid_artifact)?
             .record;
-        (i.arch, i.link, None, None)
+        (i.arch, i.link, None)
     };
     let link = link.ok_or_else(|| {
         Problem::bad_request(format!(
@@ -86,10 +82,10 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
             new.artifact_id
         ))
     })?;
+    // The artifact to fetch must exist: the recipe tarball (create), or the manifest and the
+    // rootfs it names (customize).
     let loc = require_object(st, &link).await?;
-    let (download, download_md5) = if is_create {
-        (loc.s3_url(), None)
-    } else {
+    if !is_create {
         let v = match read_manifest(st, &loc).await? {
             ManifestRead::Json(v) => v,
             ManifestRead::Missing => return Err(super::artifacts::cannot_validate(&link.path)),
@@ -102,9 +98,8 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
             }
         };
         let rootfs = job_rootfs(&v)?;
-        let rloc = require_object(st, &rootfs.link).await?;
-        (rloc.s3_url(), rootfs.md5)
-    };
+        require_object(st, &rootfs.link).await?;
+    }
     let key = ims_store::get::<PublicKey>(&*st.store, &new.public_key_id)
         .await?
         .ok_or_else(|| {
@@ -126,7 +121,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
 
     // require_dkms: aarch64 always; else the client's value; else the recipe's (create) or the
     // service default (customize).
-    let require_dkms = if arch == "aarch64" {
+    let require_dkms = if arch == Arch::Aarch64 {
         true
     } else {
         new.require_dkms
@@ -134,11 +129,11 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
             .unwrap_or(st.cfg.job_enable_dkms)
     };
     let kernel_file_name = match new.kernel_file_name.as_deref() {
-        None | Some("") => default_kernel_file_name(&arch).to_string(),
+        None | Some("") => arch.default_kernel_file_name().to_string(),
         Some(k) => k.to_string(),
     };
     let id = ims_core::new_id();
-    let suffix = if is_create { "create" } else { "customize" };
+    let suffix = job_type.as_str();
     let service = format!("cray-ims-{id}-service");
     let ssh_containers = if is_create {
         new.enable_debug.then(|| {
@@ -146,7 +141,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
                 connection_info: connection_info(st, &id, &service),
                 jail: false,
                 name: "debug".into(),
-                status: "pending".into(),
+                status: SshStatus::Pending,
             }]
         })
     } else {
@@ -155,7 +150,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
             connection_info: connection_info(st, &id, &service),
             jail: c.as_ref().is_some_and(|c| c.jail),
             name: c.and_then(|c| c.name).unwrap_or_else(|| "customize".into()),
-            status: "pending".into(),
+            status: SshStatus::Pending,
         }])
     };
     let job = Job {
@@ -168,7 +163,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
         image_root_archive_name: new.image_root_archive_name,
         initrd_file_name: new.initrd_file_name,
         job_mem_size: new.job_mem_size.unwrap_or(st.cfg.default_job_mem_size),
-        job_type: new.job_type,
+        job_type,
         kernel_file_name,
         kernel_parameters_file_name: new.kernel_parameters_file_name,
         kubernetes_configmap: Some(format!("cray-ims-{id}-configmap")),
@@ -182,34 +177,33 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<JobLaunch> {
         require_dkms,
         resultant_image_id: None,
         ssh_containers,
-        status: "creating".into(),
+        status: JobStatus::Creating,
     };
-    Ok(JobLaunch {
-        job,
-        download,
-        download_md5,
-        public_key: key.public_key,
-        template_dictionary,
-    })
+    Ok(job)
 }
 
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     let new = input::job_create(body)?;
     // A host that cannot run the job refuses it before anything else is looked at or stored.
-    let session = new.job_type == "customize" || new.enable_debug;
-    if let Some(why) = st.executor.cannot_run(&new.job_type, session) {
+    let job_type: JobType = checked(&new.job_type)?;
+    let session = job_type == JobType::Customize || new.enable_debug;
+    if let Some(why) = st.executor.cannot_run(job_type, session) {
         return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
     }
-    let launch = prepare(st, new).await?;
+    let job = prepare(st, new).await?;
     // Record first, then start: a job that runs always has a record; a start failure removes it.
-    ims_store::insert(&*st.store, &launch.job).await?;
-    if let Err(e) = st.executor.start(st, &launch).await {
-        tracing::error!(job = %launch.job.id, error = %e, "executor could not start job");
+    ims_store::insert(&*st.store, &job).await?;
+    if let Err(e) = st
+        .executor
+        .start(&super::job_runs::executor_context(st), &job)
+        .await
+    {
+        tracing::error!(job = %job.id, error = %e, "executor could not start job");
         let _ = st
             .store
             .apply(vec![Op::Delete {
                 table: ims_core::Table::Jobs,
-                id: launch.job.id.clone(),
+                id: job.id.clone(),
                 version: None,
             }])
             .await;
@@ -219,13 +213,18 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
         ))
         .into());
     }
-    Ok(launch.job)
+    Ok(job)
 }
 
-async fn patch_once(st: &AppState, id: &str, p: &input::JobPatch) -> ApiResult<Job> {
+async fn patch_once(
+    st: &AppState,
+    id: &str,
+    status: Option<JobStatus>,
+    p: &input::JobPatch,
+) -> ApiResult<Job> {
     update(&*st.store, id, |mut job: Job| {
-        if let Some(s) = &p.status {
-            job.status = s.clone();
+        if let Some(s) = status {
+            job.status = s;
         }
         if let Some(r) = &p.resultant_image_id {
             job.resultant_image_id = Some(r.clone());
@@ -238,12 +237,16 @@ async fn patch_once(st: &AppState, id: &str, p: &input::JobPatch) -> ApiResult<J
 pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Job> {
     must_get::<Job>(&*st.store, id).await?;
     let p = input::job_patch(body)?;
-    let job = patch_once(st, id, &p).await?;
-    if crate::auth::ended(&job) {
+    let status: Option<JobStatus> = p.status.as_deref().map(checked).transpose()?;
+    let job = patch_once(st, id, status, &p).await?;
+    if job.status.is_final() {
         super::job_creds::ended(st, &job).await;
     }
-    if matches!(p.status.as_deref(), Some("success" | "error"))
-        && let Err(e) = st.executor.finished(st, &job).await
+    if status.is_some_and(JobStatus::is_final)
+        && let Err(e) = st
+            .executor
+            .finished(&super::job_runs::executor_context(st), &job)
+            .await
     {
         return Err(Problem::internal(format!(
             "Job {id} was updated but its resources could not be released: {e}"
@@ -257,7 +260,11 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<J
 pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
     let cur = must_get::<Job>(&*st.store, id).await?;
     super::job_creds::revoke(st, id);
-    if let Err(e) = st.executor.stop(st, &cur.record).await {
+    if let Err(e) = st
+        .executor
+        .stop(&super::job_runs::executor_context(st), &cur.record)
+        .await
+    {
         return Err(Problem::internal(format!(
             "Job {id} could not be stopped; its record was kept: {e}"
         ))
@@ -287,8 +294,8 @@ pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
 /// The filters of a job-collection DELETE.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct JobFilter {
-    pub statuses: Vec<String>,
-    pub job_type: Option<String>,
+    pub statuses: Vec<JobStatus>,
+    pub job_type: Option<JobType>,
     pub age_seconds: Option<i64>,
 }
 
@@ -309,7 +316,7 @@ pub fn parse_filter(query: Option<&str>) -> ApiResult<JobFilter> {
 impl JobFilter {
     pub fn matches(&self, job: &Job, now: Timestamp) -> bool {
         (self.statuses.is_empty() || self.statuses.contains(&job.status))
-            && self.job_type.as_ref().is_none_or(|t| *t == job.job_type)
+            && self.job_type.is_none_or(|t| t == job.job_type)
             && self
                 .age_seconds
                 .is_none_or(|age| (now.0 - job.created.0).num_seconds() >= age)
@@ -330,7 +337,11 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
     let mut ops = Vec::new();
     for j in &selected {
         super::job_creds::revoke(st, &j.record.id);
-        match st.executor.stop(st, &j.record).await {
+        match st
+            .executor
+            .stop(&super::job_runs::executor_context(st), &j.record)
+            .await
+        {
             Ok(()) => ops.push(Op::Delete {
                 table: ims_core::Table::Jobs,
                 id: j.record.id.clone(),

@@ -1,12 +1,13 @@
 //! A job's SSH session with its user: the customize session, and the debug shell of a failed
-//! create job. The agent starts the job's sshd ([`crate::session`]), reports where it listens,
+//! create job. The agent starts the job's sshd ([`crate::sshd`]), reports where it listens,
 //! sets `waiting_on_user`, and waits until the user finishes: a flag file (`/tmp/complete|failed`
 //! inside the image root when jailed, `/mnt/image/complete|failed` otherwise) or
 //! `ims jobs complete|fail` (the heartbeat brings the request).
 
-use crate::agent::Agent;
-use crate::session;
+use crate::context::JobContext;
+use crate::sshd;
 use ims_client::Resource;
+use ims_core::{JobStatus, SshStatus, UserRequest};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ const SSHD_LOG_KEPT: u64 = 1024 * 1024;
 
 /// An open session: sshd, and how far its log has gone into the job's log.
 pub struct Open {
-    ssh: session::Session,
+    ssh: sshd::Session,
     sshd_log: SshdLog,
 }
 
@@ -28,7 +29,7 @@ struct SshdLog {
 
 impl SshdLog {
     /// Says every complete new line; `all`: the rest too (the session is over).
-    fn drain(&mut self, agent: &Agent, path: &Path, all: bool) {
+    fn drain(&mut self, agent: &JobContext, path: &Path, all: bool) {
         use std::io::{Read, Seek, SeekFrom};
         if self.offset >= SSHD_LOG_KEPT {
             return;
@@ -106,7 +107,7 @@ pub enum Outcome {
 /// /sys and /dev in the image root), checks that a login works, reports its endpoint and host
 /// key and sets `waiting_on_user`.
 pub async fn open(
-    agent: &Agent,
+    agent: &JobContext,
     jail: bool,
     dkms: bool,
     set_env: Vec<(String, String)>,
@@ -128,7 +129,7 @@ pub async fn open(
         .ok_or("the job's public key record has no key")?;
     let mut env = vec![("IMS_JOB_ID".to_string(), job.id.clone())];
     env.extend(set_env);
-    let spec = session::Spec {
+    let spec = sshd::Spec {
         job_dir: agent.settings.dir.clone(),
         jail,
         public_key,
@@ -139,12 +140,12 @@ pub async fn open(
         dkms,
         debug: job.enable_debug,
     };
-    let ssh = session::start(&spec).await?;
+    let ssh = sshd::start(&spec).await?;
     let mut sshd_log = SshdLog {
         offset: 0,
         partial: String::new(),
     };
-    if let Err(e) = session::check_login(&spec, &ssh).await {
+    if let Err(e) = sshd::check_login(&spec, &ssh).await {
         sshd_log.drain(agent, &ssh.log, true);
         ssh.stop().await;
         return Err(e);
@@ -165,11 +166,11 @@ pub async fn open(
             .report_ssh(
                 &agent.settings.ssh_host,
                 ssh.port,
-                "running",
+                SshStatus::Running,
                 Some(&host_key),
             )
             .await?;
-        agent.status("waiting_on_user").await
+        agent.status(JobStatus::WaitingOnUser).await
     }
     .await;
     if let Err(e) = announced {
@@ -191,20 +192,20 @@ pub async fn open(
 
 /// Stops the session's sshd, copies the rest of its own log into the job's log and reports the
 /// endpoint stopped.
-pub async fn close(agent: &Agent, open: Open) {
+pub async fn close(agent: &JobContext, open: Open) {
     let Open { ssh, mut sshd_log } = open;
     let (port, path) = (ssh.port, ssh.log.clone());
     ssh.stop().await;
     sshd_log.drain(agent, &path, true);
     let _ = agent
-        .report_ssh(&agent.settings.ssh_host, port, "stopped", None)
+        .report_ssh(&agent.settings.ssh_host, port, SshStatus::Stopped, None)
         .await;
 }
 
 /// Waits until the user sets a flag or asks through the API; an error if the job is cancelled
 /// or sshd dies.
 pub async fn wait_for_user(
-    agent: &Agent,
+    agent: &JobContext,
     flags: &Flags,
     open: &mut Open,
 ) -> Result<Outcome, String> {
@@ -226,16 +227,17 @@ pub async fn wait_for_user(
             agent.say("the complete flag is set");
             return Ok(Outcome::Complete);
         }
-        match requests.borrow().as_deref() {
-            Some("complete") => {
+        let request = *requests.borrow();
+        match request {
+            Some(UserRequest::Complete) => {
                 agent.say("completed through the API");
                 return Ok(Outcome::Complete);
             }
-            Some("fail") => {
+            Some(UserRequest::Fail) => {
                 agent.say("failed through the API");
                 return Ok(Outcome::Failed);
             }
-            _ => {}
+            None => {}
         }
         tokio::select! {
             _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
