@@ -67,31 +67,51 @@ impl SshdLog {
 
 /// The flag files of a session.
 pub struct Flags {
-    pub complete: PathBuf,
-    pub failed: PathBuf,
+    /// The trusted directory the flags' directory is looked up in: the image root (jailed
+    /// sessions: the user writes `/tmp/complete` there) or the job directory (`mnt`).
+    root: PathBuf,
+    dir: &'static str,
 }
 
 impl Flags {
+    pub const COMPLETE: &'static str = "complete";
+    pub const FAILED: &'static str = "failed";
+
     pub fn new(job_dir: &Path, image_root: &Path, jail: bool) -> Flags {
-        let base = if jail {
-            image_root.join("tmp")
+        if jail {
+            Flags {
+                root: image_root.to_path_buf(),
+                dir: "tmp",
+            }
         } else {
-            job_dir.join("mnt")
-        };
-        Flags {
-            complete: base.join("complete"),
-            failed: base.join("failed"),
+            Flags {
+                root: job_dir.to_path_buf(),
+                dir: "mnt",
+            }
         }
     }
 
-    /// Whether a flag is there, whatever it is (never followed).
-    fn present(p: &Path) -> bool {
-        std::fs::symlink_metadata(p).is_ok()
+    /// The flags' directory, reached without following a link: the image's `/tmp` may be a link
+    /// to anywhere on the host, and is then no place for flags. Opened again on every look (the
+    /// user may replace it).
+    fn dir(&self) -> Option<ims_rootfs::confined::Dir> {
+        ims_rootfs::confined::Root::open(&self.root)
+            .ok()?
+            .dir(Path::new(self.dir))
+            .ok()
+    }
+
+    /// Whether the flag `name` is there, whatever it is (never followed).
+    fn present(&self, name: &str) -> bool {
+        self.dir()
+            .is_some_and(|d| matches!(d.kind(name.as_ref()), Ok(Some(_))))
     }
 
     pub fn clear(&self) {
-        for p in [&self.complete, &self.failed] {
-            let _ = std::fs::remove_file(p);
+        if let Some(d) = self.dir() {
+            for name in [Self::COMPLETE, Self::FAILED] {
+                let _ = d.remove_file(name.as_ref());
+            }
         }
     }
 }
@@ -219,11 +239,11 @@ pub async fn wait_for_user(
                 ssh.log.display()
             ));
         }
-        if Flags::present(&flags.failed) {
+        if flags.present(Flags::FAILED) {
             agent.say("the failed flag is set");
             return Ok(Outcome::Failed);
         }
-        if Flags::present(&flags.complete) {
+        if flags.present(Flags::COMPLETE) {
             agent.say("the complete flag is set");
             return Ok(Outcome::Complete);
         }
@@ -244,5 +264,41 @@ pub async fn wait_for_user(
             _ = requests.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flags;
+
+    #[test]
+    fn flags_are_found_and_cleared_in_the_real_tmp() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let flags = Flags::new(t.path(), &root, true);
+        assert!(!flags.present(Flags::COMPLETE));
+        std::fs::write(root.join("tmp/complete"), "").unwrap();
+        assert!(flags.present(Flags::COMPLETE));
+        assert!(!flags.present(Flags::FAILED));
+        flags.clear();
+        assert!(!root.join("tmp/complete").exists());
+    }
+
+    #[test]
+    fn an_image_tmp_linked_to_the_host_is_neither_read_nor_cleared() {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("complete"), "host file").unwrap();
+        std::fs::write(host.join("failed"), "host file").unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("tmp")).unwrap();
+        let flags = Flags::new(t.path(), &root, true);
+        assert!(!flags.present(Flags::COMPLETE));
+        assert!(!flags.present(Flags::FAILED));
+        flags.clear();
+        assert!(host.join("complete").exists() && host.join("failed").exists());
     }
 }
