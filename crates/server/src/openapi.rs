@@ -800,18 +800,6 @@ fn uuid() -> RefOr<Schema> {
         .format(Some(utoipa::openapi::SchemaFormat::Custom("uuid".into())))
         .into()
 }
-fn integer() -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .minimum(Some(1))
-        .into()
-}
-fn enumerated(values: &[&str]) -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values.iter().copied()))
-        .into()
-}
 fn reference(name: &str) -> RefOr<Schema> {
     Ref::from_schema_name(name).into()
 }
@@ -819,46 +807,17 @@ fn array_of(item: RefOr<Schema>) -> RefOr<Schema> {
     ArrayBuilder::new().items(item).into()
 }
 
-/// Builds an input schema: `(name, schema, required)`; unknown fields are rejected.
-fn input(fields: Vec<(&str, RefOr<Schema>, bool)>) -> RefOr<Schema> {
-    let mut b = ObjectBuilder::new().additional_properties(Some(
-        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
-    ));
-    for (name, schema, required) in fields {
-        b = b.property(name, schema);
-        if required {
-            b = b.required(name);
-        }
-    }
-    b.into()
-}
-
 /// The request bodies: each from its declaration in `ims_core::input` (the declaration the server
-/// reads requests with), and the heartbeat's.
+/// reads requests with), and the heartbeat's (the type its agent sends and the server parses).
 fn input_schemas() -> Vec<(&'static str, RefOr<Schema>)> {
     let mut schemas: Vec<(&'static str, RefOr<Schema>)> = input::BODIES
         .iter()
         .map(|b| (b.name, RefOr::T(b.schema(true))))
         .collect();
+    // The agent's heartbeat: the type both sides use (`ims_core::job_wire`).
     schemas.push((
         "Heartbeat",
-        input(vec![
-            ("phase", string(), false),
-            (
-                "ssh",
-                input(vec![
-                    ("host", string(), true),
-                    ("port", integer(), true),
-                    (
-                        "status",
-                        enumerated(&["pending", "establishing", "running", "stopped"]),
-                        true,
-                    ),
-                    ("host_key", string(), false),
-                ]),
-                false,
-            ),
-        ]),
+        <ims_core::job_wire::Heartbeat as utoipa::PartialSchema>::schema(),
     ));
     schemas
 }
