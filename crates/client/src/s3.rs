@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 pub use ims_artifacts::sigv4::hex;
 use ims_artifacts::sigv4::{self, uri_encode, xml_blocks, xml_texts};
+use ims_core::sts::{StsCredentials, StsJob, StsResponse};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use md5::Md5;
 use object_store::WriteMultipart;
@@ -32,28 +33,34 @@ pub const PART: usize = 8 * 1024 * 1024;
 pub const IN_FLIGHT: usize = 8;
 const REGION: &str = "us-east-1";
 
-/// Credentials from STS.
+/// Credentials from STS, with an endpoint URL (checked when they are received).
 pub struct Creds {
-    access_key: String,
-    secret_key: String,
-    token: String,
-    endpoint: String,
+    sts: StsCredentials,
+}
+
+impl Creds {
+    fn access_key(&self) -> &str {
+        &self.sts.access_key_id
+    }
+    fn secret_key(&self) -> &str {
+        &self.sts.secret_access_key
+    }
+    fn token(&self) -> &str {
+        self.sts.token()
+    }
+    fn endpoint(&self) -> &str {
+        self.sts.endpoint_url.as_deref().unwrap_or_default()
+    }
 }
 
 /// The server connection plus S3 credentials from STS.
 pub struct Ctx {
     pub client: Client,
     pub creds: Creds,
-    /// For a job's agent: the image the credentials are for (STS's `ImsJob`).
-    pub job: Option<JobImage>,
-}
-
-/// What STS tells a job's agent along with its credentials: the id its new image is to have and
-/// the bucket it goes to (the credentials may write only below `<bucket>/<image_id>/`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobImage {
-    pub image_id: String,
-    pub bucket: String,
+    /// For a job's agent: the image the credentials are for (STS's `ImsJob`): the id its new
+    /// image is to have and the bucket it goes to (the credentials may write only below
+    /// `<bucket>/<image_id>/`).
+    pub job: Option<StsJob>,
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -84,40 +91,36 @@ impl Ctx {
             .send(reqwest::Method::PUT, u, &[], None)
             .await
             .map_err(|e| e.to_string())?;
-        let c = &v["Credentials"];
-        let field = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
-        let missing = |k: &str| format!("STS: the response has no Credentials.{k}");
-        let creds = Creds {
-            access_key: field("AccessKeyId").ok_or_else(|| missing("AccessKeyId"))?,
-            secret_key: field("SecretAccessKey").ok_or_else(|| missing("SecretAccessKey"))?,
-            token: field("SessionToken").unwrap_or_default(),
-            endpoint: field("EndpointURL").ok_or_else(|| missing("EndpointURL"))?,
-        };
-        let job = v.get("ImsJob").and_then(|j| {
-            Some(JobImage {
-                image_id: j.get("ImageId")?.as_str()?.to_string(),
-                bucket: j.get("Bucket")?.as_str()?.to_string(),
-            })
-        });
+        let answer: StsResponse =
+            serde_json::from_value(v).map_err(|e| format!("STS: unexpected response: {e}"))?;
+        if answer.credentials.endpoint_url.is_none() {
+            return Err("STS: the response has no Credentials.EndpointURL".to_string());
+        }
+        let (creds, job) = (
+            Creds {
+                sts: answer.credentials,
+            },
+            answer.job,
+        );
         Ok(Ctx { client, creds, job })
     }
 
     pub fn store(&self, bucket: &str) -> Result<Arc<AmazonS3>, String> {
         let c = &self.creds;
         let mut b = AmazonS3Builder::new()
-            .with_endpoint(&c.endpoint)
+            .with_endpoint(c.endpoint())
             .with_bucket_name(bucket)
-            .with_access_key_id(&c.access_key)
-            .with_secret_access_key(&c.secret_key)
+            .with_access_key_id(c.access_key())
+            .with_secret_access_key(c.secret_key())
             .with_region(REGION)
             .with_allow_http(true)
             .with_virtual_hosted_style_request(false);
-        if !c.token.is_empty() {
-            b = b.with_token(&c.token);
+        if !c.token().is_empty() {
+            b = b.with_token(c.token());
         }
         b.build()
             .map(Arc::new)
-            .map_err(|e| format!("S3 client for {}: {e}", c.endpoint))
+            .map_err(|e| format!("S3 client for {}: {e}", c.endpoint()))
     }
 }
 
@@ -209,11 +212,11 @@ async fn signed(
     extra: &[(&str, String)],
 ) -> Result<(reqwest::StatusCode, String), String> {
     let signer = sigv4::Signer {
-        endpoint: &c.endpoint,
+        endpoint: c.endpoint(),
         region: REGION,
-        access_key: &c.access_key,
-        secret_key: &c.secret_key,
-        token: &c.token,
+        access_key: c.access_key(),
+        secret_key: c.secret_key(),
+        token: c.token(),
     };
     let a = sigv4::send(
         &reqwest::Client::new(),

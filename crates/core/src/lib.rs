@@ -6,6 +6,7 @@ pub mod manifest;
 pub mod problem;
 pub mod records;
 pub mod sshkey;
+pub mod sts;
 pub mod time;
 pub mod validate;
 

@@ -492,13 +492,15 @@ impl EmbeddedIssuer {
         StsCredentials {
             access_key_id: c.access_key,
             secret_access_key: c.secret_key,
-            session_token: c.session_token.unwrap_or_default(),
-            endpoint_url: ims_server::sts::advertised_endpoint(
+            session_token: Some(c.session_token.unwrap_or_default()),
+            endpoint_url: Some(ims_server::sts::advertised_endpoint(
                 self.public_url.as_deref(),
                 self.listen,
                 host,
-            ),
-            expiration: ims_core::Timestamp(c.expires.unwrap_or_else(chrono::Utc::now)),
+            )),
+            expiration: Some(ims_core::Timestamp(
+                c.expires.unwrap_or_else(chrono::Utc::now),
+            )),
         }
     }
 }

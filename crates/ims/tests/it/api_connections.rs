@@ -3,7 +3,6 @@
 //! (more connections wait in the listen backlog), and requests that take longer than both
 //! timeouts while they progress (a slow upload, a slow download, a slow JSON body).
 
-
 use crate::common::{Builder, Db, Server, builder};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -347,7 +346,8 @@ async fn a_response_nobody_reads_is_cut_after_the_idle_timeout() {
 async fn a_slow_request_body_outlasts_the_timeouts() {
     let (_s, api, _) = quick_timeouts().await;
     // A public key whose JSON body arrives a few bytes every 300 ms for 3 s.
-    let key = serde_json::json!({"name": "slow", "public_key": crate::common::PUBLIC_KEY}).to_string();
+    let key =
+        serde_json::json!({"name": "slow", "public_key": crate::common::PUBLIC_KEY}).to_string();
     let mut c = TcpStream::connect(&api).unwrap();
     write!(
         c,
