@@ -460,7 +460,7 @@ impl ArtifactStore {
                     .collect();
                 let a = sigv4::send(http, signer, method, &path, &q, &h, body).await?;
                 // S3 may answer 200 with an error document for a copy that failed midway.
-                if !a.status.is_success() || a.body.contains("<Error>") {
+                if !a.status.is_success() || sigv4::is_error_document(&a.body) {
                     return Err(sigv4::error_text(a.status, &a.body));
                 }
                 Ok(a)
@@ -502,7 +502,7 @@ impl ArtifactStore {
         )
         .await
         .map_err(|e| fail("CreateMultipartUpload", e))?;
-        let Some(upload) = sigv4::xml_texts(&created.body, "UploadId").pop() else {
+        let Some(upload) = sigv4::xml_text(&created.body, "UploadId") else {
             return Err(fail(
                 "CreateMultipartUpload",
                 "no UploadId in the answer".into(),
@@ -531,7 +531,7 @@ impl ArtifactStore {
                         let a = call(reqwest::Method::PUT, dst_path, query, headers, Bytes::new())
                             .await
                             .map_err(|e| format!("UploadPartCopy {}: {e}", i + 1))?;
-                        sigv4::xml_texts(&a.body, "ETag").pop().ok_or_else(|| {
+                        sigv4::xml_text(&a.body, "ETag").ok_or_else(|| {
                             format!("UploadPartCopy {}: no ETag in the answer", i + 1)
                         })
                     }
