@@ -12,7 +12,7 @@
 mod location;
 pub mod sigv4;
 
-pub use location::{Location, LocationError, valid_bucket};
+pub use location::{Location, LocationError};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -166,7 +166,7 @@ impl ArtifactStore {
     pub fn ensure_buckets(&self, buckets: &[&str]) -> Result<()> {
         if let Backend::Local { root } = &self.backend {
             for b in buckets {
-                if !valid_bucket(b) {
+                if !ims_core::s3name::valid_bucket(b) {
                     return Err(LocationError::Bucket(b.to_string()).into());
                 }
                 let dir = root.join(b);

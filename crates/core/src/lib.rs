@@ -5,6 +5,7 @@ pub mod input;
 pub mod manifest;
 pub mod problem;
 pub mod records;
+pub mod s3name;
 pub mod sshkey;
 pub mod sts;
 pub mod time;

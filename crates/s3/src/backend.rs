@@ -213,7 +213,7 @@ fn stream_file(mut file: File, start: u64, len: u64) -> io::Result<StreamingBlob
 fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
     match src {
         CopySource::Bucket { bucket, key, .. } => {
-            if !crate::util::valid_bucket(bucket) {
+            if !ims_core::s3name::valid_bucket(bucket) {
                 return Err(s3_error!(
                     InvalidBucketName,
                     "The copy source bucket name is not valid"
