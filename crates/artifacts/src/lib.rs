@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 /// Where artifacts live.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
+pub enum Storage {
     /// `<root>/<bucket>/<key>` on the local filesystem.
     Local { root: PathBuf },
     /// An S3 endpoint (Ceph RGW, MinIO, AWS…).
@@ -103,7 +103,7 @@ pub enum SmallRead {
     Data(Bytes),
 }
 
-/// Told, after the fact, about the objects an [`ArtifactStore`] on the local backend moved or
+/// Told, after the fact, about the objects an [`ArtifactStore`] on local storage moved or
 /// deleted, so that state kept beside the files (the built-in S3 endpoint's per-object metadata)
 /// can follow them. Called on a blocking thread (file-system work is fine) once the operation has
 /// succeeded, before it returns; an error is logged as a warning and never fails the operation,
@@ -134,7 +134,7 @@ enum Event {
 
 /// The artifact store: one `ObjectStore` per bucket, created on first use.
 pub struct ArtifactStore {
-    backend: Backend,
+    storage: Storage,
     /// HTTP client of the signed S3 calls (multipart copies), made on first use.
     http: std::sync::OnceLock<reqwest::Client>,
     buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
@@ -142,29 +142,25 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
-    pub fn new(backend: Backend) -> Self {
+    pub fn new(storage: Storage) -> Self {
         ArtifactStore {
-            backend,
+            storage,
             http: std::sync::OnceLock::new(),
             buckets: Mutex::new(HashMap::new()),
             events: None,
         }
     }
 
-    /// Reports every successful move and delete on the local backend to `events` (on the S3
-    /// backend there is nothing local to follow, and nothing is reported).
+    /// Reports every successful move and delete on local storage to `events` (on the S3
+    /// storage there is nothing local to follow, and nothing is reported).
     pub fn with_events(mut self, events: Arc<dyn ObjectEvents>) -> Self {
         self.events = Some(events);
         self
     }
 
-    pub fn backend(&self) -> &Backend {
-        &self.backend
-    }
-
     /// Creates the given buckets (local: their directories) so that they exist from the start.
     pub fn ensure_buckets(&self, buckets: &[&str]) -> Result<()> {
-        if let Backend::Local { root } = &self.backend {
+        if let Storage::Local { root } = &self.storage {
             for b in buckets {
                 if !ims_core::s3name::valid_bucket(b) {
                     return Err(LocationError::Bucket(b.to_string()).into());
@@ -185,8 +181,8 @@ impl ArtifactStore {
         if let Some(s) = self.buckets.lock().map_err(poisoned)?.get(bucket) {
             return Ok(Some(s.clone()));
         }
-        let store: Arc<dyn ObjectStore> = match &self.backend {
-            Backend::Local { root } => {
+        let store: Arc<dyn ObjectStore> = match &self.storage {
+            Storage::Local { root } => {
                 let dir = root.join(bucket);
                 if !dir.is_dir() {
                     if !create {
@@ -204,7 +200,7 @@ impl ArtifactStore {
                     }
                 })?)
             }
-            Backend::S3(s) => {
+            Storage::S3(s) => {
                 let opts = ClientOptions::new()
                     .with_allow_http(true)
                     .with_allow_invalid_certificates(!s.verify_tls);
@@ -324,7 +320,7 @@ impl ArtifactStore {
         let Some(store) = self.bucket(&from.bucket, false)? else {
             return Ok(None);
         };
-        if let Backend::S3(s) = &self.backend {
+        if let Storage::S3(s) = &self.storage {
             let Some(src) = self.head(from).await? else {
                 return Ok(None);
             };
@@ -580,7 +576,7 @@ impl ArtifactStore {
     /// Local store: tells the [`ObjectEvents`] hook, if any, about a move or delete that succeeded.
     /// Its failure is only logged: the operation itself is done.
     async fn notify(&self, event: Event) {
-        let (Some(events), Backend::Local { .. }) = (&self.events, &self.backend) else {
+        let (Some(events), Storage::Local { .. }) = (&self.events, &self.storage) else {
             return;
         };
         let events = events.clone();
@@ -605,7 +601,7 @@ impl ArtifactStore {
     /// Local store: removes the directories a delete or move left empty, up to (not including) the
     /// bucket directory, so `deleted/<id>/` and `<id>/` do not pile up.
     fn prune_empty_dirs(&self, loc: &Location) {
-        let Backend::Local { root } = &self.backend else {
+        let Storage::Local { root } = &self.storage else {
             return;
         };
         let bucket_dir = root.join(&loc.bucket);
@@ -643,7 +639,7 @@ mod tests {
 
     fn local() -> (tempfile::TempDir, ArtifactStore) {
         let d = tempfile::tempdir().unwrap();
-        let s = ArtifactStore::new(Backend::Local {
+        let s = ArtifactStore::new(Storage::Local {
             root: d.path().to_path_buf(),
         });
         (d, s)
@@ -725,7 +721,7 @@ mod tests {
                 fail,
                 ..Recorder::default()
             });
-            let s = ArtifactStore::new(Backend::Local {
+            let s = ArtifactStore::new(Storage::Local {
                 root: d.path().to_path_buf(),
             })
             .with_events(rec.clone());
@@ -757,7 +753,7 @@ mod tests {
     async fn completing_moves_and_deletes_is_idempotent() {
         let d = tempfile::tempdir().unwrap();
         let rec = Arc::new(Recorder::default());
-        let s = ArtifactStore::new(Backend::Local {
+        let s = ArtifactStore::new(Storage::Local {
             root: d.path().to_path_buf(),
         })
         .with_events(rec.clone());

@@ -48,9 +48,9 @@
 //!   content headers and user metadata to the new key. [`ObjectMetadata::deleted`] removes the
 //!   metadata of an object other code deleted.
 
-mod backend;
 mod conn;
 mod creds;
+mod endpoint;
 mod ingest;
 mod list;
 mod policy;
@@ -112,7 +112,7 @@ pub fn service_with_metadata(
     let meta = ObjectMetadata {
         store: store.clone(),
     };
-    let mut b = S3ServiceBuilder::new(backend::Backend { store });
+    let mut b = S3ServiceBuilder::new(endpoint::Endpoint { store });
     b.set_auth(creds::KeyAuth(creds.clone()));
     b.set_access(creds::TokenAccess(creds));
     b.set_config(Arc::new(StaticConfigProvider::new(Arc::new(s3s_config()))));
