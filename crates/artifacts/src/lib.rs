@@ -81,6 +81,8 @@ pub enum ArtifactError {
     Location(#[from] LocationError),
     #[error("artifact {0} does not exist")]
     NotFound(String),
+    /// The store failed. `location` names the artifact, bucket or endpoint (never a server
+    /// path: it may be shown to clients); `message` is the store's own, which may name files.
     #[error("artifact store error on {location}: {message}")]
     Store { location: String, message: String },
 }
@@ -166,10 +168,7 @@ impl ArtifactStore {
                     return Err(LocationError::Bucket(b.to_string()).into());
                 }
                 let dir = root.join(b);
-                std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::Store {
-                    location: dir.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                std::fs::create_dir_all(&dir).map_err(|e| local_error(b, &dir, e))?;
             }
         }
         Ok(())
@@ -188,17 +187,12 @@ impl ArtifactStore {
                     if !create {
                         return Ok(None);
                     }
-                    std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::Store {
-                        location: dir.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                    std::fs::create_dir_all(&dir).map_err(|e| local_error(bucket, &dir, e))?;
                 }
-                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
-                    ArtifactError::Store {
-                        location: dir.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?)
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| local_error(bucket, &dir, e))?,
+                )
             }
             Storage::S3(s) => {
                 let opts = ClientOptions::new()
@@ -619,6 +613,14 @@ fn poisoned<T>(_: std::sync::PoisonError<T>) -> ArtifactError {
     ArtifactError::Store {
         location: "bucket cache".into(),
         message: "lock poisoned".into(),
+    }
+}
+
+/// A failure of local storage with bucket directory `dir`.
+fn local_error(bucket: &str, dir: &std::path::Path, e: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Store {
+        location: format!("s3://{bucket}"),
+        message: format!("{}: {e}", dir.display()),
     }
 }
 
