@@ -2,6 +2,8 @@
 //! manifest. No I/O: every other crate builds on these types and nothing re-declares a field.
 
 pub mod input;
+#[cfg(test)]
+mod layers;
 pub mod manifest;
 pub mod problem;
 pub mod records;
