@@ -448,7 +448,9 @@ impl ArtifactStore {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect();
-                let a = sigv4::send(http, signer, method, &path, &q, &h, body).await?;
+                let a = sigv4::send(http, signer, method, &path, &q, &h, body)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 // S3 may answer 200 with an error document for a copy that failed midway.
                 if !a.status.is_success() || sigv4::is_error_document(&a.body) {
                     return Err(sigv4::error_text(a.status, &a.body));

@@ -68,6 +68,29 @@ pub fn is_error_document(xml: &str) -> bool {
     roxmltree::Document::parse(xml).is_ok_and(|d| d.root_element().tag_name().name() == "Error")
 }
 
+/// Why a signed request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid S3 endpoint {endpoint:?}{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Endpoint {
+        endpoint: String,
+        reason: Option<url::ParseError>,
+    },
+    #[error("invalid S3 path {path:?}: {source}")]
+    Path {
+        path: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// The request failed on the way (connection, timeout, unreadable body).
+    #[error("S3 {url}: {source}")]
+    Http {
+        url: reqwest::Url,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// Sends one SigV4-signed request. `path` is unencoded (`/bucket/key`, or `/key` with
 /// virtual-hosted-style addressing), so are the `query` pairs; `headers` are lower-case names.
 pub async fn send(
@@ -78,18 +101,22 @@ pub async fn send(
     query: &[(&str, &str)],
     headers: &[(&str, String)],
     body: bytes::Bytes,
-) -> Result<Answer, String> {
-    let base = reqwest::Url::parse(s.endpoint)
-        .map_err(|e| format!("invalid S3 endpoint {:?}: {e}", s.endpoint))?;
+) -> Result<Answer, SendError> {
+    let invalid_endpoint = |reason| SendError::Endpoint {
+        endpoint: s.endpoint.to_string(),
+        reason,
+    };
+    let base = reqwest::Url::parse(s.endpoint).map_err(|e| invalid_endpoint(Some(e)))?;
     let host = match (base.host_str(), base.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),
-        _ => return Err(format!("invalid S3 endpoint {:?}", s.endpoint)),
+        _ => return Err(invalid_endpoint(None)),
     };
     let encoded = uri_encode(path, true);
-    let mut url = base
-        .join(&encoded)
-        .map_err(|e| format!("invalid S3 path {path:?}: {e}"))?;
+    let mut url = base.join(&encoded).map_err(|source| SendError::Path {
+        path: path.to_string(),
+        source,
+    })?;
     // The canonical query string: encoded pairs sorted by name (then value); the URL carries the
     // same string so that what is signed is what is sent.
     let mut pairs: Vec<(String, String)> = query
@@ -150,14 +177,14 @@ pub async fn send(
     for (k, v) in all.iter().filter(|(k, _)| k != "host") {
         req = req.header(k, v);
     }
-    let resp = req
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("S3 {url}: {e}"))?;
+    let failed = |source| SendError::Http {
+        url: url.clone(),
+        source,
+    };
+    let resp = req.body(body).send().await.map_err(failed)?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.text().await.map_err(|e| format!("S3 {url}: {e}"))?;
+    let body = resp.text().await.map_err(failed)?;
     Ok(Answer {
         status,
         headers,

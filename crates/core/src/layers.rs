@@ -53,10 +53,7 @@ fn workspace_graph() -> Vec<(String, Vec<String>)> {
                 continue;
             };
             for (key, spec) in deps {
-                let package = spec
-                    .get("package")
-                    .and_then(|p| p.as_str())
-                    .unwrap_or(key);
+                let package = spec.get("package").and_then(|p| p.as_str()).unwrap_or(key);
                 if package == "ims" || package.starts_with("ims-") {
                     on.push(package.to_string());
                 }

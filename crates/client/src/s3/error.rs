@@ -89,8 +89,8 @@ pub enum S3Error {
         read: u64,
     },
     /// A signed request (ListBuckets, ListObjects, CopyObject) could not be sent or read.
-    #[error("{0}")]
-    Request(String),
+    #[error(transparent)]
+    Request(#[from] ims_artifacts::sigv4::SendError),
     /// The endpoint refused a signed request (`what`: the request and its object).
     #[error("{what}: {detail}")]
     Refused { what: String, detail: String },

@@ -31,8 +31,7 @@ pub(super) async fn signed(
         extra,
         Bytes::new(),
     )
-    .await
-    .map_err(S3Error::Request)?;
+    .await?;
     Ok((a.status, a.body))
 }
 
