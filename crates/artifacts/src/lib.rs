@@ -12,6 +12,9 @@
 mod location;
 pub mod sigv4;
 
+/// The S3 bucket naming rules ([`ims_core::s3name`]), for callers that check a bucket name they
+/// will use with the artifact store (`ims serve`'s settings).
+pub use ims_core::s3name::valid_bucket;
 pub use location::{Location, LocationError};
 
 use bytes::Bytes;
@@ -164,7 +167,7 @@ impl ArtifactStore {
     pub fn ensure_buckets(&self, buckets: &[&str]) -> Result<()> {
         if let Storage::Local { root } = &self.storage {
             for b in buckets {
-                if !ims_core::s3name::valid_bucket(b) {
+                if !valid_bucket(b) {
                     return Err(LocationError::Bucket(b.to_string()).into());
                 }
                 let dir = root.join(b);

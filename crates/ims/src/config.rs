@@ -344,7 +344,7 @@ fn parse_bytes(name: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigErr
 }
 
 fn check_bucket(name: &str, v: String) -> Result<String, ConfigError> {
-    if ims_core::s3name::valid_bucket(&v) {
+    if ims_artifacts::valid_bucket(&v) {
         Ok(v)
     } else {
         Err(err(name, format!("{v:?} is not a valid S3 bucket name")))
