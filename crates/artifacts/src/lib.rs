@@ -14,7 +14,10 @@
 mod location;
 pub mod sigv4;
 
-pub use location::{Location, LocationError, valid_bucket};
+/// The S3 bucket naming rules ([`ims_core::s3name`]), for callers that check a bucket name they
+/// will use with the artifact store (`ims serve`'s settings).
+pub use ims_core::s3name::valid_bucket;
+pub use location::{Location, LocationError};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -27,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 /// Where artifacts live.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
+pub enum Storage {
     /// `<root>/<bucket>/<key>` on the local filesystem.
     Local { root: PathBuf },
     /// An S3 endpoint (Ceph RGW, MinIO, AWS…).
@@ -83,6 +86,8 @@ pub enum ArtifactError {
     Location(#[from] LocationError),
     #[error("artifact {0} does not exist")]
     NotFound(String),
+    /// The store failed. `location` names the artifact, bucket or endpoint (never a server
+    /// path: it may be shown to clients); `message` is the store's own, which may name files.
     #[error("artifact store error on {location}: {message}")]
     Store { location: String, message: String },
 }
@@ -105,7 +110,7 @@ pub enum SmallRead {
     Data(Bytes),
 }
 
-/// Told, after the fact, about the objects an [`ArtifactStore`] on the local backend moved or
+/// Told, after the fact, about the objects an [`ArtifactStore`] on local storage moved or
 /// deleted, so that state kept beside the files (the built-in S3 endpoint's per-object metadata)
 /// can follow them. Called on a blocking thread (file-system work is fine) once the operation has
 /// succeeded, before it returns; an error is logged as a warning and never fails the operation,
@@ -136,7 +141,7 @@ enum Event {
 
 /// The artifact store: one `ObjectStore` per bucket, created on first use.
 pub struct ArtifactStore {
-    backend: Backend,
+    storage: Storage,
     /// HTTP client of the signed S3 calls (multipart copies), made on first use.
     http: std::sync::OnceLock<reqwest::Client>,
     buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
@@ -144,38 +149,31 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
-    pub fn new(backend: Backend) -> Self {
+    pub fn new(storage: Storage) -> Self {
         ArtifactStore {
-            backend,
+            storage,
             http: std::sync::OnceLock::new(),
             buckets: Mutex::new(HashMap::new()),
             events: None,
         }
     }
 
-    /// Reports every successful move and delete on the local backend to `events` (on the S3
-    /// backend there is nothing local to follow, and nothing is reported).
+    /// Reports every successful move and delete on local storage to `events` (on the S3
+    /// storage there is nothing local to follow, and nothing is reported).
     pub fn with_events(mut self, events: Arc<dyn ObjectEvents>) -> Self {
         self.events = Some(events);
         self
     }
 
-    pub fn backend(&self) -> &Backend {
-        &self.backend
-    }
-
     /// Creates the given buckets (local: their directories) so that they exist from the start.
     pub fn ensure_buckets(&self, buckets: &[&str]) -> Result<()> {
-        if let Backend::Local { root } = &self.backend {
+        if let Storage::Local { root } = &self.storage {
             for b in buckets {
                 if !valid_bucket(b) {
                     return Err(LocationError::Bucket(b.to_string()).into());
                 }
                 let dir = root.join(b);
-                std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::Store {
-                    location: dir.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                std::fs::create_dir_all(&dir).map_err(|e| local_error(b, &dir, e))?;
             }
         }
         Ok(())
@@ -187,26 +185,21 @@ impl ArtifactStore {
         if let Some(s) = self.buckets.lock().map_err(poisoned)?.get(bucket) {
             return Ok(Some(s.clone()));
         }
-        let store: Arc<dyn ObjectStore> = match &self.backend {
-            Backend::Local { root } => {
+        let store: Arc<dyn ObjectStore> = match &self.storage {
+            Storage::Local { root } => {
                 let dir = root.join(bucket);
                 if !dir.is_dir() {
                     if !create {
                         return Ok(None);
                     }
-                    std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::Store {
-                        location: dir.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                    std::fs::create_dir_all(&dir).map_err(|e| local_error(bucket, &dir, e))?;
                 }
-                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
-                    ArtifactError::Store {
-                        location: dir.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?)
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| local_error(bucket, &dir, e))?,
+                )
             }
-            Backend::S3(s) => {
+            Storage::S3(s) => {
                 let opts = ClientOptions::new()
                     .with_allow_http(true)
                     .with_allow_invalid_certificates(!s.verify_tls);
@@ -326,7 +319,7 @@ impl ArtifactStore {
         let Some(store) = self.bucket(&from.bucket, false)? else {
             return Ok(None);
         };
-        if let Backend::S3(s) = &self.backend {
+        if let Storage::S3(s) = &self.storage {
             let Some(src) = self.head(from).await? else {
                 return Ok(None);
             };
@@ -460,9 +453,11 @@ impl ArtifactStore {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect();
-                let a = sigv4::send(http, signer, method, &path, &q, &h, body).await?;
+                let a = sigv4::send(http, signer, method, &path, &q, &h, body)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 // S3 may answer 200 with an error document for a copy that failed midway.
-                if !a.status.is_success() || a.body.contains("<Error>") {
+                if !a.status.is_success() || sigv4::is_error_document(&a.body) {
                     return Err(sigv4::error_text(a.status, &a.body));
                 }
                 Ok(a)
@@ -504,7 +499,7 @@ impl ArtifactStore {
         )
         .await
         .map_err(|e| fail("CreateMultipartUpload", e))?;
-        let Some(upload) = sigv4::xml_texts(&created.body, "UploadId").pop() else {
+        let Some(upload) = sigv4::xml_text(&created.body, "UploadId") else {
             return Err(fail(
                 "CreateMultipartUpload",
                 "no UploadId in the answer".into(),
@@ -533,7 +528,7 @@ impl ArtifactStore {
                         let a = call(reqwest::Method::PUT, dst_path, query, headers, Bytes::new())
                             .await
                             .map_err(|e| format!("UploadPartCopy {}: {e}", i + 1))?;
-                        sigv4::xml_texts(&a.body, "ETag").pop().ok_or_else(|| {
+                        sigv4::xml_text(&a.body, "ETag").ok_or_else(|| {
                             format!("UploadPartCopy {}: no ETag in the answer", i + 1)
                         })
                     }
@@ -582,7 +577,7 @@ impl ArtifactStore {
     /// Local store: tells the [`ObjectEvents`] hook, if any, about a move or delete that succeeded.
     /// Its failure is only logged: the operation itself is done.
     async fn notify(&self, event: Event) {
-        let (Some(events), Backend::Local { .. }) = (&self.events, &self.backend) else {
+        let (Some(events), Storage::Local { .. }) = (&self.events, &self.storage) else {
             return;
         };
         let events = events.clone();
@@ -607,7 +602,7 @@ impl ArtifactStore {
     /// Local store: removes the directories a delete or move left empty, up to (not including) the
     /// bucket directory, so `deleted/<id>/` and `<id>/` do not pile up.
     fn prune_empty_dirs(&self, loc: &Location) {
-        let Backend::Local { root } = &self.backend else {
+        let Storage::Local { root } = &self.storage else {
             return;
         };
         let bucket_dir = root.join(&loc.bucket);
@@ -628,6 +623,14 @@ fn poisoned<T>(_: std::sync::PoisonError<T>) -> ArtifactError {
     }
 }
 
+/// A failure of local storage with bucket directory `dir`.
+fn local_error(bucket: &str, dir: &std::path::Path, e: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Store {
+        location: format!("s3://{bucket}"),
+        message: format!("{}: {e}", dir.display()),
+    }
+}
+
 fn missing(loc: &Location) -> ArtifactError {
     ArtifactError::NotFound(loc.to_string())
 }
@@ -645,7 +648,7 @@ mod tests {
 
     fn local() -> (tempfile::TempDir, ArtifactStore) {
         let d = tempfile::tempdir().unwrap();
-        let s = ArtifactStore::new(Backend::Local {
+        let s = ArtifactStore::new(Storage::Local {
             root: d.path().to_path_buf(),
         });
         (d, s)
@@ -727,7 +730,7 @@ mod tests {
                 fail,
                 ..Recorder::default()
             });
-            let s = ArtifactStore::new(Backend::Local {
+            let s = ArtifactStore::new(Storage::Local {
                 root: d.path().to_path_buf(),
             })
             .with_events(rec.clone());
@@ -759,7 +762,7 @@ mod tests {
     async fn completing_moves_and_deletes_is_idempotent() {
         let d = tempfile::tempdir().unwrap();
         let rec = Arc::new(Recorder::default());
-        let s = ArtifactStore::new(Backend::Local {
+        let s = ArtifactStore::new(Storage::Local {
             root: d.path().to_path_buf(),
         })
         .with_events(rec.clone());

@@ -2,8 +2,8 @@
 //!
 //! The original parses a link `path` with `urlparse`: the netloc is the bucket, the path (without its
 //! leading `/`) plus any `?query` is the key, and the scheme is not checked (`http://ims/…` works).
-//! We keep that and refuse anything that could leave its bucket: bucket names must follow the S3
-//! naming rules and keys may not contain `.`/`..` segments, empty segments, backslashes, NULs or percent-escapes.
+//! We keep that and refuse anything that could leave its bucket: bucket names and keys must follow
+//! the rules of [`ims_core::s3name`], and keys may not contain percent-escapes either.
 
 use std::fmt;
 
@@ -25,34 +25,16 @@ pub struct Location {
     pub(crate) path: object_store::path::Path,
 }
 
-/// S3 bucket naming rules: 3–63 characters of lower-case letters, digits, `.` and `-`, starting and
-/// ending with a letter or digit, no `..`.
-pub fn valid_bucket(b: &str) -> bool {
-    let bytes = b.as_bytes();
-    (3..=63).contains(&b.len())
-        && bytes
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[b.len() - 1].is_ascii_alphanumeric()
-        && !b.contains("..")
-}
+use ims_core::s3name::valid_bucket;
 
 impl Location {
     pub fn new(bucket: &str, key: &str) -> Result<Self, LocationError> {
         if !valid_bucket(bucket) {
             return Err(LocationError::Bucket(bucket.to_string()));
         }
-        let bad = key.is_empty()
-            || key.len() > 1024
-            || key.starts_with('/')
-            || key.contains('\\')
-            || key.contains('\0')
+        let bad = ims_core::s3name::check_key(key, ims_core::s3name::MAX_KEY_LEN).is_err()
             // Percent-escapes could be decoded into `..` or `/` by a URL layer further down.
-            || key.contains('%')
-            || key
-                .split('/')
-                .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+            || key.contains('%');
         if bad {
             return Err(LocationError::Key(key.to_string()));
         }
@@ -131,6 +113,7 @@ mod tests {
             "s3://a/x",
             "s3://ims/%2e%2e/%2E%2E/etc/passwd",
             "s3://ims/a%2fb",
+            "s3://10.0.0.1/x",
         ] {
             assert!(Location::parse(p).is_err(), "{p}");
         }

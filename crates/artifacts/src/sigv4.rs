@@ -53,32 +53,42 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// The inner text of every `<tag>…</tag>` element (not decoded).
-pub fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut out = vec![];
-    let mut rest = xml;
-    while let Some(i) = rest.find(&open) {
-        rest = &rest[i + open.len()..];
-        let Some(j) = rest.find(&close) else { break };
-        out.push(&rest[..j]);
-        rest = &rest[j + close.len()..];
-    }
-    out
+/// The text of the first `tag` element of an S3 XML answer (in document order, at any depth,
+/// namespace ignored), entities decoded; `None` when there is none or the text is not XML.
+pub fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    doc.descendants()
+        .find(|n| n.is_element() && n.tag_name().name() == tag)
+        .map(|n| n.text().unwrap_or_default().to_string())
 }
 
-/// The text of every `<tag>…</tag>` element of an S3 XML answer, entities decoded.
-pub fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
-    xml_blocks(xml, tag)
-        .into_iter()
-        .map(|t| {
-            t.replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&quot;", "\"")
-                .replace("&apos;", "'")
-                .replace("&amp;", "&")
-        })
-        .collect()
+/// Whether an S3 answer is an error document (`<Error>…</Error>`): S3 may answer 200 with one for
+/// a copy that failed midway.
+pub fn is_error_document(xml: &str) -> bool {
+    roxmltree::Document::parse(xml).is_ok_and(|d| d.root_element().tag_name().name() == "Error")
+}
+
+/// Why a signed request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid S3 endpoint {endpoint:?}{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Endpoint {
+        endpoint: String,
+        reason: Option<url::ParseError>,
+    },
+    #[error("invalid S3 path {path:?}: {source}")]
+    Path {
+        path: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// The request failed on the way (connection, timeout, unreadable body).
+    #[error("S3 {url}: {source}")]
+    Http {
+        url: reqwest::Url,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// Sends one SigV4-signed request. `path` is unencoded (`/bucket/key`, or `/key` with
@@ -91,18 +101,22 @@ pub async fn send(
     query: &[(&str, &str)],
     headers: &[(&str, String)],
     body: bytes::Bytes,
-) -> Result<Answer, String> {
-    let base = reqwest::Url::parse(s.endpoint)
-        .map_err(|e| format!("invalid S3 endpoint {:?}: {e}", s.endpoint))?;
+) -> Result<Answer, SendError> {
+    let invalid_endpoint = |reason| SendError::Endpoint {
+        endpoint: s.endpoint.to_string(),
+        reason,
+    };
+    let base = reqwest::Url::parse(s.endpoint).map_err(|e| invalid_endpoint(Some(e)))?;
     let host = match (base.host_str(), base.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),
-        _ => return Err(format!("invalid S3 endpoint {:?}", s.endpoint)),
+        _ => return Err(invalid_endpoint(None)),
     };
     let encoded = uri_encode(path, true);
-    let mut url = base
-        .join(&encoded)
-        .map_err(|e| format!("invalid S3 path {path:?}: {e}"))?;
+    let mut url = base.join(&encoded).map_err(|source| SendError::Path {
+        path: path.to_string(),
+        source,
+    })?;
     // The canonical query string: encoded pairs sorted by name (then value); the URL carries the
     // same string so that what is signed is what is sent.
     let mut pairs: Vec<(String, String)> = query
@@ -163,14 +177,14 @@ pub async fn send(
     for (k, v) in all.iter().filter(|(k, _)| k != "host") {
         req = req.header(k, v);
     }
-    let resp = req
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("S3 {url}: {e}"))?;
+    let failed = |source| SendError::Http {
+        url: url.clone(),
+        source,
+    };
+    let resp = req.body(body).send().await.map_err(failed)?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.text().await.map_err(|e| format!("S3 {url}: {e}"))?;
+    let body = resp.text().await.map_err(failed)?;
     Ok(Answer {
         status,
         headers,
@@ -180,10 +194,7 @@ pub async fn send(
 
 /// `Code: Message` of an S3 error document, or the status and body.
 pub fn error_text(status: reqwest::StatusCode, text: &str) -> String {
-    match (
-        xml_texts(text, "Code").into_iter().next(),
-        xml_texts(text, "Message").into_iter().next(),
-    ) {
+    match (xml_text(text, "Code"), xml_text(text, "Message")) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code,
         _ => format!("{status}: {}", text.trim()),
@@ -207,5 +218,27 @@ mod tests {
     fn uri_encoding() {
         assert_eq!(uri_encode("/b/a b/ü~", true), "/b/a%20b/%C3%BC~");
         assert_eq!(uri_encode("/b/k", false), "%2Fb%2Fk");
+    }
+
+    #[test]
+    fn xml_answers() {
+        let x = r#"<?xml version="1.0" encoding="UTF-8"?>
+<CopyObjectResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>&quot;abc&quot;</ETag></CopyObjectResult>"#;
+        assert_eq!(xml_text(x, "ETag").as_deref(), Some("\"abc\""));
+        assert_eq!(xml_text(x, "Key"), None);
+        assert!(!is_error_document(x));
+        // The old scanner's trap: a tag name inside another element's text is text.
+        let e = "<Error><Code>NoSuchKey</Code><Message>no &lt;ETag&gt; here &amp; there</Message></Error>";
+        assert!(is_error_document(e));
+        assert_eq!(xml_text(e, "ETag"), None);
+        assert_eq!(
+            error_text(reqwest::StatusCode::NOT_FOUND, e),
+            "NoSuchKey: no <ETag> here & there"
+        );
+        assert_eq!(
+            error_text(reqwest::StatusCode::BAD_GATEWAY, " <html>bad</html> "),
+            "502 Bad Gateway: <html>bad</html>"
+        );
+        assert!(!is_error_document("not xml <Error>"));
     }
 }

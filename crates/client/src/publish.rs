@@ -138,7 +138,7 @@ pub async fn publish(
             cancel,
         )
         .await
-        .map_err(Failure::Before)?;
+        .map_err(|e| Failure::Before(e.into()))?;
         // The md5 is known only now: set it as the `md5sum` metadata that IMS (the original
         // too) trusts for later downloads. The manifest carries it in any case.
         let md5 = up.md5.clone().unwrap_or_default();
@@ -173,9 +173,9 @@ pub async fn publish(
     sent.push(key.clone());
     let put = ctx
         .store(bucket)
-        .map_err(Failure::Before)?
+        .map_err(|e| Failure::Before(e.into()))?
         .put_opts(
-            &key_path(&key).map_err(Failure::Before)?,
+            &key_path(&key).map_err(|e| Failure::Before(e.into()))?,
             PutPayload::from(body),
             PutOptions {
                 attributes,
@@ -183,7 +183,7 @@ pub async fn publish(
             },
         )
         .await
-        .map_err(|e| Failure::Before(s3_error(bucket, &key, e)))?;
+        .map_err(|e| Failure::Before(s3_error(bucket, &key, e).into()))?;
     if cancel.is_cancelled() {
         return Err(Failure::Before("interrupted".to_string()));
     }
@@ -221,7 +221,7 @@ pub async fn remove_uploads(ctx: &Ctx, bucket: &str, sent: &[String]) -> Vec<Str
     let mut left = vec![];
     for key in sent {
         if let Err(e) = remove(ctx, bucket, key).await {
-            left.push(e);
+            left.push(e.to_string());
         }
     }
     left

@@ -7,10 +7,14 @@ pub mod agent_env;
 pub mod compression;
 pub mod input;
 pub mod job_wire;
+#[cfg(test)]
+mod layers;
 pub mod manifest;
 pub mod problem;
 pub mod records;
+pub mod s3name;
 pub mod sshkey;
+pub mod sts;
 pub mod time;
 pub mod validate;
 

@@ -220,19 +220,26 @@ fn s3_credentials(common: &Common, format: Option<cli::Format>) -> ExitCode {
             }
             Err(e) => return Err(format!("cannot read the S3 credentials: {e}")),
         };
-        let mut shown = serde_json::json!({
-            "AccessKeyId": c.access_key,
-            "SecretAccessKey": c.secret_key,
-        });
-        match cfg.s3_endpoint_url() {
-            Some(url) => shown["EndpointURL"] = url.into(),
-            None => eprintln!(
+        let endpoint_url = cfg.s3_endpoint_url();
+        if endpoint_url.is_none() {
+            eprintln!(
                 "ims: the S3 endpoint listens on a port chosen at start (s3_listen {}) and no \
                  server has started on this data directory yet",
                 cfg.s3_listen
-            ),
+            );
         }
-        Ok(serde_json::json!({ "Credentials": shown }))
+        // A long-lived pair: no session token, no expiry.
+        let shown = ims_core::sts::StsResponse {
+            credentials: ims_core::sts::StsCredentials {
+                access_key_id: c.access_key,
+                secret_access_key: c.secret_key,
+                session_token: None,
+                endpoint_url,
+                expiration: None,
+            },
+            job: None,
+        };
+        serde_json::to_value(shown).map_err(|e| e.to_string())
     })();
     match shown.and_then(|v| cli::print(&v, format.unwrap_or_default())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, ExecutorKind, LogFormat};
 use anyhow::{Context, Result, bail};
-use ims_artifacts::{ArtifactStore, Backend};
+use ims_artifacts::{ArtifactStore, Storage};
 use ims_server::executor::{LocalExecutor, LocalSettings, RecordOnlyExecutor};
 use ims_server::nodes::SshProber;
 use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
@@ -121,13 +121,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let (store, _lock) = open_store(&cfg).await?;
     let limits = connection_limits(&cfg);
-    let backend = match &cfg.s3 {
-        Some(s3) => Backend::S3(s3.clone()),
-        None => Backend::Local {
+    let storage = match &cfg.s3 {
+        Some(s3) => Storage::S3(s3.clone()),
+        None => Storage::Local {
             root: cfg.data_dir.join("artifacts"),
         },
     };
-    let artifacts = ArtifactStore::new(backend);
+    let artifacts = ArtifactStore::new(storage);
     match &cfg.s3 {
         None => artifacts
             .ensure_buckets(&[&cfg.service.ims_bucket, &cfg.service.boot_images_bucket])
@@ -240,7 +240,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await;
     // Artifact work that record changes committed before a crash still owe (moves, deletes) is
     // done before serving; the embedded SQLite store belongs to this process alone, so all of it.
-    let exclusive = store.backend() == "sqlite";
+    let exclusive = store.engine() == "sqlite";
     let done = ims_server::service::journal::recover(&state, exclusive).await;
     if done > 0 {
         tracing::info!("completed the artifact work of {done} interrupted record changes");
@@ -271,7 +271,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(
         "listening on http://{addr} (data dir {}, records: {}, artifacts: {})",
         cfg.data_dir.display(),
-        store.backend(),
+        store.engine(),
         if cfg.s3.is_some() { "s3" } else { "local" }
     );
     // On SIGTERM/SIGINT stop accepting and let in-flight requests finish, but only for
@@ -490,13 +490,15 @@ impl EmbeddedIssuer {
         StsCredentials {
             access_key_id: c.access_key,
             secret_access_key: c.secret_key,
-            session_token: c.session_token.unwrap_or_default(),
-            endpoint_url: ims_server::sts::advertised_endpoint(
+            session_token: Some(c.session_token.unwrap_or_default()),
+            endpoint_url: Some(ims_server::sts::advertised_endpoint(
                 self.public_url.as_deref(),
                 self.listen,
                 host,
-            ),
-            expiration: ims_core::Timestamp(c.expires.unwrap_or_else(chrono::Utc::now)),
+            )),
+            expiration: Some(ims_core::Timestamp(
+                c.expires.unwrap_or_else(chrono::Utc::now),
+            )),
         }
     }
 }

@@ -50,9 +50,9 @@
 
 #![forbid(unsafe_code)]
 
-mod backend;
 mod conn;
 mod creds;
+mod endpoint;
 mod ingest;
 mod list;
 mod policy;
@@ -114,7 +114,7 @@ pub fn service_with_metadata(
     let meta = ObjectMetadata {
         store: store.clone(),
     };
-    let mut b = S3ServiceBuilder::new(backend::Backend { store });
+    let mut b = S3ServiceBuilder::new(endpoint::Endpoint { store });
     b.set_auth(creds::KeyAuth(creds.clone()));
     b.set_access(creds::TokenAccess(creds));
     b.set_config(Arc::new(StaticConfigProvider::new(Arc::new(s3s_config()))));

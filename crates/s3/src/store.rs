@@ -271,7 +271,7 @@ impl Store {
 
     /// The bucket's directory; `None` if it is not a real directory (symlinks are not buckets).
     pub fn bucket_dir(&self, bucket: &str) -> Option<PathBuf> {
-        if !crate::util::valid_bucket(bucket) {
+        if !ims_core::s3name::valid_bucket(bucket) {
             return None;
         }
         let dir = self.root.join(bucket);
@@ -294,7 +294,7 @@ impl Store {
                 continue;
             };
             let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() && crate::util::valid_bucket(&name) {
+            if ft.is_dir() && ims_core::s3name::valid_bucket(&name) {
                 let t = e
                     .metadata()
                     .and_then(|m| m.modified())
@@ -307,7 +307,7 @@ impl Store {
     }
 
     pub fn create_bucket(&self, bucket: &str) -> S3Result<()> {
-        if !crate::util::valid_bucket(bucket) {
+        if !ims_core::s3name::valid_bucket(bucket) {
             return Err(s3_error!(InvalidBucketName));
         }
         let dir = self.root.join(bucket);
@@ -636,7 +636,7 @@ impl Store {
     /// A crash in between leaves at worst metadata that no longer matches its file (ignored, as
     /// always) or none (the object is then served like one written by other code).
     pub fn object_moved(&self, bucket: &str, from: &str, to: &str) -> io::Result<bool> {
-        if !crate::util::valid_bucket(bucket)
+        if !ims_core::s3name::valid_bucket(bucket)
             || check_key(from).is_err()
             || check_key(to).is_err()
             || from == to
@@ -673,7 +673,7 @@ impl Store {
     /// Other code deleted the object file `bucket/key`: its metadata goes too (unless it
     /// describes a file written there since). Returns whether a metadata file was removed.
     pub fn object_deleted(&self, bucket: &str, key: &str) -> io::Result<bool> {
-        if !crate::util::valid_bucket(bucket) || check_key(key).is_err() {
+        if !ims_core::s3name::valid_bucket(bucket) || check_key(key).is_err() {
             return Ok(false);
         }
         let _g = self.lock(bucket, key);

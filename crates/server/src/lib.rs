@@ -20,6 +20,8 @@ use ims_store::DynStore;
 use std::sync::Arc;
 
 pub use routes::router;
+/// For the service modules (`crate::retrying`).
+pub(crate) use service::retrying;
 
 /// Which API family a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,39 +4,7 @@
 //! embedded mode, or the configured external S3.
 
 use ims_core::Timestamp;
-use serde::Serialize;
-
-/// One set of credentials, in the STS response's field names.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct StsCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
-    #[serde(rename = "EndpointURL")]
-    pub endpoint_url: String,
-    pub expiration: Timestamp,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StsResponse {
-    #[serde(rename = "Credentials")]
-    pub credentials: StsCredentials,
-    /// To a job's agent only: what its credentials are for (an IMS extension).
-    #[serde(rename = "ImsJob", skip_serializing_if = "Option::is_none")]
-    pub job: Option<StsJob>,
-}
-
-/// The part of an STS answer only a job's agent gets: the image it is to write.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct StsJob {
-    /// The id the job's new image is to have; its objects go under `<ImageId>/` of `Bucket`.
-    pub image_id: String,
-    pub bucket: String,
-    /// Whether the credentials are confined to the objects below (`false`: the site's own keys).
-    pub confined: bool,
-}
+pub use ims_core::sts::{StsCredentials, StsJob, StsResponse};
 
 /// What a job may touch in S3: read its source objects, write below its new image's prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,9 +101,9 @@ impl StsIssuer for StaticIssuer {
         StsCredentials {
             access_key_id: self.access_key.clone(),
             secret_access_key: self.secret_key.clone(),
-            session_token: String::new(),
-            endpoint_url: self.endpoint_url.clone(),
-            expiration,
+            session_token: Some(String::new()),
+            endpoint_url: Some(self.endpoint_url.clone()),
+            expiration: Some(expiration),
         }
     }
 }

@@ -552,8 +552,8 @@ impl<S: Store + Clone> Store for Cached<S> {
         self.inner.ping().await
     }
 
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
     }
 
     async fn close(&self) {

@@ -165,8 +165,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Checks that a write can commit now: commits a small probe write (readiness).
     async fn ready(&self) -> Result<()>;
-    /// `sqlite` or `postgres`.
-    fn backend(&self) -> &'static str;
+    /// The database engine: `sqlite` or `postgres`.
+    fn engine(&self) -> &'static str;
     async fn close(&self);
 }
 

@@ -148,7 +148,7 @@ fn discarding(e: &StoreError) {
 const STREAM_AHEAD: usize = 256;
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $backend:literal, $begin:literal, $lock:literal) => {
+    ($store:ident, $db:ty, $engine:literal, $begin:literal, $lock:literal) => {
         impl $store {
             /// A transaction on a connection of its own (`$begin`: SQLite takes the write lock
             /// at once).
@@ -309,8 +309,8 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            fn backend(&self) -> &'static str {
-                $backend
+            fn engine(&self) -> &'static str {
+                $engine
             }
 
             async fn close(&self) {

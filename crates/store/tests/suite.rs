@@ -275,7 +275,7 @@ macro_rules! suite {
                 async fn $name() {
                     let (_dir, url) = testing::sqlite_url();
                     let s = ims_store::open(&url).await.unwrap();
-                    assert_eq!(s.backend(), "sqlite");
+                    assert_eq!(s.engine(), "sqlite");
                     suite!(@call $name, s, url);
                 }
             )*
@@ -288,7 +288,7 @@ macro_rules! suite {
                     if testing::skip_postgres() { return; }
                     let url = testing::postgres_url().await;
                     let s = ims_store::open(&url).await.unwrap();
-                    assert_eq!(s.backend(), "postgres");
+                    assert_eq!(s.engine(), "postgres");
                     suite!(@call $name, s, url);
                 }
             )*
@@ -297,7 +297,7 @@ macro_rules! suite {
     (@call concurrent_updates_lose_nothing, $s:ident, $url:ident) => {{
         // PostgreSQL: a second, independent connection pool, like a second `ims serve` process.
         // SQLite belongs to one process (it is locked), so there the writers share the store.
-        let other = if $s.backend() == "postgres" {
+        let other = if $s.engine() == "postgres" {
             ims_store::open(&$url).await.unwrap()
         } else {
             $s.clone()

@@ -4,12 +4,12 @@
 use super::args::{ArtifactsVerb, BucketsVerb, Format, Globals};
 use super::print;
 use super::s3_ctx;
+use super::terminal::{interrupt_token, runtime};
 use futures::StreamExt;
 use ims_client::Resource;
 use ims_client::s3::{
-    Ctx, Hashing, IN_FLIGHT, bucket_exists, download, file_md5, hash_object, interrupt_token,
-    key_path, list_buckets, list_objects, remove, replace_metadata, runtime, s3_error, split_s3,
-    upload,
+    Ctx, Hashing, IN_FLIGHT, bucket_exists, download, file_md5, hash_object, key_path,
+    list_buckets, list_objects, remove, replace_metadata, s3_error, split_s3, upload,
 };
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore};
 use serde_json::{Map, Value, json};
@@ -40,7 +40,10 @@ pub fn run(verb: ArtifactsVerb, g: &Globals, format: Format) -> Result<ExitCode,
         Ok::<_, String>(match verb {
             ArtifactsVerb::Buckets {
                 verb: BucketsVerb::List,
-            } => list_buckets(&ctx.creds).await,
+            } => list_buckets(&ctx.creds)
+                .await
+                .map(Value::from)
+                .map_err(String::from),
             ArtifactsVerb::List { bucket } => list(&ctx, &bucket).await,
             ArtifactsVerb::Describe { bucket, key } => describe(&ctx, &bucket, &key).await,
             ArtifactsVerb::Create { bucket, key, file } => {
@@ -174,7 +177,7 @@ async fn delete(ctx: &Ctx, bucket: &str, key: &str) -> Result<Value, String> {
                 format!("Bucket does not exist: {bucket}")
             });
         }
-        Err(e) => return Err(s3_error(bucket, key, e)),
+        Err(e) => return Err(s3_error(bucket, key, e).into()),
     }
     store
         .delete(&path)
@@ -369,7 +372,7 @@ pub fn verify(id: &str, g: &Globals, format: Format) -> Result<ExitCode, String>
                     }
                     Err(e) => {
                         o.insert("ok".into(), false.into());
-                        o.insert("error".into(), e.into());
+                        o.insert("error".into(), e.to_string().into());
                     }
                 }
                 Value::Object(o)

@@ -22,8 +22,8 @@
 use super::args::{Format, Globals, ImportArgs};
 use super::print;
 use super::s3_ctx;
+use super::terminal::{interrupt_token, runtime};
 use ims_client::publish::{Artifact, Failure, NewImage, publish, remove_uploads};
-use ims_client::s3::{interrupt_token, runtime};
 
 use ims_core::manifest::{MIME_BOOT_PARAMETERS, MIME_INITRD, MIME_KERNEL, MIME_ROOTFS};
 use ims_rootfs::{ArchiveFormat, BootFiles, Compression, RootfsError, SquashfsOptions};
@@ -178,7 +178,7 @@ async fn with_spinner(
     done: &str,
     convert: impl FnOnce(&mut (dyn FnMut(u64) + Send)) -> ims_rootfs::Result<()> + Send + 'static,
 ) -> Result<(), String> {
-    let bar = ims_client::s3::bytes_progress(what, done);
+    let bar = super::terminal::bytes_progress(what, done);
     let shown = bar.clone();
     blocking(move || convert(&mut |b| shown.set_position(b)).map_err(|e| e.to_string())).await?;
     bar.finish_and_clear();
@@ -211,7 +211,7 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
             // Before the long conversion: a missing kernel fails at once.
             let boot = find_boot(a, &rootfs, &rootfs)?;
             let out = work.join("rootfs.squashfs");
-            if !ims_client::s3::quiet() {
+            if !super::terminal::quiet() {
                 eprintln!(
                     "Building a squashfs image ({compression}) from {} ...",
                     rootfs.display()
@@ -227,7 +227,7 @@ async fn prepare(a: &ImportArgs, source: Source, work: &Path) -> Result<(PathBuf
         }
         Source::Archive(_) => {
             let out = work.join("rootfs.squashfs");
-            if !ims_client::s3::quiet() {
+            if !super::terminal::quiet() {
                 eprintln!(
                     "Converting {} to a squashfs image ({compression}) ...",
                     rootfs.display()
@@ -314,7 +314,7 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
             });
         }
         if let Some(p) = boot.params {
-            if !ims_client::s3::quiet() && a.kernel_parameters.is_none() {
+            if !super::terminal::quiet() && a.kernel_parameters.is_none() {
                 eprintln!(
                     "Kernel parameters: /boot/{} of the image root",
                     a.kernel_parameters_file_name
@@ -339,7 +339,7 @@ pub fn run(a: ImportArgs, g: &Globals, format: Format) -> Result<ExitCode, Strin
             job_id: None,
         };
         let say = |line: &str| {
-            if !ims_client::s3::quiet() {
+            if !super::terminal::quiet() {
                 eprintln!("{line}");
             }
         };

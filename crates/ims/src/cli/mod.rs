@@ -12,6 +12,7 @@ mod import;
 mod output;
 mod settings;
 mod shell;
+mod terminal;
 
 pub use args::{Command, Format, Globals};
 
@@ -40,7 +41,7 @@ enum Request {
 pub fn run(cmd: Command, globals: Globals) -> ExitCode {
     let format = globals.format.unwrap_or_default();
     if globals.quiet {
-        ims_client::s3::set_quiet();
+        terminal::set_quiet();
     }
     let result = match cmd {
         Command::Config { op } => config(op, format).map(|()| ExitCode::SUCCESS),
@@ -134,7 +135,7 @@ fn job_request(
     format: Format,
 ) -> Result<ExitCode, String> {
     let c = client(g)?;
-    let v = ims_client::s3::runtime()?
+    let v = terminal::runtime()?
         .block_on(c.job_request(id, what))
         .map_err(|e| e.to_string())?;
     print(&v, format)?;
@@ -152,7 +153,7 @@ fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
     let c = client(g)?;
     use std::io::IsTerminal;
     let terminal = std::io::stdout().is_terminal();
-    ims_client::s3::runtime()?.block_on(follow_log(
+    terminal::runtime()?.block_on(follow_log(
         &c,
         id,
         0,
@@ -250,8 +251,7 @@ pub(crate) async fn follow_log(
 /// ones will be; `--format json` keeps the record as the server sent it, as `cray` prints it.
 fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let c = client(g)?;
-    let (mut job, id) =
-        ims_client::s3::runtime()?.block_on(create_record(&c, Resource::Jobs, body))?;
+    let (mut job, id) = terminal::runtime()?.block_on(create_record(&c, Resource::Jobs, body))?;
     let mut pending = false;
     if let Some(containers) = job.get_mut("ssh_containers").and_then(Value::as_array_mut) {
         for ct in containers {
@@ -266,7 +266,7 @@ fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, Str
         }
     }
     print(&job, format)?;
-    if pending && !ims_client::s3::quiet() {
+    if pending && !terminal::quiet() {
         eprintln!(
             "ims: the session's address and port are known once the job waits on its user: \
              `ims jobs describe {id}` then, or `ims jobs create … --wait` next time"
@@ -280,7 +280,7 @@ fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, Str
 /// the job then. Exit 1 when it ended in `error`.
 fn create_job_and_wait(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let c = client(g)?;
-    let job = ims_client::s3::runtime()?.block_on(async {
+    let job = terminal::runtime()?.block_on(async {
         let (_, id) = create_record(&c, Resource::Jobs, body).await?;
         let mut shown = String::new();
         loop {
@@ -293,7 +293,7 @@ fn create_job_and_wait(body: &Value, g: &Globals, format: Format) -> Result<Exit
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            if status != shown && !ims_client::s3::quiet() {
+            if status != shown && !terminal::quiet() {
                 eprintln!("job {id}: {status}");
                 shown.clone_from(&status);
             }
@@ -334,7 +334,11 @@ fn retryable(e: &ims_client::Error) -> bool {
 /// The S3 side (STS credentials) of the configured server.
 async fn s3_ctx(g: &Globals) -> Result<ims_client::s3::Ctx, String> {
     let (url, token) = connection(g)?;
-    ims_client::s3::Ctx::with_client(&url, make_client(&url, token, g)?).await
+    Ok(
+        ims_client::s3::Ctx::with_client(&url, make_client(&url, token, g)?)
+            .await?
+            .with_progress(std::sync::Arc::new(terminal::Bars)),
+    )
 }
 
 /// `--token`: as cray's, a file holding the token (plain, or the JSON `cray auth login` writes,
@@ -571,7 +575,7 @@ fn config(op: ConfigOp, format: Format) -> Result<(), String> {
                 }
             }
             let p = settings::save(&table)?;
-            if !ims_client::s3::quiet() {
+            if !terminal::quiet() {
                 eprintln!("Wrote {}", p.display());
             }
             Ok(())

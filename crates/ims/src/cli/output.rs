@@ -13,7 +13,7 @@ pub fn render(v: &Value, format: Format) -> Result<String, String> {
     }
     let out = match format {
         Format::Json => python_json(v).map_err(|e| e.to_string())?,
-        Format::Yaml => serde_yaml::to_string(v).map_err(|e| e.to_string())?,
+        Format::Yaml => yaml_serde::to_string(v).map_err(|e| e.to_string())?,
         Format::Table => table(v),
         Format::Toml => match v {
             Value::Object(_) => toml_text(v)?,
@@ -165,6 +165,47 @@ fn to_toml(v: &Value) -> Option<toml::Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `--format yaml` (yaml_serde) prints what serde_yaml 0.9 printed before it (quoting of YAML 1.1 words,
+    /// numbers-as-text, empty strings, block scalars, flow `[]`/`{}`), byte for byte.
+    #[test]
+    fn yaml_output_is_stable() {
+        let v = json!({
+            "id": "0d2f5b8a-1c3e-4f5a-9b7c-2d4e6f8a0b1c",
+            "name": "yes",
+            "empty": "",
+            "null_word": "null",
+            "tilde": "~",
+            "number_text": "1.0",
+            "octal_text": "0755",
+            "int": 42,
+            "float": 1.5,
+            "neg": -3,
+            "big": 18446744073709551615u64,
+            "bool": true,
+            "none": null,
+            "colon": "a: b",
+            "hash": "# not a comment",
+            "lead_space": " x",
+            "multi": "line one\nline two\n",
+            "unicode": "ünïcødé ✓",
+            "quote": "it's \"quoted\"",
+            "created": "2026-01-02T03:04:05.000006+00:00",
+            "list": [1, "two", {"three": [3]}, [], {}],
+            "nested": {"link": {"etag": "", "path": "s3://boot-images/x/manifest.json", "type": "s3"}},
+            "key with: colon": "v",
+            "*star": "&amp",
+        });
+        let want = "'*star': '&amp'\nbig: 18446744073709551615\nbool: true\ncolon: 'a: b'\n\
+                    created: 2026-01-02T03:04:05.000006+00:00\nempty: ''\nfloat: 1.5\n\
+                    hash: '# not a comment'\nid: 0d2f5b8a-1c3e-4f5a-9b7c-2d4e6f8a0b1c\nint: 42\n\
+                    'key with: colon': v\nlead_space: ' x'\nlist:\n- 1\n- two\n- three:\n  - 3\n\
+                    - []\n- {}\nmulti: |\n  line one\n  line two\nname: yes\nneg: -3\nnested:\n\
+                    \x20 link:\n    etag: ''\n    path: s3://boot-images/x/manifest.json\n\
+                    \x20   type: s3\nnone: null\nnull_word: 'null'\nnumber_text: '1.0'\n\
+                    octal_text: '0755'\nquote: it's \"quoted\"\ntilde: '~'\nunicode: ünïcødé ✓";
+        assert_eq!(render(&v, Format::Yaml).unwrap(), want);
+    }
 
     #[test]
     fn toml_wraps_lists_and_drops_nulls() {

@@ -22,9 +22,9 @@ const CONNECTION_LOST: u8 = 255;
 
 pub fn run(a: ShellArgs, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let c = client(g)?;
-    let rt = ims_client::s3::runtime()?;
+    let rt = super::terminal::runtime()?;
     let identity = identity(a.identity.as_deref())?;
-    let quiet = ims_client::s3::quiet();
+    let quiet = super::terminal::quiet();
     let say = |m: &str| {
         if !quiet {
             eprintln!("ims: {m}");

@@ -22,7 +22,7 @@ impl Cli {
 fn parse(format: &str, text: &str) -> Value {
     match format {
         "json" => serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")),
-        "yaml" => serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        "yaml" => yaml_serde::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")),
         "toml" => {
             let t: toml::Table = toml::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
             serde_json::to_value(t).unwrap()

@@ -60,7 +60,7 @@ async fn start_moto_with(env: &[(&str, &str)]) -> Option<Moto> {
 impl Moto {
     /// A signed S3 client for the test's own reads and writes.
     fn client(&self) -> ims_artifacts::ArtifactStore {
-        ims_artifacts::ArtifactStore::new(ims_artifacts::Backend::S3(ims_artifacts::S3Settings {
+        ims_artifacts::ArtifactStore::new(ims_artifacts::Storage::S3(ims_artifacts::S3Settings {
             endpoint: self.url.clone(),
             region: "us-east-1".into(),
             access_key: "testing".into(),

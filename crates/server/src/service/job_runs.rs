@@ -10,7 +10,7 @@
 //!   the agent. At most [`MAX_LOG_BYTES`] per job are kept.
 
 use super::must_get;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, artifact_detail};
 use crate::executor::{ExecutorContext, ExecutorError, JobRuns};
 use crate::{AppState, ServiceConfig, retrying};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -329,7 +329,12 @@ async fn store_chunk(
                 st.artifacts
                     .put_small(&log_location(st, &job.id, index)?, data.clone())
                     .await
-                    .map_err(|e| Problem::internal(format!("The log could not be stored: {e}")))?;
+                    .map_err(|e| {
+                        Problem::internal(format!(
+                            "The log could not be stored: {}",
+                            artifact_detail(&e)
+                        ))
+                    })?;
                 run.log_chunks += 1;
                 run.log_bytes += data.len() as u64;
             }
@@ -365,8 +370,12 @@ pub async fn read_log(st: &AppState, id: &str, offset: u64) -> ApiResult<Respons
             .artifacts
             .read_small(&log_location(st, id, seq)?, MAX_LOG_CHUNK as u64 + 1)
             .await
-            .map_err(|e| Problem::internal(format!("The log could not be read: {e}")))?
-        {
+            .map_err(|e| {
+                Problem::internal(format!(
+                    "The log could not be read: {}",
+                    artifact_detail(&e)
+                ))
+            })? {
             SmallRead::Data(d) => d,
             // Empty (dropped) chunks were never stored.
             SmallRead::NotFound | SmallRead::TooLarge(_) => continue,

@@ -17,7 +17,7 @@
 //! every row.
 
 use crate::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, artifact_detail};
 use ims_artifacts::Location;
 use ims_core::manifest::MANIFEST_VERSION;
 use ims_core::{ArtifactLink, Deleted, Image, Problem, Recipe, Record, Table, Timestamp};
@@ -395,7 +395,7 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
                 .artifacts
                 .complete_move(&from, &to)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| artifact_detail(&e))?
                 .is_none()
             {
                 tracing::warn!(path = %from, "artifact missing; nothing to move");
@@ -405,7 +405,7 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
             st.artifacts
                 .complete_delete(&parse(path)?)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| artifact_detail(&e))?;
         }
         Step::DeletedManifest {
             path,
@@ -421,7 +421,7 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
                     .artifacts
                     .head(&parse(p)?)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| artifact_detail(&e))?
                 {
                     Some(info) => {
                         let mut e = e.clone();
@@ -438,14 +438,14 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
             st.artifacts
                 .put_small(&parse(path)?, bytes::Bytes::from(body))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| artifact_detail(&e))?;
         }
         Step::LinkEtag { record, id, path } => {
             let Some(info) = st
                 .artifacts
                 .head(&parse(path)?)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| artifact_detail(&e))?
             else {
                 return Ok(());
             };

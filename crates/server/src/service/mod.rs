@@ -21,9 +21,8 @@ use serde::Serialize;
 /// How often an operation that lost a race with a concurrent change is re-run from a fresh read.
 pub const MAX_ATTEMPTS: usize = 32;
 
-/// Runs `$op` (an expression that re-reads and re-applies) again while it fails with a store
-/// conflict.
-#[macro_export]
+/// The one conflict-retry loop of the service layer: runs `$op` (an expression that re-reads and
+/// re-applies) again while it fails with a store conflict, up to [`MAX_ATTEMPTS`] times.
 macro_rules! retrying {
     ($op:expr) => {{
         let mut attempt = 0usize;
@@ -38,6 +37,7 @@ macro_rules! retrying {
         }
     }};
 }
+pub(crate) use retrying;
 
 fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     let mut resp = (status, body.into()).into_response();
