@@ -721,6 +721,8 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     match fs::symlink_metadata(&cur) {
                         Ok(m) if m.is_dir() => {}
+                        // Pruned by a delete between the two calls: start again.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                         _ => return Err(parent_is_object()),
                     }
                 }
