@@ -20,7 +20,8 @@
 pub mod publish;
 pub mod s3;
 
-use ims_core::job_wire::{Heartbeat, HeartbeatAnswer, JobUpdate};
+use ims_core::input::JobPatch;
+use ims_core::job_wire::{Heartbeat, HeartbeatAnswer};
 use ims_core::{Job, UserRequest};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -390,7 +391,7 @@ impl Client {
     }
 
     /// `PATCH /apis/ims/v3/jobs/<id>` (job agents): a new status or the resultant image.
-    pub async fn job_update(&self, id: &str, update: &JobUpdate) -> Result<Job> {
+    pub async fn job_update(&self, id: &str, update: &JobPatch) -> Result<Job> {
         self.send_typed(
             Method::PATCH,
             self.v3_url(Resource::Jobs, Some(id)),

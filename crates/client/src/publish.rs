@@ -10,12 +10,14 @@ use crate::s3::{
     Ctx, Hashing, Uploaded, hex, key_path, remove, replace_metadata, s3_error, upload,
 };
 use crate::{Error as ClientError, Resource};
+use ims_core::input;
 use ims_core::manifest::{MANIFEST_VERSION, Manifest, ManifestArtifact};
 use ims_core::{Arch, ArtifactLink};
 use md5::{Digest, Md5};
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -55,15 +57,6 @@ fn manifest_entry(bucket: &str, key: &str, mime: &str, up: &Uploaded) -> Manifes
         sha256: Some(up.sha256.clone().unwrap_or_default()),
         extra: Map::new(),
     }
-}
-
-/// `POST /images` as the publisher sends it: the record's id, name and arch, and the manifest.
-#[derive(Serialize)]
-struct Registration<'a> {
-    arch: Arch,
-    id: &'a str,
-    link: ArtifactLink,
-    name: &'a str,
 }
 
 /// Serialises like Python's `json.dump(sort_keys=True, indent=4)`, as the original writes
@@ -187,14 +180,15 @@ pub async fn publish(
     if cancel.is_cancelled() {
         return Err(Failure::Before("interrupted".to_string()));
     }
-    let record = Registration {
+    let record = input::NewImage {
         arch: img.arch,
-        id,
-        link: ArtifactLink::s3(
+        id: Some(id.to_string()),
+        link: Some(ArtifactLink::s3(
             format!("s3://{bucket}/{key}"),
             put.e_tag.unwrap_or_default().trim_matches('"'),
-        ),
-        name: img.name,
+        )),
+        metadata: BTreeMap::new(),
+        name: img.name.to_string(),
     };
     let record = serde_json::to_value(&record).map_err(|e| Failure::Before(e.to_string()))?;
     match ctx.client.create(Resource::Images, &record).await {
@@ -290,11 +284,12 @@ mod tests {
     /// The registration body is the one the `json!` literal made (keys sorted).
     #[test]
     fn registrations_serialise_as_before() {
-        let r = Registration {
+        let r = input::NewImage {
             arch: Arch::Aarch64,
-            id: "i",
-            link: ArtifactLink::s3("s3://b/i/manifest.json", "e"),
-            name: "n",
+            id: Some("i".into()),
+            link: Some(ArtifactLink::s3("s3://b/i/manifest.json", "e")),
+            metadata: BTreeMap::new(),
+            name: "n".into(),
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

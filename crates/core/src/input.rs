@@ -8,7 +8,7 @@
 use crate::problem::Problem;
 use crate::records::*;
 use crate::validate::{Absent, Custom, Field, Kind, MSG_STRING, Shape, WHITESPACE_CLASS};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use utoipa::openapi::schema::{AnyOfBuilder, Object, ObjectBuilder, Schema, Type};
@@ -18,7 +18,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
-const ARCH: Field = Field::choice("arch", ARCHES, "Arch");
+const ARCH: Field = Field::choice("arch", Arch::NAMES, "Arch");
 
 /// An `ArtifactLink` in a request.
 pub const LINK: Shape = Shape {
@@ -90,7 +90,7 @@ pub struct NewRecipe {
     pub link: Option<ArtifactLink>,
     pub template_dictionary: Option<Vec<KeyValue>>,
     pub require_dkms: bool,
-    pub arch: String,
+    pub arch: Arch,
 }
 
 pub const RECIPE_CREATE: Shape = Shape {
@@ -119,7 +119,7 @@ pub fn recipe_create(body: Option<&Value>) -> Result<NewRecipe, Problem> {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct RecipePatch {
     pub link: Option<ArtifactLink>,
-    pub arch: Option<String>,
+    pub arch: Option<Arch>,
     pub require_dkms: Option<bool>,
     /// `Some(None)` sets `null`.
     #[serde(default, deserialize_with = "present")]
@@ -141,15 +141,20 @@ pub fn recipe_patch(body: Option<&Value>) -> Result<RecipePatch, Problem> {
     RECIPE_PATCH.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// An image POST body; also what `ims_client::publish` sends to register an image (fields in the
+/// wire's sorted order; those at their absent value are left out).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct NewImage {
+    pub arch: Arch,
     /// The id the client chose (an extension: the original refuses the field); the server picks
     /// one otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<ArtifactLink>,
-    pub arch: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    pub name: String,
 }
 
 /// An image's `metadata` on create: a string map, or the `{key, value}` form (what `cray ims
@@ -250,7 +255,7 @@ pub const METADATA_OP: Shape = Shape {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct ImagePatch {
     pub link: Option<ArtifactLink>,
-    pub arch: Option<String>,
+    pub arch: Option<Arch>,
     pub metadata: Option<MetadataOp>,
 }
 
@@ -314,7 +319,7 @@ pub const SSH_CONTAINER: Shape = Shape {
 /// A validated job POST body. Presence flags keep what the resolution rules need to know.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct NewJob {
-    pub job_type: String,
+    pub job_type: JobType,
     pub artifact_id: String,
     pub public_key_id: String,
     pub image_root_archive_name: String,
@@ -341,7 +346,7 @@ const BOOT_FILE_FIELDS: [&str; 3] = [
 pub const JOB_CREATE: Shape = Shape {
     name: "JobCreate",
     fields: &[
-        Field::choice("job_type", JOB_TYPES, "Job type").required(),
+        Field::choice("job_type", JobType::NAMES, "Job type").required(),
         Field::new("artifact_id", Kind::Uuid).required(),
         Field::new("public_key_id", Kind::Uuid).required(),
         Field::nonblank("image_root_archive_name").required(),
@@ -382,16 +387,19 @@ pub fn job_create(body: Option<&Value>) -> Result<NewJob, Problem> {
     JOB_CREATE.parse(body)
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+/// A job PATCH body; also what a job's agent sends (its new status, or the image it produced).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub struct JobPatch {
-    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resultant_image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<JobStatus>,
 }
 
 pub const JOB_PATCH: Shape = Shape {
     name: "JobPatch",
     fields: &[
-        Field::choice("status", JOB_STATUSES, "Job state"),
+        Field::choice("status", JobStatus::NAMES, "Job state"),
         Field::new("resultant_image_id", Kind::Uuid),
     ],
     check: None,
@@ -465,12 +473,12 @@ pub const CASCADE: Query = Query {
 /// Job-collection DELETE filters.
 pub const JOB_STATUS: Query = Query {
     name: "status",
-    kind: QueryKind::Choice(JOB_STATUSES),
+    kind: QueryKind::Choice(JobStatus::NAMES),
     description: "Only jobs in this status (repeatable)",
 };
 pub const JOB_TYPE: Query = Query {
     name: "job_type",
-    kind: QueryKind::Choice(JOB_TYPES),
+    kind: QueryKind::Choice(JobType::NAMES),
     description: "Only jobs of this type",
 };
 pub const JOB_AGE: Query = Query {
@@ -676,6 +684,47 @@ mod tests {
         assert!(e["link"]["path"].is_array());
         assert!(e["link"]["type"].is_array());
         assert!(e["link"]["x"].is_array());
+    }
+
+    /// The bytes the agent sent when it built its job updates with `json!`.
+    #[test]
+    fn agent_job_updates_serialise_as_before() {
+        let u = JobPatch {
+            status: Some(JobStatus::WaitingOnUser),
+            ..JobPatch::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&u).unwrap(),
+            r#"{"status":"waiting_on_user"}"#
+        );
+        let u = JobPatch {
+            resultant_image_id: Some("i".into()),
+            ..JobPatch::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&u).unwrap(),
+            r#"{"resultant_image_id":"i"}"#
+        );
+    }
+
+    /// The bodies clients send with these types are read back by the server as the same values.
+    #[test]
+    fn the_server_reads_what_clients_send() {
+        let u = JobPatch {
+            resultant_image_id: Some("4e78488d-4d92-4675-9d83-97adfc17cb19".into()),
+            status: Some(JobStatus::Success),
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(job_patch(Some(&v)).unwrap(), u);
+        let i = NewImage {
+            arch: Arch::Aarch64,
+            id: Some("4e78488d-4d92-4675-9d83-97adfc17cb19".into()),
+            link: Some(ArtifactLink::s3("s3://b/i/manifest.json", "e")),
+            metadata: BTreeMap::new(),
+            name: "n".into(),
+        };
+        let v = serde_json::to_value(&i).unwrap();
+        assert_eq!(image_create(Some(&v)).unwrap(), i);
     }
 
     /// A body with every declared field set to an acceptable value.

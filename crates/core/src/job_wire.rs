@@ -1,8 +1,8 @@
 //! What a job's agent and the server say to each other besides the records (extensions of the
 //! API, documented in docs/compatibility.md): the heartbeat, with the agent's SSH report, and its
-//! answer; the agent's job updates; and the job's session as clients see it. The agent sends
-//! these types and the server reads them with [`Heartbeat::parse`], so both sides share one
-//! declaration.
+//! answer; and the job's session as clients see it. The agent sends these types and the server
+//! reads them with [`Heartbeat::parse`], so both sides share one declaration. (The agent's job
+//! updates are the API's own PATCH body, [`crate::input::JobPatch`].)
 
 use crate::problem::Problem;
 use crate::records::{JobStatus, SshStatus, UserRequest};
@@ -40,15 +40,6 @@ pub struct SshReport {
     pub port: u16,
     #[schema(inline)]
     pub status: SshStatus,
-}
-
-/// `PATCH /v3/jobs/{id}` as the agent sends it: its new status, or the image it produced.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct JobUpdate {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resultant_image_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<JobStatus>,
 }
 
 /// The answer to a heartbeat: the job's status, the user's request and, for the job's own agent
@@ -215,26 +206,6 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"host":null,"host_key":null,"jail":true,"job_status":"fetching_image","port":null,"status":"pending"}"#
-        );
-    }
-
-    #[test]
-    fn job_updates_serialise_as_before() {
-        let u = JobUpdate {
-            status: Some(JobStatus::WaitingOnUser),
-            ..JobUpdate::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&u).unwrap(),
-            r#"{"status":"waiting_on_user"}"#
-        );
-        let u = JobUpdate {
-            resultant_image_id: Some("i".into()),
-            ..JobUpdate::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&u).unwrap(),
-            r#"{"resultant_image_id":"i"}"#
         );
     }
 

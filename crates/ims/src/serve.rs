@@ -350,7 +350,10 @@ fn executor(
             let program = std::env::current_exe().context("cannot find the ims binary")?;
             let kiwi = cfg.agent.kiwi_program();
             // Say at start-up what this host lacks, rather than when the first job fails.
-            for (job_type, session) in [("customize", true), ("create", false)] {
+            for (job_type, session) in [
+                (ims_core::JobType::Customize, true),
+                (ims_core::JobType::Create, false),
+            ] {
                 let host = ims_jobs::prereq::check(
                     job_type,
                     session,
@@ -371,7 +374,7 @@ fn executor(
                 agent: cfg.agent.clone(),
                 stop_grace: Duration::from_secs(10),
                 prerequisites: Some(Arc::new(
-                    move |job_type: &str, session: bool, path: &str| {
+                    move |job_type: ims_core::JobType, session: bool, path: &str| {
                         ims_jobs::prereq::check(job_type, session, path, &kiwi).explain(job_type)
                     },
                 )),

@@ -16,7 +16,8 @@
 
 use crate::agent::Settings;
 use ims_client::Client;
-use ims_core::job_wire::{Heartbeat, JobUpdate, SshReport};
+use ims_core::input::JobPatch;
+use ims_core::job_wire::{Heartbeat, SshReport};
 use ims_core::{Job, JobStatus, SshStatus, UserRequest};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -277,9 +278,9 @@ impl JobContext {
         if status.is_final() {
             finish_log(&self.log, &self.api, &self.job.id, &self.stop).await;
         }
-        let update = JobUpdate {
+        let update = JobPatch {
             status: Some(status),
-            ..JobUpdate::default()
+            ..JobPatch::default()
         };
         self.api
             .job_update(&self.job.id, &update)
@@ -290,9 +291,9 @@ impl JobContext {
 
     /// Records the image the job produced.
     pub async fn result(&self, image_id: &str) -> Result<(), String> {
-        let update = JobUpdate {
+        let update = JobPatch {
             resultant_image_id: Some(image_id.to_string()),
-            ..JobUpdate::default()
+            ..JobPatch::default()
         };
         self.api
             .job_update(&self.job.id, &update)

@@ -3,6 +3,7 @@
 //! it starts (wherever an executor put it), so a job that cannot work says why at once instead of
 //! reaching `waiting_on_user` with a session nobody can log in to.
 
+use ims_core::JobType;
 use std::path::{Path, PathBuf};
 
 /// A program the agent runs, and the Debian package that provides it.
@@ -84,10 +85,10 @@ pub struct Check {
     pub warnings: Vec<String>,
 }
 
-/// Checks this host for jobs of `job_type` (`create` or `customize`); `session`: the job opens
+/// Checks this host for jobs of `job_type`; `session`: the job opens
 /// an SSH session (every customize job; a create job with `enable_debug`). `path` is the `PATH`
 /// the agent gets; `kiwi` the kiwi-ng program create jobs run.
-pub fn check(job_type: &str, session: bool, path: &str, kiwi: &Path) -> Check {
+pub fn check(job_type: JobType, session: bool, path: &str, kiwi: &Path) -> Check {
     let mut c = Check::default();
     if !rustix::process::geteuid().is_root() {
         c.missing.push(
@@ -108,7 +109,7 @@ pub fn check(job_type: &str, session: bool, path: &str, kiwi: &Path) -> Check {
             ));
         }
     }
-    if job_type == "create" && find(&kiwi.to_string_lossy(), path).is_none() {
+    if job_type == JobType::Create && find(&kiwi.to_string_lossy(), path).is_none() {
         c.missing.push(format!(
             "{} (install kiwi, or set IMS_AGENT_KIWI to kiwi-ng's path)",
             kiwi.display()
@@ -122,7 +123,7 @@ pub fn check(job_type: &str, session: bool, path: &str, kiwi: &Path) -> Check {
             .filter(|t| find(t.name, path).is_none())
             .map(|t| format!("{} (install {})", t.name, t.package)),
     );
-    if job_type == "customize" && !overlay_available() {
+    if job_type == JobType::Customize && !overlay_available() {
         c.warnings.push(
             "the overlay filesystem is not available (`modprobe overlay`): customize jobs \
              unpack each image instead, which is slower"
@@ -151,7 +152,7 @@ fn overlay_available() -> bool {
 
 impl Check {
     /// One line saying what is missing, for logs and errors; `None` when nothing is.
-    pub fn explain(&self, job_type: &str) -> Option<String> {
+    pub fn explain(&self, job_type: JobType) -> Option<String> {
         (!self.missing.is_empty()).then(|| {
             format!(
                 "{job_type} jobs cannot run on this host; missing: {}",
@@ -176,7 +177,12 @@ mod tests {
 
     #[test]
     fn a_missing_tool_is_named_with_its_package() {
-        let c = check("customize", true, "/nonexistent", Path::new("kiwi-ng"));
+        let c = check(
+            JobType::Customize,
+            true,
+            "/nonexistent",
+            Path::new("kiwi-ng"),
+        );
         let m = &c.missing;
         assert!(
             m.iter().any(|l| l == "mksquashfs (install squashfs-tools)"),
@@ -189,7 +195,7 @@ mod tests {
         );
         assert!(!m.iter().any(|l| l.contains("kiwi")), "{m:?}");
         let c = check(
-            "create",
+            JobType::Create,
             false,
             "/nonexistent",
             Path::new("/nonexistent/kiwi-ng"),
@@ -203,15 +209,15 @@ mod tests {
             "no session, no sandbox: {c:?}"
         );
         assert!(
-            c.explain("create")
+            c.explain(JobType::Create)
                 .unwrap()
                 .starts_with("create jobs cannot run on this host; missing: ")
         );
         // On the test machine everything is there (the suite runs as root with the packages).
         if rustix::process::geteuid().is_root() {
             let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-            let c = check("customize", true, path, Path::new("kiwi-ng"));
-            assert_eq!(c.explain("customize"), None, "{c:?}");
+            let c = check(JobType::Customize, true, path, Path::new("kiwi-ng"));
+            assert_eq!(c.explain(JobType::Customize), None, "{c:?}");
         }
     }
 }

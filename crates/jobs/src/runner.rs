@@ -144,12 +144,12 @@ async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, sto
     let job_type = agent.job.job_type;
     let session = job_type == JobType::Customize || agent.job.enable_debug;
     let path = std::env::var("PATH").unwrap_or_default();
-    let host = crate::prereq::check(job_type.as_str(), session, &path, &agent.settings.kiwi);
+    let host = crate::prereq::check(job_type, session, &path, &agent.settings.kiwi);
     for w in &host.warnings {
         agent.say(&format!("warning: {w}"));
     }
     let outcome = match job_type {
-        _ if !host.missing.is_empty() => Err(host.explain(job_type.as_str()).unwrap_or_default()),
+        _ if !host.missing.is_empty() => Err(host.explain(job_type).unwrap_or_default()),
         JobType::Customize => crate::customize::run(&agent).await,
         JobType::Create => crate::create::run(&agent).await,
     };

@@ -5,7 +5,7 @@
 //! are probed concurrently, not one after another.
 
 use async_trait::async_trait;
-use ims_core::RemoteBuildNodeStatus;
+use ims_core::{Arch, RemoteBuildNodeStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,17 +39,23 @@ pub fn parse_probe(xname: &str, stdout: &str) -> RemoteBuildNodeStatus {
     st.sshStatus = "SSH connection established.".into();
     let parts: Vec<&str> = stdout.split("@@").map(str::trim).collect();
     let uname = parts.first().copied().unwrap_or("");
-    st.nodeArch = if uname.contains("aarch64") {
-        "aarch64".into()
+    let arch = if uname.contains("aarch64") {
+        Some(Arch::Aarch64)
     } else if uname.contains("x86") {
-        "x86_64".into()
+        Some(Arch::X86_64)
     } else {
-        format!("Unknown architecture: {uname}")
+        None
+    };
+    // The field stays a string: besides an architecture it carries "Unknown" (not probed) or
+    // the unrecognised `uname -i`, which an `Arch` cannot hold.
+    st.nodeArch = match arch {
+        Some(a) => a.to_string(),
+        None => format!("Unknown architecture: {uname}"),
     };
     let podman = parts.get(1).copied().unwrap_or("");
     if podman == "/usr/bin/podman" {
         st.podmanStatus = "Podman present at /usr/bin/podman".into();
-        st.ableToRunJobs = st.nodeArch == "x86_64" || st.nodeArch == "aarch64";
+        st.ableToRunJobs = arch.is_some();
     } else {
         st.podmanStatus = "Podman not found at /usr/bin/podman".into();
     }

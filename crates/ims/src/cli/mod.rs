@@ -18,7 +18,7 @@ pub use args::{Command, Format, Globals};
 
 use args::*;
 use ims_client::{Client, Resource};
-use ims_core::UserRequest;
+use ims_core::{JobStatus, SshStatus, UserRequest};
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::process::ExitCode;
@@ -163,6 +163,12 @@ fn job_logs(id: &str, follow: bool, g: &Globals) -> Result<ExitCode, String> {
     ))
 }
 
+/// A record's field holding one of a wire enum's values (job or SSH status), as the enum; `None`
+/// when it is absent or not one of them.
+pub(crate) fn wire<T: std::str::FromStr>(record: &Value, field: &str) -> Option<T> {
+    record.get(field)?.as_str()?.parse().ok()
+}
+
 /// A job's log as a terminal may show it: the log carries what builds and package scripts wrote,
 /// so control characters (escape sequences that could move the cursor, retitle the window or
 /// worse) are shown as `^X` instead of being sent; newlines and tabs stay.
@@ -231,13 +237,14 @@ pub(crate) async fn follow_log(
                 .describe(Resource::Jobs, id)
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(match job.get("status").and_then(Value::as_str) {
-                Some("error") => {
+            return Ok(
+                if wire::<JobStatus>(&job, "status") == Some(JobStatus::Error) {
                     eprintln!("ims: job {id} ended in error");
                     ExitCode::from(1)
-                }
-                _ => ExitCode::SUCCESS,
-            });
+                } else {
+                    ExitCode::SUCCESS
+                },
+            );
         }
         if !more {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -255,7 +262,7 @@ fn create_job(body: &Value, g: &Globals, format: Format) -> Result<ExitCode, Str
     let mut pending = false;
     if let Some(containers) = job.get_mut("ssh_containers").and_then(Value::as_array_mut) {
         for ct in containers {
-            if ct.get("status").and_then(Value::as_str) == Some("pending") {
+            if wire::<SshStatus>(ct, "status") == Some(SshStatus::Pending) {
                 pending = true;
                 if format != Format::Json
                     && let Some(o) = ct.as_object_mut()
@@ -297,17 +304,22 @@ fn create_job_and_wait(body: &Value, g: &Globals, format: Format) -> Result<Exit
                 eprintln!("job {id}: {status}");
                 shown.clone_from(&status);
             }
-            if matches!(status.as_str(), "waiting_on_user" | "success" | "error") {
+            if wire::<JobStatus>(&job, "status")
+                .is_some_and(|s| s == JobStatus::WaitingOnUser || s.is_final())
+            {
                 return Ok::<Value, String>(job);
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     })?;
     print(&job, format)?;
-    Ok(match job.get("status").and_then(Value::as_str) {
-        Some("error") => ExitCode::from(1),
-        _ => ExitCode::SUCCESS,
-    })
+    Ok(
+        if wire::<JobStatus>(&job, "status") == Some(JobStatus::Error) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// Creates a record; the server's answer and the new record's id.

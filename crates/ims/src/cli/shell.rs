@@ -7,9 +7,9 @@
 //! leaves the job for `ims jobs complete|fail|delete`.
 
 use super::args::ShellArgs;
-use super::{Format, Globals, by_id_or_name, client, create_record, follow_log, print};
+use super::{Format, Globals, by_id_or_name, client, create_record, follow_log, print, wire};
 use ims_client::{Client, Resource};
-use ims_core::UserRequest;
+use ims_core::{JobStatus, UserRequest};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -311,8 +311,8 @@ async fn wait_for_session(
             .describe(Resource::Jobs, id)
             .await
             .map_err(|e| e.to_string())?;
-        match job.get("status").and_then(Value::as_str).unwrap_or("") {
-            "waiting_on_user" => {
+        match wire::<JobStatus>(&job, "status") {
+            Some(JobStatus::WaitingOnUser) => {
                 let s = c.job_session(id).await.map_err(|e| e.to_string())?;
                 let host = s.get("host").and_then(Value::as_str);
                 let port = s
@@ -330,7 +330,7 @@ async fn wait_for_session(
                     }));
                 }
             }
-            "success" | "error" => {
+            Some(s) if s.is_final() => {
                 eprintln!(
                     "ims: job {id} ended before its session opened; `ims jobs logs {id}` shows why"
                 );

@@ -43,7 +43,7 @@ pub struct LocalSettings {
 }
 
 /// See [`LocalSettings::prerequisites`].
-pub type Prerequisites = Arc<dyn Fn(&str, bool, &str) -> Option<String> + Send + Sync>;
+pub type Prerequisites = Arc<dyn Fn(JobType, bool, &str) -> Option<String> + Send + Sync>;
 
 pub struct LocalExecutor {
     s: LocalSettings,
@@ -390,7 +390,7 @@ impl JobExecutor for Local {
 
     fn cannot_run(&self, job_type: JobType, session: bool) -> Option<String> {
         let check = self.0.s.prerequisites.as_ref()?;
-        check(job_type.as_str(), session, PATH)
+        check(job_type, session, PATH)
     }
 
     fn name(&self) -> &'static str {

@@ -39,7 +39,7 @@ async fn create_once(st: &AppState, new: &input::NewImage) -> ApiResult<Image> {
     }
     let new = new.clone();
     let rec = Image {
-        arch: super::checked(&new.arch)?,
+        arch: new.arch,
         created: Timestamp::now(),
         id: new.id.unwrap_or_else(ims_core::new_id),
         link: new.link,
@@ -68,8 +68,8 @@ async fn patch_once(st: &AppState, id: &str, p: &input::ImagePatch) -> ApiResult
         if let Some(link) = &p.link {
             set_link_once(&mut rec.link, link, checked)?;
         }
-        if let Some(arch) = &p.arch {
-            rec.arch = super::checked(arch)?;
+        if let Some(arch) = p.arch {
+            rec.arch = arch;
         }
         match &p.metadata {
             Some(MetadataOp::Set { key, value }) => {

@@ -2,7 +2,7 @@
 //! (one, or filtered by status/type/age). Creation and deletion go through the executor seam.
 
 use super::artifacts::{ManifestRead, read_manifest, require_object};
-use super::{checked, must_get, no_content, update};
+use super::{must_get, no_content, update};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, retrying};
 use axum::response::Response;
@@ -43,7 +43,7 @@ fn connection_info(st: &AppState, id: &str, service: &str) -> BTreeMap<String, C
 /// Builds the job record; every check of §3.4 in the original's order (the agent reads what it
 /// needs through the API itself).
 async fn prepare(st: &AppState, new: NewJob) -> ApiResult<Job> {
-    let job_type: JobType = checked(&new.job_type)?;
+    let job_type = new.job_type;
     let is_create = job_type == JobType::Create;
     let containers = new.ssh_containers.clone().unwrap_or_default();
     if is_create && !containers.is_empty() {
@@ -185,7 +185,7 @@ async fn prepare(st: &AppState, new: NewJob) -> ApiResult<Job> {
 pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     let new = input::job_create(body)?;
     // A host that cannot run the job refuses it before anything else is looked at or stored.
-    let job_type: JobType = checked(&new.job_type)?;
+    let job_type = new.job_type;
     let session = job_type == JobType::Customize || new.enable_debug;
     if let Some(why) = st.executor.cannot_run(job_type, session) {
         return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
@@ -216,14 +216,9 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     Ok(job)
 }
 
-async fn patch_once(
-    st: &AppState,
-    id: &str,
-    status: Option<JobStatus>,
-    p: &input::JobPatch,
-) -> ApiResult<Job> {
+async fn patch_once(st: &AppState, id: &str, p: &input::JobPatch) -> ApiResult<Job> {
     update(&*st.store, id, |mut job: Job| {
-        if let Some(s) = status {
+        if let Some(s) = p.status {
             job.status = s;
         }
         if let Some(r) = &p.resultant_image_id {
@@ -237,12 +232,11 @@ async fn patch_once(
 pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<Job> {
     must_get::<Job>(&*st.store, id).await?;
     let p = input::job_patch(body)?;
-    let status: Option<JobStatus> = p.status.as_deref().map(checked).transpose()?;
-    let job = patch_once(st, id, status, &p).await?;
+    let job = patch_once(st, id, &p).await?;
     if job.status.is_final() {
         super::job_creds::ended(st, &job).await;
     }
-    if status.is_some_and(JobStatus::is_final)
+    if p.status.is_some_and(JobStatus::is_final)
         && let Err(e) = st
             .executor
             .finished(&super::job_runs::executor_context(st), &job)

@@ -86,12 +86,6 @@ pub fn set_link_once(
 }
 
 /// A record's update by `f` under its row lock ([`ims_store::update_with`]); 404 if it is gone.
-/// A value `core::input` already checked against an enum's names (arch, job type, status), as
-/// the enum.
-pub(crate) fn checked<T: std::str::FromStr<Err = String>>(s: &str) -> ApiResult<T> {
-    s.parse().map_err(|e: String| Problem::internal(e).into())
-}
-
 pub async fn update<T, F>(store: &dyn Store, id: &str, f: F) -> ApiResult<T>
 where
     T: Record + Send,

@@ -25,7 +25,7 @@ async fn create_once(st: &AppState, new: &input::NewRecipe) -> ApiResult<Recipe>
     }
     let new = new.clone();
     let rec = Recipe {
-        arch: super::checked(&new.arch)?,
+        arch: new.arch,
         created: Timestamp::now(),
         id: ims_core::new_id(),
         link: new.link,
@@ -56,8 +56,8 @@ async fn patch_once(st: &AppState, id: &str, p: &input::RecipePatch) -> ApiResul
         if let Some(link) = &p.link {
             set_link_once(&mut rec.link, link, checked)?;
         }
-        if let Some(arch) = &p.arch {
-            rec.arch = super::checked(arch)?;
+        if let Some(arch) = p.arch {
+            rec.arch = arch;
         }
         if let Some(b) = p.require_dkms {
             rec.require_dkms = b;
