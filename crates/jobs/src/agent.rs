@@ -60,13 +60,13 @@ pub struct Settings {
 impl Settings {
     /// The settings the executor put into the agent's environment ([`AgentEnv`]), with the
     /// agent's defaults for those it left out.
-    pub fn from_env() -> Result<Settings, String> {
+    pub fn from_env() -> crate::error::Result<Settings> {
         let AgentEnv {
             api_url,
             token,
             dir,
             settings: s,
-        } = AgentEnv::from_env().map_err(|e| e.to_string())?;
+        } = AgentEnv::from_env()?;
         Ok(Settings {
             api_url,
             token,

@@ -15,6 +15,7 @@
 //!   time limit.
 
 use crate::agent::Settings;
+use crate::error::{Context, Error, Result};
 use ims_client::Client;
 use ims_core::input::JobPatch;
 use ims_core::job_wire::{Heartbeat, SshReport};
@@ -270,9 +271,20 @@ impl JobContext {
         self.log.line(line);
     }
 
+    /// `e` as the stop ([`Error::stopped`]) when the job was stopped meanwhile: the error of a
+    /// step that was given [`JobContext::cancel`] and tells being interrupted in its own words (an
+    /// S3 transfer), or of a request about the job (refused once it has ended elsewhere).
+    pub fn stopped_or(&self, e: Error) -> Error {
+        if self.cancel.is_cancelled() {
+            e.stopped()
+        } else {
+            e
+        }
+    }
+
     /// Sets the job's status (and the phase the heartbeat reports). Before a final status the
     /// log is sent, so whoever sees the job end finds the whole log.
-    pub async fn status(&self, status: JobStatus) -> Result<(), String> {
+    pub async fn status(&self, status: JobStatus) -> Result<()> {
         self.say(&format!("status: {status}"));
         let _ = self.phase.send(status.to_string());
         if status.is_final() {
@@ -286,11 +298,12 @@ impl JobContext {
             .job_update(&self.job.id, &update)
             .await
             .map(|_| ())
-            .map_err(|e| format!("cannot set the job's status to {status}: {e}"))
+            .with_context(|| format!("cannot set the job's status to {status}"))
+            .map_err(|e| self.stopped_or(e))
     }
 
     /// Records the image the job produced.
-    pub async fn result(&self, image_id: &str) -> Result<(), String> {
+    pub async fn result(&self, image_id: &str) -> Result<()> {
         let update = JobPatch {
             resultant_image_id: Some(image_id.to_string()),
             ..JobPatch::default()
@@ -299,7 +312,8 @@ impl JobContext {
             .job_update(&self.job.id, &update)
             .await
             .map(|_| ())
-            .map_err(|e| format!("cannot record the resultant image: {e}"))
+            .context("cannot record the resultant image")
+            .map_err(|e| self.stopped_or(e))
     }
 
     /// Reports the session's endpoint (now, and with every later heartbeat): where it listens,
@@ -311,7 +325,7 @@ impl JobContext {
         port: u16,
         status: SshStatus,
         host_key: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         let ssh = SshReport::new(host, port, status, host_key);
         let _ = self.ssh.send(Some(ssh.clone()));
         let beat = Heartbeat {
@@ -322,7 +336,8 @@ impl JobContext {
             .job_heartbeat(&self.job.id, &beat)
             .await
             .map(|_| ())
-            .map_err(|e| format!("cannot report the SSH endpoint: {e}"))
+            .context("cannot report the SSH endpoint")
+            .map_err(|e| self.stopped_or(e))
     }
 }
 

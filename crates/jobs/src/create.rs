@@ -20,6 +20,7 @@
 //! process group of its own that stopping the job kills.
 
 use crate::context::JobContext;
+use crate::error::{Context, Error, Result};
 use crate::package::{CREATE_ZSTD_LEVEL, package};
 use crate::recipe::{self, Limits};
 use crate::repos;
@@ -55,7 +56,7 @@ const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// its profile variables.
 const KIWI_LEFTOVERS: [&str; 3] = ["image", ".kconfig", ".profile"];
 
-pub async fn run(agent: &JobContext) -> Result<(), String> {
+pub async fn run(agent: &JobContext) -> Result<()> {
     let job = &agent.job;
     let started = Instant::now();
     let dir = agent.settings.dir.clone();
@@ -67,7 +68,7 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
         std::fs::DirBuilder::new()
             .mode(0o755)
             .create(d)
-            .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            .with_context(|| format!("cannot create {}", d.display()))?;
     }
 
     agent.status(JobStatus::FetchingRecipe).await?;
@@ -78,35 +79,39 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     {
         Ok(r) => r,
         Err(ims_client::Error::Decode { source, .. }) => {
-            return Err(format!(
-                "the recipe record {} cannot be read: {source}",
-                job.artifact_id
-            ));
+            return Err(Error::Json {
+                context: format!("the recipe record {} cannot be read", job.artifact_id),
+                source,
+            });
         }
-        Err(e) => return Err(format!("cannot read the recipe {}: {e}", job.artifact_id)),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the recipe {}", job.artifact_id));
+        }
     };
     let host_arch = std::env::consts::ARCH;
     if rec.arch.as_str() != host_arch {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "the recipe is for {}, this build host is {host_arch} (cross-architecture builds are \
              not supported)",
             rec.arch
-        ));
+        )));
     }
     let link = rec
         .link
         .as_ref()
         .map(|l| l.path.as_str())
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| format!("the recipe {} has no archive (no link)", rec.id))?;
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
+        .ok_or_else(|| Error::Refused(format!("the recipe {} has no archive (no link)", rec.id)))?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
+        .await
+        .map_err(Error::s3)?;
     fetch_recipe(agent, &ctx, link, &dir, &recipe_dir).await?;
     template(agent, &rec, &recipe_dir)?;
 
     agent.status(JobStatus::WaitingForRepos).await?;
     let description = repos::description_file(&recipe_dir)?;
     let config = std::fs::read_to_string(&description)
-        .map_err(|e| format!("cannot read {}: {e}", description.display()))?;
+        .with_context(|| format!("cannot read {}", description.display()))?;
     let repositories = repos::repositories(&config)?;
     if repositories.is_empty() {
         agent.say("the recipe names no repositories");
@@ -123,7 +128,7 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
         );
         tokio::select! {
             r = wait => r?,
-            _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
+            _ = agent.cancel.cancelled() => return Err(Error::Cancelled),
         }
     }
     if !repositories.is_empty() {
@@ -140,15 +145,15 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     let built = build(agent, &dir, &recipe_dir, &root, &keys).await;
     let kiwi_took = kiwi_started.elapsed();
     if let Err(e) = built {
-        if agent.cancel.is_cancelled() {
+        if e.is_cancelled() {
             return Err(e);
         }
         if job.enable_debug {
             agent.say(&format!("the build failed: {e}"));
             debug_shell(agent, &dir).await?;
-            return Err(format!("the build failed (after the debug shell): {e}"));
+            return Err(e.context("the build failed (after the debug shell)"));
         }
-        return Err(format!("the build failed: {e}"));
+        return Err(e.context("the build failed"));
     }
     agent.say(&format!(
         "kiwi-ng finished in {:.1} s",
@@ -156,9 +161,7 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     ));
     let r = root.clone();
     let cache = agent.settings.kiwi_cache.clone();
-    let notes = tokio::task::spawn_blocking(move || finish_root(&r, cache.as_deref()))
-        .await
-        .map_err(|e| e.to_string())??;
+    let notes = tokio::task::spawn_blocking(move || finish_root(&r, cache.as_deref())).await??;
     for n in notes {
         agent.say(&n);
     }
@@ -183,7 +186,9 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     agent.status(JobStatus::PackagingArtifacts).await?;
     let packaging = Instant::now();
     // Fresh credentials: a build can outlast the first ones.
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
+        .await
+        .map_err(Error::s3)?;
     let image_id = package(agent, &ctx, &root, rec.arch, Some(CREATE_ZSTD_LEVEL)).await?;
     agent.result(&image_id).await?;
     let total = started.elapsed();
@@ -207,19 +212,20 @@ async fn fetch_recipe(
     link: &str,
     dir: &Path,
     dest: &Path,
-) -> Result<(), String> {
-    let (bucket, key) = split_s3(link)?;
+) -> Result<()> {
+    let (bucket, key) = split_s3(link).map_err(Error::s3)?;
     let head = ctx
-        .store(&bucket)?
+        .store(&bucket)
+        .map_err(Error::s3)?
         .get_opts(
-            &key_path(&key)?,
+            &key_path(&key).map_err(Error::s3)?,
             GetOptions {
                 head: true,
                 ..Default::default()
             },
         )
         .await
-        .map_err(|e| s3_error(&bucket, &key, e))?;
+        .map_err(|e| Error::s3(s3_error(&bucket, &key, e)))?;
     let want = head.attributes.iter().find_map(|(k, v)| match k {
         Attribute::Metadata(n) if n.eq_ignore_ascii_case("md5sum") => Some(v.to_string()),
         _ => None,
@@ -230,12 +236,13 @@ async fn fetch_recipe(
     let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel, &mut |d, t| {
         lines.report(d, t)
     })
-    .await?;
+    .await
+    .map_err(|e| agent.stopped_or(Error::s3(e)))?;
     match want.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
         Some(w) if !w.eq_ignore_ascii_case(&md5) => {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "the recipe archive is corrupt: its md5 is {md5}, its md5sum metadata says {w}"
-            ));
+            )));
         }
         Some(_) => agent.say(&format!("md5 {md5} matches the archive's md5sum metadata")),
         None => agent.say(&format!(
@@ -244,9 +251,8 @@ async fn fetch_recipe(
     }
     let (a, d) = (archive.clone(), dest.to_path_buf());
     let done = tokio::task::spawn_blocking(move || recipe::extract(&a, &d, &Limits::default()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("the recipe archive is refused: {e}"))?;
+        .await?
+        .context("the recipe archive is refused")?;
     let _ = std::fs::remove_file(&archive);
     agent.say(&format!(
         "recipe unpacked: {} files, {} directories, {} links, {} bytes",
@@ -256,7 +262,7 @@ async fn fetch_recipe(
 }
 
 /// Renders the recipe's `template_dictionary` into the files its template list names.
-fn template(agent: &JobContext, rec: &Recipe, recipe_dir: &Path) -> Result<(), String> {
+fn template(agent: &JobContext, rec: &Recipe, recipe_dir: &Path) -> Result<()> {
     let dict: Vec<(String, String)> = rec
         .template_dictionary
         .iter()
@@ -264,8 +270,7 @@ fn template(agent: &JobContext, rec: &Recipe, recipe_dir: &Path) -> Result<(), S
         .map(|kv| (kv.key.clone(), kv.value.clone()))
         .collect();
     if recipe::has_template_list(recipe_dir) {
-        let files = recipe::render_templates(recipe_dir, &dict)
-            .map_err(|e| format!("templating the recipe: {e}"))?;
+        let files = recipe::render_templates(recipe_dir, &dict).context("templating the recipe")?;
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         agent.say(&format!(
             "rendered {} template variable(s) into {}",
@@ -296,7 +301,7 @@ fn package_manager(config: &str) -> Option<String> {
 
 /// The `--signing-key` files: the configured ones (a directory stands for the files in it), else
 /// the Debian archive keyring for apt recipes when the host has it.
-fn signing_keys(agent: &JobContext, apt: bool) -> Result<Vec<PathBuf>, String> {
+fn signing_keys(agent: &JobContext, apt: bool) -> Result<Vec<PathBuf>> {
     let Some(configured) = &agent.settings.signing_keys else {
         let debian = Path::new(DEBIAN_KEYRING);
         return Ok(if apt && debian.is_file() {
@@ -307,10 +312,10 @@ fn signing_keys(agent: &JobContext, apt: bool) -> Result<Vec<PathBuf>, String> {
     };
     let mut keys = vec![];
     for p in configured {
-        let m = std::fs::metadata(p).map_err(|e| format!("signing key {}: {e}", p.display()))?;
+        let m = std::fs::metadata(p).with_context(|| format!("signing key {}", p.display()))?;
         if m.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| format!("signing keys {}: {e}", p.display()))?
+                .with_context(|| format!("signing keys {}", p.display()))?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|f| f.is_file())
@@ -330,7 +335,7 @@ struct Cache {
     _lock: Option<std::fs::File>,
 }
 
-fn cache_for_build(agent: &JobContext, job_kiwi: &Path) -> Result<Cache, String> {
+fn cache_for_build(agent: &JobContext, job_kiwi: &Path) -> Result<Cache> {
     let private = Cache {
         dir: job_kiwi.join("cache"),
         _lock: None,
@@ -342,14 +347,14 @@ fn cache_for_build(agent: &JobContext, job_kiwi: &Path) -> Result<Cache, String>
         .recursive(true)
         .mode(0o700)
         .create(shared)
-        .map_err(|e| format!("cannot create the kiwi cache {}: {e}", shared.display()))?;
+        .with_context(|| format!("cannot create the kiwi cache {}", shared.display()))?;
     let lock_path = shared.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         agent.say(&format!(
             "the shared kiwi cache {} is in use by another build: this build uses its own",
@@ -371,7 +376,7 @@ async fn build(
     recipe_dir: &Path,
     root: &Path,
     keys: &[PathBuf],
-) -> Result<(), String> {
+) -> Result<()> {
     let kiwi_dir = dir.join("kiwi");
     let tmp = kiwi_dir.join("tmp");
     let gnupg = GnupgHome::new()?;
@@ -379,7 +384,7 @@ async fn build(
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(d)
-            .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            .with_context(|| format!("cannot create {}", d.display()))?;
     }
     let cache = cache_for_build(agent, &kiwi_dir)?;
     let logfile = dir.join("mnt").join("kiwi.log");
@@ -428,10 +433,10 @@ async fn build(
         .collect();
     agent.say(&format!("running {}", shown.join(" ")));
     let mut child = cmd.spawn().map_err(|e| {
-        format!(
+        Error::Failed(format!(
             "cannot run {}: {e} (is kiwi-ng installed? Debian: apt-get install kiwi rsync)",
             agent.settings.kiwi.display()
-        )
+        ))
     })?;
     let pgid = child.id().map(|p| p as i32);
     let tail = std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES));
@@ -444,19 +449,25 @@ async fn build(
             t.push_back(line);
         }
     };
-    let out = child.stdout.take().ok_or("kiwi-ng has no stdout")?;
-    let err = child.stderr.take().ok_or("kiwi-ng has no stderr")?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Failed("kiwi-ng has no stdout".into()))?;
+    let err = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::Failed("kiwi-ng has no stderr".into()))?;
     let read_all = async {
         tokio::join!(lines(out, &pass_on), lines(err, &pass_on));
         child.wait().await
     };
     let status = tokio::select! {
-        s = read_all => s.map_err(|e| format!("waiting for kiwi-ng: {e}"))?,
+        s = read_all => s.context("waiting for kiwi-ng")?,
         _ = agent.cancel.cancelled() => {
             if let Some(g) = pgid {
                 stop_group(g).await;
             }
-            return Err("the job was stopped during the build".to_string());
+            return Err(Error::Failed("the job was stopped during the build".into()).stopped());
         }
     };
     drop(cache);
@@ -464,7 +475,10 @@ async fn build(
         return Ok(());
     }
     let tail: Vec<String> = tail.into_inner().unwrap_or_default().into();
-    Err(format!("kiwi-ng {status}:\n{}", failure_reason(&tail)))
+    Err(Error::Failed(format!(
+        "kiwi-ng {status}:\n{}",
+        failure_reason(&tail)
+    )))
 }
 
 /// What explains a failed build: kiwi's last `[ ERROR ]` message and what follows it (the failed
@@ -493,13 +507,13 @@ fn failure_reason(tail: &[String]) -> String {
 struct GnupgHome(PathBuf);
 
 impl GnupgHome {
-    fn new() -> Result<GnupgHome, String> {
+    fn new() -> Result<GnupgHome> {
         let p = std::env::temp_dir().join(format!("ims-gnupg-{}", uuid::Uuid::new_v4().simple()));
         // mkdir never follows a link and fails if the name exists.
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&p)
-            .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+            .with_context(|| format!("cannot create {}", p.display()))?;
         Ok(GnupgHome(p))
     }
 }
@@ -553,7 +567,7 @@ async fn stop_group(pgid: i32) {
 /// The debug shell into a failed build: not jailed, the job's files at `/mnt/image` (the failed
 /// tree at `/mnt/image/build/image-root`, kiwi's log at `/mnt/image/kiwi.log`). Returns when the
 /// user finishes either way.
-async fn debug_shell(agent: &JobContext, dir: &Path) -> Result<(), String> {
+async fn debug_shell(agent: &JobContext, dir: &Path) -> Result<()> {
     let flags = Flags::new(
         dir,
         &dir.join("mnt").join("build").join("image-root"),
@@ -575,21 +589,22 @@ async fn debug_shell(agent: &JobContext, dir: &Path) -> Result<(), String> {
 
 /// Makes kiwi's root tree ready to package: nothing mounted in it any more, kiwi's leftovers
 /// removed. Returns what it did, for the log.
-fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>, String> {
+fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>> {
     let mut notes = vec![];
     for m in mounts_under(root)? {
         // kiwi unmounts what it mounted; a mount left behind would be packaged.
-        if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
-            return Err(format!(
-                "{} is still mounted after the build and cannot be unmounted: {}",
-                m.display(),
-                std::io::Error::from(e)
-            ));
-        }
+        rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH)
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "{} is still mounted after the build and cannot be unmounted",
+                    m.display()
+                )
+            })?;
         notes.push(format!("unmounted {} left by the build", m.display()));
     }
     let tree = ims_rootfs::confined::Root::open(root)
-        .map_err(|e| format!("image root {}: {e}", root.display()))?;
+        .with_context(|| format!("image root {}", root.display()))?;
     for name in KIWI_LEFTOVERS {
         let name = std::ffi::OsStr::new(name);
         if !matches!(tree.top().kind(name), Ok(Some(_))) {
@@ -597,7 +612,7 @@ fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>, 
         }
         tree.top()
             .remove_all(name)
-            .map_err(|e| format!("cannot remove {}: {e}", root.join(name).display()))?;
+            .with_context(|| format!("cannot remove {}", root.join(name).display()))?;
         notes.push(format!(
             "removed kiwi's /{} from the image root",
             name.display()
@@ -625,9 +640,9 @@ fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>, 
 }
 
 /// Mount points at or below `dir` in this mount namespace, deepest first.
-fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, String> {
+fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        .context("cannot read /proc/self/mountinfo")?;
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut found: Vec<PathBuf> = info
         .lines()

@@ -16,6 +16,7 @@
 //!    of the source); `resultant_image_id`; `success`.
 
 use crate::context::JobContext;
+use crate::error::{Context, Error, Result};
 use crate::imageroot::{self, Method};
 use crate::package::package;
 use crate::rootfiles::{install_ca, put_back, replace_keeping};
@@ -34,42 +35,54 @@ const MAX_MANIFEST: usize = 1024 * 1024;
 /// Where the image's own resolv.conf waits during the session.
 const SAVED_RESOLV: &str = ".resolv.conf.ims-saved";
 
-pub async fn run(agent: &JobContext) -> Result<(), String> {
+pub async fn run(agent: &JobContext) -> Result<()> {
     let job = &agent.job;
     let dir = agent.settings.dir.clone();
     agent.status(JobStatus::FetchingImage).await?;
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
+        .await
+        .map_err(Error::s3)?;
     let source: Image = agent
         .api
         .describe_as(Resource::Images, &job.artifact_id)
         .await
-        .map_err(|e| format!("cannot read the source image {}: {e}", job.artifact_id))?;
+        .with_context(|| format!("cannot read the source image {}", job.artifact_id))?;
     let arch = source.arch;
     let link = source
         .link
         .as_ref()
         .map(|l| l.path.as_str())
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| format!("the source image {} has no manifest link", job.artifact_id))?;
-    let (mbucket, mkey) = split_s3(link)?;
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "the source image {} has no manifest link",
+                job.artifact_id
+            ))
+        })?;
+    let (mbucket, mkey) = split_s3(link).map_err(Error::s3)?;
     let manifest = ctx
-        .store(&mbucket)?
-        .get(&key_path(&mkey)?)
+        .store(&mbucket)
+        .map_err(Error::s3)?
+        .get(&key_path(&mkey).map_err(Error::s3)?)
         .await
-        .map_err(|e| s3_error(&mbucket, &mkey, e))?
+        .map_err(|e| Error::s3(s3_error(&mbucket, &mkey, e)))?
         .bytes()
         .await
-        .map_err(|e| s3_error(&mbucket, &mkey, e))?;
+        .map_err(|e| Error::s3(s3_error(&mbucket, &mkey, e)))?;
     if manifest.len() > MAX_MANIFEST {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "the manifest {link} is larger than {MAX_MANIFEST} bytes"
-        ));
+        )));
     }
     let manifest: serde_json::Value = serde_json::from_slice(&manifest)
-        .map_err(|e| format!("the manifest {link} is not JSON: {e}"))?;
-    let rootfs = job_rootfs(&manifest)
-        .map_err(|p| format!("the manifest {link}: {}", p.detail.unwrap_or_default()))?;
-    let (bucket, key) = split_s3(&rootfs.link.path)?;
+        .with_context(|| format!("the manifest {link} is not JSON"))?;
+    let rootfs = job_rootfs(&manifest).map_err(|p| {
+        Error::Refused(format!(
+            "the manifest {link}: {}",
+            p.detail.unwrap_or_default()
+        ))
+    })?;
+    let (bucket, key) = split_s3(&rootfs.link.path).map_err(Error::s3)?;
     let image = dir.join("image.sqsh");
     agent.say(&format!("downloading s3://{bucket}/{key}"));
     let started = std::time::Instant::now();
@@ -77,7 +90,8 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel, &mut |d, t| {
         lines.report(d, t)
     })
-    .await?;
+    .await
+    .map_err(|e| agent.stopped_or(Error::s3(e)))?;
     let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     agent.say(&format!(
         "downloaded {size} bytes in {:.2} s; md5 {md5}, sha256 {sha256}",
@@ -85,18 +99,18 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     ));
     match &rootfs.md5 {
         Some(want) if !want.eq_ignore_ascii_case(&md5) => {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "the rootfs is corrupt: its md5 is {md5}, the manifest says {want}"
-            ));
+            )));
         }
         Some(_) => agent.say("md5 matches the manifest"),
         None => agent.say("the manifest records no md5: not checked"),
     }
     if let Some(want) = &rootfs.sha256 {
         if !want.eq_ignore_ascii_case(&sha256) {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "the rootfs is corrupt: its sha256 is {sha256}, the manifest says {want}"
-            ));
+            )));
         }
         agent.say("sha256 matches the manifest");
     }
@@ -104,9 +118,7 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
     let (img, dir2) = (image.clone(), dir.clone());
     let overlay = agent.settings.private_mounts;
     let (mut root, why_not) =
-        tokio::task::spawn_blocking(move || imageroot::prepare(&dir2, &img, overlay))
-            .await
-            .map_err(|e| e.to_string())??;
+        tokio::task::spawn_blocking(move || imageroot::prepare(&dir2, &img, overlay)).await??;
     match (root.method, why_not) {
         (Method::Overlay, _) => agent.say(&format!(
             "image root: overlay over the loop-mounted squashfs at {} ({})",
@@ -182,14 +194,18 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
         restore_resolv_conf(&root.path)?;
     }
     if outcome == Outcome::Failed {
-        return Err("the customization was marked as failed".to_string());
+        return Err(Error::Failed(
+            "the customization was marked as failed".into(),
+        ));
     }
 
     agent.status(JobStatus::PackagingArtifacts).await?;
     let packaging = std::time::Instant::now();
     // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
     // with it the S3 endpoint's address, may have restarted meanwhile).
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone()).await?;
+    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
+        .await
+        .map_err(Error::s3)?;
     let result = package(agent, &ctx, &root.path, arch, None).await;
     root.release();
     let image_id = result?;
@@ -204,7 +220,7 @@ pub async fn run(agent: &JobContext) -> Result<(), String> {
 
 /// Puts the session's resolv.conf (the host's resolvers, as the session's network reaches them) in
 /// place of the image's (kept aside); `false` if the host has none.
-fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
+fn swap_resolv_conf(root: &Path) -> Result<bool> {
     let Some(host) = crate::sshd::resolv_conf() else {
         return Ok(false);
     };
@@ -212,6 +228,6 @@ fn swap_resolv_conf(root: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
-fn restore_resolv_conf(root: &Path) -> Result<(), String> {
-    Ok(put_back(root, "etc", "resolv.conf", SAVED_RESOLV)?)
+fn restore_resolv_conf(root: &Path) -> Result<()> {
+    put_back(root, "etc", "resolv.conf", SAVED_RESOLV)
 }

@@ -2,8 +2,9 @@
 //! flattened into a string), and a stopped job as a kind of its own rather than something to
 //! re-check afterwards.
 //!
-//! Its message is the one the job's log and the job's `error` reason show. Code that still
-//! returns `Result<_, String>` takes it through `?` (`From<Error> for String`).
+//! Its message is the one the job's log and the job's `error` reason show. The runner decides
+//! on the kind: a job that was stopped ([`Error::is_cancelled`]) and has ended elsewhere is not
+//! set to `error` again.
 
 use std::fmt::Display;
 
@@ -13,6 +14,10 @@ pub enum Error {
     /// The job was stopped (deleted, or ended by someone else) while the step ran.
     #[error("the job was stopped")]
     Cancelled,
+    /// The job was stopped while a step ran that tells it in its own words (kiwi stopped, an S3
+    /// transfer interrupted): the step's message, and a stop all the same.
+    #[error(transparent)]
+    Stopped(Box<Error>),
     /// What the job was given (a recipe archive, a template, a kiwi description) is refused; the
     /// message says why.
     #[error("{0}")]
@@ -33,6 +38,29 @@ pub enum Error {
     /// Image-root tools and lookups (squashfs, kernel and initrd).
     #[error(transparent)]
     Rootfs(#[from] ims_rootfs::RootfsError),
+    /// A request to the IMS API failed.
+    #[error("{context}: {source}")]
+    Api {
+        context: String,
+        #[source]
+        source: Box<ims_client::Error>,
+    },
+    /// An S3 lookup or transfer of the client failed; its message names the object.
+    #[error(transparent)]
+    S3(Box<dyn std::error::Error + Send + Sync>),
+    /// A document (a record, a manifest) is not the JSON expected.
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The agent's settings in its environment cannot be used.
+    #[error(transparent)]
+    Settings(#[from] ims_core::agent_env::AgentEnvError),
+    /// A blocking task of a step failed (panicked).
+    #[error(transparent)]
+    Worker(#[from] tokio::task::JoinError),
     /// An error of an inner step, with what was being done.
     #[error("{context}: {source}")]
     Context {
@@ -48,9 +76,22 @@ impl Error {
     /// Whether the job was stopped (through any context around it).
     pub fn is_cancelled(&self) -> bool {
         match self {
-            Error::Cancelled => true,
+            Error::Cancelled | Error::Stopped(_) => true,
             Error::Context { source, .. } => source.is_cancelled(),
             _ => false,
+        }
+    }
+
+    /// An error of the client's S3 support (a message today, or its typed error).
+    pub fn s3(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        Error::S3(e.into())
+    }
+
+    /// The same error, as a stop: the step failed because the job was stopped.
+    pub fn stopped(self) -> Error {
+        match self {
+            e @ (Error::Cancelled | Error::Stopped(_)) => e,
+            e => Error::Stopped(Box::new(e)),
         }
     }
 
@@ -60,12 +101,6 @@ impl Error {
             context: context.to_string(),
             source: Box::new(self),
         }
-    }
-}
-
-impl From<Error> for String {
-    fn from(e: Error) -> String {
-        e.to_string()
     }
 }
 
@@ -103,6 +138,38 @@ impl<T> Context<T> for std::result::Result<T, std::io::Error> {
     }
 }
 
+impl<T> Context<T> for std::result::Result<T, ims_client::Error> {
+    fn context(self, context: impl Display) -> Result<T> {
+        self.map_err(|source| Error::Api {
+            context: context.to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|source| Error::Api {
+            context: context().to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, serde_json::Error> {
+    fn context(self, context: impl Display) -> Result<T> {
+        self.map_err(|source| Error::Json {
+            context: context.to_string(),
+            source,
+        })
+    }
+
+    fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|source| Error::Json {
+            context: context().to_string(),
+            source,
+        })
+    }
+}
+
 impl<T> Context<T> for std::result::Result<T, ims_rootfs::RootfsError> {
     fn context(self, context: impl Display) -> Result<T> {
         self.map_err(|e| Error::from(e).context(context))
@@ -133,7 +200,7 @@ mod tests {
         let io = std::error::Error::source(inner).unwrap();
         assert!(io.downcast_ref::<std::io::Error>().is_some());
         assert!(!e.is_cancelled());
-        assert_eq!(String::from(Error::Refused("no".into())), "no");
+        assert_eq!(Error::Refused("no".into()).to_string(), "no");
     }
 
     #[test]
@@ -142,5 +209,11 @@ mod tests {
         assert!(e.is_cancelled());
         assert_eq!(e.to_string(), "customize: packaging: the job was stopped");
         assert!(!Error::Failed("x".into()).context("y").is_cancelled());
+        // A step that says it in its own words: its message, a stop all the same.
+        let e = Error::s3("interrupted while downloading s3://b/k".to_string()).stopped();
+        assert!(e.is_cancelled());
+        assert_eq!(e.to_string(), "interrupted while downloading s3://b/k");
+        assert!(e.context("fetching").is_cancelled());
+        assert!(!Error::s3("s3://b/k: gone".to_string()).is_cancelled());
     }
 }

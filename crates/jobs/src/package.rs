@@ -85,7 +85,7 @@ pub async fn package(
         ims_rootfs::mksquashfs_with_progress(&src, &dst, &opts, &mut |b| lines.report(b, 0))
     });
     tokio::select! {
-        r = squash => r.map_err(|e| Error::Failed(e.to_string()))?.context("packaging")?,
+        r = squash => r?.context("packaging")?,
         _ = agent.cancel.cancelled() => return Err(Error::Cancelled),
     }
     agent.say(&format!(
@@ -162,9 +162,11 @@ pub async fn package(
                     left.join("; ")
                 ));
             }
-            Err(Error::Failed(format!("publishing the image: {e}")))
+            Err(agent.stopped_or(Error::Failed(format!("publishing the image: {e}"))))
         }
-        Err(Failure::Unknown(e)) => Err(Error::Failed(format!("publishing the image: {e}"))),
+        Err(Failure::Unknown(e)) => {
+            Err(agent.stopped_or(Error::Failed(format!("publishing the image: {e}"))))
+        }
     }
 }
 

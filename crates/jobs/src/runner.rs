@@ -7,14 +7,16 @@
 //!   pipeline.
 //! * **Log**: shipped continuously by a background task and flushed at the end
 //!   ([`crate::context::Log`]).
-//! * **Outcome**: a pipeline error is logged and the job set to `error`; SIGTERM (the executor
-//!   stopping the job) cancels the pipeline, whose clean-up runs on the way out, within
+//! * **Outcome**: a pipeline error is logged and the job set to `error`, unless the error is the
+//!   stop ([`crate::error::Error::is_cancelled`]) of a job that has ended elsewhere; SIGTERM (the
+//!   executor stopping the job) cancels the pipeline, whose clean-up runs on the way out, within
 //!   [`STOP_GRACE`]. The orphan guard is a task of its own that lives as long as the process.
 
 use crate::agent::Settings;
 use crate::context::{
     FLUSH_RESERVE, JobContext, Log, REQUEST_TIMEOUT, STOP_GRACE, Stop, finish_log,
 };
+use crate::error::Error;
 use ims_client::{Client, Resource};
 use ims_core::job_wire::{Heartbeat, SshReport};
 use ims_core::{Job, JobStatus, JobType, UserRequest};
@@ -149,7 +151,9 @@ async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, sto
         agent.say(&format!("warning: {w}"));
     }
     let outcome = match job_type {
-        _ if !host.missing.is_empty() => Err(host.explain(job_type).unwrap_or_default()),
+        _ if !host.missing.is_empty() => Err(Error::Failed(
+            host.explain(job_type).unwrap_or_default(),
+        )),
         JobType::Customize => crate::customize::run(&agent).await,
         JobType::Create => crate::create::run(&agent).await,
     };
@@ -157,10 +161,12 @@ async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, sto
         Ok(()) => 0,
         Err(e) => {
             agent.say(&format!("error: {e}"));
-            if (!agent.cancel.is_cancelled() || !ended_elsewhere(api, job_id).await)
+            // A stopped job that has ended elsewhere (deleted, or set to error by someone else)
+            // keeps the status it has.
+            if (!e.is_cancelled() || !ended_elsewhere(api, job_id).await)
                 && let Err(e2) = agent.status(JobStatus::Error).await
             {
-                agent.say(&e2);
+                agent.say(&e2.to_string());
             }
             1
         }

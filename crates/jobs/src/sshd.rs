@@ -32,6 +32,7 @@
 //!
 //! `--die-with-parent`: if the agent dies, the sandbox and every session process die with it.
 
+use crate::error::{Context, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -87,14 +88,14 @@ pub struct Session {
     pub log: PathBuf,
 }
 
-fn write(path: &Path, data: &str, mode: u32) -> Result<(), String> {
-    Ok(crate::rootfiles::replace_file(path, data.as_bytes(), mode)?)
+fn write(path: &Path, data: &str, mode: u32) -> Result<()> {
+    crate::rootfiles::replace_file(path, data.as_bytes(), mode)
 }
 
 /// A line of `sshd_config` or `authorized_keys` must not smuggle in another line.
-fn one_line(what: &str, s: &str) -> Result<(), String> {
+fn one_line(what: &str, s: &str) -> Result<()> {
     if s.contains(['\n', '\r', '\0']) {
-        return Err(format!("the {what} spans several lines"));
+        return Err(Error::Refused(format!("the {what} spans several lines")));
     }
     Ok(())
 }
@@ -112,7 +113,7 @@ const JAIL_SHELL_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ims-
 /// `penalties`: sshd has `PerSourcePenalties` (OpenSSH 9.8 and later), which must be off: every
 /// connection comes from slirp4netns's gateway address, so one client's penalty (the readiness
 /// probe's is "no authentication") would lock every user out.
-fn sshd_config(spec: &Spec, penalties: bool) -> Result<String, String> {
+fn sshd_config(spec: &Spec, penalties: bool) -> Result<String> {
     let mut c = format!("Port {GUEST_PORT}\nListenAddress {GUEST_ADDR}\n");
     if penalties {
         c.push_str("PerSourcePenalties no\n");
@@ -150,7 +151,9 @@ PermitTunnel no
             if !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
                 || v.contains([' ', '"'])
             {
-                return Err(format!("bad session environment variable {k}={v:?}"));
+                return Err(Error::Refused(format!(
+                    "bad session environment variable {k}={v:?}"
+                )));
             }
             c.push_str(&format!(" {k}={v}"));
         }
@@ -168,12 +171,12 @@ pub use ims_core::agent_env::PortRange;
 /// A free TCP port on `ip`, in `ports` when given (sshd binds it right after; a lost race is
 /// retried by the caller). In a range the search starts at a different place for each process,
 /// so concurrent jobs rarely try the same port.
-fn free_port(ip: std::net::IpAddr, ports: Option<PortRange>) -> Result<u16, String> {
+fn free_port(ip: std::net::IpAddr, ports: Option<PortRange>) -> Result<u16> {
     let Some(r) = ports else {
         return std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
-            .map_err(|e| format!("cannot find a free port on {ip}: {e}"));
+            .with_context(|| format!("cannot find a free port on {ip}"));
     };
     let n = u32::from(r.last - r.first) + 1;
     let start = (std::process::id()
@@ -184,7 +187,11 @@ fn free_port(ip: std::net::IpAddr, ports: Option<PortRange>) -> Result<u16, Stri
     (0..n)
         .map(|i| r.first + ((start + i) % n) as u16)
         .find(|p| std::net::TcpListener::bind((ip, *p)).is_ok())
-        .ok_or_else(|| format!("no free port in the session port range {r} on {ip}"))
+        .ok_or_else(|| {
+            Error::Failed(format!(
+                "no free port in the session port range {r} on {ip}"
+            ))
+        })
 }
 
 /// Where the agent reaches a session listening on `listen`: that address, or loopback for the
@@ -285,7 +292,7 @@ fn tail(path: &Path) -> String {
 }
 
 /// Generates the session's `/etc` in `<job>/session/etc`.
-fn make_etc(spec: &Spec, etc: &Path) -> Result<(), String> {
+fn make_etc(spec: &Spec, etc: &Path) -> Result<()> {
     // The login shell: jailed, the capability-dropping one (which runs the image's bash or sh);
     // otherwise bash where the host has it, else sh.
     let shell = if spec.jail {
@@ -301,7 +308,7 @@ fn make_etc(spec: &Spec, etc: &Path) -> Result<(), String> {
         .recursive(true)
         .mode(0o755)
         .create(&ssh)
-        .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
+        .with_context(|| format!("cannot create {}", ssh.display()))?;
     write(
         &etc.join("passwd"),
         &format!(
@@ -348,12 +355,12 @@ fn make_etc(spec: &Spec, etc: &Path) -> Result<(), String> {
             .arg(&key)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run ssh-keygen (install openssh-client): {e}"))?;
+            .context("cannot run ssh-keygen (install openssh-client)")?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(Error::Failed(format!(
                 "ssh-keygen failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )));
         }
     }
     Ok(())
@@ -361,17 +368,20 @@ fn make_etc(spec: &Spec, etc: &Path) -> Result<(), String> {
 
 /// The image root as a chroot: owned by root and not writable by others, as sshd requires (a
 /// session may have changed it).
-pub fn fix_chroot_modes(job_dir: &Path) -> Result<(), String> {
+pub fn fix_chroot_modes(job_dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for p in [job_dir.join("mnt"), job_dir.join("mnt").join("image-root")] {
-        let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let m = std::fs::symlink_metadata(&p).with_context(|| p.display().to_string())?;
         if !m.is_dir() {
-            return Err(format!("{} is not a directory", p.display()));
+            return Err(Error::Refused(format!(
+                "{} is not a directory",
+                p.display()
+            )));
         }
         std::os::unix::fs::lchown(&p, Some(0), Some(0))
-            .map_err(|e| format!("cannot chown {}: {e}", p.display()))?;
+            .with_context(|| format!("cannot chown {}", p.display()))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("cannot chmod {}: {e}", p.display()))?;
+            .with_context(|| format!("cannot chmod {}", p.display()))?;
     }
     Ok(())
 }
@@ -401,7 +411,7 @@ const HOST_ETC: &[(&str, bool)] = &[
 
 /// Mount points in the generated `/etc` for [`HOST_ETC`] entries the host has (bwrap cannot
 /// create them inside the read-only `/etc`).
-fn host_etc_mount_points(etc: &Path) -> Result<(), String> {
+fn host_etc_mount_points(etc: &Path) -> Result<()> {
     for (name, dir) in HOST_ETC {
         let host = Path::new("/etc").join(name);
         if !host.exists() {
@@ -410,7 +420,7 @@ fn host_etc_mount_points(etc: &Path) -> Result<(), String> {
         let p = etc.join(name);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let made = if *dir {
             std::fs::create_dir_all(&p)
@@ -422,7 +432,7 @@ fn host_etc_mount_points(etc: &Path) -> Result<(), String> {
                 .open(&p)
                 .map(drop)
         };
-        made.map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        made.with_context(|| format!("cannot create {}", p.display()))?;
     }
     Ok(())
 }
@@ -596,9 +606,10 @@ fn bwrap_args(spec: &Spec, etc: &Path, jail_shell: &Path, fds: Fds) -> Vec<std::
 }
 
 /// A pipe, both ends close-on-exec (a child gets its end through [`inherit`]).
-fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| format!("cannot make a pipe: {}", std::io::Error::from(e)))
+        .map_err(std::io::Error::from)
+        .context("cannot make a pipe")
 }
 
 /// Lets a child started by `cmd` inherit `fds` at their own numbers (they are close-on-exec in
@@ -623,9 +634,9 @@ async fn read_pipe(
     fd: std::os::fd::OwnedFd,
     limit: Duration,
     done: impl Fn(&[u8]) -> bool,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
-    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| e.to_string())?;
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(Error::Os)?;
     let mut got = Vec::new();
     let read = async {
         let mut buf = [0u8; 512];
@@ -638,13 +649,16 @@ async fn read_pipe(
                         return Ok(());
                     }
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Error::Os(e)),
             }
         }
     };
     match tokio::time::timeout(limit, read).await {
         Ok(r) => r.map(|()| got),
-        Err(_) => Err(format!("nothing within {} s", limit.as_secs())),
+        Err(_) => Err(Error::Failed(format!(
+            "nothing within {} s",
+            limit.as_secs()
+        ))),
     }
 }
 
@@ -655,12 +669,12 @@ async fn read_pipe(
 async fn start_network(
     dir: &Path,
     pid: u32,
-) -> Result<(tokio::process::Child, std::os::fd::OwnedFd), String> {
+) -> Result<(tokio::process::Child, std::os::fd::OwnedFd)> {
     use std::os::fd::AsRawFd;
     let log = dir.join("slirp4netns.log");
     let out =
-        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone().map_err(Error::Os)?;
     let _ = std::fs::remove_file(dir.join("slirp.sock"));
     let (exit_r, exit_w) = pipe()?;
     let (ready_r, ready_w) = pipe()?;
@@ -688,28 +702,30 @@ async fn start_network(
     inherit(&mut cmd, vec![exit_r.as_raw_fd(), ready_w.as_raw_fd()]);
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot run slirp4netns (install slirp4netns): {e}"))?;
+        .context("cannot run slirp4netns (install slirp4netns)")?;
     drop((exit_r, ready_w));
     let ready = read_pipe(ready_r, Duration::from_secs(10), |b| !b.is_empty()).await;
-    if ready.as_deref().map(|b| b.starts_with(b"1")) != Ok(true) {
+    if !matches!(ready.as_deref(), Ok(b) if b.starts_with(b"1")) {
         let _ = child.kill().await;
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "the session's network (slirp4netns) did not come up: {}",
             tail(&log)
-        ));
+        )));
     }
     Ok((child, exit_w))
 }
 
 /// Forwards `listen:port` on the host to sshd in the sandbox (slirp4netns's `add_hostfwd`);
 /// `Err((in_use, why))`.
-async fn forward(dir: &Path, listen: std::net::IpAddr, port: u16) -> Result<(), (bool, String)> {
+async fn forward(dir: &Path, listen: std::net::IpAddr, port: u16) -> Result<(), (bool, Error)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request = serde_json::json!({"execute": "add_hostfwd", "arguments": {
         "proto": "tcp", "host_addr": listen.to_string(), "host_port": port,
         "guest_addr": GUEST_ADDR, "guest_port": GUEST_PORT}});
     // Through the directory's descriptor: the socket's full path may be too long for connect(2).
-    let d = std::fs::File::open(dir).map_err(|e| (false, format!("{}: {e}", dir.display())))?;
+    let d = std::fs::File::open(dir)
+        .with_context(|| dir.display().to_string())
+        .map_err(|e| (false, e))?;
     let path = format!(
         "/proc/self/fd/{}/slirp.sock",
         std::os::fd::AsRawFd::as_raw_fd(&d)
@@ -724,18 +740,22 @@ async fn forward(dir: &Path, listen: std::net::IpAddr, port: u16) -> Result<(), 
     };
     let answer = match tokio::time::timeout(Duration::from_secs(10), talk).await {
         Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Err((false, format!("slirp4netns's API: {e}"))),
-        Err(_) => return Err((false, "slirp4netns's API does not answer".into())),
+        Ok(Err(e)) => return Err((false, Error::Os(e).context("slirp4netns's API"))),
+        Err(_) => {
+            return Err((
+                false,
+                Error::Failed("slirp4netns's API does not answer".into()),
+            ));
+        }
     };
-    let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
-        (
-            false,
+    let v: serde_json::Value = serde_json::from_slice(&answer)
+        .with_context(|| {
             format!(
-                "slirp4netns's API answered {:?}: {e}",
+                "slirp4netns's API answered {:?}",
                 String::from_utf8_lossy(&answer)
-            ),
-        )
-    })?;
+            )
+        })
+        .map_err(|e| (false, e))?;
     if v.get("return").is_some() {
         return Ok(());
     }
@@ -746,22 +766,24 @@ async fn forward(dir: &Path, listen: std::net::IpAddr, port: u16) -> Result<(), 
     let in_use = why.contains("bind") || why.contains("in use");
     Err((
         in_use,
-        format!("cannot forward {listen}:{port} to the session: {why}"),
+        Error::Failed(format!(
+            "cannot forward {listen}:{port} to the session: {why}"
+        )),
     ))
 }
 
 /// Starts the session and returns once sshd serves connections.
-pub async fn start(spec: &Spec) -> Result<Session, String> {
+pub async fn start(spec: &Spec) -> Result<Session> {
     use std::os::fd::AsRawFd;
     if spec.listen.is_ipv6() {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "sessions listen on IPv4 addresses only (slirp4netns forwards IPv4), not {}: set IMS_JOB_SSH_LISTEN to one",
             spec.listen
-        ));
+        )));
     }
     let dir = spec.job_dir.join("session");
     let etc = dir.join("etc");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if spec.jail {
         fix_chroot_modes(&spec.job_dir)?;
     }
@@ -784,17 +806,17 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
     let seccomp = crate::seccomp::filter();
     let bpf = dir.join("seccomp.bpf");
     if let Some(prog) = &seccomp {
-        std::fs::write(&bpf, prog).map_err(|e| format!("cannot write {}: {e}", bpf.display()))?;
+        std::fs::write(&bpf, prog).with_context(|| format!("cannot write {}", bpf.display()))?;
     }
     make_etc(spec, &etc)?;
     let log = dir.join("sshd.log");
     let out =
-        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone().map_err(Error::Os)?;
     let bpf_file = match &seccomp {
         // Opened close-on-exec, as Rust does: only bwrap gets it.
         Some(_) => Some(
-            std::fs::File::open(&bpf).map_err(|e| format!("cannot read {}: {e}", bpf.display()))?,
+            std::fs::File::open(&bpf).with_context(|| format!("cannot read {}", bpf.display()))?,
         ),
         None => None,
     };
@@ -827,11 +849,14 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot run bwrap (install bubblewrap): {e}"))?;
+        .context("cannot run bwrap (install bubblewrap)")?;
     // The child has its copies; it waits for `block_w` before it starts sshd.
     drop((bpf_file, block_r));
     let Some(pid) = child.id() else {
-        return Err(format!("the sandbox did not start: {}", tail(&log)));
+        return Err(Error::Failed(format!(
+            "the sandbox did not start: {}",
+            tail(&log)
+        )));
     };
     let (mut net, net_exit) = match start_network(&dir, pid).await {
         Ok(n) => n,
@@ -845,13 +870,13 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
     if let Err(e) = std::io::Write::write_all(&mut &go, b"1") {
         let _ = child.kill().await;
         let _ = net.kill().await;
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "cannot start the sandbox's sshd ({e}): {}",
             tail(&log)
-        ));
+        )));
     }
     drop(go);
-    let mut last_err = String::new();
+    let mut last_err = Error::Failed(String::new());
     for _attempt in 0..5 {
         let port = free_port(spec.listen, spec.ports)?;
         match forward(&dir, spec.listen, port).await {
@@ -869,14 +894,14 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
         let deadline = Instant::now() + spec.ready_timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                last_err = format!("sshd stopped ({status}): {}", tail(&log));
+                last_err = Error::Failed(format!("sshd stopped ({status}): {}", tail(&log)));
                 break;
             }
             if let Ok(Some(status)) = net.try_wait() {
-                last_err = format!(
+                last_err = Error::Failed(format!(
                     "the session's network (slirp4netns) stopped ({status}): {}",
                     tail(&dir.join("slirp4netns.log"))
-                );
+                ));
                 break;
             }
             if serves(spec.listen, port).await {
@@ -889,11 +914,11 @@ pub async fn start(spec: &Spec) -> Result<Session, String> {
                 });
             }
             if Instant::now() > deadline {
-                last_err = format!(
+                last_err = Error::Failed(format!(
                     "sshd did not accept connections within {} s: {}",
                     spec.ready_timeout.as_secs(),
                     tail(&log)
-                );
+                ));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -915,12 +940,12 @@ impl Session {
 
     /// sshd's public host key (an OpenSSH public key line), which the job publishes so that
     /// clients pin it (`ims images shell`) instead of trusting on first use.
-    pub fn host_public_key(&self) -> Result<String, String> {
+    pub fn host_public_key(&self) -> Result<String> {
         let dir = self.log.parent().unwrap_or(Path::new("."));
         let p = dir.join("etc/ssh/ssh_host_ed25519_key.pub");
         std::fs::read_to_string(&p)
             .map(|k| k.trim().to_string())
-            .map_err(|e| format!("cannot read sshd's host key {}: {e}", p.display()))
+            .with_context(|| format!("cannot read sshd's host key {}", p.display()))
     }
 
     /// Whether sshd and the session's network are still running.
@@ -933,7 +958,7 @@ impl Session {
 /// its user: sshd that accepts TCP connections may still refuse every login (a file root does not
 /// own, a jailed image without a shell). The probe key is accepted only for this check
 /// (`restrict,command="true"`) and removed before anyone else can connect.
-pub async fn check_login(spec: &Spec, s: &Session) -> Result<(), String> {
+pub async fn check_login(spec: &Spec, s: &Session) -> Result<()> {
     let dir = s.log.parent().unwrap_or(Path::new(".")).to_path_buf();
     let probe = dir.join("login-check");
     let _ = std::fs::remove_file(&probe);
@@ -953,15 +978,15 @@ pub async fn check_login(spec: &Spec, s: &Session) -> Result<(), String> {
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run ssh-keygen (install openssh-client): {e}"))?;
+        .context("cannot run ssh-keygen (install openssh-client)")?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(Error::Failed(format!(
             "ssh-keygen failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     let probe_pub = std::fs::read_to_string(dir.join("login-check.pub"))
-        .map_err(|e| format!("cannot read the login check's key: {e}"))?;
+        .context("cannot read the login check's key")?;
     let authorized = dir.join("etc/ssh/authorized_keys");
     let user_line = format!("{}\n", spec.public_key.trim());
     write(
@@ -1020,14 +1045,19 @@ pub async fn check_login(spec: &Spec, s: &Session) -> Result<(), String> {
     }
     restored?;
     match result {
-        Err(_) => Err("a login to the session did not finish within 30 s".to_string()),
-        Ok(Err(e)) => Err(format!("cannot run ssh (install openssh-client): {e}")),
+        Err(_) => Err(Error::Failed(
+            "a login to the session did not finish within 30 s".into(),
+        )),
+        Ok(Err(e)) => Err(Error::Io {
+            context: "cannot run ssh (install openssh-client)".into(),
+            source: e,
+        }),
         Ok(Ok(o)) if o.status.success() => Ok(()),
-        Ok(Ok(o)) => Err(format!(
+        Ok(Ok(o)) => Err(Error::Failed(format!(
             "sshd accepts connections but a login fails ({}): {}",
             String::from_utf8_lossy(&o.stderr).trim(),
             tail(&s.log)
-        )),
+        ))),
     }
 }
 

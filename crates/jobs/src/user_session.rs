@@ -5,6 +5,7 @@
 //! `ims jobs complete|fail` (the heartbeat brings the request).
 
 use crate::context::JobContext;
+use crate::error::{Context, Error, Result};
 use crate::sshd;
 use ims_client::Resource;
 use ims_core::{JobStatus, SshStatus, UserRequest};
@@ -131,22 +132,17 @@ pub async fn open(
     jail: bool,
     dkms: bool,
     set_env: Vec<(String, String)>,
-) -> Result<Open, String> {
+) -> Result<Open> {
     let job = &agent.job;
     let public_key = agent
         .api
         .describe(Resource::PublicKeys, &job.public_key_id)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot read the job's public key {}: {e}",
-                job.public_key_id
-            )
-        })?
+        .with_context(|| format!("cannot read the job's public key {}", job.public_key_id))?
         .get("public_key")
         .and_then(|k| k.as_str())
         .map(str::to_string)
-        .ok_or("the job's public key record has no key")?;
+        .ok_or_else(|| Error::Failed("the job's public key record has no key".into()))?;
     let mut env = vec![("IMS_JOB_ID".to_string(), job.id.clone())];
     env.extend(set_env);
     let spec = sshd::Spec {
@@ -224,20 +220,16 @@ pub async fn close(agent: &JobContext, open: Open) {
 
 /// Waits until the user sets a flag or asks through the API; an error if the job is cancelled
 /// or sshd dies.
-pub async fn wait_for_user(
-    agent: &JobContext,
-    flags: &Flags,
-    open: &mut Open,
-) -> Result<Outcome, String> {
+pub async fn wait_for_user(agent: &JobContext, flags: &Flags, open: &mut Open) -> Result<Outcome> {
     let mut requests = agent.requests.clone();
     let Open { ssh, sshd_log } = open;
     loop {
         sshd_log.drain(agent, &ssh.log, false);
         if !ssh.running() {
-            return Err(format!(
+            return Err(Error::Failed(format!(
                 "the job's sshd stopped unexpectedly; see {}",
                 ssh.log.display()
-            ));
+            )));
         }
         if flags.present(Flags::FAILED) {
             agent.say("the failed flag is set");
@@ -260,7 +252,7 @@ pub async fn wait_for_user(
             None => {}
         }
         tokio::select! {
-            _ = agent.cancel.cancelled() => return Err("the job was stopped".to_string()),
+            _ = agent.cancel.cancelled() => return Err(Error::Cancelled),
             _ = requests.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }

@@ -788,7 +788,7 @@ mod tests {
     impl Scratch {
         fn run(&self, bytes: &[u8], limits: &Limits) -> Result<Extracted, String> {
             std::fs::write(&self.archive, bytes).unwrap();
-            extract(&self.archive, &self.dest, limits).map_err(String::from)
+            extract(&self.archive, &self.dest, limits).map_err(|e| e.to_string())
         }
 
         /// Extraction fails with `want` in the message, `dest` is left empty and nothing but
