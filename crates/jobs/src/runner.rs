@@ -151,9 +151,9 @@ async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, sto
         agent.say(&format!("warning: {w}"));
     }
     let outcome = match job_type {
-        _ if !host.missing.is_empty() => Err(Error::Failed(
-            host.explain(job_type).unwrap_or_default(),
-        )),
+        _ if !host.missing.is_empty() => {
+            Err(Error::Failed(host.explain(job_type).unwrap_or_default()))
+        }
         JobType::Customize => crate::customize::run(&agent).await,
         JobType::Create => crate::create::run(&agent).await,
     };
