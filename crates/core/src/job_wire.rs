@@ -68,6 +68,13 @@ pub struct JobSession {
     pub status: SshStatus,
 }
 
+/// The answer to `POST /v3/jobs/{id}/log?seq=N`: the chunk number the server expects next (a
+/// repeated chunk is acknowledged with it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogAck {
+    pub next: u64,
+}
+
 impl Heartbeat {
     /// Reads a heartbeat body as the server accepts it: no body or `null` is an empty heartbeat,
     /// anything but an object is 400, a bad field 422 with the field's message; unknown fields

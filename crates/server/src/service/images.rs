@@ -164,7 +164,7 @@ pub fn deleted_manifest_location(st: &AppState, image_id: &str) -> ApiResult<Loc
 
 /// The link of a moved artifact in a deleted manifest (its ETag is filled in once it has moved).
 fn moved_link(to: &Location) -> Value {
-    json!({"etag": "", "path": to.s3_url(), "type": "s3"})
+    json!(ArtifactLink::s3(to.s3_url(), ""))
 }
 
 /// v3 soft delete of the artifacts, planned: each listed artifact and the manifest move under

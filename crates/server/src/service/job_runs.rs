@@ -20,7 +20,7 @@ use ims_artifacts::{Location, SmallRead};
 use ims_core::job_wire::{Heartbeat, HeartbeatAnswer, JobSession};
 use ims_core::{Job, JobRun, JobStatus, Problem, Timestamp, UserRequest};
 use ims_store::{Versioned, insert_op, update_op};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Log bytes kept per job; later chunks are acknowledged and dropped (with one notice).
 pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
@@ -254,7 +254,12 @@ fn log_location(st: &AppState, id: &str, seq: u64) -> ApiResult<Location> {
 /// `POST /v3/jobs/{id}/log?seq=N` with the chunk as the body (any bytes; text expected). `seq`
 /// is the agent's own chunk count: chunks must come in order, and a repeated chunk (a retry) is
 /// acknowledged and ignored.
-pub async fn append_log(st: &AppState, id: &str, seq: u64, chunk: Bytes) -> ApiResult<Value> {
+pub async fn append_log(
+    st: &AppState,
+    id: &str,
+    seq: u64,
+    chunk: Bytes,
+) -> ApiResult<ims_core::job_wire::LogAck> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
     if chunk.len() > MAX_LOG_CHUNK {
         return Err(Problem::new(
@@ -268,7 +273,9 @@ pub async fn append_log(st: &AppState, id: &str, seq: u64, chunk: Bytes) -> ApiR
         .map(|v| v.record)
         .unwrap_or_else(|| run_for(&job, st.executor.name()));
     if seq < run.agent_log_seq {
-        return Ok(json!({"next": run.agent_log_seq}));
+        return Ok(ims_core::job_wire::LogAck {
+            next: run.agent_log_seq,
+        });
     }
     if seq > run.agent_log_seq {
         return Err(Problem::new(
@@ -281,7 +288,9 @@ pub async fn append_log(st: &AppState, id: &str, seq: u64, chunk: Bytes) -> ApiR
         .into());
     }
     let run = store_chunk(st, &job, chunk, Some(seq)).await?;
-    Ok(json!({"next": run.agent_log_seq}))
+    Ok(ims_core::job_wire::LogAck {
+        next: run.agent_log_seq,
+    })
 }
 
 /// Appends a line of the server's own to a job's log (why it ended the job, …).

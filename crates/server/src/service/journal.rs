@@ -425,7 +425,7 @@ async fn run_step(st: &AppState, step: &Step) -> Result<(), String> {
                 {
                     Some(info) => {
                         let mut e = e.clone();
-                        e["link"] = json!({"etag": info.etag, "path": p, "type": "s3"});
+                        e["link"] = json!(ArtifactLink::s3(p, info.etag));
                         listed.push(e);
                     }
                     None => {
