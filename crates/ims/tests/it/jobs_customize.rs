@@ -409,6 +409,38 @@ async fn failed_killed_and_deleted_jobs_leave_nothing() {
         images,
         "a failed job registered an image"
     );
+
+    // An executor that cannot start a job: a 500 that names no server path (the reason goes to
+    // the server's log), and no job record is left.
+    let jobs_dir = st.s.data.path().join("jobs");
+    std::fs::remove_dir_all(&jobs_dir).unwrap();
+    std::fs::write(&jobs_dir, "not a directory").unwrap();
+    let body = json!({"job_type": "customize", "artifact_id": st.image,
+        "public_key_id": st.key, "image_root_archive_name": "unstartable",
+        "ssh_containers": [{"name": "customize", "jail": false}]});
+    let r = st.s.post("/v3/jobs", &body).await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 500, "{text}");
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("could not be started") && detail.contains("server's log"),
+        "{detail}"
+    );
+    let data = st.s.data.path().canonicalize().unwrap();
+    assert!(
+        !text.contains("/jobs") && !text.contains(data.to_str().unwrap()),
+        "a server path in the answer: {text}"
+    );
+    assert!(
+        st.s.get("/v3/jobs")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["image_root_archive_name"] != "unstartable"),
+        "the job's record was kept"
+    );
 }
 
 /// The real OpenSSH client logs in with the job's key (and only with it), changes the image and

@@ -4,6 +4,7 @@
 use super::artifacts::{ManifestRead, read_manifest, require_object};
 use super::{must_get, no_content, update};
 use crate::error::{ApiError, ApiResult};
+use crate::executor::ExecutorError;
 use crate::{AppState, retrying};
 use axum::response::Response;
 use ims_core::input::{self, NewJob};
@@ -208,12 +209,21 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
             }])
             .await;
         return Err(Problem::internal(format!(
-            "The job could not be started by the {} executor: {e}",
+            "The job could not be started by the {} executor (the reason is in the server's log).",
             st.executor.name()
         ))
         .into());
     }
     Ok(job)
+}
+
+/// A 500 for an executor that failed on job `id`: the executor's message (which may name the
+/// server's paths) goes to the log, the answer says what happened and where to look.
+fn executor_failed(id: &str, e: &ExecutorError, what: String) -> ApiError {
+    tracing::error!(job = %id, error = %e, "{what}");
+    Problem::internal(format!("{what} (the reason is in the server's log)."))
+        .with_errors(serde_json::json!([format!("executor: {what}")]))
+        .into()
 }
 
 async fn patch_once(st: &AppState, id: &str, p: &input::JobPatch) -> ApiResult<Job> {
@@ -242,11 +252,11 @@ pub async fn patch(st: &AppState, id: &str, body: Option<&Value>) -> ApiResult<J
             .finished(&super::job_runs::executor_context(st), &job)
             .await
     {
-        return Err(Problem::internal(format!(
-            "Job {id} was updated but its resources could not be released: {e}"
-        ))
-        .with_errors(serde_json::json!([e.to_string()]))
-        .into());
+        return Err(executor_failed(
+            id,
+            &e,
+            format!("Job {id} was updated but its resources could not be released"),
+        ));
     }
     Ok(job)
 }
@@ -259,11 +269,11 @@ pub async fn delete_one(st: &AppState, id: &str) -> ApiResult<Response> {
         .stop(&super::job_runs::executor_context(st), &cur.record)
         .await
     {
-        return Err(Problem::internal(format!(
-            "Job {id} could not be stopped; its record was kept: {e}"
-        ))
-        .with_errors(serde_json::json!([e.to_string()]))
-        .into());
+        return Err(executor_failed(
+            id,
+            &e,
+            format!("Job {id} could not be stopped; its record was kept"),
+        ));
     }
     retrying!(
         async {
@@ -341,7 +351,13 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
                 id: j.record.id.clone(),
                 version: None,
             }),
-            Err(e) => errors.push(Value::String(format!("{}: {e}", j.record.id))),
+            Err(e) => {
+                tracing::error!(job = %j.record.id, error = %e, "job could not be stopped; its record was kept");
+                errors.push(Value::String(format!(
+                    "{}: could not be stopped (the reason is in the server's log)",
+                    j.record.id
+                )))
+            }
         }
     }
     // Delete what is still there (a concurrent delete of one job must not keep the others).
