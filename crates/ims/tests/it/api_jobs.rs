@@ -1254,8 +1254,7 @@ both_backends!(
 /// missing is refused the same way.
 #[tokio::test]
 async fn jobs_the_host_cannot_run_are_refused() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::common::jobs::is_root() {
         eprintln!("skipped: needs root to start a server as another user");
         return;
     }

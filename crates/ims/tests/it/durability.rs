@@ -120,8 +120,7 @@ struct Tmpfs(std::path::PathBuf);
 impl Tmpfs {
     /// `None` (the test is skipped) when not root: mounting needs it.
     fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::common::jobs::is_root() {
             eprintln!("SKIPPED: mounting a small filesystem for the full-disk test needs root");
             return None;
         }

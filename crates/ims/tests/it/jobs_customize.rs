@@ -131,6 +131,12 @@ impl Setup {
 }
 
 /// The pid of the agent of job `id`, from /proc.
+/// Sends `sig` to the process `pid` (which must exist).
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
 fn agent_pid(id: &str) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -377,8 +383,7 @@ async fn failed_killed_and_deleted_jobs_leave_nothing() {
     // The session's network helper is the agent's child, and goes with it.
     let net = network_helpers(pid);
     assert_eq!(net.len(), 1, "the agent runs no slirp4netns");
-    // SAFETY: kill(2) on a pid we just looked up.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    signal(pid, rustix::process::Signal::KILL);
     st.wait_status(&killed, "error").await;
     let log = st.log(&killed).await;
     assert!(
@@ -1006,8 +1011,7 @@ async fn server_restart_takes_running_agents_over() {
     let dead_pid = agent_pid(&dead).unwrap();
     st.s.stop();
     // While the server is down, one agent dies (as on a host restart).
-    // SAFETY: kill(2) on a pid we just looked up.
-    assert_eq!(unsafe { libc::kill(dead_pid as i32, libc::SIGKILL) }, 0);
+    signal(dead_pid, rustix::process::Signal::KILL);
     while agent_pid(&dead).is_some() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1058,8 +1062,7 @@ async fn agents_of_a_vanished_server_end() {
     let told_pid = agent_pid(&told).unwrap();
     st.s.child.kill().unwrap();
     st.s.child.wait().unwrap();
-    // SAFETY: kill(2) on a pid we just looked up.
-    assert_eq!(unsafe { libc::kill(told_pid as i32, libc::SIGTERM) }, 0);
+    signal(told_pid, rustix::process::Signal::TERM);
     let told_at = Instant::now();
     while agent_pid(&told).is_some() {
         // The grace period, and slack for a loaded machine.

@@ -18,7 +18,7 @@ fn block_after(readme: &str, heading: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_runs_as_written() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::common::jobs::is_root() {
         eprintln!("skipped: the walk-through is written for root (ims serve's jobs)");
         return;
     }
