@@ -38,15 +38,25 @@ pub fn run(a: ShellArgs, g: &Globals, format: Format) -> Result<ExitCode, String
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?
     };
-    let job = rt.block_on(async {
+    let prepared = rt.block_on(async {
         tokio::select! {
             r = prepare(&c, &a, &identity, &say) => r.map(Some),
             _ = interrupt.recv() => Ok(None),
         }
     })?;
-    let Some(job_id) = job else {
+    let Some(prepared) = prepared else {
         eprintln!("ims: interrupted before a job was created");
         return Ok(ExitCode::from(INTERRUPTED));
+    };
+    // Creating the job is not interrupted: once the request is sent the job may exist, and a
+    // Ctrl-C meanwhile is kept by the listener for the wait below, which then names the job.
+    let job_id = match prepared {
+        Prepared::Job(id) => id,
+        Prepared::Create { body, what } => {
+            let (_, id) = rt.block_on(create_record(&c, Resource::Jobs, &body))?;
+            say(&format!("job {id} {what}; Ctrl-C leaves the job"));
+            id
+        }
     };
     let mut offset = 0;
     let waited = rt.block_on(async {
@@ -182,16 +192,22 @@ fn key_type(line: &str) -> &str {
     key_material(line).map_or("?", |(t, _)| t)
 }
 
-/// Finds (or registers) the public key record of the user's key, resolves the image and creates
-/// the customize job — or takes `--job`'s; returns the job's id.
+/// What the session is for: `--job`'s job, or the customize job to create.
+enum Prepared {
+    Job(String),
+    Create { body: Value, what: String },
+}
+
+/// Finds (or registers) the public key record of the user's key and resolves the image into the
+/// customize job to create — or takes `--job`'s.
 async fn prepare(
     c: &Client,
     a: &ShellArgs,
     identity: &Path,
     say: &impl Fn(&str),
-) -> Result<String, String> {
+) -> Result<Prepared, String> {
     if let Some(id) = &a.job {
-        return Ok(id.clone());
+        return Ok(Prepared::Job(id.clone()));
     }
     let image_arg = a
         .image
@@ -223,12 +239,11 @@ async fn prepare(
         "image_root_archive_name": name,
         "ssh_containers": [{"name": "customize", "jail": !a.no_jail}],
     });
-    let (_, id) = create_record(c, Resource::Jobs, &body).await?;
-    say(&format!(
-        "job {id} customizes image {image_id} ({}) into a new image {name:?}; Ctrl-C leaves the job",
+    let what = format!(
+        "customizes image {image_id} ({}) into a new image {name:?}",
         if a.no_jail { "not jailed" } else { "jailed" }
-    ));
-    Ok(id)
+    );
+    Ok(Prepared::Create { body, what })
 }
 
 /// The id of the public key record holding the user's key; registered when there is none.

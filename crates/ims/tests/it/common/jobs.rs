@@ -85,6 +85,8 @@ pub struct Pty {
     pub child: std::process::Child,
     master: std::fs::File,
     output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The thread copying the terminal's output into `output` (done at the terminal's end).
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Pty {
@@ -131,7 +133,7 @@ impl Pty {
         drop(cmd);
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut reader, out) = (master.try_clone().unwrap(), output.clone());
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             use std::io::Read;
             let mut buf = [0u8; 4096];
             // EIO once the last process holding the terminal has gone.
@@ -146,6 +148,7 @@ impl Pty {
             child,
             master,
             output,
+            reader,
         }
     }
 
@@ -178,6 +181,12 @@ impl Pty {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // What the command wrote last is read once the terminal's last holder is gone
+                // (its children may keep it a little longer).
+                let read_by = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !self.reader.is_finished() && std::time::Instant::now() < read_by {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 return s;
             }
             if std::time::Instant::now() > deadline {
