@@ -271,6 +271,31 @@ impl JobContext {
         self.log.line(line);
     }
 
+    /// An S3 context with fresh STS credentials for this job (confined to its source and new
+    /// image).
+    pub async fn s3(&self) -> Result<ims_client::s3::Ctx> {
+        ims_client::s3::Ctx::with_client(&self.settings.api_url, self.api.clone())
+            .await
+            .map_err(Error::s3)
+    }
+
+    /// Downloads `bucket/key` to `dest`, hashing it in the same pass and saying how far it got in
+    /// the job's log; its md5 and sha256. Stopping the job interrupts it.
+    pub async fn download(
+        &self,
+        ctx: &ims_client::s3::Ctx,
+        bucket: &str,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> Result<(String, String)> {
+        let mut lines = ProgressLines::new(self.log.clone(), "downloading");
+        ims_client::s3::download_hashed(ctx, bucket, key, dest, &self.cancel, &mut |d, t| {
+            lines.report(d, t)
+        })
+        .await
+        .map_err(|e| self.stopped_or(Error::s3(e)))
+    }
+
     /// `e` as the stop ([`Error::stopped`]) when the job was stopped meanwhile: the error of a
     /// step that was given [`JobContext::cancel`] and tells being interrupted in its own words (an
     /// S3 transfer), or of a request about the job (refused once it has ended elsewhere).

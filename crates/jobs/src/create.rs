@@ -27,7 +27,7 @@ use crate::repos;
 use crate::rootfiles::{add_to_trust_store, install_ca};
 use crate::user_session::{self, Flags, Outcome};
 use ims_client::Resource;
-use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
+use ims_client::s3::{Ctx, key_path, s3_error, split_s3};
 use ims_core::JobStatus;
 use ims_core::records::Recipe;
 use object_store::{Attribute, GetOptions, ObjectStore};
@@ -102,9 +102,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
         .map(|l| l.path.as_str())
         .filter(|p| !p.is_empty())
         .ok_or_else(|| Error::Refused(format!("the recipe {} has no archive (no link)", rec.id)))?;
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
-        .await
-        .map_err(Error::s3)?;
+    let ctx = agent.s3().await?;
     fetch_recipe(agent, &ctx, link, &dir, &recipe_dir).await?;
     template(agent, &rec, &recipe_dir)?;
 
@@ -186,9 +184,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     agent.status(JobStatus::PackagingArtifacts).await?;
     let packaging = Instant::now();
     // Fresh credentials: a build can outlast the first ones.
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
-        .await
-        .map_err(Error::s3)?;
+    let ctx = agent.s3().await?;
     let image_id = package(agent, &ctx, &root, rec.arch, Some(CREATE_ZSTD_LEVEL)).await?;
     agent.result(&image_id).await?;
     let total = started.elapsed();
@@ -232,12 +228,7 @@ async fn fetch_recipe(
     });
     let archive = dir.join("recipe.tar.gz");
     agent.say(&format!("downloading {link}"));
-    let mut lines = crate::context::ProgressLines::new(agent.log.clone(), "downloading");
-    let (md5, _) = download_hashed(ctx, &bucket, &key, &archive, &agent.cancel, &mut |d, t| {
-        lines.report(d, t)
-    })
-    .await
-    .map_err(|e| agent.stopped_or(Error::s3(e)))?;
+    let (md5, _) = agent.download(ctx, &bucket, &key, &archive).await?;
     match want.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
         Some(w) if !w.eq_ignore_ascii_case(&md5) => {
             return Err(Error::Refused(format!(

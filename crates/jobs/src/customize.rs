@@ -22,7 +22,7 @@ use crate::package::package;
 use crate::rootfiles::{install_ca, put_back, replace_keeping};
 use crate::user_session::{self, Flags, Outcome};
 use ims_client::Resource;
-use ims_client::s3::{Ctx, download_hashed, key_path, s3_error, split_s3};
+use ims_client::s3::{key_path, s3_error, split_s3};
 use ims_core::manifest::job_rootfs;
 use ims_core::{Image, JobStatus};
 use object_store::ObjectStore;
@@ -39,9 +39,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let job = &agent.job;
     let dir = agent.settings.dir.clone();
     agent.status(JobStatus::FetchingImage).await?;
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
-        .await
-        .map_err(Error::s3)?;
+    let ctx = agent.s3().await?;
     let source: Image = agent
         .api
         .describe_as(Resource::Images, &job.artifact_id)
@@ -86,12 +84,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let image = dir.join("image.sqsh");
     agent.say(&format!("downloading s3://{bucket}/{key}"));
     let started = std::time::Instant::now();
-    let mut lines = crate::context::ProgressLines::new(agent.log.clone(), "downloading");
-    let (md5, sha256) = download_hashed(&ctx, &bucket, &key, &image, &agent.cancel, &mut |d, t| {
-        lines.report(d, t)
-    })
-    .await
-    .map_err(|e| agent.stopped_or(Error::s3(e)))?;
+    let (md5, sha256) = agent.download(&ctx, &bucket, &key, &image).await?;
     let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     agent.say(&format!(
         "downloaded {size} bytes in {:.2} s; md5 {md5}, sha256 {sha256}",
@@ -203,9 +196,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let packaging = std::time::Instant::now();
     // Fresh S3 credentials: the session may have outlived the first ones (or the server, and
     // with it the S3 endpoint's address, may have restarted meanwhile).
-    let ctx = Ctx::with_client(&agent.settings.api_url, agent.api.clone())
-        .await
-        .map_err(Error::s3)?;
+    let ctx = agent.s3().await?;
     let result = package(agent, &ctx, &root.path, arch, None).await;
     root.release();
     let image_id = result?;

@@ -107,29 +107,23 @@ impl Error {
 /// `.context(…)` on results whose error becomes an [`Error`].
 pub trait Context<T> {
     /// The error, with what was being done (`context`) in front of its message.
-    fn context(self, context: impl Display) -> Result<T>;
+    fn context(self, context: impl Display) -> Result<T>
+    where
+        Self: Sized,
+    {
+        self.with_context(|| context)
+    }
     /// As [`Context::context`], the context made only on an error.
     fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T>;
 }
 
 impl<T> Context<T> for Result<T> {
-    fn context(self, context: impl Display) -> Result<T> {
-        self.map_err(|e| e.context(context))
-    }
-
     fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|e| e.context(context()))
     }
 }
 
 impl<T> Context<T> for std::result::Result<T, std::io::Error> {
-    fn context(self, context: impl Display) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            context: context.to_string(),
-            source,
-        })
-    }
-
     fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|source| Error::Io {
             context: context().to_string(),
@@ -139,13 +133,6 @@ impl<T> Context<T> for std::result::Result<T, std::io::Error> {
 }
 
 impl<T> Context<T> for std::result::Result<T, ims_client::Error> {
-    fn context(self, context: impl Display) -> Result<T> {
-        self.map_err(|source| Error::Api {
-            context: context.to_string(),
-            source: Box::new(source),
-        })
-    }
-
     fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|source| Error::Api {
             context: context().to_string(),
@@ -155,13 +142,6 @@ impl<T> Context<T> for std::result::Result<T, ims_client::Error> {
 }
 
 impl<T> Context<T> for std::result::Result<T, serde_json::Error> {
-    fn context(self, context: impl Display) -> Result<T> {
-        self.map_err(|source| Error::Json {
-            context: context.to_string(),
-            source,
-        })
-    }
-
     fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|source| Error::Json {
             context: context().to_string(),
@@ -171,10 +151,6 @@ impl<T> Context<T> for std::result::Result<T, serde_json::Error> {
 }
 
 impl<T> Context<T> for std::result::Result<T, ims_rootfs::RootfsError> {
-    fn context(self, context: impl Display) -> Result<T> {
-        self.map_err(|e| Error::from(e).context(context))
-    }
-
     fn with_context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|e| Error::from(e).context(context()))
     }

@@ -3,7 +3,7 @@
 //! distribution's trust store.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use ims_rootfs::confined::{Dir, Root};
@@ -34,11 +34,14 @@ fn root_dir(root: &Root, rel: &str) -> Result<Dir> {
         })
 }
 
-/// The directory `rel` (plain components) inside `root`, created as needed; refuses to pass
+/// The directories `rels` (plain components) inside `root`, created as needed; refuses to pass
 /// through anything that is not a real directory (a link could lead out of the image root).
-pub fn dir_in_root(root: &Path, rel: &str) -> Result<PathBuf> {
-    let dir = root_dir(&open_root(root)?, rel)?;
-    Ok(root.join(dir.rel()))
+pub fn dirs_in_root(root: &Path, rels: &[&str]) -> Result<()> {
+    let root = open_root(root)?;
+    for rel in rels {
+        root_dir(&root, rel)?;
+    }
+    Ok(())
 }
 
 /// Writes `data` as a new regular file at `p` with `mode`, atomically (replacing whatever entry
@@ -193,7 +196,9 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let root = d.path();
         std::os::unix::fs::symlink(outside.path(), root.join("etc")).unwrap();
-        let e = dir_in_root(root, "etc/cray/ca").unwrap_err().to_string();
+        let e = dirs_in_root(root, &["etc/cray/ca"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
         // A link where the file goes is replaced, not written through.

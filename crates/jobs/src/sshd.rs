@@ -795,9 +795,7 @@ pub async fn start(spec: &Spec) -> Result<Session> {
         } else {
             &["dev", "proc"]
         };
-        for d in points {
-            crate::rootfiles::dir_in_root(&root, d)?;
-        }
+        crate::rootfiles::dirs_in_root(&root, points)?;
     }
     let jail_shell = dir.join("ims-session-shell");
     if spec.jail {

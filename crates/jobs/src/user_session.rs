@@ -103,9 +103,20 @@ impl Flags {
     }
 
     /// Whether the flag `name` is there, whatever it is (never followed).
-    fn present(&self, name: &str) -> bool {
-        self.dir()
-            .is_some_and(|d| matches!(d.kind(name.as_ref()), Ok(Some(_))))
+    fn in_dir(d: &ims_rootfs::confined::Dir, name: &str) -> bool {
+        matches!(d.kind(name.as_ref()), Ok(Some(_)))
+    }
+
+    /// The flag the user set, `failed` first; one look at the flags' directory.
+    fn set(&self) -> Option<Outcome> {
+        let d = self.dir()?;
+        if Self::in_dir(&d, Self::FAILED) {
+            Some(Outcome::Failed)
+        } else if Self::in_dir(&d, Self::COMPLETE) {
+            Some(Outcome::Complete)
+        } else {
+            None
+        }
     }
 
     pub fn clear(&self) {
@@ -231,13 +242,16 @@ pub async fn wait_for_user(agent: &JobContext, flags: &Flags, open: &mut Open) -
                 ssh.log.display()
             )));
         }
-        if flags.present(Flags::FAILED) {
-            agent.say("the failed flag is set");
-            return Ok(Outcome::Failed);
-        }
-        if flags.present(Flags::COMPLETE) {
-            agent.say("the complete flag is set");
-            return Ok(Outcome::Complete);
+        match flags.set() {
+            Some(Outcome::Failed) => {
+                agent.say("the failed flag is set");
+                return Ok(Outcome::Failed);
+            }
+            Some(Outcome::Complete) => {
+                agent.say("the complete flag is set");
+                return Ok(Outcome::Complete);
+            }
+            None => {}
         }
         let request = *requests.borrow();
         match request {
@@ -261,7 +275,7 @@ pub async fn wait_for_user(agent: &JobContext, flags: &Flags, open: &mut Open) -
 
 #[cfg(test)]
 mod tests {
-    use super::Flags;
+    use super::{Flags, Outcome};
 
     #[test]
     fn flags_are_found_and_cleared_in_the_real_tmp() {
@@ -269,12 +283,17 @@ mod tests {
         let root = t.path().join("root");
         std::fs::create_dir_all(root.join("tmp")).unwrap();
         let flags = Flags::new(t.path(), &root, true);
-        assert!(!flags.present(Flags::COMPLETE));
+        assert_eq!(flags.set(), None);
         std::fs::write(root.join("tmp/complete"), "").unwrap();
-        assert!(flags.present(Flags::COMPLETE));
-        assert!(!flags.present(Flags::FAILED));
+        assert_eq!(flags.set(), Some(Outcome::Complete));
+        std::fs::write(root.join("tmp/failed"), "").unwrap();
+        assert_eq!(
+            flags.set(),
+            Some(Outcome::Failed),
+            "failed is looked at first"
+        );
         flags.clear();
-        assert!(!root.join("tmp/complete").exists());
+        assert!(!root.join("tmp/complete").exists() && !root.join("tmp/failed").exists());
     }
 
     #[test]
@@ -288,8 +307,7 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&host, root.join("tmp")).unwrap();
         let flags = Flags::new(t.path(), &root, true);
-        assert!(!flags.present(Flags::COMPLETE));
-        assert!(!flags.present(Flags::FAILED));
+        assert_eq!(flags.set(), None);
         flags.clear();
         assert!(host.join("complete").exists() && host.join("failed").exists());
     }
