@@ -23,7 +23,7 @@ pub enum Compression {
 
 /// A compression name that mksquashfs does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown squashfs compression `{0}`: use one of zstd, gzip, xz, lz4, lzo")]
+#[error("unknown squashfs compression `{0}`: use one of {names}", names = Compression::names())]
 pub struct UnknownCompression(pub String);
 
 impl Compression {

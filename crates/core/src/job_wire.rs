@@ -90,7 +90,7 @@ impl Heartbeat {
             Some(Value::String(s)) if s.len() <= MAX_PHASE_LEN => Some(s.clone()),
             Some(_) => {
                 return Err(Problem::validation(
-                    json!({"phase": ["A string of at most 200 characters."]}),
+                    json!({"phase": [format!("A string of at most {MAX_PHASE_LEN} characters.")]}),
                 ));
             }
         };

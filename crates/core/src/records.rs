@@ -31,8 +31,6 @@ macro_rules! wire_enum {
             pub const ALL: &'static [$name] = &[$($name::$v,)+];
             /// Every value's wire string, in declaration order.
             pub const NAMES: &'static [&'static str] = &[$($s,)+];
-            /// The field these values appear in (error messages).
-            pub const FIELD: &'static str = $field;
 
             /// The wire string.
             pub const fn as_str(self) -> &'static str {

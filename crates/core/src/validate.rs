@@ -379,6 +379,13 @@ impl Shape {
     }
 }
 
+/// The JSON Schema of a UUID string.
+pub fn uuid_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::Custom("uuid".into())))
+}
+
 /// The JSON Schema of a string holding something other than whitespace.
 pub fn nonblank_schema() -> ObjectBuilder {
     ObjectBuilder::new()
@@ -418,11 +425,7 @@ impl Field {
                 .enum_values(Some(values.iter().copied()))
                 .build()
                 .into(),
-            Kind::Uuid => ObjectBuilder::new()
-                .schema_type(Type::String)
-                .format(Some(SchemaFormat::Custom("uuid".into())))
-                .build()
-                .into(),
+            Kind::Uuid => uuid_schema().build().into(),
             Kind::Bool => AnyOfBuilder::new()
                 .item(Object::with_type(Type::Boolean))
                 .item(

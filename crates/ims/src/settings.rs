@@ -347,14 +347,7 @@ settings! {
         MAX_MANIFEST_SIZE: u64 = max_manifest_size: u64 {
             help: "manifest size limit (bytes)",
             env: ["MAX_IMAGE_MANIFEST_SIZE_BYTES"],
-            parse: |v| {
-                let v = v.text();
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("{v:?} is not a positive integer"))
-            },
+            parse: positive,
             default: Doc("1048576"),
         }
         EXECUTOR: ExecutorKind = executor: String {
@@ -604,10 +597,10 @@ fn boolean(v: Raw) -> Result<bool, String> {
     }
 }
 
-fn positive(v: Raw) -> Result<i64, String> {
+fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(v: Raw) -> Result<T, String> {
     let v = v.text();
-    match v.trim().parse::<i64>() {
-        Ok(n) if n >= 1 => Ok(n),
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!("{v:?} is not a positive integer")),
     }
 }

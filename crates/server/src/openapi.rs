@@ -794,12 +794,6 @@ impl Operation {
 fn string() -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(Type::String).into()
 }
-fn uuid() -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .format(Some(utoipa::openapi::SchemaFormat::Custom("uuid".into())))
-        .into()
-}
 fn reference(name: &str) -> RefOr<Schema> {
     Ref::from_schema_name(name).into()
 }
@@ -889,7 +883,10 @@ fn build() -> OpenApi {
                     path.replace(['/', '{', '}', '-', '.'], "_")
                 )));
             // Record ids are UUIDs; a node's xname is any path segment.
-            for (p, schema) in [("id", uuid()), ("xname", string())] {
+            for (p, schema) in [
+                ("id", ims_core::validate::uuid_schema().into()),
+                ("xname", string()),
+            ] {
                 if path.contains(&format!("{{{p}}}")) {
                     b = b.parameter(
                         ParameterBuilder::new()

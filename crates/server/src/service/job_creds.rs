@@ -22,12 +22,16 @@ use crate::sts::JobScope;
 use ims_core::{Image, Job, JobRun, Problem, Recipe, Timestamp};
 use serde_json::Value;
 
+/// The id chosen for job `job_id`'s new image, if one was.
+pub async fn chosen_image_id(st: &AppState, job_id: &str) -> ApiResult<Option<String>> {
+    Ok(ims_store::get::<JobRun>(&*st.store, job_id)
+        .await?
+        .and_then(|r| r.record.image_id))
+}
+
 /// The id of the job's new image: the one already chosen, or a new one (kept in its run state).
 pub async fn image_id(st: &AppState, job: &Job) -> ApiResult<String> {
-    if let Some(id) = ims_store::get::<JobRun>(&*st.store, &job.id)
-        .await?
-        .and_then(|r| r.record.image_id)
-    {
+    if let Some(id) = chosen_image_id(st, &job.id).await? {
         return Ok(id);
     }
     let fresh = ims_core::new_id();
@@ -93,10 +97,7 @@ pub async fn check_registration(
     if job.record.resultant_image_id.is_some() {
         return Err(refuse("the job already has its resultant image".into()));
     }
-    let Some(want) = ims_store::get::<JobRun>(&*st.store, job_id)
-        .await?
-        .and_then(|r| r.record.image_id)
-    else {
+    let Some(want) = chosen_image_id(st, job_id).await? else {
         return Err(refuse(
             "no image id was chosen for it (it asks STS for credentials first)".into(),
         ));
@@ -148,9 +149,7 @@ pub async fn check_result(st: &AppState, job_id: &str, body: Option<&Value>) -> 
     let Some(given) = body.and_then(|b| b.get("resultant_image_id")) else {
         return Ok(());
     };
-    let want = ims_store::get::<JobRun>(&*st.store, job_id)
-        .await?
-        .and_then(|r| r.record.image_id);
+    let want = chosen_image_id(st, job_id).await?;
     if want.is_some() && given.as_str() == want.as_deref() {
         return Ok(());
     }

@@ -339,13 +339,10 @@ pub async fn delete_filtered(st: &AppState, query: Option<&str>) -> ApiResult<Re
         .collect();
     let mut errors = Vec::new();
     let mut ops = Vec::new();
+    let cx = super::job_runs::executor_context(st);
     for j in &selected {
         super::job_creds::revoke(st, &j.record.id);
-        match st
-            .executor
-            .stop(&super::job_runs::executor_context(st), &j.record)
-            .await
-        {
+        match st.executor.stop(&cx, &j.record).await {
             Ok(()) => ops.push(Op::Delete {
                 table: ims_core::Table::Jobs,
                 id: j.record.id.clone(),
