@@ -271,21 +271,21 @@ pub fn preread(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> Preread {
     };
     let mut dirs = vec![top];
     while let Some(d) = dirs.pop() {
-        let Ok(names) = d.list() else {
+        let Ok(entries) = d.entries() else {
             continue;
         };
-        for name in names {
+        for (name, kind) in entries {
             if stop.load(Ordering::Relaxed) {
                 done.stopped = true;
                 return done;
             }
-            match d.kind(&name) {
-                Ok(Some(FileType::Directory)) => {
+            match kind {
+                FileType::Directory => {
                     if let Ok(sub) = d.open_dir(&name) {
                         dirs.push(sub);
                     }
                 }
-                Ok(Some(FileType::RegularFile)) => {
+                FileType::RegularFile => {
                     let Ok(mut f) = d.open_regular(&name) else {
                         continue;
                     };

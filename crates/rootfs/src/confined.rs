@@ -609,15 +609,48 @@ impl Dir {
         Ok(())
     }
 
+    /// Calls `f` with each entry of this directory (without `.` and `..`) and the type the
+    /// directory listing gives (`Unknown` on file systems that do not say).
+    fn each_entry(
+        &self,
+        mut f: impl FnMut(OsString, FileType) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for e in rustix::fs::Dir::read_from(&self.fd)? {
+            let e = e?;
+            let name = e.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                f(OsString::from_vec(name.to_vec()), e.file_type())?;
+            }
+        }
+        Ok(())
+    }
+
     /// The names in this directory (without `.` and `..`), in no particular order.
     pub fn list(&self) -> io::Result<Vec<OsString>> {
         let mut out = Vec::new();
-        for e in rustix::fs::Dir::read_from(&self.fd)? {
-            let name = e?.file_name().to_bytes().to_vec();
-            if name != b"." && name != b".." {
-                out.push(OsString::from_vec(name));
-            }
-        }
+        self.each_entry(|name, _| {
+            out.push(name);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The entries of this directory with what each is (never followed), in no particular order:
+    /// the type from the listing itself, a `stat` only where the file system does not give it.
+    /// An entry gone before it could be looked at is left out.
+    pub fn entries(&self) -> io::Result<Vec<(OsString, FileType)>> {
+        let mut out = Vec::new();
+        self.each_entry(|name, kind| {
+            let kind = match kind {
+                FileType::Unknown => match self.kind(&name)? {
+                    Some(k) => k,
+                    None => return Ok(()),
+                },
+                k => k,
+            };
+            out.push((name, kind));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -867,6 +900,16 @@ mod tests {
             let mut names = root.top().list().unwrap();
             names.sort();
             assert_eq!(names, [os("a"), os("top")]);
+            // entries() says what each is without following links.
+            let mut entries = root.dir(Path::new("a")).unwrap().entries().unwrap();
+            entries.sort_by(|x, y| x.0.cmp(&y.0));
+            assert_eq!(
+                entries,
+                [
+                    (os("b").to_owned(), FileType::Directory),
+                    (os("out").to_owned(), FileType::Symlink)
+                ]
+            );
             // remove_dir takes only a real, empty directory, never a link to one.
             std::fs::create_dir(outside.path().join("empty")).unwrap();
             symlink(outside.path().join("empty"), d.path().join("a/empty")).unwrap();
