@@ -420,14 +420,94 @@ pub fn undelete(body: Option<&Value>) -> Result<(), Problem> {
     UNDELETE.parse::<serde::de::IgnoredAny>(body).map(|_| ())
 }
 
+/// A node's capacity (an IMS-rs extension): a JSON integer from 1 to [`MAX_NODE_CAPACITY`];
+/// `null` in a PATCH goes back to the probed default.
+pub const NODE_CAPACITY: Field = Field::new("capacity", Kind::Custom(&CAPACITY))
+    .nullable()
+    .describe("Jobs the node runs at once (IMS-rs extension); absent or null: one per 4 cores and per 16 GiB of memory, whichever is fewer");
+
+const CAPACITY: Custom = Custom {
+    read: |v| match v.as_u64() {
+        Some(n) if (1..=u64::from(MAX_NODE_CAPACITY)).contains(&n) => Ok(v.clone()),
+        _ => Err(json!([format!(
+            "capacity must be a whole number from 1 to {MAX_NODE_CAPACITY}"
+        )])),
+    },
+    schema: || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(MAX_NODE_CAPACITY))
+            .into()
+    },
+};
+
+const NODE_DRAINED: Field = Field::new("drained", Kind::Bool)
+    .describe("A drained node gets no new jobs; its running jobs finish (IMS-rs extension)");
+
+/// The most jobs one node may be given at once.
+pub const MAX_NODE_CAPACITY: u32 = 1024;
+
 pub const REMOTE_BUILD_NODE_CREATE: Shape = Shape {
     name: "RemoteBuildNodeCreate",
-    fields: &[Field::nonblank("xname").required()],
+    fields: &[
+        Field::nonblank("xname").required(),
+        NODE_CAPACITY,
+        NODE_DRAINED,
+    ],
     check: None,
 };
 
-pub fn remote_build_node_create(body: Option<&Value>) -> Result<RemoteBuildNode, Problem> {
+/// A node registration: the xname, and the extensions when given (`None`: keep what a
+/// re-registered node had).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NewRemoteBuildNode {
+    pub xname: String,
+    #[serde(default, deserialize_with = "present")]
+    pub capacity: Option<Option<u32>>,
+    pub drained: Option<bool>,
+}
+
+pub fn remote_build_node_create(body: Option<&Value>) -> Result<NewRemoteBuildNode, Problem> {
     REMOTE_BUILD_NODE_CREATE.parse(body)
+}
+
+/// `PATCH /v3/remote-build-nodes/{xname}` (an IMS-rs extension).
+pub const REMOTE_BUILD_NODE_PATCH: Shape = Shape {
+    name: "RemoteBuildNodePatch",
+    fields: &[NODE_CAPACITY, NODE_DRAINED],
+    check: None,
+};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RemoteBuildNodePatch {
+    /// `Some(None)`: back to the probed default.
+    #[serde(default, deserialize_with = "present")]
+    pub capacity: Option<Option<u32>>,
+    pub drained: Option<bool>,
+}
+
+pub fn remote_build_node_patch(body: Option<&Value>) -> Result<RemoteBuildNodePatch, Problem> {
+    REMOTE_BUILD_NODE_PATCH.parse(body)
+}
+
+/// `POST /v3/remote-build-nodes/{xname}/host-key` (an IMS-rs extension): accept the key the
+/// node presents now, if it has this fingerprint.
+pub const HOST_KEY_ACCEPT: Shape = Shape {
+    name: "HostKeyAccept",
+    fields: &[Field::nonblank("fingerprint")
+        .required()
+        .describe("The fingerprint of the key to accept (`SHA256:…`, as `ssh-keygen -l` prints it on the node)")],
+    check: None,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HostKeyAccept {
+    pub fingerprint: String,
+}
+
+pub fn host_key_accept(body: Option<&Value>) -> Result<HostKeyAccept, Problem> {
+    HOST_KEY_ACCEPT.parse(body)
 }
 
 /// Every request body the API reads (the document lists them under these names).
@@ -441,6 +521,8 @@ pub const BODIES: &[&Shape] = &[
     &JOB_PATCH,
     &UNDELETE,
     &REMOTE_BUILD_NODE_CREATE,
+    &REMOTE_BUILD_NODE_PATCH,
+    &HOST_KEY_ACCEPT,
 ];
 
 /// What a query parameter's values may be.
@@ -776,8 +858,38 @@ mod tests {
         let p = job_patch(Some(&sample(&JOB_PATCH))).unwrap();
         assert!(p.status.is_some() && p.resultant_image_id.is_some());
         undelete(Some(&sample(&UNDELETE))).unwrap();
-        remote_build_node_create(Some(&sample(&REMOTE_BUILD_NODE_CREATE))).unwrap();
-        assert_eq!(BODIES.len(), 9);
+        for shape in [&REMOTE_BUILD_NODE_CREATE, &REMOTE_BUILD_NODE_PATCH] {
+            let mut n = sample(shape);
+            n["capacity"] = json!(2);
+            if shape.name == REMOTE_BUILD_NODE_CREATE.name {
+                let n = remote_build_node_create(Some(&n)).unwrap();
+                assert_eq!((n.capacity, n.drained), (Some(Some(2)), Some(true)));
+            } else {
+                let p = remote_build_node_patch(Some(&n)).unwrap();
+                assert_eq!((p.capacity, p.drained), (Some(Some(2)), Some(true)));
+            }
+        }
+        host_key_accept(Some(&sample(&HOST_KEY_ACCEPT))).unwrap();
+        assert_eq!(BODIES.len(), 11);
+    }
+
+    #[test]
+    fn node_capacity_is_bounded_and_null_resets_it() {
+        let n = remote_build_node_create(Some(&json!({"xname": "x1"}))).unwrap();
+        assert_eq!((n.capacity, n.drained), (None, None));
+        let n = remote_build_node_create(Some(&json!({"xname": "x1", "capacity": 1024}))).unwrap();
+        assert_eq!(n.capacity, Some(Some(1024)));
+        let p = remote_build_node_patch(Some(&json!({"capacity": null}))).unwrap();
+        assert_eq!(p.capacity, Some(None));
+        for bad in [
+            json!(0),
+            json!(1025),
+            json!(9223372036854775806u64),
+            json!("x"),
+        ] {
+            let e = remote_build_node_patch(Some(&json!({"capacity": bad}))).unwrap_err();
+            assert_eq!(e.status, 422, "{bad}");
+        }
     }
 
     #[test]

@@ -367,9 +367,52 @@ pub struct Job {
     pub status: JobStatus,
 }
 
+/// A registered remote build node. The original stores the xname only; the other fields are
+/// IMS-rs extensions (absent from the JSON while they have their defaults, so the original's
+/// clients see the shape they know).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RemoteBuildNode {
     pub xname: String,
+    /// Jobs the node runs at once; absent: derived from the node's cores and memory as probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// A drained node gets no new jobs; the jobs it runs finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+    /// The node's SSH host keys the administrator accepted (`TYPE BASE64`, as in `known_hosts`);
+    /// the server refuses any other key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<String>,
+}
+
+impl RemoteBuildNode {
+    pub fn new(xname: impl Into<String>) -> RemoteBuildNode {
+        RemoteBuildNode {
+            xname: xname.into(),
+            capacity: None,
+            drained: false,
+            host_keys: Vec::new(),
+        }
+    }
+}
+
+/// Internal: one reserved job slot of a remote build node. The id is `<xname>/<slot>` with
+/// `slot < capacity`, so the table's unique ids are what keeps two placements (in one process or
+/// in two replicas) from taking the same slot: the second insert conflicts. Written in the
+/// transaction that assigns the job to the node; removed when the job ends or goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSlot {
+    pub id: String,
+    pub created: Timestamp,
+    pub xname: String,
+    pub slot: u32,
+    pub job_id: String,
+}
+
+impl NodeSlot {
+    pub fn id_of(xname: &str, slot: u32) -> String {
+        format!("{xname}/{slot}")
+    }
 }
 
 /// The live status of a remote build node (recomputed on each request, never stored).
@@ -382,6 +425,22 @@ pub struct RemoteBuildNodeStatus {
     pub podmanStatus: String,
     pub sshStatus: String,
     pub xname: String,
+    // IMS-rs extensions (what placement uses).
+    /// Jobs the node takes at once (its record's `capacity`, else derived from the probe); 0
+    /// when unknown.
+    #[serde(default)]
+    pub capacity: u32,
+    /// Slots reserved for jobs on this node in the records store.
+    #[serde(default)]
+    pub reservedSlots: u32,
+    #[serde(default)]
+    pub drained: bool,
+    /// Whether the node's host key is pinned (accepted or configured).
+    #[serde(default)]
+    pub hostKeyPinned: bool,
+    /// Why the node cannot run jobs (or the last failure to start a job there); empty when none.
+    #[serde(default)]
+    pub lastError: String,
 }
 
 impl RemoteBuildNodeStatus {
@@ -393,6 +452,11 @@ impl RemoteBuildNodeStatus {
             podmanStatus: "Unknown".into(),
             sshStatus: "Unknown".into(),
             xname: xname.into(),
+            capacity: 0,
+            reservedSlots: 0,
+            drained: false,
+            hostKeyPinned: false,
+            lastError: String::new(),
         }
     }
 }
@@ -450,7 +514,9 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn check(&self) -> Result<(), String>;
 }
 
-fn check_id(id: &str) -> Result<(), String> {
+/// Whether `id` is a record id as the server makes them (a lower-case hyphenated UUID): safe as a
+/// path component and a command-line argument.
+pub fn check_id(id: &str) -> Result<(), String> {
     match uuid::Uuid::parse_str(id) {
         Ok(u) if u.hyphenated().to_string() == id => Ok(()),
         _ => Err(format!("id {id:?} is not a lower-case hyphenated UUID")),
@@ -504,6 +570,8 @@ pub enum Table {
     /// Internal: the running state of jobs ([`JobRun`]); not a wire resource, not in [`Table::ALL`]
     /// (so `ims migrate` neither exports nor imports it).
     JobRuns,
+    /// Internal: reserved job slots of remote build nodes ([`NodeSlot`]); not in [`Table::ALL`].
+    NodeSlots,
     /// Internal: artifact work a committed record change still owes (moves, deletes), written in the
     /// same transaction as the change and removed once done; not in [`Table::ALL`].
     ArtifactJournal,
@@ -533,6 +601,7 @@ impl Table {
             Table::DeletedRecipes => "deleted_recipes",
             Table::DeletedImages => "deleted_images",
             Table::JobRuns => "job_runs",
+            Table::NodeSlots => "node_slots",
             Table::ArtifactJournal => "artifact_journal",
         }
     }
@@ -550,6 +619,7 @@ impl Table {
             Table::DeletedImages => "v3.1_deleted_images.json",
             // Not one of the original's files: never read or written by `ims migrate`.
             Table::JobRuns => "job_runs.json",
+            Table::NodeSlots => "node_slots.json",
             Table::ArtifactJournal => "artifact_journal.json",
         }
     }
@@ -683,6 +753,13 @@ pub struct JobRun {
     /// When the job reached `success` or `error` (its token's grace period counts from then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<Timestamp>,
+    /// Since when the job waits for a free slot on a remote build node (no agent runs yet: the
+    /// reconciler leaves it to the placement timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_wait: Option<Timestamp>,
+    /// When its agent was started (silence counts from then until the first heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched: Option<Timestamp>,
 }
 
 impl Record for JobRun {
@@ -695,6 +772,25 @@ impl Record for JobRun {
     }
     fn check(&self) -> Result<(), String> {
         check_id(&self.id)
+    }
+}
+
+impl Record for NodeSlot {
+    const TABLE: Table = Table::NodeSlots;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created(&self) -> Option<Timestamp> {
+        Some(self.created)
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.id != NodeSlot::id_of(&self.xname, self.slot) {
+            return Err(format!(
+                "slot id {:?} does not match its node and number",
+                self.id
+            ));
+        }
+        check_id(&self.job_id)
     }
 }
 

@@ -58,7 +58,8 @@ pub struct Config {
     /// `None`: artifacts on the local filesystem under the data directory.
     pub s3: Option<ims_artifacts::S3Settings>,
     pub service: ims_server::ServiceConfig,
-    pub node_ssh_key: Option<PathBuf>,
+    /// How remote build nodes are reached and used.
+    pub nodes: NodesConfig,
     /// The administrator bearer token the API requires, if any.
     pub api_token: Option<String>,
     /// An API without a token may listen on a non-loopback address (`--insecure-open-api`).
@@ -71,6 +72,19 @@ pub struct Config {
     pub job_token_key_file: PathBuf,
     /// The connection rules of both listeners.
     pub http: HttpConfig,
+}
+
+/// Remote build nodes (`[remote_build_nodes]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodesConfig {
+    pub ssh_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub addresses: Vec<(String, String)>,
+    pub dir: String,
+    pub agent_x86_64: Option<PathBuf>,
+    pub agent_aarch64: Option<PathBuf>,
+    pub timeout: std::time::Duration,
+    pub placement_timeout: std::time::Duration,
 }
 
 /// The connection rules of both listeners (`ims_http::Limits`, once the connection limit is
@@ -322,7 +336,20 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         &mut svc.max_manifest_size,
         src.value(&s::MAX_MANIFEST_SIZE)?,
     );
-    let node_ssh_key = src.value(&s::NODE_SSH_KEY)?;
+    let nodes = NodesConfig {
+        ssh_key: src.value(&s::NODE_SSH_KEY)?,
+        known_hosts: src.value(&s::NODE_KNOWN_HOSTS)?,
+        addresses: src.value(&s::NODE_ADDRESSES)?.unwrap_or_default(),
+        dir: src.get(&s::NODE_DIR)?,
+        agent_x86_64: src.value(&s::NODE_AGENT_X86_64)?,
+        agent_aarch64: src.value(&s::NODE_AGENT_AARCH64)?,
+        timeout: src
+            .value(&s::NODE_TIMEOUT)?
+            .unwrap_or(std::time::Duration::from_secs(10)),
+        placement_timeout: src
+            .value(&s::PLACEMENT_TIMEOUT)?
+            .unwrap_or(std::time::Duration::from_secs(3600)),
+    };
     let api_token = match src.value(&s::API_TOKEN)? {
         Some(t) => Some(t),
         None => src.value(&s::API_TOKEN_FILE)?,
@@ -394,7 +421,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         log_format,
         s3,
         service: svc,
-        node_ssh_key,
+        nodes,
         api_token,
         insecure_open_api,
         executor,

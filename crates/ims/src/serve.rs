@@ -4,8 +4,10 @@
 use crate::config::{Config, ExecutorKind, LogFormat};
 use anyhow::{Context, Result, bail};
 use ims_artifacts::{ArtifactStore, Storage};
+use ims_server::executor::remote::fleet::{Fleet, FleetSettings};
+use ims_server::executor::remote::ssh::SshSettings;
+use ims_server::executor::remote::{Remote, RemoteExecutor, RemoteSettings};
 use ims_server::executor::{LocalExecutor, LocalSettings, RecordOnlyExecutor};
-use ims_server::nodes::SshProber;
 use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
 use ims_server::{AppParts, AppState, router};
 use ims_store::DynStore;
@@ -212,15 +214,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     let listener =
         ims_http::bind(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let api_url = agent_api_url(&cfg, addr);
+    let fleet = Arc::new(fleet(&cfg, &api_url)?);
+    let (executor, remote) = executor(&cfg, &api_url, &fleet)?;
     let state = AppState::new(AppParts {
         store: store.clone(),
         artifacts,
         cfg: Arc::new(cfg.service.clone()),
-        executor: executor(&cfg, addr)?,
-        prober: Arc::new(SshProber {
-            key: cfg.node_ssh_key.clone(),
-            timeout: Duration::from_secs(10),
-        }),
+        executor,
+        prober: fleet.clone(),
         sts: Some(sts),
         admin_token: cfg.api_token.as_deref().map(Arc::from),
         job_tokens: ims_server::auth::JobTokens::load_or_create(&cfg.job_token_key_file)
@@ -257,6 +259,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         })
     };
+    // Jobs waiting for a node slot are placed, and the nodes cleaned, by the remote executor's
+    // passes.
+    let node_passes = remote
+        .as_ref()
+        .map(|r| r.spawn_passes(ims_server::service::job_runs::executor_context(&state)));
     let reconciler = {
         let st = state.clone();
         let every = (st.cfg.job_heartbeat_timeout / 3)
@@ -285,6 +292,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     .context("server error")?;
     reconciler.abort();
     sweeper.abort();
+    if let Some(p) = node_passes {
+        p.abort();
+    }
     let _ = stop_s3.send(());
     if let Some(task) = s3_task {
         match task.await {
@@ -331,22 +341,105 @@ fn connection_limits(cfg: &Config) -> ims_http::Limits {
     }
 }
 
-/// The configured job executor.
-fn executor(
-    cfg: &Config,
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<Arc<dyn ims_server::executor::JobExecutor>> {
+/// The API URL job agents use: `IMS_AGENT_API_URL`, else the listen address (loopback when it
+/// listens on every address).
+fn agent_api_url(cfg: &Config, addr: std::net::SocketAddr) -> String {
+    cfg.agent_api_url.clone().unwrap_or_else(|| {
+        let ip = if addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        };
+        format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+    })
+}
+
+/// Whether a URL names this host's loopback (unreachable from a remote build node).
+fn loopback_url(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
+}
+
+/// The remote build nodes as the server uses them.
+fn fleet(cfg: &Config, api_url: &str) -> anyhow::Result<Fleet> {
+    let n = &cfg.nodes;
+    let exe = std::env::current_exe().context("cannot find the ims binary")?;
+    let own = |arch: ims_core::Arch| (arch.as_str() == std::env::consts::ARCH).then(|| exe.clone());
+    let binaries = [
+        (
+            ims_core::Arch::X86_64,
+            n.agent_x86_64
+                .clone()
+                .or_else(|| own(ims_core::Arch::X86_64)),
+        ),
+        (
+            ims_core::Arch::Aarch64,
+            n.agent_aarch64
+                .clone()
+                .or_else(|| own(ims_core::Arch::Aarch64)),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(a, p)| Some((a, p?)))
+    .collect();
+    // Agents on nodes reach the API and S3 over the network: a loopback URL cannot work.
+    let s3_url = match &cfg.s3 {
+        Some(s3) => Some(s3.endpoint.clone()),
+        None => cfg.s3_public_url.clone().or_else(|| {
+            cfg.s3_listen
+                .ip()
+                .is_loopback()
+                .then(|| format!("http://{}", cfg.s3_listen))
+        }),
+    };
+    let unreachable_server = if loopback_url(api_url) {
+        Some(format!(
+            "the API URL agents are given ({api_url}) is a loopback address that nodes cannot reach: set IMS_AGENT_API_URL (and listen on an address the nodes reach)"
+        ))
+    } else {
+        s3_url.filter(|u| loopback_url(u)).map(|u| {
+            format!(
+                "the S3 endpoint agents are given ({u}) is a loopback address that nodes cannot reach: set IMS_S3_PUBLIC_URL (and IMS_S3_LISTEN)"
+            )
+        })
+    };
+    if let (Some(why), Some(_)) = (&unreachable_server, &n.ssh_key) {
+        tracing::warn!("remote build nodes: {why}; no job is placed on a node");
+    }
+    Ok(Fleet::new(FleetSettings {
+        ssh: SshSettings {
+            key: n.ssh_key.clone(),
+            known_hosts: n.known_hosts.clone(),
+            state_dir: cfg.data_dir.join("remote-nodes"),
+            addresses: n.addresses.iter().cloned().collect(),
+            connect_timeout: n.timeout,
+        },
+        base: n.dir.clone(),
+        binaries,
+        probe_timeout: n.timeout * 3,
+        install_timeout: Duration::from_secs(600),
+        unreachable_server,
+    }))
+}
+
+/// The configured job executor (and, for `local`, the remote-node executor wrapping it, whose
+/// passes must run).
+type Executors = (
+    Arc<dyn ims_server::executor::JobExecutor>,
+    Option<Arc<Remote>>,
+);
+
+fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<Executors> {
     Ok(match cfg.executor {
-        ExecutorKind::None => Arc::new(RecordOnlyExecutor),
+        ExecutorKind::None => (Arc::new(RecordOnlyExecutor), None),
         ExecutorKind::Local => {
-            let api_url = cfg.agent_api_url.clone().unwrap_or_else(|| {
-                let ip = if addr.ip().is_unspecified() {
-                    std::net::IpAddr::from([127, 0, 0, 1])
-                } else {
-                    addr.ip()
-                };
-                format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
-            });
             let program = std::env::current_exe().context("cannot find the ims binary")?;
             let kiwi = cfg.agent.kiwi_program();
             // Say at start-up what this host lacks, rather than when the first job fails.
@@ -364,15 +457,18 @@ fn executor(
                     tracing::warn!("local executor: {w}");
                 }
                 if let Some(why) = host.explain(job_type) {
-                    tracing::warn!("local executor: {why}; such jobs are refused (503)");
+                    tracing::warn!(
+                        "local executor: {why}; such jobs are refused (503) unless a remote build node can run them"
+                    );
                 }
             }
+            let stop_grace = Duration::from_secs(10);
             let local = LocalExecutor::new(LocalSettings {
                 program,
-                api_url,
+                api_url: api_url.to_string(),
                 jobs_dir: cfg.data_dir.join("jobs"),
                 agent: cfg.agent.clone(),
-                stop_grace: Duration::from_secs(10),
+                stop_grace,
                 prerequisites: Some(Arc::new(
                     move |job_type: ims_core::JobType, session: bool, path: &str| {
                         ims_jobs::prereq::check(job_type, session, path, &kiwi).explain(job_type)
@@ -380,7 +476,18 @@ fn executor(
                 )),
             })
             .with_context(|| format!("cannot create {}", cfg.data_dir.join("jobs").display()))?;
-            Arc::new(ims_server::executor::local::Local(Arc::new(local)))
+            let home = Arc::new(ims_server::executor::local::Local(Arc::new(local)));
+            let remote = Remote::new(
+                home,
+                fleet.clone(),
+                RemoteSettings {
+                    api_url: api_url.to_string(),
+                    agent: cfg.agent.clone(),
+                    placement_timeout: cfg.nodes.placement_timeout,
+                    stop_grace,
+                },
+            );
+            (Arc::new(RemoteExecutor(remote.clone())), Some(remote))
         }
     })
 }

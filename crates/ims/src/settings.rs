@@ -462,10 +462,77 @@ settings! {
     }
     section remote_build_nodes: NodesFile {
         NODE_SSH_KEY: PathBuf = ssh_key: PathBuf {
-            help: "remote build node SSH key",
+            help: "remote build node SSH key (root's key on the nodes); without it no node is used",
             env: ["IMS_REMOTE_BUILD_NODE_SSH_KEY"],
-            parse: |v| Ok(v.path()),
+            parse: |v| {
+                let p = v.path();
+                if !p.is_file() {
+                    return Err(format!("{} is not a readable file", p.display()));
+                }
+                absolute(&p)
+            },
             default: Doc("none (status says so)"),
+        }
+        NODE_KNOWN_HOSTS: PathBuf = known_hosts: PathBuf {
+            help: "the site's known-hosts file for nodes (entries by xname), besides the keys accepted through the API",
+            env: ["IMS_REMOTE_BUILD_NODE_KNOWN_HOSTS"],
+            parse: |v| {
+                let p = v.path();
+                if !p.is_file() {
+                    return Err(format!("{} is not a readable file", p.display()));
+                }
+                let p = absolute(&p)?;
+                if p.to_string_lossy().contains(char::is_whitespace) {
+                    return Err("the path must not contain white space".into());
+                }
+                Ok(p)
+            },
+            default: Doc("none"),
+        }
+        NODE_ADDRESSES: Vec<(String, String)> = addresses: String {
+            help: "addresses of nodes the DNS does not resolve (`XNAME=ADDRESS,…`)",
+            env: ["IMS_REMOTE_BUILD_NODE_ADDRESSES"],
+            parse: node_addresses,
+            default: Doc("the xname (DNS)"),
+        }
+        NODE_DIR: String = dir: String {
+            help: "directory on the nodes for the agent binary and the jobs' scratch space",
+            env: ["IMS_REMOTE_BUILD_NODE_DIR"],
+            parse: |v| {
+                let d = v.text();
+                let ok = d.starts_with('/')
+                    && d.len() > 1
+                    && !d.split('/').any(|c| c == "..")
+                    && d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
+                if ok { Ok(d.trim_end_matches('/').to_string()) } else {
+                    Err(format!("{d:?} is not an absolute path of letters, digits, '/', '.', '_', '-'"))
+                }
+            },
+            default: Value(ims_core::node_wire::DEFAULT_NODE_BASE),
+        }
+        NODE_AGENT_X86_64: PathBuf = agent_x86_64: PathBuf {
+            help: "the `ims` build copied to x86_64 nodes",
+            env: ["IMS_REMOTE_BUILD_NODE_AGENT_X86_64"],
+            parse: existing_file,
+            default: Doc("this binary on an x86_64 server"),
+        }
+        NODE_AGENT_AARCH64: PathBuf = agent_aarch64: PathBuf {
+            help: "the `ims` build copied to aarch64 nodes",
+            env: ["IMS_REMOTE_BUILD_NODE_AGENT_AARCH64"],
+            parse: existing_file,
+            default: Doc("this binary on an aarch64 server; none otherwise"),
+        }
+        NODE_TIMEOUT: Duration = timeout: String {
+            help: "bound on connecting to a node (and on a probe)",
+            env: ["IMS_REMOTE_BUILD_NODE_TIMEOUT"],
+            parse: duration,
+            default: Doc("10s"),
+        }
+        PLACEMENT_TIMEOUT: Duration = placement_timeout: String {
+            help: "a job waiting for a free node slot ends in error after this long",
+            env: ["IMS_JOB_PLACEMENT_TIMEOUT"],
+            parse: duration,
+            default: Doc("1h"),
         }
     }
     section auth: AuthFile {
@@ -655,6 +722,35 @@ fn bucket(v: Raw) -> Result<String, String> {
 }
 
 /// `p` made absolute against the working directory (without touching the filesystem).
+fn existing_file(v: Raw) -> Result<PathBuf, String> {
+    let p = v.path();
+    if !p.is_file() {
+        return Err(format!("{} is not a readable file", p.display()));
+    }
+    absolute(&p)
+}
+
+/// `XNAME=ADDRESS,…`: names and addresses that are safe `ssh` arguments.
+fn node_addresses(v: Raw) -> Result<Vec<(String, String)>, String> {
+    let v = v.text();
+    let host = |h: &str| {
+        !h.is_empty()
+            && !h.starts_with('-')
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((x, a)) if host(x.trim()) && host(a.trim()) => {
+                Ok((x.trim().to_string(), a.trim().to_string()))
+            }
+            _ => Err(format!("{pair:?} is not XNAME=ADDRESS")),
+        })
+        .collect()
+}
+
 fn absolute(p: &Path) -> Result<PathBuf, String> {
     std::path::absolute(p).map_err(|e| format!("cannot make {} an absolute path: {e}", p.display()))
 }

@@ -9,7 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod executor;
 pub mod extract;
-pub mod nodes;
+
 pub mod openapi;
 pub mod routes;
 pub mod service;
@@ -112,7 +112,7 @@ pub struct AppParts {
     pub artifacts: Arc<ArtifactStore>,
     pub cfg: Arc<ServiceConfig>,
     pub executor: Arc<dyn executor::JobExecutor>,
-    pub prober: Arc<dyn nodes::NodeProber>,
+    pub prober: Arc<dyn executor::remote::fleet::NodeProber>,
     /// Issues S3 credentials at `PUT /apis/sts/token`; `None` when no S3 endpoint is available.
     pub sts: Option<Arc<dyn sts::StsIssuer>>,
     /// Required bearer token for the API when set (`IMS_API_TOKEN`); open API otherwise.

@@ -721,7 +721,7 @@ pub const OPERATIONS: &[Operation] = &[
         None,
         204,
         Empty,
-        &[],
+        &[409],
     ),
     op(
         V3,
@@ -765,13 +765,43 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         V3,
+        "patch",
+        "/remote-build-nodes/{xname}",
+        "Change a remote build node's capacity or drained flag (IMS-rs extension)",
+        Some(input::REMOTE_BUILD_NODE_PATCH.name),
+        200,
+        One("RemoteBuildNode"),
+        &[400, 404, 422],
+    ),
+    op(
+        V3,
         "delete",
         "/remote-build-nodes/{xname}",
-        "Remove a remote build node",
+        "Remove a remote build node (refused while jobs run on it)",
         None,
         204,
         Empty,
+        &[404, 409],
+    ),
+    op(
+        V3,
+        "get",
+        "/remote-build-nodes/{xname}/host-key",
+        "The SSH host keys the node presents now and those accepted (IMS-rs extension)",
+        None,
+        200,
+        One("HostKeys"),
         &[404],
+    ),
+    op(
+        V3,
+        "post",
+        "/remote-build-nodes/{xname}/host-key",
+        "Accept the host key the node presents now with the given fingerprint (IMS-rs extension)",
+        Some(input::HOST_KEY_ACCEPT.name),
+        200,
+        One("HostKeys"),
+        &[400, 404, 409, 422, 502],
     ),
 ];
 
@@ -847,6 +877,8 @@ fn build() -> OpenApi {
         .schema_from::<KeyValue>()
         .schema_from::<RemoteBuildNode>()
         .schema_from::<RemoteBuildNodeStatus>()
+        .schema_from::<crate::service::remote_nodes::HostKeys>()
+        .schema_from::<crate::service::remote_nodes::ShownKey>()
         .schema_from::<Problem>()
         .schema_from::<ims_core::Timestamp>()
         .schema("DeletedPublicKey", deleted_schema("PublicKey"))

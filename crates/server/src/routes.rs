@@ -263,7 +263,26 @@ fn remote_build_nodes() -> Router<AppState> {
             get(|State(st): St, IdPath(x): IdPath| async move {
                 get_raw(&*st.store, Table::RemoteBuildNodes, &x).await
             })
+            .patch(
+                |State(st): St, IdPath(x): IdPath, body: JsonBody| async move {
+                    json(StatusCode::OK, &n::patch(&st, &x, body.as_ref()).await?)
+                },
+            )
             .delete(|State(st): St, IdPath(x): IdPath| async move { n::delete_one(&st, &x).await }),
+        )
+        .route(
+            "/remote-build-nodes/{xname}/host-key",
+            get(|State(st): St, IdPath(x): IdPath| async move {
+                json(StatusCode::OK, &n::host_keys(&st, &x).await?)
+            })
+            .post(
+                |State(st): St, IdPath(x): IdPath, body: JsonBody| async move {
+                    json(
+                        StatusCode::OK,
+                        &n::accept_host_key(&st, &x, body.as_ref()).await?,
+                    )
+                },
+            ),
         )
 }
 

@@ -7,6 +7,7 @@
 use crate::common::*;
 use serde_json::{Value, json};
 
+/// The original's status fields and, after them, IMS-rs's (what placement uses).
 const STATUS_KEYS: &[&str] = &[
     "ableToRunJobs",
     "nodeArch",
@@ -14,6 +15,11 @@ const STATUS_KEYS: &[&str] = &[
     "podmanStatus",
     "sshStatus",
     "xname",
+    "capacity",
+    "reservedSlots",
+    "drained",
+    "hostKeyPinned",
+    "lastError",
 ];
 
 async fn node_server(db: Db) -> Server {
@@ -221,16 +227,29 @@ async fn status_probe_failure(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("id_ecdsa");
     std::fs::write(&key, "not a real key\n").unwrap();
+    // A name that is not a host name is refused at registration; one that came from the
+    // original's data files is never handed to ssh.
     let s = builder(db)
         .await
         .env("IMS_REMOTE_BUILD_NODE_SSH_KEY", key.to_str().unwrap())
+        .seed(
+            "v2.0_remote_build_nodes.json",
+            json!([{"xname": "-oProxyCommand=touch_pwned"}]),
+        )
         .start()
         .await;
-    for x in ["x9999c9s9b9n9.invalid", "-oProxyCommand=touch_pwned"] {
-        s.post("/v3/remote-build-nodes", &json!({"xname": x}))
-            .await
-            .ok(201);
-    }
+    s.post(
+        "/v3/remote-build-nodes",
+        &json!({"xname": "-oProxyCommand=touch_pwned2"}),
+    )
+    .await
+    .problem(400, false);
+    s.post(
+        "/v3/remote-build-nodes",
+        &json!({"xname": "x9999c9s9b9n9.invalid"}),
+    )
+    .await
+    .ok(201);
     let all = s.get("/v3/remote-build-nodes/status").await.ok(200);
     assert_eq!(all.as_array().unwrap().len(), 2);
     for st in all.as_array().unwrap() {

@@ -17,7 +17,7 @@
 use super::{ExecutorContext, ExecutorError, JobExecutor};
 use async_trait::async_trait;
 use ims_core::agent_env::{AgentEnv, AgentSettings};
-use ims_core::{Job, JobRun, JobType};
+use ims_core::{Arch, Job, JobRun, JobType};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -388,7 +388,22 @@ impl JobExecutor for Local {
         true
     }
 
-    fn cannot_run(&self, job_type: JobType, session: bool) -> Option<String> {
+    async fn cannot_run(
+        &self,
+        _cx: &ExecutorContext,
+        job_type: JobType,
+        arch: Option<Arch>,
+        session: bool,
+    ) -> Option<String> {
+        if let Some(arch) = arch
+            && arch.as_str() != std::env::consts::ARCH
+        {
+            return Some(format!(
+                "{arch} jobs cannot run on this host, which is {}; register a remote build node \
+                 of that architecture",
+                std::env::consts::ARCH
+            ));
+        }
         let check = self.0.s.prerequisites.as_ref()?;
         check(job_type, session, PATH)
     }

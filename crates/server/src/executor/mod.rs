@@ -11,10 +11,12 @@
 
 use crate::ServiceConfig;
 use async_trait::async_trait;
-use ims_core::{Job, JobRun, JobType};
+use ims_core::{Arch, Job, JobRun, JobType, NodeSlot, RemoteBuildNode};
 use std::sync::Arc;
 
 pub mod local;
+pub mod remote;
+pub use crate::service::node_slots::Reserved;
 pub use local::{LocalExecutor, LocalSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,21 @@ pub trait JobRuns: Send + Sync + 'static {
     /// A fresh token for the agent of job `id` (it can act on its own job only).
     fn job_token(&self, id: &str) -> String;
     fn settings(&self) -> &ServiceConfig;
+    /// The registered remote build nodes.
+    async fn nodes(&self) -> Result<Vec<RemoteBuildNode>, ExecutorError>;
+    /// Every reserved slot of the remote build nodes.
+    async fn slots(&self) -> Result<Vec<NodeSlot>, ExecutorError>;
+    /// Reserves a slot of node `xname` for job `id` and assigns the job to it, in one transaction.
+    async fn reserve(
+        &self,
+        id: &str,
+        xname: &str,
+        capacity: u32,
+    ) -> Result<Reserved, ExecutorError>;
+    /// Releases the slots job `id` holds.
+    async fn release(&self, id: &str) -> Result<(), ExecutorError>;
+    /// Adds a line to a job's log (what the executor is doing about it).
+    async fn note(&self, job: &Job, line: &str);
 }
 
 /// What every [`JobExecutor`] method gets: the server, as far as executors may see it.
@@ -92,6 +109,37 @@ impl ExecutorContext {
     pub fn job_token(&self, id: &str) -> String {
         self.0.job_token(id)
     }
+
+    /// The registered remote build nodes.
+    pub async fn nodes(&self) -> Result<Vec<RemoteBuildNode>, ExecutorError> {
+        self.0.nodes().await
+    }
+
+    /// Every reserved slot of the remote build nodes.
+    pub async fn slots(&self) -> Result<Vec<NodeSlot>, ExecutorError> {
+        self.0.slots().await
+    }
+
+    /// Reserves a slot of node `xname` (with `capacity` slots) for job `id` and assigns the job
+    /// to the node, in one transaction: never more jobs than slots, whatever runs concurrently.
+    pub async fn reserve(
+        &self,
+        id: &str,
+        xname: &str,
+        capacity: u32,
+    ) -> Result<Reserved, ExecutorError> {
+        self.0.reserve(id, xname, capacity).await
+    }
+
+    /// Releases the slots job `id` holds (none is fine).
+    pub async fn release(&self, id: &str) -> Result<(), ExecutorError> {
+        self.0.release(id).await
+    }
+
+    /// Adds a line to a job's log.
+    pub async fn note(&self, job: &Job, line: &str) {
+        self.0.note(job, line).await
+    }
 }
 
 #[async_trait]
@@ -112,9 +160,17 @@ pub trait JobExecutor: Send + Sync + 'static {
         false
     }
     /// Why this executor cannot run jobs of `job_type` now (its host lacks a tool, root, a
-    /// capability), in one line; `session`: the job opens an SSH session. `None` when it can.
-    /// Checked before a job is stored: such a job is refused (503) rather than left to fail.
-    fn cannot_run(&self, _job_type: JobType, _session: bool) -> Option<String> {
+    /// capability, or is of another architecture than `arch`), in one line; `session`: the job
+    /// opens an SSH session; `arch`: `None` before the job's artifact is read (then only what does
+    /// not depend on it is checked). `None` when it can. Checked before a job is stored: such a
+    /// job is refused (503) rather than left to fail.
+    async fn cannot_run(
+        &self,
+        _cx: &ExecutorContext,
+        _job_type: JobType,
+        _arch: Option<Arch>,
+        _session: bool,
+    ) -> Option<String> {
         None
     }
     /// A short name for logs (and [`JobRun::executor`]).

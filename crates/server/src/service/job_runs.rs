@@ -66,6 +66,8 @@ fn run_for(job: &Job, executor: &str) -> JobRun {
         ssh_host_key: None,
         image_id: None,
         ended: None,
+        placement_wait: None,
+        launched: None,
     }
 }
 
@@ -137,6 +139,42 @@ impl JobRuns for ForExecutors {
 
     fn job_token(&self, id: &str) -> String {
         self.0.job_tokens.issue(id)
+    }
+
+    async fn nodes(&self) -> Result<Vec<ims_core::RemoteBuildNode>, ExecutorError> {
+        Ok(ims_store::list::<ims_core::RemoteBuildNode>(&*self.0.store)
+            .await
+            .map_err(executor_error)?
+            .into_iter()
+            .map(|v| v.record)
+            .collect())
+    }
+
+    async fn slots(&self) -> Result<Vec<ims_core::NodeSlot>, ExecutorError> {
+        super::node_slots::all(&self.0)
+            .await
+            .map_err(executor_error)
+    }
+
+    async fn reserve(
+        &self,
+        id: &str,
+        xname: &str,
+        capacity: u32,
+    ) -> Result<super::node_slots::Reserved, ExecutorError> {
+        super::node_slots::reserve(&self.0, id, xname, capacity)
+            .await
+            .map_err(executor_error)
+    }
+
+    async fn release(&self, id: &str) -> Result<(), ExecutorError> {
+        super::node_slots::release(&self.0, id)
+            .await
+            .map_err(executor_error)
+    }
+
+    async fn note(&self, job: &Job, line: &str) {
+        note(&self.0, job, line).await
     }
 
     fn settings(&self) -> &ServiceConfig {
@@ -505,16 +543,32 @@ pub async fn reconcile(st: &AppState) {
         };
         // Silence counts from this server's start at the earliest: an agent that outlived a
         // previous server needs one heartbeat interval to reach this one.
+        // A job waiting for a remote build node has no agent yet: the placement pass ends it
+        // when it waited too long.
+        if run
+            .as_ref()
+            .is_some_and(|r| r.placement_wait.is_some() && r.host.is_none())
+        {
+            continue;
+        }
         let last = run
             .as_ref()
-            .and_then(|r| r.heartbeat.or(Some(r.created)))
+            .and_then(|r| r.heartbeat.or(r.launched).or(Some(r.created)))
             .unwrap_or(job.created)
             .max(st.started);
         let silent = secs(last);
         let timeout = st.cfg.job_heartbeat_timeout.as_secs();
         let reason = if silent > timeout {
+            let on = match run.as_ref() {
+                Some(r) if r.executor == crate::executor::remote::EXECUTOR => r
+                    .host
+                    .as_deref()
+                    .map(|x| format!(" on remote build node {x} (unreachable or stopped?)"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
             Some(format!(
-                "no heartbeat from the job agent for {silent} s (limit {timeout} s)"
+                "no heartbeat from the job agent{on} for {silent} s (limit {timeout} s)"
             ))
         } else {
             match run.as_ref().and_then(|r| r.waiting_since) {

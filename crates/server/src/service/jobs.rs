@@ -188,17 +188,22 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     // A host that cannot run the job refuses it before anything else is looked at or stored.
     let job_type = new.job_type;
     let session = job_type == JobType::Customize || new.enable_debug;
-    if let Some(why) = st.executor.cannot_run(job_type, session) {
+    let cx = super::job_runs::executor_context(st);
+    if let Some(why) = st.executor.cannot_run(&cx, job_type, None, session).await {
         return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
     }
     let job = prepare(st, new).await?;
-    // Record first, then start: a job that runs always has a record; a start failure removes it.
-    ims_store::insert(&*st.store, &job).await?;
-    if let Err(e) = st
+    // Then what depends on the artifact's architecture.
+    if let Some(why) = st
         .executor
-        .start(&super::job_runs::executor_context(st), &job)
+        .cannot_run(&cx, job_type, Some(job.arch), session)
         .await
     {
+        return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
+    }
+    // Record first, then start: a job that runs always has a record; a start failure removes it.
+    ims_store::insert(&*st.store, &job).await?;
+    if let Err(e) = st.executor.start(&cx, &job).await {
         tracing::error!(job = %job.id, error = %e, "executor could not start job");
         let _ = st
             .store

@@ -1,0 +1,159 @@
+//! Job slots of remote build nodes, reserved in the records store.
+//!
+//! A slot is a row `<xname>/<n>` of the internal `node_slots` table with `n < capacity`. Placing
+//! a job on a node is one transaction of three changes:
+//! * the job's record gets `remote_build_node = xname` (at the version read: a job deleted or
+//!   ended meanwhile is not placed);
+//! * the slot row is inserted (the primary key refuses a slot another placement took);
+//! * the node's record is rewritten at the version read (unchanged), so a placement and a drain or
+//!   a removal of the node, or two placements on one node, never both commit from one read.
+//!
+//! So two concurrent POSTs, in one server or in two replicas on one PostgreSQL, can never put
+//! more jobs on a node than it has slots: the loser of a race re-reads and tries again (or finds
+//! the node full). A slot is released when its job ends or is deleted, and a sweep releases the
+//! slots of jobs that are gone (a crash between the end of a job and the release).
+
+use super::MAX_ATTEMPTS;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use ims_core::{Job, NodeSlot, RemoteBuildNode, Timestamp};
+use ims_store::{Op, delete_op, insert_op, list, update_op};
+
+/// Every reserved slot.
+pub async fn all(st: &AppState) -> ApiResult<Vec<NodeSlot>> {
+    Ok(list::<NodeSlot>(&*st.store)
+        .await?
+        .into_iter()
+        .map(|v| v.record)
+        .collect())
+}
+
+/// What [`reserve`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// The job holds slot `n` of the node now (or already did).
+    Slot(u32),
+    /// Every slot below the capacity is taken.
+    Full,
+    /// The node is drained or no longer registered.
+    Unavailable,
+    /// The job was deleted or has ended: it is not placed.
+    JobGone,
+}
+
+/// Reserves a slot of node `xname` (which runs at most `capacity` jobs) for `job` and assigns the
+/// job to the node, in one transaction (see the module's documentation).
+pub async fn reserve(
+    st: &AppState,
+    job_id: &str,
+    xname: &str,
+    capacity: u32,
+) -> ApiResult<Reserved> {
+    let mut attempt = 0;
+    loop {
+        match reserve_once(st, job_id, xname, capacity).await {
+            Err(e) if e.is_conflict() && attempt + 1 < MAX_ATTEMPTS => {
+                attempt += 1;
+                tokio::task::yield_now().await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn reserve_once(
+    st: &AppState,
+    job_id: &str,
+    xname: &str,
+    capacity: u32,
+) -> ApiResult<Reserved> {
+    let Some(job) = ims_store::get::<Job>(&*st.store, job_id).await? else {
+        return Ok(Reserved::JobGone);
+    };
+    if job.record.status.is_final() {
+        return Ok(Reserved::JobGone);
+    }
+    let Some(node) = ims_store::get::<RemoteBuildNode>(&*st.store, xname).await? else {
+        return Ok(Reserved::Unavailable);
+    };
+    if node.record.drained {
+        return Ok(Reserved::Unavailable);
+    }
+    let slots = all(st).await?;
+    if let Some(s) = slots
+        .iter()
+        .find(|s| s.job_id == job_id && s.xname == xname)
+    {
+        return Ok(Reserved::Slot(s.slot));
+    }
+    let taken: std::collections::HashSet<u32> = slots
+        .iter()
+        .filter(|s| s.xname == xname)
+        .map(|s| s.slot)
+        .collect();
+    let Some(n) = (0..capacity).find(|n| !taken.contains(n)) else {
+        return Ok(Reserved::Full);
+    };
+    let slot = NodeSlot {
+        id: NodeSlot::id_of(xname, n),
+        created: Timestamp::now(),
+        xname: xname.to_string(),
+        slot: n,
+        job_id: job_id.to_string(),
+    };
+    let mut placed = job.record.clone();
+    placed.remote_build_node = xname.to_string();
+    st.store
+        .apply(vec![
+            update_op(&placed, job.version)?,
+            insert_op(&slot)?,
+            update_op(&node.record, node.version)?,
+        ])
+        .await?;
+    Ok(Reserved::Slot(n))
+}
+
+/// Releases every slot `job_id` holds (none is fine).
+pub async fn release(st: &AppState, job_id: &str) -> ApiResult<()> {
+    super::retrying!(
+        async {
+            let ops: Vec<Op> = list::<NodeSlot>(&*st.store)
+                .await?
+                .iter()
+                .filter(|v| v.record.job_id == job_id)
+                .map(delete_op)
+                .collect();
+            if ops.is_empty() {
+                return Ok(());
+            }
+            st.store.apply(ops).await.map_err(ApiError::from)
+        }
+        .await
+    )
+}
+
+/// Releases the slots whose job is gone or has ended (a server stopped between the end of a job
+/// and its release); returns how many.
+pub async fn sweep(st: &AppState) -> ApiResult<usize> {
+    let mut released = 0;
+    for slot in all(st).await? {
+        let live = ims_store::get::<Job>(&*st.store, &slot.job_id)
+            .await?
+            .is_some_and(|j| !j.record.status.is_final());
+        if !live {
+            release(st, &slot.job_id).await?;
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
+/// Whether node `xname` holds reserved slots (it cannot be removed then).
+pub async fn in_use(st: &AppState, xname: &str) -> ApiResult<Vec<String>> {
+    Ok(all(st)
+        .await?
+        .into_iter()
+        .filter(|s| s.xname == xname)
+        .map(|s| s.job_id)
+        .collect())
+}
