@@ -357,7 +357,7 @@ fn executor(
                 let host = ims_jobs::prereq::check(
                     job_type,
                     session,
-                    ims_server::executor::local::PATH,
+                    ims_core::agent_env::AGENT_PATH,
                     &kiwi,
                 );
                 for w in &host.warnings {
