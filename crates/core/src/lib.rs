@@ -11,6 +11,7 @@ pub mod job_wire;
 #[cfg(test)]
 mod layers;
 pub mod manifest;
+pub mod node_wire;
 pub mod problem;
 pub mod process;
 pub mod records;
