@@ -12,6 +12,8 @@ pub use rustix::process::Signal;
 
 /// How long [`stop_group`] waits for the agent to be gone after SIGKILL.
 pub const KILL_WAIT: Duration = Duration::from_secs(10);
+/// The longest grace period [`stop_group`] gives (a longer one is cut to it).
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 /// A live process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`); `None`
 /// for no process or a zombie (dead, only not yet reaped by its parent).
@@ -70,14 +72,14 @@ pub struct StillRunning {
 }
 
 /// Stops the agent `pid` that started at `started` and its process group: SIGTERM to the group,
-/// up to `grace` for the agent to end, SIGKILL to the group, up to [`KILL_WAIT`] for it to be
+/// up to `grace` (at most [`MAX_GRACE`]) for the agent to end, SIGKILL to the group, up to [`KILL_WAIT`] for it to be
 /// gone; then whatever is left in the group is killed ([`kill_leftovers`]). Returns whether the
 /// agent was running. Blocks the calling thread (polls every 50–100 ms).
 pub fn stop_group(pid: u32, started: Option<u64>, grace: Duration) -> Result<bool, StillRunning> {
     let running = same_process(pid, started);
     if running {
         signal_group(pid, Signal::TERM);
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now() + grace.min(MAX_GRACE);
         while same_process(pid, started) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -208,7 +210,7 @@ mod tests {
         let started = start_time(pid);
         let waiter = reap(child);
         let t = Instant::now();
-        assert_eq!(stop_group(pid, started, Duration::from_secs(5)), Ok(true));
+        assert_eq!(stop_group(pid, started, Duration::MAX), Ok(true));
         assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
         assert_eq!(waiter.join().unwrap().signal(), Some(15));
         // Ignores SIGTERM: SIGKILL after the grace period, and its group's other member too.

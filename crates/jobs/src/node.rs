@@ -420,11 +420,13 @@ fn start_agent(
             // ends, and its own process group (pgid = pid) for node-stop to signal.
             rustix::process::setsid()?;
             // Nothing node-run inherited (beyond stdin/stdout/stderr, which are replaced) goes
-            // on to the agent. Best effort: close_range is Linux 5.11 and later.
-            libc::close_range(
-                3,
+            // on to the agent. Best effort: close_range is Linux 5.11 and later (called as a
+            // system call: glibc has a wrapper only since 2.34, and nodes may be older).
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
                 libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+                libc::CLOSE_RANGE_CLOEXEC,
             );
             Ok(())
         });

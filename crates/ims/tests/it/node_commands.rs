@@ -363,7 +363,29 @@ fn bad_input_and_failed_agents_leave_nothing() {
     )
     .unwrap();
     std::fs::create_dir(jobs.join(other)).unwrap();
-    let r: NodeStopReport = node(&["node-stop", "--base", b, id, other, absent], b"").json();
+    // A job directory that is itself a mount point, and a job "directory" that is a link out.
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep"), "x").unwrap();
+    let mounted = "22222222-2222-4333-8444-555555555555";
+    let linked = "33333333-2222-4333-8444-555555555555";
+    std::fs::create_dir(jobs.join(mounted)).unwrap();
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(&outside)
+        .arg(jobs.join(mounted))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink(&outside, jobs.join(linked)).unwrap();
+    let p: NodeProbe = node(&["node-probe", "--base", b], b"").json();
+    let listed: Vec<&str> = p.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(listed, [id, other, mounted], "the link is no job directory");
+    let r: NodeStopReport = node(
+        &["node-stop", "--base", b, id, other, absent, mounted, linked],
+        b"",
+    )
+    .json();
     let entry = |id: &str, removed| NodeStopped {
         id: id.into(),
         was_running: false,
@@ -371,8 +393,16 @@ fn bad_input_and_failed_agents_leave_nothing() {
     };
     assert_eq!(
         r.stopped,
-        [entry(id, true), entry(other, true), entry(absent, false)]
+        [
+            entry(id, true),
+            entry(other, true),
+            entry(absent, false),
+            entry(mounted, true),
+            entry(linked, true)
+        ]
     );
     assert_eq!(std::fs::read_dir(&jobs).unwrap().count(), 0);
+    assert_eq!(mounted_under(&jobs), Vec::<String>::new());
+    assert_eq!(std::fs::read_to_string(outside.join("keep")).unwrap(), "x");
     assert_eq!(ims_core::process::start_time(1), Some(init));
 }
