@@ -406,3 +406,119 @@ fn bad_input_and_failed_agents_leave_nothing() {
     assert_eq!(std::fs::read_to_string(outside.join("keep")).unwrap(), "x");
     assert_eq!(ims_core::process::start_time(1), Some(init));
 }
+
+/// A whole customize job run through node-run against a real server: the agent, given only its
+/// environment on stdin, reads its job with its token, fetches the image through STS, opens the
+/// session (a login works), and node-stop ends it: the job is `error` with the stop in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_through_node_run_against_a_real_server() {
+    use crate::common::jobs::{ims, job_keys, ssh_as_root};
+    use crate::common::{Db, builder, job_token};
+    use serde_json::json;
+    if !is_root() {
+        eprintln!("skipped: the node commands run as root");
+        return;
+    }
+    const KEY_HEX: &str = "101112131415161718191a1b1c1d1e1f000102030405060708090a0b0c0d0e0f";
+    let t = tempfile::tempdir().unwrap();
+    let key_file = t.path().join("job.key");
+    std::fs::write(&key_file, KEY_HEX).unwrap();
+    // No executor of its own: the job's agent is the one node-run starts.
+    let s = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_TOKEN_KEY_FILE", key_file.to_str().unwrap())
+        .start()
+        .await;
+    let root = t.path().join("root");
+    for d in ["boot", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel 9").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd 9").unwrap();
+    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
+    let image = ims(&s, &["images", "import", "base", root.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = job_keys(&s, t.path(), &["id_job"]).await;
+    let job = s
+        .post(
+            "/v3/jobs",
+            &json!({"job_type": "customize", "artifact_id": image, "public_key_id": key,
+                    "image_root_archive_name": "on-a-node",
+                    "ssh_containers": [{"name": "customize", "jail": false}]}),
+        )
+        .await
+        .ok(201);
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["status"], "creating");
+
+    let base = t.path().join("node");
+    let b = base.to_str().unwrap().to_string();
+    let input = serde_json::to_vec(&json!({"env": {
+        "IMS_URL": s.url,
+        "IMS_TOKEN": job_token(KEY_HEX, &id),
+        "IMS_AGENT_ORPHAN_TIMEOUT": "300",
+    }}))
+    .unwrap();
+    let agent: AgentPid = node(&["node-run", "--base", &b, &id], &input).json();
+    let _cleanup = StopOnDrop(b.clone(), id.clone());
+    let j = wait(&s, &id, "waiting_on_user").await;
+    let info = &j["ssh_containers"][0]["connection_info"]["cluster.local"];
+    let port = info["port"].as_u64().unwrap().to_string();
+    let o = ssh_as_root(&port, &t.path().join("id_job"), "echo logged-in");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "logged-in");
+    let p: NodeProbe = node(&["node-probe", "--base", &b], b"").json();
+    assert_eq!(
+        p.jobs,
+        [NodeJob {
+            id: id.clone(),
+            running: true
+        }]
+    );
+
+    let b2 = b.clone();
+    let id2 = id.clone();
+    let r: NodeStopReport = tokio::task::spawn_blocking(move || {
+        node(&["node-stop", "--base", &b2, "--grace", "20", &id2], b"")
+    })
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(
+        r.stopped,
+        [NodeStopped {
+            id: id.clone(),
+            was_running: true,
+            removed: true
+        }]
+    );
+    wait_gone(agent.pid, agent.start);
+    wait(&s, &id, "error").await;
+    let text = log(&s, &id).await;
+    assert!(text.contains("the agent was told to stop"), "{text}");
+    assert!(!base.join("jobs").join(&id).exists());
+}
+
+async fn log(s: &crate::common::Server, id: &str) -> String {
+    String::from_utf8_lossy(&s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+}
+
+/// Waits for job `id` to reach status `want` (an `error` on the way fails, with the log).
+async fn wait(s: &crate::common::Server, id: &str, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        if j["status"] == want {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
+            "job is {} (waiting for {want}); log:\n{}",
+            j["status"],
+            log(s, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
