@@ -21,7 +21,8 @@
 //!   is alive (its [`PID_FILE`] names a live process with the recorded start time). A missing
 //!   base is no error: no jobs.
 //! * `ims agent node-run [--base B] JOB_ID`, with `{"env":{"IMS_URL":"…","IMS_TOKEN":"…",…}}` on
-//!   stdin ([`NodeRunInput`], read whole first, at most 1 MiB; only the variables of
+//!   stdin ([`NodeRunInput`], read whole first — to its end, so the caller closes it — at most
+//!   1 MiB; only the variables of
 //!   [`agent_env::ALL`] but [`agent_env::DIR`], which node-run sets; checked as the agent reads
 //!   them) → `{"pid":P,"start":S}` ([`AgentPid`]). It creates `B` and `B/jobs` (0700) if missing
 //!   and `B/jobs/JOB_ID` (0700; an existing one is refused: `job directory exists` — the server
@@ -403,7 +404,9 @@ fn start_agent(
         .try_clone()
         .map_err(|e| failed("cannot create the agent's output file", e))?;
     let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.args(["agent", "run", job_id])
+    // What `ps` shows: the binary's own path rather than /proc/self/exe.
+    cmd.arg0(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ims")))
+        .args(["agent", "run", job_id])
         .env_clear()
         .env("PATH", AGENT_PATH)
         .envs(env)
@@ -443,7 +446,7 @@ fn start_agent(
         let status = child
             .wait()
             .map_err(|e| failed("cannot wait for the agent", e))?;
-        return Err(exited_at_once(dir_path, status));
+        return Err(exited_at_once(pid, dir_path, status));
     };
     let record = AgentPid { pid, start };
     let data = serde_json::to_vec(&record).unwrap_or_default();
@@ -454,7 +457,7 @@ fn start_agent(
     let deadline = Instant::now() + EXIT_WATCH;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Err(exited_at_once(dir_path, status)),
+            Ok(Some(status)) => return Err(exited_at_once(pid, dir_path, status)),
             Ok(None) if Instant::now() >= deadline => break,
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
@@ -468,7 +471,10 @@ fn start_agent(
     Ok(record)
 }
 
-fn exited_at_once(dir_path: &Path, status: std::process::ExitStatus) -> Failure {
+/// The agent `pid` ended within [`EXIT_WATCH`] (it has been waited for): anything it started
+/// goes too, and its reason is the failure's.
+fn exited_at_once(pid: u32, dir_path: &Path, status: std::process::ExitStatus) -> Failure {
+    process::kill_leftovers(pid);
     let reason = process::failure_reason(&dir_path.join(OUT_FILE))
         .unwrap_or_else(|| "it wrote nothing".to_string());
     Failure::failed(format!("the agent ended at once ({status}): {reason}"))

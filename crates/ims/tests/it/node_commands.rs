@@ -7,6 +7,7 @@ use crate::common::jobs::is_root;
 use ims_core::agent_env::AGENT_PATH;
 use ims_core::node_wire::{AgentPid, NodeJob, NodeProbe, NodeStopReport, NodeStopped};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -200,6 +201,11 @@ fn an_agent_is_started_listed_and_stopped() {
         .filter(|a| !a.is_empty())
         .collect();
     assert_eq!(&args[1..], [&b"agent"[..], b"run", id.as_bytes()]);
+    assert_eq!(
+        Path::new(std::ffi::OsStr::from_bytes(args[0])),
+        std::fs::canonicalize(ims_bin()).unwrap(),
+        "ps shows the binary's path"
+    );
     assert_eq!(
         std::fs::read_link(format!("/proc/{}/cwd", agent.pid)).unwrap(),
         dir
