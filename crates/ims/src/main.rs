@@ -111,6 +111,7 @@ enum AgentOp {
     /// On a remote build node: start a job's agent in a session of its own; its environment is
     /// read from stdin as {"env":{"IMS_URL":…,"IMS_TOKEN":…}}. Prints {"pid":…,"start":…}.
     NodeRun {
+        /// The node's directory (agent binaries, job directories).
         #[arg(long, default_value = ims_jobs::node::DEFAULT_BASE)]
         base: PathBuf,
         /// The job's id (a UUID).
@@ -120,6 +121,7 @@ enum AgentOp {
     /// On a remote build node: stop jobs' agents (SIGTERM, then SIGKILL) and remove their
     /// directories.
     NodeStop {
+        /// The node's directory (agent binaries, job directories).
         #[arg(long, default_value = ims_jobs::node::DEFAULT_BASE)]
         base: PathBuf,
         /// Seconds between SIGTERM and SIGKILL.
