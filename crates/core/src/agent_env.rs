@@ -64,6 +64,10 @@ pub const ALL: [&str; 15] = [
     KIWI_CACHE,
 ];
 
+/// The `PATH` every executor gives the agent, and checks the agent's prerequisites with
+/// (`ims_jobs::prereq`).
+pub const AGENT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Joins the paths of [`SIGNING_KEYS`].
 pub const PATH_LIST_SEPARATOR: char = ':';
 /// The kiwi-ng program when [`KIWI`] is not set (looked up in `PATH`).

@@ -1,5 +1,6 @@
 //! `ims-core`: the IMS wire format — records, enums, request validation, problem errors and the image
-//! manifest. No I/O: every other crate builds on these types and nothing re-declares a field.
+//! manifest. No I/O (but [`process`], the agents' process primitives: `/proc` and signals): every
+//! other crate builds on these types and nothing re-declares a field.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ mod layers;
 pub mod manifest;
 pub mod node_wire;
 pub mod problem;
+pub mod process;
 pub mod records;
 pub mod s3name;
 pub mod sshkey;

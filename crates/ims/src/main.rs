@@ -101,6 +101,36 @@ enum AgentOp {
         /// The job's id.
         job_id: String,
     },
+    /// On a remote build node: this node's architecture, cores, memory, what it lacks for each
+    /// kind of job, and its job directories (one line of JSON).
+    NodeProbe {
+        /// The node's directory (agent binaries, job directories).
+        #[arg(long, default_value = ims_jobs::node::DEFAULT_BASE)]
+        base: PathBuf,
+    },
+    /// On a remote build node: start a job's agent in a session of its own; its environment is
+    /// read from stdin as {"env":{"IMS_URL":…,"IMS_TOKEN":…}}. Prints {"pid":…,"start":…}.
+    NodeRun {
+        /// The node's directory (agent binaries, job directories).
+        #[arg(long, default_value = ims_jobs::node::DEFAULT_BASE)]
+        base: PathBuf,
+        /// The job's id (a UUID).
+        #[arg(allow_hyphen_values = true)]
+        job_id: String,
+    },
+    /// On a remote build node: stop jobs' agents (SIGTERM, then SIGKILL) and remove their
+    /// directories.
+    NodeStop {
+        /// The node's directory (agent binaries, job directories).
+        #[arg(long, default_value = ims_jobs::node::DEFAULT_BASE)]
+        base: PathBuf,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = ims_jobs::node::DEFAULT_STOP_GRACE_SECS)]
+        grace: u64,
+        /// The jobs' ids (UUIDs).
+        #[arg(required = true, allow_hyphen_values = true)]
+        job_ids: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +220,24 @@ fn main() -> ExitCode {
         Cmd::Agent {
             op: AgentOp::Run { job_id },
         } => run_agent(&job_id),
+        Cmd::Agent {
+            op: AgentOp::NodeProbe { base },
+        } => ExitCode::from(ims_jobs::node::probe_command(&base)),
+        Cmd::Agent {
+            op: AgentOp::NodeRun { base, job_id },
+        } => ExitCode::from(ims_jobs::node::run_command(&base, &job_id)),
+        Cmd::Agent {
+            op:
+                AgentOp::NodeStop {
+                    base,
+                    grace,
+                    job_ids,
+                },
+        } => ExitCode::from(ims_jobs::node::stop_command(
+            &base,
+            std::time::Duration::from_secs(grace),
+            &job_ids,
+        )),
     }
 }
 

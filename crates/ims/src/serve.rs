@@ -450,7 +450,7 @@ fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<E
                 let host = ims_jobs::prereq::check(
                     job_type,
                     session,
-                    ims_server::executor::local::PATH,
+                    ims_core::agent_env::AGENT_PATH,
                     &kiwi,
                 );
                 for w in &host.warnings {

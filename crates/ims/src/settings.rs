@@ -508,7 +508,7 @@ settings! {
                     Err(format!("{d:?} is not an absolute path of letters, digits, '/', '.', '_', '-'"))
                 }
             },
-            default: Value(ims_core::node_wire::DEFAULT_NODE_BASE),
+            default: Value(ims_core::node_wire::DEFAULT_BASE),
         }
         NODE_AGENT_X86_64: PathBuf = agent_x86_64: PathBuf {
             help: "the `ims` build copied to x86_64 nodes",

@@ -30,6 +30,9 @@
 //! * [`context`]: what a pipeline works with ([`context::JobContext`]: the job, the settings, the
 //!   API client, the log shipped to the server in order, status changes, the SSH report).
 //! * [`agent`]: the agent's settings from the environment, and its process set-up.
+//! * [`node`]: `ims agent node-probe|node-run|node-stop`, the commands the server's remote
+//!   executor runs on a remote build node over SSH to look at it, start an agent there and stop
+//!   it.
 //!
 //! The agent runs in a private mount namespace ([`agent::enter_private_mount_namespace`], before
 //! any thread exists), so every mount it makes disappears with it, however it ends.
@@ -40,6 +43,7 @@ pub mod create;
 pub mod customize;
 pub mod error;
 pub mod imageroot;
+pub mod node;
 pub mod package;
 pub mod prereq;
 pub mod recipe;

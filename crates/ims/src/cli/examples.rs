@@ -10,6 +10,9 @@ IMS_API_TOKEN=$(cat /etc/ims/token) ims serve --listen 0.0.0.0:9000"),
     ("migrate export", "ims migrate export /tmp/ims-export          # write every record as the original's data files"),
     ("s3-credentials", "ims s3-credentials --data-dir /var/lib/ims  # keys and endpoint for aws, rclone, boto3"),
     ("agent run", "ims agent run 0f2d8c3b-…                   # started by an executor, not by hand"),
+    ("agent node-probe", "ims agent node-probe                        # on a build node, run over SSH by the server"),
+    ("agent node-run", "echo '{\"env\":{\"IMS_URL\":…,\"IMS_TOKEN\":…}}' | ims agent node-run 0f2d8c3b-…"),
+    ("agent node-stop", "ims agent node-stop --grace 10 0f2d8c3b-… # stop the job's agent, remove its directory"),
     ("images list", "ims images list
 ims images list --format table"),
     ("images describe", "ims images describe debian12-minbase        # by name when one image has it

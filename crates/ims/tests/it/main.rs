@@ -25,5 +25,6 @@ mod job_credentials;
 mod jobs_create;
 mod jobs_customize;
 mod migrate;
+mod node_commands;
 mod readme;
 mod s3_backend;

@@ -16,7 +16,8 @@
 
 use super::{ExecutorContext, ExecutorError, JobExecutor};
 use async_trait::async_trait;
-use ims_core::agent_env::{AgentEnv, AgentSettings};
+use ims_core::agent_env::{AGENT_PATH, AgentEnv, AgentSettings};
+use ims_core::process::{Signal, failure_reason, same_process, signal_group, start_time};
 use ims_core::{Arch, Job, JobRun, JobType};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -54,70 +55,10 @@ pub struct LocalExecutor {
     running: Mutex<HashMap<String, u32>>,
 }
 
-/// The `PATH` agents get.
-pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".to_string())
-}
-
-/// A live process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`); `None`
-/// for no process or a zombie (dead, only not yet reaped by its parent).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = rest.next()?;
-    if matches!(state, "Z" | "X" | "x") {
-        return None;
-    }
-    rest.nth(18)?.parse().ok()
-}
-
-/// Whether the process `pid` is alive and is the one that started at `started` (not a recycled
-/// pid).
-fn same_process(pid: u32, started: Option<u64>) -> bool {
-    match (start_time(pid), started) {
-        (Some(now), Some(then)) => now == then,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
-}
-
-/// The reason an agent gave for failing: the last error line of its output (`agent.out`: its log
-/// lines and its own start-up messages), else its last line.
-fn failure_reason(out: &std::path::Path) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    const TAIL: u64 = 64 * 1024;
-    let mut f = std::fs::File::open(out).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
-    let mut tail = Vec::new();
-    f.take(TAIL).read_to_end(&mut tail).ok()?;
-    let text = String::from_utf8_lossy(&tail);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let line = lines
-        .iter()
-        .rev()
-        .find(|l| l.contains(" error: ") || l.starts_with("error: ") || l.starts_with("ims agent:"))
-        .or(lines.last())?;
-    // Lines longer than a log line should be are cut (on a character boundary).
-    Some(line.chars().take(2000).collect())
-}
-
-fn signal_group(pid: u32, sig: libc::c_int) {
-    if let (Some(group), Some(sig)) = (
-        rustix::process::Pid::from_raw(pid as i32),
-        rustix::process::Signal::from_named_raw(sig),
-    ) {
-        let _ = rustix::process::kill_process_group(group, sig);
-    }
 }
 
 impl LocalExecutor {
@@ -158,7 +99,7 @@ impl LocalExecutor {
     /// did not finish, kill what the agent may have left in its group, remove its directory.
     async fn agent_gone(self: &Arc<Self>, cx: &ExecutorContext, id: &str, pid: u32, how: String) {
         self.running.lock().map(|mut r| r.remove(id)).ok();
-        signal_group(pid, libc::SIGKILL);
+        ims_core::process::kill_leftovers(pid);
         let stopping = self
             .stopping
             .lock()
@@ -227,7 +168,7 @@ impl JobExecutor for Local {
             .arg("run")
             .arg(&id)
             .env_clear()
-            .env("PATH", PATH)
+            .env("PATH", AGENT_PATH)
             .envs(
                 AgentEnv {
                     api_url: me.s.api_url.clone(),
@@ -268,7 +209,7 @@ impl JobExecutor for Local {
             })
             .await
         {
-            signal_group(pid, libc::SIGKILL);
+            signal_group(pid, Signal::KILL);
             let _ = child.wait().await;
             me.remove_dir(&id);
             return Err(ExecutorError(format!("cannot record the agent: {e}")));
@@ -314,30 +255,19 @@ impl JobExecutor for Local {
         if let Ok(mut s) = me.stopping.lock() {
             s.insert(job.id.clone());
         }
-        let result = async {
-            if same_process(pid, started) {
-                signal_group(pid, libc::SIGTERM);
-                let deadline = tokio::time::Instant::now() + me.s.stop_grace;
-                while same_process(pid, started) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                signal_group(pid, libc::SIGKILL);
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                while same_process(pid, started) {
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(ExecutorError(format!(
-                            "the job agent (pid {pid}) did not stop"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        let grace = me.s.stop_grace;
+        let result = match tokio::task::spawn_blocking(move || {
+            ims_core::process::stop_group(pid, started, grace)
+        })
+        .await
+        {
+            Ok(Ok(_)) => {
+                me.remove_dir(&job.id);
+                Ok(())
             }
-            // Whatever the agent started in its group goes too.
-            signal_group(pid, libc::SIGKILL);
-            me.remove_dir(&job.id);
-            Ok(())
-        }
-        .await;
+            Ok(Err(e)) => Err(ExecutorError(e.to_string())),
+            Err(e) => Err(ExecutorError(format!("cannot stop the job agent: {e}"))),
+        };
         if let Ok(mut s) = me.stopping.lock() {
             s.remove(&job.id);
         }
@@ -405,61 +335,10 @@ impl JobExecutor for Local {
             ));
         }
         let check = self.0.s.prerequisites.as_ref()?;
-        check(job_type, session, PATH)
+        check(job_type, session, AGENT_PATH)
     }
 
     fn name(&self) -> &'static str {
         "local"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_failure_reason_is_the_last_error_line() {
-        let out = std::env::temp_dir().join(format!("ims-agent-out-{}", std::process::id()));
-        let _ = std::fs::remove_file(&out);
-        assert_eq!(failure_reason(&out), None);
-        std::fs::write(
-            &out,
-            "2026-01-01T00:00:00Z status: fetching_image\n\
-             2026-01-01T00:00:01Z error: cannot write ./x/image.sqsh: No such file or directory\n\
-             2026-01-01T00:00:01Z status: error\n\n",
-        )
-        .unwrap();
-        assert_eq!(
-            failure_reason(&out).unwrap(),
-            "2026-01-01T00:00:01Z error: cannot write ./x/image.sqsh: No such file or directory"
-        );
-        std::fs::write(&out, "ims agent: IMS_URL is not set\n").unwrap();
-        assert_eq!(
-            failure_reason(&out).unwrap(),
-            "ims agent: IMS_URL is not set"
-        );
-        std::fs::write(&out, "something else\n").unwrap();
-        assert_eq!(failure_reason(&out).unwrap(), "something else");
-        std::fs::remove_file(&out).unwrap();
-    }
-
-    #[test]
-    fn processes_are_recognised() {
-        let me = std::process::id();
-        let t = start_time(me).expect("this process");
-        assert!(same_process(me, Some(t)));
-        assert!(!same_process(me, Some(t + 1)), "a recycled pid");
-        // A zombie is not alive.
-        let child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while start_time(pid).is_some() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the exited child still counts as alive"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drop(child);
     }
 }

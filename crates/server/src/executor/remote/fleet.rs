@@ -9,7 +9,7 @@
 
 use super::ssh::{HostKey, Input, SshError, SshSettings};
 use async_trait::async_trait;
-use ims_core::node_wire::{NodeProbe, NodeRunAnswer, NodeRunRequest, NodeStopAnswer};
+use ims_core::node_wire::{AgentPid, NodeProbe, NodeRunInput, NodeStopReport};
 use ims_core::{Arch, RemoteBuildNode, RemoteBuildNodeStatus};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -298,14 +298,14 @@ impl Fleet {
         node: &RemoteBuildNode,
         id: &str,
         env: Vec<(&'static str, String)>,
-    ) -> Result<NodeRunAnswer, String> {
-        if ims_core::records::check_id(id).is_err() {
+    ) -> Result<AgentPid, String> {
+        if ims_core::node_wire::check_job_id(id).is_err() {
             return Err(format!("{id:?} is not a job id"));
         }
         let script = self
             .node_command(&format!("node-run --base \"$B\" {id}"), NOT_INSTALLED_EXIT)
             .await?;
-        let request = NodeRunRequest {
+        let request = NodeRunInput {
             env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         };
         let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
@@ -337,14 +337,14 @@ impl Fleet {
         node: &RemoteBuildNode,
         ids: &[String],
         grace: Duration,
-    ) -> Result<NodeStopAnswer, SshError> {
+    ) -> Result<NodeStopReport, SshError> {
         let ids: Vec<&str> = ids
             .iter()
             .map(String::as_str)
-            .filter(|id| ims_core::records::check_id(id).is_ok())
+            .filter(|id| ims_core::node_wire::check_job_id(id).is_ok())
             .collect();
         if ids.is_empty() {
-            return Ok(NodeStopAnswer { stopped: vec![] });
+            return Ok(NodeStopReport { stopped: vec![] });
         }
         let script = self
             .node_command(
@@ -397,8 +397,10 @@ impl Fleet {
     pub fn capacity(node: &RemoteBuildNode, probe: &NodeProbe) -> u32 {
         node.capacity.unwrap_or_else(|| {
             let by_cores = probe.cores / 4;
-            let by_memory = (probe.memory_bytes / (16 << 30)) as u32;
-            by_cores.min(by_memory).max(1)
+            let by_memory = probe.memory_bytes / (16 << 30);
+            by_cores
+                .min(by_memory)
+                .clamp(1, u64::from(ims_core::input::MAX_NODE_CAPACITY)) as u32
         })
     }
 }
@@ -441,7 +443,7 @@ impl NodeProber for Fleet {
             Probe::Ok(p) => {
                 st.sshStatus = "SSH connection established.".into();
                 st.podmanStatus = PODMAN_NOT_USED.into();
-                st.nodeArch = p.arch.to_string();
+                st.nodeArch = p.arch.clone();
                 st.numCurrentJobs = p.jobs.iter().filter(|j| j.running).count() as i64;
                 st.capacity = Fleet::capacity(node, &p);
                 let why = self
@@ -488,9 +490,9 @@ fn hex_lower(b: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn probe(cores: u32, gib: u64) -> NodeProbe {
+    fn probe(cores: u64, gib: u64) -> NodeProbe {
         NodeProbe {
-            arch: Arch::X86_64,
+            arch: "x86_64".into(),
             cores,
             memory_bytes: gib << 30,
             cannot_run: Default::default(),

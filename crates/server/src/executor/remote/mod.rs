@@ -150,7 +150,7 @@ impl Remote {
                     continue;
                 }
             };
-            if p.arch != job.arch {
+            if p.arch != job.arch.as_str() {
                 continue;
             }
             let why = self
@@ -567,7 +567,7 @@ impl JobExecutor for RemoteExecutor {
         for n in nodes.iter().filter(|n| !n.drained) {
             maybe |= match (arch, me.fleet.probe_cached(n, PROBE_TTL).await) {
                 (None, _) => true,
-                (Some(a), Probe::Ok(p)) => p.arch == a,
+                (Some(a), Probe::Ok(p)) => p.arch == a.as_str(),
                 (Some(_), Probe::Failed(f)) => match f {
                     fleet::ProbeFailure::Agent { arch: Some(na), .. } => {
                         arch.is_some_and(|a| a.as_str() == na)
