@@ -10,30 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A small image root: a binary with a file capability, a file to change, kernel and initrd.
-fn image_root(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    for d in ["boot", "bin", "etc", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel 9").unwrap();
-    std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd 9").unwrap();
-    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
-    std::fs::copy("/bin/true", root.join("bin/true")).unwrap();
-    // A shell for jailed sessions: busybox-static and a few applets.
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "ls", "touch", "echo", "mount", "id", "chroot"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    let o = Command::new("setcap")
-        .args(["cap_net_raw+ep"])
-        .arg(root.join("bin/true"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    root
-}
-
 struct Setup {
     s: Server,
     dir: tempfile::TempDir,
@@ -229,29 +205,6 @@ fn nothing_remains(id: &str, dir: Option<&Path>) {
     }
 }
 
-fn unsquash(s: &Server, image: &Value, dest: &Path) {
-    let link = image["link"]["path"].as_str().unwrap();
-    let key = link.strip_prefix("s3://boot-images/").unwrap();
-    let manifest: Value = serde_json::from_slice(&s.read_artifact("boot-images", key)).unwrap();
-    let rootfs = manifest["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["type"] == "application/vnd.cray.image.rootfs.squashfs")
-        .unwrap();
-    let rkey = rootfs["link"]["path"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("s3://boot-images/")
-        .unwrap();
-    let o = Command::new("unsquashfs")
-        .args(["-q", "-n", "-d"])
-        .arg(dest)
-        .arg(s.artifact_path("boot-images", rkey))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-}
 
 /// A change made in the image root ends up in the new image, not in the source; the job ends
 /// in success with the new image as its result, and leaves nothing behind.

@@ -31,7 +31,7 @@ pub async fn all(st: &AppState) -> ApiResult<Vec<NodeSlot>> {
 /// What [`reserve`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reserved {
-    /// The job holds slot `n` of the node now (or already did).
+    /// The job holds slot `n` of the node now.
     Slot(u32),
     /// Every slot below the capacity is taken.
     Full,
@@ -39,6 +39,8 @@ pub enum Reserved {
     Unavailable,
     /// The job was deleted or has ended: it is not placed.
     JobGone,
+    /// The job holds a slot already (another replica placed it meanwhile): nothing to do.
+    Placed(String),
 }
 
 /// Reserves a slot of node `xname` (which runs at most `capacity` jobs) for `job` and assigns the
@@ -80,11 +82,8 @@ async fn reserve_once(
         return Ok(Reserved::Unavailable);
     }
     let slots = all(st).await?;
-    if let Some(s) = slots
-        .iter()
-        .find(|s| s.job_id == job_id && s.xname == xname)
-    {
-        return Ok(Reserved::Slot(s.slot));
+    if let Some(s) = slots.iter().find(|s| s.job_id == job_id) {
+        return Ok(Reserved::Placed(s.xname.clone()));
     }
     let taken: std::collections::HashSet<u32> = slots
         .iter()

@@ -3,7 +3,7 @@
 
 use super::{Server, ims_bin};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn is_root() -> bool {
@@ -54,6 +54,11 @@ pub async fn job_keys(s: &Server, dir: &Path, names: &[&str]) -> String {
 /// Runs `cmd` over SSH as root@127.0.0.1:`port` with the private key `key` (batch mode, host key
 /// not checked).
 pub fn ssh_as_root(port: &str, key: &Path, cmd: &str) -> std::process::Output {
+    ssh_as_root_at("127.0.0.1", port, key, cmd)
+}
+
+/// [`ssh_as_root`] at `host`.
+pub fn ssh_as_root_at(host: &str, port: &str, key: &Path, cmd: &str) -> std::process::Output {
     Command::new("ssh")
         .args([
             "-o",
@@ -73,7 +78,7 @@ pub fn ssh_as_root(port: &str, key: &Path, cmd: &str) -> std::process::Output {
             "-i",
         ])
         .arg(key)
-        .arg("root@127.0.0.1")
+        .arg(format!("root@{host}"))
         .arg(cmd)
         .output()
         .unwrap()
@@ -199,4 +204,53 @@ impl Pty {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
+}
+
+/// A small image root: a binary with a file capability, a file to change, kernel and initrd.
+pub fn image_root(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["boot", "bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel 9").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-9-amd64"), "initrd 9").unwrap();
+    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
+    std::fs::copy("/bin/true", root.join("bin/true")).unwrap();
+    // A shell for jailed sessions: busybox-static and a few applets.
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "touch", "echo", "mount", "id", "chroot"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let o = Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(root.join("bin/true"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    root
+}
+
+/// Unpacks the root file system of image record `image` (served by `s`) into `dest`.
+pub fn unsquash(s: &Server, image: &Value, dest: &Path) {
+    let link = image["link"]["path"].as_str().unwrap();
+    let key = link.strip_prefix("s3://boot-images/").unwrap();
+    let manifest: Value = serde_json::from_slice(&s.read_artifact("boot-images", key)).unwrap();
+    let rootfs = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "application/vnd.cray.image.rootfs.squashfs")
+        .unwrap();
+    let rkey = rootfs["link"]["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("s3://boot-images/")
+        .unwrap();
+    let o = Command::new("unsquashfs")
+        .args(["-q", "-n", "-d"])
+        .arg(dest)
+        .arg(s.artifact_path("boot-images", rkey))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
 }

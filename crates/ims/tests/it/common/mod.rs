@@ -146,7 +146,8 @@ impl Builder {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        // A fixed API address (for restarts that keep it) comes from an `IMS_LISTEN` setting.
+        // A fixed API address (for restarts that keep it) comes from an `IMS_LISTEN` setting, the
+        // S3 endpoint's from `IMS_S3_LISTEN`.
         let listen = self
             .env
             .iter()
@@ -154,8 +155,15 @@ impl Builder {
             .find(|(k, _)| k == "IMS_LISTEN")
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let s3_listen = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "IMS_S3_LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut child = self
-            .command(&["serve", "--listen", &listen, "--s3-listen", "127.0.0.1:0"])
+            .command(&["serve", "--listen", &listen, "--s3-listen", &s3_listen])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

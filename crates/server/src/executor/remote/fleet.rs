@@ -424,7 +424,8 @@ impl NodeProber for Fleet {
             st.lastError = SshError::NoKey.to_string();
             return st;
         }
-        match self.probe(node, true).await {
+        // Bounded: the binary is copied by the node pass and placement, not by a status request.
+        match self.probe(node, false).await {
             Probe::Failed(ProbeFailure::Ssh(e)) => {
                 st.sshStatus = match &e {
                     SshError::Timeout(s) => format!("SSH connection timed out after {s} s."),

@@ -58,8 +58,6 @@ pub struct Remote {
     home: Arc<dyn JobExecutor>,
     fleet: Arc<Fleet>,
     s: RemoteSettings,
-    /// One placement at a time in this process (replicas race through the store, safely).
-    placing: tokio::sync::Mutex<()>,
     /// Wakes the placement loop (a slot was released, a job waits).
     wake: tokio::sync::Notify,
 }
@@ -93,7 +91,6 @@ impl Remote {
             home,
             fleet,
             s,
-            placing: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
         })
     }
@@ -190,7 +187,6 @@ impl Remote {
         if !self.fleet.enabled() {
             return Ok(Placement::Home);
         }
-        let _one = self.placing.lock().await;
         let (able, why_not) = self.candidates(cx, job).await?;
         if able.is_empty() {
             return Ok(match self.home_cannot_run(cx, job).await {
@@ -230,7 +226,7 @@ impl Remote {
                     c.capacity
                 )),
                 Reserved::Unavailable => full.push(format!("{}: drained or removed", c.node.xname)),
-                Reserved::JobGone => return Ok(Placement::Gone),
+                Reserved::JobGone | Reserved::Placed(_) => return Ok(Placement::Gone),
             }
         }
         Ok(Placement::Wait(format!(
@@ -400,9 +396,13 @@ impl Remote {
         }
         if let Ok(slots) = cx.slots().await {
             for s in slots {
-                let live = matches!(cx.job(&s.job_id).await, Ok(Some(j)) if !j.status.is_final());
-                let lookup_failed = cx.job(&s.job_id).await.is_err();
-                if !live && !lookup_failed {
+                // Released when the job is gone or ended (not when it cannot be read now).
+                let ended = match cx.job(&s.job_id).await {
+                    Ok(None) => true,
+                    Ok(Some(j)) => j.status.is_final(),
+                    Err(_) => false,
+                };
+                if ended {
                     if let Err(e) = cx.release(&s.job_id).await {
                         tracing::warn!(job = %s.job_id, error = %e, "cannot release a node slot");
                     } else {
