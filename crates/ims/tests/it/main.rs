@@ -26,4 +26,5 @@ mod jobs_create;
 mod jobs_customize;
 mod migrate;
 mod readme;
+mod remote_rig;
 mod s3_backend;
