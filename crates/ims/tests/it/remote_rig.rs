@@ -78,6 +78,8 @@ fn rig_sizes_and_names_are_checked() {
     ] {
         assert_eq!(nodes::parse_k(name, prefix, node, tail), want, "{name}");
     }
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Rig>();
     let me = nodes::owner_alias().unwrap();
     assert!(nodes::owner_alive(&me), "{me}");
     let pid = std::process::id();
@@ -162,6 +164,33 @@ fn scratch_space_is_private_to_each_node() {
         Path::new("/var/lib/ims-node").exists(),
         existed,
         "the rig must not touch the host's /var/lib"
+    );
+    // SFTP works (scp), e.g. to copy a binary there.
+    let o = std::process::Command::new("scp")
+        .args([
+            "-F",
+            "/dev/null",
+            "-q",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            rig.known_hosts_file().display()
+        ))
+        .arg("-i")
+        .arg(rig.client_key())
+        .arg(rig.known_hosts_file())
+        .arg(format!("root@{}:/var/lib/ims-node/copied", n0.addr()))
+        .output()
+        .unwrap();
+    ok(o);
+    assert_eq!(
+        std::fs::read(n0.state_dir().join("copied")).unwrap(),
+        std::fs::read(rig.known_hosts_file()).unwrap()
     );
     // The rest of /var/lib is the host's, and so is /tmp.
     for e in std::fs::read_dir("/var/lib").unwrap().flatten() {
@@ -361,7 +390,10 @@ fn power_off_kills_the_node_and_power_on_keeps_its_disk() {
 
     n.power_on().unwrap();
     assert_eq!(ok(n.ssh("cat /var/lib/ims-node/f")), "kept");
-    assert_eq!(ok(n.exec("pgrep -x sleep || echo none")), "none");
+    let names = ok(
+        n.exec("for p in /proc/[0-9]*; do read -r c <$p/comm 2>/dev/null && echo $c; done; true")
+    );
+    assert!(!names.lines().any(|c| c == "sleep"), "{names}");
     let e = n.power_on().unwrap_err();
     assert!(e.to_string().contains("running already"), "{e}");
 }
@@ -457,14 +489,15 @@ fn the_sweep_removes_dead_owners_rigs_only() {
     let (k, dir) = (crashed.k(), crashed.dir().to_path_buf());
     detached_sleep(crashed.node(0));
     let procs = processes(crashed.node(0));
-    // As if its owner had died and its pid were reused: same pid, another start time.
+    // As if its owner had died and its pid were reused: same pid, another start time. (Under the
+    // lock, or a parallel test's sweep could be first.)
+    let lock = RigLock::acquire().unwrap();
     let alias = format!("ims-test-rig pid={} start=1", std::process::id());
     ok(std::process::Command::new("ip")
         .args(["link", "set", &crashed.bridge(), "alias", &alias])
         .output()
         .unwrap());
     std::mem::forget(crashed); // no Drop: what a killed test process leaves
-    let lock = RigLock::acquire().unwrap();
     let swept = lock.sweep().unwrap();
     assert!(swept.contains(&k), "{swept:?}");
     assert!(!swept.contains(&live.k()), "{swept:?}");

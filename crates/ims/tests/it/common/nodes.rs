@@ -250,6 +250,14 @@ fn link_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Deletes link `name`; done if it is gone already (or meanwhile).
+fn del_link(name: &str) -> io::Result<()> {
+    match ip(&["link", "del", name]) {
+        Err(_) if !link_exists(name) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -384,22 +392,25 @@ fn remove_rig(k: u8) -> io::Result<()> {
             first = Some(e);
         }
     };
-    for ns in netns_names() {
-        if parse_k(&ns, "ims", true, "") == Some(k) {
-            note(kill_netns(&ns));
-            note(ip(&["netns", "del", &ns]).map(drop));
-        }
+    let namespaces: Vec<String> = netns_names()
+        .into_iter()
+        .filter(|ns| parse_k(ns, "ims", true, "") == Some(k))
+        .collect();
+    for ns in &namespaces {
+        note(kill_netns(ns));
     }
+    // The veths first (both ends go): a deleted namespace takes its end, and so the pair, with
+    // it only later, in the background.
     for link in link_names() {
         if parse_k(&link, "ims", true, "h") == Some(k) {
-            note(ip(&["link", "del", &link]).map(drop));
+            note(del_link(&link));
         }
     }
-    note(remove_dir(&rig_dir(k)));
-    let br = bridge_name(k);
-    if link_exists(&br) {
-        note(ip(&["link", "del", &br]).map(drop));
+    for ns in &namespaces {
+        note(ip(&["netns", "del", ns]).map(drop));
     }
+    note(remove_dir(&rig_dir(k)));
+    note(del_link(&bridge_name(k)));
     first.map_or(Ok(()), Err)
 }
 
@@ -474,7 +485,10 @@ pub fn sweep() -> io::Result<Vec<u8>> {
 /// process as its owner, all under the lock.
 fn allocate() -> io::Result<u8> {
     let lock = RigLock::acquire()?;
-    lock.sweep()?;
+    if let Err(e) = lock.sweep() {
+        // What is left keeps its number taken; another is free.
+        eprintln!("test rig: removing a stale rig: {e}");
+    }
     let alias = owner_alias()?;
     let addrs = String::from_utf8_lossy(&ip(&["-4", "-o", "addr", "show"])?.stdout).into_owned();
     for k in 1..=250u8 {
@@ -814,8 +828,8 @@ impl Node {
     }
 
     /// `ssh` to `root@<addr>` with the rig's client key, host key pinned to
-    /// [`Rig::known_hosts_file`] (`StrictHostKeyChecking=yes`), batch mode, `ConnectTimeout=5`, no
-    /// ssh config files. `extra` options come first, so they win over these (ssh takes an
+    /// [`Rig::known_hosts_file`] (`StrictHostKeyChecking=yes`), batch mode, `ConnectTimeout=5`, a
+    /// session silent for 15 s (e.g. a cut node) ends, no ssh config files. `extra` options come first, so they win over these (ssh takes an
     /// option's first value), e.g. `["-o", "UserKnownHostsFile=/other"]`. Add the remote command.
     pub fn ssh_command(&self, extra: &[&str]) -> Command {
         let mut c = Command::new("ssh");
@@ -838,6 +852,10 @@ impl Node {
                 "BatchMode=yes",
                 "-o",
                 "ConnectTimeout=5",
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=3",
                 "-o",
                 "LogLevel=ERROR",
                 "-l",
