@@ -396,6 +396,36 @@ fn power_off_kills_the_node_and_power_on_keeps_its_disk() {
     assert!(!names.lines().any(|c| c == "sleep"), "{names}");
     let e = n.power_on().unwrap_err();
     assert!(e.to_string().contains("running already"), "{e}");
+
+    // A new key while off is the one offered after power on.
+    n.power_off().unwrap();
+    n.regenerate_host_key().unwrap();
+    n.power_on().unwrap();
+    let o = n.ssh("true");
+    assert!(
+        stderr(&o).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{o:?}"
+    );
+    let scan = ok(std::process::Command::new("ssh-keyscan")
+        .args(["-T", "5", "-t", "ed25519", &n.addr().to_string()])
+        .output()
+        .unwrap());
+    assert_eq!(scan, n.known_hosts_line().unwrap());
+
+    // An sshd that cannot start is an error that shows its log, and leaves the node off.
+    n.power_off().unwrap();
+    let config = rig.dir().join("n0/etc/sshd_config");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}NoSuchOption yes\n")).unwrap();
+    let e = n.power_on().unwrap_err().to_string();
+    assert!(
+        e.contains("sshd exited") && e.contains("NoSuchOption"),
+        "{e}"
+    );
+    assert!(n.init_pid().is_none() && n.pids().is_empty());
+    std::fs::write(&config, good).unwrap();
+    n.power_on().unwrap();
+    assert_eq!(ok(n.exec("hostname")), n.xname());
 }
 
 /// Everything the rig made for `k` that still exists: namespaces, links, directory, mounts.
@@ -470,10 +500,25 @@ fn dropping_the_rig_leaves_nothing() {
         .collect();
     assert!(leftovers(k, &dir).len() >= 5);
     // Nobody allocates a rig while the lock is held, so `k`'s names must all be gone.
+    // Something the host mounted under the rig's directory is unmounted, not deleted.
+    let precious = tempfile::tempdir().unwrap();
+    std::fs::write(precious.path().join("keep"), "data").unwrap();
+    let under = rig.node(1).state_dir().join("mounted");
+    std::fs::create_dir(&under).unwrap();
+    ok(std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(precious.path())
+        .arg(&under)
+        .output()
+        .unwrap());
     let lock = RigLock::acquire().unwrap();
     drop(rig);
     assert_eq!(leftovers(k, &dir), Vec::<String>::new());
     drop(lock);
+    assert_eq!(
+        std::fs::read_to_string(precious.path().join("keep")).unwrap(),
+        "data"
+    );
     for (p, start) in procs {
         assert!(!nodes::running(p, start), "process {p} survived");
     }

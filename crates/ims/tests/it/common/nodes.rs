@@ -630,7 +630,10 @@ impl Rig {
         Ipv4Addr::new(10, 213, self.k, 1)
     }
 
-    /// The rig's directory on the host (`$TMPDIR/ims-rig<k>`).
+    /// The rig's directory on the host (`$TMPDIR/ims-rig<k>`, 0700): `client/` (`id_ed25519`,
+    /// `known_hosts`) and per node `n<i>/` with `etc/` (`sshd_config`, host key,
+    /// `authorized_keys`: the node sees it as `/run/ims-rig`), `state/` (its `/var/lib/ims-node`)
+    /// and `sshd.log`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
