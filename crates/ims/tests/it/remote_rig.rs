@@ -36,6 +36,12 @@ fn detached_sleep(n: &nodes::Node) -> String {
         "the session did not end"
     );
     assert!(pid.parse::<u32>().is_ok(), "{pid}");
+    // `$!` is known before the child has become `sleep` (bash, then setsid, exec in turn).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sleeps(n, &pid) {
+        assert!(Instant::now() < deadline, "{pid} did not become sleep");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     pid
 }
 
