@@ -14,7 +14,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # (the static login shell of jailed sessions is built with the agent), util-linux (mount, setpriv, nsenter),
 # kiwi + rsync + gpg + debootstrap + debian-archive-keyring (create jobs build the Debian example recipe), and for the
 # tests themselves qemu-system-x86 (the built image boots), openssl (a site CA), gzip and iproute2 (a test network
-# namespace that sessions must reach).
+# namespace that sessions must reach; the remote build node rig's namespaces, bridge and veths, with openssh-server's
+# sshd per node and util-linux's unshare/nsenter).
 packages=(postgresql openssh-client openssh-server bubblewrap slirp4netns gcc libc6-dev iproute2 busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip)
 missing=()
 for p in "${packages[@]}"; do

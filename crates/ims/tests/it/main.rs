@@ -27,4 +27,5 @@ mod jobs_customize;
 mod migrate;
 mod node_commands;
 mod readme;
+mod remote_rig;
 mod s3_backend;

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod jobs;
+pub mod nodes;
 #[allow(unused_imports)]
 pub use cli::{Cli, Out};
 
