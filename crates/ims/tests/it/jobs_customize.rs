@@ -205,7 +205,6 @@ fn nothing_remains(id: &str, dir: Option<&Path>) {
     }
 }
 
-
 /// A change made in the image root ends up in the new image, not in the source; the job ends
 /// in success with the new image as its result, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,5 +27,6 @@ mod jobs_customize;
 mod migrate;
 mod node_commands;
 mod readme;
+mod remote_nodes;
 mod remote_rig;
 mod s3_backend;

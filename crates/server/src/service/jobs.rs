@@ -219,7 +219,10 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
         ))
         .into());
     }
-    Ok(job)
+    // As stored now: the executor may have placed it (`remote_build_node`).
+    Ok(ims_store::get::<Job>(&*st.store, &job.id)
+        .await?
+        .map_or(job, |v| v.record))
 }
 
 /// A 500 for an executor that failed on job `id`: the executor's message (which may name the

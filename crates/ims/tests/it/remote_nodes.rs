@@ -1,0 +1,287 @@
+//! Jobs on remote build nodes, end to end: real hosts (network namespaces of the test rig, each
+//! with its own `sshd` and scratch space, `common::nodes`), the server reaching them over SSH with
+//! its key, host keys accepted through the API, the agent copied to the node and started there by
+//! `ims agent node-run`, users logging in to the session at the node's address. Needs root.
+
+use crate::common::jobs::*;
+use crate::common::nodes::{Node, Rig};
+use crate::common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on `addr` (for a server address that survives restarts).
+fn free_port_on(addr: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((addr, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server for the rig: listening (API and S3) on the rig's host address, which the nodes reach,
+/// with the nodes' key and addresses.
+async fn rig_builder(rig: &Rig, db: Db, extra: &[(&str, &str)]) -> Builder {
+    let host = rig.host_addr();
+    let mut b = builder(db)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .env("IMS_LISTEN", &format!("{host}:{}", free_port_on(host)))
+        .env("IMS_S3_LISTEN", &format!("{host}:{}", free_port_on(host)))
+        .env("IMS_INSECURE_OPEN_API", "true")
+        .env("IMS_JOB_ORPHAN_TIMEOUT", "300s")
+        .env(
+            "IMS_REMOTE_BUILD_NODE_SSH_KEY",
+            rig.client_key().to_str().unwrap(),
+        )
+        .env("IMS_REMOTE_BUILD_NODE_ADDRESSES", &rig.addresses_setting())
+        .env("IMS_REMOTE_BUILD_NODE_TIMEOUT", "3s");
+    for (k, v) in extra {
+        b = b.env(k, v);
+    }
+    b
+}
+
+async fn rig(n: usize) -> Option<Rig> {
+    tokio::task::spawn_blocking(move || Rig::start(n))
+        .await
+        .unwrap()
+}
+
+/// An image to customize and a registered key pair (`id_job`).
+async fn image_and_key(s: &Server, dir: &Path) -> (String, String) {
+    let root = image_root(dir);
+    let image = ims(s, &["images", "import", "base", root.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = job_keys(s, dir, &["id_job"]).await;
+    (image, key)
+}
+
+async fn customize(s: &Server, image: &str, key: &str, name: &str) -> Value {
+    let body = json!({"job_type": "customize", "artifact_id": image, "public_key_id": key,
+        "image_root_archive_name": name,
+        "ssh_containers": [{"name": "customize", "jail": false}]});
+    s.post("/v3/jobs", &body).await.ok(201)
+}
+
+async fn log(s: &Server, id: &str) -> String {
+    String::from_utf8_lossy(&s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+}
+
+async fn wait_status(s: &Server, id: &str, want: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        if j["status"] == want {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
+            "job {id} is {} (waiting for {want}); log:\n{}",
+            j["status"],
+            log(s, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Polls `f` until it is true, or fails with `what` after `within`.
+async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f: F) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn status(s: &Server, node: &Node) -> Value {
+    s.get(&format!("/v3/remote-build-nodes/status/{}", node.xname()))
+        .await
+        .ok(200)
+}
+
+/// Registers `node`, accepts the host key it presents (checked against the rig's own record of
+/// it) and waits until the node can run jobs (the node pass copies the agent there).
+async fn register(s: &Server, node: &Node, extra: Value) {
+    let mut body = json!({"xname": node.xname()});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    s.post("/v3/remote-build-nodes", &body).await.ok(201);
+    accept_key(s, node).await;
+    eventually(
+        Duration::from_secs(90),
+        "the node can run jobs",
+        async || status(s, node).await["ableToRunJobs"] == true,
+    )
+    .await;
+}
+
+async fn accept_key(s: &Server, node: &Node) {
+    let line = node.known_hosts_line().unwrap();
+    let expected = fingerprint(&line);
+    let shown = s
+        .get(&format!("/v3/remote-build-nodes/{}/host-key", node.xname()))
+        .await
+        .ok(200);
+    let presented = shown["presented"].as_array().unwrap();
+    assert!(
+        presented
+            .iter()
+            .any(|k| k["fingerprint"] == expected.as_str()),
+        "{shown}"
+    );
+    s.post(
+        &format!("/v3/remote-build-nodes/{}/host-key", node.xname()),
+        &json!({"fingerprint": expected}),
+    )
+    .await
+    .ok(200);
+}
+
+/// The `SHA256:…` fingerprint of a known-hosts line, as `ssh-keygen -l` prints it.
+fn fingerprint(line: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("k");
+    std::fs::write(&f, format!("{line}\n")).unwrap();
+    let o = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+fn job_dir_on(node: &Node, id: &str) -> std::path::PathBuf {
+    node.state_dir().join("jobs").join(id)
+}
+
+/// A customize job placed on a node runs there end to end: the unknown host key is refused first
+/// (nothing is copied), then accepted through the API; the job records the node, its session is at
+/// the node's address, a server restart keeps it, the user's change is in the new image, and the
+/// node is clean afterwards. A changed host key is refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customize_job_runs_on_a_node() {
+    let Some(rig) = rig(1).await else { return };
+    let node = rig.node(0);
+    let s = rig_builder(&rig, Db::Sqlite, &[]).await.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (image, key) = image_and_key(&s, dir.path()).await;
+
+    // Registered, but its host key is not accepted: refused, and nothing reaches the node.
+    s.post("/v3/remote-build-nodes", &json!({"xname": node.xname()}))
+        .await
+        .ok(201);
+    let st = status(&s, node).await;
+    assert_eq!(st["ableToRunJobs"], false, "{st}");
+    assert_eq!(st["hostKeyPinned"], false, "{st}");
+    assert!(
+        st["sshStatus"]
+            .as_str()
+            .unwrap()
+            .contains("host key is not accepted"),
+        "{st}"
+    );
+    // A job meanwhile runs on the API host (no node can run it; the host can).
+    let local = customize(&s, &image, &key, "local").await;
+    let local_id = local["id"].as_str().unwrap();
+    assert_eq!(local["remote_build_node"], "");
+    wait_status(&s, local_id, "waiting_on_user", Duration::from_secs(90)).await;
+    assert!(s.data.path().join("jobs").join(local_id).exists());
+    s.delete(&format!("/v3/jobs/{local_id}")).await.ok(204);
+    assert!(
+        !node.state_dir().join("bin").exists(),
+        "something was copied to a node whose key is not accepted"
+    );
+    // A wrong fingerprint is refused; the node's own is accepted.
+    s.post(
+        &format!("/v3/remote-build-nodes/{}/host-key", node.xname()),
+        &json!({"fingerprint": "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+    )
+    .await
+    .problem(409, false);
+    let before = Instant::now();
+    accept_key(&s, node).await;
+    eventually(
+        Duration::from_secs(90),
+        "the node can run jobs",
+        async || status(&s, node).await["ableToRunJobs"] == true,
+    )
+    .await;
+    eprintln!(
+        "node ready {:?} after the key was accepted",
+        before.elapsed()
+    );
+    let st = status(&s, node).await;
+    assert_eq!(st["nodeArch"], "x86_64", "{st}");
+    assert_eq!(st["hostKeyPinned"], true, "{st}");
+    assert!(st["capacity"].as_u64().unwrap() >= 1, "{st}");
+
+    let job = customize(&s, &image, &key, "on-node").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["remote_build_node"], node.xname(), "{job}");
+    let job = wait_status(&s, &id, "waiting_on_user", Duration::from_secs(120)).await;
+    let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
+    assert_eq!(info["host"], node.addr().to_string(), "{job}");
+    assert!(
+        job_dir_on(node, &id).exists(),
+        "no scratch directory on the node"
+    );
+    assert!(
+        !s.data.path().join("jobs").join(&id).exists(),
+        "the agent ran on the API host"
+    );
+    assert_eq!(status(&s, node).await["reservedSlots"], 1);
+    let port = info["port"].as_u64().unwrap().to_string();
+    let o = ssh_as_root_at(
+        &node.addr().to_string(),
+        &port,
+        &dir.path().join("id_job"),
+        "echo by-node > /mnt/image/image-root/etc/motd && cat /etc/hostname 2>/dev/null; hostname",
+    );
+    assert!(o.status.success(), "{o:?}");
+    // The server restarts: the agent on the node goes on with the new server.
+    let s = s.restart().await;
+    let j = ims(&s, &["jobs", "complete", &id]);
+    assert_eq!(j["id"], json!(id));
+    let done = wait_status(&s, &id, "success", Duration::from_secs(120)).await;
+    assert_eq!(done["remote_build_node"], node.xname());
+    let new = done["resultant_image_id"].as_str().unwrap();
+    let img = s.get(&format!("/v3/images/{new}")).await.ok(200);
+    assert_eq!(img["arch"], "x86_64");
+    let scratch = tempfile::tempdir().unwrap();
+    unsquash(&s, &img, &scratch.path().join("new"));
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("new/etc/motd")).unwrap(),
+        "by-node\n"
+    );
+    let text = log(&s, &id).await;
+    assert!(
+        text.contains(&format!("runs on remote build node {}", node.xname())),
+        "{text}"
+    );
+    // The node is clean: its slot released, its scratch directory and agent gone.
+    eventually(Duration::from_secs(60), "the node is clean", async || {
+        !job_dir_on(node, &id).exists() && status(&s, node).await["reservedSlots"] == 0
+    })
+    .await;
+
+    // The node's host key changes: refused until accepted again.
+    node.regenerate_host_key().unwrap();
+    let st = status(&s, node).await;
+    assert_eq!(st["ableToRunJobs"], false, "{st}");
+    assert!(
+        st["sshStatus"]
+            .as_str()
+            .unwrap()
+            .contains("host key is not accepted"),
+        "{st}"
+    );
+}
