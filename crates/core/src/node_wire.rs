@@ -42,7 +42,7 @@ pub struct NodeProbe {
 }
 
 /// What the node lacks for each kind of job, in one line (`None`: nothing).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CannotRun {
     /// Create jobs without a debug shell.
     pub create: Option<String>,

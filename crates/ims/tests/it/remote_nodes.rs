@@ -285,3 +285,326 @@ async fn a_customize_job_runs_on_a_node() {
         "{st}"
     );
 }
+
+/// What `ims s3-credentials` says for server `s`: endpoint, access key, secret.
+fn s3_credentials(s: &Server) -> (String, String, String) {
+    let o = std::process::Command::new(ims_bin())
+        .args(["s3-credentials", "--format", "json", "--data-dir"])
+        .arg(s.data.path())
+        .env_remove("IMS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &v["Credentials"];
+    (
+        c["EndpointURL"].as_str().unwrap().to_string(),
+        c["AccessKeyId"].as_str().unwrap().to_string(),
+        c["SecretAccessKey"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Two `ims serve` replicas on one PostgreSQL database (the second uses the first's S3 endpoint as
+/// its external S3) place 4 concurrent jobs on 2 nodes of 1 slot each: exactly 2 run, on different
+/// nodes; the other 2 wait in `creating` with the reason in their log. A drained node takes no new
+/// job and cannot be removed while its job runs; once its job is gone it can be. A released slot
+/// goes to a waiting job; a job that waits longer than the placement timeout ends in error saying
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_overfill_a_node() {
+    if ims_store::testing::skip_postgres() {
+        return;
+    }
+    let Some(rig) = rig(2).await else { return };
+    let timeout = [("IMS_JOB_PLACEMENT_TIMEOUT", "45s")];
+    let a = rig_builder(&rig, Db::Postgres, &timeout)
+        .await
+        .start()
+        .await;
+    let (endpoint, access, secret) = s3_credentials(&a);
+    let mut b = rig_builder(
+        &rig,
+        Db::Postgres,
+        &[
+            timeout[0],
+            ("IMS_S3_ENDPOINT", &endpoint),
+            ("IMS_S3_ACCESS_KEY", &access),
+            ("IMS_S3_SECRET_KEY", &secret),
+        ],
+    )
+    .await;
+    b.db_url = a.db_url.clone();
+    let b = b.start().await;
+    for node in rig.nodes() {
+        register(&a, node, json!({"capacity": 1})).await;
+    }
+    for node in rig.nodes() {
+        eventually(
+            Duration::from_secs(60),
+            "replica b sees the node able",
+            async || status(&b, node).await["ableToRunJobs"] == true,
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (image, key) = image_and_key(&a, dir.path()).await;
+    let jobs: Vec<Value> = futures::future::join_all((0..4).map(|i| {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let (image, key) = (image.clone(), key.clone());
+        async move { customize(s, &image, &key, &format!("c{i}")).await }
+    }))
+    .await;
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut placed: Vec<(String, String)> = vec![];
+    let mut waiting: Vec<String> = vec![];
+    for id in &ids {
+        let j = a.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        match j["remote_build_node"].as_str().unwrap() {
+            "" => waiting.push(id.clone()),
+            node => placed.push((id.clone(), node.to_string())),
+        }
+    }
+    assert_eq!(placed.len(), 2, "placed: {placed:?}");
+    assert_ne!(placed[0].1, placed[1].1, "two jobs on one node: {placed:?}");
+    for node in rig.nodes() {
+        assert_eq!(status(&a, node).await["reservedSlots"], 1);
+    }
+    for id in &waiting {
+        let j = b.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        assert_eq!(j["status"], "creating", "{j}");
+        let text = log(&a, id).await;
+        assert!(
+            text.contains("is busy") && text.contains("waits for a slot"),
+            "{text}"
+        );
+        assert!(
+            !s_has_job_dir(&a, id) && !s_has_job_dir(&b, id),
+            "a waiting job runs on the API host"
+        );
+    }
+    // Drain the node of the first placed job: it keeps its job, cannot be removed, takes no new job.
+    let (first, drained) = placed[0].clone();
+    let (second, other) = placed[1].clone();
+    let n = b
+        .patch(
+            &format!("/v3/remote-build-nodes/{drained}"),
+            &json!({"drained": true}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(n["drained"], true);
+    let refused = a
+        .delete(&format!("/v3/remote-build-nodes/{drained}"))
+        .await
+        .problem(409, false);
+    assert!(
+        refused["detail"].as_str().unwrap().contains(&first),
+        "{refused}"
+    );
+    a.delete(&format!("/v3/jobs/{first}")).await.ok(204);
+    // Its slot is free, but the node is drained: nothing moves in.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in &waiting {
+        let j = a.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        assert_eq!(j["remote_build_node"], "", "placed on a drained node: {j}");
+    }
+    a.delete(&format!("/v3/remote-build-nodes/{drained}"))
+        .await
+        .ok(204);
+    // The other node's slot frees: one waiting job (of either replica) gets it.
+    b.delete(&format!("/v3/jobs/{second}")).await.ok(204);
+    let mut moved = None;
+    eventually(
+        Duration::from_secs(30),
+        "a waiting job is placed",
+        async || {
+            for id in &waiting {
+                let j = a.get(&format!("/v3/jobs/{id}")).await.ok(200);
+                if j["remote_build_node"] == other.as_str() {
+                    moved = Some(id.clone());
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let moved = moved.unwrap();
+    let last = waiting.iter().find(|id| **id != moved).unwrap().clone();
+    assert_eq!(
+        a.get(&format!("/v3/jobs/{last}")).await.ok(200)["remote_build_node"],
+        ""
+    );
+    // The last one waits out the placement timeout and ends in error, saying why.
+    let j = wait_status(&b, &last, "error", Duration::from_secs(90)).await;
+    assert_eq!(j["remote_build_node"], "");
+    let text = log(&a, &last).await;
+    assert!(
+        text.contains("waited") && text.contains("for a remote build node (limit 45 s)"),
+        "{text}"
+    );
+    a.delete(&format!("/v3/jobs/{moved}")).await.ok(204);
+    for node in rig.nodes() {
+        eventually(Duration::from_secs(60), "the node is clean", async || {
+            std::fs::read_dir(node.state_dir().join("jobs"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true)
+        })
+        .await;
+    }
+}
+
+fn s_has_job_dir(s: &Server, id: &str) -> bool {
+    s.data.path().join("jobs").join(id).exists()
+}
+
+/// Whether any process on `node` runs `ims agent run` (the node's own /proc).
+fn agent_runs_on(node: &Node) -> bool {
+    let o =
+        node.exec("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .any(|l| l.contains("agent run "))
+}
+
+/// A node cut off mid-session (its link down, its processes running) ends its job in `error`
+/// within the heartbeat timeout, saying which node; when the link is back, the node pass stops the
+/// agent and removes its directory: the job stays in `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_fails_its_job_and_is_cleaned_when_back() {
+    let Some(rig) = rig(1).await else { return };
+    let node = rig.node(0);
+    let s = rig_builder(&rig, Db::Sqlite, &[("IMS_JOB_HEARTBEAT_TIMEOUT", "10s")])
+        .await
+        .start()
+        .await;
+    register(&s, node, json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (image, key) = image_and_key(&s, dir.path()).await;
+    let job = customize(&s, &image, &key, "cut").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["remote_build_node"], node.xname());
+    wait_status(&s, &id, "waiting_on_user", Duration::from_secs(120)).await;
+    assert!(agent_runs_on(node));
+    node.cut().unwrap();
+    let cut = Instant::now();
+    wait_status(&s, &id, "error", Duration::from_secs(40)).await;
+    let took = cut.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let text = log(&s, &id).await;
+    assert!(
+        text.contains(&format!(
+            "no heartbeat from the job agent on remote build node {}",
+            node.xname()
+        )),
+        "{text}"
+    );
+    let st = status(&s, node).await;
+    assert_eq!(st["ableToRunJobs"], false, "{st}");
+    assert!(
+        job_dir_on(node, &id).exists(),
+        "the node was reached while cut"
+    );
+    assert!(agent_runs_on(node), "the node's processes keep running");
+    node.restore().unwrap();
+    eventually(Duration::from_secs(90), "the node is cleaned", async || {
+        !job_dir_on(node, &id).exists() && !agent_runs_on(node)
+    })
+    .await;
+    assert_eq!(
+        s.get(&format!("/v3/jobs/{id}")).await.ok(200)["status"],
+        "error"
+    );
+    assert_eq!(status(&s, node).await["reservedSlots"], 0);
+}
+
+/// A kiwi description whose build fails at once, for real (its only repository does not exist):
+/// the rig's nodes reach nothing but the API host, so a full build cannot run there; the Debian
+/// example is built on the API host by `jobs_create`.
+const BROKEN_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<image schemaversion="7.5" name="broken">
+    <description type="system">
+        <author>IMS tests</author>
+        <contact>noreply@example.invalid</contact>
+        <specification>a build that cannot succeed</specification>
+    </description>
+    <preferences>
+        <version>1.0.0</version>
+        <packagemanager>apt</packagemanager>
+        <type image="tbz"/>
+    </preferences>
+    <repository type="apt-deb" alias="local" distribution="bookworm" components="main" use_for_bootstrap="true">
+        <source path="dir:///nonexistent-ims-test-repo"/>
+    </repository>
+    <packages type="image">
+        <package name="ims-test-no-such-package"/>
+    </packages>
+    <packages type="bootstrap">
+        <package name="ims-test-no-such-package"/>
+    </packages>
+</image>
+"#;
+
+/// A create job on a node: the recipe is fetched there, kiwi-ng runs there (and fails for real,
+/// with its reason in the job's log), the debug shell opens at the node's address, and the job
+/// ends in error with the node clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_job_runs_kiwi_on_a_node() {
+    let Some(rig) = rig(1).await else { return };
+    let node = rig.node(0);
+    let s = rig_builder(&rig, Db::Sqlite, &[]).await.start().await;
+    register(&s, node, json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = job_keys(&s, dir.path(), &["id_job"]).await;
+    let recipe_dir = dir.path().join("recipe");
+    std::fs::create_dir(&recipe_dir).unwrap();
+    std::fs::write(recipe_dir.join("config.xml"), BROKEN_CONFIG).unwrap();
+    let recipe = ims(
+        &s,
+        &[
+            "recipes",
+            "import",
+            "broken",
+            recipe_dir.to_str().unwrap(),
+            "--linux-distribution",
+            "debian12",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = s
+        .post(
+            "/v3/jobs",
+            &json!({"job_type": "create", "artifact_id": recipe, "public_key_id": key,
+                "image_root_archive_name": "broken", "enable_debug": true}),
+        )
+        .await
+        .ok(201);
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["remote_build_node"], node.xname());
+    let job = wait_status(&s, &id, "waiting_on_user", Duration::from_secs(240)).await;
+    let info = &job["ssh_containers"][0]["connection_info"]["cluster.local"];
+    assert_eq!(info["host"], node.addr().to_string());
+    let o = ssh_as_root_at(
+        &node.addr().to_string(),
+        &info["port"].as_u64().unwrap().to_string(),
+        &dir.path().join("id_job"),
+        "grep -c 'No main distribution repository' /mnt/image/kiwi.log && touch /mnt/image/complete",
+    );
+    assert!(o.status.success(), "{o:?}");
+    wait_status(&s, &id, "error", Duration::from_secs(60)).await;
+    let text = log(&s, &id).await;
+    assert!(
+        text.contains("KiwiDebootstrapError: No main distribution repository is configured"),
+        "{text}"
+    );
+    assert!(!s_has_job_dir(&s, &id));
+    eventually(Duration::from_secs(60), "the node is clean", async || {
+        !job_dir_on(node, &id).exists()
+    })
+    .await;
+}

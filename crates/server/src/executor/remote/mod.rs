@@ -41,6 +41,10 @@ pub const EXECUTOR: &str = "remote";
 /// How often the node pass runs (and waiting jobs are retried at the latest).
 pub const NODE_PASS: Duration = Duration::from_secs(10);
 
+/// An agent whose job has ended gets this long to ship its last log lines and exit before the
+/// node pass stops it.
+const FINAL_GRACE_SECS: i64 = 20;
+
 /// What the remote executor needs besides the fleet.
 #[derive(Clone)]
 pub struct RemoteSettings {
@@ -440,7 +444,9 @@ impl Remote {
                             .ok()
                             .flatten()
                             .and_then(|r| r.ended)
-                            .is_some_and(|t| (Timestamp::now().0 - t.0).num_seconds() < 60)
+                            .is_some_and(|t| {
+                                (Timestamp::now().0 - t.0).num_seconds() < FINAL_GRACE_SECS
+                            })
                 }
                 Ok(Some(job)) => {
                     // Placed here (possibly still starting), or left by an earlier placement.
