@@ -197,7 +197,7 @@ impl Fleet {
         let fail = |e| Probe::Failed(ProbeFailure::Ssh(e));
         let script = match self
             .node_command(
-                &format!("node-probe --base \"$B\""),
+                "node-probe --base \"$B\"",
                 "printf '{\"installed\":false,\"arch\":\"%s\"}\\n' \"$(uname -m)\"; exit 0",
             )
             .await
