@@ -576,6 +576,8 @@ async fn a_create_job_runs_kiwi_on_a_node() {
         .as_str()
         .unwrap()
         .to_string();
+    // The agent binary vanished from the node since it was copied: copied again at the start.
+    std::fs::remove_dir_all(node.state_dir().join("bin")).unwrap();
     let job = s
         .post(
             "/v3/jobs",
@@ -607,4 +609,125 @@ async fn a_create_job_runs_kiwi_on_a_node() {
         !job_dir_on(node, &id).exists()
     })
     .await;
+}
+
+/// Seconds from `POST /v3/jobs` to the first successful SSH login into the job's session (the
+/// job's address and port as the API reports them); the job.
+async fn post_to_login(s: &Server, image: &str, key: &str, keys: &Path, name: &str) -> (f64, Value) {
+    let t0 = Instant::now();
+    let job = customize(s, image, key, name).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        assert_ne!(j["status"], "error", "{}", log(s, &id).await);
+        if j["status"] == "waiting_on_user" {
+            let info = &j["ssh_containers"][0]["connection_info"]["cluster.local"];
+            let o = ssh_as_root_at(
+                info["host"].as_str().unwrap(),
+                &info["port"].as_u64().unwrap().to_string(),
+                &keys.join("id_job"),
+                "true",
+            );
+            if o.status.success() {
+                return (t0.elapsed().as_secs_f64(), j);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Completes job `id` and waits for `success`; the agent's own packaging time (`packaged in X s`
+/// in the job's log).
+async fn complete_and_package(s: &Server, id: &str) -> f64 {
+    ims(s, &["jobs", "complete", id]);
+    wait_status(s, id, "success", Duration::from_secs(900)).await;
+    let text = log(s, id).await;
+    let at = text.rfind("packaged in ").expect("a packaging time in the log");
+    text[at + "packaged in ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The remote-node benchmark of docs/benchmarks.md (issue 14), not a test: run by hand with a
+/// release build as the server and agent (`IMS_BENCH_BIN=target/release/ims`), `IMS_BENCH_RUNS`
+/// rounds (default 3). Each round, on a rig node: POST → SSH login with the agent binary missing on
+/// the node (the first job copies it), then with it there; the packaging of that job; then the same
+/// on the API host (the node drained). Prints every figure and the medians.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand (docs/benchmarks.md)"]
+async fn benchmark_remote_jobs() {
+    let runs: usize = std::env::var("IMS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let Some(rig) = rig(1).await else { return };
+    let node = rig.node(0);
+    let s = rig_builder(&rig, Db::Sqlite, &[]).await.start().await;
+    register(&s, node, json!({"capacity": 2})).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The test image root plus real files: /usr/share/doc and /usr/share/locale of this machine.
+    let root = image_root(dir.path());
+    let o = std::process::Command::new("cp")
+        .args(["-a", "/usr/share/doc", "/usr/share/locale"])
+        .arg(root.join("etc"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let image = ims(&s, &["images", "import", "bench", root.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = job_keys(&s, dir.path(), &["id_job"]).await;
+    let (mut first, mut later, mut local) = (vec![], vec![], vec![]);
+    let (mut pack_node, mut pack_local) = (vec![], vec![]);
+    for round in 0..runs {
+        std::fs::remove_dir_all(node.state_dir().join("bin")).unwrap();
+        let (t, j) = post_to_login(&s, &image, &key, dir.path(), "first").await;
+        assert_eq!(j["remote_build_node"], node.xname());
+        first.push(t);
+        s.delete(&format!("/v3/jobs/{}", j["id"].as_str().unwrap()))
+            .await
+            .ok(204);
+        let (t, j) = post_to_login(&s, &image, &key, dir.path(), "later").await;
+        assert_eq!(j["remote_build_node"], node.xname());
+        later.push(t);
+        pack_node.push(complete_and_package(&s, j["id"].as_str().unwrap()).await);
+        s.patch(
+            &format!("/v3/remote-build-nodes/{}", node.xname()),
+            &json!({"drained": true}),
+        )
+        .await
+        .ok(200);
+        let (t, j) = post_to_login(&s, &image, &key, dir.path(), "local").await;
+        assert_eq!(j["remote_build_node"], "");
+        local.push(t);
+        pack_local.push(complete_and_package(&s, j["id"].as_str().unwrap()).await);
+        s.patch(
+            &format!("/v3/remote-build-nodes/{}", node.xname()),
+            &json!({"drained": false}),
+        )
+        .await
+        .ok(200);
+        eprintln!(
+            "round {round}: login first {:.2} s, later {:.2} s, local {:.2} s; packaging node {:.2} s, local {:.2} s",
+            first[round], later[round], local[round], pack_node[round], pack_local[round]
+        );
+    }
+    eprintln!(
+        "medians of {runs}: POST -> SSH login on the node, first job (copies the agent) {:.2} s, later jobs {:.2} s, on the API host {:.2} s; packaging on the node {:.2} s, on the API host {:.2} s",
+        median(&mut first),
+        median(&mut later),
+        median(&mut local),
+        median(&mut pack_node),
+        median(&mut pack_local)
+    );
 }

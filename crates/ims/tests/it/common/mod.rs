@@ -56,8 +56,13 @@ pub fn job_token_until(key_hex: &str, job: &str, expires: i64) -> String {
     format!("ims-job.{job}.{expires}.{mac}")
 }
 
+/// The `ims` binary under test: this build's, or for benchmarks the one `IMS_BENCH_BIN` names (a
+/// release build).
 pub fn ims_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ims")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("IMS_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ims").to_string())
+    })
 }
 
 /// A server being set up: data directory and database chosen, not started yet.

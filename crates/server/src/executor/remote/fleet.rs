@@ -96,7 +96,8 @@ pub struct Fleet {
 }
 
 /// What a node command does when none of our binaries is installed there.
-const NOT_INSTALLED_EXIT: &str = "echo 'the ims agent is not installed on the node' >&2; exit 3";
+const NOT_INSTALLED_EXIT: &str = "echo 'ims agent not installed on the node' >&2; exit 3";
+const NOT_INSTALLED_MESSAGE: &str = "ims agent not installed on the node";
 
 impl Fleet {
     pub fn new(s: FleetSettings) -> Fleet {
@@ -309,17 +310,31 @@ impl Fleet {
             env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         };
         let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-        let out = self
-            .s
-            .ssh
-            .run(
+        let run = || {
+            self.s.ssh.run(
                 node,
                 &script,
                 Some(Input::Bytes(&body)),
                 self.s.probe_timeout + Duration::from_secs(10),
             )
-            .await
-            .map_err(|e| format!("cannot start the agent on {}: {e}", node.xname))?;
+        };
+        let out = match run().await {
+            // The binary went (a node reinstalled, its directory wiped) since the last probe:
+            // copied again, then started.
+            Err(SshError::Command(why)) if why.contains(NOT_INSTALLED_MESSAGE) => {
+                tracing::info!(node = %node.xname, "the ims agent is missing on the node; copying it again");
+                if let Probe::Failed(f) = self.probe(node, true).await {
+                    return Err(format!(
+                        "cannot install the agent on {}: {}",
+                        node.xname,
+                        f.describe()
+                    ));
+                }
+                run().await
+            }
+            r => r,
+        }
+        .map_err(|e| format!("cannot start the agent on {}: {e}", node.xname))?;
         self.invalidate(&node.xname);
         let text = String::from_utf8_lossy(&out);
         serde_json::from_str(text.trim()).map_err(|_| {
