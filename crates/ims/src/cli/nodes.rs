@@ -137,27 +137,36 @@ fn notes(v: &Value) -> Notes {
             clean(e)
         ));
     }
-    let new: Vec<&Key> = presented
+    let is_accepted = |k: &Key| accepted.iter().any(|a| a.fingerprint == k.fingerprint);
+    let new: Vec<&Key> = presented.iter().filter(|k| !is_accepted(k)).collect();
+    let check = format!(
+        "Compare with the node's own fingerprints, read on its console: `for k in \
+         /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done`; then `ims remote-build-nodes \
+         host-key accept {xname} --fingerprint SHA256:…`"
+    );
+    // A changed key of an accepted type: SSH to the node fails until it is accepted again.
+    let changed: Vec<String> = new
         .iter()
-        .filter(|k| !accepted.iter().any(|a| a.fingerprint == k.fingerprint))
-        .collect();
-    for k in &new {
-        if let Some(old) = accepted.iter().find(|a| a.kind == k.kind) {
-            lines.push(format!(
+        .filter_map(|k| {
+            let old = accepted.iter().find(|a| a.kind == k.kind)?;
+            Some(format!(
                 "WARNING: {xname} presents a {} key ({}) other than the accepted one ({}): the \
-                 node was reinstalled, or something else answers at its address",
+                 node was reinstalled, or something else answers at its address. The server \
+                 refuses to connect until the new key is accepted.",
                 k.kind, k.fingerprint, old.fingerprint
+            ))
+        })
+        .collect();
+    let none_accepted = !presented.is_empty() && !presented.iter().any(is_accepted);
+    if !changed.is_empty() || none_accepted {
+        lines.extend(changed);
+        if none_accepted {
+            lines.push(format!(
+                "none of the {} key(s) {xname} presents is accepted.",
+                presented.len()
             ));
         }
-    }
-    if !new.is_empty() {
-        lines.push(format!(
-            "{} key(s) {xname} presents are not accepted. Compare the fingerprints with the \
-             node's own, read on its console: `for k in /etc/ssh/ssh_host_*_key.pub; do \
-             ssh-keygen -lf $k; done`; then `ims remote-build-nodes host-key accept {xname} \
-             --fingerprint SHA256:…`",
-            new.len()
-        ));
+        lines.push(check);
     }
     Notes {
         lines,
@@ -254,26 +263,40 @@ mod tests {
 
     #[test]
     fn new_and_changed_keys_are_pointed_out() {
-        let v = json!({
-            "xname": "x1",
-            "presented": [key("ssh-ed25519", FP_B, false), key("ssh-rsa", FP_A, true)],
-            "accepted": [key("ssh-ed25519", FP_A, true), key("ssh-rsa", FP_A, true)],
-        });
+        // Nothing accepted yet: compare, then accept.
+        let v = json!({"xname": "x1", "presented": [key("ssh-rsa", FP_A, false),
+            key("ssh-ed25519", FP_B, false)], "accepted": []});
         let n = notes(&v);
         assert!(!n.unreachable);
         assert_eq!(n.lines.len(), 2, "{:?}", n.lines);
+        assert_eq!(n.lines[0], "none of the 2 key(s) x1 presents is accepted.");
+        assert!(n.lines[1].starts_with("Compare with the node's own fingerprints"));
+        assert!(n.lines[1].contains("host-key accept x1 --fingerprint SHA256:…"));
+        // A changed key of an accepted type: a warning, although another key is still accepted.
+        let v = json!({
+            "xname": "x1",
+            "presented": [key("ssh-ed25519", FP_B, false), key("ssh-rsa", FP_A, true)],
+            "accepted": [key("ssh-ed25519", FP_C, true), key("ssh-rsa", FP_A, true)],
+        });
+        let n = notes(&v);
+        assert_eq!(n.lines.len(), 2, "{:?}", n.lines);
         assert!(
             n.lines[0].starts_with(&format!(
-                "WARNING: x1 presents a ssh-ed25519 key ({FP_B}) other than the accepted one ({FP_A})"
+                "WARNING: x1 presents a ssh-ed25519 key ({FP_B}) other than the accepted one ({FP_C})"
             )),
             "{}",
             n.lines[0]
         );
-        assert!(n.lines[1].starts_with("1 key(s) x1 presents are not accepted"));
-        assert!(n.lines[1].contains("host-key accept x1 --fingerprint"));
-        // Everything accepted: nothing to say.
-        let v = json!({"xname": "x1", "presented": [key("ssh-rsa", FP_A, true)],
-                       "accepted": [key("ssh-rsa", FP_A, true)]});
+        assert!(n.lines[1].starts_with("Compare with the node's own fingerprints"));
+        // One key accepted, others of other types not: nothing to do (SSH uses the accepted one).
+        let v = json!({"xname": "x1", "presented": [key("ssh-rsa", FP_A, true),
+            key("ssh-ed25519", FP_B, false)], "accepted": [key("ssh-rsa", FP_A, true)]});
         assert!(notes(&v).lines.is_empty());
+        // Unreachable: only the error (nothing presented to compare).
+        let v = json!({"xname": "x1", "presented": [], "accepted": [], "error": "down"});
+        assert_eq!(
+            notes(&v).lines,
+            ["the keys x1 presents could not be read: down"]
+        );
     }
 }

@@ -220,9 +220,74 @@ async fn host_key_of_an_unreachable_node() {
     );
 }
 
-/// A real sshd (port 22 of a loopback address of its own, so root only): `show` lists the key
-/// `ssh-keygen -l` fingerprints, says it is not accepted yet; a wrong fingerprint is refused (409,
-/// exit 2); the right one is accepted, and `show` then exits 0 with nothing more to do.
+/// A host key made with ssh-keygen, and its fingerprint as `ssh-keygen -l` prints it.
+fn host_key(dir: &std::path::Path, kind: &str, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fp = String::from_utf8(out.stdout).unwrap();
+    let fp = fp.split_whitespace().nth(1).unwrap().to_string();
+    assert!(fp.starts_with("SHA256:"), "{fp}");
+    (path, fp)
+}
+
+/// sshd on port 22 of `addr` with these host keys, up and listening.
+async fn sshd(addr: &str, keys: &[&std::path::Path]) -> KillOnDrop {
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let mut c = std::process::Command::new("/usr/sbin/sshd");
+    c.args(["-D", "-e", "-f", "/dev/null", "-o", "PidFile=none", "-o"])
+        .arg(format!("ListenAddress={addr}:22"));
+    for k in keys {
+        c.arg("-h").arg(k);
+    }
+    let child = KillOnDrop(
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sshd"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((addr, 22)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sshd does not listen on {addr}:22"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child
+}
+
+/// `(type, fingerprint, accepted)` of a list of shown keys, sorted.
+fn shown(v: &Value) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["type"].as_str().unwrap().to_string(),
+                k["fingerprint"].as_str().unwrap().to_string(),
+                k["accepted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A real sshd (port 22 of a loopback address of its own, so root only) with an ed25519 and an
+/// ecdsa key: `show` lists them with the fingerprints `ssh-keygen -l` prints and says none is
+/// accepted; a wrong fingerprint is refused (409, exit 2); one right one is accepted, and `show`
+/// then exits 0 with nothing more to do. The node's ed25519 key then changes: `show` warns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_key_accept_from_a_real_sshd() {
     if !crate::common::jobs::is_root() {
@@ -230,64 +295,41 @@ async fn host_key_accept_from_a_real_sshd() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let hk = dir.path().join("ssh_host_ed25519_key");
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&hk)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let fp_out = std::process::Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(hk.with_extension("pub"))
-        .output()
-        .unwrap();
-    let fp = String::from_utf8(fp_out.stdout).unwrap();
-    let fp = fp.split_whitespace().nth(1).unwrap().to_string();
-    assert!(fp.starts_with("SHA256:"), "{fp}");
-
+    let (ed, ed_fp) = host_key(dir.path(), "ed25519", "ed");
+    let (ec, ec_fp) = host_key(dir.path(), "ecdsa", "ec");
     // A loopback address of this test's own (pid-derived) so that port 22 is free there.
     let addr = format!(
         "127.77.{}.{}",
         (std::process::id() >> 8) % 250 + 1,
         std::process::id() % 250 + 1
     );
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let _sshd = KillOnDrop(
-        std::process::Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f", "/dev/null", "-o", "PidFile=none", "-o"])
-            .arg(format!("ListenAddress={addr}:22"))
-            .arg("-h")
-            .arg(&hk)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("sshd"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect((addr.as_str(), 22)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sshd does not listen on {addr}:22"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sshd1 = sshd(&addr, &[&ed, &ec]).await;
 
     let x = "x3000c0s9b0n0";
     let s = node_server(&[("IMS_REMOTE_BUILD_NODE_ADDRESSES", &format!("{x}={addr}"))]).await;
     let cli = Cli::of(&s);
     cli.json(&["remote-build-nodes", "create", "--xname", x]);
+    let ed_row = |acc: bool| ("ssh-ed25519".to_string(), ed_fp.clone(), acc);
+    let ec_row = |acc: bool| ("ecdsa-sha2-nistp256".to_string(), ec_fp.clone(), acc);
 
     let o = cli.run(&["remote-build-nodes", "host-key", "show", x]);
     assert_eq!(o.code, 0, "{o:?}");
     let t = toml_of(&o.stdout);
-    assert_eq!(t["presented"][0]["fingerprint"], fp.as_str(), "{t}");
-    assert_eq!(t["presented"][0]["type"], "ssh-ed25519", "{t}");
-    assert_eq!(t["presented"][0]["accepted"], false, "{t}");
+    assert_eq!(
+        shown(&t["presented"]),
+        [ec_row(false), ed_row(false)],
+        "{t}"
+    );
+    assert_eq!(t["accepted"], json!([]), "{t}");
     assert!(
         o.stderr.contains(&format!(
-            "1 key(s) {x} presents are not accepted. Compare the fingerprints"
+            "ims: none of the 2 key(s) {x} presents is accepted."
         )),
+        "{o:?}"
+    );
+    assert!(
+        o.stderr
+            .contains(&format!("host-key accept {x} --fingerprint SHA256:…")),
         "{o:?}"
     );
     let o = cli.run(&[
@@ -299,16 +341,18 @@ async fn host_key_accept_from_a_real_sshd() {
         "table",
     ]);
     assert_eq!(o.code, 0, "{o:?}");
-    let rows: Vec<Vec<&str>> = o
+    let mut rows: Vec<Vec<&str>> = o
         .stdout
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
+    assert_eq!(rows[0], ["TYPE", "FINGERPRINT", "PRESENTED", "ACCEPTED"]);
+    rows[1..].sort();
     assert_eq!(
-        rows,
-        vec![
-            vec!["TYPE", "FINGERPRINT", "PRESENTED", "ACCEPTED"],
-            vec!["ssh-ed25519", fp.as_str(), "yes", "no"],
+        rows[1..],
+        [
+            ["ecdsa-sha2-nistp256", ec_fp.as_str(), "yes", "no"],
+            ["ssh-ed25519", ed_fp.as_str(), "yes", "no"]
         ]
     );
 
@@ -333,18 +377,46 @@ async fn host_key_accept_from_a_real_sshd() {
         json!({"xname": x})
     );
 
+    // Accept one: the answer shows it accepted; nothing more to do (the other type is not
+    // needed).
     let v = cli.json(&[
         "remote-build-nodes",
         "host-key",
         "accept",
         x,
         "--fingerprint",
-        &fp,
+        &ed_fp,
     ]);
-    assert_eq!(v["presented"][0]["accepted"], true, "{v}");
-    assert_eq!(v["accepted"][0]["fingerprint"], fp.as_str(), "{v}");
+    assert_eq!(shown(&v["presented"]), [ec_row(false), ed_row(true)], "{v}");
+    assert_eq!(shown(&v["accepted"]), [ed_row(true)], "{v}");
     let o = cli.run(&["remote-build-nodes", "host-key", "show", x]);
     assert_eq!((o.code, o.stderr.as_str()), (0, ""), "{o:?}");
     let st = cli.json(&["remote-build-nodes", "status", "describe", x]);
     assert_eq!(st["hostKeyPinned"], true, "{st}");
+
+    // The node comes back with another ed25519 key: a warning naming both fingerprints.
+    drop(sshd1);
+    let (ed2, ed2_fp) = host_key(dir.path(), "ed25519", "ed2");
+    let _sshd2 = sshd(&addr, &[&ed2]).await;
+    let o = cli.run(&["remote-build-nodes", "host-key", "show", x]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr.contains(&format!(
+            "ims: WARNING: {x} presents a ssh-ed25519 key ({ed2_fp}) other than the accepted one ({ed_fp})"
+        )),
+        "{o:?}"
+    );
+    let v = cli.json(&[
+        "remote-build-nodes",
+        "host-key",
+        "accept",
+        x,
+        "--fingerprint",
+        &ed2_fp,
+    ]);
+    assert_eq!(
+        shown(&v["accepted"]),
+        [("ssh-ed25519".to_string(), ed2_fp.clone(), true)],
+        "{v}"
+    );
 }
