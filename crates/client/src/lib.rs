@@ -434,6 +434,31 @@ impl Client {
         .await
     }
 
+    /// `GET /apis/ims/v3/remote-build-nodes/<xname>/host-key` (extension): the SSH host keys the
+    /// node presents now (`presented`, with `error` when it could not be reached) and the ones
+    /// accepted for it (`accepted`).
+    pub async fn node_host_keys(&self, xname: &str) -> Result<Value> {
+        self.send(Method::GET, self.node_host_key_url(xname), &[], None)
+            .await
+    }
+
+    /// `POST /apis/ims/v3/remote-build-nodes/<xname>/host-key` (extension): accepts the key the
+    /// node presents now with this fingerprint (`SHA256:…`); answers as [`Client::node_host_keys`].
+    pub async fn node_accept_host_key(&self, xname: &str, fingerprint: &str) -> Result<Value> {
+        let body = serde_json::json!({ "fingerprint": fingerprint });
+        self.send(
+            Method::POST,
+            self.node_host_key_url(xname),
+            &[],
+            Some(&body),
+        )
+        .await
+    }
+
+    fn node_host_key_url(&self, xname: &str) -> Url {
+        self.url(["v3", "remote-build-nodes", xname, "host-key"])
+    }
+
     /// `POST /apis/ims/v3/jobs/<id>/log?seq=N` (job agents): one log chunk.
     pub async fn job_log_append(&self, id: &str, seq: u64, chunk: Vec<u8>) -> Result<Value> {
         let mut url = self.url(["v3", "jobs", id, "log"]);
@@ -555,6 +580,10 @@ mod tests {
         assert_eq!(
             c.url(["version"]).as_str(),
             "http://127.0.0.1:9000/apis/ims/version"
+        );
+        assert_eq!(
+            c.node_host_key_url("x1/../status").as_str(),
+            "http://127.0.0.1:9000/apis/ims/v3/remote-build-nodes/x1%2F..%2Fstatus/host-key"
         );
     }
 

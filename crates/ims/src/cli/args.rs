@@ -490,12 +490,53 @@ pub enum NodesVerb {
     /// Show one remote build node.
     Describe(Xname),
     /// Register a remote build node.
+    ///
+    /// Registering a node again keeps its accepted host keys, and its capacity and drained flag
+    /// unless given.
     Create {
         /// The node's xname (its name in the cluster, e.g. x3000c0s1b0n0).
         #[arg(long)]
         xname: String,
+        #[command(flatten)]
+        capacity: Capacity,
+        /// Drained: the node gets no new jobs (IMS-rs extension): true or false.
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        drained: Option<bool>,
     },
-    /// Remove a remote build node.
+    /// Change a node's capacity or drained flag (IMS-rs extension).
+    ///
+    /// At least one option: with none, nothing is sent.
+    Update {
+        /// The node's xname.
+        xname: String,
+        #[command(flatten)]
+        capacity: Capacity,
+        /// Back to the default capacity (derived from the node's cores and memory).
+        #[arg(long, conflicts_with = "capacity")]
+        capacity_default: bool,
+        /// Drained: the node gets no new jobs; the jobs it runs finish. true or false.
+        #[arg(long, value_parser = parse_bool, value_name = "BOOLEAN")]
+        drained: Option<bool>,
+    },
+    /// Drain a node: no new jobs; the jobs it runs finish.
+    ///
+    /// As `update XNAME --drained true`; prints the node. Once `reservedSlots` is 0
+    /// (`ims remote-build-nodes status describe XNAME`), nothing runs there and the node can be
+    /// deleted.
+    Drain(Xname),
+    /// Undrain a node: it gets new jobs again.
+    ///
+    /// As `update XNAME --drained false`; prints the node.
+    Undrain(Xname),
+    /// A node's SSH host keys: show the ones it presents, accept one (IMS-rs extension).
+    ///
+    /// The server connects only to nodes whose host key was accepted (or is in its known-hosts
+    /// file).
+    HostKey {
+        #[command(subcommand)]
+        verb: HostKeyVerb,
+    },
+    /// Remove a remote build node (refused while jobs run on it: drain it first).
     Delete(Xname),
     /// Remove all remote build nodes.
     Deleteall(Confirm),
@@ -503,6 +544,37 @@ pub enum NodesVerb {
     Status {
         #[command(subcommand)]
         verb: NodesStatusVerb,
+    },
+}
+
+/// `--capacity` of a node.
+#[derive(Args, Debug, Default)]
+pub struct Capacity {
+    /// Jobs the node runs at once, 1 to 1024 (IMS-rs extension; default: one per 4 cores and
+    /// per 16 GiB of memory, whichever is fewer).
+    #[arg(long, value_name = "INT", allow_negative_numbers = true)]
+    pub capacity: Option<i64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostKeyVerb {
+    /// Show the host keys the node presents now and the ones accepted for it.
+    ///
+    /// The presented keys are read with ssh-keyscan: not trusted yet. Compare their fingerprints
+    /// with the node's own (on its console: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`)
+    /// before accepting one. `--format table`: one line a key with its fingerprint. Exit code 1
+    /// when the node could not be reached (`error` says why; the accepted keys still show).
+    Show(Xname),
+    /// Accept the host key the node presents now with this fingerprint.
+    ///
+    /// A changed key of the same type replaces the old one. Prints the node's keys as `show`
+    /// does. Refused when the node presents no key with that fingerprint.
+    Accept {
+        /// The node's xname.
+        xname: String,
+        /// The key's fingerprint as `ssh-keygen -l` prints it on the node: SHA256:….
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: String,
     },
 }
 

@@ -57,8 +57,20 @@ ims jobs logs ID --follow                   # until the job ends; exit 1 if it e
     ("jobs deleteall", "ims jobs deleteall --status success --age 1w --yes"),
     ("remote-build-nodes list", "ims remote-build-nodes list"),
     ("remote-build-nodes describe", "ims remote-build-nodes describe x3000c0s1b0n0"),
-    ("remote-build-nodes create", "ims remote-build-nodes create --xname x3000c0s1b0n0"),
-    ("remote-build-nodes delete", "ims remote-build-nodes delete x3000c0s1b0n0"),
+    ("remote-build-nodes create", "ims remote-build-nodes create --xname x3000c0s1b0n0
+ims remote-build-nodes create --xname x3000c0s1b0n0 --capacity 2 --drained true"),
+    ("remote-build-nodes update", "ims remote-build-nodes update x3000c0s1b0n0 --capacity 4
+ims remote-build-nodes update x3000c0s1b0n0 --capacity-default   # back to the probed default
+ims remote-build-nodes update x3000c0s1b0n0 --drained false"),
+    ("remote-build-nodes drain", "ims remote-build-nodes drain x3000c0s1b0n0     # no new jobs; running ones finish
+ims remote-build-nodes status describe x3000c0s1b0n0   # reservedSlots = 0: nothing runs there
+ims remote-build-nodes delete x3000c0s1b0n0"),
+    ("remote-build-nodes undrain", "ims remote-build-nodes undrain x3000c0s1b0n0   # takes new jobs again"),
+    ("remote-build-nodes host-key show", "ims remote-build-nodes host-key show x3000c0s1b0n0
+ims remote-build-nodes host-key show x3000c0s1b0n0 --format table"),
+    ("remote-build-nodes host-key accept", "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub   # on the node's console
+ims remote-build-nodes host-key accept x3000c0s1b0n0 --fingerprint SHA256:…"),
+    ("remote-build-nodes delete", "ims remote-build-nodes delete x3000c0s1b0n0     # refused while jobs run there: drain it first"),
     ("remote-build-nodes deleteall", "ims remote-build-nodes deleteall --yes"),
     ("remote-build-nodes status list", "ims remote-build-nodes status list"),
     ("remote-build-nodes status describe", "ims remote-build-nodes status describe x3000c0s1b0n0"),

@@ -9,6 +9,7 @@ mod args;
 mod artifacts;
 pub(crate) mod examples;
 mod import;
+mod nodes;
 mod output;
 mod settings;
 mod shell;
@@ -35,6 +36,10 @@ enum Request {
     /// With the filters; `true`: confirmed (`--yes`), else asked on a terminal.
     DeleteAll(Resource, Vec<(&'static str, String)>, bool),
     Version,
+    /// A remote build node's host keys (extension).
+    HostKeys(String),
+    /// Accept the host key with this fingerprint (extension).
+    AcceptHostKey(String, String),
 }
 
 /// Runs a client command and returns the process's exit code (0, or 2 on any error).
@@ -97,7 +102,7 @@ pub fn run(cmd: Command, globals: Globals) -> ExitCode {
                     create_job_and_wait(&body, &globals, format)
                 }
                 Ok(Request::Create(Resource::Jobs, body)) => create_job(&body, &globals, format),
-                Ok(req) => send(req, &globals, format).map(|()| ExitCode::SUCCESS),
+                Ok(req) => send(req, &globals, format),
                 Err(e) => Err(e),
             }
         }
@@ -416,8 +421,9 @@ fn connection(g: &Globals) -> Result<(String, Option<String>), String> {
     Ok((url, token))
 }
 
-fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
+fn send(req: Request, g: &Globals, format: Format) -> Result<ExitCode, String> {
     let client = client(g)?;
+    let host_keys = matches!(req, Request::HostKeys(_) | Request::AcceptHostKey(..));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -450,9 +456,15 @@ fn send(req: Request, g: &Globals, format: Format) -> Result<(), String> {
                 client.delete_all(r, &q).await.map_err(e)
             }
             Request::Version => client.version().await.map_err(e),
+            Request::HostKeys(x) => client.node_host_keys(&x).await.map_err(e),
+            Request::AcceptHostKey(x, f) => client.node_accept_host_key(&x, &f).await.map_err(e),
         }
     })?;
-    print(&body, format)
+    if host_keys {
+        return nodes::print_host_keys(&body, format);
+    }
+    print(&body, format)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What one record of `r` is called in messages, and whether its records have a `name`.
@@ -907,9 +919,53 @@ fn request(cmd: Command) -> Result<Request, String> {
             NodesVerb::Describe(x) => simple(R::RemoteBuildNodes, false, Some(x.xname), None),
             NodesVerb::Delete(x) => simple(R::RemoteBuildNodes, false, None, Some(x.xname)),
             NodesVerb::Deleteall(c) => delete_all(R::RemoteBuildNodes, c),
-            NodesVerb::Create { xname } => {
-                Request::Create(R::RemoteBuildNodes, json!({ "xname": xname }))
+            NodesVerb::Create {
+                xname,
+                capacity,
+                drained,
+            } => {
+                let mut o = Map::new();
+                o.insert("xname".into(), xname.into());
+                put(&mut o, "capacity", capacity.capacity);
+                put(&mut o, "drained", drained);
+                Request::Create(R::RemoteBuildNodes, Value::Object(o))
             }
+            NodesVerb::Update {
+                xname,
+                capacity,
+                capacity_default,
+                drained,
+            } => {
+                let mut o = Map::new();
+                put(&mut o, "capacity", capacity.capacity);
+                if capacity_default {
+                    o.insert("capacity".into(), Value::Null);
+                }
+                put(&mut o, "drained", drained);
+                if o.is_empty() {
+                    return Err(format!(
+                        "nothing to change for {xname}: give --capacity N, --capacity-default or \
+                         --drained true|false (nothing was sent)"
+                    ));
+                }
+                Request::Update(R::RemoteBuildNodes, xname, Some(Value::Object(o)))
+            }
+            NodesVerb::Drain(x) => Request::Update(
+                R::RemoteBuildNodes,
+                x.xname,
+                Some(json!({ "drained": true })),
+            ),
+            NodesVerb::Undrain(x) => Request::Update(
+                R::RemoteBuildNodes,
+                x.xname,
+                Some(json!({ "drained": false })),
+            ),
+            NodesVerb::HostKey { verb } => match verb {
+                HostKeyVerb::Show(x) => Request::HostKeys(x.xname),
+                HostKeyVerb::Accept { xname, fingerprint } => {
+                    Request::AcceptHostKey(xname, nodes::fingerprint(&fingerprint)?)
+                }
+            },
             NodesVerb::Status { verb } => match verb {
                 NodesStatusVerb::List => Request::List(R::RemoteBuildNodesStatus),
                 NodesStatusVerb::Describe(x) => {
@@ -1039,6 +1095,110 @@ mod tests {
                 Some(json!({"operation": "undelete"}))
             )
         );
+    }
+
+    #[test]
+    fn remote_build_node_bodies() {
+        let node = |args: &[&str]| {
+            let mut a = vec!["remote-build-nodes"];
+            a.extend_from_slice(args);
+            req(&a)
+        };
+        assert_eq!(
+            node(&["create", "--xname", "x1"]).unwrap(),
+            Request::Create(Resource::RemoteBuildNodes, json!({"xname": "x1"}))
+        );
+        assert_eq!(
+            node(&[
+                "create",
+                "--xname",
+                "x1",
+                "--capacity",
+                "3",
+                "--drained",
+                "yes"
+            ])
+            .unwrap(),
+            Request::Create(
+                Resource::RemoteBuildNodes,
+                json!({"xname": "x1", "capacity": 3, "drained": true})
+            )
+        );
+        // Out-of-range values go to the server, which states the range.
+        assert_eq!(
+            node(&["update", "x1", "--capacity", "-1"]).unwrap(),
+            Request::Update(
+                Resource::RemoteBuildNodes,
+                "x1".into(),
+                Some(json!({"capacity": -1}))
+            )
+        );
+        assert_eq!(
+            node(&["update", "x1", "--capacity-default", "--drained", "false"]).unwrap(),
+            Request::Update(
+                Resource::RemoteBuildNodes,
+                "x1".into(),
+                Some(json!({"capacity": null, "drained": false}))
+            )
+        );
+        for (verb, drained) in [("drain", true), ("undrain", false)] {
+            assert_eq!(
+                node(&[verb, "x1"]).unwrap(),
+                Request::Update(
+                    Resource::RemoteBuildNodes,
+                    "x1".into(),
+                    Some(json!({ "drained": drained }))
+                )
+            );
+        }
+        assert_eq!(
+            node(&["host-key", "show", "x1"]).unwrap(),
+            Request::HostKeys("x1".into())
+        );
+        let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert_eq!(
+            node(&["host-key", "accept", "x1", "--fingerprint", fp]).unwrap(),
+            Request::AcceptHostKey("x1".into(), fp.into())
+        );
+    }
+
+    #[test]
+    fn bad_remote_build_node_options_are_refused() {
+        let e = req(&["remote-build-nodes", "update", "x1"]).unwrap_err();
+        assert!(e.contains("nothing to change for x1"), "{e}");
+        assert!(e.contains("nothing was sent"), "{e}");
+        let e = req(&[
+            "remote-build-nodes",
+            "update",
+            "x1",
+            "--capacity",
+            "2",
+            "--capacity-default",
+        ])
+        .unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        assert!(
+            req(&[
+                "remote-build-nodes",
+                "create",
+                "--xname",
+                "x1",
+                "--capacity",
+                "x"
+            ])
+            .is_err()
+        );
+        assert!(req(&["remote-build-nodes", "drain", "x1", "--drained", "true"]).is_err());
+        let e = req(&[
+            "remote-build-nodes",
+            "host-key",
+            "accept",
+            "x1",
+            "--fingerprint",
+            "MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48",
+        ])
+        .unwrap_err();
+        assert!(e.contains("not a SHA256 fingerprint"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,13 @@ const COLUMNS: &[&str] = &[
     "Size",
     "LastModified",
     "xname",
+    // Remote build nodes' records and status.
+    "nodeArch",
+    "ableToRunJobs",
+    "capacity",
+    "reservedSlots",
+    "drained",
+    "hostKeyPinned",
     "name",
     "image_root_archive_name",
     "job_type",
@@ -218,6 +225,41 @@ mod tests {
             json!({"results": [{"id": "a", "link": {"path": "p"}}, {"id": "b"}]})
         );
         assert_eq!(render(&json!([]), Format::Toml).unwrap(), "results = []");
+    }
+
+    #[test]
+    fn node_tables_show_capacity_and_slots() {
+        let status = json!([{"xname": "x1", "nodeArch": "x86_64", "ableToRunJobs": true,
+            "capacity": 4, "reservedSlots": 1, "drained": false, "hostKeyPinned": true,
+            "numCurrentJobs": 1, "podmanStatus": "x", "sshStatus": "ok", "lastError": ""}]);
+        let t = render(&status, Format::Table).unwrap();
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            rows,
+            [
+                [
+                    "XNAME",
+                    "NODEARCH",
+                    "ABLETORUNJOBS",
+                    "CAPACITY",
+                    "RESERVEDSLOTS",
+                    "DRAINED",
+                    "HOSTKEYPINNED"
+                ],
+                ["x1", "x86_64", "true", "4", "1", "false", "true"]
+            ]
+        );
+        let nodes = json!([{"xname": "x1", "capacity": 2, "drained": true}, {"xname": "x2"}]);
+        let t = render(&nodes, Format::Table).unwrap();
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            rows,
+            [
+                ["XNAME", "CAPACITY", "DRAINED"],
+                ["x1", "2", "true"],
+                ["x2", "-", "-"]
+            ]
+        );
     }
 
     #[test]

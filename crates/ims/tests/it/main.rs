@@ -19,6 +19,7 @@ mod builtin_s3;
 mod cli;
 mod cli_artifacts;
 mod cli_import;
+mod cli_nodes;
 mod durability;
 mod durability_artifacts;
 mod job_credentials;
