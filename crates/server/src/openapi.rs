@@ -745,6 +745,16 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         V3,
+        "patch",
+        "/remote-build-nodes/status",
+        "Change the remote build node named \"status\" (as DELETE: the status route falls through to /remote-build-nodes/{xname})",
+        Some(input::REMOTE_BUILD_NODE_PATCH.name),
+        200,
+        One("RemoteBuildNode"),
+        &[400, 404, 422],
+    ),
+    op(
+        V3,
         "get",
         "/remote-build-nodes/status/{xname}",
         "Probe one remote build node",

@@ -250,7 +250,13 @@ fn remote_build_nodes() -> Router<AppState> {
             get(|State(st): St| async move { json(StatusCode::OK, &n::status_all(&st).await?) })
                 // The original's router falls through to `/{xname}` for methods the status route
                 // lacks, so a node registered as "status" can still be deleted.
-                .delete(|State(st): St| async move { n::delete_one(&st, "status").await }),
+                .delete(|State(st): St| async move { n::delete_one(&st, "status").await })
+                .patch(|State(st): St, body: JsonBody| async move {
+                    json(
+                        StatusCode::OK,
+                        &n::patch(&st, "status", body.as_ref()).await?,
+                    )
+                }),
         )
         .route(
             "/remote-build-nodes/status/{xname}",

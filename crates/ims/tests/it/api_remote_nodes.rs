@@ -116,16 +116,22 @@ async fn create_get_list_delete(db: Db) {
         );
         s.delete(&format!("{p}/remote-build-nodes")).await.ok(204);
     }
-    // No xname syntax check (the original accepts any non-blank string).
+    // Any host name is accepted (the original accepts any non-blank string; names that cannot be
+    // SSH destinations are refused: `status_probe_failure`).
     s.post("/v3/remote-build-nodes", &json!({"xname": "ncn-w001"}))
         .await
         .ok(201);
     s.get("/v3/remote-build-nodes/ncn-w001").await.ok(200);
     // A node may be called "status": GET …/status is the status list (that route wins, as in the
-    // original), but the node can still be deleted through …/status.
+    // original), but the node can still be changed and deleted through …/status.
     s.post("/v3/remote-build-nodes", &json!({"xname": "status"}))
         .await
         .ok(201);
+    let n = s
+        .patch("/v3/remote-build-nodes/status", &json!({"drained": true}))
+        .await
+        .ok(200);
+    assert_eq!(n, json!({"xname": "status", "drained": true}));
     assert!(
         s.get("/v3/remote-build-nodes/status")
             .await

@@ -613,7 +613,13 @@ async fn a_create_job_runs_kiwi_on_a_node() {
 
 /// Seconds from `POST /v3/jobs` to the first successful SSH login into the job's session (the
 /// job's address and port as the API reports them); the job.
-async fn post_to_login(s: &Server, image: &str, key: &str, keys: &Path, name: &str) -> (f64, Value) {
+async fn post_to_login(
+    s: &Server,
+    image: &str,
+    key: &str,
+    keys: &Path,
+    name: &str,
+) -> (f64, Value) {
     let t0 = Instant::now();
     let job = customize(s, image, key, name).await;
     let id = job["id"].as_str().unwrap().to_string();
@@ -642,7 +648,9 @@ async fn complete_and_package(s: &Server, id: &str) -> f64 {
     ims(s, &["jobs", "complete", id]);
     wait_status(s, id, "success", Duration::from_secs(900)).await;
     let text = log(s, id).await;
-    let at = text.rfind("packaged in ").expect("a packaging time in the log");
+    let at = text
+        .rfind("packaged in ")
+        .expect("a packaging time in the log");
     text[at + "packaged in ".len()..]
         .split_whitespace()
         .next()
