@@ -356,6 +356,8 @@ fn executor(
             ] {
                 let host = ims_jobs::prereq::check(
                     job_type,
+                    None,
+                    false,
                     session,
                     ims_server::executor::local::PATH,
                     &kiwi,
@@ -367,6 +369,12 @@ fn executor(
                     tracing::warn!("local executor: {why}; such jobs are refused (503)");
                 }
             }
+            let emulate = cfg.service.job_emulate_aarch64;
+            if emulate
+                && let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true)
+            {
+                tracing::warn!("local executor: {why}; aarch64 jobs are refused (503)");
+            }
             let local = LocalExecutor::new(LocalSettings {
                 program,
                 api_url,
@@ -374,8 +382,12 @@ fn executor(
                 agent: cfg.agent.clone(),
                 stop_grace: Duration::from_secs(10),
                 prerequisites: Some(Arc::new(
-                    move |job_type: ims_core::JobType, session: bool, path: &str| {
-                        ims_jobs::prereq::check(job_type, session, path, &kiwi).explain(job_type)
+                    move |job_type: ims_core::JobType,
+                          arch: Option<ims_core::Arch>,
+                          session: bool,
+                          path: &str| {
+                        ims_jobs::prereq::check(job_type, arch, emulate, session, path, &kiwi)
+                            .explain(job_type)
                     },
                 )),
             })

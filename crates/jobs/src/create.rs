@@ -28,8 +28,8 @@ use crate::rootfiles::{add_to_trust_store, install_ca};
 use crate::user_session::{self, Flags, Outcome};
 use ims_client::Resource;
 use ims_client::s3::{Ctx, key_path, s3_error, split_s3};
-use ims_core::JobStatus;
 use ims_core::records::Recipe;
+use ims_core::{Arch, JobStatus};
 use object_store::{Attribute, GetOptions, ObjectStore};
 use std::collections::VecDeque;
 use std::os::unix::fs::DirBuilderExt;
@@ -88,14 +88,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
             return Err(e).with_context(|| format!("cannot read the recipe {}", job.artifact_id));
         }
     };
-    let host_arch = std::env::consts::ARCH;
-    if rec.arch.as_str() != host_arch {
-        return Err(Error::Refused(format!(
-            "the recipe is for {}, this build host is {host_arch} (cross-architecture builds are \
-             not supported)",
-            rec.arch
-        )));
-    }
+    same_arch(rec.arch, job.arch)?;
     let link = rec
         .link
         .as_ref()
@@ -140,7 +133,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let apt = package_manager(&config).as_deref() == Some("apt");
     let keys = signing_keys(agent, apt)?;
     let kiwi_started = Instant::now();
-    let built = build(agent, &dir, &recipe_dir, &root, &keys).await;
+    let built = build(agent, &dir, &recipe_dir, &root, &keys, rec.arch).await;
     let kiwi_took = kiwi_started.elapsed();
     if let Err(e) = built {
         if e.is_cancelled() {
@@ -361,12 +354,30 @@ fn cache_for_build(agent: &JobContext, job_kiwi: &Path) -> Result<Cache> {
 
 /// Runs `kiwi-ng system prepare` into `root`, its output into the job's log line by line. On
 /// failure the error carries the end of its output.
+/// The host was checked for the job's arch (natively or under emulation) when the job was posted
+/// and when the agent started: the recipe (`recipe`) must not have changed it since (`job`).
+fn same_arch(recipe: Arch, job: Arch) -> Result<()> {
+    if recipe != job {
+        return Err(Error::Refused(format!(
+            "the recipe is for {recipe} now, the job was created for {job} (create a new job)"
+        )));
+    }
+    Ok(())
+}
+
+/// kiwi's `--target-arch` for a recipe of `arch` built on a `host` machine: only for another
+/// architecture's build.
+fn target_arch(arch: Arch, host: &str) -> Option<&'static str> {
+    (arch.as_str() != host).then_some(arch.as_str())
+}
+
 async fn build(
     agent: &JobContext,
     dir: &Path,
     recipe_dir: &Path,
     root: &Path,
     keys: &[PathBuf],
+    arch: Arch,
 ) -> Result<()> {
     let kiwi_dir = dir.join("kiwi");
     let tmp = kiwi_dir.join("tmp");
@@ -386,6 +397,10 @@ async fn build(
         .arg(&cache.dir)
         .arg("--temp-dir")
         .arg(&tmp);
+    if let Some(a) = target_arch(arch, std::env::consts::ARCH) {
+        // Another architecture's build (under emulation: the agent checked binfmt_misc).
+        cmd.args(["--target-arch", a]);
+    }
     // Every command kiwi runs and its output (apt's included) in the log as it happens: the
     // build's progress, and what an admin needs when it fails.
     cmd.arg("--debug");
@@ -669,6 +684,26 @@ fn unescape_mountinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recipe_whose_arch_changed_since_the_job_was_created_is_refused() {
+        assert!(same_arch(Arch::Aarch64, Arch::Aarch64).is_ok());
+        let e = same_arch(Arch::Aarch64, Arch::X86_64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the recipe is for aarch64 now, the job was created for x86_64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kiwi_is_given_the_target_arch_of_another_architecture_only() {
+        assert_eq!(target_arch(Arch::Aarch64, "x86_64"), Some("aarch64"));
+        assert_eq!(target_arch(Arch::X86_64, "aarch64"), Some("x86_64"));
+        assert_eq!(target_arch(Arch::X86_64, "x86_64"), None);
+        assert_eq!(target_arch(Arch::Aarch64, "aarch64"), None);
+    }
 
     #[test]
     fn the_reason_is_kiwis_error() {

@@ -229,7 +229,7 @@ fn nothing_remains(id: &str, dir: Option<&Path>) {
     }
 }
 
-fn unsquash(s: &Server, image: &Value, dest: &Path) {
+pub(crate) fn unsquash(s: &Server, image: &Value, dest: &Path) {
     let link = image["link"]["path"].as_str().unwrap();
     let key = link.strip_prefix("s3://boot-images/").unwrap();
     let manifest: Value = serde_json::from_slice(&s.read_artifact("boot-images", key)).unwrap();

@@ -22,6 +22,7 @@ mod cli_import;
 mod durability;
 mod durability_artifacts;
 mod job_credentials;
+mod jobs_aarch64;
 mod jobs_create;
 mod jobs_customize;
 mod migrate;

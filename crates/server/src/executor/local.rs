@@ -17,7 +17,7 @@
 use super::{ExecutorContext, ExecutorError, JobExecutor};
 use async_trait::async_trait;
 use ims_core::agent_env::{AgentEnv, AgentSettings};
-use ims_core::{Job, JobRun, JobType};
+use ims_core::{Arch, Job, JobRun, JobType};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -36,14 +36,15 @@ pub struct LocalSettings {
     pub agent: AgentSettings,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace: Duration,
-    /// What this host lacks for a job (job type, whether it opens an SSH session, the agent's
-    /// `PATH`), in one line; `None` when nothing is missing. The agent's own declaration
-    /// (`ims_jobs::prereq`), handed in by the binary.
+    /// What this host lacks for a job (job type, its architecture if known, whether it opens an
+    /// SSH session, the agent's `PATH`), in one line; `None` when nothing is missing. The agent's
+    /// own declaration (`ims_jobs::prereq`), handed in by the binary.
     pub prerequisites: Option<Prerequisites>,
 }
 
 /// See [`LocalSettings::prerequisites`].
-pub type Prerequisites = Arc<dyn Fn(JobType, bool, &str) -> Option<String> + Send + Sync>;
+pub type Prerequisites =
+    Arc<dyn Fn(JobType, Option<Arch>, bool, &str) -> Option<String> + Send + Sync>;
 
 pub struct LocalExecutor {
     s: LocalSettings,
@@ -388,9 +389,9 @@ impl JobExecutor for Local {
         true
     }
 
-    fn cannot_run(&self, job_type: JobType, session: bool) -> Option<String> {
+    fn cannot_run(&self, job_type: JobType, arch: Option<Arch>, session: bool) -> Option<String> {
         let check = self.0.s.prerequisites.as_ref()?;
-        check(job_type, session, PATH)
+        check(job_type, arch, session, PATH)
     }
 
     fn name(&self) -> &'static str {

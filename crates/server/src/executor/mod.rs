@@ -11,7 +11,7 @@
 
 use crate::ServiceConfig;
 use async_trait::async_trait;
-use ims_core::{Job, JobRun, JobType};
+use ims_core::{Arch, Job, JobRun, JobType};
 use std::sync::Arc;
 
 pub mod local;
@@ -112,9 +112,17 @@ pub trait JobExecutor: Send + Sync + 'static {
         false
     }
     /// Why this executor cannot run jobs of `job_type` now (its host lacks a tool, root, a
-    /// capability), in one line; `session`: the job opens an SSH session. `None` when it can.
-    /// Checked before a job is stored: such a job is refused (503) rather than left to fail.
-    fn cannot_run(&self, _job_type: JobType, _session: bool) -> Option<String> {
+    /// capability, the job's architecture), in one line; `arch`: the job's architecture, `None`
+    /// before the artifact is read (then only what does not depend on it); `session`: the job
+    /// opens an SSH session. `None` when it can. Checked before a job is stored (once before the
+    /// artifact is looked at, once with its arch): such a job is refused (503) rather than left
+    /// to fail.
+    fn cannot_run(
+        &self,
+        _job_type: JobType,
+        _arch: Option<Arch>,
+        _session: bool,
+    ) -> Option<String> {
         None
     }
     /// A short name for logs (and [`JobRun::executor`]).

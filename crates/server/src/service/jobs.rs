@@ -188,10 +188,14 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<Job> {
     // A host that cannot run the job refuses it before anything else is looked at or stored.
     let job_type = new.job_type;
     let session = job_type == JobType::Customize || new.enable_debug;
-    if let Some(why) = st.executor.cannot_run(job_type, session) {
+    if let Some(why) = st.executor.cannot_run(job_type, None, session) {
         return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
     }
     let job = prepare(st, new).await?;
+    // The artifact's architecture (an aarch64 image on an x86_64 host).
+    if let Some(why) = st.executor.cannot_run(job_type, Some(job.arch), session) {
+        return Err(Problem::new(503, format!("{why}. Nothing was stored.")).into());
+    }
     // Record first, then start: a job that runs always has a record; a start failure removes it.
     ims_store::insert(&*st.store, &job).await?;
     if let Err(e) = st
