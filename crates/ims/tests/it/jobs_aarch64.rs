@@ -101,6 +101,49 @@ async fn setup(emulate: bool) -> Setup {
 }
 
 impl Setup {
+    /// An aarch64 recipe record whose archive holds the kiwi description `config`.
+    async fn recipe(&self, config: &str) -> String {
+        let src = self.dir.path().join("recipe");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("config.xml"), config).unwrap();
+        let archive = self.dir.path().join("recipe.tar.gz");
+        let o = Command::new("tar")
+            .arg("-czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&src)
+            .arg("config.xml")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let r = self
+            .s
+            .post(
+                "/v3/recipes",
+                &json!({"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15",
+                    "arch": "aarch64"}),
+            )
+            .await
+            .ok(201);
+        let id = r["id"].as_str().unwrap().to_string();
+        let key = format!("recipes/{id}/recipe.tar.gz");
+        self.s
+            .put_artifact("ims", &key, &std::fs::read(&archive).unwrap());
+        self.s
+            .patch(
+                &format!("/v3/recipes/{id}"),
+                &json!({"link": {"path": format!("s3://ims/{key}"), "type": "s3"}}),
+            )
+            .await
+            .ok(200);
+        id
+    }
+
+    fn create_body(&self, recipe: &str) -> Value {
+        json!({"job_type": "create", "artifact_id": recipe, "public_key_id": self.key,
+            "image_root_archive_name": "built-arm64"})
+    }
+
     fn body(&self) -> Value {
         json!({"job_type": "customize", "artifact_id": self.image,
             "public_key_id": self.key, "image_root_archive_name": "busybox-arm64-custom",
@@ -120,7 +163,7 @@ impl Setup {
                 return j;
             }
             assert!(
-                Instant::now() < deadline && j["status"] != "error",
+                Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
                 "job {id} is {} (waiting for {want}); log:\n{}",
                 j["status"],
                 self.log(id).await
@@ -189,6 +232,46 @@ async fn a_jailed_session_on_an_aarch64_image_runs_under_emulation() {
     );
 }
 
+/// A create job for an aarch64 recipe runs kiwi-ng for the target architecture under emulation
+/// (not refused as another architecture's build): the recipe here names no usable repository, so
+/// kiwi fails fast, after it was started with `--target-arch aarch64`.
+#[tokio::test]
+async fn an_aarch64_create_job_runs_kiwi_for_its_target_arch() {
+    if !runnable() {
+        return;
+    }
+    if let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
+        panic!("{why} (scripts/test.sh registers qemu-aarch64)");
+    }
+    let st = setup(true).await;
+    let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG).await;
+    let j =
+        st.s.post("/v3/jobs", &st.create_body(&recipe))
+            .await
+            .ok(201);
+    assert_eq!(j["arch"], "aarch64");
+    let id = j["id"].as_str().unwrap();
+    st.wait_status(id, "error").await;
+    let log = st.log(id).await;
+    assert!(
+        log.contains(
+            "warning: aarch64 recipe on an x86_64 host: running under qemu-user emulation"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("status: building_image"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains(" running kiwi-ng ")
+            && l.contains(" --target-arch aarch64 ")
+            && l.contains(" system prepare --description ")),
+        "{log}"
+    );
+    assert!(
+        log.contains("No main distribution repository is configured"),
+        "kiwi did not get as far as the repositories:\n{log}"
+    );
+}
+
 /// With emulation off, an aarch64 job on this x86_64 host is refused when it is posted (503,
 /// nothing stored), saying what to do; the refusal comes from the image's arch, read from its
 /// record.
@@ -206,6 +289,18 @@ async fn aarch64_jobs_are_refused_when_emulation_is_off() {
             && detail.contains("aarch64 emulation is off")
             && detail.contains("IMS_JOB_EMULATE_AARCH64=true")
             && detail.contains("apt install qemu-user-static binfmt-support")
+            && detail.ends_with("Nothing was stored."),
+        "{detail}"
+    );
+    // A create job for an aarch64 recipe, the same.
+    let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG).await;
+    let r = st.s.post("/v3/jobs", &st.create_body(&recipe)).await;
+    let detail = r.problem(503, false)["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.starts_with("create jobs cannot run on this host; missing: an aarch64 host")
             && detail.ends_with("Nothing was stored."),
         "{detail}"
     );

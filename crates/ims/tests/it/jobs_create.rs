@@ -185,7 +185,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// A kiwi description whose build fails at once, for real: its only repository is a local
 /// directory that does not exist (kiwi skips it, then debootstrap has no repository).
-const BROKEN_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+pub(crate) const BROKEN_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <image schemaversion="7.5" name="broken">
     <description type="system">
         <author>IMS tests</author>
