@@ -133,7 +133,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let apt = package_manager(&config).as_deref() == Some("apt");
     let keys = signing_keys(agent, apt)?;
     let kiwi_started = Instant::now();
-    let built = build(agent, &dir, &recipe_dir, &root, &keys, rec.arch).await;
+    let built = build(agent, &dir, &recipe_dir, &root, &keys, rec.arch, apt).await;
     let kiwi_took = kiwi_started.elapsed();
     if let Err(e) = built {
         if e.is_cancelled() {
@@ -155,6 +155,21 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let notes = tokio::task::spawn_blocking(move || finish_root(&r, cache.as_deref())).await??;
     for n in notes {
         agent.say(&n);
+    }
+    // What kiwi built must be the recipe's architecture: an image labelled aarch64 holding
+    // x86_64 programs would only fail when its nodes boot.
+    match root_machine(&root) {
+        Ok(m) if m == elf_machine(rec.arch) => {}
+        Ok(m) => {
+            return Err(Error::Failed(format!(
+                "kiwi-ng built an image root for {} (its /bin/sh), not for the recipe's {}",
+                machine_name(m),
+                rec.arch
+            )));
+        }
+        Err(why) => agent.say(&format!(
+            "the image root's architecture is not checked: {why}"
+        )),
     }
     if let Some(ca) = &agent.settings.ca_cert {
         install_ca(&root, ca)?;
@@ -365,10 +380,100 @@ fn same_arch(recipe: Arch, job: Arch) -> Result<()> {
     Ok(())
 }
 
+/// The ELF machine (`e_machine`) of an architecture's programs.
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::X86_64 => 62,
+        Arch::Aarch64 => 183,
+    }
+}
+
+fn machine_name(m: u16) -> String {
+    [Arch::X86_64, Arch::Aarch64]
+        .into_iter()
+        .find(|a| elf_machine(*a) == m)
+        .map_or_else(|| format!("ELF machine {m}"), |a| a.to_string())
+}
+
+/// The ELF machine of the image root's `/bin/sh` (its links followed inside the root); `Err`:
+/// why there is none.
+fn root_machine(root: &Path) -> std::result::Result<u16, String> {
+    use std::io::Read;
+    let tree = ims_rootfs::confined::Root::open(root).map_err(|e| e.to_string())?;
+    let found = tree
+        .resolve(Path::new("/bin/sh"))
+        .map_err(|e| e.to_string())?
+        .filter(|r| r.is_file())
+        .ok_or("the image root has no /bin/sh")?;
+    let name = found
+        .rel
+        .file_name()
+        .ok_or("/bin/sh resolves to the root")?;
+    let parent = found.rel.parent().unwrap_or(Path::new(""));
+    let mut head = Vec::with_capacity(20);
+    tree.dir(parent)
+        .and_then(|d| d.open_regular(name))
+        .and_then(|f| f.take(20).read_to_end(&mut head))
+        .map_err(|e| format!("cannot read /bin/sh: {e}"))?;
+    if !head.starts_with(b"\x7fELF") {
+        return Err("/bin/sh is not an ELF program".into());
+    }
+    if head.len() < 20 {
+        return Err("/bin/sh is a truncated ELF program".into());
+    }
+    let m = [head[18], head[19]];
+    // EI_DATA: 1 little-endian, 2 big-endian.
+    Ok(match head[5] {
+        2 => u16::from_be_bytes(m),
+        _ => u16::from_le_bytes(m),
+    })
+}
+
 /// kiwi's `--target-arch` for a recipe of `arch` built on a `host` machine: only for another
 /// architecture's build.
 fn target_arch(arch: Arch, host: &str) -> Option<&'static str> {
     (arch.as_str() != host).then_some(arch.as_str())
+}
+
+/// Debian's name of an architecture (dpkg, debootstrap).
+fn debian_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "amd64",
+        Arch::Aarch64 => "arm64",
+    }
+}
+
+/// The `PATH` kiwi runs with.
+const KIWI_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Writes `bin/debootstrap`, which runs the host's debootstrap for `arch`: kiwi 9 (Debian 12's)
+/// runs `--target-arch` builds of apt recipes with a plain `debootstrap`, which bootstraps the
+/// host's architecture (the packages installed later, chrooted, follow the bootstrapped dpkg).
+/// `bin` then goes first in kiwi's `PATH`.
+fn debootstrap_for(bin: &Path, arch: Arch) -> Result<()> {
+    let real = crate::prereq::find("debootstrap", KIWI_PATH)
+        .ok_or_else(|| Error::Failed("debootstrap not found (install debootstrap)".to_string()))?;
+    let real = real.to_string_lossy();
+    let bin_s = bin.to_string_lossy();
+    if real.contains(['\'', '\n']) || bin_s.contains([':', '\n']) {
+        return Err(Error::Refused(format!(
+            "cannot wrap {real} in {bin_s} (a quote, colon or line break in a path)"
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(bin)
+        .with_context(|| format!("cannot create {}", bin.display()))?;
+    crate::rootfiles::replace_file(
+        &bin.join("debootstrap"),
+        format!(
+            "#!/bin/sh\n# {}: another architecture's bootstrap (see ims create jobs)\nexec '{real}' --arch={} \"$@\"\n",
+            arch,
+            debian_arch(arch)
+        )
+        .as_bytes(),
+        0o755,
+    )
 }
 
 async fn build(
@@ -378,6 +483,7 @@ async fn build(
     root: &Path,
     keys: &[PathBuf],
     arch: Arch,
+    apt: bool,
 ) -> Result<()> {
     let kiwi_dir = dir.join("kiwi");
     let tmp = kiwi_dir.join("tmp");
@@ -397,9 +503,20 @@ async fn build(
         .arg(&cache.dir)
         .arg("--temp-dir")
         .arg(&tmp);
+    let mut path = KIWI_PATH.to_string();
     if let Some(a) = target_arch(arch, std::env::consts::ARCH) {
         // Another architecture's build (under emulation: the agent checked binfmt_misc).
         cmd.args(["--target-arch", a]);
+        if apt {
+            let bin = kiwi_dir.join("bin");
+            debootstrap_for(&bin, arch)?;
+            agent.say(&format!(
+                "debootstrap runs with --arch={} (kiwi-ng does not pass its target architecture \
+                 to it)",
+                debian_arch(arch)
+            ));
+            path = format!("{}:{path}", bin.display());
+        }
     }
     // Every command kiwi runs and its output (apt's included) in the log as it happens: the
     // build's progress, and what an admin needs when it fails.
@@ -413,13 +530,11 @@ async fn build(
     }
     // A clean environment: nothing of the agent's (its job token) reaches the recipe's scripts.
     // kiwi passes it on to what it runs chrooted in the image root (package scripts, config.sh),
-    // so it names no host path but the keyring home (no TMPDIR: dracut and mktemp in the
-    // chroot would look for it there).
+    // so it names no host path but the keyring home and, for another architecture's apt
+    // recipe, the directory of its debootstrap (no TMPDIR: dracut and mktemp in the chroot would
+    // look for it there).
     cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        .env("PATH", &path)
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8")
         .env("HOME", "/root")
@@ -695,6 +810,66 @@ mod tests {
             e.contains("the recipe is for aarch64 now, the job was created for x86_64"),
             "{e}"
         );
+    }
+
+    /// An ELF header of machine `m` (little-endian), as much as [`root_machine`] reads.
+    fn elf(m: u16) -> Vec<u8> {
+        let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        h.resize(18, 0);
+        h.extend_from_slice(&m.to_le_bytes());
+        h.extend_from_slice(&[1, 0, 0, 0]);
+        h
+    }
+
+    #[test]
+    fn the_roots_architecture_is_its_bin_sh() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        assert_eq!(
+            root_machine(root).unwrap_err(),
+            "the image root has no /bin/sh"
+        );
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        // An absolute link is followed inside the root, not on the host.
+        std::os::unix::fs::symlink("/usr/bin/dash", root.join("usr/bin/sh")).unwrap();
+        std::fs::write(root.join("usr/bin/dash"), "#!/not/elf\n").unwrap();
+        assert_eq!(
+            root_machine(root).unwrap_err(),
+            "/bin/sh is not an ELF program"
+        );
+        std::fs::write(root.join("usr/bin/dash"), elf(183)).unwrap();
+        assert_eq!(root_machine(root), Ok(183));
+        assert_eq!(machine_name(183), "aarch64");
+        std::fs::write(root.join("usr/bin/dash"), elf(62)).unwrap();
+        assert_eq!(root_machine(root), Ok(elf_machine(Arch::X86_64)));
+        assert_eq!(machine_name(40), "ELF machine 40");
+        std::fs::write(root.join("usr/bin/dash"), &elf(62)[..10]).unwrap();
+        assert_eq!(
+            root_machine(root).unwrap_err(),
+            "/bin/sh is a truncated ELF program"
+        );
+        // The host's own shell is the host's architecture.
+        let host: Arch = std::env::consts::ARCH.parse().unwrap();
+        std::fs::remove_file(root.join("usr/bin/dash")).unwrap();
+        std::fs::copy("/bin/sh", root.join("usr/bin/dash")).unwrap();
+        assert_eq!(root_machine(root), Ok(elf_machine(host)));
+    }
+
+    #[test]
+    fn another_architectures_debootstrap_is_wrapped() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        debootstrap_for(&bin, Arch::Aarch64).unwrap();
+        let w = std::fs::read_to_string(bin.join("debootstrap")).unwrap();
+        assert!(w.starts_with("#!/bin/sh\n"), "{w}");
+        assert!(
+            w.ends_with("debootstrap' --arch=arm64 \"$@\"\n") && w.contains("exec '/"),
+            "{w}"
+        );
+        let bad = d.path().join("a:b");
+        assert!(debootstrap_for(&bad, Arch::Aarch64).is_err());
+        assert_eq!(debian_arch(Arch::X86_64), "amd64");
     }
 
     #[test]

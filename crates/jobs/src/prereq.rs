@@ -54,7 +54,7 @@ const CAPABILITIES: &[(u32, &str)] = &[
 ];
 
 /// Where to look for programs named without a path: `path` (a `PATH` value).
-fn find(name: &str, path: &str) -> Option<PathBuf> {
+pub(crate) fn find(name: &str, path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -101,18 +101,27 @@ async fn setup(emulate: bool) -> Setup {
 }
 
 impl Setup {
-    /// An aarch64 recipe record whose archive holds the kiwi description `config`.
-    async fn recipe(&self, config: &str) -> String {
-        let src = self.dir.path().join("recipe");
-        std::fs::create_dir_all(&src).unwrap();
+    /// An aarch64 recipe record whose archive holds the kiwi description `config` (and
+    /// `config.sh`, if given).
+    async fn recipe(&self, config: &str, script: Option<&str>) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let src = tempfile::tempdir_in(self.dir.path()).unwrap();
+        let src = src.path();
         std::fs::write(src.join("config.xml"), config).unwrap();
-        let archive = self.dir.path().join("recipe.tar.gz");
+        let mut files = vec!["config.xml"];
+        if let Some(script) = script {
+            let sh = src.join("config.sh");
+            std::fs::write(&sh, script).unwrap();
+            std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+            files.push("config.sh");
+        }
+        let archive = src.join("recipe.tar.gz");
         let o = Command::new("tar")
             .arg("-czf")
             .arg(&archive)
             .arg("-C")
-            .arg(&src)
-            .arg("config.xml")
+            .arg(src)
+            .args(&files)
             .output()
             .unwrap();
         assert!(o.status.success(), "{o:?}");
@@ -156,7 +165,12 @@ impl Setup {
 
     async fn wait_status(&self, id: &str, want: &str) -> Value {
         // Emulation is slow: packaging and the session's start take longer than natively.
-        let deadline = Instant::now() + Duration::from_secs(180);
+        self.wait_status_for(id, want, Duration::from_secs(180))
+            .await
+    }
+
+    async fn wait_status_for(&self, id: &str, want: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             let j = self.s.get(&format!("/v3/jobs/{id}")).await.ok(200);
             if j["status"] == want {
@@ -244,7 +258,7 @@ async fn an_aarch64_create_job_runs_kiwi_for_its_target_arch() {
         panic!("{why} (scripts/test.sh registers qemu-aarch64)");
     }
     let st = setup(true).await;
-    let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG).await;
+    let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG, None).await;
     let j =
         st.s.post("/v3/jobs", &st.create_body(&recipe))
             .await
@@ -260,6 +274,8 @@ async fn an_aarch64_create_job_runs_kiwi_for_its_target_arch() {
         "{log}"
     );
     assert!(log.contains("status: building_image"), "{log}");
+    // kiwi's apt backend bootstraps with a debootstrap told the architecture.
+    assert!(log.contains("debootstrap runs with --arch=arm64"), "{log}");
     assert!(
         log.lines().any(|l| l.contains(" running kiwi-ng ")
             && l.contains(" --target-arch aarch64 ")
@@ -270,6 +286,91 @@ async fn an_aarch64_create_job_runs_kiwi_for_its_target_arch() {
         log.contains("No main distribution repository is configured"),
         "kiwi did not get as far as the repositories:\n{log}"
     );
+}
+
+/// A tiny arm64 Debian (debootstrap's minbase, nothing else) whose `config.sh` adds a stand-in
+/// kernel and initrd. `MIRROR` is the Debian mirror.
+const TINY_ARM64_DEBIAN: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<image schemaversion="7.5" name="tiny-arm64">
+    <description type="system">
+        <author>IMS tests</author>
+        <contact>noreply@example.invalid</contact>
+        <specification>minimal arm64 Debian, built under emulation</specification>
+    </description>
+    <preferences>
+        <version>1.0.0</version>
+        <packagemanager>apt</packagemanager>
+        <rpm-check-signatures>true</rpm-check-signatures>
+        <type image="tbz"/>
+    </preferences>
+    <repository type="apt-deb" alias="bookworm" distribution="bookworm" components="main" use_for_bootstrap="true">
+        <source path="MIRROR"/>
+    </repository>
+    <packages type="image">
+    </packages>
+    <packages type="bootstrap">
+    </packages>
+</image>
+"#;
+
+/// kiwi's chroot script, run by the image's (aarch64) bash: the build's own proof of where it ran.
+const TINY_CONFIG_SH: &str = "#!/bin/bash
+set -e
+mkdir -p /boot
+echo kernel > /boot/Image
+echo initrd > /boot/initrd
+echo \"configured on $(uname -m) as $(dpkg --print-architecture)\" > /etc/ims-built-on
+";
+
+/// The real thing: kiwi-ng builds an arm64 Debian root under emulation (debootstrap for arm64,
+/// then the recipe's config.sh run by the image's aarch64 bash), and the new image records
+/// `arch = aarch64` and holds aarch64 programs. Several minutes: debootstrap's second stage runs
+/// every maintainer script through qemu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aarch64_debian_root_is_built_under_emulation() {
+    if !runnable() {
+        return;
+    }
+    if let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
+        panic!("{why} (scripts/test.sh registers qemu-aarch64)");
+    }
+    let st = setup(true).await;
+    let (mirror, _) = crate::jobs_create::host_mirrors();
+    let recipe = st
+        .recipe(
+            &TINY_ARM64_DEBIAN.replace("MIRROR", &mirror),
+            Some(TINY_CONFIG_SH),
+        )
+        .await;
+    let j =
+        st.s.post("/v3/jobs", &st.create_body(&recipe))
+            .await
+            .ok(201);
+    let id = j["id"].as_str().unwrap();
+    let started = Instant::now();
+    let done = st
+        .wait_status_for(id, "success", Duration::from_secs(20 * 60))
+        .await;
+    eprintln!(
+        "an arm64 Debian minbase built under emulation in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let log = st.log(id).await;
+    assert!(log.contains("debootstrap runs with --arch=arm64"), "{log}");
+    let new = done["resultant_image_id"].as_str().unwrap();
+    let img = st.s.get(&format!("/v3/images/{new}")).await.ok(200);
+    assert_eq!(img["arch"], "aarch64", "{img}");
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("new");
+    unsquash(&st.s, &img, &root);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/ims-built-on")).unwrap(),
+        "configured on aarch64 as arm64\n"
+    );
+    // dash, the image's /bin/sh, is an aarch64 program.
+    let sh = std::fs::canonicalize(root.join("usr/bin/dash")).unwrap();
+    let elf = std::fs::read(sh).unwrap();
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 183, "not aarch64");
 }
 
 /// With emulation off, an aarch64 job on this x86_64 host is refused when it is posted (503,
@@ -293,7 +394,7 @@ async fn aarch64_jobs_are_refused_when_emulation_is_off() {
         "{detail}"
     );
     // A create job for an aarch64 recipe, the same.
-    let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG).await;
+    let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG, None).await;
     let r = st.s.post("/v3/jobs", &st.create_body(&recipe)).await;
     let detail = r.problem(503, false)["detail"]
         .as_str()

@@ -421,7 +421,7 @@ async fn failing_build_with_debug_opens_a_shell_then_errors() {
 // ---- the Debian example recipe, built for real ----
 
 /// The host's Debian mirror and security mirror (deb822 sources or sources.list), else Debian's.
-fn host_mirrors() -> (String, String) {
+pub(crate) fn host_mirrors() -> (String, String) {
     let mut main = None;
     let mut security = None;
     let mut texts = vec![];
