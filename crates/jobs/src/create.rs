@@ -16,7 +16,9 @@
 //! ```
 //!
 //! kiwi runs as `kiwi-ng system prepare`: IMS needs only the root tree, not the archive of it
-//! that `system build` would compress. Its output is the job's log as it happens; it runs in a
+//! that `system build` would compress. Another architecture's recipe (aarch64 on an x86_64 host,
+//! under qemu-user emulation) adds `--target-arch` and, for apt recipes, a debootstrap told the
+//! architecture; every built root must hold programs of the recipe's architecture. Its output is the job's log as it happens; it runs in a
 //! process group of its own that stopping the job kills.
 
 use crate::context::JobContext;

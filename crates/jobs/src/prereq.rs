@@ -99,20 +99,21 @@ pub fn check(
     kiwi: &Path,
 ) -> Check {
     let mut c = Check::default();
-    match arch.map(|a| arch_support(a, emulate)) {
-        None | Some(Ok(Runs::Native)) => {}
-        Some(Ok(Runs::Emulated)) => c.warnings.push(format!(
-            "{} {} on an {} host: running under qemu-user emulation, about 13x slower than \
-             native (an aarch64 remote build node runs it natively)",
-            arch.map_or("", Arch::as_str),
-            if job_type == JobType::Create {
-                "recipe"
-            } else {
-                "image"
-            },
-            std::env::consts::ARCH
-        )),
-        Some(Err(why)) => c.missing.push(why),
+    if let Some(arch) = arch {
+        match arch_support(arch, emulate) {
+            Ok(Runs::Native) => {}
+            Ok(Runs::Emulated) => c.warnings.push(format!(
+                "{arch} {} on an {} host: running under qemu-user emulation, about 13x slower \
+                 than native (an {arch} remote build node runs it natively)",
+                if job_type == JobType::Create {
+                    "recipe"
+                } else {
+                    "image"
+                },
+                std::env::consts::ARCH
+            )),
+            Err(why) => c.missing.push(why),
+        }
     }
     if !rustix::process::geteuid().is_root() {
         c.missing.push(

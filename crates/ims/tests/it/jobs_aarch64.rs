@@ -1,8 +1,9 @@
 //! aarch64 jobs on this x86_64 host under qemu-user emulation (`IMS_JOB_EMULATE_AARCH64`): a
 //! tiny aarch64 image root — Debian's arm64 `busybox-static`, downloaded by scripts/test.sh into
 //! `IMS_TEST_BUSYBOX_ARM64_DEB` — customized in a jailed session whose shell is the aarch64
-//! busybox, run through binfmt_misc's `qemu-aarch64` entry; and the refusal when emulation is off.
-//! Needs root (jobs do) and an x86_64 host; skipped otherwise.
+//! busybox, run through binfmt_misc's `qemu-aarch64` entry; create jobs for aarch64 recipes (kiwi
+//! told the target architecture, a tiny arm64 Debian built from the host's mirror); and the
+//! refusals when emulation is off. Needs root (jobs do) and an x86_64 host; skipped otherwise.
 
 use crate::common::jobs::*;
 use crate::common::*;
