@@ -15,8 +15,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # kiwi + rsync + gpg + debootstrap + debian-archive-keyring (create jobs build the Debian example recipe), and for the
 # tests themselves qemu-system-x86 (the built image boots), openssl (a site CA), gzip and iproute2 (a test network
 # namespace that sessions must reach; the remote build node rig's namespaces, bridge and veths, with openssh-server's
-# sshd per node and util-linux's unshare/nsenter).
-packages=(postgresql openssh-client openssh-server bubblewrap slirp4netns gcc libc6-dev iproute2 busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip)
+# sshd per node and util-linux's unshare/nsenter), qemu-user-static + binfmt-support (aarch64 jobs under
+# emulation).
+packages=(postgresql openssh-client openssh-server bubblewrap slirp4netns gcc libc6-dev iproute2 busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip qemu-user-static binfmt-support)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +26,35 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# aarch64 jobs under emulation (crates/ims/tests/it/jobs_aarch64.rs): binfmt_misc mounted with qemu-aarch64 registered
+# (binfmt-support registers qemu-user-static's entries, with the F flag, where binfmt_misc is mounted), and a tiny aarch64
+# image root: Debian's arm64 busybox-static package, downloaded once into a cache outside the clone (apt needs the
+# arm64 architecture for that; it is removed again if it was added here).
+if [ "$(uname -m)" = x86_64 ]; then
+  binfmt=/proc/sys/fs/binfmt_misc
+  if [ ! -e "$binfmt/status" ]; then $SUDO mount -t binfmt_misc binfmt_misc "$binfmt"; fi
+  if [ ! -e "$binfmt/qemu-aarch64" ]; then $SUDO update-binfmts --enable qemu-aarch64; fi
+  cache=${IMS_TEST_CACHE:-/var/tmp/ims-test-cache}
+  deb=$(ls "$cache"/busybox-static_*_arm64.deb 2>/dev/null | head -n 1 || true)
+  if [ -z "$deb" ]; then
+    echo "test.sh: downloading busybox-static:arm64 into $cache" >&2
+    added=""
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+      $SUDO dpkg --add-architecture arm64
+      added=yes
+    fi
+    $SUDO apt-get update -q
+    mkdir -p "$cache"
+    dl=$(mktemp -d)
+    (cd "$dl" && apt-get download -q busybox-static:arm64)
+    mv "$dl"/busybox-static_*_arm64.deb "$cache"/
+    rmdir "$dl"
+    if [ -n "$added" ]; then $SUDO dpkg --remove-architecture arm64; fi
+    deb=$(ls "$cache"/busybox-static_*_arm64.deb | head -n 1)
+  fi
+  export IMS_TEST_BUSYBOX_ARM64_DEB="$deb"
 fi
 
 # Python tools the tests drive (moto's S3 server for the external-S3 configuration; boto3 and the AWS

@@ -332,6 +332,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         src.value(&s::CUSTOMER_ACCESS_DOMAIN)?,
     );
     set(&mut svc.job_enable_dkms, src.value(&s::ENABLE_DKMS)?);
+    svc.job_emulate_aarch64 = src.get(&s::EMULATE_AARCH64)?;
     set(
         &mut svc.max_manifest_size,
         src.value(&s::MAX_MANIFEST_SIZE)?,
@@ -622,6 +623,25 @@ mod tests {
         assert_eq!(c.service.default_image_size, 80);
         assert_eq!(c.service.default_job_mem_size, 16);
         assert!(!c.service.job_enable_dkms);
+    }
+
+    #[test]
+    fn aarch64_emulation_is_off_unless_set() {
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert!(!c.service.job_emulate_aarch64);
+        let c = load(
+            &Flags::default(),
+            &env(&[("IMS_JOB_EMULATE_AARCH64", "true")]),
+        )
+        .unwrap();
+        assert!(c.service.job_emulate_aarch64);
+        let e = load(
+            &Flags::default(),
+            &env(&[("IMS_JOB_EMULATE_AARCH64", "qemu")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("IMS_JOB_EMULATE_AARCH64"), "{e}");
     }
 
     #[test]

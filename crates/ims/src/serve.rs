@@ -449,6 +449,8 @@ fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<E
             ] {
                 let host = ims_jobs::prereq::check(
                     job_type,
+                    None,
+                    false,
                     session,
                     ims_core::agent_env::AGENT_PATH,
                     &kiwi,
@@ -462,6 +464,12 @@ fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<E
                     );
                 }
             }
+            let emulate = cfg.service.job_emulate_aarch64;
+            if emulate
+                && let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true)
+            {
+                tracing::warn!("local executor: {why}; aarch64 jobs are refused (503)");
+            }
             let stop_grace = Duration::from_secs(10);
             let local = LocalExecutor::new(LocalSettings {
                 program,
@@ -470,8 +478,12 @@ fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<E
                 agent: cfg.agent.clone(),
                 stop_grace,
                 prerequisites: Some(Arc::new(
-                    move |job_type: ims_core::JobType, session: bool, path: &str| {
-                        ims_jobs::prereq::check(job_type, session, path, &kiwi).explain(job_type)
+                    move |job_type: ims_core::JobType,
+                          arch: Option<ims_core::Arch>,
+                          session: bool,
+                          path: &str| {
+                        ims_jobs::prereq::check(job_type, arch, emulate, session, path, &kiwi)
+                            .explain(job_type)
                     },
                 )),
             })

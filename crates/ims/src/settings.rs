@@ -344,6 +344,12 @@ settings! {
             parse: boolean,
             default: Doc("true"),
         }
+        EMULATE_AARCH64: bool = emulate_aarch64: bool {
+            help: "aarch64 jobs may run on an x86_64 host under qemu-user emulation, about 13x slower (needs `qemu-user-static`, `binfmt-support`)",
+            env: ["IMS_JOB_EMULATE_AARCH64"],
+            parse: boolean,
+            default: Value("false"),
+        }
         MAX_MANIFEST_SIZE: u64 = max_manifest_size: u64 {
             help: "manifest size limit (bytes)",
             env: ["MAX_IMAGE_MANIFEST_SIZE_BYTES"],

@@ -16,7 +16,9 @@
 //! ```
 //!
 //! kiwi runs as `kiwi-ng system prepare`: IMS needs only the root tree, not the archive of it
-//! that `system build` would compress. Its output is the job's log as it happens; it runs in a
+//! that `system build` would compress. Another architecture's recipe (aarch64 on an x86_64 host,
+//! under qemu-user emulation) adds `--target-arch` and, for apt recipes, a debootstrap told the
+//! architecture; every built root must hold programs of the recipe's architecture. Its output is the job's log as it happens; it runs in a
 //! process group of its own that stopping the job kills.
 
 use crate::context::JobContext;
@@ -28,8 +30,8 @@ use crate::rootfiles::{add_to_trust_store, install_ca};
 use crate::user_session::{self, Flags, Outcome};
 use ims_client::Resource;
 use ims_client::s3::{Ctx, key_path, s3_error, split_s3};
-use ims_core::JobStatus;
 use ims_core::records::Recipe;
+use ims_core::{Arch, JobStatus};
 use object_store::{Attribute, GetOptions, ObjectStore};
 use std::collections::VecDeque;
 use std::os::unix::fs::DirBuilderExt;
@@ -88,14 +90,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
             return Err(e).with_context(|| format!("cannot read the recipe {}", job.artifact_id));
         }
     };
-    let host_arch = std::env::consts::ARCH;
-    if rec.arch.as_str() != host_arch {
-        return Err(Error::Refused(format!(
-            "the recipe is for {}, this build host is {host_arch} (cross-architecture builds are \
-             not supported)",
-            rec.arch
-        )));
-    }
+    same_arch(rec.arch, job.arch)?;
     let link = rec
         .link
         .as_ref()
@@ -140,7 +135,7 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let apt = package_manager(&config).as_deref() == Some("apt");
     let keys = signing_keys(agent, apt)?;
     let kiwi_started = Instant::now();
-    let built = build(agent, &dir, &recipe_dir, &root, &keys).await;
+    let built = build(agent, &dir, &recipe_dir, &root, &keys, rec.arch, apt).await;
     let kiwi_took = kiwi_started.elapsed();
     if let Err(e) = built {
         if e.is_cancelled() {
@@ -162,6 +157,21 @@ pub async fn run(agent: &JobContext) -> Result<()> {
     let notes = tokio::task::spawn_blocking(move || finish_root(&r, cache.as_deref())).await??;
     for n in notes {
         agent.say(&n);
+    }
+    // What kiwi built must be the recipe's architecture: an image labelled aarch64 holding
+    // x86_64 programs would only fail when its nodes boot.
+    match root_machine(&root) {
+        Ok(m) if m == elf_machine(rec.arch) => {}
+        Ok(m) => {
+            return Err(Error::Failed(format!(
+                "kiwi-ng built an image root for {} (its /bin/sh), not for the recipe's {}",
+                machine_name(m),
+                rec.arch
+            )));
+        }
+        Err(why) => agent.say(&format!(
+            "the image root's architecture is not checked: {why}"
+        )),
     }
     if let Some(ca) = &agent.settings.ca_cert {
         install_ca(&root, ca)?;
@@ -361,12 +371,121 @@ fn cache_for_build(agent: &JobContext, job_kiwi: &Path) -> Result<Cache> {
 
 /// Runs `kiwi-ng system prepare` into `root`, its output into the job's log line by line. On
 /// failure the error carries the end of its output.
+/// The host was checked for the job's arch (natively or under emulation) when the job was posted
+/// and when the agent started: the recipe (`recipe`) must not have changed it since (`job`).
+fn same_arch(recipe: Arch, job: Arch) -> Result<()> {
+    if recipe != job {
+        return Err(Error::Refused(format!(
+            "the recipe is for {recipe} now, the job was created for {job} (create a new job)"
+        )));
+    }
+    Ok(())
+}
+
+/// The ELF machine (`e_machine`) of an architecture's programs.
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::X86_64 => 62,
+        Arch::Aarch64 => 183,
+    }
+}
+
+fn machine_name(m: u16) -> String {
+    [Arch::X86_64, Arch::Aarch64]
+        .into_iter()
+        .find(|a| elf_machine(*a) == m)
+        .map_or_else(|| format!("ELF machine {m}"), |a| a.to_string())
+}
+
+/// The ELF machine of the image root's `/bin/sh` (its links followed inside the root); `Err`:
+/// why there is none.
+fn root_machine(root: &Path) -> std::result::Result<u16, String> {
+    use std::io::Read;
+    let tree = ims_rootfs::confined::Root::open(root).map_err(|e| e.to_string())?;
+    let found = tree
+        .resolve(Path::new("/bin/sh"))
+        .map_err(|e| e.to_string())?
+        .filter(|r| r.is_file())
+        .ok_or("the image root has no /bin/sh")?;
+    let name = found
+        .rel
+        .file_name()
+        .ok_or("/bin/sh resolves to the root")?;
+    let parent = found.rel.parent().unwrap_or(Path::new(""));
+    let mut head = Vec::with_capacity(20);
+    tree.dir(parent)
+        .and_then(|d| d.open_regular(name))
+        .and_then(|f| f.take(20).read_to_end(&mut head))
+        .map_err(|e| format!("cannot read /bin/sh: {e}"))?;
+    if !head.starts_with(b"\x7fELF") {
+        return Err("/bin/sh is not an ELF program".into());
+    }
+    if head.len() < 20 {
+        return Err("/bin/sh is a truncated ELF program".into());
+    }
+    let m = [head[18], head[19]];
+    // EI_DATA: 1 little-endian, 2 big-endian.
+    Ok(match head[5] {
+        2 => u16::from_be_bytes(m),
+        _ => u16::from_le_bytes(m),
+    })
+}
+
+/// kiwi's `--target-arch` for a recipe of `arch` built on a `host` machine: only for another
+/// architecture's build.
+fn target_arch(arch: Arch, host: &str) -> Option<&'static str> {
+    (arch.as_str() != host).then_some(arch.as_str())
+}
+
+/// Debian's name of an architecture (dpkg, debootstrap).
+fn debian_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "amd64",
+        Arch::Aarch64 => "arm64",
+    }
+}
+
+/// The `PATH` kiwi runs with.
+const KIWI_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Writes `bin/debootstrap`, which runs the host's debootstrap for `arch`: kiwi 9 (Debian 12's)
+/// runs `--target-arch` builds of apt recipes with a plain `debootstrap`, which bootstraps the
+/// host's architecture (the packages installed later, chrooted, follow the bootstrapped dpkg).
+/// `bin` then goes first in kiwi's `PATH`.
+fn debootstrap_for(bin: &Path, arch: Arch) -> Result<()> {
+    let real = crate::prereq::find("debootstrap", KIWI_PATH)
+        .ok_or_else(|| Error::Failed("debootstrap not found (install debootstrap)".to_string()))?;
+    let real = real.to_string_lossy();
+    let bin_s = bin.to_string_lossy();
+    if real.contains(['\'', '\n']) || bin_s.contains([':', '\n']) {
+        return Err(Error::Refused(format!(
+            "cannot wrap {real} in {bin_s} (a quote, colon or line break in a path)"
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(bin)
+        .with_context(|| format!("cannot create {}", bin.display()))?;
+    crate::rootfiles::replace_file(
+        &bin.join("debootstrap"),
+        format!(
+            "#!/bin/sh\n# {}: another architecture's bootstrap (see ims create jobs)\nexec '{real}' --arch={} \"$@\"\n",
+            arch,
+            debian_arch(arch)
+        )
+        .as_bytes(),
+        0o755,
+    )
+}
+
 async fn build(
     agent: &JobContext,
     dir: &Path,
     recipe_dir: &Path,
     root: &Path,
     keys: &[PathBuf],
+    arch: Arch,
+    apt: bool,
 ) -> Result<()> {
     let kiwi_dir = dir.join("kiwi");
     let tmp = kiwi_dir.join("tmp");
@@ -386,6 +505,21 @@ async fn build(
         .arg(&cache.dir)
         .arg("--temp-dir")
         .arg(&tmp);
+    let mut path = KIWI_PATH.to_string();
+    if let Some(a) = target_arch(arch, std::env::consts::ARCH) {
+        // Another architecture's build (under emulation: the agent checked binfmt_misc).
+        cmd.args(["--target-arch", a]);
+        if apt {
+            let bin = kiwi_dir.join("bin");
+            debootstrap_for(&bin, arch)?;
+            agent.say(&format!(
+                "debootstrap runs with --arch={} (kiwi-ng does not pass its target architecture \
+                 to it)",
+                debian_arch(arch)
+            ));
+            path = format!("{}:{path}", bin.display());
+        }
+    }
     // Every command kiwi runs and its output (apt's included) in the log as it happens: the
     // build's progress, and what an admin needs when it fails.
     cmd.arg("--debug");
@@ -398,13 +532,11 @@ async fn build(
     }
     // A clean environment: nothing of the agent's (its job token) reaches the recipe's scripts.
     // kiwi passes it on to what it runs chrooted in the image root (package scripts, config.sh),
-    // so it names no host path but the keyring home (no TMPDIR: dracut and mktemp in the
-    // chroot would look for it there).
+    // so it names no host path but the keyring home and, for another architecture's apt
+    // recipe, the directory of its debootstrap (no TMPDIR: dracut and mktemp in the chroot would
+    // look for it there).
     cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        .env("PATH", &path)
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8")
         .env("HOME", "/root")
@@ -669,6 +801,86 @@ fn unescape_mountinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recipe_whose_arch_changed_since_the_job_was_created_is_refused() {
+        assert!(same_arch(Arch::Aarch64, Arch::Aarch64).is_ok());
+        let e = same_arch(Arch::Aarch64, Arch::X86_64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the recipe is for aarch64 now, the job was created for x86_64"),
+            "{e}"
+        );
+    }
+
+    /// An ELF header of machine `m` (little-endian), as much as [`root_machine`] reads.
+    fn elf(m: u16) -> Vec<u8> {
+        let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        h.resize(18, 0);
+        h.extend_from_slice(&m.to_le_bytes());
+        h.extend_from_slice(&[1, 0, 0, 0]);
+        h
+    }
+
+    #[test]
+    fn the_roots_architecture_is_its_bin_sh() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        assert_eq!(
+            root_machine(root).unwrap_err(),
+            "the image root has no /bin/sh"
+        );
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        // An absolute link is followed inside the root, not on the host.
+        std::os::unix::fs::symlink("/usr/bin/dash", root.join("usr/bin/sh")).unwrap();
+        std::fs::write(root.join("usr/bin/dash"), "#!/not/elf\n").unwrap();
+        assert_eq!(
+            root_machine(root).unwrap_err(),
+            "/bin/sh is not an ELF program"
+        );
+        std::fs::write(root.join("usr/bin/dash"), elf(183)).unwrap();
+        assert_eq!(root_machine(root), Ok(183));
+        assert_eq!(machine_name(183), "aarch64");
+        std::fs::write(root.join("usr/bin/dash"), elf(62)).unwrap();
+        assert_eq!(root_machine(root), Ok(elf_machine(Arch::X86_64)));
+        assert_eq!(machine_name(40), "ELF machine 40");
+        std::fs::write(root.join("usr/bin/dash"), &elf(62)[..10]).unwrap();
+        assert_eq!(
+            root_machine(root).unwrap_err(),
+            "/bin/sh is a truncated ELF program"
+        );
+        // The host's own shell is the host's architecture.
+        let host: Arch = std::env::consts::ARCH.parse().unwrap();
+        std::fs::remove_file(root.join("usr/bin/dash")).unwrap();
+        std::fs::copy("/bin/sh", root.join("usr/bin/dash")).unwrap();
+        assert_eq!(root_machine(root), Ok(elf_machine(host)));
+    }
+
+    #[test]
+    fn another_architectures_debootstrap_is_wrapped() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        debootstrap_for(&bin, Arch::Aarch64).unwrap();
+        let w = std::fs::read_to_string(bin.join("debootstrap")).unwrap();
+        assert!(w.starts_with("#!/bin/sh\n"), "{w}");
+        assert!(
+            w.ends_with("debootstrap' --arch=arm64 \"$@\"\n") && w.contains("exec '/"),
+            "{w}"
+        );
+        let bad = d.path().join("a:b");
+        assert!(debootstrap_for(&bad, Arch::Aarch64).is_err());
+        assert_eq!(debian_arch(Arch::X86_64), "amd64");
+    }
+
+    #[test]
+    fn kiwi_is_given_the_target_arch_of_another_architecture_only() {
+        assert_eq!(target_arch(Arch::Aarch64, "x86_64"), Some("aarch64"));
+        assert_eq!(target_arch(Arch::X86_64, "aarch64"), Some("x86_64"));
+        assert_eq!(target_arch(Arch::X86_64, "x86_64"), None);
+        assert_eq!(target_arch(Arch::Aarch64, "aarch64"), None);
+    }
 
     #[test]
     fn the_reason_is_kiwis_error() {

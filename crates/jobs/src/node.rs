@@ -252,7 +252,7 @@ pub fn probe(base: &Path) -> Result<NodeProbe, Failure> {
         .get() as u64;
     let kiwi = Path::new(agent_env::DEFAULT_KIWI);
     let cannot = |job_type: JobType, session: bool| {
-        crate::prereq::check(job_type, session, AGENT_PATH, kiwi).explain(job_type)
+        crate::prereq::check(job_type, None, false, session, AGENT_PATH, kiwi).explain(job_type)
     };
     let mut jobs = vec![];
     if let Some(j) = open_jobs(base, false)? {

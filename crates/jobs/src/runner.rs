@@ -146,7 +146,16 @@ async fn pipeline(job_id: &str, settings: Settings, api: &Client, log: &Log, sto
     let job_type = agent.job.job_type;
     let session = job_type == JobType::Customize || agent.job.enable_debug;
     let path = std::env::var("PATH").unwrap_or_default();
-    let host = crate::prereq::check(job_type, session, &path, &agent.settings.kiwi);
+    // Emulation of another architecture is the server's decision (it refuses such jobs unless
+    // IMS_JOB_EMULATE_AARCH64 is on): here only whether this host can do it.
+    let host = crate::prereq::check(
+        job_type,
+        Some(agent.job.arch),
+        true,
+        session,
+        &path,
+        &agent.settings.kiwi,
+    );
     for w in &host.warnings {
         agent.say(&format!("warning: {w}"));
     }

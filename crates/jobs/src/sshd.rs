@@ -31,6 +31,13 @@
 //!   `/proc/PID/root` (the ptrace access rule).
 //!
 //! `--die-with-parent`: if the agent dies, the sandbox and every session process die with it.
+//!
+//! An aarch64 image on an x86_64 host (`IMS_JOB_EMULATE_AARCH64`): the image's shell and every
+//! program in the session are aarch64 programs the kernel runs through binfmt_misc's
+//! `qemu-aarch64` entry. Its F flag (checked by [`crate::prereq`]) makes the kernel open the
+//! interpreter when it is registered, so it needs no path in the chroot or the sandbox, and
+//! no_new_privs does not stop it; qemu makes the host's system calls, which the seccomp filter
+//! judges as any other x86_64 process's (the integration test `jobs_aarch64` runs such a session).
 
 use crate::error::{Context, Error, Result};
 use std::path::{Path, PathBuf};

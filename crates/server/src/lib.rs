@@ -51,6 +51,9 @@ pub struct ServiceConfig {
     pub customer_access_domain: String,
     /// `JOB_ENABLE_DKMS`: the customize-job default for `require_dkms`.
     pub job_enable_dkms: bool,
+    /// `IMS_JOB_EMULATE_AARCH64`: aarch64 jobs may run on an x86_64 host under qemu-user
+    /// emulation (binfmt_misc), when no aarch64 node runs them natively.
+    pub job_emulate_aarch64: bool,
     /// Largest accepted manifest (`MAX_IMAGE_MANIFEST_SIZE_BYTES`).
     pub max_manifest_size: u64,
     /// Largest accepted request body.
@@ -77,6 +80,7 @@ impl Default for ServiceConfig {
             customer_access_subnet: "cmn".into(),
             customer_access_domain: "shasta.local".into(),
             job_enable_dkms: true,
+            job_emulate_aarch64: false,
             max_manifest_size: ims_core::manifest::MAX_MANIFEST_SIZE,
             max_body_bytes: 1024 * 1024,
             job_heartbeat_timeout: std::time::Duration::from_secs(60),

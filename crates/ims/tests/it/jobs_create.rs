@@ -185,7 +185,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// A kiwi description whose build fails at once, for real: its only repository is a local
 /// directory that does not exist (kiwi skips it, then debootstrap has no repository).
-const BROKEN_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+pub(crate) const BROKEN_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <image schemaversion="7.5" name="broken">
     <description type="system">
         <author>IMS tests</author>
@@ -421,7 +421,7 @@ async fn failing_build_with_debug_opens_a_shell_then_errors() {
 // ---- the Debian example recipe, built for real ----
 
 /// The host's Debian mirror and security mirror (deb822 sources or sources.list), else Debian's.
-fn host_mirrors() -> (String, String) {
+pub(crate) fn host_mirrors() -> (String, String) {
     let mut main = None;
     let mut security = None;
     let mut texts = vec![];

@@ -23,6 +23,7 @@ mod cli_nodes;
 mod durability;
 mod durability_artifacts;
 mod job_credentials;
+mod jobs_aarch64;
 mod jobs_create;
 mod jobs_customize;
 mod migrate;

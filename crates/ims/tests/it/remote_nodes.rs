@@ -521,33 +521,6 @@ async fn a_node_cut_off_fails_its_job_and_is_cleaned_when_back() {
     assert_eq!(status(&s, node).await["reservedSlots"], 0);
 }
 
-/// A kiwi description whose build fails at once, for real (its only repository does not exist):
-/// the rig's nodes reach nothing but the API host, so a full build cannot run there; the Debian
-/// example is built on the API host by `jobs_create`.
-const BROKEN_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
-<image schemaversion="7.5" name="broken">
-    <description type="system">
-        <author>IMS tests</author>
-        <contact>noreply@example.invalid</contact>
-        <specification>a build that cannot succeed</specification>
-    </description>
-    <preferences>
-        <version>1.0.0</version>
-        <packagemanager>apt</packagemanager>
-        <type image="tbz"/>
-    </preferences>
-    <repository type="apt-deb" alias="local" distribution="bookworm" components="main" use_for_bootstrap="true">
-        <source path="dir:///nonexistent-ims-test-repo"/>
-    </repository>
-    <packages type="image">
-        <package name="ims-test-no-such-package"/>
-    </packages>
-    <packages type="bootstrap">
-        <package name="ims-test-no-such-package"/>
-    </packages>
-</image>
-"#;
-
 /// A create job on a node: the recipe is fetched there, kiwi-ng runs there (and fails for real,
 /// with its reason in the job's log), the debug shell opens at the node's address, and the job
 /// ends in error with the node clean.
@@ -561,7 +534,13 @@ async fn a_create_job_runs_kiwi_on_a_node() {
     let key = job_keys(&s, dir.path(), &["id_job"]).await;
     let recipe_dir = dir.path().join("recipe");
     std::fs::create_dir(&recipe_dir).unwrap();
-    std::fs::write(recipe_dir.join("config.xml"), BROKEN_CONFIG).unwrap();
+    // A build that fails at once, for real: the rig's nodes reach nothing but the API host, so a
+    // full build cannot run there (the Debian example is built on the API host by `jobs_create`).
+    std::fs::write(
+        recipe_dir.join("config.xml"),
+        crate::jobs_create::BROKEN_CONFIG,
+    )
+    .unwrap();
     let recipe = ims(
         &s,
         &[

@@ -37,14 +37,15 @@ pub struct LocalSettings {
     pub agent: AgentSettings,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace: Duration,
-    /// What this host lacks for a job (job type, whether it opens an SSH session, the agent's
-    /// `PATH`), in one line; `None` when nothing is missing. The agent's own declaration
-    /// (`ims_jobs::prereq`), handed in by the binary.
+    /// What this host lacks for a job (job type, its architecture if known, whether it opens an
+    /// SSH session, the agent's `PATH`), in one line; `None` when nothing is missing. The agent's
+    /// own declaration (`ims_jobs::prereq`), handed in by the binary.
     pub prerequisites: Option<Prerequisites>,
 }
 
 /// See [`LocalSettings::prerequisites`].
-pub type Prerequisites = Arc<dyn Fn(JobType, bool, &str) -> Option<String> + Send + Sync>;
+pub type Prerequisites =
+    Arc<dyn Fn(JobType, Option<Arch>, bool, &str) -> Option<String> + Send + Sync>;
 
 pub struct LocalExecutor {
     s: LocalSettings,
@@ -325,17 +326,8 @@ impl JobExecutor for Local {
         arch: Option<Arch>,
         session: bool,
     ) -> Option<String> {
-        if let Some(arch) = arch
-            && arch.as_str() != std::env::consts::ARCH
-        {
-            return Some(format!(
-                "{arch} jobs cannot run on this host, which is {}; register a remote build node \
-                 of that architecture",
-                std::env::consts::ARCH
-            ));
-        }
         let check = self.0.s.prerequisites.as_ref()?;
-        check(job_type, session, AGENT_PATH)
+        check(job_type, arch, session, AGENT_PATH)
     }
 
     fn name(&self) -> &'static str {
