@@ -764,38 +764,10 @@ fn finish_root(root: &Path, shared_cache: Option<&Path>) -> Result<Vec<String>> 
 
 /// Mount points at or below `dir` in this mount namespace, deepest first.
 fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("cannot read /proc/self/mountinfo")?;
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(&dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    Ok(found)
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let found =
+        ims_rootfs::mounts::mounts_under(&dir).context("cannot read /proc/self/mountinfo")?;
+    Ok(ims_rootfs::mounts::deepest_first(found))
 }
 
 #[cfg(test)]
@@ -920,12 +892,6 @@ mod tests {
         let with_dtd = "<?xml version=\"1.0\"?>\n<!DOCTYPE image [<!ENTITY pm \"apt\">]>\n\
                         <image><preferences><packagemanager>&pm;</packagemanager></preferences></image>";
         assert_eq!(package_manager(with_dtd).as_deref(), Some("apt"));
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), "/a b\\c");
-        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
     }
 
     #[test]

@@ -565,43 +565,6 @@ fn stop_one(jobs: &Jobs, id: &str, grace: Duration) -> (NodeStopped, Option<Stri
     }
 }
 
-/// A mount point as `/proc/self/mountinfo` writes it, read back (`\NNN`: an octal byte).
-fn mountinfo_unescape(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(byte) = u8::try_from(v) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// The mount points at or under `dir` in a `/proc/self/mountinfo` text, in its order (a mount
-/// stacked on another comes after it).
-fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(mountinfo_unescape)
-        .filter(|m| m.starts_with(dir))
-        .collect()
-}
-
 /// Unmounts everything mounted at or under `dir`: deepest first (and the last stacked first),
 /// lazily where busy, never following a link at the mount point.
 fn unmount_under(dir: &Path) -> Result<(), String> {
@@ -612,8 +575,10 @@ fn unmount_under(dir: &Path) -> Result<(), String> {
     for _ in 0..8 {
         let info = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let mut mounts: Vec<(usize, PathBuf)> =
-            mounts_under(&info, dir).into_iter().enumerate().collect();
+        let mut mounts: Vec<(usize, PathBuf)> = ims_rootfs::mounts::under(&info, dir)
+            .into_iter()
+            .enumerate()
+            .collect();
         if mounts.is_empty() {
             return Ok(());
         }
@@ -665,31 +630,6 @@ mod tests {
         assert_eq!(mem_total("MemFree: 1 kB\n"), None);
         assert_eq!(mem_total("MemTotal: lots kB\n"), None);
         assert_eq!(mem_total("MemTotal: 99999999999999999999 kB\n"), None);
-    }
-
-    #[test]
-    fn mount_points_are_read_back_and_matched_by_component() {
-        assert_eq!(
-            mountinfo_unescape(r"/a\040b/c\134d\011e\012f"),
-            PathBuf::from("/a b/c\\d\te\nf")
-        );
-        assert_eq!(mountinfo_unescape(r"/x\0"), PathBuf::from(r"/x\0"));
-        assert_eq!(mountinfo_unescape(r"/x\777"), PathBuf::from(r"/x\777"));
-        let info = "\
-36 35 98:0 / / rw - ext4 /dev/root rw
-37 36 0:5 / /base/jobs/j rw - tmpfs t rw
-38 37 0:6 / /base/jobs/j/root\\040x rw - overlay o rw
-39 36 0:7 / /base/jobs/jj rw - tmpfs t rw
-40 37 0:8 / /base/jobs/j/lower rw - squashfs s ro
-";
-        assert_eq!(
-            mounts_under(info, Path::new("/base/jobs/j")),
-            [
-                PathBuf::from("/base/jobs/j"),
-                PathBuf::from("/base/jobs/j/root x"),
-                PathBuf::from("/base/jobs/j/lower")
-            ]
-        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod archive;
 pub mod confined;
 mod error;
 pub mod kernel;
+pub mod mounts;
 pub mod squashfs;
 mod tool;
 

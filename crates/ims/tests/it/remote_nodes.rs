@@ -377,7 +377,7 @@ async fn two_replicas_never_overfill_a_node() {
         assert_eq!(j["status"], "creating", "{j}");
         let text = log(&a, id).await;
         assert!(
-            text.contains("is busy") && text.contains("waits for a slot"),
+            text.contains("has a free slot") && text.contains("waits for a slot"),
             "{text}"
         );
         assert!(

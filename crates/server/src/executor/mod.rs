@@ -55,8 +55,9 @@ pub trait JobRuns: Send + Sync + 'static {
         xname: &str,
         capacity: u32,
     ) -> Result<Reserved, ExecutorError>;
-    /// Releases the slots job `id` holds.
-    async fn release(&self, id: &str) -> Result<(), ExecutorError>;
+    /// Releases the slots job `id` holds; `unassign`: its agent never started there, so an
+    /// unfinished job is no longer assigned to the node either.
+    async fn release(&self, id: &str, unassign: bool) -> Result<(), ExecutorError>;
     /// Adds a line to a job's log (what the executor is doing about it).
     async fn note(&self, job: &Job, line: &str);
 }
@@ -131,9 +132,10 @@ impl ExecutorContext {
         self.0.reserve(id, xname, capacity).await
     }
 
-    /// Releases the slots job `id` holds (none is fine).
-    pub async fn release(&self, id: &str) -> Result<(), ExecutorError> {
-        self.0.release(id).await
+    /// Releases the slots job `id` holds (none is fine); `unassign`: its agent never started on
+    /// the node (an unfinished job is no longer assigned to it).
+    pub async fn release(&self, id: &str, unassign: bool) -> Result<(), ExecutorError> {
+        self.0.release(id, unassign).await
     }
 
     /// Adds a line to a job's log.

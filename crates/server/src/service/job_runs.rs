@@ -167,8 +167,8 @@ impl JobRuns for ForExecutors {
             .map_err(executor_error)
     }
 
-    async fn release(&self, id: &str) -> Result<(), ExecutorError> {
-        super::node_slots::release(&self.0, id)
+    async fn release(&self, id: &str, unassign: bool) -> Result<(), ExecutorError> {
+        super::node_slots::release(&self.0, id, unassign)
             .await
             .map_err(executor_error)
     }

@@ -112,18 +112,31 @@ async fn reserve_once(
     Ok(Reserved::Slot(n))
 }
 
-/// Releases every slot `job_id` holds (none is fine).
-pub async fn release(st: &AppState, job_id: &str) -> ApiResult<()> {
+/// Releases every slot `job_id` holds (none is fine). With `unassign` (its agent could not be
+/// started there) a job that has not ended is no longer assigned to the node, in the same
+/// transaction; otherwise the job keeps the node it ran on.
+pub async fn release(st: &AppState, job_id: &str, unassign: bool) -> ApiResult<()> {
     super::retrying!(
         async {
-            let ops: Vec<Op> = list::<NodeSlot>(&*st.store)
+            let held: Vec<_> = list::<NodeSlot>(&*st.store)
                 .await?
-                .iter()
+                .into_iter()
                 .filter(|v| v.record.job_id == job_id)
-                .map(delete_op)
                 .collect();
-            if ops.is_empty() {
+            if held.is_empty() {
                 return Ok(());
+            }
+            let mut ops: Vec<Op> = held.iter().map(delete_op).collect();
+            if unassign
+                && let Some(job) = ims_store::get::<Job>(&*st.store, job_id).await?
+                && !job.record.status.is_final()
+                && held
+                    .iter()
+                    .any(|s| s.record.xname == job.record.remote_build_node)
+            {
+                let mut unassigned = job.record.clone();
+                unassigned.remote_build_node = String::new();
+                ops.push(update_op(&unassigned, job.version)?);
             }
             st.store.apply(ops).await.map_err(ApiError::from)
         }
@@ -140,7 +153,7 @@ pub async fn sweep(st: &AppState) -> ApiResult<usize> {
             .await?
             .is_some_and(|j| !j.record.status.is_final());
         if !live {
-            release(st, &slot.job_id).await?;
+            release(st, &slot.job_id, false).await?;
             released += 1;
         }
     }

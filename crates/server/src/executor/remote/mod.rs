@@ -220,21 +220,19 @@ impl Remote {
                         )
                         .await;
                         self.fleet.failed(&c.node.xname, &e);
-                        cx.release(&job.id).await?;
+                        cx.release(&job.id, true).await?;
+                        full.push(format!("{}: could not start the agent: {e}", c.node.xname));
                     }
                 },
-                Reserved::Full => full.push(format!(
-                    "{}: {} of {} slots taken",
-                    c.node.xname,
-                    c.reserved.max(c.capacity),
-                    c.capacity
-                )),
+                Reserved::Full => {
+                    full.push(format!("{}: all {} slots taken", c.node.xname, c.capacity))
+                }
                 Reserved::Unavailable => full.push(format!("{}: drained or removed", c.node.xname)),
                 Reserved::JobGone | Reserved::Placed(_) => return Ok(Placement::Gone),
             }
         }
         Ok(Placement::Wait(format!(
-            "every {} remote build node that can run {} jobs is busy ({})",
+            "no {} remote build node that can run {} jobs has a free slot ({})",
             job.arch,
             job.job_type,
             full.join("; ")
@@ -407,7 +405,7 @@ impl Remote {
                     Err(_) => false,
                 };
                 if ended {
-                    if let Err(e) = cx.release(&s.job_id).await {
+                    if let Err(e) = cx.release(&s.job_id, false).await {
                         tracing::warn!(job = %s.job_id, error = %e, "cannot release a node slot");
                     } else {
                         self.wake.notify_one();
@@ -510,7 +508,7 @@ impl JobExecutor for RemoteExecutor {
         if !Remote::is_remote(run.as_ref()) {
             return me.home.finished(cx, job).await;
         }
-        cx.release(&job.id).await?;
+        cx.release(&job.id, false).await?;
         me.wake.notify_one();
         // The agent exits by itself after ending its job; its directory goes at the next pass.
         Ok(())
@@ -539,7 +537,7 @@ impl JobExecutor for RemoteExecutor {
                 .await;
             }
         }
-        cx.release(&job.id).await?;
+        cx.release(&job.id, false).await?;
         me.wake.notify_one();
         Ok(())
     }
