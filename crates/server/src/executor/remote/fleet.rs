@@ -77,7 +77,9 @@ impl ProbeFailure {
     }
 }
 
-/// How long a probe's answer is used for placement before the node is asked again.
+/// How long a probe's answer is used for placement before the node is asked again. Starting or
+/// stopping an agent does not make it stale: placement uses the node's architecture, tools and
+/// size, and takes the load from the slots in the store, not from the probe's job list.
 pub const PROBE_TTL: Duration = Duration::from_secs(20);
 
 /// The binary's answer when the node has none of ours installed (printed by the probe script).
@@ -335,7 +337,6 @@ impl Fleet {
             r => r,
         }
         .map_err(|e| format!("cannot start the agent on {}: {e}", node.xname))?;
-        self.invalidate(&node.xname);
         let text = String::from_utf8_lossy(&out);
         serde_json::from_str(text.trim()).map_err(|_| {
             format!(
@@ -382,7 +383,6 @@ impl Fleet {
                 self.s.probe_timeout + grace + Duration::from_secs(20),
             )
             .await?;
-        self.invalidate(&node.xname);
         let text = String::from_utf8_lossy(&out);
         serde_json::from_str(text.trim()).map_err(|_| {
             SshError::Command(format!(
