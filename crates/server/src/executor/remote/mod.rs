@@ -64,6 +64,8 @@ pub struct Remote {
     s: RemoteSettings,
     /// Wakes the placement loop (a slot was released, a job waits).
     wake: tokio::sync::Notify,
+    /// This process knows of jobs waiting for a slot.
+    waiting: std::sync::atomic::AtomicBool,
 }
 
 /// Where a job goes.
@@ -96,6 +98,7 @@ impl Remote {
             fleet,
             s,
             wake: tokio::sync::Notify::new(),
+            waiting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,13 +106,22 @@ impl Remote {
     pub fn spawn_passes(self: &Arc<Self>, cx: ExecutorContext) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
+            if !me.fleet.enabled() {
+                return;
+            }
             let mut last_pass = tokio::time::Instant::now() - NODE_PASS;
             loop {
-                if last_pass.elapsed() >= NODE_PASS {
+                // Waiting jobs are looked for every 2 s (or when woken) while this process knows
+                // of some, and with every node pass for those of other replicas.
+                let pass = last_pass.elapsed() >= NODE_PASS;
+                if pass {
                     me.node_pass(&cx).await;
                     last_pass = tokio::time::Instant::now();
                 }
-                me.place_waiting(&cx).await;
+                if pass || me.waiting.load(std::sync::atomic::Ordering::Relaxed) {
+                    let left = me.place_waiting(&cx).await;
+                    me.waiting.store(left, std::sync::atomic::Ordering::Relaxed);
+                }
                 let _ = tokio::time::timeout(Duration::from_secs(2), me.wake.notified()).await;
             }
         })
@@ -317,20 +329,24 @@ impl Remote {
             )
             .await;
         }
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake.notify_one();
         Ok(())
     }
 
     /// Tries again to place the jobs that wait for a slot (any replica's); ends those that waited
     /// too long.
-    async fn place_waiting(&self, cx: &ExecutorContext) {
+    /// Whether jobs still wait.
+    async fn place_waiting(&self, cx: &ExecutorContext) -> bool {
         let runs = match cx.runs().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "placement: cannot read the running jobs");
-                return;
+                return true;
             }
         };
+        let mut left = false;
         for run in runs {
             let Some(since) = run.placement_wait else {
                 continue;
@@ -363,6 +379,7 @@ impl Remote {
             match self.place(cx, &job).await {
                 Ok(Placement::Placed) | Ok(Placement::Gone) => {}
                 Ok(Placement::Wait(why)) => {
+                    left = true;
                     if let Err(e) = self.wait(cx, &job, &why).await {
                         tracing::warn!(job = %job.id, error = %e, "placement: cannot record the wait");
                     }
@@ -385,9 +402,13 @@ impl Remote {
                         .await;
                     }
                 }
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "placement failed"),
+                Err(e) => {
+                    left = true;
+                    tracing::warn!(job = %job.id, error = %e, "placement failed")
+                }
             }
         }
+        left
     }
 
     /// Probes every node, releases the slots of ended jobs and removes from each node what
@@ -567,8 +588,13 @@ impl JobExecutor for RemoteExecutor {
         // A node that may run it (its architecture known to match, or not known yet) takes the
         // job, or the job waits for it.
         let nodes = cx.nodes().await.ok()?;
+        let live: Vec<&RemoteBuildNode> = nodes.iter().filter(|n| !n.drained).collect();
+        if arch.is_none() {
+            // Before the artifact is read: any node may be of its architecture.
+            return live.is_empty().then_some(host);
+        }
         let mut maybe = false;
-        for n in nodes.iter().filter(|n| !n.drained) {
+        for n in live {
             maybe |= match (arch, me.fleet.probe_cached(n, PROBE_TTL).await) {
                 (None, _) => true,
                 (Some(a), Probe::Ok(p)) => p.arch == a.as_str(),
