@@ -370,7 +370,8 @@ fn loopback_url(url: &str) -> bool {
 /// The remote build nodes as the server uses them.
 fn fleet(cfg: &Config, api_url: &str) -> anyhow::Result<Fleet> {
     let n = &cfg.nodes;
-    let exe = std::env::current_exe().context("cannot find the ims binary")?;
+    // The file this process runs, even if an upgrade replaced the binary on disk since.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let own = |arch: ims_core::Arch| (arch.as_str() == std::env::consts::ARCH).then(|| exe.clone());
     let binaries = [
         (

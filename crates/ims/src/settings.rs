@@ -529,7 +529,7 @@ settings! {
             default: Doc("this binary on an aarch64 server; none otherwise"),
         }
         NODE_TIMEOUT: Duration = timeout: String {
-            help: "bound on connecting to a node (and on a probe)",
+            help: "bound on connecting to a node (a probe may take 3 times as long, copying the agent 10 minutes)",
             env: ["IMS_REMOTE_BUILD_NODE_TIMEOUT"],
             parse: duration,
             default: Doc("10s"),
@@ -727,7 +727,7 @@ fn bucket(v: Raw) -> Result<String, String> {
     }
 }
 
-/// `p` made absolute against the working directory (without touching the filesystem).
+/// A file that exists, made absolute.
 fn existing_file(v: Raw) -> Result<PathBuf, String> {
     let p = v.path();
     if !p.is_file() {
@@ -738,18 +738,13 @@ fn existing_file(v: Raw) -> Result<PathBuf, String> {
 
 /// `XNAME=ADDRESS,…`: names and addresses that are safe `ssh` arguments.
 fn node_addresses(v: Raw) -> Result<Vec<(String, String)>, String> {
+    use ims_server::executor::remote::ssh::safe_host;
     let v = v.text();
-    let host = |h: &str| {
-        !h.is_empty()
-            && !h.starts_with('-')
-            && h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
-    };
     v.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| match pair.split_once('=') {
-            Some((x, a)) if host(x.trim()) && host(a.trim()) => {
+            Some((x, a)) if safe_host(x.trim()) && safe_host(a.trim()) => {
                 Ok((x.trim().to_string(), a.trim().to_string()))
             }
             _ => Err(format!("{pair:?} is not XNAME=ADDRESS")),
@@ -757,6 +752,7 @@ fn node_addresses(v: Raw) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// `p` made absolute against the working directory (without touching the filesystem).
 fn absolute(p: &Path) -> Result<PathBuf, String> {
     std::path::absolute(p).map_err(|e| format!("cannot make {} an absolute path: {e}", p.display()))
 }

@@ -58,6 +58,9 @@ pub trait JobRuns: Send + Sync + 'static {
     /// Releases the slots job `id` holds; `unassign`: its agent never started there, so an
     /// unfinished job is no longer assigned to the node either.
     async fn release(&self, id: &str, unassign: bool) -> Result<(), ExecutorError>;
+    /// Claims a waiting job for the API host (no node placement of it can commit after); `false`
+    /// when it holds a slot already.
+    async fn claim_home(&self, id: &str) -> Result<bool, ExecutorError>;
     /// Adds a line to a job's log (what the executor is doing about it).
     async fn note(&self, job: &Job, line: &str);
 }
@@ -136,6 +139,12 @@ impl ExecutorContext {
     /// the node (an unfinished job is no longer assigned to it).
     pub async fn release(&self, id: &str, unassign: bool) -> Result<(), ExecutorError> {
         self.0.release(id, unassign).await
+    }
+
+    /// Claims a waiting job for the API host, atomically against node placements of it (other
+    /// replicas'); `false`: it holds a slot already.
+    pub async fn claim_home(&self, id: &str) -> Result<bool, ExecutorError> {
+        self.0.claim_home(id).await
     }
 
     /// Adds a line to a job's log.

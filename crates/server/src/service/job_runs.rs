@@ -173,6 +173,12 @@ impl JobRuns for ForExecutors {
             .map_err(executor_error)
     }
 
+    async fn claim_home(&self, id: &str) -> Result<bool, ExecutorError> {
+        super::node_slots::claim_home(&self.0, id)
+            .await
+            .map_err(executor_error)
+    }
+
     async fn note(&self, job: &Job, line: &str) {
         note(&self.0, job, line).await
     }
@@ -553,7 +559,7 @@ pub async fn reconcile(st: &AppState) {
         }
         let last = run
             .as_ref()
-            .and_then(|r| r.heartbeat.or(r.launched).or(Some(r.created)))
+            .and_then(|r| r.heartbeat.max(r.launched).or(Some(r.created)))
             .unwrap_or(job.created)
             .max(st.started);
         let silent = secs(last);

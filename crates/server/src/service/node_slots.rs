@@ -10,8 +10,9 @@
 //!
 //! So two concurrent POSTs, in one server or in two replicas on one PostgreSQL, can never put
 //! more jobs on a node than it has slots: the loser of a race re-reads and tries again (or finds
-//! the node full). A slot is released when its job ends or is deleted, and a sweep releases the
-//! slots of jobs that are gone (a crash between the end of a job and the release).
+//! the node full). A slot is released when its job ends or is deleted, and the remote executor's
+//! node pass releases the slots of jobs that ended or are gone (a crash between the end of a job
+//! and the release).
 
 use super::MAX_ATTEMPTS;
 use crate::AppState;
@@ -39,8 +40,15 @@ pub enum Reserved {
     Unavailable,
     /// The job was deleted or has ended: it is not placed.
     JobGone,
-    /// The job holds a slot already (another replica placed it meanwhile): nothing to do.
-    Placed(String),
+    /// The job holds a slot already (another replica placed it meanwhile, or the API host claimed
+    /// it): the slot's node and when it was reserved.
+    Placed(String, Timestamp),
+}
+
+/// The slot name of a job the API host runs after it waited (no node is called so: xnames are
+/// host names). Its slot row is the claim that keeps a node placement out.
+pub fn home_xname(job_id: &str) -> String {
+    format!("@api-host-{job_id}")
 }
 
 /// Reserves a slot of node `xname` (which runs at most `capacity` jobs) for `job` and assigns the
@@ -83,13 +91,19 @@ async fn reserve_once(
     }
     let slots = all(st).await?;
     if let Some(s) = slots.iter().find(|s| s.job_id == job_id) {
-        return Ok(Reserved::Placed(s.xname.clone()));
+        return Ok(Reserved::Placed(s.xname.clone(), s.created));
     }
+    // The capacity as the node record says now (the caller's is the probed default), and counted
+    // as taken slots: slot numbers at or above a lowered capacity still count.
+    let capacity = node.record.capacity.unwrap_or(capacity);
     let taken: std::collections::HashSet<u32> = slots
         .iter()
         .filter(|s| s.xname == xname)
         .map(|s| s.slot)
         .collect();
+    if taken.len() >= capacity as usize {
+        return Ok(Reserved::Full);
+    }
     let Some(n) = (0..capacity).find(|n| !taken.contains(n)) else {
         return Ok(Reserved::Full);
     };
@@ -144,20 +158,37 @@ pub async fn release(st: &AppState, job_id: &str, unassign: bool) -> ApiResult<(
     )
 }
 
-/// Releases the slots whose job is gone or has ended (a server stopped between the end of a job
-/// and its release); returns how many.
-pub async fn sweep(st: &AppState) -> ApiResult<usize> {
-    let mut released = 0;
-    for slot in all(st).await? {
-        let live = ims_store::get::<Job>(&*st.store, &slot.job_id)
-            .await?
-            .is_some_and(|j| !j.record.status.is_final());
-        if !live {
-            release(st, &slot.job_id, false).await?;
-            released += 1;
+/// Claims job `job_id` for the API host after it waited for a node: a slot row of its own
+/// ([`home_xname`]), inserted with a rewrite of the job at the version read, so a node placement of
+/// the same job by another replica and this claim never both commit. `false`: the job holds a
+/// slot already (or ended, or is gone).
+pub async fn claim_home(st: &AppState, job_id: &str) -> ApiResult<bool> {
+    super::retrying!(
+        async {
+            let Some(job) = ims_store::get::<Job>(&*st.store, job_id).await? else {
+                return Ok(false);
+            };
+            if job.record.status.is_final() || all(st).await?.iter().any(|s| s.job_id == job_id) {
+                return Ok(false);
+            }
+            let xname = home_xname(job_id);
+            let slot = NodeSlot {
+                id: NodeSlot::id_of(&xname, 0),
+                created: Timestamp::now(),
+                xname,
+                slot: 0,
+                job_id: job_id.to_string(),
+            };
+            st.store
+                .apply(vec![
+                    update_op(&job.record, job.version)?,
+                    insert_op(&slot)?,
+                ])
+                .await?;
+            Ok::<_, ApiError>(true)
         }
-    }
-    Ok(released)
+        .await
+    )
 }
 
 /// Whether node `xname` holds reserved slots (it cannot be removed then).

@@ -77,6 +77,15 @@ impl ProbeFailure {
     }
 }
 
+/// Why an agent was not started; `maybe_started`: the node may have started it all the same (the
+/// connection broke before its answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    pub maybe_started: bool,
+    pub message: String,
+}
+
 /// How long a probe's answer is used for placement before the node is asked again. Starting or
 /// stopping an agent does not make it stale: placement uses the node's architecture, tools and
 /// size, and takes the load from the slots in the store, not from the probe's job list.
@@ -91,7 +100,8 @@ struct NotInstalled {
 
 pub struct Fleet {
     s: FleetSettings,
-    binaries: tokio::sync::OnceCell<Result<Vec<Binary>, String>>,
+    /// The builds to install with their hashes, read once at start-up.
+    binaries: Result<Vec<Binary>, String>,
     probes: Mutex<HashMap<String, (Instant, Probe)>>,
     /// The last failure to start an agent on a node, and when (placement avoids it a while).
     failures: Mutex<HashMap<String, (Instant, String)>>,
@@ -102,10 +112,28 @@ const NOT_INSTALLED_EXIT: &str = "echo 'ims agent not installed on the node' >&2
 const NOT_INSTALLED_MESSAGE: &str = "ims agent not installed on the node";
 
 impl Fleet {
+    /// Reads and hashes the builds to install (for the server's own: `/proc/self/exe`, the file
+    /// this process runs even if a package upgrade replaced it on disk since).
     pub fn new(s: FleetSettings) -> Fleet {
+        let binaries = s
+            .binaries
+            .iter()
+            .map(|(arch, path)| {
+                sha256_file(path)
+                    .map(|sha256| Binary {
+                        arch: *arch,
+                        path: path.clone(),
+                        sha256,
+                    })
+                    .map_err(|e| format!("cannot read the ims build {}: {e}", path.display()))
+            })
+            .collect();
+        if let Err(e) = &binaries {
+            tracing::error!("remote build nodes: {e}");
+        }
         Fleet {
             s,
-            binaries: tokio::sync::OnceCell::new(),
+            binaries,
             probes: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -125,40 +153,14 @@ impl Fleet {
         self.s.ssh.address(xname)
     }
 
-    async fn binaries(&self) -> Result<&[Binary], String> {
-        let all = self
-            .binaries
-            .get_or_init(|| async {
-                let list = self.s.binaries.clone();
-                tokio::task::spawn_blocking(move || {
-                    list.into_iter()
-                        .map(|(arch, path)| {
-                            sha256_file(&path)
-                                .map(|sha256| Binary {
-                                    arch,
-                                    path: path.clone(),
-                                    sha256,
-                                })
-                                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                        })
-                        .collect()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            })
-            .await;
-        all.as_deref().map_err(Clone::clone)
+    fn binaries(&self) -> Result<&[Binary], String> {
+        self.binaries.as_deref().map_err(Clone::clone)
     }
 
     /// A shell command line that runs `ims agent ARGS` with whichever of our builds the node has
     /// (there is at most one per architecture), or else runs `fallback` (which says so and exits).
     async fn node_command(&self, args: &str, fallback: &str) -> Result<String, String> {
-        let hashes: Vec<&str> = self
-            .binaries()
-            .await?
-            .iter()
-            .map(|b| b.sha256.as_str())
-            .collect();
+        let hashes: Vec<&str> = self.binaries()?.iter().map(|b| b.sha256.as_str()).collect();
         Ok(format!(
             "B='{base}'; for h in {hashes}; do b=\"$B/bin/ims-$h\"; if [ -x \"$b\" ]; then exec \"$b\" agent {args}; fi; done; {fallback}",
             base = self.s.base,
@@ -176,7 +178,8 @@ impl Fleet {
         p
     }
 
-    /// The cached answer if younger than `max_age`, else a fresh probe.
+    /// The cached answer if younger than `max_age`, else a fresh probe — which does not copy the
+    /// binary (the node pass does): a request never waits for a copy.
     pub async fn probe_cached(&self, node: &RemoteBuildNode, max_age: Duration) -> Probe {
         let cached = self
             .probes
@@ -185,12 +188,12 @@ impl Fleet {
             .and_then(|c| c.get(&node.xname).cloned());
         match cached {
             Some((at, p)) if at.elapsed() < max_age => p,
-            _ => self.probe(node, true).await,
+            _ => self.probe(node, false).await,
         }
     }
 
-    /// Forgets the cached answer of a node (its jobs or state changed).
-    pub fn invalidate(&self, xname: &str) {
+    /// Forgets the cached answer of a node (starting an agent there failed).
+    fn invalidate(&self, xname: &str) {
         if let Ok(mut c) = self.probes.lock() {
             c.remove(xname);
         }
@@ -263,7 +266,7 @@ impl Fleet {
 
     /// Copies the `ims` build for `arch` to the node, checked against its hash there.
     async fn install(&self, node: &RemoteBuildNode, arch: Arch) -> Result<(), String> {
-        let binaries = self.binaries().await?;
+        let binaries = self.binaries()?;
         let Some(b) = binaries.iter().find(|b| b.arch == arch) else {
             return Err(format!(
                 "no ims build for {arch} nodes is configured (IMS_REMOTE_BUILD_NODE_AGENT_{})",
@@ -301,17 +304,20 @@ impl Fleet {
         node: &RemoteBuildNode,
         id: &str,
         env: Vec<(&'static str, String)>,
-    ) -> Result<AgentPid, String> {
-        if ims_core::node_wire::check_job_id(id).is_err() {
-            return Err(format!("{id:?} is not a job id"));
-        }
+    ) -> Result<AgentPid, StartError> {
+        let refused = |message: String| StartError {
+            maybe_started: false,
+            message,
+        };
+        ims_core::node_wire::check_job_id(id).map_err(refused)?;
         let script = self
             .node_command(&format!("node-run --base \"$B\" {id}"), NOT_INSTALLED_EXIT)
-            .await?;
+            .await
+            .map_err(refused)?;
         let request = NodeRunInput {
             env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         };
-        let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&request).map_err(|e| refused(e.to_string()))?;
         let run = || {
             self.s.ssh.run(
                 node,
@@ -326,23 +332,43 @@ impl Fleet {
             Err(SshError::Command(why)) if why.contains(NOT_INSTALLED_MESSAGE) => {
                 tracing::info!(node = %node.xname, "the ims agent is missing on the node; copying it again");
                 if let Probe::Failed(f) = self.probe(node, true).await {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "cannot install the agent on {}: {}",
                         node.xname,
                         f.describe()
-                    ));
+                    )));
                 }
                 run().await
             }
             r => r,
-        }
-        .map_err(|e| format!("cannot start the agent on {}: {e}", node.xname))?;
-        let text = String::from_utf8_lossy(&out);
-        serde_json::from_str(text.trim()).map_err(|_| {
-            format!(
+        };
+        let text = match out {
+            Ok(out) => String::from_utf8_lossy(&out).into_owned(),
+            // Cut off after the command may have started: the agent may run.
+            Err(e @ SshError::Lost(_)) => {
+                return Err(StartError {
+                    maybe_started: true,
+                    message: format!(
+                        "no answer from {} while starting the agent: {e}",
+                        node.xname
+                    ),
+                });
+            }
+            // Not connected, or node-run said it did not start the agent (it removes what it
+            // made then).
+            Err(e) => {
+                return Err(refused(format!(
+                    "cannot start the agent on {}: {e}",
+                    node.xname
+                )));
+            }
+        };
+        serde_json::from_str(text.trim()).map_err(|_| StartError {
+            maybe_started: true,
+            message: format!(
                 "the node's answer to node-run is not understood: {:?}",
                 text.chars().take(200).collect::<String>()
-            )
+            ),
         })
     }
 
@@ -432,7 +458,7 @@ impl NodeProber for Fleet {
         let mut st = RemoteBuildNodeStatus::unknown(&node.xname);
         st.drained = node.drained;
         st.reservedSlots = reserved;
-        st.hostKeyPinned = !node.host_keys.is_empty() || self.s.ssh.known_hosts.is_some();
+        st.hostKeyPinned = self.s.ssh.pinned(node);
         st.capacity = node.capacity.unwrap_or(0);
         if !self.enabled() {
             st.sshStatus = "No SSH key configured for remote build nodes.".into();

@@ -29,7 +29,7 @@ pub mod ssh;
 
 use super::{ExecutorContext, ExecutorError, JobExecutor, Reserved};
 use async_trait::async_trait;
-use fleet::{FAILURE_BACKOFF, Fleet, PROBE_TTL, Probe};
+use fleet::{FAILURE_BACKOFF, Fleet, PROBE_TTL, Probe, StartError};
 use ims_core::agent_env::{AgentEnv, AgentSettings};
 use ims_core::{Arch, Job, JobRun, JobType, RemoteBuildNode, Timestamp};
 use std::sync::Arc;
@@ -40,6 +40,9 @@ pub const EXECUTOR: &str = "remote";
 
 /// How often the node pass runs (and waiting jobs are retried at the latest).
 pub const NODE_PASS: Duration = Duration::from_secs(10);
+
+/// A reservation older than this without a recorded start is undone (its placer crashed).
+const STALE_RESERVATION_SECS: i64 = 120;
 
 /// An agent whose job has ended gets this long to ship its last log lines and exit before the
 /// node pass stops it.
@@ -77,6 +80,8 @@ enum Placement {
     Home,
     /// The job ended or was deleted meanwhile.
     Gone,
+    /// The job holds a slot already, of this node (or the API host's claim), reserved then.
+    HeldBy(String, Timestamp),
 }
 
 /// A node with its probe, as placement weighs it.
@@ -109,18 +114,34 @@ impl Remote {
             if !me.fleet.enabled() {
                 return;
             }
-            let mut last_pass = tokio::time::Instant::now() - NODE_PASS;
+            // The node pass on a task of its own: a slow node (a binary copy, a stop) does not hold
+            // up placement.
+            let nodes = {
+                let (me, cx) = (me.clone(), cx.clone());
+                tokio::spawn(async move {
+                    loop {
+                        me.node_pass(&cx).await;
+                        tokio::time::sleep(NODE_PASS).await;
+                    }
+                })
+            };
+            struct AbortOnDrop(tokio::task::JoinHandle<()>);
+            impl Drop for AbortOnDrop {
+                fn drop(&mut self) {
+                    self.0.abort();
+                }
+            }
+            let _nodes = AbortOnDrop(nodes);
+            let mut last_scan = tokio::time::Instant::now() - NODE_PASS;
             loop {
                 // Waiting jobs are looked for every 2 s (or when woken) while this process knows
-                // of some, and with every node pass for those of other replicas.
-                let pass = last_pass.elapsed() >= NODE_PASS;
-                if pass {
-                    me.node_pass(&cx).await;
-                    last_pass = tokio::time::Instant::now();
-                }
-                if pass || me.waiting.load(std::sync::atomic::Ordering::Relaxed) {
-                    let left = me.place_waiting(&cx).await;
-                    me.waiting.store(left, std::sync::atomic::Ordering::Relaxed);
+                // of some, and every NODE_PASS for those of other replicas.
+                let due = last_scan.elapsed() >= NODE_PASS;
+                if due || me.waiting.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    last_scan = tokio::time::Instant::now();
+                    if me.place_waiting(&cx).await {
+                        me.waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(2), me.wake.notified()).await;
             }
@@ -231,7 +252,12 @@ impl Remote {
                             &format!("could not start the agent on {}: {e}", c.node.xname),
                         )
                         .await;
-                        self.fleet.failed(&c.node.xname, &e);
+                        self.fleet.failed(&c.node.xname, &e.message);
+                        if e.maybe_started {
+                            // Recording failed and the agent may run: the slot stays with the
+                            // job (the node pass releases it when the job ends).
+                            return Err(ExecutorError(e.message));
+                        }
                         cx.release(&job.id, true).await?;
                         full.push(format!("{}: could not start the agent: {e}", c.node.xname));
                     }
@@ -240,7 +266,8 @@ impl Remote {
                     full.push(format!("{}: all {} slots taken", c.node.xname, c.capacity))
                 }
                 Reserved::Unavailable => full.push(format!("{}: drained or removed", c.node.xname)),
-                Reserved::JobGone | Reserved::Placed(_) => return Ok(Placement::Gone),
+                Reserved::JobGone => return Ok(Placement::Gone),
+                Reserved::Placed(x, at) => return Ok(Placement::HeldBy(x, at)),
             }
         }
         Ok(Placement::Wait(format!(
@@ -251,17 +278,25 @@ impl Remote {
         )))
     }
 
-    /// Starts the agent of `job` on `node` (slot `slot` is reserved for it).
+    /// Starts the agent of `job` on `node` (slot `slot` is reserved for it). A start whose
+    /// outcome is unknown (the connection broke before the node answered) and that `node-stop`
+    /// cannot undo now counts as started: the agent's heartbeats (or their absence, through the
+    /// reconciler) decide, and the node pass removes it if the job ends meanwhile.
     async fn launch(
         &self,
         cx: &ExecutorContext,
         job: &Job,
         node: &RemoteBuildNode,
         slot: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), StartError> {
         let mut settings = self.s.agent.clone();
-        // Users reach the session at the node's address.
+        // Users reach the session at the node's address; the host's own listen address means
+        // nothing there.
         settings.ssh_host = Some(self.fleet.address(&node.xname));
+        settings.ssh_listen = None;
+        // The node's own package cache for create jobs, beside its job directories.
+        settings.kiwi_cache =
+            Some(std::path::Path::new(&self.fleet.settings().base).join("kiwi-cache"));
         let env: Vec<(&'static str, String)> = AgentEnv {
             api_url: self.s.api_url.clone(),
             token: Some(cx.job_token(&job.id)),
@@ -273,31 +308,61 @@ impl Remote {
         // The node chooses the scratch directory.
         .filter(|(k, _)| *k != ims_core::agent_env::DIR)
         .collect();
-        let started = self.fleet.run_agent(node, &job.id, env).await?;
+        let started = match self.fleet.run_agent(node, &job.id, env).await {
+            Ok(a) => Some(a),
+            Err(e) if e.maybe_started => {
+                let undone = self
+                    .fleet
+                    .stop_agents(node, std::slice::from_ref(&job.id), self.s.stop_grace)
+                    .await;
+                if undone.is_ok() {
+                    return Err(StartError {
+                        maybe_started: false,
+                        message: format!("{e} (stopped there again)"),
+                    });
+                }
+                tracing::warn!(job = %job.id, node = %node.xname, error = %e, "the agent's start on the node is uncertain; its heartbeats decide");
+                cx.note(
+                    job,
+                    &format!(
+                        "{e}: the agent may run on {}; without its heartbeat the job ends in error",
+                        node.xname
+                    ),
+                )
+                .await;
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let xname = node.xname.clone();
+        let launched = Timestamp::now();
         let recorded = cx
             .update_run(job, |r| {
                 r.executor = EXECUTOR.to_string();
                 r.host = Some(xname.clone());
-                r.pid = Some(started.pid);
-                r.pid_start = Some(started.start);
+                r.pid = started.map(|a| a.pid);
+                r.pid_start = started.map(|a| a.start);
                 r.placement_wait = None;
-                r.launched = Some(Timestamp::now());
+                r.launched = Some(launched);
             })
             .await;
         if let Err(e) = recorded {
-            let _ = self
+            let stopped = self
                 .fleet
                 .stop_agents(node, std::slice::from_ref(&job.id), self.s.stop_grace)
                 .await;
-            return Err(format!("cannot record the agent: {e}"));
+            return Err(StartError {
+                maybe_started: stopped.is_err(),
+                message: format!("cannot record the agent: {e}"),
+            });
         }
-        tracing::info!(job = %job.id, node = %node.xname, slot, pid = started.pid, "job agent started on a remote build node");
+        let pid = started.map_or("unknown".to_string(), |a| a.pid.to_string());
+        tracing::info!(job = %job.id, node = %node.xname, slot, pid, "job agent started on a remote build node");
         cx.note(
             job,
             &format!(
-                "the job runs on remote build node {} (slot {slot}, agent pid {})",
-                node.xname, started.pid
+                "the job runs on remote build node {} (slot {slot}, agent pid {pid})",
+                node.xname
             ),
         )
         .await;
@@ -309,15 +374,22 @@ impl Remote {
         let before = cx.run(&job.id).await?;
         let first = before.as_ref().is_none_or(|r| r.placement_wait.is_none());
         let phase = format!("waiting for a remote build node: {why}");
-        cx.update_run(job, |r| {
-            r.executor = EXECUTOR.to_string();
-            r.host = None;
-            if r.placement_wait.is_none() {
-                r.placement_wait = Some(Timestamp::now());
-            }
-            r.phase = Some(phase.clone());
-        })
-        .await?;
+        let run = cx
+            .update_run(job, |r| {
+                // Placed meanwhile (by another replica): nothing to change.
+                if r.host.is_some() || r.launched.is_some() {
+                    return;
+                }
+                r.executor = EXECUTOR.to_string();
+                if r.placement_wait.is_none() {
+                    r.placement_wait = Some(Timestamp::now());
+                }
+                r.phase = Some(phase.clone());
+            })
+            .await?;
+        if run.host.is_some() || run.launched.is_some() {
+            return Ok(());
+        }
         let changed = before.and_then(|r| r.phase) != Some(phase);
         if first || changed {
             cx.note(
@@ -336,8 +408,7 @@ impl Remote {
     }
 
     /// Tries again to place the jobs that wait for a slot (any replica's); ends those that waited
-    /// too long.
-    /// Whether jobs still wait.
+    /// too long. Whether jobs still wait.
     async fn place_waiting(&self, cx: &ExecutorContext) -> bool {
         let runs = match cx.runs().await {
             Ok(r) => r,
@@ -378,6 +449,15 @@ impl Remote {
             }
             match self.place(cx, &job).await {
                 Ok(Placement::Placed) | Ok(Placement::Gone) => {}
+                Ok(Placement::HeldBy(xname, at)) => {
+                    // Reserved, but whoever reserved it never recorded a start (it crashed in
+                    // between): undone and tried again.
+                    let age = (Timestamp::now().0 - at.0).num_seconds();
+                    if age > STALE_RESERVATION_SECS {
+                        left = true;
+                        self.undo_stale(cx, &job, &xname).await;
+                    }
+                }
                 Ok(Placement::Wait(why)) => {
                     left = true;
                     if let Err(e) = self.wait(cx, &job, &why).await {
@@ -385,12 +465,28 @@ impl Remote {
                     }
                 }
                 Ok(Placement::Home) => {
+                    match cx.claim_home(&job.id).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            left = true;
+                            tracing::warn!(job = %job.id, error = %e, "placement: cannot claim the job for the API host");
+                            continue;
+                        }
+                    }
                     cx.note(
                         &job,
                         "no remote build node can run the job; it runs on the API host",
                     )
                     .await;
-                    if let Err(e) = cx.update_run(&job, |r| r.placement_wait = None).await {
+                    let launched = Timestamp::now();
+                    if let Err(e) = cx
+                        .update_run(&job, |r| {
+                            r.placement_wait = None;
+                            r.launched = Some(launched);
+                        })
+                        .await
+                    {
                         tracing::warn!(job = %job.id, error = %e, "placement: cannot record the start");
                         continue;
                     }
@@ -409,6 +505,31 @@ impl Remote {
             }
         }
         left
+    }
+
+    /// Undoes a reservation whose start was never recorded: stops whatever may run for the job on
+    /// the node, then releases the slot (and the job's assignment) so the job is placed again.
+    async fn undo_stale(&self, cx: &ExecutorContext, job: &Job, xname: &str) {
+        if let Ok(Some(run)) = cx.run(&job.id).await
+            && (run.host.is_some() || run.launched.is_some())
+        {
+            return;
+        }
+        if xname != crate::service::node_slots::home_xname(&job.id) {
+            let node = self.node(cx, xname).await;
+            if let Err(e) = self
+                .fleet
+                .stop_agents(&node, std::slice::from_ref(&job.id), self.s.stop_grace)
+                .await
+            {
+                tracing::warn!(job = %job.id, node = %xname, error = %e, "placement: cannot undo a stale reservation yet");
+                return;
+            }
+        }
+        tracing::warn!(job = %job.id, node = %xname, "placement: a reservation without a start is undone");
+        if let Err(e) = cx.release(&job.id, true).await {
+            tracing::warn!(job = %job.id, error = %e, "placement: cannot release a stale reservation");
+        }
     }
 
     /// Probes every node, releases the slots of ended jobs and removes from each node what
@@ -517,7 +638,7 @@ impl JobExecutor for RemoteExecutor {
     async fn start(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
         let me = &self.0;
         match me.place(cx, job).await? {
-            Placement::Placed | Placement::Gone => Ok(()),
+            Placement::Placed | Placement::Gone | Placement::HeldBy(..) => Ok(()),
             Placement::Home => me.home.start(cx, job).await,
             Placement::Wait(why) => me.wait(cx, job, &why).await,
         }
@@ -597,7 +718,9 @@ impl JobExecutor for RemoteExecutor {
         for n in live {
             maybe |= match (arch, me.fleet.probe_cached(n, PROBE_TTL).await) {
                 (None, _) => true,
-                (Some(a), Probe::Ok(p)) => p.arch == a.as_str(),
+                (Some(a), Probe::Ok(p)) => {
+                    p.arch == a.as_str() && p.cannot_run.why(job_type, session).is_none()
+                }
                 (Some(_), Probe::Failed(f)) => match f {
                     fleet::ProbeFailure::Agent { arch: Some(na), .. } => {
                         arch.is_some_and(|a| a.as_str() == na)

@@ -40,6 +40,10 @@ pub enum SshError {
     HostKey(String),
     #[error("the node did not answer within {0} s")]
     Timeout(u64),
+    /// The connection broke (or the command gave no answer in time) after the command may have
+    /// started on the node.
+    #[error("the connection to the node was lost: {0}")]
+    Lost(String),
     #[error("SSH connection failed: {0}")]
     Connect(String),
     /// The command ran and failed: its exit status and last line of error output.
@@ -49,14 +53,41 @@ pub enum SshError {
     Spawn(String),
 }
 
-impl SshError {
-    /// The node could not be reached or refused us (as opposed to a command failing there).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            SshError::Timeout(_) | SshError::Connect(_) | SshError::HostKey(_)
-        )
+/// What OpenSSH's messages say when it failed before running the command.
+const CONNECT_PHASE: &[&str] = &[
+    "connect to host",
+    "Could not resolve hostname",
+    "banner exchange",
+    "Permission denied",
+    "Connection refused",
+    "No route to host",
+    "Network is unreachable",
+    "kex_exchange_identification",
+    "Connection closed by",
+];
+
+/// The most a command on a node may print (on each of its outputs).
+pub const MAX_ANSWER: u64 = 1 << 20;
+
+/// Reads `pipe` whole, refusing more than `limit` bytes.
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<R>,
+    limit: u64,
+) -> Result<Vec<u8>, SshError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    if let Some(p) = pipe {
+        p.take(limit + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| SshError::Spawn(e.to_string()))?;
     }
+    if buf.len() as u64 > limit {
+        return Err(SshError::Command(format!(
+            "the node's answer is larger than {limit} bytes"
+        )));
+    }
+    Ok(buf)
 }
 
 /// Host names and addresses that are safe as an `ssh` argument (no option injection).
@@ -77,6 +108,23 @@ impl SshSettings {
             .unwrap_or_else(|| xname.to_string())
     }
 
+    /// Whether a host key of `node` is pinned: accepted through the API, or named (by xname) in the
+    /// site's known-hosts file.
+    pub fn pinned(&self, node: &RemoteBuildNode) -> bool {
+        node.host_keys
+            .iter()
+            .any(|e| HostKey::parse_entry(e).is_some())
+            || self.known_hosts.as_ref().is_some_and(|f| {
+                std::fs::read_to_string(f).is_ok_and(|t| {
+                    t.lines().any(|l| {
+                        l.split_whitespace()
+                            .next()
+                            .is_some_and(|hosts| hosts.split(',').any(|h| h == node.xname))
+                    })
+                })
+            })
+    }
+
     /// Writes the node's accepted host keys as a known-hosts file (by xname); its path.
     fn known_hosts_of(&self, node: &RemoteBuildNode) -> std::io::Result<PathBuf> {
         use std::io::Write;
@@ -86,8 +134,14 @@ impl SshSettings {
             .mode(0o700)
             .create(&self.state_dir)?;
         let mut text = String::new();
-        for k in &node.host_keys {
-            text.push_str(&format!("{} {}\n", node.xname, k));
+        // Only well-formed keys (a record imported from elsewhere could hold anything: a
+        // `@cert-authority` marker, a wildcard, a second line).
+        for k in node
+            .host_keys
+            .iter()
+            .filter_map(|e| HostKey::parse_entry(e))
+        {
+            text.push_str(&format!("{} {}\n", node.xname, k.entry()));
         }
         let path = self.state_dir.join(format!("{}.known_hosts", node.xname));
         // Written whole under a temporary name and renamed: a concurrent `ssh` reads the old or
@@ -174,26 +228,48 @@ impl SshSettings {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| SshError::Spawn(e.to_string()))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let work = async {
-            if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                let sent = match input {
-                    Input::Bytes(b) => pipe.write_all(b).await,
-                    Input::File(p) => match tokio::fs::File::open(p).await {
-                        Ok(mut f) => tokio::io::copy(&mut f, &mut pipe).await.map(|_| ()),
-                        Err(e) => return Err(SshError::Spawn(format!("{}: {e}", p.display()))),
-                    },
-                };
-                // A failed write shows as the command's failure below (it saw a short input).
-                let _ = sent;
-                drop(pipe);
-            }
-            child
-                .wait_with_output()
+            let feed = async {
+                if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                    // A failed write shows as the command's failure (it saw a short input).
+                    let _ = match input {
+                        Input::Bytes(b) => pipe.write_all(b).await,
+                        Input::File(p) => match tokio::fs::File::open(p).await {
+                            Ok(mut f) => tokio::io::copy(&mut f, &mut pipe).await.map(|_| ()),
+                            Err(e) => {
+                                return Err(SshError::Spawn(format!("{}: {e}", p.display())));
+                            }
+                        },
+                    };
+                }
+                Ok(())
+            };
+            // What a node answers is read at most MAX_ANSWER bytes far (a node is not trusted
+            // with the server's memory).
+            let (fed, out, err) = tokio::join!(
+                feed,
+                read_bounded(stdout, MAX_ANSWER),
+                read_bounded(stderr, MAX_ANSWER)
+            );
+            fed?;
+            let status = child
+                .wait()
                 .await
-                .map_err(|e| SshError::Spawn(e.to_string()))
+                .map_err(|e| SshError::Spawn(e.to_string()))?;
+            Ok::<_, SshError>(std::process::Output {
+                status,
+                stdout: out?,
+                stderr: err?,
+            })
         };
         let out = match tokio::time::timeout(timeout, work).await {
-            Err(_) => return Err(SshError::Timeout(timeout.as_secs())),
+            Err(_) => {
+                return Err(SshError::Lost(format!(
+                    "no answer within {} s",
+                    timeout.as_secs()
+                )));
+            }
             Ok(r) => r?,
         };
         if out.status.success() {
@@ -216,8 +292,15 @@ impl SshSettings {
             {
                 SshError::HostKey(node.xname.clone())
             }
-            Some(255) if err.contains("timed out") => SshError::Timeout(secs),
-            Some(255) => SshError::Connect(last),
+            // Failures before the command could start: connecting, resolving, logging in.
+            Some(255)
+                if CONNECT_PHASE.iter().any(|m| err.contains(m)) && err.contains("timed out") =>
+            {
+                SshError::Timeout(secs)
+            }
+            Some(255) if CONNECT_PHASE.iter().any(|m| err.contains(m)) => SshError::Connect(last),
+            // Anything else: the connection broke, possibly while the command ran.
+            Some(255) => SshError::Lost(last),
             Some(c) => SshError::Command(if last.is_empty() {
                 format!("exit status {c}")
             } else {
