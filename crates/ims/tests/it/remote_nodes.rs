@@ -35,7 +35,7 @@ async fn rig_builder(rig: &Rig, db: Db, extra: &[(&str, &str)]) -> Builder {
             rig.client_key().to_str().unwrap(),
         )
         .env("IMS_REMOTE_BUILD_NODE_ADDRESSES", &rig.addresses_setting())
-        .env("IMS_REMOTE_BUILD_NODE_TIMEOUT", "3s");
+        .env("IMS_REMOTE_BUILD_NODE_TIMEOUT", "10s");
     for (k, v) in extra {
         b = b.env(k, v);
     }

@@ -591,11 +591,17 @@ pub async fn reconcile(st: &AppState) {
             }
         };
         if let Some(reason) = reason {
+            // The reason first, then the status: the job ends now, whatever stopping its agent
+            // takes (a node that vanished is found unreachable only after a connection time-out).
+            // Its token dies with it, so the agent can change nothing after.
             explain(st, &job, &reason).await;
-            if let Err(e) = st.executor.stop(&executor_context(st), &job).await {
-                tracing::error!(job = %job.id, error = %e, "reconciler: cannot stop the job");
-            }
             end_in_error(st, &job).await;
+            let (st, job) = (st.clone(), job.clone());
+            tokio::spawn(async move {
+                if let Err(e) = st.executor.stop(&executor_context(&st), &job).await {
+                    tracing::error!(job = %job.id, error = %e, "reconciler: cannot stop the job");
+                }
+            });
         }
     }
 }

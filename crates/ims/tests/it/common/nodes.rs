@@ -29,7 +29,9 @@
 //!     lack); the node's `sshd` files are bound read-only at `/run/ims-rig`.
 //!   - The rig's directory (client key, the other nodes' files) is covered by an empty read-only
 //!     tmpfs.
-//!   - Everything else (`/usr`, `/etc`, `/tmp`, `/root`, `/dev`) is the host's. `/sys` is the
+//!   - `/root` is an empty tmpfs: this machine's root start-up files (which bash runs for every
+//!     SSH command) are not a node's.
+//!   - Everything else (`/usr`, `/etc`, `/tmp`, `/dev`) is the host's. `/sys` is the
 //!     node's network namespace's sysfs (as `ip netns exec` mounts it; no cgroup tree under it).
 //!
 //!   Every process started on the node (SSH sessions, what they leave running, processes in
@@ -124,6 +126,9 @@ mount --bind "$dir/state" "$stage/ims-node"
 mount --move "$stage" /var/lib
 rmdir "$stage"
 mount -t tmpfs -o ro,mode=0700,size=4k ims-node-mask "$rig"
+# A home of the node's own: root's shell start-up files on this machine (pyenv, cargo) are not a
+# node's, and bash runs them for every SSH command.
+mount -t tmpfs -o mode=0700,size=64m ims-node-root /root
 exec /usr/sbin/sshd -D -e -f /run/ims-rig/sshd_config
 "#;
 
