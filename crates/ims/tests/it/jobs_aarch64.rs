@@ -161,7 +161,7 @@ impl Setup {
     }
 
     async fn log(&self, id: &str) -> String {
-        String::from_utf8_lossy(&self.s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+        job_log(&self.s, id).await
     }
 
     async fn wait_status(&self, id: &str, want: &str) -> Value {
@@ -171,20 +171,7 @@ impl Setup {
     }
 
     async fn wait_status_for(&self, id: &str, want: &str, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let j = self.s.get(&format!("/v3/jobs/{id}")).await.ok(200);
-            if j["status"] == want {
-                return j;
-            }
-            assert!(
-                Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
-                "job {id} is {} (waiting for {want}); log:\n{}",
-                j["status"],
-                self.log(id).await
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        wait_for_status(&self.s, id, want, limit).await
     }
 }
 

@@ -508,23 +508,10 @@ async fn a_job_runs_through_node_run_against_a_real_server() {
 }
 
 async fn log(s: &crate::common::Server, id: &str) -> String {
-    String::from_utf8_lossy(&s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+    crate::common::jobs::job_log(s, id).await
 }
 
 /// Waits for job `id` to reach status `want` (an `error` on the way fails, with the log).
 async fn wait(s: &crate::common::Server, id: &str, want: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
-        if j["status"] == want {
-            return j;
-        }
-        assert!(
-            Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
-            "job is {} (waiting for {want}); log:\n{}",
-            j["status"],
-            log(s, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::common::jobs::wait_for_status(s, id, want, Duration::from_secs(90)).await
 }

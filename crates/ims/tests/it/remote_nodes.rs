@@ -67,24 +67,11 @@ async fn customize(s: &Server, image: &str, key: &str, name: &str) -> Value {
 }
 
 async fn log(s: &Server, id: &str) -> String {
-    String::from_utf8_lossy(&s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+    job_log(s, id).await
 }
 
 async fn wait_status(s: &Server, id: &str, want: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
-        if j["status"] == want {
-            return j;
-        }
-        assert!(
-            Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
-            "job {id} is {} (waiting for {want}); log:\n{}",
-            j["status"],
-            log(s, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_status(s, id, want, within).await
 }
 
 /// Polls `f` until it is true, or fails with `what` after `within`.

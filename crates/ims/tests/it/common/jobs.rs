@@ -254,3 +254,32 @@ pub fn unsquash(s: &Server, image: &Value, dest: &Path) {
         .unwrap();
     assert!(o.status.success(), "{o:?}");
 }
+
+/// Job `id`'s log as its users read it.
+pub async fn job_log(s: &Server, id: &str) -> String {
+    String::from_utf8_lossy(&s.get(&format!("/v3/jobs/{id}/log")).await.body).into_owned()
+}
+
+/// Waits up to `within` for job `id` to reach status `want`; an `error` on the way fails the test,
+/// with the job's log.
+pub async fn wait_for_status(
+    s: &Server,
+    id: &str,
+    want: &str,
+    within: std::time::Duration,
+) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        if j["status"] == want {
+            return j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !(j["status"] == "error" && want != "error"),
+            "job {id} is {} (waiting for {want}); log:\n{}",
+            j["status"],
+            job_log(s, id).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -714,21 +714,19 @@ impl JobExecutor for RemoteExecutor {
             // Before the artifact is read: any node may be of its architecture.
             return live.is_empty().then_some(host);
         }
-        let mut maybe = false;
-        for n in live {
-            maybe |= match (arch, me.fleet.probe_cached(n, PROBE_TTL).await) {
-                (None, _) => true,
-                (Some(a), Probe::Ok(p)) => {
-                    p.arch == a.as_str() && p.cannot_run.why(job_type, session).is_none()
-                }
-                (Some(_), Probe::Failed(f)) => match f {
-                    fleet::ProbeFailure::Agent { arch: Some(na), .. } => {
-                        arch.is_some_and(|a| a.as_str() == na)
-                    }
-                    _ => true,
-                },
-            };
-        }
+        let arch = arch?;
+        // Probed together (from the cache when fresh): a node of its architecture that lacks nothing
+        // for the job, or one whose architecture is not known (it does not answer), may take it.
+        let probes =
+            futures::future::join_all(live.iter().map(|n| me.fleet.probe_cached(n, PROBE_TTL)))
+                .await;
+        let maybe = probes.into_iter().any(|p| match p {
+            Probe::Ok(p) => {
+                p.arch == arch.as_str() && p.cannot_run.why(job_type, session).is_none()
+            }
+            Probe::Failed(fleet::ProbeFailure::Agent { arch: Some(na), .. }) => arch.as_str() == na,
+            Probe::Failed(_) => true,
+        });
         (!maybe).then_some(host)
     }
 
