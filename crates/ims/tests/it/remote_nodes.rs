@@ -626,6 +626,15 @@ async fn complete_and_package(s: &Server, id: &str) -> f64 {
         .unwrap()
 }
 
+async fn set_drained(s: &Server, node: &Node, drained: bool) {
+    s.patch(
+        &format!("/v3/remote-build-nodes/{}", node.xname()),
+        &json!({"drained": drained}),
+    )
+    .await
+    .ok(200);
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -675,22 +684,12 @@ async fn benchmark_remote_jobs() {
         assert_eq!(j["remote_build_node"], node.xname());
         later.push(t);
         pack_node.push(complete_and_package(&s, j["id"].as_str().unwrap()).await);
-        s.patch(
-            &format!("/v3/remote-build-nodes/{}", node.xname()),
-            &json!({"drained": true}),
-        )
-        .await
-        .ok(200);
+        set_drained(&s, node, true).await;
         let (t, j) = post_to_login(&s, &image, &key, dir.path(), "local").await;
         assert_eq!(j["remote_build_node"], "");
         local.push(t);
         pack_local.push(complete_and_package(&s, j["id"].as_str().unwrap()).await);
-        s.patch(
-            &format!("/v3/remote-build-nodes/{}", node.xname()),
-            &json!({"drained": false}),
-        )
-        .await
-        .ok(200);
+        set_drained(&s, node, false).await;
         eprintln!(
             "round {round}: login first {:.2} s, later {:.2} s, local {:.2} s; packaging node {:.2} s, local {:.2} s",
             first[round], later[round], local[round], pack_node[round], pack_local[round]
