@@ -547,8 +547,6 @@ pub async fn reconcile(st: &AppState) {
             Ok(r) => r.map(|r| r.record),
             Err(_) => continue,
         };
-        // Silence counts from this server's start at the earliest: an agent that outlived a
-        // previous server needs one heartbeat interval to reach this one.
         // A job waiting for a remote build node has no agent yet: the placement pass ends it
         // when it waited too long.
         if run
@@ -557,6 +555,9 @@ pub async fn reconcile(st: &AppState) {
         {
             continue;
         }
+        // Silence counts from the agent's last heartbeat or its launch, whichever is later, and
+        // from this server's start at the earliest: an agent that outlived a previous server
+        // needs one heartbeat interval to reach this one.
         let last = run
             .as_ref()
             .and_then(|r| r.heartbeat.max(r.launched).or(Some(r.created)))
