@@ -48,12 +48,13 @@ pub trait JobRuns: Send + Sync + 'static {
     async fn nodes(&self) -> Result<Vec<RemoteBuildNode>, ExecutorError>;
     /// Every reserved slot of the remote build nodes.
     async fn slots(&self) -> Result<Vec<NodeSlot>, ExecutorError>;
-    /// Reserves a slot of node `xname` for job `id` and assigns the job to it, in one transaction.
+    /// Reserves a slot of node `xname` for job `id` and assigns the job to it, in one transaction;
+    /// `probed_capacity`: the node's capacity by its size, for a record that sets none.
     async fn reserve(
         &self,
         id: &str,
         xname: &str,
-        capacity: u32,
+        probed_capacity: u32,
     ) -> Result<Reserved, ExecutorError>;
     /// Releases the slots job `id` holds; `unassign`: its agent never started there, so an
     /// unfinished job is no longer assigned to the node either.
@@ -124,15 +125,16 @@ impl ExecutorContext {
         self.0.slots().await
     }
 
-    /// Reserves a slot of node `xname` (with `capacity` slots) for job `id` and assigns the job
-    /// to the node, in one transaction: never more jobs than slots, whatever runs concurrently.
+    /// Reserves a slot of node `xname` for job `id` and assigns the job to the node, in one
+    /// transaction: never more jobs than slots, whatever runs concurrently. The node's record's
+    /// capacity counts, read in that transaction; `probed_capacity` (its size) where it sets none.
     pub async fn reserve(
         &self,
         id: &str,
         xname: &str,
-        capacity: u32,
+        probed_capacity: u32,
     ) -> Result<Reserved, ExecutorError> {
-        self.0.reserve(id, xname, capacity).await
+        self.0.reserve(id, xname, probed_capacity).await
     }
 
     /// Releases the slots job `id` holds (none is fine); `unassign`: its agent never started on

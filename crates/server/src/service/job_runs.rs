@@ -160,9 +160,9 @@ impl JobRuns for ForExecutors {
         &self,
         id: &str,
         xname: &str,
-        capacity: u32,
+        probed_capacity: u32,
     ) -> Result<super::node_slots::Reserved, ExecutorError> {
-        super::node_slots::reserve(&self.0, id, xname, capacity)
+        super::node_slots::reserve(&self.0, id, xname, probed_capacity)
             .await
             .map_err(executor_error)
     }

@@ -51,17 +51,18 @@ pub fn home_xname(job_id: &str) -> String {
     format!("@api-host-{job_id}")
 }
 
-/// Reserves a slot of node `xname` (which runs at most `capacity` jobs) for `job` and assigns the
-/// job to the node, in one transaction (see the module's documentation).
+/// Reserves a slot of node `xname` for `job` and assigns the job to the node, in one transaction
+/// (see the module's documentation). The node holds its record's `capacity` jobs, else
+/// `probed_capacity` (its size).
 pub async fn reserve(
     st: &AppState,
     job_id: &str,
     xname: &str,
-    capacity: u32,
+    probed_capacity: u32,
 ) -> ApiResult<Reserved> {
     let mut attempt = 0;
     loop {
-        match reserve_once(st, job_id, xname, capacity).await {
+        match reserve_once(st, job_id, xname, probed_capacity).await {
             Err(e) if e.is_conflict() && attempt + 1 < MAX_ATTEMPTS => {
                 attempt += 1;
                 tokio::task::yield_now().await;
@@ -75,7 +76,7 @@ async fn reserve_once(
     st: &AppState,
     job_id: &str,
     xname: &str,
-    capacity: u32,
+    probed_capacity: u32,
 ) -> ApiResult<Reserved> {
     let Some(job) = ims_store::get::<Job>(&*st.store, job_id).await? else {
         return Ok(Reserved::JobGone);
@@ -93,9 +94,9 @@ async fn reserve_once(
     if let Some(s) = slots.iter().find(|s| s.job_id == job_id) {
         return Ok(Reserved::Placed(s.xname.clone(), s.created));
     }
-    // The capacity as the node record says now (the caller's is the probed default), and counted
-    // as taken slots: slot numbers at or above a lowered capacity still count.
-    let capacity = node.record.capacity.unwrap_or(capacity);
+    // The capacity as the node record says now (else the node's size as probed), counted as taken
+    // slots: slot numbers at or above a lowered capacity still count.
+    let capacity = node.record.capacity.unwrap_or(probed_capacity);
     let taken: std::collections::HashSet<u32> = slots
         .iter()
         .filter(|s| s.xname == xname)

@@ -433,16 +433,20 @@ impl Fleet {
         (at.elapsed() < within).then(|| why.clone())
     }
 
-    /// Jobs the node takes at once: its record's capacity, else one per 4 cores and per 16 GiB
-    /// of memory, whichever is fewer (at least one).
+    /// Jobs the node takes at once by its size: one per 4 cores and per 16 GiB of memory,
+    /// whichever is fewer (at least one). A node record's `capacity` overrides it.
+    pub fn probed_capacity(probe: &NodeProbe) -> u32 {
+        let by_cores = probe.cores / 4;
+        let by_memory = probe.memory_bytes / (16 << 30);
+        by_cores
+            .min(by_memory)
+            .clamp(1, u64::from(ims_core::input::MAX_NODE_CAPACITY)) as u32
+    }
+
+    /// Jobs the node takes at once: its record's capacity, else [`Fleet::probed_capacity`].
     pub fn capacity(node: &RemoteBuildNode, probe: &NodeProbe) -> u32 {
-        node.capacity.unwrap_or_else(|| {
-            let by_cores = probe.cores / 4;
-            let by_memory = probe.memory_bytes / (16 << 30);
-            by_cores
-                .min(by_memory)
-                .clamp(1, u64::from(ims_core::input::MAX_NODE_CAPACITY)) as u32
-        })
+        node.capacity
+            .unwrap_or_else(|| Fleet::probed_capacity(probe))
     }
 }
 

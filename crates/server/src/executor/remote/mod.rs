@@ -87,7 +87,11 @@ enum Placement {
 /// A node with its probe, as placement weighs it.
 struct Candidate {
     node: RemoteBuildNode,
+    /// Its capacity as this read of its record and probe says (for ordering and messages).
     capacity: u32,
+    /// Its capacity by its size, for a record that sets none (the reservation reads the record
+    /// again in its transaction).
+    probed_capacity: u32,
     reserved: u32,
 }
 
@@ -205,6 +209,7 @@ impl Remote {
             let reserved = slots.iter().filter(|s| s.xname == node.xname).count() as u32;
             able.push(Candidate {
                 capacity: Fleet::capacity(node, &p),
+                probed_capacity: Fleet::probed_capacity(&p),
                 node: node.clone(),
                 reserved,
             });
@@ -242,7 +247,10 @@ impl Remote {
         }
         let mut full = Vec::new();
         for c in &able {
-            match cx.reserve(&job.id, &c.node.xname, c.capacity).await? {
+            match cx
+                .reserve(&job.id, &c.node.xname, c.probed_capacity)
+                .await?
+            {
                 Reserved::Slot(n) => match self.launch(cx, job, &c.node, n).await {
                     Ok(()) => return Ok(Placement::Placed),
                     Err(e) => {
