@@ -463,9 +463,9 @@ pub const REMOTE_BUILD_NODE_CREATE: Shape = Shape {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NewRemoteBuildNode {
     pub xname: String,
-    #[serde(default, deserialize_with = "present")]
-    pub capacity: Option<Option<u32>>,
-    pub drained: Option<bool>,
+    /// The extensions the body sets.
+    #[serde(flatten)]
+    pub set: RemoteBuildNodePatch,
 }
 
 pub fn remote_build_node_create(body: Option<&Value>) -> Result<NewRemoteBuildNode, Problem> {
@@ -485,6 +485,18 @@ pub struct RemoteBuildNodePatch {
     #[serde(default, deserialize_with = "present")]
     pub capacity: Option<Option<u32>>,
     pub drained: Option<bool>,
+}
+
+impl RemoteBuildNodePatch {
+    /// Sets on `node` what this names (a registration or a PATCH); the rest stays.
+    pub fn apply_to(&self, node: &mut RemoteBuildNode) {
+        if let Some(c) = self.capacity {
+            node.capacity = c;
+        }
+        if let Some(d) = self.drained {
+            node.drained = d;
+        }
+    }
 }
 
 pub fn remote_build_node_patch(body: Option<&Value>) -> Result<RemoteBuildNodePatch, Problem> {
@@ -863,7 +875,7 @@ mod tests {
             n["capacity"] = json!(2);
             if shape.name == REMOTE_BUILD_NODE_CREATE.name {
                 let n = remote_build_node_create(Some(&n)).unwrap();
-                assert_eq!((n.capacity, n.drained), (Some(Some(2)), Some(true)));
+                assert_eq!((n.set.capacity, n.set.drained), (Some(Some(2)), Some(true)));
             } else {
                 let p = remote_build_node_patch(Some(&n)).unwrap();
                 assert_eq!((p.capacity, p.drained), (Some(Some(2)), Some(true)));
@@ -876,9 +888,15 @@ mod tests {
     #[test]
     fn node_capacity_is_bounded_and_null_resets_it() {
         let n = remote_build_node_create(Some(&json!({"xname": "x1"}))).unwrap();
-        assert_eq!((n.capacity, n.drained), (None, None));
+        assert_eq!((n.set.capacity, n.set.drained), (None, None));
         let n = remote_build_node_create(Some(&json!({"xname": "x1", "capacity": 1024}))).unwrap();
-        assert_eq!(n.capacity, Some(Some(1024)));
+        assert_eq!(n.set.capacity, Some(Some(1024)));
+        let n = remote_build_node_create(Some(&json!({"xname": "x1", "capacity": null}))).unwrap();
+        assert_eq!(
+            n.set.capacity,
+            Some(None),
+            "null, through the flattened fields"
+        );
         let p = remote_build_node_patch(Some(&json!({"capacity": null}))).unwrap();
         assert_eq!(p.capacity, Some(None));
         for bad in [

@@ -26,12 +26,7 @@ pub async fn create(st: &AppState, body: Option<&Value>) -> ApiResult<RemoteBuil
                 .as_ref()
                 .map(|v| v.record.clone())
                 .unwrap_or_else(|| RemoteBuildNode::new(new.xname.clone()));
-            if let Some(c) = new.capacity {
-                node.capacity = c;
-            }
-            if let Some(d) = new.drained {
-                node.drained = d;
-            }
+            new.set.apply_to(&mut node);
             let op = match &cur {
                 Some(v) => update_op(&node, v.version)?,
                 None => ims_store::insert_op(&node)?,
@@ -62,12 +57,7 @@ pub async fn patch(st: &AppState, xname: &str, body: Option<&Value>) -> ApiResul
         async {
             let cur = must_get::<RemoteBuildNode>(&*st.store, xname).await?;
             let mut node = cur.record.clone();
-            if let Some(c) = p.capacity {
-                node.capacity = c;
-            }
-            if let Some(d) = p.drained {
-                node.drained = d;
-            }
+            p.apply_to(&mut node);
             if node != cur.record {
                 st.store.apply(vec![update_op(&node, cur.version)?]).await?;
             }
