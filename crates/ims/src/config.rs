@@ -344,12 +344,8 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         dir: src.get(&s::NODE_DIR)?,
         agent_x86_64: src.value(&s::NODE_AGENT_X86_64)?,
         agent_aarch64: src.value(&s::NODE_AGENT_AARCH64)?,
-        timeout: src
-            .value(&s::NODE_TIMEOUT)?
-            .unwrap_or(std::time::Duration::from_secs(10)),
-        placement_timeout: src
-            .value(&s::PLACEMENT_TIMEOUT)?
-            .unwrap_or(std::time::Duration::from_secs(3600)),
+        timeout: src.get(&s::NODE_TIMEOUT)?,
+        placement_timeout: src.get(&s::PLACEMENT_TIMEOUT)?,
     };
     let api_token = match src.value(&s::API_TOKEN)? {
         Some(t) => Some(t),

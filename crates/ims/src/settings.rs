@@ -532,13 +532,13 @@ settings! {
             help: "bound on connecting to a node (a probe may take 3 times as long, copying the agent 10 minutes)",
             env: ["IMS_REMOTE_BUILD_NODE_TIMEOUT"],
             parse: duration,
-            default: Doc("10s"),
+            default: Value("10s"),
         }
         PLACEMENT_TIMEOUT: Duration = placement_timeout: String {
             help: "a job waiting for a free node slot ends in error after this long",
             env: ["IMS_JOB_PLACEMENT_TIMEOUT"],
             parse: duration,
-            default: Doc("1h"),
+            default: Value("1h"),
         }
     }
     section auth: AuthFile {
