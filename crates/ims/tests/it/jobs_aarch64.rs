@@ -26,6 +26,18 @@ fn runnable() -> bool {
     true
 }
 
+/// [`runnable`], and the host can emulate aarch64, which it must (`scripts/test.sh` registers
+/// qemu-aarch64): a test of the emulated path fails rather than skips without it.
+fn emulation_runnable() -> bool {
+    if !runnable() {
+        return false;
+    }
+    if let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
+        panic!("{why} (scripts/test.sh registers qemu-aarch64)");
+    }
+    true
+}
+
 /// An aarch64 image root: the arm64 busybox-static package unpacked, `/bin/sh` and a few applets
 /// linked to it, a file to change, a kernel and an initrd.
 fn aarch64_root(dir: &Path) -> PathBuf {
@@ -181,11 +193,8 @@ impl Setup {
 /// is aarch64; the job's log warns about emulation.
 #[tokio::test]
 async fn a_jailed_session_on_an_aarch64_image_runs_under_emulation() {
-    if !runnable() {
+    if !emulation_runnable() {
         return;
-    }
-    if let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
-        panic!("{why} (scripts/test.sh registers qemu-aarch64)");
     }
     let st = setup(true).await;
     let j = st.s.post("/v3/jobs", &st.body()).await.ok(201);
@@ -239,11 +248,8 @@ async fn a_jailed_session_on_an_aarch64_image_runs_under_emulation() {
 /// kiwi fails fast, after it was started with `--target-arch aarch64`.
 #[tokio::test]
 async fn an_aarch64_create_job_runs_kiwi_for_its_target_arch() {
-    if !runnable() {
+    if !emulation_runnable() {
         return;
-    }
-    if let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
-        panic!("{why} (scripts/test.sh registers qemu-aarch64)");
     }
     let st = setup(true).await;
     let recipe = st.recipe(crate::jobs_create::BROKEN_CONFIG, None).await;
@@ -316,11 +322,8 @@ echo \"configured on $(uname -m) as $(dpkg --print-architecture)\" > /etc/ims-bu
 /// every maintainer script through qemu.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aarch64_debian_root_is_built_under_emulation() {
-    if !runnable() {
+    if !emulation_runnable() {
         return;
-    }
-    if let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
-        panic!("{why} (scripts/test.sh registers qemu-aarch64)");
     }
     let st = setup(true).await;
     let (mirror, _) = crate::jobs_create::host_mirrors();

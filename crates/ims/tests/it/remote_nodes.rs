@@ -89,6 +89,20 @@ async fn status(s: &Server, node: &Node) -> Value {
         .ok(200)
 }
 
+/// The node's status says its host key is refused (and so it cannot run jobs); the status.
+async fn assert_key_refused(s: &Server, node: &Node) -> Value {
+    let st = status(s, node).await;
+    assert_eq!(st["ableToRunJobs"], false, "{st}");
+    assert!(
+        st["sshStatus"]
+            .as_str()
+            .unwrap()
+            .contains("host key is not accepted"),
+        "{st}"
+    );
+    st
+}
+
 /// Registers `node`, accepts the host key it presents (checked against the rig's own record of
 /// it) and waits until the node can run jobs (the node pass copies the agent there).
 async fn register(s: &Server, node: &Node, extra: Value) {
@@ -166,16 +180,8 @@ async fn a_customize_job_runs_on_a_node() {
     s.post("/v3/remote-build-nodes", &json!({"xname": node.xname()}))
         .await
         .ok(201);
-    let st = status(&s, node).await;
-    assert_eq!(st["ableToRunJobs"], false, "{st}");
+    let st = assert_key_refused(&s, node).await;
     assert_eq!(st["hostKeyPinned"], false, "{st}");
-    assert!(
-        st["sshStatus"]
-            .as_str()
-            .unwrap()
-            .contains("host key is not accepted"),
-        "{st}"
-    );
     // A job meanwhile runs on the API host (no node can run it; the host can).
     let local = customize(&s, &image, &key, "local").await;
     let local_id = local["id"].as_str().unwrap();
@@ -262,15 +268,7 @@ async fn a_customize_job_runs_on_a_node() {
 
     // The node's host key changes: refused until accepted again.
     node.regenerate_host_key().unwrap();
-    let st = status(&s, node).await;
-    assert_eq!(st["ableToRunJobs"], false, "{st}");
-    assert!(
-        st["sshStatus"]
-            .as_str()
-            .unwrap()
-            .contains("host key is not accepted"),
-        "{st}"
-    );
+    assert_key_refused(&s, node).await;
 }
 
 /// What `ims s3-credentials` says for server `s`: endpoint, access key, secret.
