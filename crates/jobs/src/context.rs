@@ -125,7 +125,10 @@ fn hard_stop_after(grace: Duration) {
             "[agent] still running {} s after being told to stop: killing it",
             grace.as_secs()
         );
-        if rustix::process::getpgrp() == rustix::process::getpid() {
+        // libc, not rustix: a group led from outside this PID namespace reads as 0 here, which
+        // rustix's Pid cannot hold.
+        // SAFETY: getpgrp and getpid take no arguments and cannot fail.
+        if unsafe { libc::getpgrp() == libc::getpid() } {
             let _ = rustix::process::kill_current_process_group(rustix::process::Signal::KILL);
         }
         // SAFETY: _exit has no memory preconditions; it ends the process without running
