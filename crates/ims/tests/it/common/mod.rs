@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod jobs;
 pub mod nodes;
+pub mod pod;
 #[allow(unused_imports)]
 pub use cli::{Cli, Out};
 
