@@ -7,6 +7,7 @@ const LAYERS: &[&[&str]] = &[
     &["ims-store", "ims-artifacts", "ims-http", "ims-rootfs"],
     &["ims-s3", "ims-client"],
     &["ims-jobs", "ims-server"],
+    &["ims-kubernetes"],
     &["ims"],
 ];
 

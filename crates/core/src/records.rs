@@ -279,6 +279,12 @@ pub struct ConnectionInfo {
     pub port: u16,
 }
 
+/// The `connection_info` key of the address users reach from outside (the original's external-dns
+/// name; on Kubernetes the job Service's load-balancer address once it has one).
+pub const CUSTOMER_ACCESS: &str = "customer_access";
+/// The `connection_info` key of the address inside the cluster (the job Service's DNS name).
+pub const CLUSTER_LOCAL: &str = "cluster.local";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SshContainer {
     #[serde(default)]

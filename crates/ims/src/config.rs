@@ -60,6 +60,8 @@ pub struct Config {
     pub service: ims_server::ServiceConfig,
     /// How remote build nodes are reached and used.
     pub nodes: NodesConfig,
+    /// How the `kubernetes` executor makes job pods.
+    pub kubernetes: KubernetesConfig,
     /// The administrator bearer token the API requires, if any.
     pub api_token: Option<String>,
     /// An API without a token may listen on a non-loopback address (`--insecure-open-api`).
@@ -85,6 +87,24 @@ pub struct NodesConfig {
     pub agent_aarch64: Option<PathBuf>,
     pub timeout: std::time::Duration,
     pub placement_timeout: std::time::Duration,
+}
+
+/// The `kubernetes` executor (`[kubernetes]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesConfig {
+    pub kubeconfig: Option<PathBuf>,
+    /// Required with `IMS_JOB_EXECUTOR=kubernetes` (checked at load).
+    pub image: Option<String>,
+    pub service_type: ims_kubernetes::ServiceType,
+    pub service_annotations: Vec<(String, String)>,
+    pub address_pool: String,
+    pub scratch: ims_kubernetes::Scratch,
+    pub storage_class: Option<String>,
+    pub runtime_class: Option<String>,
+    pub service_account: Option<String>,
+    pub pod_timeout: std::time::Duration,
+    pub ttl_after_finished: std::time::Duration,
+    pub destination_rule: bool,
 }
 
 /// The connection rules of both listeners (`ims_http::Limits`, once the connection limit is
@@ -155,6 +175,8 @@ pub fn write_s3_endpoint(data_dir: &std::path::Path, url: &str) -> std::io::Resu
 pub enum ExecutorKind {
     /// `ims agent run` as a child process of the server.
     Local,
+    /// `ims agent run` in the pod of a Kubernetes Job (crate `ims-kubernetes`).
+    Kubernetes,
     /// Records only: jobs are stored and nothing runs them.
     None,
 }
@@ -347,6 +369,20 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         timeout: src.get(&s::NODE_TIMEOUT)?,
         placement_timeout: src.get(&s::PLACEMENT_TIMEOUT)?,
     };
+    let kubernetes = KubernetesConfig {
+        kubeconfig: src.value(&s::KUBE_CONFIG)?,
+        image: src.value(&s::KUBE_IMAGE)?,
+        service_type: src.get(&s::KUBE_SERVICE_TYPE)?,
+        service_annotations: src.get(&s::KUBE_SERVICE_ANNOTATIONS)?,
+        address_pool: src.get(&s::KUBE_ADDRESS_POOL)?,
+        scratch: src.get(&s::KUBE_SCRATCH)?,
+        storage_class: src.value(&s::KUBE_STORAGE_CLASS)?,
+        runtime_class: src.value(&s::KUBE_RUNTIME_CLASS)?,
+        service_account: src.value(&s::KUBE_SERVICE_ACCOUNT)?,
+        pod_timeout: src.get(&s::KUBE_POD_TIMEOUT)?,
+        ttl_after_finished: src.get(&s::KUBE_TTL_AFTER_FINISHED)?,
+        destination_rule: src.get(&s::KUBE_DESTINATION_RULE)?,
+    };
     let api_token = match src.value(&s::API_TOKEN)? {
         Some(t) => Some(t),
         None => src.value(&s::API_TOKEN_FILE)?,
@@ -356,6 +392,12 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         return Err(err("IMS_API_TOKEN", "the token is empty"));
     }
     let executor = src.get(&s::EXECUTOR)?;
+    if executor == ExecutorKind::Kubernetes && kubernetes.image.is_none() {
+        return Err(err(
+            "IMS_KUBERNETES_IMAGE",
+            "the kubernetes executor needs the image job pods run (see scripts/build-image.sh)",
+        ));
+    }
     let agent_api_url = src.value(&s::AGENT_API_URL)?;
     set(
         &mut svc.job_heartbeat_timeout,
@@ -419,6 +461,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         s3,
         service: svc,
         nodes,
+        kubernetes,
         api_token,
         insecure_open_api,
         executor,
@@ -732,6 +775,86 @@ mod tests {
                 .to_env()
                 .contains(&("IMS_AGENT_KIWI", "kiwi-ng".into()))
         );
+    }
+
+    #[test]
+    fn kubernetes_settings() {
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(
+            c.kubernetes.service_type,
+            ims_kubernetes::ServiceType::LoadBalancer
+        );
+        assert_eq!(c.kubernetes.scratch, ims_kubernetes::Scratch::Pvc);
+        assert_eq!(
+            c.kubernetes.service_annotations,
+            [
+                (
+                    "external-dns.alpha.kubernetes.io/hostname".to_string(),
+                    "{hostname}".to_string()
+                ),
+                (
+                    "metallb.universe.tf/address-pool".to_string(),
+                    "{pool}".to_string()
+                )
+            ]
+        );
+        assert_eq!(c.kubernetes.address_pool, "customer-management");
+        assert_eq!(
+            c.kubernetes.pod_timeout,
+            std::time::Duration::from_secs(600)
+        );
+        assert_eq!(
+            c.kubernetes.ttl_after_finished,
+            std::time::Duration::from_secs(7 * 86400)
+        );
+        // The executor needs its image.
+        let e = load(
+            &Flags::default(),
+            &env(&[("IMS_JOB_EXECUTOR", "kubernetes")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "IMS_KUBERNETES_IMAGE");
+        let c = load(
+            &Flags::default(),
+            &env(&[
+                ("IMS_JOB_EXECUTOR", "kubernetes"),
+                ("IMS_KUBERNETES_IMAGE", "registry.local/ims-rs:1"),
+                ("IMS_KUBERNETES_SERVICE_TYPE", "clusterip"),
+                ("IMS_KUBERNETES_SCRATCH", "emptyDir"),
+                ("JOB_CUSTOMER_ACCESS_NETWORK_ACCESS_POOL", "cmn-pool"),
+                (
+                    "IMS_KUBERNETES_SERVICE_ANNOTATIONS",
+                    "metallb.io/address-pool={pool}, example.com/owner=ims",
+                ),
+                ("IMS_KUBERNETES_RUNTIME_CLASS", "kata-qemu"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.executor, ExecutorKind::Kubernetes);
+        assert_eq!(
+            c.kubernetes.service_type,
+            ims_kubernetes::ServiceType::ClusterIp
+        );
+        assert_eq!(c.kubernetes.scratch, ims_kubernetes::Scratch::EmptyDir);
+        assert_eq!(c.kubernetes.address_pool, "cmn-pool");
+        assert_eq!(c.kubernetes.service_annotations.len(), 2);
+        assert_eq!(c.kubernetes.runtime_class.as_deref(), Some("kata-qemu"));
+        for (name, bad) in [
+            ("IMS_KUBERNETES_SERVICE_TYPE", "ExternalName"),
+            ("IMS_KUBERNETES_SCRATCH", "hostpath"),
+            ("IMS_KUBERNETES_RUNTIME_CLASS", "Kata_QEMU"),
+            ("IMS_KUBERNETES_STORAGE_CLASS", "-ceph"),
+            ("IMS_KUBERNETES_SERVICE_ANNOTATIONS", "novalue"),
+            ("IMS_KUBERNETES_SERVICE_ANNOTATIONS", "bad key=x"),
+            ("IMS_KUBERNETES_SERVICE_ANNOTATIONS", "a/b/c=x"),
+            ("IMS_KUBERNETES_SERVICE_ANNOTATIONS", "x.io/y={id}"),
+            ("IMS_KUBERNETES_IMAGE", "reg/ims rs"),
+            ("IMS_KUBERNETES_POD_TIMEOUT", "soon"),
+            ("IMS_KUBERNETES_KUBECONFIG", "/nonexistent/kubeconfig"),
+        ] {
+            let e = load(&Flags::default(), &env(&[(name, bad)])).unwrap_err();
+            assert_eq!(e.setting, name, "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -216,7 +216,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let addr = listener.local_addr()?;
     let api_url = agent_api_url(&cfg, addr);
     let fleet = Arc::new(fleet(&cfg, &api_url)?);
-    let (executor, remote) = executor(&cfg, &api_url, &fleet)?;
+    let Executors {
+        executor,
+        remote,
+        kubernetes,
+    } = executor(&cfg, &api_url, &fleet).await?;
     let state = AppState::new(AppParts {
         store: store.clone(),
         artifacts,
@@ -264,6 +268,16 @@ pub async fn run(cfg: Config) -> Result<()> {
     let node_passes = remote
         .as_ref()
         .map(|r| r.spawn_passes(ims_server::service::job_runs::executor_context(&state)));
+    // Job pods and Services are watched (and objects of ended jobs cleaned up) by the Kubernetes
+    // executor's supervisor.
+    let supervisor = kubernetes.as_ref().map(|k| {
+        // One replica for now: it leads for good (the sender is dropped).
+        let (_, leader) = tokio::sync::watch::channel(true);
+        k.supervise(
+            ims_server::service::job_runs::executor_context(&state),
+            leader,
+        )
+    });
     let reconciler = {
         let st = state.clone();
         let every = (st.cfg.job_heartbeat_timeout / 3)
@@ -294,6 +308,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     sweeper.abort();
     if let Some(p) = node_passes {
         p.abort();
+    }
+    if let Some(s) = supervisor {
+        s.abort();
     }
     let _ = stop_s3.send(());
     if let Some(task) = s3_task {
@@ -430,79 +447,159 @@ fn fleet(cfg: &Config, api_url: &str) -> anyhow::Result<Fleet> {
     }))
 }
 
-/// The configured job executor (and, for `local`, the remote-node executor wrapping it, whose
-/// passes must run).
-type Executors = (
-    Arc<dyn ims_server::executor::JobExecutor>,
-    Option<Arc<Remote>>,
-);
+/// The configured job executor (and, for `local` and `kubernetes`, the remote-node executor
+/// wrapping it, whose passes must run; and the Kubernetes executor, whose supervisor must run).
+struct Executors {
+    executor: Arc<dyn ims_server::executor::JobExecutor>,
+    remote: Option<Arc<Remote>>,
+    kubernetes: Option<Arc<ims_kubernetes::KubernetesExecutor>>,
+}
 
-fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<Executors> {
-    Ok(match cfg.executor {
-        ExecutorKind::None => (Arc::new(RecordOnlyExecutor), None),
-        ExecutorKind::Local => {
-            let program = std::env::current_exe().context("cannot find the ims binary")?;
-            let kiwi = cfg.agent.kiwi_program();
-            // Say at start-up what this host lacks, rather than when the first job fails.
-            for (job_type, session) in [
-                (ims_core::JobType::Customize, true),
-                (ims_core::JobType::Create, false),
-            ] {
-                let host = ims_jobs::prereq::check(
-                    job_type,
-                    None,
-                    false,
-                    session,
-                    ims_core::agent_env::AGENT_PATH,
-                    &kiwi,
-                );
-                for w in &host.warnings {
-                    tracing::warn!("local executor: {w}");
-                }
-                if let Some(why) = host.explain(job_type) {
-                    tracing::warn!(
-                        "local executor: {why}; such jobs are refused (503) unless a remote build node can run them"
-                    );
-                }
-            }
-            let emulate = cfg.service.job_emulate_aarch64;
-            if emulate
-                && let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true)
-            {
-                tracing::warn!("local executor: {why}; aarch64 jobs are refused (503)");
-            }
-            let stop_grace = Duration::from_secs(10);
-            let local = LocalExecutor::new(LocalSettings {
-                program,
-                api_url: api_url.to_string(),
-                jobs_dir: cfg.data_dir.join("jobs"),
-                agent: cfg.agent.clone(),
-                stop_grace,
-                prerequisites: Some(Arc::new(
-                    move |job_type: ims_core::JobType,
-                          arch: Option<ims_core::Arch>,
-                          session: bool,
-                          path: &str| {
-                        ims_jobs::prereq::check(job_type, arch, emulate, session, path, &kiwi)
-                            .explain(job_type)
-                    },
-                )),
-            })
-            .with_context(|| format!("cannot create {}", cfg.data_dir.join("jobs").display()))?;
-            let home = Arc::new(ims_server::executor::local::Local(Arc::new(local)));
-            let remote = Remote::new(
-                home,
-                fleet.clone(),
-                RemoteSettings {
-                    api_url: api_url.to_string(),
-                    agent: cfg.agent.clone(),
-                    placement_timeout: cfg.nodes.placement_timeout,
-                    stop_grace,
-                },
-            );
-            (Arc::new(RemoteExecutor(remote.clone())), Some(remote))
+async fn executor(cfg: &Config, api_url: &str, fleet: &Arc<Fleet>) -> anyhow::Result<Executors> {
+    let stop_grace = Duration::from_secs(10);
+    let (home, kubernetes): (Arc<dyn ims_server::executor::JobExecutor>, _) = match cfg.executor {
+        ExecutorKind::None => {
+            return Ok(Executors {
+                executor: Arc::new(RecordOnlyExecutor),
+                remote: None,
+                kubernetes: None,
+            });
         }
+        ExecutorKind::Local => (Arc::new(local_executor(cfg, api_url, stop_grace)?), None),
+        ExecutorKind::Kubernetes => {
+            let k = Arc::new(kubernetes_executor(cfg, api_url).await?);
+            (Arc::new(ims_kubernetes::executor::Kube(k.clone())), Some(k))
+        }
+    };
+    let remote = Remote::new(
+        home,
+        fleet.clone(),
+        RemoteSettings {
+            api_url: api_url.to_string(),
+            agent: cfg.agent.clone(),
+            placement_timeout: cfg.nodes.placement_timeout,
+            stop_grace,
+        },
+    );
+    Ok(Executors {
+        executor: Arc::new(RemoteExecutor(remote.clone())),
+        remote: Some(remote),
+        kubernetes,
     })
+}
+
+/// The `kubernetes` executor: a client for the cluster (checked now: a server that cannot reach
+/// its cluster says so at start-up) and the objects' settings.
+async fn kubernetes_executor(
+    cfg: &Config,
+    api_url: &str,
+) -> anyhow::Result<ims_kubernetes::KubernetesExecutor> {
+    let kc = &cfg.kubernetes;
+    let client = ims_kubernetes::connect(kc.kubeconfig.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let ns = cfg.service.job_namespace.as_str();
+    if api_url.contains("://127.")
+        || api_url.contains("://localhost")
+        || api_url.contains("://[::1]")
+    {
+        tracing::warn!(
+            "kubernetes executor: job pods are told to reach the API at {api_url}, a loopback address: set IMS_AGENT_API_URL to the server's Service URL"
+        );
+    }
+    let ca_cert = match &cfg.agent.ca_cert {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the site CA {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let k = ims_kubernetes::KubernetesExecutor::new(
+        client,
+        ns,
+        ims_kubernetes::KubeSettings {
+            image: kc
+                .image
+                .clone()
+                .context("IMS_KUBERNETES_IMAGE is not set")?,
+            api_url: api_url.to_string(),
+            agent: cfg.agent.clone(),
+            ca_cert,
+            service_type: kc.service_type,
+            service_annotations: kc.service_annotations.clone(),
+            address_pool: kc.address_pool.clone(),
+            storage_class: kc.storage_class.clone(),
+            scratch: kc.scratch,
+            runtime_class: kc.runtime_class.clone(),
+            service_account: kc.service_account.clone(),
+            active_deadline: cfg.service.job_user_deadline + ims_kubernetes::objects::BUILD_BUDGET,
+            ttl_after_finished: kc.ttl_after_finished,
+            destination_rule: kc.destination_rule,
+            emulate_aarch64: cfg.service.job_emulate_aarch64,
+        },
+        cfg.kubernetes.pod_timeout,
+    );
+    match k.check().await {
+        Ok(()) => tracing::info!("kubernetes executor: jobs run in namespace {ns}"),
+        Err(e) => tracing::warn!(
+            "kubernetes executor: cannot list Jobs in namespace {ns} yet (RBAC, or the API server is down): {e}"
+        ),
+    }
+    Ok(k)
+}
+
+/// The `local` executor: agents as child processes of this server.
+fn local_executor(
+    cfg: &Config,
+    api_url: &str,
+    stop_grace: Duration,
+) -> anyhow::Result<ims_server::executor::local::Local> {
+    let program = std::env::current_exe().context("cannot find the ims binary")?;
+    let kiwi = cfg.agent.kiwi_program();
+    // Say at start-up what this host lacks, rather than when the first job fails.
+    for (job_type, session) in [
+        (ims_core::JobType::Customize, true),
+        (ims_core::JobType::Create, false),
+    ] {
+        let host = ims_jobs::prereq::check(
+            job_type,
+            None,
+            false,
+            session,
+            ims_core::agent_env::AGENT_PATH,
+            &kiwi,
+        );
+        for w in &host.warnings {
+            tracing::warn!("local executor: {w}");
+        }
+        if let Some(why) = host.explain(job_type) {
+            tracing::warn!(
+                "local executor: {why}; such jobs are refused (503) unless a remote build node can run them"
+            );
+        }
+    }
+    let emulate = cfg.service.job_emulate_aarch64;
+    if emulate && let Err(why) = ims_jobs::prereq::arch_support(ims_core::Arch::Aarch64, true) {
+        tracing::warn!("local executor: {why}; aarch64 jobs are refused (503)");
+    }
+    let local = LocalExecutor::new(LocalSettings {
+        program,
+        api_url: api_url.to_string(),
+        jobs_dir: cfg.data_dir.join("jobs"),
+        agent: cfg.agent.clone(),
+        stop_grace,
+        prerequisites: Some(Arc::new(
+            move |job_type: ims_core::JobType,
+                  arch: Option<ims_core::Arch>,
+                  session: bool,
+                  path: &str| {
+                ims_jobs::prereq::check(job_type, arch, emulate, session, path, &kiwi)
+                    .explain(job_type)
+            },
+        )),
+    })
+    .with_context(|| format!("cannot create {}", cfg.data_dir.join("jobs").display()))?;
+    Ok(ims_server::executor::local::Local(Arc::new(local)))
 }
 
 /// How long STS credentials are valid (the CSM STS default is one hour).

@@ -10,6 +10,7 @@
 use crate::config::{ExecutorKind, LogFormat};
 use ims_core::agent_env::{PATH_LIST_SEPARATOR, PortRange};
 use ims_core::compression::Compression;
+use ims_kubernetes::{Scratch, ServiceType};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -357,7 +358,7 @@ settings! {
             default: Doc("1048576"),
         }
         EXECUTOR: ExecutorKind = executor: String {
-            help: "job executor (`local`: agents as child processes; `none`: records only)",
+            help: "job executor (`local`: agents as child processes; `kubernetes`: agents in Kubernetes Jobs; `none`: records only); remote build nodes take jobs first with `local` and `kubernetes`",
             env: ["IMS_JOB_EXECUTOR"],
             parse: executor,
             default: Value("local"),
@@ -541,6 +542,94 @@ settings! {
             default: Value("1h"),
         }
     }
+    section kubernetes: KubernetesFile {
+        KUBE_CONFIG: PathBuf = kubeconfig: PathBuf {
+            help: "`kubernetes` executor: kubeconfig of a server outside the cluster",
+            env: ["IMS_KUBERNETES_KUBECONFIG"],
+            parse: existing_file,
+            default: Doc("the pod's service account, else `KUBECONFIG` or `~/.kube/config`"),
+        }
+        KUBE_IMAGE: String = image: String {
+            help: "`kubernetes` executor: the image job pods run (`scripts/build-image.sh`, pushed to the site's registry)",
+            env: ["IMS_KUBERNETES_IMAGE"],
+            parse: |v| {
+                let i = v.text();
+                let ok = !i.is_empty() && i.len() <= 512 && i.chars().all(|c| c.is_ascii_graphic());
+                if ok { Ok(i) } else { Err(format!("{i:?} is not an image reference")) }
+            },
+            default: Doc("none: required with `IMS_JOB_EXECUTOR=kubernetes`"),
+        }
+        KUBE_SERVICE_TYPE: ServiceType = service_type: String {
+            help: "`kubernetes` executor: the type of job Services (`LoadBalancer`, `ClusterIP`, `NodePort`)",
+            env: ["IMS_KUBERNETES_SERVICE_TYPE"],
+            parse: |v| {
+                let t = v.text();
+                ServiceType::parse(&t).ok_or_else(|| format!("{t:?} is not one of {}", ServiceType::NAMES.join(", ")))
+            },
+            default: Value("LoadBalancer"),
+        }
+        KUBE_SERVICE_ANNOTATIONS: Vec<(String, String)> = service_annotations: String {
+            help: "`kubernetes` executor: job Services' annotations, `KEY=VALUE,…`; `{hostname}`: the job's external name, `{pool}`: the address pool (MetalLB ≥ 0.14.9: `metallb.io/address-pool={pool}`)",
+            env: ["IMS_KUBERNETES_SERVICE_ANNOTATIONS"],
+            parse: annotations,
+            default: Value("external-dns.alpha.kubernetes.io/hostname={hostname},metallb.universe.tf/address-pool={pool}"),
+        }
+        KUBE_ADDRESS_POOL: String = address_pool: String {
+            help: "`kubernetes` executor: the customer-access address pool (`{pool}`)",
+            env: ["IMS_KUBERNETES_ADDRESS_POOL", "JOB_CUSTOMER_ACCESS_NETWORK_ACCESS_POOL"],
+            parse: text,
+            default: Value("customer-management"),
+        }
+        KUBE_SCRATCH: Scratch = scratch: String {
+            help: "`kubernetes` executor: job scratch space, `pvc` (5 × `build_env_size` GiB) or `emptydir` (on the node, same limit)",
+            env: ["IMS_KUBERNETES_SCRATCH"],
+            parse: |v| {
+                let t = v.text();
+                match t.to_ascii_lowercase().as_str() {
+                    "pvc" => Ok(Scratch::Pvc),
+                    "emptydir" => Ok(Scratch::EmptyDir),
+                    _ => Err(format!("{t:?} is not `pvc` or `emptydir`")),
+                }
+            },
+            default: Value("pvc"),
+        }
+        KUBE_STORAGE_CLASS: String = storage_class: String {
+            help: "`kubernetes` executor: StorageClass of job PVCs",
+            env: ["IMS_KUBERNETES_STORAGE_CLASS"],
+            parse: dns_name,
+            default: Doc("the cluster's default"),
+        }
+        KUBE_RUNTIME_CLASS: String = runtime_class: String {
+            help: "`kubernetes` executor: RuntimeClass of job pods (Kata; with it the virtio-fs xattr annotation, on every job pod)",
+            env: ["IMS_KUBERNETES_RUNTIME_CLASS"],
+            parse: dns_name,
+            default: Doc("none (the cluster's default runtime)"),
+        }
+        KUBE_SERVICE_ACCOUNT: String = service_account: String {
+            help: "`kubernetes` executor: service account of job pods",
+            env: ["IMS_KUBERNETES_SERVICE_ACCOUNT"],
+            parse: dns_name,
+            default: Doc("none: no API token in job pods"),
+        }
+        KUBE_POD_TIMEOUT: Duration = pod_timeout: String {
+            help: "`kubernetes` executor: a job whose pod is not scheduled and started within this ends in error",
+            env: ["IMS_KUBERNETES_POD_TIMEOUT"],
+            parse: duration,
+            default: Value("10m"),
+        }
+        KUBE_TTL_AFTER_FINISHED: Duration = ttl_after_finished: String {
+            help: "`kubernetes` executor: a finished Job and its pod (logs) are deleted after this",
+            env: ["IMS_KUBERNETES_TTL_AFTER_FINISHED"],
+            parse: duration,
+            default: Value("7d"),
+        }
+        KUBE_DESTINATION_RULE: bool = destination_rule: bool {
+            help: "`kubernetes` executor: an Istio DestinationRule (TLS off) per job Service, skipped without the CRD",
+            env: ["IMS_KUBERNETES_DESTINATION_RULE"],
+            parse: boolean,
+            default: Value("false"),
+        }
+    }
     section auth: AuthFile {
         API_TOKEN_FILE: String = api_token_file: PathBuf {
             help: "file holding the administrator token the API then requires",
@@ -657,8 +746,67 @@ fn executor(v: Raw) -> Result<ExecutorKind, String> {
     match v.trim().to_ascii_lowercase().as_str() {
         "local" => Ok(ExecutorKind::Local),
         "none" | "record-only" => Ok(ExecutorKind::None),
+        "kubernetes" => Ok(ExecutorKind::Kubernetes),
         _ => Err(format!("{v:?} is not an executor (local or none)")),
     }
+}
+
+/// A Kubernetes object name (RFC 1123 DNS subdomain).
+fn dns_name(v: Raw) -> Result<String, String> {
+    let n = v.text();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if n.len() <= 253 && n.split('.').all(label_ok) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n:?} is not a Kubernetes name (lower-case letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// `KEY=VALUE,…`: Kubernetes annotation keys (`[prefix/]name`), values with only the
+/// placeholders `{hostname}` and `{pool}`.
+fn annotations(v: Raw) -> Result<Vec<(String, String)>, String> {
+    let text = v.text();
+    let mut out = vec![];
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((k, val)) = item.split_once('=') else {
+            return Err(format!("{item:?} is not KEY=VALUE"));
+        };
+        let (prefix, name) = match k.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, k),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let prefix_ok = prefix.is_none_or(|p| dns_name(Raw::Text(p.to_string())).is_ok());
+        if !name_ok || !prefix_ok {
+            return Err(format!("{k:?} is not an annotation key ([prefix/]name)"));
+        }
+        let rest = val.replace("{hostname}", "").replace("{pool}", "");
+        if rest.contains(['{', '}']) {
+            return Err(format!(
+                "{val:?}: the only placeholders are {{hostname}} and {{pool}}"
+            ));
+        }
+        if val.chars().any(char::is_control) {
+            return Err(format!("{k:?}: the value has control characters"));
+        }
+        out.push((k.to_string(), val.to_string()));
+    }
+    Ok(out)
 }
 
 fn boolean(v: Raw) -> Result<bool, String> {

@@ -23,6 +23,10 @@ pub use local::{LocalExecutor, LocalSettings};
 #[error("{0}")]
 pub struct ExecutorError(pub String);
 
+/// `JobRun::executor` of jobs whose agent runs in a Kubernetes pod (crate `ims-kubernetes`): their
+/// `customer_access` address is the job Service's, which the executor fills in, not the agent.
+pub const KUBERNETES: &str = "kubernetes";
+
 /// What the server lets an executor do; implemented by the service layer.
 #[async_trait]
 pub trait JobRuns: Send + Sync + 'static {
@@ -38,6 +42,13 @@ pub trait JobRuns: Send + Sync + 'static {
         job: &Job,
         f: &(dyn for<'r> Fn(&'r mut JobRun) + Send + Sync),
     ) -> Result<JobRun, ExecutorError>;
+    /// Changes job `id`'s record with `f` (row locked from read to commit; nothing written when
+    /// `f` changes nothing); `None` once the job is gone.
+    async fn update_job(
+        &self,
+        id: &str,
+        f: &(dyn for<'r> Fn(&'r mut Job) + Send + Sync),
+    ) -> Result<Option<Job>, ExecutorError>;
     /// Ends an unfinished job in `error` because its agent cannot go on; `reason` goes to the
     /// job's log and run state.
     async fn fail(&self, job: &Job, reason: &str);
@@ -106,6 +117,14 @@ impl ExecutorContext {
 
     /// Reports that a job's agent is gone or cannot run: an unfinished job ends in `error`
     /// with `reason` in its log.
+    pub async fn update_job(
+        &self,
+        id: &str,
+        f: &(dyn for<'r> Fn(&'r mut Job) + Send + Sync),
+    ) -> Result<Option<Job>, ExecutorError> {
+        self.0.update_job(id, f).await
+    }
+
     pub async fn fail(&self, job: &Job, reason: &str) {
         self.0.fail(job, reason).await
     }

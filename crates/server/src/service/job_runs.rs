@@ -133,6 +133,19 @@ impl JobRuns for ForExecutors {
         update_run(&self.0, job, f).await.map_err(executor_error)
     }
 
+    async fn update_job(
+        &self,
+        id: &str,
+        f: &(dyn for<'r> Fn(&'r mut Job) + Send + Sync),
+    ) -> Result<Option<Job>, ExecutorError> {
+        ims_store::update_with(&*self.0.store, id, |mut j: Job| {
+            f(&mut j);
+            Ok::<_, ApiError>(j)
+        })
+        .await
+        .map_err(executor_error)
+    }
+
     async fn fail(&self, job: &Job, reason: &str) {
         fail(&self.0, job, reason).await
     }
@@ -203,6 +216,14 @@ pub async fn heartbeat(
 ) -> ApiResult<HeartbeatAnswer> {
     let job = must_get::<Job>(&*st.store, id).await?.record;
     let Heartbeat { phase, ssh } = Heartbeat::parse(body)?;
+    // A pod's agent knows only its Service's name inside the cluster; the address users reach
+    // from outside is the Service's load balancer, which the Kubernetes executor fills in.
+    let agent_knows_outside = match ssh {
+        Some(_) => ims_store::get::<JobRun>(&*st.store, id)
+            .await?
+            .is_none_or(|r| r.record.executor != crate::executor::KUBERNETES),
+        None => true,
+    };
     if let Some(r) = &ssh {
         retrying!(
             async {
@@ -210,9 +231,11 @@ pub async fn heartbeat(
                 let mut j = cur.record.clone();
                 if let Some(c) = j.ssh_containers.as_mut().and_then(|c| c.first_mut()) {
                     c.status = r.status;
-                    for info in c.connection_info.values_mut() {
-                        info.host = r.host.clone();
-                        info.port = r.port;
+                    for (key, info) in c.connection_info.iter_mut() {
+                        if agent_knows_outside || key != ims_core::CUSTOMER_ACCESS {
+                            info.host = r.host.clone();
+                            info.port = r.port;
+                        }
                     }
                 }
                 if j != cur.record {
@@ -257,8 +280,8 @@ pub async fn session(st: &AppState, id: &str) -> ApiResult<JobSession> {
     };
     let info = c
         .connection_info
-        .get("customer_access")
-        .or_else(|| c.connection_info.get("cluster.local"));
+        .get(ims_core::CUSTOMER_ACCESS)
+        .or_else(|| c.connection_info.get(ims_core::CLUSTER_LOCAL));
     let host_key = match ims_store::get::<JobRun>(&*st.store, id).await? {
         Some(run) => run.record.ssh_host_key,
         None => None,

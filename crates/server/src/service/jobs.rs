@@ -17,24 +17,35 @@ use ims_store::{Op, delete_op, list};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// A job's external SSH host name, as the original publishes it (external-dns):
+/// `<id>.ims.<subnet>.<domain>`.
+pub fn customer_access_host(c: &crate::ServiceConfig, id: &str) -> String {
+    format!(
+        "{id}.ims.{}.{}",
+        c.customer_access_subnet, c.customer_access_domain
+    )
+}
+
+/// A job Service's DNS name inside the cluster.
+pub fn cluster_host(c: &crate::ServiceConfig, service: &str) -> String {
+    format!("{service}.{}.svc.cluster.local", c.job_namespace)
+}
+
 /// The connection info the original fills in at creation (external and in-cluster names, port 22).
 fn connection_info(st: &AppState, id: &str, service: &str) -> BTreeMap<String, ConnectionInfo> {
     let c = &st.cfg;
     BTreeMap::from([
         (
-            "customer_access".to_string(),
+            ims_core::CUSTOMER_ACCESS.to_string(),
             ConnectionInfo {
-                host: format!(
-                    "{id}.ims.{}.{}",
-                    c.customer_access_subnet, c.customer_access_domain
-                ),
+                host: customer_access_host(c, id),
                 port: 22,
             },
         ),
         (
-            "cluster.local".to_string(),
+            ims_core::CLUSTER_LOCAL.to_string(),
             ConnectionInfo {
-                host: format!("{service}.{}.svc.cluster.local", c.job_namespace),
+                host: cluster_host(c, service),
                 port: 22,
             },
         ),

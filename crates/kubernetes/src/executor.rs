@@ -1,0 +1,614 @@
+//! The lifecycle of a job's objects through the Kubernetes API.
+//!
+//! * `start`: the Secret, the PVC (unless `emptyDir`), the Service, the DestinationRule (if
+//!   configured; skipped when the CRD is absent) and then the Job, in that order, so the pod finds
+//!   everything it mounts. An object that exists already with this job's label counts as made (a
+//!   retried start is idempotent); any other failure deletes what was made and the POST fails.
+//! * `finished` (the job reached `success`/`error`): the Service, PVC, Secret and DestinationRule
+//!   go, as the original frees its customer-access address and storage; the Job and its pod stay
+//!   for `kubectl logs` until `ttlSecondsAfterFinished`.
+//! * `stop` (job deleted, or ended by the server): everything, the Job with foreground
+//!   propagation (its pod goes first).
+//! * The supervisor (on the elected replica only, see [`KubernetesExecutor::supervise`]) watches
+//!   the job pods and Services: a pod that cannot run ([`crate::pods::failure`]) ends its job in
+//!   `error` with the reason; a Service's load-balancer address becomes the job's
+//!   `customer_access`; objects of jobs that ended or were deleted are cleaned up.
+
+use crate::objects::{self, JOB_ID, JOB_TYPE, KubeSettings, Names, ServiceType, job_objects};
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use ims_core::{Arch, ConnectionInfo, Job, JobType, Timestamp};
+use ims_server::executor::{ExecutorContext, ExecutorError, JobExecutor, KUBERNETES};
+use k8s_openapi::api::batch::v1::Job as KubeJob;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::{Client, Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A client for the cluster: from `kubeconfig` when given (a server outside the cluster), else
+/// the pod's service account (in the cluster), else `KUBECONFIG` or `~/.kube/config`.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("the kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes credentials (not in a pod, and no kubeconfig): {e}")
+        })?,
+    };
+    Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes client: {e}"))
+}
+
+/// How often the supervisor looks at the pods besides reacting to their changes (for pods that
+/// stay pending too long).
+const TICK: Duration = Duration::from_secs(3);
+/// How often objects of jobs that ended or are gone are looked for.
+const SWEEP: Duration = Duration::from_secs(60);
+
+pub struct KubernetesExecutor {
+    client: Client,
+    ns: String,
+    s: KubeSettings,
+    /// A pod may take this long to be scheduled and started.
+    pod_timeout: Duration,
+    /// Jobs this process is stopping: their pods' end is not a failure.
+    stopping: Mutex<HashSet<String>>,
+}
+
+fn kube_error(what: &str, e: kube::Error) -> ExecutorError {
+    ExecutorError(format!("{what}: {}", describe(&e)))
+}
+
+/// A Kubernetes error in one line, with the API's own message.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        e => e.to_string(),
+    }
+}
+
+fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+fn destination_rules() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "DestinationRule"),
+        "destinationrules",
+    )
+}
+
+impl KubernetesExecutor {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        s: KubeSettings,
+        pod_timeout: Duration,
+    ) -> KubernetesExecutor {
+        KubernetesExecutor {
+            client,
+            ns: namespace.to_string(),
+            s,
+            pod_timeout,
+            stopping: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether the job namespace's Jobs can be listed (credentials, RBAC, the API server).
+    pub async fn check(&self) -> Result<(), String> {
+        self.api::<KubeJob>()
+            .list(&ListParams::default().limit(1))
+            .await
+            .map(drop)
+            .map_err(|e| describe(&e))
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn rules(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, &destination_rules())
+    }
+
+    /// Creates `obj`; one that exists with job `id`'s label counts as made by us.
+    async fn create<K>(&self, api: &Api<K>, obj: &K, id: &str) -> Result<(), kube::Error>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some(409) => {
+                let existing = api.get(&obj.name_any()).await?;
+                if existing.labels().get(JOB_ID).map(String::as_str) == Some(id) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `name`; one that is gone already is fine.
+    async fn delete<K>(&self, api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<(), String>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        match api.delete(name, dp).await {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(format!("cannot delete {name}: {}", describe(&e))),
+        }
+    }
+
+    /// Deletes the objects a finished job no longer needs (everything but its Job and pod).
+    async fn release(&self, job_id: &str, n: &Names) -> Result<(), String> {
+        let dp = DeleteParams::background();
+        let mut errors = vec![];
+        for r in [
+            self.delete(&self.api::<Service>(), &n.service, &dp).await,
+            self.delete(&self.api::<PersistentVolumeClaim>(), &n.pvc, &dp)
+                .await,
+            self.delete(&self.api::<Secret>(), &n.secret, &dp).await,
+        ] {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        }
+        if self.s.destination_rule {
+            match self.rules().delete(&n.service, &dp).await {
+                Ok(_) => {}
+                // Gone, or the CRD is not installed.
+                Err(e) if code(&e) == Some(404) => {}
+                Err(e) => errors.push(format!(
+                    "cannot delete the DestinationRule {}: {}",
+                    n.service,
+                    describe(&e)
+                )),
+            }
+        }
+        if errors.is_empty() {
+            tracing::debug!(job = %job_id, "released the job's Kubernetes objects");
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Deletes every object of job `id` (the Job first, with its pod before it).
+    async fn remove_all(&self, id: &str, n: &Names) -> Result<(), String> {
+        let job = self
+            .delete(&self.api::<KubeJob>(), &n.job, &DeleteParams::foreground())
+            .await;
+        let rest = self.release(id, n).await;
+        match (job, rest) {
+            (Ok(()), Ok(())) => Ok(()),
+            (a, b) => Err([a.err(), b.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
+    }
+
+    /// Makes every object of `job`; on a failure, deletes what it made.
+    async fn make(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
+        let token = cx.job_token(&job.id);
+        let o = job_objects(cx.settings(), &self.s, job, &token);
+        let n = Names::of(job);
+        let id = job.id.as_str();
+        let undo = |e: ExecutorError| async move {
+            if let Err(more) = self.remove_all(id, &n).await {
+                tracing::warn!(job = %id, error = %more, "could not remove the objects of a job that failed to start");
+            }
+            Err(e)
+        };
+        if let Err(e) = self.create(&self.api::<Secret>(), &o.secret, id).await {
+            return undo(kube_error("cannot create the job's Secret", e)).await;
+        }
+        if let Some(pvc) = &o.pvc
+            && let Err(e) = self
+                .create(&self.api::<PersistentVolumeClaim>(), pvc, id)
+                .await
+        {
+            return undo(kube_error(
+                "cannot create the job's PersistentVolumeClaim",
+                e,
+            ))
+            .await;
+        }
+        if let Err(e) = self.create(&self.api::<Service>(), &o.service, id).await {
+            return undo(kube_error("cannot create the job's Service", e)).await;
+        }
+        if let Some(rule) = &o.destination_rule {
+            let obj: DynamicObject = match serde_json::from_value(rule.clone()) {
+                Ok(o) => o,
+                Err(e) => {
+                    return undo(ExecutorError(format!("the DestinationRule: {e}"))).await;
+                }
+            };
+            match self.create(&self.rules(), &obj, id).await {
+                Ok(()) => {}
+                Err(e) if code(&e) == Some(404) => {
+                    cx.note(job, "Istio's DestinationRule kind is not installed in the cluster: no DestinationRule made").await;
+                }
+                Err(e) => {
+                    return undo(kube_error("cannot create the job's DestinationRule", e)).await;
+                }
+            }
+        }
+        if let Err(e) = self.create(&self.api::<KubeJob>(), &o.job, id).await {
+            return undo(kube_error("cannot create the Kubernetes Job", e)).await;
+        }
+        Ok(())
+    }
+
+    /// Ends `job` in `error` for `reason` unless it ended already or is being stopped, and frees
+    /// its objects.
+    async fn fail(&self, cx: &ExecutorContext, id: &str, reason: &str) {
+        if self.stopping.lock().is_ok_and(|s| s.contains(id)) {
+            return;
+        }
+        let Ok(Some(job)) = cx.job(id).await else {
+            return;
+        };
+        if job.status.is_final() {
+            return;
+        }
+        cx.fail(&job, reason).await;
+        if let Err(e) = self.release(id, &Names::of(&job)).await {
+            tracing::warn!(job = %id, error = %e, "cannot release the objects of a failed job");
+        }
+    }
+
+    /// The supervisor: watches job pods and Services while `leader` says this replica leads,
+    /// and sweeps objects of ended jobs. Runs until the returned task is aborted.
+    pub fn supervise(
+        self: &Arc<Self>,
+        cx: ExecutorContext,
+        mut leader: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // Until this replica leads (a dropped sender: it never will).
+                while !*leader.borrow_and_update() {
+                    if leader.changed().await.is_err() {
+                        return;
+                    }
+                }
+                tracing::info!(namespace = %me.ns, "watching job pods and Services");
+                tokio::select! {
+                    _ = me.watch(&cx) => {}
+                    _ = async {
+                        // Until it no longer leads (a dropped sender: it leads for good).
+                        while *leader.borrow_and_update() {
+                            if leader.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    } => {
+                        tracing::info!("no longer the elected replica: not watching job pods");
+                    }
+                }
+            }
+        })
+    }
+
+    async fn watch(&self, cx: &ExecutorContext) {
+        let selector = objects::managed_selector();
+        let cfg = watcher::Config::default().labels(&selector);
+        let (pods, pod_writer) = reflector::store::<Pod>();
+        let (services, service_writer) = reflector::store::<Service>();
+        let changed = tokio::sync::Notify::new();
+        let pod_events = watcher(self.api::<Pod>(), cfg.clone())
+            .default_backoff()
+            .reflect(pod_writer)
+            .for_each(|e| {
+                if let Err(e) = e {
+                    tracing::warn!(error = %e, "watching job pods");
+                }
+                changed.notify_one();
+                async {}
+            });
+        let service_events = watcher(self.api::<Service>(), cfg)
+            .default_backoff()
+            .reflect(service_writer)
+            .for_each(|e| {
+                if let Err(e) = e {
+                    tracing::warn!(error = %e, "watching job Services");
+                }
+                changed.notify_one();
+                async {}
+            });
+        let judge = async {
+            let mut seen: BTreeMap<String, String> = BTreeMap::new();
+            let mut last_sweep: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+                if pods.wait_until_ready().await.is_err() {
+                    return;
+                }
+                self.judge_pods(cx, &pods.state(), &mut seen).await;
+                self.publish_addresses(cx, &services.state()).await;
+                if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP) {
+                    last_sweep = Some(tokio::time::Instant::now());
+                    self.sweep(cx).await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = pod_events => {}
+            _ = service_events => {}
+            _ = judge => {}
+        }
+    }
+
+    /// Pods that cannot run end their jobs; so does a job's pod that vanished.
+    async fn judge_pods(
+        &self,
+        cx: &ExecutorContext,
+        pods: &[Arc<Pod>],
+        seen: &mut BTreeMap<String, String>,
+    ) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut present: BTreeMap<String, String> = BTreeMap::new();
+        for pod in pods {
+            let Some(id) = pod.labels().get(JOB_ID).cloned() else {
+                continue;
+            };
+            present.insert(id.clone(), pod.name_any());
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let age = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| Duration::from_secs(now.saturating_sub(t.0.as_second()).max(0) as u64))
+                .unwrap_or_default();
+            if let Some(reason) = crate::pods::failure(pod, age, self.pod_timeout) {
+                self.fail(cx, &id, &reason).await;
+            }
+        }
+        for (id, pod) in seen.iter() {
+            if !present.contains_key(id) {
+                self.fail(
+                    cx,
+                    id,
+                    &format!("the job's pod {pod} was deleted before the job finished"),
+                )
+                .await;
+            }
+        }
+        *seen = present;
+    }
+
+    /// A Service's load-balancer address (or, for a Service without one, its cluster name)
+    /// becomes its job's `customer_access`.
+    async fn publish_addresses(&self, cx: &ExecutorContext, services: &[Arc<Service>]) {
+        for svc in services {
+            let Some(id) = svc.labels().get(JOB_ID) else {
+                continue;
+            };
+            let Some(host) = external_address(svc, self.s.service_type) else {
+                continue;
+            };
+            let port = match self.s.service_type {
+                ServiceType::NodePort => svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ports.as_ref()?.first()?.node_port)
+                    .and_then(|p| u16::try_from(p).ok()),
+                _ => Some(objects::SSH_PORT),
+            };
+            let Some(port) = port else { continue };
+            let want = ConnectionInfo { host, port };
+            let set = |j: &mut Job| {
+                if let Some(c) = j.ssh_containers.as_mut().and_then(|c| c.first_mut())
+                    && let Some(info) = c.connection_info.get_mut(ims_core::CUSTOMER_ACCESS)
+                    && !j.status.is_final()
+                {
+                    *info = want.clone();
+                }
+            };
+            if let Err(e) = cx.update_job(id, &set).await {
+                tracing::warn!(job = %id, error = %e, "cannot record the job's external address");
+            }
+        }
+    }
+
+    /// Objects of jobs that ended are released, and those of jobs that are gone removed (a
+    /// release or stop that failed, a replica that died in between).
+    async fn sweep(&self, cx: &ExecutorContext) {
+        let lp = ListParams::default().labels(&objects::managed_selector());
+        // Job id → (its type, whether objects other than the Job exist).
+        let mut ids: BTreeMap<String, (String, bool)> = BTreeMap::new();
+        let mut note = |labels: &BTreeMap<String, String>, is_job: bool| {
+            if let (Some(id), Some(t)) = (labels.get(JOB_ID), labels.get(JOB_TYPE)) {
+                let e = ids.entry(id.clone()).or_insert_with(|| (t.clone(), false));
+                e.1 |= !is_job;
+            }
+        };
+        match self.api::<KubeJob>().list(&lp).await {
+            Ok(l) => l.items.iter().for_each(|o| note(o.labels(), true)),
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "cannot list job objects");
+                return;
+            }
+        }
+        if let Ok(l) = self.api::<Service>().list(&lp).await {
+            l.items.iter().for_each(|o| note(o.labels(), false));
+        }
+        if let Ok(l) = self.api::<Secret>().list(&lp).await {
+            l.items.iter().for_each(|o| note(o.labels(), false));
+        }
+        if let Ok(l) = self.api::<PersistentVolumeClaim>().list(&lp).await {
+            l.items.iter().for_each(|o| note(o.labels(), false));
+        }
+        for (id, (job_type, has_extras)) in ids {
+            let job = match cx.job(&id).await {
+                Ok(j) => j,
+                Err(_) => continue,
+            };
+            let r = match job {
+                None => {
+                    tracing::info!(job = %id, "removing the Kubernetes objects of a deleted job");
+                    self.remove_all(&id, &Names::from_parts(&id, &job_type))
+                        .await
+                }
+                Some(j) if j.status.is_final() && has_extras => {
+                    self.release(&id, &Names::of(&j)).await
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(job = %id, error = %e, "cannot clean up the job's Kubernetes objects");
+            }
+        }
+    }
+}
+
+/// The address users reach a Service at from outside, once it has one.
+fn external_address(svc: &Service, t: ServiceType) -> Option<String> {
+    match t {
+        ServiceType::LoadBalancer => {
+            let ingress = svc
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?
+                .clone();
+            ingress.ip.or(ingress.hostname).filter(|h| !h.is_empty())
+        }
+        // Inside the cluster only: its name there.
+        ServiceType::ClusterIp => None,
+        ServiceType::NodePort => None,
+    }
+}
+
+/// The executor is shared with its supervisor, so it is used through an `Arc`.
+pub struct Kube(pub Arc<KubernetesExecutor>);
+
+#[async_trait]
+impl JobExecutor for Kube {
+    async fn start(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
+        let me = &self.0;
+        me.make(cx, job).await?;
+        let n = Names::of(job);
+        let emptydir = me.s.scratch == objects::Scratch::EmptyDir;
+        let cluster_only = me.s.service_type == ServiceType::ClusterIp;
+        let cfg = cx.settings().clone();
+        let record = |j: &mut Job| {
+            j.kubernetes_job = Some(n.job.clone());
+            j.kubernetes_service = Some(n.service.clone());
+            j.kubernetes_secret = Some(n.secret.clone());
+            j.kubernetes_configmap = None;
+            j.kubernetes_pvc = (!emptydir).then(|| n.pvc.clone());
+            if cluster_only
+                && let Some(c) = j.ssh_containers.as_mut().and_then(|c| c.first_mut())
+                && let Some(info) = c.connection_info.get_mut(ims_core::CUSTOMER_ACCESS)
+            {
+                // No address outside the cluster: users reach the session by its name inside.
+                info.host = ims_server::service::jobs::cluster_host(&cfg, &n.service);
+            }
+        };
+        let run = |r: &mut ims_core::JobRun| {
+            r.executor = KUBERNETES.into();
+            r.host = None;
+            r.launched = Some(Timestamp::now());
+        };
+        let recorded = async {
+            cx.update_job(&job.id, &record).await?;
+            cx.update_run(job, &run).await
+        }
+        .await;
+        if let Err(e) = recorded {
+            if let Err(more) = me.remove_all(&job.id, &n).await {
+                tracing::warn!(job = %job.id, error = %more, "could not remove the objects of a job that failed to start");
+            }
+            return Err(ExecutorError(format!(
+                "cannot record the Kubernetes job: {e}"
+            )));
+        }
+        cx.note(
+            job,
+            &format!(
+                "Kubernetes: Job {} in namespace {} (pod image {}); `kubectl -n {} logs -l job-name={} -c {}` shows its pod's output",
+                n.job, me.ns, me.s.image, me.ns, n.job, objects::CONTAINER
+            ),
+        )
+        .await;
+        tracing::info!(job = %job.id, kubernetes_job = %n.job, "job started on Kubernetes");
+        Ok(())
+    }
+
+    async fn finished(&self, _cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
+        // The agent ended its job and exits; the Job and pod stay for their logs.
+        self.0
+            .release(&job.id, &Names::of(job))
+            .await
+            .map_err(ExecutorError)
+    }
+
+    async fn stop(&self, _cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
+        let me = &self.0;
+        if let Ok(mut s) = me.stopping.lock() {
+            s.insert(job.id.clone());
+        }
+        let r = me.remove_all(&job.id, &Names::of(job)).await;
+        if let Ok(mut s) = me.stopping.lock() {
+            s.remove(&job.id);
+        }
+        r.map_err(ExecutorError)
+    }
+
+    fn supervises(&self) -> bool {
+        true
+    }
+
+    async fn cannot_run(
+        &self,
+        _cx: &ExecutorContext,
+        _job_type: JobType,
+        _arch: Option<Arch>,
+        _session: bool,
+    ) -> Option<String> {
+        // The cluster runs every job type; an aarch64 job needs arm64 nodes (or emulation),
+        // which only the scheduler knows: a pod that cannot be placed ends its job with the
+        // scheduler's reason.
+        None
+    }
+
+    fn name(&self) -> &'static str {
+        KUBERNETES
+    }
+}
