@@ -394,6 +394,8 @@ impl KubernetesExecutor {
                 .unwrap_or_default();
             if let Some(reason) = crate::pods::failure(pod, age, self.pod_timeout) {
                 self.fail(cx, &id, &reason).await;
+            } else if crate::pods::is_pending(pod) {
+                self.still_starting(cx, &id).await;
             }
         }
         for (id, pod) in seen.iter() {
@@ -407,6 +409,29 @@ impl KubernetesExecutor {
             }
         }
         *seen = present;
+    }
+
+    /// A job whose pod is being scheduled or pulled has no agent to heartbeat yet: its silence
+    /// counts from now (the pod's own time limit is [`crate::pods::failure`]'s).
+    async fn still_starting(&self, cx: &ExecutorContext, id: &str) {
+        let Ok(Some(job)) = cx.job(id).await else {
+            return;
+        };
+        if job.status.is_final() {
+            return;
+        }
+        let now = Timestamp::now();
+        let stale = |t: Option<Timestamp>| {
+            t.is_none_or(|t| (now.0 - t.0).num_seconds() >= 3 * TICK.as_secs() as i64)
+        };
+        if let Ok(Some(run)) = cx.run(id).await
+            && stale(run.launched)
+            && let Err(e) = cx
+                .update_run(&job, &|r: &mut ims_core::JobRun| r.launched = Some(now))
+                .await
+        {
+            tracing::warn!(job = %id, error = %e, "cannot record that the job's pod is starting");
+        }
     }
 
     /// A Service's load-balancer address (or, for a Service without one, its cluster name)
@@ -592,6 +617,10 @@ impl JobExecutor for Kube {
     }
 
     fn supervises(&self) -> bool {
+        true
+    }
+
+    fn takes_overflow(&self) -> bool {
         true
     }
 

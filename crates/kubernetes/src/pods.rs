@@ -44,6 +44,14 @@ fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
         .find_map(|c| c.state.as_ref()?.terminated.as_ref())
 }
 
+/// Whether `pod` is still being scheduled or started (its agent cannot heartbeat yet).
+pub fn is_pending(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_none_or(|p| p == "Pending")
+}
+
 /// Why the job of `pod` cannot go on, if it cannot. `age`: how long ago the pod was created;
 /// `pending_limit`: how long it may take to be scheduled and started.
 pub fn failure(pod: &Pod, age: Duration, pending_limit: Duration) -> Option<String> {

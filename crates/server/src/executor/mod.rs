@@ -191,6 +191,12 @@ pub trait JobExecutor: Send + Sync + 'static {
     fn supervises(&self) -> bool {
         false
     }
+    /// Whether, under the remote executor, jobs come here when every remote build node that
+    /// could run them is full, rather than wait for a slot (a cluster has room; the API host is
+    /// kept for jobs no node can run).
+    fn takes_overflow(&self) -> bool {
+        false
+    }
     /// Why this executor cannot run jobs of `job_type` now (its host lacks a tool, root, a
     /// capability, or is of another architecture than `arch`), in one line; `session`: the job
     /// opens an SSH session; `arch`: `None` before the job's artifact is read (then only what does

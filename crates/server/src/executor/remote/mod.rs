@@ -278,6 +278,9 @@ impl Remote {
                 Reserved::Placed(x, at) => return Ok(Placement::HeldBy(x, at)),
             }
         }
+        if self.home.takes_overflow() && self.home_cannot_run(cx, job).await.is_none() {
+            return Ok(Placement::Home);
+        }
         Ok(Placement::Wait(format!(
             "no {} remote build node that can run {} jobs has a free slot ({})",
             job.arch,
