@@ -264,8 +264,9 @@ impl KubernetesExecutor {
     }
 
     /// Ends `job` in `error` for `reason` unless it ended already or is being stopped, and frees
-    /// its objects.
-    async fn fail(&self, cx: &ExecutorContext, id: &str, reason: &str) {
+    /// its objects; `whole`: the Job too (its pod never ran: it would wait for nothing, holding
+    /// its requests, until its deadline).
+    async fn fail(&self, cx: &ExecutorContext, id: &str, reason: &str, whole: bool) {
         if self.stopping.lock().is_ok_and(|s| s.contains(id)) {
             return;
         }
@@ -276,7 +277,13 @@ impl KubernetesExecutor {
             return;
         }
         cx.fail(&job, reason).await;
-        if let Err(e) = self.release(id, &Names::of(&job)).await {
+        let n = Names::of(&job);
+        let r = if whole {
+            self.remove_all(id, &n).await
+        } else {
+            self.release(id, &n).await
+        };
+        if let Err(e) = r {
             tracing::warn!(job = %id, error = %e, "cannot release the objects of a failed job");
         }
     }
@@ -393,7 +400,7 @@ impl KubernetesExecutor {
                 .map(|t| Duration::from_secs(now.saturating_sub(t.0.as_second()).max(0) as u64))
                 .unwrap_or_default();
             if let Some(reason) = crate::pods::failure(pod, age, self.pod_timeout) {
-                self.fail(cx, &id, &reason).await;
+                self.fail(cx, &id, &reason, crate::pods::is_pending(pod)).await;
             } else if crate::pods::is_pending(pod) {
                 self.still_starting(cx, &id).await;
             }
@@ -404,6 +411,7 @@ impl KubernetesExecutor {
                     cx,
                     id,
                     &format!("the job's pod {pod} was deleted before the job finished"),
+                    false,
                 )
                 .await;
             }
