@@ -904,6 +904,168 @@ fn ims_serve_accepts_the_deployed_settings() {
     );
 }
 
+/// `ims serve` runs as the pod's security context says: the Deployment's user, group and fsGroup (a
+/// supplementary group), the root filesystem read-only with only the data directory and `/tmp` writable
+/// (the emptyDirs), the Secret's files mounted with the volume's mode (root's, readable through the
+/// fsGroup). It starts, answers the probes and writes a record. Root needed (a private mount namespace).
+/// The built-in S3 endpoint stands in for the external S3 (its objects go to the data directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ims_serve_runs_as_the_pod_security_context_says() {
+    if !crate::common::jobs::is_root() {
+        eprintln!("skipped: needs root (a mount namespace with a read-only root)");
+        return;
+    }
+    let o = rendered();
+    let deployment = o.get("Deployment", "cray-ims");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let id = |k: &str| pod["securityContext"][k].as_u64().unwrap().to_string();
+    let (user, group, fs_group) = (id("runAsUser"), id("runAsGroup"), id("fsGroup"));
+    let c = server_container(deployment);
+    let env_in_pod = env_of(c);
+    // The files of the Secret's volume, with real values, as the kubelet writes them.
+    let secret_volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"].is_object())
+        .unwrap();
+    let mode = secret_volume["secret"]["defaultMode"].as_u64().unwrap() as u32;
+    // Under /var/tmp: /tmp is replaced by an empty tmpfs in the server's mount namespace.
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = tmp.path();
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (data, secrets) = (root.join("data"), root.join("secrets"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&secrets).unwrap();
+    let chown = |p: &Path, owner: &str| {
+        let st = Command::new("chown").arg(owner).arg(p).status().unwrap();
+        assert!(st.success());
+    };
+    // An emptyDir belongs to root and is writable by all.
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let token = "deployment-test-admin-token";
+    let values = BTreeMap::from([
+        ("api-token", token.to_string()),
+        ("job-token.key", "ab".repeat(32)),
+    ]);
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (name, e) in &env_in_pod {
+        let Some(path) = e["value"].as_str().filter(|_| name.ends_with("_FILE")) else {
+            continue;
+        };
+        let file = Path::new(path).file_name().unwrap().to_str().unwrap();
+        let local = secrets.join(file);
+        std::fs::write(&local, &values[file]).unwrap();
+        chown(&local, &format!("0:{fs_group}"));
+        std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        env.insert(name.clone(), local.display().to_string());
+    }
+    assert_eq!(env.len(), 2, "the API token and the job-token key files");
+    for (k, v) in string_map(o.get("ConfigMap", "ims-config").pointer("/data")) {
+        if !k.starts_with("IMS_S3_") || k.ends_with("_BUCKET") {
+            env.insert(k, v);
+        }
+    }
+    for p in PENDING_SETTINGS {
+        env.remove(*p);
+    }
+    env.insert("IMS_JOB_EXECUTOR".into(), "none".into());
+    env.insert("IMS_DATA_DIR".into(), data.display().to_string());
+    if !ims_store::testing::skip_postgres() {
+        env.insert(
+            "IMS_DATABASE_URL".into(),
+            ims_store::testing::postgres_url().await,
+        );
+    }
+    let port = free_port();
+    let script = r#"set -e
+mount --bind "$1" "$1"
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -o remount,ro,bind /
+if touch /ims-deploy-test 2>/dev/null; then echo "the root is writable" >&2; exit 99; fi
+shift
+exec "$@""#;
+    let mut child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&data)
+        .args([
+            "setpriv", "--reuid", &user, "--regid", &group, "--groups", &fs_group,
+        ])
+        .args(["--no-new-privs", ims_bin(), "serve"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--s3-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        if client
+            .get(format!("{url}/healthz/live"))
+            .send()
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The process serving is the pod's user, groups included.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let post = client
+        .post(format!("{url}/v3/recipes"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": "deploy", "linux_distribution": "sles15", "recipe_type": "kiwi-ng"}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let ready = client
+        .get(format!("{url}/healthz/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(up, "ims serve did not start: {log}");
+    let line = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(line("Uid:"), vec![user.as_str(); 4], "{status}");
+    assert_eq!(line("Gid:"), vec![group.as_str(); 4], "{status}");
+    assert_eq!(line("Groups:"), vec![fs_group.as_str()], "{status}");
+    assert_eq!(ready.ok(), Some(200), "{log}");
+    assert_eq!(post.ok(), Some(201), "{log}");
+}
+
 // ---- names and labels, for every object ----
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 (RFC 1123 label).
