@@ -60,15 +60,16 @@ fi
 # Python tools the tests drive (moto's S3 server for the external-S3 configuration; boto3 and the AWS
 # CLI as clients of the built-in S3 endpoint; schemathesis against the OpenAPI document), in a virtual
 # environment outside the clone so that it is reused between runs.
+# kubernetes-validate bundles the Kubernetes schemas (no network); 1.37.* still bundles 1.25's.
 venv=${IMS_TEST_VENV:-/var/tmp/ims-test-venv}
-if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -x "$venv/bin/st" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
-  echo "test.sh: installing moto[server], boto3, awscli, ansible-core and schemathesis into $venv" >&2
+if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -x "$venv/bin/st" ] || [ ! -x "$venv/bin/kubernetes-validate" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
+  echo "test.sh: installing moto[server], boto3, awscli, ansible-core, schemathesis and kubernetes-validate into $venv" >&2
   python3 -m venv "$venv" 2>/dev/null || {
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
     python3 -m venv "$venv"
   }
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*" boto3 awscli "ansible-core==2.19.*" "schemathesis==4.*"
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.*" boto3 awscli "ansible-core==2.19.*" "schemathesis==4.*" "kubernetes-validate==1.37.*"
 fi
 export IMS_TEST_MOTO_SERVER="$venv/bin/moto_server"
 export IMS_TEST_ANSIBLE_PLAYBOOK="$venv/bin/ansible-playbook"
@@ -77,6 +78,8 @@ export IMS_TEST_PYTHON="$venv/bin/python"
 export IMS_TEST_AWS="$venv/bin/aws"
 # schemathesis 4 (its `st run` has the positive/negative data checks api_openapi runs).
 export IMS_TEST_SCHEMATHESIS="$venv/bin/st"
+# kubernetes-validate (crates/ims/tests/it/kube_manifests.rs: deploy/kubernetes and the executor's objects).
+export IMS_TEST_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
 
 if ! command -v cargo >/dev/null; then
   echo "test.sh: cargo not found; install a Rust toolchain (rustup) first" >&2
