@@ -51,6 +51,32 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes client: {e}"))
 }
 
+/// Every request the executor makes, all in the job namespace: `(API group, resource, verbs)`.
+/// The Role in `deploy/kubernetes/role.yaml` grants exactly these (a test checks it).
+pub const API_RIGHTS: &[(&str, &str, &[&str])] = &[
+    // Created per job; `get`: a retried create finds its own; `list`: the sweep.
+    ("", "secrets", &["create", "get", "list", "delete"]),
+    (
+        "",
+        "persistentvolumeclaims",
+        &["create", "get", "list", "delete"],
+    ),
+    // Also watched for the load balancer's address.
+    (
+        "",
+        "services",
+        &["create", "get", "list", "watch", "delete"],
+    ),
+    ("batch", "jobs", &["create", "get", "list", "delete"]),
+    // Watched for pods that cannot run.
+    ("", "pods", &["list", "watch"]),
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["create", "get", "delete"],
+    ),
+];
+
 /// How often the supervisor looks at the pods besides reacting to their changes (for pods that
 /// stay pending too long).
 const TICK: Duration = Duration::from_secs(3);
@@ -400,7 +426,8 @@ impl KubernetesExecutor {
                 .map(|t| Duration::from_secs(now.saturating_sub(t.0.as_second()).max(0) as u64))
                 .unwrap_or_default();
             if let Some(reason) = crate::pods::failure(pod, age, self.pod_timeout) {
-                self.fail(cx, &id, &reason, crate::pods::is_pending(pod)).await;
+                self.fail(cx, &id, &reason, crate::pods::is_pending(pod))
+                    .await;
             } else if crate::pods::is_pending(pod) {
                 self.still_starting(cx, &id).await;
             }

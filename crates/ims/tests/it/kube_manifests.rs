@@ -1,5 +1,5 @@
 //! The Kubernetes objects the project ships (`deploy/kubernetes/`, as `kubectl kustomize` renders them) and
-//! those the `kubernetes` executor emits (the golden files under `crates/server/tests/golden/kubernetes/`),
+//! those the `kubernetes` executor emits (the golden files under `crates/kubernetes/tests/golden/`),
 //! checked against the official schemas by `kubernetes-validate` in strict mode (unknown fields refused) for
 //! the oldest Kubernetes it bundles and supported here (1.25; CSM 1.6 runs 1.24, whose schemas it no longer
 //! ships), the one k8s-openapi is built for (1.33) and the newest it bundles (1.37). Then what a schema cannot
@@ -25,53 +25,8 @@ const VERSIONS: &[&str] = &["1.25.0", "1.33.0", "1.37.0"];
 /// `(apiVersion, kind)`. Any other object without a schema (a misspelled `apiVersion`) fails.
 const WITHOUT_SCHEMA: &[(&str, &str)] = &[("networking.istio.io/v1beta1", "DestinationRule")];
 
-/// Settings the manifests name that `ims serve` does not know yet: the `kubernetes` executor's, being
-/// added. When one becomes a setting, [`every_setting_named_is_one_ims_serve_knows`] fails until it is
-/// removed from here.
-const PENDING_SETTINGS: &[&str] = &[
-    "IMS_KUBERNETES_IMAGE",
-    "IMS_KUBERNETES_SERVICE_TYPE",
-    "IMS_KUBERNETES_SERVICE_ANNOTATIONS",
-    "IMS_KUBERNETES_STORAGE_CLASS",
-    "IMS_KUBERNETES_SCRATCH",
-    "IMS_KUBERNETES_RUNTIME_CLASS",
-    "IMS_KUBERNETES_SERVICE_ACCOUNT",
-    "IMS_KUBERNETES_POD_TIMEOUT",
-    "IMS_KUBERNETES_DESTINATION_RULE",
-];
-
-/// Values the manifests set that `ims serve` does not accept yet (same rule as [`PENDING_SETTINGS`]).
-const PENDING_VALUES: &[(&str, &str)] = &[("IMS_JOB_EXECUTOR", "kubernetes")];
-
-/// The executor's API use in the job namespace (docs: the object contract, "Executor's API use"):
-/// `(apiGroup, resource, verbs)`. The Role grants exactly these.
-const EXECUTOR_RIGHTS: &[(&str, &str, &[&str])] = &[
-    ("", "secrets", &["create", "get", "list", "delete"]),
-    ("", "configmaps", &["create", "get", "list", "delete"]),
-    (
-        "",
-        "persistentvolumeclaims",
-        &["create", "get", "list", "delete"],
-    ),
-    (
-        "",
-        "services",
-        &["create", "get", "list", "watch", "delete"],
-    ),
-    (
-        "batch",
-        "jobs",
-        &["create", "get", "list", "watch", "delete"],
-    ),
-    ("", "pods", &["get", "list", "watch"]),
-    ("", "pods/log", &["get"]),
-    ("", "events", &["list", "watch"]),
-    (
-        "networking.istio.io",
-        "destinationrules",
-        &["create", "get", "delete"],
-    ),
-];
+/// The executor's API use in the job namespace, as it declares it: the Role grants exactly these.
+const EXECUTOR_RIGHTS: &[(&str, &str, &[&str])] = ims_kubernetes::executor::API_RIGHTS;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,7 +40,7 @@ fn deploy_dir() -> PathBuf {
 }
 
 fn golden_dir() -> PathBuf {
-    repo().join("crates/server/tests/golden/kubernetes")
+    repo().join("crates/kubernetes/tests/golden")
 }
 
 /// The YAML files of a directory (not recursive), sorted.
@@ -94,6 +49,18 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The executor's golden files: one object per file, in JSON (which is YAML), written by
+/// `crates/kubernetes/tests/objects.rs`.
+fn golden_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", golden_dir().display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
     files
@@ -334,19 +301,12 @@ fn deploy_manifests_pass_the_schemas() {
 
 #[test]
 fn golden_objects_pass_the_schemas() {
-    let dir = golden_dir();
-    if !dir.exists() {
-        eprintln!(
-            "skipped: {} does not exist yet (the kubernetes executor's golden files)",
-            dir.display()
-        );
-        return;
-    }
-    let files = yaml_files(&dir);
+    let files = golden_files();
     assert!(
-        !files.is_empty(),
-        "{} holds no YAML file: the executor's golden files are missing",
-        dir.display()
+        files.len() >= 10,
+        "{} holds {} golden files: the executor's objects are missing",
+        golden_dir().display(),
+        files.len()
     );
     validate_all_versions(&files);
 }
@@ -797,16 +757,10 @@ async fn probes_hit_paths_the_server_serves_without_a_token() {
 }
 
 /// Every `IMS_*` name in the manifests and their README, and every ConfigMap key and Deployment
-/// variable, is a setting of `ims serve` (or pending: [`PENDING_SETTINGS`]).
+/// variable, is a setting of `ims serve`.
 #[test]
 fn every_setting_named_is_one_ims_serve_knows() {
     let known = serve_settings();
-    for p in PENDING_SETTINGS {
-        assert!(
-            !known.contains(*p),
-            "{p} is now a setting of ims serve: remove it from PENDING_SETTINGS"
-        );
-    }
     let o = rendered();
     let mut named: BTreeMap<String, String> = BTreeMap::new();
     let mut sources = manifest_files();
@@ -824,13 +778,10 @@ fn every_setting_named_is_one_ims_serve_knows() {
     }
     let unknown: Vec<String> = named
         .iter()
-        .filter(|(n, _)| !known.contains(*n) && !PENDING_SETTINGS.contains(&n.as_str()))
+        .filter(|(n, _)| !known.contains(*n))
         .map(|(n, w)| format!("{n} ({w})"))
         .collect();
     assert!(unknown.is_empty(), "not settings of ims serve: {unknown:?}");
-    for p in PENDING_SETTINGS {
-        assert!(named.contains_key(*p), "{p} is pending but not used");
-    }
 }
 
 /// `ims serve` accepts the settings as deployed: the ConfigMap and the Deployment's environment, the
@@ -870,9 +821,6 @@ fn ims_serve_accepts_the_deployed_settings() {
         "IMS_DATABASE_URL".into(),
         format!("postgres://ims@127.0.0.1:{port}/ims"),
     );
-    for p in PENDING_SETTINGS {
-        env.remove(*p);
-    }
     let serve = |env: &BTreeMap<String, String>| {
         let out = Command::new(ims_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -886,17 +834,7 @@ fn ims_serve_accepts_the_deployed_settings() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // The values not accepted yet are refused today (so the list stays true) ...
-    for (name, value) in PENDING_VALUES {
-        assert_eq!(env.get(*name).map(String::as_str), Some(*value), "{name}");
-        let (code, err) = serve(&env);
-        assert!(
-            code == Some(2) && err.contains(&format!("invalid setting {name}")),
-            "{name}={value} is accepted now: remove it from PENDING_VALUES ({code:?}: {err})"
-        );
-        env.remove(*name);
-    }
-    // ... and every other one is accepted.
+    // Every one is accepted: start-up fails only at the database.
     let (code, err) = serve(&env);
     assert!(
         code == Some(1) && err.contains("cannot open the records store"),
@@ -966,9 +904,6 @@ async fn ims_serve_runs_as_the_pod_security_context_says() {
         if !k.starts_with("IMS_S3_") || k.ends_with("_BUCKET") {
             env.insert(k, v);
         }
-    }
-    for p in PENDING_SETTINGS {
-        env.remove(*p);
     }
     env.insert("IMS_JOB_EXECUTOR".into(), "none".into());
     env.insert("IMS_DATA_DIR".into(), data.display().to_string());
@@ -1133,10 +1068,8 @@ fn name_and_label_problems(o: &Value) -> Vec<String> {
 #[test]
 fn names_and_labels_are_valid() {
     let mut objects: Vec<(String, Vec<Value>)> = vec![("deploy/kubernetes".into(), rendered().0)];
-    if golden_dir().exists() {
-        for f in yaml_files(&golden_dir()) {
-            objects.push((f.display().to_string(), file_documents(&f)));
-        }
+    for f in golden_files() {
+        objects.push((f.display().to_string(), file_documents(&f)));
     }
     let mut problems = vec![];
     for (file, docs) in &objects {
