@@ -8,6 +8,7 @@ use ims_server::executor::remote::fleet::{Fleet, FleetSettings};
 use ims_server::executor::remote::ssh::SshSettings;
 use ims_server::executor::remote::{Remote, RemoteExecutor, RemoteSettings};
 use ims_server::executor::{LocalExecutor, LocalSettings, RecordOnlyExecutor};
+use ims_server::service::leases::{self, Leadership};
 use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
 use ims_server::{AppParts, AppState, router};
 use ims_store::DynStore;
@@ -247,7 +248,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     if done > 0 {
         tracing::info!("completed the artifact work of {done} interrupted record changes");
     }
-    // Then work whose owner stopped (another replica died, a move failed) is taken over.
+    // Then work whose owner stopped (another replica died, a move failed) is taken over. In
+    // every replica: each row has a lease of its own, so this is safe anywhere, and artifact work
+    // does not wait for the leader (one with a broken S3 connection would hold it up).
     let sweeper = {
         let st = state.clone();
         let every =
@@ -259,19 +262,30 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         })
     };
+    // Replicas sharing PostgreSQL elect one to run the background work below (with SQLite this
+    // process is the only one, and leads).
+    let leader = Leadership::spawn(&state, leases::BACKGROUND);
     // Jobs waiting for a node slot are placed, and the nodes cleaned, by the remote executor's
     // passes.
-    let node_passes = remote
-        .as_ref()
-        .map(|r| r.spawn_passes(ims_server::service::job_runs::executor_context(&state)));
+    let node_passes = remote.as_ref().map(|r| {
+        r.spawn_passes(
+            ims_server::service::job_runs::executor_context(&state),
+            leader.clone(),
+        )
+    });
+    // The reconciler only reads records and ends jobs through the store, so one replica serves
+    // all; each replica's own agents stay supervised by the replica that started them (their
+    // exit fails their job, see the local executor).
     let reconciler = {
-        let st = state.clone();
+        let (st, leader) = (state.clone(), leader.clone());
         let every = (st.cfg.job_heartbeat_timeout / 3)
             .clamp(Duration::from_secs(1), Duration::from_secs(10));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                ims_server::service::job_runs::reconcile(&st).await;
+                if leader.is_leader() {
+                    ims_server::service::job_runs::reconcile(&st).await;
+                }
             }
         })
     };
@@ -295,6 +309,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(p) = node_passes {
         p.abort();
     }
+    // A rolling restart hands the background work over at once.
+    leader.release().await;
     let _ = stop_s3.send(());
     if let Some(task) = s3_task {
         match task.await {

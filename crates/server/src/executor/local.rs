@@ -56,7 +56,7 @@ pub struct LocalExecutor {
     running: Mutex<HashMap<String, u32>>,
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".to_string())
