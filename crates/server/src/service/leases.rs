@@ -149,7 +149,7 @@ impl Leadership {
     pub async fn release(&self) {
         let st = &self.0.state;
         self.0.task.abort();
-        st.step_down("it shuts down");
+        st.stop_leading();
         match get::<Lease>(&*st.store, &st.name).await {
             Ok(Some(v)) if v.record.holder == st.holder => {
                 match st.store.apply(vec![delete_op(&v)]).await {
@@ -200,18 +200,19 @@ impl State {
         });
     }
 
+    /// Not the leader any more, for `why` (logged when it was).
     fn step_down(&self, why: &str) {
+        if self.stop_leading() {
+            tracing::warn!(lease = %self.name, holder = %self.holder, "this replica is no longer the leader (lease {}): {why}", self.name);
+        }
+    }
+
+    /// Not the leader any more; whether it was.
+    fn stop_leading(&self) -> bool {
         if let Ok(mut u) = self.until.lock() {
             *u = None;
         }
-        self.leading.send_if_modified(|l| {
-            let changed = *l;
-            if changed {
-                tracing::warn!(lease = %self.name, holder = %self.holder, "this replica is no longer the leader (lease {}): {why}", self.name);
-            }
-            *l = false;
-            changed
-        });
+        self.leading.send_replace(false)
     }
 
     /// The lease as this process writes it now (`acquired`: when it took it).
