@@ -65,6 +65,18 @@ async fn status(s: &Server, id: &str) -> Value {
     s.get(&format!("/v3/jobs/{id}")).await.ok(200)["status"].clone()
 }
 
+/// The job's status once it is `error` (the server logs why before it sets it), within 10 s.
+async fn ended_in_error(s: &Server, id: &str) {
+    let t = Instant::now();
+    while status(s, id).await != "error" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "job {id} did not end in error"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn heartbeat(s: &Server, id: &str) {
     let token = job_token(KEY_HEX, id);
     let r = s
@@ -139,7 +151,7 @@ async fn replicas_elect_one_reconciler() {
         || logged_all(&leader, &["failing the job", &silent]),
     )
     .await;
-    assert_eq!(status(&follower, &silent).await, "error");
+    ended_in_error(&follower, &silent).await;
     assert!(
         logged(&leader, "failing the job") && !logged(&follower, "failing the job"),
         "the follower reconciled"
@@ -165,8 +177,10 @@ async fn replicas_elect_one_reconciler() {
         logged(&follower, LEADS)
     })
     .await;
+    // A lease time after the last renewal it saw, an attempt period (500 ms) at most after that,
+    // and slack for a loaded machine.
     assert!(
-        took <= TTL + Duration::from_millis(1500),
+        took <= TTL + Duration::from_secs(3),
         "took over after {took:?}"
     );
     eventually(
@@ -176,7 +190,7 @@ async fn replicas_elect_one_reconciler() {
     )
     .await;
     assert!(killed.elapsed() >= HEARTBEAT_TIMEOUT, "failed too early");
-    assert_eq!(status(&follower, &beating).await, "error");
+    ended_in_error(&follower, &beating).await;
     let text =
         String::from_utf8(follower.get(&format!("/v3/jobs/{beating}/log")).await.body).unwrap();
     assert!(text.contains("no heartbeat from the job agent"), "{text}");
