@@ -186,13 +186,23 @@ async fn hung_leader_loses_after_expiry(db: Db) {
     assert_eq!(row(&db.first).await.unwrap().holder, b.holder());
 }
 
-/// A store that fails every call while `broken` (a database that went away).
+/// A store that fails every call while `broken` (a database that went away), and never answers
+/// reads while `hung` (a database that stopped answering).
 struct Flaky {
     inner: DynStore,
     broken: AtomicBool,
+    hung: AtomicBool,
 }
 
 impl Flaky {
+    fn new(inner: DynStore) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner,
+            broken: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
+        })
+    }
+
     fn check(&self) -> ims_store::Result<()> {
         if self.broken.load(Ordering::SeqCst) {
             Err(StoreError::Database("connection refused (test)".into()))
@@ -208,6 +218,9 @@ impl Store for Flaky {
         self.inner.stream(table)
     }
     async fn get(&self, table: Table, id: &str) -> ims_store::Result<Option<Row>> {
+        if self.hung.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.check()?;
         self.inner.get(table, id).await
     }
@@ -252,10 +265,7 @@ impl Store for Flaky {
 /// A leader whose store fails steps down at its next attempt (its watch says so); a short
 /// outage is resumed without a hand-over; a long one loses the lease to the other contender.
 async fn store_errors_step_down(db: Db) {
-    let flaky = Arc::new(Flaky {
-        inner: db.store().await,
-        broken: AtomicBool::new(false),
-    });
+    let flaky = Flaky::new(db.store().await);
     let a = contend(flaky.clone());
     until(EVERY + SLACK, "a leads", || a.is_leader()).await;
     let b = contend(db.store().await);
@@ -284,6 +294,62 @@ async fn store_errors_step_down(db: Db) {
     never_two(EVERY * 3, &[&a, &b]).await;
     assert!(b.is_leader() && !a.is_leader());
     assert_eq!(row(&db.first).await.unwrap().holder, b.holder());
+}
+
+/// A leader whose store stops answering steps down when its attempt times out (a quarter TTL),
+/// before its validity would end, and the other contender takes over after the TTL; never two
+/// leaders at once.
+async fn a_hung_store_steps_down(db: Db) {
+    let flaky = Flaky::new(db.store().await);
+    let a = contend(flaky.clone());
+    until(EVERY + SLACK, "a leads", || a.is_leader()).await;
+    let b = contend(db.store().await);
+    tokio::time::sleep(EVERY).await;
+    let mut watch = a.watch();
+    flaky.hung.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    tokio::time::timeout(EVERY * 2 + SLACK, watch.wait_for(|l| !*l))
+        .await
+        .expect("a did not step down")
+        .unwrap();
+    assert!(!a.is_leader());
+    assert!(t.elapsed() <= TTL / 2 + SLACK, "{:?}", t.elapsed());
+    while !b.is_leader() {
+        assert!(!a.is_leader(), "two leaders at once");
+        assert!(t.elapsed() < TTL * 2 + SLACK, "b did not take over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        t.elapsed() >= TTL - EVERY,
+        "b took over after {:?}",
+        t.elapsed()
+    );
+    never_two(EVERY * 2, &[&a, &b]).await;
+}
+
+/// A release that cannot reach the store still stops leading at once; the lease then lapses and
+/// the other contender takes over after the TTL.
+async fn release_without_the_store(db: Db) {
+    let flaky = Flaky::new(db.store().await);
+    let a = contend(flaky.clone());
+    until(EVERY + SLACK, "a leads", || a.is_leader()).await;
+    let b = contend(db.store().await);
+    tokio::time::sleep(EVERY).await;
+    flaky.broken.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    a.release().await;
+    assert!(!a.is_leader() && !*a.watch().borrow());
+    assert_eq!(row(&db.first).await.unwrap().holder, a.holder());
+    until(TTL * 2 + SLACK, "b takes over", || b.is_leader()).await;
+    assert!(
+        t.elapsed() >= TTL - EVERY,
+        "b took over after {:?}",
+        t.elapsed()
+    );
+    // Released for good: a no longer contends, also once the store is back.
+    flaky.broken.store(false, Ordering::SeqCst);
+    never_two(EVERY * 2, &[&a, &b]).await;
+    assert!(!a.is_leader());
 }
 
 /// The embedded store's single process takes the lease at once, also from a holder that crashed
@@ -325,5 +391,7 @@ both!(
     release_hands_over_at_once,
     hung_leader_loses_after_expiry,
     store_errors_step_down,
+    a_hung_store_steps_down,
+    release_without_the_store,
     exclusive_takes_a_stale_lease_at_once,
 );

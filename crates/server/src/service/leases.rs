@@ -187,6 +187,10 @@ impl State {
     }
 
     fn lead(&self, until: Instant) {
+        if until <= Instant::now() {
+            // The renewal committed, but too late to count on it.
+            return self.step_down("the lease was renewed too slowly");
+        }
         if let Ok(mut u) = self.until.lock() {
             *u = Some(until);
         }
