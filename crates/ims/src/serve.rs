@@ -274,8 +274,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         )
     });
     // The reconciler only reads records and ends jobs through the store, so one replica serves
-    // all; each replica's own agents stay supervised by the replica that started them (their
-    // exit fails their job, see the local executor).
+    // all; agents stay supervised by the replica that started them (their exit fails their job,
+    // and that replica stops those whose job was ended elsewhere: see the local executor).
     let reconciler = {
         let (st, leader) = (state.clone(), leader.clone());
         let every = (st.cfg.job_heartbeat_timeout / 3)
@@ -298,9 +298,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     // On SIGTERM/SIGINT stop accepting and let in-flight requests finish, but only for
     // ims_http::SHUTDOWN_GRACE: a stalled client must not keep the process alive.
     let service = ims_http::TowerToHyperService::new(router(state));
-    ims_http::serve(listener, service, limits, "API", async {
+    let releasing = leader.clone();
+    ims_http::serve(listener, service, limits, "API", async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // A rolling restart hands the background work over at once, while requests drain.
+        releasing.release().await;
     })
     .await
     .context("server error")?;
@@ -309,8 +312,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(p) = node_passes {
         p.abort();
     }
-    // A rolling restart hands the background work over at once.
-    leader.release().await;
     let _ = stop_s3.send(());
     if let Some(task) = s3_task {
         match task.await {
