@@ -106,7 +106,8 @@ impl Leadership {
     }
 
     /// Contends for the lease `name` in `store` with time to live `ttl`; `exclusive`: this process
-    /// owns the store alone, so it takes the lease from any holder at once.
+    /// owns the store alone, so it takes the lease from any holder at once (then one contender per
+    /// name in the process: two exclusive ones would take it from each other).
     pub fn start(store: DynStore, name: &str, ttl: Duration, exclusive: bool) -> Leadership {
         let ttl = ttl.max(Duration::from_millis(400));
         let state = Arc::new(State {
