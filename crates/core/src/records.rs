@@ -421,6 +421,28 @@ impl NodeSlot {
     }
 }
 
+/// Internal: a lease that elects one replica (of several `ims serve` on one PostgreSQL) for a duty,
+/// such as the background work (`ims_server::service::leases`). The id is the duty's name. The
+/// holder renews it by a conditional update at the row's version; another replica takes it over
+/// only after it saw the row unchanged for `ttl_ms` on its own clock, so the times below are for
+/// people reading the table, not compared across hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The duty's name.
+    pub id: String,
+    pub created: Timestamp,
+    /// Who holds it: `<host>/<pid>/<random>`, unique per process.
+    pub holder: String,
+    /// When the holder took it.
+    pub acquired: Timestamp,
+    /// The holder's last renewal.
+    pub renewed: Timestamp,
+    /// `renewed` + `ttl_ms` by the holder's clock.
+    pub expires: Timestamp,
+    /// How long the row may stay unchanged before another replica takes it over (milliseconds).
+    pub ttl_ms: u64,
+}
+
 /// The live status of a remote build node (recomputed on each request, never stored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[allow(non_snake_case)]
@@ -581,6 +603,8 @@ pub enum Table {
     /// Internal: artifact work a committed record change still owes (moves, deletes), written in the
     /// same transaction as the change and removed once done; not in [`Table::ALL`].
     ArtifactJournal,
+    /// Internal: leases that elect one replica for a duty ([`Lease`]); not in [`Table::ALL`].
+    Leases,
 }
 
 impl Table {
@@ -609,6 +633,7 @@ impl Table {
             Table::JobRuns => "job_runs",
             Table::NodeSlots => "node_slots",
             Table::ArtifactJournal => "artifact_journal",
+            Table::Leases => "leases",
         }
     }
 
@@ -627,6 +652,7 @@ impl Table {
             Table::JobRuns => "job_runs.json",
             Table::NodeSlots => "node_slots.json",
             Table::ArtifactJournal => "artifact_journal.json",
+            Table::Leases => "leases.json",
         }
     }
 
@@ -797,6 +823,22 @@ impl Record for NodeSlot {
             ));
         }
         check_id(&self.job_id)
+    }
+}
+
+impl Record for Lease {
+    const TABLE: Table = Table::Leases;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created(&self) -> Option<Timestamp> {
+        Some(self.created)
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.id.is_empty() || self.holder.is_empty() {
+            return Err("a lease needs a name and a holder".into());
+        }
+        Ok(())
     }
 }
 

@@ -404,6 +404,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         src.value(&s::HEARTBEAT_TIMEOUT)?,
     );
     set(&mut svc.artifact_lease, src.value(&s::ARTIFACT_LEASE)?);
+    set(&mut svc.leader_lease, src.value(&s::LEADER_LEASE)?);
     set(&mut svc.job_user_deadline, src.value(&s::USER_DEADLINE)?);
 
     let orphan_timeout = src.value(&s::ORPHAN_TIMEOUT)?;
@@ -532,6 +533,20 @@ mod tests {
             e.push((k, v));
             let msg = load(&Flags::default(), &env(&e)).unwrap_err().to_string();
             assert!(msg.contains(k), "{k}={v}: {msg}");
+        }
+    }
+
+    #[test]
+    fn leader_lease_setting() {
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.service.leader_lease, std::time::Duration::from_secs(15));
+        let c = load(&Flags::default(), &env(&[("IMS_LEADER_LEASE", "40s")])).unwrap();
+        assert_eq!(c.service.leader_lease, std::time::Duration::from_secs(40));
+        for v in ["0", "soon"] {
+            let msg = load(&Flags::default(), &env(&[("IMS_LEADER_LEASE", v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("IMS_LEADER_LEASE"), "{v}: {msg}");
         }
     }
 

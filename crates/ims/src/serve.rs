@@ -8,6 +8,7 @@ use ims_server::executor::remote::fleet::{Fleet, FleetSettings};
 use ims_server::executor::remote::ssh::SshSettings;
 use ims_server::executor::remote::{Remote, RemoteExecutor, RemoteSettings};
 use ims_server::executor::{LocalExecutor, LocalSettings, RecordOnlyExecutor};
+use ims_server::service::leases::{self, Leadership};
 use ims_server::sts::{StaticIssuer, StsCredentials, StsIssuer};
 use ims_server::{AppParts, AppState, router};
 use ims_store::DynStore;
@@ -251,7 +252,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     if done > 0 {
         tracing::info!("completed the artifact work of {done} interrupted record changes");
     }
-    // Then work whose owner stopped (another replica died, a move failed) is taken over.
+    // Then work whose owner stopped (another replica died, a move failed) is taken over. In
+    // every replica: each row has a lease of its own, so this is safe anywhere, and artifact work
+    // does not wait for the leader (one with a broken S3 connection would hold it up).
     let sweeper = {
         let st = state.clone();
         let every =
@@ -263,29 +266,38 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         })
     };
+    // Replicas sharing PostgreSQL elect one to run the background work below (with SQLite this
+    // process is the only one, and leads).
+    let leader = Leadership::spawn(&state, leases::BACKGROUND);
     // Jobs waiting for a node slot are placed, and the nodes cleaned, by the remote executor's
     // passes.
-    let node_passes = remote
-        .as_ref()
-        .map(|r| r.spawn_passes(ims_server::service::job_runs::executor_context(&state)));
-    // Job pods and Services are watched (and objects of ended jobs cleaned up) by the Kubernetes
-    // executor's supervisor.
-    let supervisor = kubernetes.as_ref().map(|k| {
-        // One replica for now: it leads for good (the sender is dropped).
-        let (_, leader) = tokio::sync::watch::channel(true);
-        k.supervise(
+    let node_passes = remote.as_ref().map(|r| {
+        r.spawn_passes(
             ims_server::service::job_runs::executor_context(&state),
-            leader,
+            leader.clone(),
         )
     });
+    // Job pods and Services are watched (and objects of ended jobs cleaned up) by the Kubernetes
+    // executor's supervisor, on the leader too.
+    let supervisor = kubernetes.as_ref().map(|k| {
+        k.supervise(
+            ims_server::service::job_runs::executor_context(&state),
+            leader.watch(),
+        )
+    });
+    // The reconciler only reads records and ends jobs through the store, so one replica serves
+    // all; agents stay supervised by the replica that started them (their exit fails their job,
+    // and that replica stops those whose job was ended elsewhere: see the local executor).
     let reconciler = {
-        let st = state.clone();
+        let (st, leader) = (state.clone(), leader.clone());
         let every = (st.cfg.job_heartbeat_timeout / 3)
             .clamp(Duration::from_secs(1), Duration::from_secs(10));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                ims_server::service::job_runs::reconcile(&st).await;
+                if leader.is_leader() {
+                    ims_server::service::job_runs::reconcile(&st).await;
+                }
             }
         })
     };
@@ -298,9 +310,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     // On SIGTERM/SIGINT stop accepting and let in-flight requests finish, but only for
     // ims_http::SHUTDOWN_GRACE: a stalled client must not keep the process alive.
     let service = ims_http::TowerToHyperService::new(router(state));
-    ims_http::serve(listener, service, limits, "API", async {
+    let releasing = leader.clone();
+    ims_http::serve(listener, service, limits, "API", async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // A rolling restart hands the background work over at once, while requests drain.
+        releasing.release().await;
     })
     .await
     .context("server error")?;

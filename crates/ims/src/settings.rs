@@ -235,6 +235,12 @@ settings! {
             parse: duration,
             default: Doc("60s"),
         }
+        LEADER_LEASE: Duration = leader_lease: String {
+            help: "replicas on one PostgreSQL elect one to run the background work (job reconciler, remote-node passes); another takes over this long after it stops renewing",
+            env: ["IMS_LEADER_LEASE"],
+            parse: duration,
+            default: Doc("15s"),
+        }
         INSECURE_OPEN_API: bool = insecure_open_api: bool {
             help: "serve a token-less API on a non-loopback address (a lab only; loud warning)",
             flag: "--insecure-open-api",

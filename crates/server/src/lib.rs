@@ -65,6 +65,10 @@ pub struct ServiceConfig {
     /// How long a process holds unfinished artifact work (journal row) without renewing it before
     /// another replica may take it over (`IMS_ARTIFACT_LEASE`).
     pub artifact_lease: std::time::Duration,
+    /// How long the replica that runs the background work (job reconciler, remote-node passes)
+    /// keeps that role after it stops renewing it (`IMS_LEADER_LEASE`; see
+    /// [`service::leases`]).
+    pub leader_lease: std::time::Duration,
     /// Reported by `/version`.
     pub version: String,
 }
@@ -86,6 +90,7 @@ impl Default for ServiceConfig {
             job_heartbeat_timeout: std::time::Duration::from_secs(60),
             job_user_deadline: std::time::Duration::from_secs(24 * 3600),
             artifact_lease: std::time::Duration::from_secs(60),
+            leader_lease: std::time::Duration::from_secs(15),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }

@@ -27,6 +27,7 @@ mod jobs_aarch64;
 mod jobs_create;
 mod jobs_customize;
 mod kube_manifests;
+mod leases;
 mod migrate;
 mod node_commands;
 mod readme;

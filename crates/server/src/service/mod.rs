@@ -7,6 +7,7 @@ pub mod job_creds;
 pub mod job_runs;
 pub mod jobs;
 pub mod journal;
+pub mod leases;
 pub mod node_slots;
 pub mod public_keys;
 pub mod recipes;

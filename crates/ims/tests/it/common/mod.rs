@@ -177,9 +177,12 @@ impl Builder {
             .expect("spawn ims serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
                 if let Some(i) = line.find("listening on http://")
                     && let Some(tx) = tx.take()
                 {
@@ -203,6 +206,7 @@ impl Builder {
             db: self.db,
             env: self.env,
             client: reqwest::Client::new(),
+            log,
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct Server {
     pub db: Db,
     pub env: Vec<(String, String)>,
     pub client: reqwest::Client,
+    /// The lines the server logged so far (standard error).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub async fn start(db: Db) -> Server {

@@ -9,18 +9,19 @@
 //! * **No node can run it at all** (none registered, all drained, unreachable or lacking tools):
 //!   the job runs on the API host when the host can run it. **All suitable nodes are full**, or the
 //!   host cannot run it: the job waits in `creating` (the reason in its log) and a placement pass
-//!   retries every few seconds, in whichever replica gets there first; after
-//!   [`RemoteSettings::placement_timeout`] it ends in `error` saying why.
+//!   retries every few seconds, in the replica that leads the background work
+//!   (`service::leases`); after [`RemoteSettings::placement_timeout`] it ends in `error` saying
+//!   why.
 //! * **Start.** The agent is `ims agent run <id>` of this very build, started on the node by
 //!   `ims agent node-run` (`ims_jobs::node`), which gets the agent's environment — job token
 //!   included — on its standard input. The agent reaches the API and S3 over the network; users
 //!   reach its session at the node's address.
 //! * **Liveness** is the agent's heartbeat, as for local agents: a node that vanishes ends its
 //!   jobs in `error` within the heartbeat timeout (the reconciler). A node pass (every
-//!   [`NODE_PASS`]) probes the nodes, releases the slots of ended jobs and stops and removes on
-//!   each node what belongs to no running job (an agent outliving its job, a directory left by a
-//!   node that was cut off): a node that comes back cleans up at the next contact and
-//!   resurrects nothing (its agents' tokens die with their jobs).
+//!   [`NODE_PASS`], in the leading replica) probes the nodes, releases the slots of ended jobs
+//!   and stops and removes on each node what belongs to no running job (an agent outliving its
+//!   job, a directory left by a node that was cut off): a node that comes back cleans up at the
+//!   next contact and resurrects nothing (its agents' tokens die with their jobs).
 //! * **Stop.** Deleting a job runs `ims agent node-stop` on its node; an unreachable node is
 //!   cleaned at the next contact.
 
@@ -111,8 +112,15 @@ impl Remote {
         })
     }
 
-    /// Runs the node pass and the placement of waiting jobs until the process ends.
-    pub fn spawn_passes(self: &Arc<Self>, cx: ExecutorContext) -> tokio::task::JoinHandle<()> {
+    /// Runs the node pass and the placement of waiting jobs until the process ends, while this
+    /// replica is the `leader` (the passes of the others wait: one replica probes and cleans the
+    /// nodes and retries waiting jobs; a job's first placement happens in the replica that
+    /// received it).
+    pub fn spawn_passes(
+        self: &Arc<Self>,
+        cx: ExecutorContext,
+        leader: crate::service::leases::Leadership,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             if !me.fleet.enabled() {
@@ -121,10 +129,12 @@ impl Remote {
             // The node pass on a task of its own: a slow node (a binary copy, a stop) does not hold
             // up placement.
             let nodes = {
-                let (me, cx) = (me.clone(), cx.clone());
+                let (me, cx, leader) = (me.clone(), cx.clone(), leader.clone());
                 tokio::spawn(async move {
                     loop {
-                        me.node_pass(&cx).await;
+                        if leader.is_leader() {
+                            me.node_pass(&cx).await;
+                        }
                         tokio::time::sleep(NODE_PASS).await;
                     }
                 })
@@ -139,8 +149,13 @@ impl Remote {
             let mut last_scan = tokio::time::Instant::now() - NODE_PASS;
             loop {
                 // Waiting jobs are looked for every 2 s (or when woken) while this process knows
-                // of some, and every NODE_PASS for those of other replicas.
+                // of some, and every NODE_PASS for those of other replicas; by the leader only
+                // (a replica that becomes the leader scans at once).
                 let due = last_scan.elapsed() >= NODE_PASS;
+                if !leader.is_leader() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), me.wake.notified()).await;
+                    continue;
+                }
                 if due || me.waiting.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     last_scan = tokio::time::Instant::now();
                     if me.place_waiting(&cx).await {
