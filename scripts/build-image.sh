@@ -13,6 +13,7 @@
 #   IMS_IMAGE_MIRROR  the Debian mirror debootstrap uses (default http://deb.debian.org/debian)
 #   IMS_IMAGE_CACHE   where the root is cached, as image-root-<hash of suite and package list>.tar (default
 #                     /var/tmp/ims-test-cache): a re-run with the same package list reuses it and takes seconds
+#   TMPDIR            where the work directory goes (default /var/tmp); removed at the end, also on failure
 # Load the result with `podman load -i ARCHIVE` (or `skopeo copy oci-archive:ARCHIVE docker://REGISTRY/ims-rs:TAG`).
 #
 # Runs as root (debootstrap, and buildah's storage under /var/lib/containers). Needs debootstrap and buildah.
@@ -70,7 +71,8 @@ packages=(
   openssh-client openssh-server rsync slirp4netns squashfs-tools tar util-linux xz-utils zstd
 )
 
-work=$(mktemp -d /var/tmp/ims-build-image.XXXXXX)
+# Room for the root (a few hundred MB) and the binary's copy: $TMPDIR, else /var/tmp (a tmpfs /tmp may be small).
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/ims-build-image.XXXXXX")
 ctr=""
 cleanup() {
   local rc=$?

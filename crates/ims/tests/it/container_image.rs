@@ -179,9 +179,9 @@ async fn the_image_serves_the_api_and_holds_what_the_agent_runs() {
     assert_eq!(r.status(), 200);
     // Its records are in the volume.
     assert!(data.path().join("ims.db").is_file());
+    // Removing the container ends `podman run`.
     podman::remove(&name).unwrap();
-    let status = serve.wait().unwrap();
-    assert!(!status.success() || status.code() == Some(0), "{status}");
+    serve.wait().unwrap();
 }
 
 /// A server the pod reaches (API and S3 on the pod network's host address), with a job-token key.
@@ -259,6 +259,10 @@ fn agent_launch(
 /// A customize job registered on `s` (image made by `image_root`); its id.
 async fn customize_job(s: &crate::common::Server, dir: &Path, jail: bool) -> String {
     let root = image_root(dir);
+    // A set-user-ID program, as real images have (passwd, su): it keeps its mode through the job.
+    let suid = root.join("bin/setuid-true");
+    std::fs::copy("/bin/true", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
     let image = ims(s, &["images", "import", "base", root.to_str().unwrap()])["id"]
         .as_str()
         .unwrap()
@@ -345,6 +349,12 @@ async fn customize_in_a_container(jail: bool) {
         String::from_utf8_lossy(&o.stdout).contains("cap_net_raw=ep"),
         "{o:?}"
     );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join("bin/setuid-true"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o4755);
     // The agent ends with its job, and so does its container.
     let status = tokio::task::spawn_blocking(move || agent.wait().unwrap())
         .await
@@ -354,8 +364,6 @@ async fn customize_in_a_container(jail: bool) {
         "{status}\nlog:\n{}",
         job_log(&s, &id).await
     );
-    let log = job_log(&s, &id).await;
-    eprintln!("job log:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,4 +436,59 @@ async fn the_agents_prerequisites_hold_in_its_container() {
     assert!(o.status.success(), "{o:?}");
     let p: ims_core::node_wire::NodeProbe = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(p.cannot_run, Default::default(), "{p:?}");
+}
+
+/// `scripts/build-image.sh` fails loudly and leaves nothing behind: an unknown argument, a binary
+/// that is not there, a mirror debootstrap cannot reach (no root cached, no work directory left).
+#[test]
+fn the_build_script_refuses_what_it_cannot_build() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-image.sh");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let o = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--frobnicate"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown argument --frobnicate"), "{err}");
+    if skip() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("no-such-ims");
+    let (code, err) = run(&["--binary", missing.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not an executable"), "{err}");
+
+    // Nothing listens on port 9 of loopback: debootstrap cannot fetch anything.
+    let cache = t.path().join("cache");
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let (code, err) = run(
+        &[
+            "--binary",
+            ims_bin(),
+            "--output",
+            t.path().join("out.oci.tar").to_str().unwrap(),
+        ],
+        &[
+            ("IMS_IMAGE_MIRROR", "http://127.0.0.1:9/debian"),
+            ("IMS_IMAGE_CACHE", cache.to_str().unwrap()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("debootstrap failed"), "{err}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+    assert!(!t.path().join("out.oci.tar").exists());
+    // The work directory (the half-made root) is gone.
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
