@@ -179,9 +179,13 @@ async fn the_image_serves_the_api_and_holds_what_the_agent_runs() {
     assert_eq!(r.status(), 200);
     // Its records are in the volume.
     assert!(data.path().join("ims.db").is_file());
-    // Removing the container ends `podman run`.
-    podman::remove(&name).unwrap();
-    serve.wait().unwrap();
+    // Stopped as a kubelet stops it (SIGTERM to the container's PID 1, `ims serve`), it shuts
+    // down cleanly well within the grace period.
+    let t = Instant::now();
+    podman::stop(&name, Duration::from_secs(20)).unwrap();
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
 }
 
 /// A server the pod reaches (API and S3 on the pod network's host address), with a job-token key.

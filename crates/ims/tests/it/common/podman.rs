@@ -18,7 +18,8 @@
 //! `capabilities: {drop, add}`, `privileged`, `seccompProfile: Unconfined`, the volume mounts,
 //! the environment (passed by name, so the job token is not on a command line), the working
 //! directory, and `command`+`args` as entry point and arguments. [`stop`] stops it (SIGTERM, then
-//! SIGKILL after a grace period), [`remove`] removes it at once; [`Removed`] does that on drop.
+//! SIGKILL after a grace period), [`remove`] removes it at once; [`Removed`] does that on drop;
+//! all three take [`container_name`].
 //!
 //! The runtime is `runc`: this machine's cgroups are a v1/v2 hybrid with a controller on the v2
 //! hierarchy, which `crun` (podman's default) refuses. The container's `nofile` and `nproc`
@@ -338,19 +339,11 @@ pub fn run(c: &ContainerLaunch) -> io::Result<Child> {
     command(c)?.spawn()
 }
 
-/// Stops `c`'s container: SIGTERM, SIGKILL after `grace` (whole seconds). Done if it is gone.
-pub fn stop(c: &ContainerLaunch, grace: Duration) -> io::Result<()> {
-    let name = container_name(c);
-    match checked(Command::new("podman").args([
-        "stop",
-        "--ignore",
-        "-t",
-        &grace.as_secs().to_string(),
-        &name,
-    ])) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    }
+/// Stops the container named `name` (see [`container_name`]) as a kubelet does: SIGTERM to its
+/// PID 1, SIGKILL after `grace` (whole seconds). Done if it is gone.
+pub fn stop(name: &str, grace: Duration) -> io::Result<()> {
+    let grace = grace.as_secs().to_string();
+    checked(Command::new("podman").args(["stop", "--ignore", "-t", &grace, name])).map(drop)
 }
 
 /// Removes the container named `name` at once (SIGKILL); done if it is gone.
