@@ -16,8 +16,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # tests themselves qemu-system-x86 (the built image boots), openssl (a site CA), gzip and iproute2 (a test network
 # namespace that sessions must reach; the remote build node rig's namespaces, bridge and veths, with openssh-server's
 # sshd per node and util-linux's unshare/nsenter), qemu-user-static + binfmt-support (aarch64 jobs under
-# emulation).
-packages=(postgresql openssh-client openssh-server bubblewrap slirp4netns gcc libc6-dev iproute2 busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip qemu-user-static binfmt-support)
+# emulation), buildah + podman + runc (the container image of IMS-rs: scripts/build-image.sh builds it, the tests run
+# it with podman; runc because crun refuses a v1/v2 hybrid cgroup setup).
+packages=(postgresql openssh-client openssh-server bubblewrap slirp4netns gcc libc6-dev iproute2 busybox-static util-linux mount curl ca-certificates python3 python3-venv squashfs-tools tar xz-utils zstd attr libcap2-bin kiwi rsync debootstrap debian-archive-keyring gpg gpg-agent gpgconf qemu-system-x86 openssl gzip qemu-user-static binfmt-support buildah podman runc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -95,6 +95,16 @@ pub struct Session {
     pub log: PathBuf,
 }
 
+/// A known-hosts line for `key` at `ip`:`port`, as OpenSSH looks it up: the bare address for port
+/// 22 (a pod's session port), `[address]:port` otherwise.
+fn known_hosts_line(ip: std::net::IpAddr, port: u16, key: &str) -> String {
+    if port == 22 {
+        format!("{ip} {key}\n")
+    } else {
+        format!("[{ip}]:{port} {key}\n")
+    }
+}
+
 fn write(path: &Path, data: &str, mode: u32) -> Result<()> {
     crate::rootfiles::replace_file(path, data.as_bytes(), mode)
 }
@@ -1005,7 +1015,7 @@ pub async fn check_login(spec: &Spec, s: &Session) -> Result<()> {
     let ip = local_address(spec.listen);
     let known = dir.join("login-check.known_hosts");
     let host_key = s.host_public_key()?;
-    write(&known, &format!("[{ip}]:{} {host_key}\n", s.port), 0o644)?;
+    write(&known, &known_hosts_line(ip, s.port, &host_key), 0o644)?;
     let mut known_opt = std::ffi::OsString::from("UserKnownHostsFile=");
     known_opt.push(&known);
     let result = tokio::time::timeout(
@@ -1069,6 +1079,19 @@ pub async fn check_login(spec: &Spec, s: &Session) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_hosts_lines_name_the_port_as_openssh_looks_it_up() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(
+            known_hosts_line(ip, 22, "ssh-ed25519 AAAA"),
+            "127.0.0.1 ssh-ed25519 AAAA\n"
+        );
+        assert_eq!(
+            known_hosts_line(ip, 2222, "ssh-ed25519 AAAA"),
+            "[127.0.0.1]:2222 ssh-ed25519 AAAA\n"
+        );
+    }
 
     #[test]
     fn port_ranges() {

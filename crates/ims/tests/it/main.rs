@@ -20,6 +20,7 @@ mod cli;
 mod cli_artifacts;
 mod cli_import;
 mod cli_nodes;
+mod container_image;
 mod durability;
 mod durability_artifacts;
 mod job_credentials;

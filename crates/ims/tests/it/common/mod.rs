@@ -7,6 +7,7 @@ pub mod cli;
 pub mod jobs;
 pub mod nodes;
 pub mod pod;
+pub mod podman;
 #[allow(unused_imports)]
 pub use cli::{Cli, Out};
 
