@@ -16,11 +16,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{Job as KubeJob, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    HostPathVolumeSource, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -54,20 +54,25 @@ pub const KATA_XATTR: (&str, &str) = (
     "io.katacontainers.config.hypervisor.virtio_fs_extra_args",
     r#"["-o","xattr"]"#,
 );
-/// What the agent needs beyond a default container: it mounts (unsquashfs'd roots, proc and dev
-/// for jailed sessions, bubblewrap's sandbox: `SYS_ADMIN`), chroots (`SYS_CHROOT`), runs sshd
-/// (`SETUID`, `SETGID`, `AUDIT_WRITE`, `NET_BIND_SERVICE` for port 22, `SYS_CHROOT` for its
-/// privilege separation), and unpacks and repacks image roots as they are (`CHOWN`, `FOWNER`,
-/// `FSETID`, `DAC_OVERRIDE`, `MKNOD` for device nodes, `SETFCAP` for file capabilities), and
-/// stops what it started (`KILL`). Nothing else: every other capability is dropped.
+/// What the agent needs beyond a default container, measured by running customize jobs (jailed
+/// and not) and the create-job prerequisites in a container of the image with every capability
+/// dropped but these, removing one at a time (`crates/ims/tests/it/container_image.rs`):
+///
+/// * `CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `MKNOD`, `SETFCAP`, `SETGID`, `SETPCAP`, `SETUID`,
+///   `SYS_CHROOT`: the agent's prerequisites (`ims_jobs::prereq`): unpacking and repacking image
+///   roots as they are (owners, modes, device nodes, file capabilities), sshd and its jail; without
+///   one every job fails at once naming it;
+/// * `SYS_ADMIN`: its private mount namespace, image-root mounts, the session's sandbox;
+/// * `NET_ADMIN`: the session's network (slirp4netns opens a TUN device);
+/// * `NET_BIND_SERVICE`: the session's port 22.
+///
+/// Not needed (jobs complete without them): `AUDIT_WRITE`, `FSETID`, `KILL`.
 pub const CAPABILITIES: &[&str] = &[
-    "AUDIT_WRITE",
     "CHOWN",
     "DAC_OVERRIDE",
     "FOWNER",
-    "FSETID",
-    "KILL",
     "MKNOD",
+    "NET_ADMIN",
     "NET_BIND_SERVICE",
     "SETFCAP",
     "SETGID",
@@ -76,7 +81,9 @@ pub const CAPABILITIES: &[&str] = &[
     "SYS_ADMIN",
     "SYS_CHROOT",
 ];
-
+/// The TUN device the session's network (slirp4netns) opens: a container's `/dev` lacks it, so
+/// the pod mounts the node's (containerd and CRI-O allow the device by default).
+pub const TUN: &str = "/dev/net/tun";
 /// Added to the user deadline for a job pod's `activeDeadlineSeconds`: the time to fetch,
 /// build and package around the user's session. The server's own deadlines act first; this is
 /// the cluster's backstop should the server not.
@@ -413,6 +420,11 @@ fn pod_template(cfg: &ServiceConfig, s: &KubeSettings, job: &Job, n: &Names) -> 
         mount_path: SCRATCH_PATH.into(),
         ..Default::default()
     }];
+    mounts.push(VolumeMount {
+        name: "tun".into(),
+        mount_path: TUN.into(),
+        ..Default::default()
+    });
     let mut volumes = vec![Volume {
         name: "image-vol".into(),
         persistent_volume_claim: (s.scratch == Scratch::Pvc).then(|| {
@@ -427,6 +439,14 @@ fn pod_template(cfg: &ServiceConfig, s: &KubeSettings, job: &Job, n: &Names) -> 
         }),
         ..Default::default()
     }];
+    volumes.push(Volume {
+        name: "tun".into(),
+        host_path: Some(HostPathVolumeSource {
+            path: TUN.into(),
+            type_: Some("CharDevice".into()),
+        }),
+        ..Default::default()
+    });
     if s.ca_cert.is_some() {
         mounts.push(VolumeMount {
             name: "ca".into(),

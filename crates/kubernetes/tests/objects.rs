@@ -241,7 +241,12 @@ fn names_labels_ports_and_volumes_are_the_originals() {
         assert_eq!(c["name"], "buildenv-sidecar");
         assert_eq!(
             c["volumeMounts"],
-            json!([{"mountPath": "/mnt/image", "name": "image-vol"}])
+            json!([{"mountPath": "/mnt/image", "name": "image-vol"},
+                {"mountPath": "/dev/net/tun", "name": "tun"}])
+        );
+        assert_eq!(
+            pod["volumes"][1],
+            json!({"name": "tun", "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}})
         );
         assert_eq!(
             pod["volumes"][0],
@@ -374,7 +379,7 @@ fn kata_annotation_on_both_job_types_and_privileges_are_bounded() {
     let kata = &by_case["create-kata"];
     let spec = pod_spec(kata)["spec"].clone();
     assert_eq!(
-        spec["volumes"][1],
+        spec["volumes"][2],
         json!({"name": "ca", "secret": {"secretName": format!("cray-ims-{ID}-token"),
             "items": [{"key": "ca.crt", "path": "ca.crt", "mode": 0o444}]}})
     );

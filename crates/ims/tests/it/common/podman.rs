@@ -44,34 +44,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-/// The capabilities the agent needs in its container (added after dropping ALL): the least that
-/// customize jobs (with and without a jail) and create jobs' prerequisites need, measured by
-/// removing one at a time from the contract's first list (`container_image.rs` says how):
-///
-/// * CHOWN, DAC_OVERRIDE, FOWNER, MKNOD, SETFCAP, SETGID, SETPCAP, SETUID, SYS_ADMIN, SYS_CHROOT:
-///   the agent's prerequisites (`ims_jobs::prereq`): without one, every job fails at once with
-///   "missing: capabilities CAP_… (a container or unit file removed them)" (SYS_ADMIN even
-///   earlier: "no private mount namespace").
-/// * NET_ADMIN: the session's network; without it slirp4netns fails with
-///   `ioctl(TUNSETIFF): Operation not permitted`.
-/// * NET_BIND_SERVICE: the session's port 22 (below 1024); without it slirp4netns cannot forward
-///   it and the session's network does not come up.
-///
-/// Not needed: AUDIT_WRITE, FSETID, KILL (jobs complete without them).
-pub const AGENT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYS_ADMIN",
-    "SYS_CHROOT",
-];
+/// The capabilities the agent needs in its container (added after dropping ALL): the pod spec's
+/// own list (`ims_kubernetes::objects::CAPABILITIES`, where the measurement is written down).
+pub const AGENT_CAPS: &[&str] = ims_kubernetes::objects::CAPABILITIES;
 
 /// podman's default seccomp profile (Debian's containers-common).
 pub const PODMAN_DEFAULT_SECCOMP: &str = "/usr/share/containers/seccomp.json";
