@@ -26,6 +26,7 @@ mod job_credentials;
 mod jobs_aarch64;
 mod jobs_create;
 mod jobs_customize;
+mod kube_fake;
 mod migrate;
 mod node_commands;
 mod readme;
