@@ -348,6 +348,53 @@ fn create_get_and_error_statuses() {
 }
 
 #[test]
+fn istio_destination_rules_only_with_the_crd() {
+    let f = FakeKube::builder()
+        .no_kubelet()
+        .istio(true)
+        .start()
+        .unwrap();
+    let h = Http::new(&f);
+    let (_, g) = h.call("GET", "/apis", None);
+    assert!(
+        g["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "networking.istio.io"),
+        "{g}"
+    );
+    let p = "/apis/networking.istio.io/v1beta1/namespaces/ims/destinationrules";
+    let dr = json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+        "metadata": {"name": "cray-ims-x-service"}, "spec": {"host": "cray-ims-x-service"}});
+    let (code, s) = h.call("POST", p, Some(dr.clone()));
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(h.call("POST", p, Some(dr)).0, 409);
+    assert_eq!(
+        h.call("GET", &format!("{p}/cray-ims-x-service"), None).0,
+        200
+    );
+    assert_eq!(
+        h.call("DELETE", &format!("{p}/cray-ims-x-service"), None).0,
+        200
+    );
+    assert!(f.list("destinationrules").is_empty());
+    // Without the CRD (the default) neither discovery nor the resource exist.
+    let f = api_only();
+    let h = Http::new(&f);
+    let (_, g) = h.call("GET", "/apis", None);
+    assert!(
+        !g["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "networking.istio.io"),
+        "{g}"
+    );
+    assert_eq!(h.call("GET", p, None).0, 404);
+}
+
+#[test]
 fn lists_select_by_label_and_field() {
     let f = api_only();
     let h = Http::new(&f);
@@ -502,6 +549,15 @@ fn watch_replays_streams_and_expires() {
     assert_eq!(evs[0]["type"], "ADDED");
     assert_eq!(evs[0]["object"]["metadata"]["name"], "before");
 
+    // A streaming list: the objects, then a bookmark marking their end.
+    let (_, evs) = h.join(h.watch(&format!("{p}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5"), 3, T));
+    let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "ADDED", "BOOKMARK"], "{evs:?}");
+    assert_eq!(
+        evs[2]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(evs[2]["object"]["kind"], "ConfigMap");
     // Replay from a version still in the log.
     let (_, evs) = h.join(h.watch(
         &format!("{p}?watch=true&resourceVersion={}&timeoutSeconds=1", rvs[0]),
@@ -1262,5 +1318,33 @@ fn the_process_runtime_applies_capabilities_and_namespaces() {
     assert!(
         term["message"].as_str().unwrap().contains("capability"),
         "{p}"
+    );
+}
+
+#[test]
+fn kubectl_follows_a_pods_log_until_it_ends() {
+    let Some(f) = FakeKube::start() else { return };
+    let jn = submit(&f, "follow", &["sh", "-c", "echo one; sleep 1; echo two"]);
+    let pod = f.wait_pod_phase(&jn, "Running", T);
+    let pn = pod["metadata"]["name"].as_str().unwrap();
+    let started = Instant::now();
+    let out = f
+        .kubectl()
+        .args(["logs", "-f", pn, "-c", "buildenv-sidecar"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = f.kubectl().args(["logs", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pods \"nope\" not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

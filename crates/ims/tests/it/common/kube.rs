@@ -12,6 +12,10 @@
 //! * **Discovery**: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/batch`, `/apis/batch/v1` (and the
 //!   Istio group when [`KubeBuilder::istio`] is on). Aggregated-discovery `Accept` headers are
 //!   answered with plain JSON (`Content-Type: application/json`), which clients fall back to.
+//!   `GET /api/v1/namespaces[/<ns>]` shows the one namespace (kubectl asks after a 404). A minimal
+//!   `/openapi/v3` says every kind's PATCH takes `fieldValidation`, so `kubectl create` leaves
+//!   validation to the server (which does not check unknown fields; schema validation is
+//!   `kubernetes-validate`'s job).
 //! * **Resources** (namespaced): core `v1` secrets, configmaps, services, persistentvolumeclaims,
 //!   pods (and `pods/{name}/log`), events; `batch/v1` jobs; `networking.istio.io/v1beta1`
 //!   destinationrules when enabled (otherwise the group answers 404, as without the CRD).
@@ -25,7 +29,8 @@
 //!   (`application/merge-patch+json`; `strategic-merge-patch+json` is applied as a merge patch,
 //!   which is what it is for maps; other patch types are 415).
 //! * **Watch** (`watch=true`/`1`): JSON lines `{"type":…,"object":…}`. Without `resourceVersion`
-//!   (or `0`) the current objects come first as `ADDED`; with one, every event after it from a
+//!   (or `0`) the current objects come first as `ADDED` (with `sendInitialEvents=true` followed by
+//!   a `BOOKMARK` annotated `k8s.io/initial-events-end`); with one, every event after it from a
 //!   bounded event log ([`KubeBuilder::event_log`]). A version older than the log answers as the
 //!   real server does: HTTP 200 and one `ERROR` event holding a 410 `Gone` Status ("too old
 //!   resource version"), which makes `kube::runtime::watcher` list again. `timeoutSeconds` ends
@@ -72,7 +77,8 @@
 //!   plus `add`; all when privileged; `--no-new-privs` when `allowPrivilegeEscalation: false`;
 //!   seccomp and AppArmor are not applied); `Custom` hands the
 //!   launch to a function returning the container's foreground process. stdout and stderr go to
-//!   [`FakeKube::pod_log`] (also `GET pods/{name}/log`).
+//!   [`FakeKube::pod_log`] (also `GET pods/{name}/log`, with `follow=true` until the container
+//!   exits: `kubectl logs [-f]`).
 //! * **Phases**: `Pending` → `Running` (Ready) → `Succeeded` (exit 0) / `Failed` (exit ≠ 0,
 //!   `terminated.reason: Error`); the Job then gets `succeeded`/`failed` and a `Complete`/`Failed`
 //!   (`BackoffLimitExceeded`) condition. `activeDeadlineSeconds` kills the pod (pod reason
@@ -1470,7 +1476,7 @@ async fn handle(
         "get" => {
             let name = name.unwrap_or("");
             if sub == Some("log") && r.plural == "pods" {
-                return pod_log_response(&inner, name, in_ns);
+                return pod_log_response(&inner, name, in_ns, &q);
             }
             if sub.is_some_and(|s| s != "status") {
                 return not_found_path();
@@ -1689,6 +1695,7 @@ fn watch(
         .and_then(|t| t.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let initial_events = q.get("sendInitialEvents").is_some_and(|v| v == "true");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
     let mut first: Vec<Bytes> = vec![];
     let mut sub;
@@ -1735,27 +1742,33 @@ fn watch(
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let bookmark = |rv: u64| {
+        let bookmark = |rv: u64, initial_end: bool| {
+            let mut md = json!({"resourceVersion": rv.to_string()});
+            if initial_end {
+                md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
             line(
                 "BOOKMARK",
-                &json!({"kind": r.kind, "apiVersion": r.api_version(),
-                    "metadata": {"resourceVersion": rv.to_string(),
-                        "annotations": {"k8s.io/initial-events-end": "true"}}}),
+                &json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": md}),
             )
         };
+        // A streaming list (`sendInitialEvents=true`) ends its initial events with a bookmark.
+        if initial_events && tx.send(bookmark(last_rv, true)).await.is_err() {
+            return;
+        }
         loop {
             let idle = tokio::time::sleep(Duration::from_secs(1));
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     if bookmarks {
-                        let _ = tx.send(bookmark(last_rv)).await;
+                        let _ = tx.send(bookmark(last_rv, false)).await;
                     }
                     return;
                 }
                 _ = stop.changed() => return,
                 _ = tx.closed() => return,
                 _ = idle, if bookmarks => {
-                    if tx.send(bookmark(last_rv)).await.is_err() {
+                    if tx.send(bookmark(last_rv, false)).await.is_err() {
                         return;
                     }
                 }
@@ -1793,14 +1806,19 @@ fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
         .expect("response")
 }
 
-fn pod_log_response(inner: &Inner, name: &str, in_ns: bool) -> Response {
+fn pod_log_response(
+    inner: &Arc<Inner>,
+    name: &str,
+    in_ns: bool,
+    q: &HashMap<String, String>,
+) -> Response {
     let exists = in_ns && inner.lock().get("pods", name).is_some();
     if !exists {
         return err(not_found(res("pods"), name));
     }
-    match fs::read(log_path(&inner.dir, name)) {
-        Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], b).into_response(),
-        Err(_) => respond(
+    let path = log_path(&inner.dir, name);
+    let Ok(b) = fs::read(&path) else {
+        return respond(
             400,
             &status(
                 400,
@@ -1811,8 +1829,49 @@ fn pod_log_response(inner: &Inner, name: &str, in_ns: bool) -> Response {
                 ),
                 None,
             ),
-        ),
+        );
+    };
+    if q.get("follow").is_none_or(|v| v != "true") {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], b).into_response();
     }
+    // Follow: what is there, then what comes, until the container has exited.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (inner, pod) = (inner.clone(), name.to_string());
+    let mut stop = inner.stop.subscribe();
+    tokio::spawn(async move {
+        let mut sent = b.len();
+        if tx.send(Bytes::from(b)).await.is_err() {
+            return;
+        }
+        loop {
+            let running = inner.lock().procs.contains_key(&pod);
+            if let Ok(all) = fs::read(&path)
+                && all.len() > sent
+            {
+                let more = Bytes::copy_from_slice(&all[sent..]);
+                sent = all.len();
+                if tx.send(more).await.is_err() {
+                    return;
+                }
+            }
+            if !running {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.changed() => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, io::Error>(b), rx))
+    });
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(stream))
+        .expect("response")
 }
 
 fn first_container_name(inner: &Inner, pod: &str) -> String {
