@@ -1257,8 +1257,9 @@ fn teardown_leaves_nothing_and_stale_fakes_are_swept() {
     nodes::ip(&["netns", "add", &format!("imsk{k}n0")]).unwrap();
     let stale_dir = std::env::temp_dir().join(format!("ims-kube{k}"));
     std::fs::create_dir_all(stale_dir.join("logs")).unwrap();
+    // Under the lock all along: no other test's fake sweeps it first.
+    let swept = kube::sweep_locked(&lock).unwrap();
     drop(lock);
-    let swept = kube::sweep().unwrap();
     assert!(swept.contains(&k), "{swept:?}");
     assert!(!nodes::link_exists(&format!("imskb{k}")));
     assert!(!nodes::netns_names().contains(&format!("imsk{k}n0")));

@@ -354,12 +354,18 @@ struct Ev {
     obj: Value,
 }
 
+/// A process as (pid, start time): pids are reused.
+type Ident = (u32, u64);
+
 /// A container the kubelet runs.
 struct Proc {
     /// The process holding the container (`ip netns exec … unshare`, or the custom runtime's).
     pid: u32,
-    /// The container's PID 1 on the host, when it runs in a PID namespace of its own.
-    init: Option<u32>,
+    /// Its start time (with the pid, what identifies it: pids are reused).
+    start: u64,
+    /// The container's PID 1 on the host (pid, start time), when it runs in a PID namespace of
+    /// its own.
+    init: Option<(u32, u64)>,
     /// Why it is being stopped: `Deleted`, `Evicted`, `OOMKilled`, `DeadlineExceeded`.
     stopping: Option<&'static str>,
 }
@@ -1012,7 +1018,7 @@ impl State {
             });
             if !already && let Some(p) = self.procs.get_mut(name) {
                 p.stopping.get_or_insert("Deleted");
-                let (pid, init) = (p.pid, p.init);
+                let (pid, init) = ((p.pid, p.start), p.init);
                 let cap = inner.max_grace;
                 let grace = Duration::from_secs(grace_s).min(cap);
                 std::thread::spawn(move || stop_process(pid, init, grace));
@@ -1979,7 +1985,11 @@ fn stale_fakes() -> Vec<u8> {
 
 /// Removes the fakes of dead processes (under the rigs' lock); their numbers.
 pub fn sweep() -> io::Result<Vec<u8>> {
-    let _lock = nodes::RigLock::acquire()?;
+    sweep_locked(&nodes::RigLock::acquire()?)
+}
+
+/// [`sweep`] for a caller holding the rigs' lock already.
+pub fn sweep_locked(_lock: &nodes::RigLock) -> io::Result<Vec<u8>> {
     let stale = stale_fakes();
     for &k in &stale {
         remove_fake(k)?;
@@ -2540,7 +2550,7 @@ impl Inner {
                     if let Some(pr) = st.procs.get_mut(&pn) {
                         if pr.stopping.is_none() {
                             pr.stopping = Some("DeadlineExceeded");
-                            let (pid, init, grace) = (pr.pid, pr.init, self.max_grace);
+                            let (pid, init, grace) = ((pr.pid, pr.start), pr.init, self.max_grace);
                             std::thread::spawn(move || stop_process(pid, init, grace));
                         }
                     } else {
@@ -2883,22 +2893,28 @@ fn set_terminated(o: &mut Value, reason: &str, code: i32, pod_reason: Option<&st
     }
 }
 
-/// SIGTERM to the container's PID 1, SIGKILL after `grace` if it has not exited.
-fn stop_process(pid: u32, init: Option<u32>, grace: Duration) {
+/// SIGTERM to the container's PID 1, SIGKILL after `grace` if it has not exited. Processes are
+/// (pid, start time): a process that has gone (and whose pid may be someone else's) is not
+/// signalled.
+fn stop_process(main: (u32, u64), init: Option<(u32, u64)>, grace: Duration) {
     use rustix::process::Signal;
-    let start = nodes::start_time(pid);
-    nodes::kill(init.unwrap_or(pid), Signal::TERM);
+    let signal = |p: (u32, u64), sig| {
+        if nodes::running(p.0, p.1) {
+            nodes::kill(p.0, sig);
+        }
+    };
+    signal(init.unwrap_or(main), Signal::TERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if start.is_none_or(|s| !nodes::running(pid, s)) {
+        if !nodes::running(main.0, main.1) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     if let Some(i) = init {
-        nodes::kill(i, Signal::KILL);
+        signal(i, Signal::KILL);
     }
-    nodes::kill(pid, Signal::KILL);
+    signal(main, Signal::KILL);
 }
 
 /// The exit code Kubernetes reports: the code, or 128 + the signal.
@@ -2933,7 +2949,7 @@ impl Inner {
             mut launch,
             no_new_privs,
         } = s;
-        let result = (|| -> io::Result<(Child, Option<u32>)> {
+        let result = (|| -> io::Result<(Child, Option<(u32, u64)>)> {
             if *self.stop.borrow() {
                 return Err(other("the fake is stopping".into()));
             }
@@ -2996,7 +3012,7 @@ impl Inner {
                         c.env("PATH", POD_PATH);
                     }
                     let child = c.spawn()?;
-                    let init = child_of(child.id());
+                    let init = child_of(child.id()).and_then(|i| Some((i, nodes::start_time(i)?)));
                     Ok((child, init))
                 }
             }
@@ -3031,11 +3047,13 @@ impl Inner {
                 }
             }
             Ok((mut child, init)) => {
-                let pid = child.id();
+                // Not reaped before the waiter below: the start time is there.
+                let pid = (child.id(), nodes::start_time(child.id()).unwrap_or(0));
                 st.procs.insert(
                     pod.clone(),
                     Proc {
-                        pid,
+                        pid: pid.0,
+                        start: pid.1,
                         init,
                         stopping: None,
                     },
@@ -3579,7 +3597,7 @@ impl FakeKube {
         stop_process(pid, init, Duration::ZERO);
         Ok(())
     }
-    fn mark_stopping(&self, pod: &str, why: &'static str) -> io::Result<(u32, Option<u32>)> {
+    fn mark_stopping(&self, pod: &str, why: &'static str) -> io::Result<(Ident, Option<Ident>)> {
         let mut st = self.inner.lock();
         let p = st
             .procs
@@ -3589,7 +3607,7 @@ impl FakeKube {
             return Err(other(format!("pod {pod} is stopping already ({s})")));
         }
         p.stopping = Some(why);
-        Ok((p.pid, p.init))
+        Ok(((p.pid, p.start), p.init))
     }
     /// Pods whose container runs now.
     pub fn running_containers(&self) -> Vec<String> {
@@ -3601,7 +3619,7 @@ impl FakeKube {
             .lock()
             .procs
             .get(pod)
-            .map(|p| p.init.unwrap_or(p.pid))
+            .map(|p| p.init.map_or(p.pid, |i| i.0))
     }
     /// What the pod's container wrote (stdout and stderr) so far.
     pub fn pod_log(&self, pod: &str) -> String {
@@ -3656,13 +3674,13 @@ impl Drop for FakeKube {
             let _ = t.join();
         }
         // Every container dies now; the threads waiting for them finish their pods.
-        let procs: Vec<(u32, Option<u32>)> = {
+        let procs: Vec<(Ident, Option<Ident>)> = {
             let mut st = self.inner.lock();
             st.procs
                 .values_mut()
                 .map(|p| {
                     p.stopping.get_or_insert("Deleted");
-                    (p.pid, p.init)
+                    ((p.pid, p.start), p.init)
                 })
                 .collect()
         };
