@@ -72,7 +72,8 @@
 //! * **Runtimes** ([`Runtime`]): `Process` runs argv (program `ims` = [`super::ims_bin`]) as root
 //!   via `ip netns exec <ns> unshare --mount --pid --fork --kill-child --mount-proc`, each mount
 //!   bound at its container path (created on the host when missing, as an empty directory), a
-//!   clean environment (only the resolved env), cwd `workingDir` or `/`, limited to the
+//!   clean environment (only the resolved env, plus `PATH` when it has none, as an image's
+//!   config would give), cwd `workingDir` or `/`, limited to the
 //!   container's capabilities (`setpriv --bounding-set`: the runtime's default set minus `drop`
 //!   plus `add`; all when privileged; `--no-new-privs` when `allowPrivilegeEscalation: false`;
 //!   seccomp and AppArmor are not applied); `Custom` hands the
