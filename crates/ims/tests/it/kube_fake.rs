@@ -577,6 +577,46 @@ fn watch_replays_streams_and_expires() {
     assert_eq!(evs[0]["type"], "ERROR");
     assert_eq!(evs[0]["object"]["code"], 410);
     assert_eq!(evs[0]["object"]["reason"], "Expired");
+    // An object leaving a watch's selector is DELETED for it, one entering ADDED.
+    let w = h.watch(
+        &format!(
+            "{p}?watch=true&resourceVersion={}&labelSelector=app%3Dx&timeoutSeconds=10",
+            f.resource_version()
+        ),
+        3,
+        T,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    f.create(
+        "configmaps",
+        json!({"metadata": {"name": "moves", "labels": {"app": "x"}}}),
+    )
+    .unwrap();
+    for app in ["y", "x"] {
+        let c =
+            h.c.patch(format!("{}{p}/moves", h.base))
+                .bearer_auth(&h.token)
+                .header("Content-Type", "application/strategic-merge-patch+json")
+                .body(json!({"metadata": {"labels": {"app": app}}}).to_string());
+        assert_eq!(
+            h.rt.block_on(async { c.send().await.unwrap().status().as_u16() }),
+            200
+        );
+    }
+    let (_, evs) = h.join(w);
+    let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "DELETED", "ADDED"], "{evs:?}");
+    assert_eq!(evs[1]["object"]["metadata"]["labels"]["app"], "y");
+    // Other patch types are refused.
+    let c =
+        h.c.patch(format!("{}{p}/moves", h.base))
+            .bearer_auth(&h.token)
+            .header("Content-Type", "application/json-patch+json")
+            .body("[]");
+    assert_eq!(
+        h.rt.block_on(async { c.send().await.unwrap().status().as_u16() }),
+        415
+    );
     // timeoutSeconds ends the stream; bookmarks carry the current version.
     let started = Instant::now();
     let (_, evs) = h.join(h.watch(

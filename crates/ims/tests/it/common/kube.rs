@@ -1707,10 +1707,21 @@ fn watch(
     let mut first: Vec<Bytes> = vec![];
     let mut sub;
     let mut last_rv;
+    let mut seen = Seen {
+        sel,
+        in_ns,
+        names: HashSet::new(),
+    };
     {
         let st = inner.lock();
         sub = inner.tx.subscribe();
         last_rv = st.rv;
+        seen.names = st
+            .objects
+            .iter()
+            .filter(|((p, _), o)| *p == r.plural && seen.in_ns && seen.sel.matches(o))
+            .map(|((_, n), _)| n.clone())
+            .collect();
         match from {
             Some(v) if v != 0 && v < st.floor => {
                 let gone = line(
@@ -1726,15 +1737,47 @@ fn watch(
                 return stream_response(rx);
             }
             Some(v) if v != 0 => {
-                for e in st.log.iter().filter(|e| e.rv > v && e.plural == r.plural) {
-                    if in_ns && sel.matches(&e.obj) {
-                        first.push(line(e.typ, &e.obj));
+                // What the selector matched at version v: objects changed since, as the log has
+                // them at v (or as their first change after v shows them).
+                let after: Vec<&Ev> = st
+                    .log
+                    .iter()
+                    .filter(|e| e.rv > v && e.plural == r.plural)
+                    .collect();
+                let changed: HashSet<String> = after.iter().map(|e| name_of(&e.obj)).collect();
+                seen.names.retain(|n| !changed.contains(n));
+                for n in &changed {
+                    let at_v = st
+                        .log
+                        .iter()
+                        .rev()
+                        .find(|e| e.rv <= v && e.plural == r.plural && name_of(&e.obj) == *n)
+                        .or_else(|| {
+                            after
+                                .iter()
+                                .find(|e| name_of(&e.obj) == *n && e.typ != "ADDED")
+                                .copied()
+                                .filter(|first| {
+                                    // Existed at v only if its first change after v is no creation.
+                                    after.iter().find(|e| name_of(&e.obj) == *n).map(|e| e.rv)
+                                        == Some(first.rv)
+                                })
+                        });
+                    if at_v.is_some_and(|e| e.typ != "DELETED" && seen.sel.matches(&e.obj))
+                        && seen.in_ns
+                    {
+                        seen.names.insert(n.clone());
+                    }
+                }
+                for e in after {
+                    if let Some(typ) = seen.pass(e.typ, &e.obj) {
+                        first.push(line(typ, &e.obj));
                     }
                 }
             }
             _ => {
                 for ((p, _), o) in &st.objects {
-                    if *p == r.plural && in_ns && sel.matches(o) {
+                    if *p == r.plural && in_ns && seen.sel.matches(o) {
                         first.push(line("ADDED", o));
                     }
                 }
@@ -1782,8 +1825,9 @@ fn watch(
                 ev = sub.recv() => match ev {
                     Ok(e) => {
                         last_rv = e.rv;
-                        if e.plural == r.plural && in_ns && sel.matches(&e.obj)
-                            && tx.send(line(e.typ, &e.obj)).await.is_err()
+                        if e.plural == r.plural
+                            && let Some(typ) = seen.pass(e.typ, &e.obj)
+                            && tx.send(line(typ, &e.obj)).await.is_err()
                         {
                             return;
                         }
@@ -1800,6 +1844,36 @@ fn watch(
         }
     });
     stream_response(rx)
+}
+
+/// What a watch with a selector has shown: an object that stops matching is `DELETED` for it,
+/// one that starts matching `ADDED`, as the real server does.
+struct Seen {
+    sel: Selector,
+    in_ns: bool,
+    names: HashSet<String>,
+}
+
+impl Seen {
+    /// The event type to send for a store event, if any.
+    fn pass(&mut self, typ: &'static str, obj: &Value) -> Option<&'static str> {
+        let matches = self.in_ns && self.sel.matches(obj);
+        let name = name_of(obj);
+        match typ {
+            "ADDED" if matches => {
+                self.names.insert(name);
+                Some("ADDED")
+            }
+            "MODIFIED" if matches => Some(if self.names.insert(name) {
+                "ADDED"
+            } else {
+                "MODIFIED"
+            }),
+            "MODIFIED" => self.names.remove(&name).then_some("DELETED"),
+            "DELETED" => (self.names.remove(&name) || matches).then_some("DELETED"),
+            _ => None,
+        }
+    }
 }
 
 fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
