@@ -27,6 +27,8 @@ mod job_credentials;
 mod jobs_aarch64;
 mod jobs_create;
 mod jobs_customize;
+mod jobs_kubernetes;
+mod kube_fake;
 mod kube_manifests;
 mod leases;
 mod migrate;

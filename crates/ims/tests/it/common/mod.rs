@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod jobs;
+pub mod kube;
 pub mod nodes;
 pub mod pod;
 pub mod podman;

@@ -137,7 +137,7 @@ fn other(msg: String) -> io::Error {
 }
 
 /// Runs `cmd`, which must succeed; its output.
-fn run(cmd: &mut Command) -> io::Result<Output> {
+pub fn run(cmd: &mut Command) -> io::Result<Output> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -153,12 +153,12 @@ fn run(cmd: &mut Command) -> io::Result<Output> {
     Ok(out)
 }
 
-fn ip(args: &[&str]) -> io::Result<Output> {
+pub fn ip(args: &[&str]) -> io::Result<Output> {
     run(Command::new("ip").args(args))
 }
 
 /// Writes a sysctl-like file under `/proc/sys` if it exists (IPv6 may be compiled out).
-fn set_proc(path: &str, value: &str) -> io::Result<()> {
+pub fn set_proc(path: &str, value: &str) -> io::Result<()> {
     if Path::new(path).exists() {
         fs::write(path, value).map_err(|e| other(format!("{path}: {e}")))?;
     }
@@ -237,7 +237,7 @@ fn rig_dir(k: u8) -> PathBuf {
     std::env::temp_dir().join(format!("ims-rig{k}"))
 }
 
-fn netns_names() -> Vec<String> {
+pub fn netns_names() -> Vec<String> {
     fs::read_dir("/run/netns")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -246,7 +246,7 @@ fn netns_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn link_names() -> Vec<String> {
+pub fn link_names() -> Vec<String> {
     fs::read_dir("/sys/class/net")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -256,19 +256,19 @@ fn link_names() -> Vec<String> {
 }
 
 /// Deletes link `name`; done if it is gone already (or meanwhile).
-fn del_link(name: &str) -> io::Result<()> {
+pub fn del_link(name: &str) -> io::Result<()> {
     match ip(&["link", "del", name]) {
         Err(_) if !link_exists(name) => Ok(()),
         r => r.map(drop),
     }
 }
 
-fn link_exists(name: &str) -> bool {
+pub fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Host pids of the processes in network namespace `ns` (empty if it does not exist).
-fn netns_pids(ns: &str) -> Vec<u32> {
+pub fn netns_pids(ns: &str) -> Vec<u32> {
     Command::new("ip")
         .args(["netns", "pids", ns])
         .stdin(Stdio::null())
@@ -283,7 +283,7 @@ fn netns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn kill(pid: u32, sig: rustix::process::Signal) {
+pub fn kill(pid: u32, sig: rustix::process::Signal) {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(p, sig);
     }
@@ -304,7 +304,7 @@ pub fn running(pid: u32, start: u64) -> bool {
 /// Kills every process in network namespace `ns` until none is left, and waits until they are
 /// all gone: a dying PID-namespace init leaves the network namespace before it has finished
 /// exiting (it waits for the rest of its namespace). Bounded.
-fn kill_netns(ns: &str) -> io::Result<()> {
+pub fn kill_netns(ns: &str) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen: Vec<(u32, u64)> = vec![];
     loop {
@@ -337,7 +337,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Removes `dir` after unmounting whatever the host namespace has mounted under it; refuses to
 /// remove it while a mount remains (it could be someone's data).
-fn remove_dir(dir: &Path) -> io::Result<()> {
+pub fn remove_dir(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }

@@ -34,4 +34,7 @@ pub struct ContainerLaunch {
     pub privileged: bool,
     /// The pod's network namespace (`/run/netns/<name>`), shared by its containers.
     pub netns: PathBuf,
+    /// Where the container's stdout and stderr go (the runtime opens it for appending):
+    /// what `kubectl logs` shows.
+    pub log_file: PathBuf,
 }
