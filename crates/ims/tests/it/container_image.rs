@@ -257,6 +257,7 @@ fn agent_launch(
         cap_drop: vec!["ALL".into()],
         privileged: false,
         netns: net.path(),
+        log_file: agent_dir.with_extension("log"),
     }
 }
 

@@ -309,9 +309,27 @@ pub fn command_with_seccomp(c: &ContainerLaunch, profile: &str) -> io::Result<Co
 }
 
 /// Starts `c` (see [`command`]); the child is `podman run`, which ends when the container does,
-/// with the container's exit status.
+/// with the container's exit status. The container's output goes to `c.log_file` (the pod's log).
 pub fn run(c: &ContainerLaunch) -> io::Result<Child> {
-    command(c)?.spawn()
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&c.log_file)?;
+    command(c)?
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+/// Whether podman can be used here (installed, and root for its storage and the pods' networks).
+pub fn available() -> bool {
+    crate::common::jobs::is_root()
+        && Command::new("podman")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Stops the container named `name` (see [`container_name`]) as a kubelet does: SIGTERM to its
