@@ -90,9 +90,46 @@ fn objects_of(fake: &FakeKube, plural: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits for job `id` to reach `want`; on an `error` on the way, fails with its log and its pod's
+/// output.
+async fn wait_for(fake: &FakeKube, s: &Server, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        if j["status"] == want {
+            return j;
+        }
+        if Instant::now() > deadline || j["status"] == "error" {
+            let pods: Vec<String> = fake
+                .list("pods")
+                .iter()
+                .filter(|p| p["metadata"]["labels"]["ims.hpe.com/job-id"] == id)
+                .map(|p| {
+                    let name = p["metadata"]["name"].as_str().unwrap();
+                    format!("{name}:\n{}", fake.pod_log(name))
+                })
+                .collect();
+            panic!(
+                "job {id} is {} (waiting for {want}); log:\n{}\npods:\n{}",
+                j["status"],
+                job_log(s, id).await,
+                pods.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The job's session as `ims` users get it, after a login: the job's `customer_access` address.
-async fn log_in_and_change(s: &Server, id: &str, dir: &Path, jail: bool, text: &str) -> Value {
-    let job = wait_for_status(s, id, "waiting_on_user", Duration::from_secs(120)).await;
+async fn log_in_and_change(
+    fake: &FakeKube,
+    s: &Server,
+    id: &str,
+    dir: &Path,
+    jail: bool,
+    text: &str,
+) -> Value {
+    let job = wait_for(fake, s, id, "waiting_on_user").await;
     let session = s.get(&format!("/v3/jobs/{id}/session")).await.ok(200);
     let host = session["host"].as_str().unwrap().to_string();
     assert_eq!(session["port"], 22, "{session}");
@@ -159,7 +196,7 @@ async fn a_customize_job_runs_in_a_pod() {
     let kjob = fake.get("jobs", &name).unwrap();
     let spec = serde_json::to_string(&kjob["spec"]).unwrap();
     assert!(!spec.contains("ims-job."), "a token literal in the pod spec: {spec}");
-    let job = log_in_and_change(&s, &id, dir.path(), false, "by-pod").await;
+    let job = log_in_and_change(&fake, &s, &id, dir.path(), false, "by-pod").await;
     let info = &job["ssh_containers"][0]["connection_info"];
     assert_eq!(
         info["cluster.local"]["host"],
@@ -177,7 +214,7 @@ async fn a_customize_job_runs_in_a_pod() {
     // The server restarts: the pod goes on and is watched again.
     let s = s.restart().await;
     ims(&s, &["jobs", "complete", &id]);
-    let done = wait_for_status(&s, &id, "success", Duration::from_secs(120)).await;
+    let done = wait_for(&fake, &s, &id, "success").await;
     assert_motd(&s, &done, "by-pod");
     // Released at the end: the Service, PVC and Secret; the Job stays for its logs.
     eventually(Duration::from_secs(30), "the job's objects are released", async || {
@@ -289,7 +326,7 @@ async fn pods_that_cannot_run_end_their_jobs() {
         .unwrap()
         .to_string();
     for id in [&evicted, &oom, &gone] {
-        wait_for_status(&s, id, "waiting_on_user", Duration::from_secs(120)).await;
+        wait_for(&fake, &s, id, "waiting_on_user").await;
     }
     let pod = |id: &str| {
         fake.pods_of(&format!("cray-ims-{id}-customize"))
@@ -347,8 +384,8 @@ async fn a_jailed_customize_job_runs_in_a_container_of_the_image() {
         .as_str()
         .unwrap()
         .to_string();
-    log_in_and_change(&s, &id, dir.path(), true, "by-container").await;
+    log_in_and_change(&fake, &s, &id, dir.path(), true, "by-container").await;
     ims(&s, &["jobs", "complete", &id]);
-    let done = wait_for_status(&s, &id, "success", Duration::from_secs(120)).await;
+    let done = wait_for(&fake, &s, &id, "success").await;
     assert_motd(&s, &done, "by-container");
 }

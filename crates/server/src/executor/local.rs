@@ -447,6 +447,17 @@ mod tests {
             f(run);
             Ok(run.clone())
         }
+        async fn update_job(
+            &self,
+            id: &str,
+            f: &(dyn for<'r> Fn(&'r mut Job) + Send + Sync),
+        ) -> Result<Option<Job>, ExecutorError> {
+            let mut jobs = self.jobs.lock().unwrap();
+            Ok(jobs.get_mut(id).map(|j| {
+                f(j);
+                j.clone()
+            }))
+        }
         async fn fail(&self, job: &Job, _reason: &str) {
             self.failed.lock().unwrap().push(job.id.clone());
         }

@@ -2160,7 +2160,13 @@ const POD_INIT: &str = r#"set -eu
 while [ "$1" != -- ]; do
   src=$1 dst=$2 mode=$3
   shift 3
-  /bin/mkdir -p -- "$dst"
+  # A directory on a directory; a file or device (a hostPath such as /dev/net/tun) on a file.
+  if [ -d "$src" ]; then
+    /bin/mkdir -p -- "$dst"
+  elif [ ! -e "$dst" ]; then
+    /bin/mkdir -p -- "$(dirname -- "$dst")"
+    : > "$dst"
+  fi
   /bin/mount --bind -- "$src" "$dst"
   if [ "$mode" = ro ]; then /bin/mount -o remount,bind,ro -- "$dst"; fi
 done
