@@ -291,8 +291,9 @@ impl KubernetesExecutor {
 
     /// Ends `job` in `error` for `reason` unless it ended already or is being stopped, and frees
     /// its objects; `whole`: the Job too (its pod never ran: it would wait for nothing, holding
-    /// its requests, until its deadline).
-    async fn fail(&self, cx: &ExecutorContext, id: &str, reason: &str, whole: bool) {
+    /// its requests, until its deadline). `outside`: the cluster ended the pod (not the agent's
+    /// own exit): said in the job's log even when the agent, stopped by it, ended the job first.
+    async fn fail(&self, cx: &ExecutorContext, id: &str, reason: &str, outside: bool, whole: bool) {
         if self.stopping.lock().is_ok_and(|s| s.contains(id)) {
             return;
         }
@@ -300,6 +301,18 @@ impl KubernetesExecutor {
             return;
         };
         if job.status.is_final() {
+            // Said once: the run keeps the reason.
+            if outside
+                && job.status == ims_core::JobStatus::Error
+                && let Ok(Some(run)) = cx.run(id).await
+                && run.error.is_none()
+            {
+                cx.note(&job, &format!("error: {reason}")).await;
+                let set = |r: &mut ims_core::JobRun| r.error = Some(reason.to_string());
+                if let Err(e) = cx.update_run(&job, &set).await {
+                    tracing::warn!(job = %id, error = %e, "cannot record why the job's pod ended");
+                }
+            }
             return;
         }
         cx.fail(&job, reason).await;
@@ -375,7 +388,7 @@ impl KubernetesExecutor {
                 async {}
             });
         let judge = async {
-            let mut seen: BTreeMap<String, String> = BTreeMap::new();
+            let mut judged = Judged::default();
             let mut last_sweep: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
@@ -385,7 +398,7 @@ impl KubernetesExecutor {
                 if pods.wait_until_ready().await.is_err() {
                     return;
                 }
-                self.judge_pods(cx, &pods.state(), &mut seen).await;
+                self.judge_pods(cx, &pods.state(), &mut judged).await;
                 self.publish_addresses(cx, &services.state()).await;
                 if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP) {
                     last_sweep = Some(tokio::time::Instant::now());
@@ -400,23 +413,24 @@ impl KubernetesExecutor {
         }
     }
 
-    /// Pods that cannot run end their jobs; so does a job's pod that vanished.
-    async fn judge_pods(
-        &self,
-        cx: &ExecutorContext,
-        pods: &[Arc<Pod>],
-        seen: &mut BTreeMap<String, String>,
-    ) {
+    /// Pods that cannot run end their jobs; so does a job's pod that vanished while it ran.
+    async fn judge_pods(&self, cx: &ExecutorContext, pods: &[Arc<Pod>], j: &mut Judged) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let mut present: BTreeMap<String, String> = BTreeMap::new();
+        let mut present: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
         for pod in pods {
             let Some(id) = pod.labels().get(JOB_ID).cloned() else {
                 continue;
             };
-            present.insert(id.clone(), pod.name_any());
+            let live = crate::pods::is_live(pod);
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            present.insert(uid.clone(), (id.clone(), pod.name_any(), live));
             if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            // A pod that ended is judged once (it stays until the Job's TTL).
+            if !live && !j.ended.insert(uid) {
                 continue;
             }
             let age = pod
@@ -426,24 +440,20 @@ impl KubernetesExecutor {
                 .map(|t| Duration::from_secs(now.saturating_sub(t.0.as_second()).max(0) as u64))
                 .unwrap_or_default();
             if let Some(reason) = crate::pods::failure(pod, age, self.pod_timeout) {
-                self.fail(cx, &id, &reason, crate::pods::is_pending(pod))
-                    .await;
+                let pending = crate::pods::is_pending(pod);
+                let outside = pending || crate::pods::killed_from_outside(pod);
+                self.fail(cx, &id, &reason, outside, pending).await;
             } else if crate::pods::is_pending(pod) {
                 self.still_starting(cx, &id).await;
             }
         }
-        for (id, pod) in seen.iter() {
-            if !present.contains_key(id) {
-                self.fail(
-                    cx,
-                    id,
-                    &format!("the job's pod {pod} was deleted before the job finished"),
-                    false,
-                )
-                .await;
+        for (uid, (id, pod, live)) in j.seen.iter() {
+            if *live && !present.contains_key(uid) {
+                let why = format!("the job's pod {pod} was deleted before the job finished");
+                self.fail(cx, id, &why, true, false).await;
             }
         }
-        *seen = present;
+        j.seen = present;
     }
 
     /// A job whose pod is being scheduled or pulled has no agent to heartbeat yet: its silence
@@ -552,6 +562,15 @@ impl KubernetesExecutor {
             }
         }
     }
+}
+
+/// What the supervisor remembers of the pods between two looks.
+#[derive(Default)]
+struct Judged {
+    /// Pod uid → its job's id, its name and whether it was pending or running.
+    seen: BTreeMap<String, (String, String, bool)>,
+    /// Pods that ended and were judged (uids).
+    ended: HashSet<String>,
 }
 
 /// The address users reach a Service at from outside, once it has one.

@@ -52,6 +52,26 @@ pub fn is_pending(pod: &Pod) -> bool {
         .is_none_or(|p| p == "Pending")
 }
 
+/// Whether `pod` is pending or running (its container has not ended).
+pub fn is_live(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_none_or(|p| p == "Pending" || p == "Running" || p == "Unknown")
+}
+
+/// Whether the cluster ended `pod` (eviction, its deadline, the OOM killer) rather than its
+/// container exiting by itself.
+pub fn killed_from_outside(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    matches!(
+        status.reason.as_deref(),
+        Some("Evicted" | "DeadlineExceeded")
+    ) || terminated(pod).is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
+}
+
 /// Why the job of `pod` cannot go on, if it cannot. `age`: how long ago the pod was created;
 /// `pending_limit`: how long it may take to be scheduled and started.
 pub fn failure(pod: &Pod, age: Duration, pending_limit: Duration) -> Option<String> {
@@ -259,6 +279,17 @@ mod tests {
         );
         let done = pod(json!({"phase": "Succeeded"}));
         assert!(failure(&done, MIN, MIN).unwrap().contains("ended before"));
+        for (p, outside) in [
+            (&evicted, true),
+            (&oom, true),
+            (&deadline, true),
+            (&exit, false),
+            (&done, false),
+        ] {
+            assert_eq!(killed_from_outside(p), outside);
+            assert!(!is_live(p));
+        }
+        assert!(is_live(&pod(json!({"phase": "Running"}))));
     }
 
     #[test]

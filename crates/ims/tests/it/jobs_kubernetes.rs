@@ -6,7 +6,7 @@
 //! reports; `kubectl` is the second client. Needs root.
 
 use crate::common::jobs::*;
-use crate::common::kube::{Fault, FakeKube, Runtime};
+use crate::common::kube::{FakeKube, Fault, Runtime};
 use crate::common::*;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -28,7 +28,10 @@ async fn kube_server(fake: &FakeKube, extra: &[(&str, &str)]) -> Server {
     let mut b = builder(Db::Sqlite)
         .await
         .env("IMS_JOB_EXECUTOR", "kubernetes")
-        .env("IMS_KUBERNETES_KUBECONFIG", fake.kubeconfig().to_str().unwrap())
+        .env(
+            "IMS_KUBERNETES_KUBECONFIG",
+            fake.kubeconfig().to_str().unwrap(),
+        )
         .env("IMS_KUBERNETES_IMAGE", "registry.local/ims-rs:test")
         .env("IMS_LISTEN", &format!("{gw}:{}", free_port_on(gw)))
         .env("IMS_S3_LISTEN", &format!("{gw}:{}", free_port_on(gw)))
@@ -76,7 +79,12 @@ async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f
 }
 
 fn kubectl_json(fake: &FakeKube, args: &[&str]) -> Value {
-    let o = fake.kubectl().args(args).args(["-o", "json"]).output().unwrap();
+    let o = fake
+        .kubectl()
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "kubectl {args:?}: {o:?}");
     serde_json::from_slice(&o.stdout).unwrap()
 }
@@ -185,7 +193,14 @@ async fn a_customize_job_runs_in_a_pod() {
     // The objects, as kubectl sees them.
     let jobs = kubectl_json(
         &fake,
-        &["-n", "ims", "get", "jobs", "-l", &format!("ims.hpe.com/job-id={id}")],
+        &[
+            "-n",
+            "ims",
+            "get",
+            "jobs",
+            "-l",
+            &format!("ims.hpe.com/job-id={id}"),
+        ],
     );
     assert_eq!(jobs["items"][0]["metadata"]["name"], name, "{jobs}");
     assert_eq!(jobs["items"].as_array().unwrap().len(), 1);
@@ -195,7 +210,10 @@ async fn a_customize_job_runs_in_a_pod() {
     // The token is in the Secret only: the pod spec names it.
     let kjob = fake.get("jobs", &name).unwrap();
     let spec = serde_json::to_string(&kjob["spec"]).unwrap();
-    assert!(!spec.contains("ims-job."), "a token literal in the pod spec: {spec}");
+    assert!(
+        !spec.contains("ims-job."),
+        "a token literal in the pod spec: {spec}"
+    );
     let job = log_in_and_change(&fake, &s, &id, dir.path(), false, "by-pod").await;
     let info = &job["ssh_containers"][0]["connection_info"];
     assert_eq!(
@@ -204,7 +222,9 @@ async fn a_customize_job_runs_in_a_pod() {
         "{job}"
     );
     // customer_access is the Service's load-balancer address: the pod's, in the fake.
-    let svc = fake.get("services", &format!("cray-ims-{id}-service")).unwrap();
+    let svc = fake
+        .get("services", &format!("cray-ims-{id}-service"))
+        .unwrap();
     let lb = svc["status"]["loadBalancer"]["ingress"][0]["ip"].clone();
     assert!(lb.is_string(), "{svc}");
     assert_eq!(info["customer_access"]["host"], lb, "{job}");
@@ -217,16 +237,28 @@ async fn a_customize_job_runs_in_a_pod() {
     let done = wait_for(&fake, &s, &id, "success").await;
     assert_motd(&s, &done, "by-pod");
     // Released at the end: the Service, PVC and Secret; the Job stays for its logs.
-    eventually(Duration::from_secs(30), "the job's objects are released", async || {
-        ["secrets", "services", "persistentvolumeclaims"]
-            .iter()
-            .all(|p| objects_of(&fake, p, &id).is_empty())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the job's objects are released",
+        async || {
+            ["secrets", "services", "persistentvolumeclaims"]
+                .iter()
+                .all(|p| objects_of(&fake, p, &id).is_empty())
+        },
+    )
     .await;
     assert!(fake.get("jobs", &name).is_some(), "the Job went at success");
     let logs = fake
         .kubectl()
-        .args(["-n", "ims", "logs", "-l", &format!("job-name={name}"), "-c", "buildenv-sidecar"])
+        .args([
+            "-n",
+            "ims",
+            "logs",
+            "-l",
+            &format!("job-name={name}"),
+            "-c",
+            "buildenv-sidecar",
+        ])
         .output()
         .unwrap();
     assert!(logs.status.success(), "{logs:?}");
@@ -240,22 +272,32 @@ async fn a_customize_job_runs_in_a_pod() {
     s.delete(&format!("/v3/jobs/{id}")).await;
     let deletes = fake.requests_to("DELETE", "jobs");
     assert!(
-        deletes
-            .iter()
-            .any(|r| r.path.ends_with(&name) && r.param("propagationPolicy").as_deref() == Some("Foreground")),
+        deletes.iter().any(|r| r.path.ends_with(&name)
+            && r.param("propagationPolicy").as_deref() == Some("Foreground")),
         "{deletes:?}"
     );
-    eventually(Duration::from_secs(30), "every object of the job is gone", async || {
-        ["jobs", "pods", "secrets", "services", "persistentvolumeclaims"]
+    eventually(
+        Duration::from_secs(30),
+        "every object of the job is gone",
+        async || {
+            [
+                "jobs",
+                "pods",
+                "secrets",
+                "services",
+                "persistentvolumeclaims",
+            ]
             .iter()
             .all(|p| objects_of(&fake, p, &id).is_empty())
-    })
+        },
+    )
     .await;
 }
 
 /// What the original never noticed ends the job with the reason: an image that cannot be pulled,
-/// a pod no node takes in time, an eviction, the OOM killer, someone deleting the pod; and a start
-/// the cluster refuses leaves nothing behind.
+/// a pod no node takes in time, an eviction, the OOM killer, someone deleting the pod (its agent,
+/// stopped by that, may end the job first: the reason is added); and a start the cluster refuses
+/// leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_that_cannot_run_end_their_jobs() {
     let Some(fake) = fake(Runtime::Process) else {
@@ -266,8 +308,18 @@ async fn pods_that_cannot_run_end_their_jobs() {
     let (image, key) = image_and_key(&s, dir.path()).await;
     let error_with = async |id: &str, want: &str| {
         wait_for_status(&s, id, "error", Duration::from_secs(60)).await;
-        let text = job_log(&s, id).await;
-        assert!(text.contains(want), "{want:?} not in the log of {id}:\n{text}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = job_log(&s, id).await;
+            if text.contains(want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{want:?} not in the log of {id}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     };
 
     // A start the cluster refuses (RBAC): 500, no record, nothing left.
@@ -283,7 +335,11 @@ async fn pods_that_cannot_run_end_their_jobs() {
     fake.unfail("services");
     assert_eq!(s.get("/v3/jobs").await.ok(200), json!([]));
     for plural in ["jobs", "secrets", "services", "persistentvolumeclaims"] {
-        assert!(fake.list(plural).is_empty(), "{plural} left: {:?}", fake.list(plural));
+        assert!(
+            fake.list(plural).is_empty(),
+            "{plural} left: {:?}",
+            fake.list(plural)
+        );
     }
 
     // The image cannot be pulled: error at once, and the pending pod's Job goes too.
@@ -293,9 +349,14 @@ async fn pods_that_cannot_run_end_their_jobs() {
         .unwrap()
         .to_string();
     error_with(&pull, "cannot pull its image registry.local/ims-rs:test").await;
-    eventually(Duration::from_secs(20), "the unpullable job's objects go", async || {
-        objects_of(&fake, "jobs", &pull).is_empty() && objects_of(&fake, "secrets", &pull).is_empty()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the unpullable job's objects go",
+        async || {
+            objects_of(&fake, "jobs", &pull).is_empty()
+                && objects_of(&fake, "secrets", &pull).is_empty()
+        },
+    )
     .await;
 
     // No node takes it within the pod timeout.
@@ -310,7 +371,11 @@ async fn pods_that_cannot_run_end_their_jobs() {
         s.get(&format!("/v3/jobs/{unsched}")).await.ok(200)["status"],
         "creating"
     );
-    error_with(&unsched, "did not start within 4 s: it was not scheduled (Unschedulable)").await;
+    error_with(
+        &unsched,
+        "did not start within 4 s: it was not scheduled (Unschedulable)",
+    )
+    .await;
 
     // Running pods: evicted, OOM-killed, deleted by hand.
     let evicted = customize(&s, &image, &key, "evicted", false).await["id"]
@@ -348,13 +413,17 @@ async fn pods_that_cannot_run_end_their_jobs() {
     error_with(&oom, "killed for lack of memory (OOMKilled; memory limit").await;
     error_with(&gone, "was deleted before the job finished").await;
     // Each one's Service, PVC and Secret are released.
-    eventually(Duration::from_secs(30), "the failed jobs' objects are released", async || {
-        [&evicted, &oom, &gone].iter().all(|id| {
-            ["secrets", "services", "persistentvolumeclaims"]
-                .iter()
-                .all(|p| objects_of(&fake, p, id).is_empty())
-        })
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the failed jobs' objects are released",
+        async || {
+            [&evicted, &oom, &gone].iter().all(|id| {
+                ["secrets", "services", "persistentvolumeclaims"]
+                    .iter()
+                    .all(|p| objects_of(&fake, p, id).is_empty())
+            })
+        },
+    )
     .await;
 }
 
@@ -373,7 +442,9 @@ async fn a_jailed_customize_job_runs_in_a_container_of_the_image() {
         .unwrap()
         .to_string();
     let launcher: crate::common::kube::Launcher =
-        std::sync::Arc::new(|c: &crate::common::pod::ContainerLaunch| crate::common::podman::run(c));
+        std::sync::Arc::new(|c: &crate::common::pod::ContainerLaunch| {
+            crate::common::podman::run(c)
+        });
     let Some(fake) = fake(Runtime::Custom(launcher)) else {
         return;
     };

@@ -315,10 +315,7 @@ pub fn run(c: &ContainerLaunch) -> io::Result<Child> {
         .create(true)
         .append(true)
         .open(&c.log_file)?;
-    command(c)?
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
+    command(c)?.stdout(log.try_clone()?).stderr(log).spawn()
 }
 
 /// Whether podman can be used here (installed, and root for its storage and the pods' networks).
