@@ -53,6 +53,12 @@ const CAPABILITIES: &[(u32, &str)] = &[
     (31, "CAP_SETFCAP"),
 ];
 
+/// Capabilities a session needs besides: its network (slirp4netns opens a TUN device).
+const SESSION_CAPABILITIES: &[(u32, &str)] = &[(12, "CAP_NET_ADMIN")];
+
+/// The device the session's network (slirp4netns) opens.
+const TUN: &str = "/dev/net/tun";
+
 /// Where to look for programs named without a path: `path` (a `PATH` value).
 pub(crate) fn find(name: &str, path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -122,8 +128,10 @@ pub fn check(
                 .to_string(),
         );
     } else if let Some(eff) = effective_capabilities() {
+        let session_caps: &[(u32, &str)] = if session { SESSION_CAPABILITIES } else { &[] };
         let lacking: Vec<&str> = CAPABILITIES
             .iter()
+            .chain(session_caps)
             .filter(|(bit, _)| eff & (1u64 << bit) == 0)
             .map(|(_, name)| *name)
             .collect();
@@ -133,6 +141,11 @@ pub fn check(
                 lacking.join(", ")
             ));
         }
+    }
+    if session && !Path::new(TUN).exists() {
+        c.missing.push(format!(
+            "the TUN device {TUN} (the session's network; a container needs the host's mounted)"
+        ));
     }
     if job_type == JobType::Create && find(&kiwi.to_string_lossy(), path).is_none() {
         c.missing.push(format!(

@@ -389,6 +389,7 @@ impl KubernetesExecutor {
             });
         let judge = async {
             let mut judged = Judged::default();
+            let mut published = BTreeMap::new();
             let mut last_sweep: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
@@ -399,7 +400,8 @@ impl KubernetesExecutor {
                     return;
                 }
                 self.judge_pods(cx, &pods.state(), &mut judged).await;
-                self.publish_addresses(cx, &services.state()).await;
+                self.publish_addresses(cx, &services.state(), &mut published)
+                    .await;
                 if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP) {
                     last_sweep = Some(tokio::time::Instant::now());
                     self.sweep(cx).await;
@@ -479,13 +481,24 @@ impl KubernetesExecutor {
         }
     }
 
-    /// A Service's load-balancer address (or, for a Service without one, its cluster name)
-    /// becomes its job's `customer_access`.
-    async fn publish_addresses(&self, cx: &ExecutorContext, services: &[Arc<Service>]) {
+    /// A Service's load-balancer address becomes its job's `customer_access` (once: `published`
+    /// remembers what was written for which Service).
+    async fn publish_addresses(
+        &self,
+        cx: &ExecutorContext,
+        services: &[Arc<Service>],
+        published: &mut BTreeMap<String, ConnectionInfo>,
+    ) {
+        let present: HashSet<String> = services
+            .iter()
+            .filter_map(|s| s.metadata.uid.clone())
+            .collect();
+        published.retain(|uid, _| present.contains(uid));
         for svc in services {
             let Some(id) = svc.labels().get(JOB_ID) else {
                 continue;
             };
+            let uid = svc.metadata.uid.clone().unwrap_or_default();
             let Some(host) = external_address(svc, self.s.service_type) else {
                 continue;
             };
@@ -499,6 +512,9 @@ impl KubernetesExecutor {
             };
             let Some(port) = port else { continue };
             let want = ConnectionInfo { host, port };
+            if published.get(&uid) == Some(&want) {
+                continue;
+            }
             let set = |j: &mut Job| {
                 if let Some(c) = j.ssh_containers.as_mut().and_then(|c| c.first_mut())
                     && let Some(info) = c.connection_info.get_mut(ims_core::CUSTOMER_ACCESS)
@@ -507,8 +523,13 @@ impl KubernetesExecutor {
                     *info = want.clone();
                 }
             };
-            if let Err(e) = cx.update_job(id, &set).await {
-                tracing::warn!(job = %id, error = %e, "cannot record the job's external address");
+            match cx.update_job(id, &set).await {
+                Ok(_) => {
+                    published.insert(uid, want);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot record the job's external address")
+                }
             }
         }
     }
@@ -650,12 +671,18 @@ impl JobExecutor for Kube {
         Ok(())
     }
 
-    async fn finished(&self, _cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
-        // The agent ended its job and exits; the Job and pod stay for their logs.
-        self.0
-            .release(&job.id, &Names::of(job))
-            .await
-            .map_err(ExecutorError)
+    async fn finished(&self, cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {
+        // The agent ended its job and exits; the Job and pod stay for their logs. A cluster that
+        // does not answer now does not fail the agent's report: the sweep releases them later.
+        if let Err(e) = self.0.release(&job.id, &Names::of(job)).await {
+            tracing::warn!(job = %job.id, error = %e, "cannot release the job's Kubernetes objects now; the next sweep does");
+            cx.note(
+                job,
+                &format!("could not delete the job's Service, PVC and Secret now ({e}); they are deleted within a minute or two"),
+            )
+            .await;
+        }
+        Ok(())
     }
 
     async fn stop(&self, _cx: &ExecutorContext, job: &Job) -> Result<(), ExecutorError> {

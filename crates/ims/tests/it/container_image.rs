@@ -425,7 +425,9 @@ async fn the_agents_prerequisites_hold_in_its_container() {
     let image = image().await;
     let mut cmd = Command::new("podman");
     cmd.args(podman::base_args())
-        .args(["--rm", "--network=none", "--user=0", "--cap-drop=ALL"]);
+        .args(["--rm", "--network=none", "--user=0", "--cap-drop=ALL"])
+        // As the pod spec mounts it (the session's network needs it).
+        .arg(format!("--volume={TUN}:{TUN}"));
     for c in agent_caps() {
         cmd.arg(format!("--cap-add={c}"));
     }

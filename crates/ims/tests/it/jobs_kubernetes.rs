@@ -460,3 +460,83 @@ async fn a_jailed_customize_job_runs_in_a_container_of_the_image() {
     let done = wait_for(&fake, &s, &id, "success").await;
     assert_motd(&s, &done, "by-container");
 }
+
+/// Seconds from `POST /v3/jobs` to the first successful SSH login at the session's address
+/// (`GET …/session`: the Service's load-balancer address on Kubernetes), and the job.
+async fn post_to_login(s: &Server, image: &str, key: &str, keys: &Path) -> (f64, Value) {
+    let t0 = Instant::now();
+    let job = customize(s, image, key, "bench", false).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        assert_ne!(j["status"], "error", "{}", job_log(s, &id).await);
+        if j["status"] == "waiting_on_user" {
+            let session = s.get(&format!("/v3/jobs/{id}/session")).await.ok(200);
+            let o = ssh_as_root_at(
+                session["host"].as_str().unwrap(),
+                &session["port"].as_u64().unwrap().to_string(),
+                &keys.join("id_job"),
+                "true",
+            );
+            if o.status.success() {
+                return (t0.elapsed().as_secs_f64(), j);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The Kubernetes benchmark of docs/benchmarks.md (issue 15), not a test: run by hand with a
+/// release build (`IMS_BENCH_BIN`), `IMS_BENCH_RUNS` rounds (default 5). Each round: POST → SSH
+/// login of a customize job through the `kubernetes` executor (the fake cluster's kubelet starts
+/// the pod as a process in its own namespaces), then the same job through the `local` executor
+/// of a second server on the same machine; both jobs deleted. Prints every figure and the medians.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand (docs/benchmarks.md)"]
+async fn benchmark_kubernetes_jobs() {
+    let runs: usize = std::env::var("IMS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let Some(fake) = fake(Runtime::Process) else {
+        return;
+    };
+    let kube = kube_server(&fake, &[]).await;
+    let local = builder(Db::Sqlite)
+        .await
+        .env("IMS_JOB_EXECUTOR", "local")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (kimage, kkey) = image_and_key(&kube, dir.path()).await;
+    let ldir = tempfile::tempdir().unwrap();
+    let (limage, lkey) = image_and_key(&local, ldir.path()).await;
+    let (mut on_kube, mut on_host) = (vec![], vec![]);
+    for round in 0..runs {
+        let (t, j) = post_to_login(&kube, &kimage, &kkey, dir.path()).await;
+        on_kube.push(t);
+        kube.delete(&format!("/v3/jobs/{}", j["id"].as_str().unwrap()))
+            .await
+            .ok(204);
+        let (t, j) = post_to_login(&local, &limage, &lkey, ldir.path()).await;
+        on_host.push(t);
+        local
+            .delete(&format!("/v3/jobs/{}", j["id"].as_str().unwrap()))
+            .await
+            .ok(204);
+        eprintln!(
+            "round {round}: POST -> SSH login in a pod {:.2} s, local executor {:.2} s",
+            on_kube[round], on_host[round]
+        );
+    }
+    eprintln!(
+        "medians of {runs}: POST -> SSH login, kubernetes executor (fake cluster) {:.2} s, local executor {:.2} s",
+        median(&mut on_kube),
+        median(&mut on_host)
+    );
+}
