@@ -174,10 +174,14 @@ fn assert_motd(s: &Server, done: &Value, text: &str) {
 /// Secret released (the Job kept for its logs), then deletion removing everything (foreground).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customize_job_runs_in_a_pod() {
-    let Some(fake) = fake(Runtime::Process) else {
+    if !is_root() {
+        eprintln!("skipped: the fake kubelet's pods need root");
+        return;
+    }
+    let Some(fake) = FakeKube::builder().istio(true).start() else {
         return;
     };
-    let s = kube_server(&fake, &[]).await;
+    let s = kube_server(&fake, &[("IMS_KUBERNETES_DESTINATION_RULE", "true")]).await;
     let dir = tempfile::tempdir().unwrap();
     let (image, key) = image_and_key(&s, dir.path()).await;
     let job = customize(&s, &image, &key, "in-pod", false).await;
@@ -204,9 +208,22 @@ async fn a_customize_job_runs_in_a_pod() {
     );
     assert_eq!(jobs["items"][0]["metadata"]["name"], name, "{jobs}");
     assert_eq!(jobs["items"].as_array().unwrap().len(), 1);
-    for plural in ["secrets", "services", "persistentvolumeclaims"] {
+    for plural in [
+        "secrets",
+        "services",
+        "persistentvolumeclaims",
+        "destinationrules",
+    ] {
         assert_eq!(objects_of(&fake, plural, &id).len(), 1, "{plural}");
     }
+    let rule = fake
+        .get("destinationrules", &format!("cray-ims-{id}-service"))
+        .unwrap();
+    assert_eq!(
+        rule["spec"],
+        json!({"host": format!("cray-ims-{id}-service.ims.svc.cluster.local"),
+            "trafficPolicy": {"tls": {"mode": "DISABLE"}}})
+    );
     // The token is in the Secret only: the pod spec names it.
     let kjob = fake.get("jobs", &name).unwrap();
     let spec = serde_json::to_string(&kjob["spec"]).unwrap();
@@ -241,9 +258,14 @@ async fn a_customize_job_runs_in_a_pod() {
         Duration::from_secs(30),
         "the job's objects are released",
         async || {
-            ["secrets", "services", "persistentvolumeclaims"]
-                .iter()
-                .all(|p| objects_of(&fake, p, &id).is_empty())
+            [
+                "secrets",
+                "services",
+                "persistentvolumeclaims",
+                "destinationrules",
+            ]
+            .iter()
+            .all(|p| objects_of(&fake, p, &id).is_empty())
         },
     )
     .await;
@@ -294,6 +316,24 @@ async fn a_customize_job_runs_in_a_pod() {
     .await;
 }
 
+/// Waits for job `id` to end in `error` with `want` in its log (the reason may follow the status:
+/// the agent, stopped by what happened to its pod, can end the job first).
+async fn error_with(s: &Server, id: &str, want: &str) {
+    wait_for_status(s, id, "error", Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = job_log(s, id).await;
+        if text.contains(want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{want:?} not in the log of {id}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// What the original never noticed ends the job with the reason: an image that cannot be pulled,
 /// a pod no node takes in time, an eviction, the OOM killer, someone deleting the pod (its agent,
 /// stopped by that, may end the job first: the reason is added); and a start the cluster refuses
@@ -303,24 +343,17 @@ async fn pods_that_cannot_run_end_their_jobs() {
     let Some(fake) = fake(Runtime::Process) else {
         return;
     };
-    let s = kube_server(&fake, &[("IMS_KUBERNETES_POD_TIMEOUT", "4s")]).await;
+    // A DestinationRule is asked for, but Istio is not installed: jobs run without one.
+    let s = kube_server(
+        &fake,
+        &[
+            ("IMS_KUBERNETES_POD_TIMEOUT", "4s"),
+            ("IMS_KUBERNETES_DESTINATION_RULE", "true"),
+        ],
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (image, key) = image_and_key(&s, dir.path()).await;
-    let error_with = async |id: &str, want: &str| {
-        wait_for_status(&s, id, "error", Duration::from_secs(60)).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = job_log(&s, id).await;
-            if text.contains(want) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{want:?} not in the log of {id}:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    };
 
     // A start the cluster refuses (RBAC): 500, no record, nothing left.
     fake.fail("services", 403);
@@ -348,7 +381,17 @@ async fn pods_that_cannot_run_end_their_jobs() {
         .as_str()
         .unwrap()
         .to_string();
-    error_with(&pull, "cannot pull its image registry.local/ims-rs:test").await;
+    error_with(
+        &s,
+        &pull,
+        "cannot pull its image registry.local/ims-rs:test",
+    )
+    .await;
+    let text = job_log(&s, &pull).await;
+    assert!(
+        text.contains("Istio's DestinationRule kind is not installed in the cluster"),
+        "{text}"
+    );
     eventually(
         Duration::from_secs(20),
         "the unpullable job's objects go",
@@ -372,6 +415,7 @@ async fn pods_that_cannot_run_end_their_jobs() {
         "creating"
     );
     error_with(
+        &s,
         &unsched,
         "did not start within 4 s: it was not scheduled (Unschedulable)",
     )
@@ -393,6 +437,8 @@ async fn pods_that_cannot_run_end_their_jobs() {
     for id in [&evicted, &oom, &gone] {
         wait_for(&fake, &s, id, "waiting_on_user").await;
     }
+    // A restarted server finds the pods again by their labels and watches them.
+    let s = s.restart().await;
     let pod = |id: &str| {
         fake.pods_of(&format!("cray-ims-{id}-customize"))
             .pop()
@@ -409,9 +455,14 @@ async fn pods_that_cannot_run_end_their_jobs() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{o:?}");
-    error_with(&evicted, "was evicted").await;
-    error_with(&oom, "killed for lack of memory (OOMKilled; memory limit").await;
-    error_with(&gone, "was deleted before the job finished").await;
+    error_with(&s, &evicted, "was evicted").await;
+    error_with(
+        &s,
+        &oom,
+        "killed for lack of memory (OOMKilled; memory limit",
+    )
+    .await;
+    error_with(&s, &gone, "was deleted before the job finished").await;
     // Each one's Service, PVC and Secret are released.
     eventually(
         Duration::from_secs(30),
