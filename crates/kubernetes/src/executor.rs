@@ -17,7 +17,7 @@
 use crate::objects::{self, JOB_ID, JOB_TYPE, KubeSettings, Names, ServiceType, job_objects};
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use ims_core::{Arch, ConnectionInfo, Job, JobType, Timestamp};
+use ims_core::{ConnectionInfo, Job, Timestamp};
 use ims_server::executor::{ExecutorContext, ExecutorError, JobExecutor, KUBERNETES};
 use k8s_openapi::api::batch::v1::Job as KubeJob;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
@@ -705,18 +705,9 @@ impl JobExecutor for Kube {
         true
     }
 
-    async fn cannot_run(
-        &self,
-        _cx: &ExecutorContext,
-        _job_type: JobType,
-        _arch: Option<Arch>,
-        _session: bool,
-    ) -> Option<String> {
-        // The cluster runs every job type; an aarch64 job needs arm64 nodes (or emulation),
-        // which only the scheduler knows: a pod that cannot be placed ends its job with the
-        // scheduler's reason.
-        None
-    }
+    // `cannot_run` keeps its default (never refuses): the cluster runs every job type; an
+    // aarch64 job needs arm64 nodes (or emulation), which only the scheduler knows, and a pod
+    // that cannot be placed ends its job with the scheduler's reason.
 
     fn name(&self) -> &'static str {
         KUBERNETES

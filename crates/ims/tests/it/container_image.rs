@@ -15,7 +15,7 @@ use crate::common::jobs::{
 };
 use crate::common::pod::{ContainerLaunch, Mount};
 use crate::common::podman::{self, AGENT_CAPS, PodNet, Removed};
-use crate::common::{Db, builder, ims_bin, job_token};
+use crate::common::{Db, builder, free_port_on, ims_bin, job_token};
 use ims_core::agent_env::AGENT_PATH;
 use serde_json::json;
 use std::path::Path;
@@ -40,14 +40,6 @@ async fn image() -> String {
     tokio::task::spawn_blocking(|| podman::image().to_string())
         .await
         .unwrap()
-}
-
-fn free_port_on(addr: std::net::Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((addr, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `sh -c script` in a container of `image` (default capabilities, no network).

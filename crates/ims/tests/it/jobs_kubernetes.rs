@@ -12,15 +12,6 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on `addr`.
-fn free_port_on(addr: std::net::Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((addr, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server whose jobs run on `fake`, listening (API and S3) on the fake's gateway, which pods
 /// reach.
 async fn kube_server(fake: &FakeKube, extra: &[(&str, &str)]) -> Server {
@@ -51,31 +42,11 @@ fn fake(runtime: Runtime) -> Option<FakeKube> {
     FakeKube::builder().runtime(runtime).start()
 }
 
-/// An image to customize and a registered key pair (`id_job`).
-async fn image_and_key(s: &Server, dir: &Path) -> (String, String) {
-    let root = image_root(dir);
-    let image = ims(s, &["images", "import", "base", root.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key = job_keys(s, dir, &["id_job"]).await;
-    (image, key)
-}
-
 async fn customize(s: &Server, image: &str, key: &str, name: &str, jail: bool) -> Value {
     let body = json!({"job_type": "customize", "artifact_id": image, "public_key_id": key,
         "image_root_archive_name": name,
         "ssh_containers": [{"name": "customize", "jail": jail}]});
     s.post("/v3/jobs", &body).await.ok(201)
-}
-
-/// Polls `f` until it is true, or fails with `what` after `within`.
-async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f: F) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 fn kubectl_json(fake: &FakeKube, args: &[&str]) -> Value {
@@ -517,29 +488,8 @@ async fn a_jailed_customize_job_runs_in_a_container_of_the_image() {
 async fn post_to_login(s: &Server, image: &str, key: &str, keys: &Path) -> (f64, Value) {
     let t0 = Instant::now();
     let job = customize(s, image, key, "bench", false).await;
-    let id = job["id"].as_str().unwrap().to_string();
-    loop {
-        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
-        assert_ne!(j["status"], "error", "{}", job_log(s, &id).await);
-        if j["status"] == "waiting_on_user" {
-            let session = s.get(&format!("/v3/jobs/{id}/session")).await.ok(200);
-            let o = ssh_as_root_at(
-                session["host"].as_str().unwrap(),
-                &session["port"].as_u64().unwrap().to_string(),
-                &keys.join("id_job"),
-                "true",
-            );
-            if o.status.success() {
-                return (t0.elapsed().as_secs_f64(), j);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let j = wait_for_login(s, job["id"].as_str().unwrap(), keys).await;
+    (t0.elapsed().as_secs_f64(), j)
 }
 
 /// The Kubernetes benchmark of docs/benchmarks.md (issue 15), not a test: run by hand with a

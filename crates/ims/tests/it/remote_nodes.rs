@@ -10,15 +10,6 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on `addr` (for a server address that survives restarts).
-fn free_port_on(addr: std::net::Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((addr, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server for the rig: listening (API and S3) on the rig's host address, which the nodes reach,
 /// with the nodes' key and addresses.
 async fn rig_builder(rig: &Rig, db: Db, extra: &[(&str, &str)]) -> Builder {
@@ -48,17 +39,6 @@ async fn rig(n: usize) -> Option<Rig> {
         .unwrap()
 }
 
-/// An image to customize and a registered key pair (`id_job`).
-async fn image_and_key(s: &Server, dir: &Path) -> (String, String) {
-    let root = image_root(dir);
-    let image = ims(s, &["images", "import", "base", root.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key = job_keys(s, dir, &["id_job"]).await;
-    (image, key)
-}
-
 async fn customize(s: &Server, image: &str, key: &str, name: &str) -> Value {
     let body = json!({"job_type": "customize", "artifact_id": image, "public_key_id": key,
         "image_root_archive_name": name,
@@ -72,15 +52,6 @@ async fn log(s: &Server, id: &str) -> String {
 
 async fn wait_status(s: &Server, id: &str, want: &str, within: Duration) -> Value {
     wait_for_status(s, id, want, within).await
-}
-
-/// Polls `f` until it is true, or fails with `what` after `within`.
-async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f: F) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn status(s: &Server, node: &Node) -> Value {
@@ -586,24 +557,8 @@ async fn post_to_login(
 ) -> (f64, Value) {
     let t0 = Instant::now();
     let job = customize(s, image, key, name).await;
-    let id = job["id"].as_str().unwrap().to_string();
-    loop {
-        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
-        assert_ne!(j["status"], "error", "{}", log(s, &id).await);
-        if j["status"] == "waiting_on_user" {
-            let info = &j["ssh_containers"][0]["connection_info"]["cluster.local"];
-            let o = ssh_as_root_at(
-                info["host"].as_str().unwrap(),
-                &info["port"].as_u64().unwrap().to_string(),
-                &keys.join("id_job"),
-                "true",
-            );
-            if o.status.success() {
-                return (t0.elapsed().as_secs_f64(), j);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let j = wait_for_login(s, job["id"].as_str().unwrap(), keys).await;
+    (t0.elapsed().as_secs_f64(), j)
 }
 
 /// Completes job `id` and waits for `success`; the agent's own packaging time (`packaged in X s`
@@ -631,11 +586,6 @@ async fn set_drained(s: &Server, node: &Node, drained: bool) {
     )
     .await
     .ok(200);
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The remote-node benchmark of docs/benchmarks.md (issue 14), not a test: run by hand with a

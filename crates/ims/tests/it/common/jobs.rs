@@ -283,3 +283,39 @@ pub async fn wait_for_status(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Waits for job `id`'s first successful `ssh root@… true` at the address users get
+/// (`GET …/session`: a node's address, a Service's load-balancer address), with the job's key
+/// `keys/id_job`, polling every 50 ms (the benchmarks' "login"); the job then. An `error` on the
+/// way fails the test, with the job's log.
+pub async fn wait_for_login(s: &Server, id: &str, keys: &Path) -> Value {
+    loop {
+        let j = s.get(&format!("/v3/jobs/{id}")).await.ok(200);
+        assert_ne!(j["status"], "error", "{}", job_log(s, id).await);
+        if j["status"] == "waiting_on_user" {
+            let session = s.get(&format!("/v3/jobs/{id}/session")).await.ok(200);
+            let o = ssh_as_root_at(
+                session["host"].as_str().unwrap(),
+                &session["port"].as_u64().unwrap().to_string(),
+                &keys.join("id_job"),
+                "true",
+            );
+            if o.status.success() {
+                return j;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The test image root imported as `base` and a registered key pair (`dir/id_job`): an image to
+/// customize and the key its sessions accept.
+pub async fn image_and_key(s: &Server, dir: &Path) -> (String, String) {
+    let root = image_root(dir);
+    let image = ims(s, &["images", "import", "base", root.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = job_keys(s, dir, &["id_job"]).await;
+    (image, key)
+}

@@ -424,11 +424,34 @@ pub async fn reopen(s: &mut Server) -> Server {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for a fixed address that survives restarts).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A TCP port on `addr` that was free a moment ago (a server address on a test network).
+pub fn free_port_on(addr: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((addr, 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Polls `f` every 300 ms until it holds; fails the test naming `what` after `within`.
+pub async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f: F) {
+    let deadline = std::time::Instant::now() + within;
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The median of a benchmark's figures (the upper one of an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 pub fn unsafe_kill(pid: u32, sig: &str) {

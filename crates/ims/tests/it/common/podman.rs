@@ -36,7 +36,7 @@
 #![allow(dead_code)]
 
 use super::ims_bin;
-use super::nodes::{RigLock, owner_alias, owner_alive, parse_k};
+use super::nodes::{RigLock, owner_alias, owner_alive, parse_k, run as checked};
 use super::pod::ContainerLaunch;
 use std::io;
 use std::net::Ipv4Addr;
@@ -56,23 +56,6 @@ pub const IMAGE_NAME: &str = "localhost/ims-rs-test";
 
 fn other(msg: String) -> io::Error {
     io::Error::other(msg)
-}
-
-/// Runs `cmd`, which must succeed; its output.
-fn checked(cmd: &mut Command) -> io::Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| other(format!("{cmd:?}: {e}")))?;
-    if !out.status.success() {
-        return Err(other(format!(
-            "{cmd:?}: {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        )));
-    }
-    Ok(out)
 }
 
 fn cache_dir() -> PathBuf {
