@@ -16,7 +16,8 @@
 #   TMPDIR            where the work directory goes (default /var/tmp); removed at the end, also on failure
 # Load the result with `podman load -i ARCHIVE` (or `skopeo copy oci-archive:ARCHIVE docker://REGISTRY/ims-rs:TAG`).
 #
-# Runs as root (debootstrap, and buildah's storage under /var/lib/containers). Needs debootstrap and buildah.
+# Runs as root (debootstrap, and buildah's storage under /var/lib/containers). Installs debootstrap, buildah and
+# binutils when they are missing (Debian's apt-get).
 #
 # The image:
 # * ENTRYPOINT ["/usr/bin/ims"], CMD ["serve"]. A job's pod overrides both (command ["ims"], args ["agent",
@@ -48,6 +49,17 @@ done
 
 die() { echo "build-image.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap and buildah's storage need it)"
+# What it runs, installed when missing (as scripts/serve.sh does): debootstrap and its keyring, buildah, objcopy.
+missing=()
+for p in debootstrap debian-archive-keyring buildah binutils; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
+  echo "build-image.sh: installing ${missing[*]}" >&2
+  apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+    || die "could not install ${missing[*]}"
+fi
 for tool in debootstrap buildah objcopy sha256sum tar; do
   command -v "$tool" >/dev/null || die "$tool not found (apt install debootstrap buildah binutils)"
 done
