@@ -425,7 +425,7 @@ pub struct FakeKube {
     inner: Arc<Inner>,
     thread: Option<std::thread::JoinHandle<()>>,
     kubeconfig: PathBuf,
-    /// The directory without the kubelet (with it, `remove_fake` removes `$TMPDIR/ims-kube<k>`).
+    /// The directory without the kubelet (with it, the network's removal removes `$TMPDIR/ims-kube<k>`).
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -1974,89 +1974,16 @@ fn log_path(dir: &Path, pod: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Network (names and subnet apart from the remote-node rig's `imsbr<k>`/10.213.<k>.0/24)
 
-fn bridge_name(k: u8) -> String {
-    format!("imskb{k}")
-}
-fn pod_ns(k: u8, i: usize) -> String {
-    format!("imsk{k}n{i}")
-}
-fn pod_veth(k: u8, i: usize) -> String {
-    format!("imsk{k}n{i}h")
-}
-fn fake_dir(k: u8) -> PathBuf {
-    std::env::temp_dir().join(format!("ims-kube{k}"))
-}
+/// The fake's network: `imskb<k>`, `imsk<k>n<i>`, `10.214.<k>.0/24`, `$TMPDIR/ims-kube<k>`.
+const NET: nodes::TestNet = nodes::TestNet {
+    bridge: "imskb",
+    host: "imsk",
+    dir: "ims-kube",
+    octet: 214,
+    what: "fake Kubernetes",
+};
 /// Pods running at once (addresses `.10` to `.249`).
 const MAX_PODS: usize = 240;
-
-fn pod_addr(k: u8, i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 214, k, 10 + i as u8)
-}
-
-/// Everything of fake `k`: processes, namespaces, veths, its directory, the bridge last.
-fn remove_fake(k: u8) -> io::Result<()> {
-    let mut first: Option<io::Error> = None;
-    let mut note = |r: io::Result<()>| {
-        if let Err(e) = r
-            && first.is_none()
-        {
-            first = Some(e);
-        }
-    };
-    let namespaces: Vec<String> = nodes::netns_names()
-        .into_iter()
-        .filter(|ns| nodes::parse_k(ns, "imsk", true, "") == Some(k))
-        .collect();
-    for ns in &namespaces {
-        note(nodes::kill_netns(ns));
-    }
-    for link in nodes::link_names() {
-        if nodes::parse_k(&link, "imsk", true, "h") == Some(k) {
-            note(nodes::del_link(&link));
-        }
-    }
-    for ns in &namespaces {
-        note(nodes::ip(&["netns", "del", ns]).map(drop));
-    }
-    note(nodes::remove_dir(&fake_dir(k)));
-    note(nodes::del_link(&bridge_name(k)));
-    first.map_or(Ok(()), Err)
-}
-
-/// `k`s with something of a fake whose owner (the bridge's alias) is not alive.
-fn stale_fakes() -> Vec<u8> {
-    let mut ks = std::collections::BTreeSet::new();
-    for l in nodes::link_names() {
-        if let Some(k) =
-            nodes::parse_k(&l, "imskb", false, "").or(nodes::parse_k(&l, "imsk", true, "h"))
-        {
-            ks.insert(k);
-        }
-    }
-    for ns in nodes::netns_names() {
-        if let Some(k) = nodes::parse_k(&ns, "imsk", true, "") {
-            ks.insert(k);
-        }
-    }
-    if let Ok(d) = fs::read_dir(std::env::temp_dir()) {
-        for e in d.flatten() {
-            if let Some(k) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| nodes::parse_k(n, "ims-kube", false, ""))
-            {
-                ks.insert(k);
-            }
-        }
-    }
-    ks.into_iter()
-        .filter(|&k| {
-            let alias = fs::read_to_string(format!("/sys/class/net/{}/ifalias", bridge_name(k)))
-                .unwrap_or_default();
-            !nodes::owner_alive(alias.trim())
-        })
-        .collect()
-}
 
 /// Removes the fakes of dead processes (under the rigs' lock); their numbers.
 pub fn sweep() -> io::Result<Vec<u8>> {
@@ -2064,91 +1991,8 @@ pub fn sweep() -> io::Result<Vec<u8>> {
 }
 
 /// [`sweep`] for a caller holding the rigs' lock already.
-pub fn sweep_locked(_lock: &nodes::RigLock) -> io::Result<Vec<u8>> {
-    let stale = stale_fakes();
-    for &k in &stale {
-        remove_fake(k)?;
-    }
-    Ok(stale)
-}
-
-/// Takes a free `k` (sweeping stale fakes first) and creates the bridge with its address.
-fn allocate() -> io::Result<u8> {
-    let _lock = nodes::RigLock::acquire()?;
-    for k in stale_fakes() {
-        if let Err(e) = remove_fake(k) {
-            eprintln!("fake Kubernetes: removing a stale fake: {e}");
-        }
-    }
-    let alias = nodes::owner_alias()?;
-    let addrs =
-        String::from_utf8_lossy(&nodes::ip(&["-4", "-o", "addr", "show"])?.stdout).into_owned();
-    for k in 1..=250u8 {
-        let br = bridge_name(k);
-        if nodes::link_exists(&br)
-            || addrs.contains(&format!(" 10.214.{k}."))
-            || fake_dir(k).exists()
-        {
-            continue;
-        }
-        if let Err(e) = nodes::ip(&["link", "add", &br, "type", "bridge"]) {
-            if nodes::link_exists(&br) {
-                continue;
-            }
-            return Err(e);
-        }
-        let set_up = || -> io::Result<()> {
-            nodes::ip(&["link", "set", &br, "alias", &alias])?;
-            nodes::set_proc(&format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "1")?;
-            nodes::set_proc(&format!("/proc/sys/net/ipv4/conf/{br}/forwarding"), "0")?;
-            nodes::ip(&["addr", "add", &format!("10.214.{k}.1/24"), "dev", &br])?;
-            nodes::ip(&["link", "set", &br, "up"])?;
-            fs::DirBuilder::new().mode(0o700).create(fake_dir(k))?;
-            Ok(())
-        };
-        if let Err(e) = set_up() {
-            let _ = remove_fake(k);
-            return Err(e);
-        }
-        return Ok(k);
-    }
-    Err(other("no free fake Kubernetes number in 1..=250".into()))
-}
-
-fn make_pod_net(k: u8, i: usize) -> io::Result<()> {
-    let (ns, veth) = (pod_ns(k, i), pod_veth(k, i));
-    let (ns, veth) = (ns.as_str(), veth.as_str());
-    nodes::ip(&["netns", "add", ns])?;
-    nodes::ip(&[
-        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ])?;
-    nodes::set_proc(&format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"), "1")?;
-    nodes::ip(&["link", "set", veth, "master", &bridge_name(k), "up"])?;
-    nodes::run(Command::new("ip").args([
-        "netns",
-        "exec",
-        ns,
-        "sh",
-        "-c",
-        "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do [ -e \"$f\" ] && echo 1 >\"$f\"; done; true",
-    ]))?;
-    let cidr = format!("{}/24", pod_addr(k, i));
-    nodes::ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
-    nodes::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    nodes::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    Ok(())
-}
-
-fn remove_pod_net(k: u8, i: usize) -> io::Result<()> {
-    let ns = pod_ns(k, i);
-    let r1 = nodes::kill_netns(&ns);
-    let r2 = nodes::del_link(&pod_veth(k, i));
-    let r3 = if nodes::netns_names().contains(&ns) {
-        nodes::ip(&["netns", "del", &ns]).map(drop)
-    } else {
-        Ok(())
-    };
-    r1.and(r2).and(r3)
+pub fn sweep_locked(lock: &nodes::RigLock) -> io::Result<Vec<u8>> {
+    NET.sweep(lock)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2683,7 +2527,7 @@ impl Inner {
                 continue;
             };
             let k = self.net.as_ref().map_or(0, |n| n.k);
-            match self.resolve(st, &pod, pod_addr(k, slot)) {
+            match self.resolve(st, &pod, NET.host_addr(k, slot)) {
                 Ok(launch) => {
                     st.handled.insert(pn.clone());
                     st.slots.insert(pn.clone(), slot);
@@ -2702,9 +2546,9 @@ impl Inner {
                         o["spec"]["nodeName"] = json!(NODE_NAME);
                         o["status"]["conditions"] = json!([
                             {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": t}]);
-                        o["status"]["hostIP"] = json!(pod_addr(k, slot).to_string());
-                        o["status"]["podIP"] = json!(pod_addr(k, slot).to_string());
-                        o["status"]["podIPs"] = json!([{"ip": pod_addr(k, slot).to_string()}]);
+                        o["status"]["hostIP"] = json!(NET.host_addr(k, slot).to_string());
+                        o["status"]["podIP"] = json!(NET.host_addr(k, slot).to_string());
+                        o["status"]["podIPs"] = json!([{"ip": NET.host_addr(k, slot).to_string()}]);
                         o["status"]["containerStatuses"] = json!([container_status(o, json!({"waiting": {"reason": "ContainerCreating"}}), false)]);
                     });
                     self.event(
@@ -3034,8 +2878,8 @@ impl Inner {
             if *self.stop.borrow() {
                 return Err(other("the fake is stopping".into()));
             }
-            make_pod_net(k, slot)?;
-            launch.netns = PathBuf::from("/run/netns").join(pod_ns(k, slot));
+            NET.add_host(k, slot)?;
+            launch.netns = PathBuf::from("/run/netns").join(NET.ns_name(k, slot));
             if let Some(d) = launch.log_file.parent() {
                 fs::create_dir_all(d)?;
             }
@@ -3047,7 +2891,7 @@ impl Inner {
                         .append(true)
                         .open(&launch.log_file)?;
                     let mut c = Command::new("ip");
-                    c.args(["netns", "exec", &pod_ns(k, slot)]).args([
+                    c.args(["netns", "exec", &NET.ns_name(k, slot)]).args([
                         "unshare",
                         "--mount",
                         "--pid",
@@ -3103,7 +2947,7 @@ impl Inner {
             Err(e) => {
                 st.slots.remove(&pod);
                 drop(st);
-                let _ = remove_pod_net(k, slot);
+                let _ = NET.remove_host(k, slot);
                 let mut st = self.lock();
                 let msg = format!("failed to start container: {e}");
                 if let Some(p) = st.get("pods", &pod).cloned() {
@@ -3188,7 +3032,7 @@ impl Inner {
     fn finished(&self, pod: &str, slot: usize, status: io::Result<std::process::ExitStatus>) {
         let k = self.net.as_ref().map_or(0, |n| n.k);
         // Stragglers of the pod (a custom runtime's) go with its network.
-        let net = remove_pod_net(k, slot);
+        let net = NET.remove_host(k, slot);
         let mut st = self.lock();
         st.slots.remove(pod);
         let stopping = st.procs.remove(pod).and_then(|p| p.stopping);
@@ -3435,15 +3279,15 @@ impl FakeKube {
 
     fn new(b: KubeBuilder) -> io::Result<FakeKube> {
         let (net, dir, dir_guard) = if b.kubelet {
-            let k = allocate()?;
-            (Some(Net { k }), fake_dir(k), None)
+            let k = NET.allocate()?;
+            (Some(Net { k }), NET.dir(k), None)
         } else {
             let t = tempfile::Builder::new().prefix("ims-kube-api").tempdir()?;
             (None, t.path().to_path_buf(), Some(t))
         };
         let cleanup = |e: io::Error| {
             if let Some(n) = &net {
-                let _ = remove_fake(n.k);
+                let _ = NET.remove(n.k);
             }
             e
         };
@@ -3561,10 +3405,7 @@ impl FakeKube {
     /// The host's address on the pods' network (`10.214.<k>.1`): pods reach the server under test
     /// there. `None` without the kubelet.
     pub fn gateway(&self) -> Option<Ipv4Addr> {
-        self.inner
-            .net
-            .as_ref()
-            .map(|n| Ipv4Addr::new(10, 214, n.k, 1))
+        self.inner.net.as_ref().map(|n| NET.gateway(n.k))
     }
     /// The fake's number (`imskb<k>`, `imsk<k>n<i>`, `10.214.<k>.0/24`), with the kubelet.
     pub fn k(&self) -> Option<u8> {
@@ -3572,7 +3413,7 @@ impl FakeKube {
     }
     /// The bridge (`imskb<k>`), with the kubelet.
     pub fn bridge(&self) -> Option<String> {
-        self.k().map(bridge_name)
+        self.k().map(|k| NET.bridge_name(k))
     }
 
     /// `kubectl --kubeconfig <ours> --cache-dir <ours>` (add the arguments).
@@ -3774,7 +3615,7 @@ impl Drop for FakeKube {
         }
         if let Some(n) = &self.inner.net {
             let _lock = nodes::RigLock::acquire();
-            if let Err(e) = remove_fake(n.k) {
+            if let Err(e) = NET.remove(n.k) {
                 eprintln!("fake Kubernetes {}: teardown: {e}", n.k);
             }
         }

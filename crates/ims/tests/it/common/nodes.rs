@@ -223,18 +223,217 @@ pub fn parse_k(name: &str, prefix: &str, node: bool, tail: &str) -> Option<u8> {
     (rest == tail).then_some(k)
 }
 
-/// The rig's names for `k`.
-fn bridge_name(k: u8) -> String {
-    format!("imsbr{k}")
+/// One kind of private test network on this machine (the rig's, the fake cluster's): a bridge
+/// `<bridge><k>` in the root namespace with `10.<octet>.<k>.1/24`, per host `i` a network namespace
+/// `<host><k>n<i>` with a veth pair (`<host><k>n<i>h` on the bridge, `eth0` inside) and
+/// `10.<octet>.<k>.<10+i>/24`, and a directory `$TMPDIR/<dir><k>`. `k` (1..=250) is taken by
+/// creating the bridge under the rigs' lock ([`RigLock`]), whose alias names the owning process:
+/// the network of a dead owner is swept. IPv6 is off on every interface, the bridge does not
+/// forward, and hosts have no default route.
+pub struct TestNet {
+    pub bridge: &'static str,
+    pub host: &'static str,
+    pub dir: &'static str,
+    pub octet: u8,
+    /// What it is, for messages.
+    pub what: &'static str,
 }
-fn ns_name(k: u8, i: usize) -> String {
-    format!("ims{k}n{i}")
-}
-fn veth_name(k: u8, i: usize) -> String {
-    format!("ims{k}n{i}h")
-}
-fn rig_dir(k: u8) -> PathBuf {
-    std::env::temp_dir().join(format!("ims-rig{k}"))
+
+/// The rig's network: `imsbr<k>`, `ims<k>n<i>`, `10.213.<k>.0/24`, `$TMPDIR/ims-rig<k>`.
+pub const RIG_NET: TestNet = TestNet {
+    bridge: "imsbr",
+    host: "ims",
+    dir: "ims-rig",
+    octet: 213,
+    what: "test rig",
+};
+
+impl TestNet {
+    pub fn bridge_name(&self, k: u8) -> String {
+        format!("{}{k}", self.bridge)
+    }
+    pub fn ns_name(&self, k: u8, i: usize) -> String {
+        format!("{}{k}n{i}", self.host)
+    }
+    pub fn veth_name(&self, k: u8, i: usize) -> String {
+        format!("{}{k}n{i}h", self.host)
+    }
+    pub fn dir(&self, k: u8) -> PathBuf {
+        std::env::temp_dir().join(format!("{}{k}", self.dir))
+    }
+    /// The host's address on network `k` (`10.<octet>.<k>.1`).
+    pub fn gateway(&self, k: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.octet, k, 1)
+    }
+    /// Host `i`'s address (`10.<octet>.<k>.<10+i>`).
+    pub fn host_addr(&self, k: u8, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.octet, k, 10 + i as u8)
+    }
+
+    /// Removes everything of network `k`: processes, namespaces, veths, its directory, and the
+    /// bridge last (the bridge is what marks `k` as taken). Goes on after an error and reports
+    /// the first.
+    pub fn remove(&self, k: u8) -> io::Result<()> {
+        let mut first: Option<io::Error> = None;
+        let mut note = |r: io::Result<()>| {
+            if let Err(e) = r
+                && first.is_none()
+            {
+                first = Some(e);
+            }
+        };
+        let namespaces: Vec<String> = netns_names()
+            .into_iter()
+            .filter(|ns| parse_k(ns, self.host, true, "") == Some(k))
+            .collect();
+        for ns in &namespaces {
+            note(kill_netns(ns));
+        }
+        // The veths first (both ends go): a deleted namespace takes its end, and so the pair,
+        // with it only later, in the background.
+        for link in link_names() {
+            if parse_k(&link, self.host, true, "h") == Some(k) {
+                note(del_link(&link));
+            }
+        }
+        for ns in &namespaces {
+            note(ip(&["netns", "del", ns]).map(drop));
+        }
+        note(remove_dir(&self.dir(k)));
+        note(del_link(&self.bridge_name(k)));
+        first.map_or(Ok(()), Err)
+    }
+
+    /// `k`s with something of a network of this kind (bridge, namespace, veth, directory) whose
+    /// owner is not alive.
+    fn stale(&self) -> Vec<u8> {
+        let mut ks = std::collections::BTreeSet::new();
+        for l in link_names() {
+            if let Some(k) =
+                parse_k(&l, self.bridge, false, "").or(parse_k(&l, self.host, true, "h"))
+            {
+                ks.insert(k);
+            }
+        }
+        for ns in netns_names() {
+            if let Some(k) = parse_k(&ns, self.host, true, "") {
+                ks.insert(k);
+            }
+        }
+        if let Ok(d) = fs::read_dir(std::env::temp_dir()) {
+            for e in d.flatten() {
+                if let Some(k) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| parse_k(n, self.dir, false, ""))
+                {
+                    ks.insert(k);
+                }
+            }
+        }
+        ks.into_iter()
+            .filter(|&k| {
+                let alias =
+                    fs::read_to_string(format!("/sys/class/net/{}/ifalias", self.bridge_name(k)))
+                        .unwrap_or_default();
+                !owner_alive(alias.trim())
+            })
+            .collect()
+    }
+
+    /// Removes the networks of this kind whose owning process is gone (crashed earlier runs);
+    /// their numbers. One of a live process is never touched.
+    pub fn sweep(&self, _lock: &RigLock) -> io::Result<Vec<u8>> {
+        let stale = self.stale();
+        for &k in &stale {
+            self.remove(k)?;
+        }
+        Ok(stale)
+    }
+
+    /// Takes a free `k` under the lock (sweeping stale networks first) and makes its bridge, owned
+    /// by this process, with the host's address, and its directory (mode 0700).
+    pub fn allocate(&self) -> io::Result<u8> {
+        let lock = RigLock::acquire()?;
+        if let Err(e) = self.sweep(&lock) {
+            // What is left keeps its number taken; another is free.
+            eprintln!("{}: removing a stale one: {e}", self.what);
+        }
+        let alias = owner_alias()?;
+        let addrs =
+            String::from_utf8_lossy(&ip(&["-4", "-o", "addr", "show"])?.stdout).into_owned();
+        for k in 1..=250u8 {
+            let br = self.bridge_name(k);
+            if link_exists(&br)
+                || addrs.contains(&format!(" 10.{}.{k}.", self.octet))
+                || self.dir(k).exists()
+            {
+                continue;
+            }
+            if let Err(e) = ip(&["link", "add", &br, "type", "bridge"]) {
+                if link_exists(&br) {
+                    continue; // taken by something that does not take the lock
+                }
+                return Err(e);
+            }
+            let set_up = || -> io::Result<()> {
+                ip(&["link", "set", &br, "alias", &alias])?;
+                set_proc(&format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "1")?;
+                set_proc(&format!("/proc/sys/net/ipv4/conf/{br}/forwarding"), "0")?;
+                let cidr = format!("{}/24", self.gateway(k));
+                ip(&["addr", "add", &cidr, "dev", &br])?;
+                ip(&["link", "set", &br, "up"])?;
+                fs::DirBuilder::new().mode(0o700).create(self.dir(k))?;
+                Ok(())
+            };
+            if let Err(e) = set_up() {
+                let _ = self.remove(k);
+                return Err(e);
+            }
+            return Ok(k);
+        }
+        Err(other(format!("no free {} number in 1..=250", self.what)))
+    }
+
+    /// Host `i` of network `k`: its namespace, its veth pair on the bridge, its address, `lo` up.
+    pub fn add_host(&self, k: u8, i: usize) -> io::Result<()> {
+        let (ns, veth) = (self.ns_name(k, i), self.veth_name(k, i));
+        let (ns, veth) = (ns.as_str(), veth.as_str());
+        ip(&["netns", "add", ns])?;
+        ip(&[
+            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        set_proc(&format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"), "1")?;
+        ip(&["link", "set", veth, "master", &self.bridge_name(k), "up"])?;
+        // /proc/sys/net is the reading process's network namespace's.
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do [ -e \"$f\" ] && echo 1 >\"$f\"; done; true",
+        ]))?;
+        let cidr = format!("{}/24", self.host_addr(k, i));
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Removes host `i` of network `k` (its processes, veth and namespace); what is gone already
+    /// is no error.
+    pub fn remove_host(&self, k: u8, i: usize) -> io::Result<()> {
+        let ns = self.ns_name(k, i);
+        let r1 = kill_netns(&ns);
+        let r2 = del_link(&self.veth_name(k, i));
+        let r3 = if netns_names().contains(&ns) {
+            ip(&["netns", "del", &ns]).map(drop)
+        } else {
+            Ok(())
+        };
+        r1.and(r2).and(r3)
+    }
 }
 
 pub fn netns_names() -> Vec<String> {
@@ -358,39 +557,6 @@ pub fn remove_dir(dir: &Path) -> io::Result<()> {
     fs::remove_dir_all(dir).map_err(|e| other(format!("remove {}: {e}", dir.display())))
 }
 
-/// Removes everything of rig `k`: processes, namespaces, veths, its directory, and the bridge
-/// last (the bridge is what marks `k` as taken). Goes on after an error and reports the first.
-fn remove_rig(k: u8) -> io::Result<()> {
-    let mut first: Option<io::Error> = None;
-    let mut note = |r: io::Result<()>| {
-        if let Err(e) = r
-            && first.is_none()
-        {
-            first = Some(e);
-        }
-    };
-    let namespaces: Vec<String> = netns_names()
-        .into_iter()
-        .filter(|ns| parse_k(ns, "ims", true, "") == Some(k))
-        .collect();
-    for ns in &namespaces {
-        note(kill_netns(ns));
-    }
-    // The veths first (both ends go): a deleted namespace takes its end, and so the pair, with
-    // it only later, in the background.
-    for link in link_names() {
-        if parse_k(&link, "ims", true, "h") == Some(k) {
-            note(del_link(&link));
-        }
-    }
-    for ns in &namespaces {
-        note(ip(&["netns", "del", ns]).map(drop));
-    }
-    note(remove_dir(&rig_dir(k)));
-    note(del_link(&bridge_name(k)));
-    first.map_or(Ok(()), Err)
-}
-
 /// The rigs' lock (`/run/ims-test-rig/lock`), held while sweeping and allocating. A test that
 /// must see the rigs' names settle (nobody allocating meanwhile) holds it; releasing is dropping it.
 pub struct RigLock(#[allow(dead_code)] fs::File);
@@ -412,80 +578,13 @@ impl RigLock {
     /// Removes the rigs whose owning process is gone (crashed earlier runs); their numbers. A rig
     /// of a live process is never touched.
     pub fn sweep(&self) -> io::Result<Vec<u8>> {
-        let stale = stale_rigs();
-        for &k in &stale {
-            remove_rig(k)?;
-        }
-        Ok(stale)
+        RIG_NET.sweep(self)
     }
-}
-
-/// `k`s with something of a rig (bridge, namespace, veth, directory) whose owner is not alive.
-fn stale_rigs() -> Vec<u8> {
-    let mut ks = std::collections::BTreeSet::new();
-    for l in link_names() {
-        if let Some(k) = parse_k(&l, "imsbr", false, "").or(parse_k(&l, "ims", true, "h")) {
-            ks.insert(k);
-        }
-    }
-    for ns in netns_names() {
-        if let Some(k) = parse_k(&ns, "ims", true, "") {
-            ks.insert(k);
-        }
-    }
-    if let Ok(d) = fs::read_dir(std::env::temp_dir()) {
-        for e in d.flatten() {
-            if let Some(k) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| parse_k(n, "ims-rig", false, ""))
-            {
-                ks.insert(k);
-            }
-        }
-    }
-    ks.into_iter()
-        .filter(|&k| {
-            let alias = fs::read_to_string(format!("/sys/class/net/{}/ifalias", bridge_name(k)))
-                .unwrap_or_default();
-            !owner_alive(alias.trim())
-        })
-        .collect()
 }
 
 /// [`RigLock::sweep`] under the lock; [`Rig::new`] does this first.
 pub fn sweep() -> io::Result<Vec<u8>> {
     RigLock::acquire()?.sweep()
-}
-
-/// Takes a free `k`: sweeps stale rigs, then creates the bridge `imsbr<k>` and records this
-/// process as its owner, all under the lock.
-fn allocate() -> io::Result<u8> {
-    let lock = RigLock::acquire()?;
-    if let Err(e) = lock.sweep() {
-        // What is left keeps its number taken; another is free.
-        eprintln!("test rig: removing a stale rig: {e}");
-    }
-    let alias = owner_alias()?;
-    let addrs = String::from_utf8_lossy(&ip(&["-4", "-o", "addr", "show"])?.stdout).into_owned();
-    for k in 1..=250u8 {
-        let br = bridge_name(k);
-        if link_exists(&br) || addrs.contains(&format!(" 10.213.{k}.")) {
-            continue;
-        }
-        if let Err(e) = ip(&["link", "add", &br, "type", "bridge"]) {
-            if link_exists(&br) {
-                continue; // taken by something that does not take the lock
-            }
-            return Err(e);
-        }
-        if let Err(e) = ip(&["link", "set", &br, "alias", &alias]) {
-            let _ = ip(&["link", "del", &br]);
-            return Err(e);
-        }
-        return Ok(k);
-    }
-    Err(other("no free rig number in 1..=250".into()))
 }
 
 /// A rig of remote build nodes (see the module's documentation).
@@ -534,8 +633,8 @@ impl Rig {
         if !(1..=MAX_NODES).contains(&n) {
             return Err(other(format!("a rig has 1 to {MAX_NODES} nodes, not {n}")));
         }
-        let k = allocate()?;
-        let dir = rig_dir(k);
+        let k = RIG_NET.allocate()?;
+        let dir = RIG_NET.dir(k);
         let client = dir.join("client");
         let mut rig = Rig {
             k,
@@ -550,13 +649,7 @@ impl Rig {
     }
 
     fn set_up(&mut self, n: usize) -> io::Result<()> {
-        let (k, br) = (self.k, bridge_name(self.k));
-        set_proc(&format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "1")?;
-        set_proc(&format!("/proc/sys/net/ipv4/conf/{br}/forwarding"), "0")?;
-        ip(&["addr", "add", &format!("10.213.{k}.1/24"), "dev", &br])?;
-        ip(&["link", "set", &br, "up"])?;
-
-        fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
+        let k = self.k;
         let client = self.dir.join("client");
         fs::DirBuilder::new().mode(0o700).create(&client)?;
         keygen(&self.client_key, "ims-test-rig-client")?;
@@ -565,9 +658,9 @@ impl Rig {
         for i in 0..n {
             let node = Node {
                 index: i,
-                ns: ns_name(k, i),
-                veth: veth_name(k, i),
-                addr: Ipv4Addr::new(10, 213, k, 10 + i as u8),
+                ns: RIG_NET.ns_name(k, i),
+                veth: RIG_NET.veth_name(k, i),
+                addr: RIG_NET.host_addr(k, i),
                 xname: format!("x3000c0s{i}b0n0"),
                 dir: self.dir.join(format!("n{i}")),
                 rig_dir: self.dir.clone(),
@@ -578,7 +671,7 @@ impl Rig {
             self.nodes.push(node);
             let node = &self.nodes[i];
             node.make_files(&client_pub)?;
-            node.make_network(&br)?;
+            RIG_NET.add_host(k, i)?;
         }
         let mut pinned = String::new();
         for node in &self.nodes {
@@ -599,12 +692,12 @@ impl Rig {
 
     /// The bridge's name (`imsbr<k>`).
     pub fn bridge(&self) -> String {
-        bridge_name(self.k)
+        RIG_NET.bridge_name(self.k)
     }
 
     /// The host's address on the nodes' network (`10.213.<k>.1`): the server under test listens here.
     pub fn host_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 213, self.k, 1)
+        RIG_NET.gateway(self.k)
     }
 
     /// The rig's directory on the host (`$TMPDIR/ims-rig<k>`, 0700): `client/` (`id_ed25519`,
@@ -667,7 +760,7 @@ impl Drop for Rig {
                 eprintln!("rig {}: node {}: {e}", self.k, n.index);
             }
         }
-        if let Err(e) = remove_rig(self.k) {
+        if let Err(e) = RIG_NET.remove(self.k) {
             eprintln!("rig {}: teardown: {e}", self.k);
         }
     }
@@ -732,30 +825,6 @@ impl Node {
             addr = self.addr
         );
         write_private(&etc.join("sshd_config"), &config)?;
-        Ok(())
-    }
-
-    fn make_network(&self, bridge: &str) -> io::Result<()> {
-        let (ns, veth) = (self.ns.as_str(), self.veth.as_str());
-        ip(&["netns", "add", ns])?;
-        ip(&[
-            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ])?;
-        set_proc(&format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"), "1")?;
-        ip(&["link", "set", veth, "master", bridge, "up"])?;
-        // /proc/sys/net is the reading process's network namespace's.
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            ns,
-            "sh",
-            "-c",
-            "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do [ -e \"$f\" ] && echo 1 >\"$f\"; done; true",
-        ]))?;
-        let cidr = format!("{}/24", self.addr);
-        ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         Ok(())
     }
 
