@@ -49,17 +49,6 @@ async fn customize(s: &Server, image: &str, key: &str, name: &str, jail: bool) -
     s.post("/v3/jobs", &body).await.ok(201)
 }
 
-fn kubectl_json(fake: &FakeKube, args: &[&str]) -> Value {
-    let o = fake
-        .kubectl()
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "kubectl {args:?}: {o:?}");
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// The names of the objects of job `id` of kind `plural` in the fake.
 fn objects_of(fake: &FakeKube, plural: &str, id: &str) -> Vec<String> {
     fake.list(plural)
@@ -166,17 +155,14 @@ async fn a_customize_job_runs_in_a_pod() {
     assert_eq!(job["kubernetes_configmap"], Value::Null);
     assert_eq!(job["remote_build_node"], "");
     // The objects, as kubectl sees them.
-    let jobs = kubectl_json(
-        &fake,
-        &[
-            "-n",
-            "ims",
-            "get",
-            "jobs",
-            "-l",
-            &format!("ims.hpe.com/job-id={id}"),
-        ],
-    );
+    let jobs = fake.kubectl_json(&[
+        "-n",
+        "ims",
+        "get",
+        "jobs",
+        "-l",
+        &format!("ims.hpe.com/job-id={id}"),
+    ]);
     assert_eq!(jobs["items"][0]["metadata"]["name"], name, "{jobs}");
     assert_eq!(jobs["items"].as_array().unwrap().len(), 1);
     for plural in [
@@ -241,20 +227,25 @@ async fn a_customize_job_runs_in_a_pod() {
     )
     .await;
     assert!(fake.get("jobs", &name).is_some(), "the Job went at success");
-    let logs = fake
-        .kubectl()
-        .args([
-            "-n",
-            "ims",
-            "logs",
-            "-l",
-            &format!("job-name={name}"),
-            "-c",
-            "buildenv-sidecar",
-        ])
-        .output()
-        .unwrap();
-    assert!(logs.status.success(), "{logs:?}");
+    let logs = fake.kubectl_ok(&[
+        "-n",
+        "ims",
+        "logs",
+        "-l",
+        &format!("job-name={name}"),
+        "-c",
+        "buildenv-sidecar",
+    ]);
+    // The seeds follow the upload there: the agent's log, as `ims jobs logs` has it.
+    for line in [
+        "Uploading /mnt/image/rootfs.squashfs to s3://boot-images/",
+        "status: success",
+    ] {
+        assert!(
+            logs.contains(line),
+            "{line:?} not in kubectl's logs:\n{logs}"
+        );
+    }
     let text = job_log(&s, &id).await;
     assert!(
         text.contains(&format!("Kubernetes: Job {name} in namespace ims")),
@@ -420,12 +411,7 @@ async fn pods_that_cannot_run_end_their_jobs() {
     };
     fake.evict(&pod(&evicted)).unwrap();
     fake.oom_kill(&pod(&oom)).unwrap();
-    let o = fake
-        .kubectl()
-        .args(["-n", "ims", "delete", "pod", &pod(&gone), "--wait=false"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
+    fake.kubectl_ok(&["-n", "ims", "delete", "pod", &pod(&gone), "--wait=false"]);
     error_with(&s, &evicted, "was evicted").await;
     error_with(
         &s,

@@ -715,26 +715,14 @@ fn kubectl_sees_the_objects() {
     let mut other = job("k2", &["true"]);
     other["metadata"]["labels"] = json!({"app.kubernetes.io/name": "something-else"});
     f.create("jobs", other).unwrap();
-    let out = f
-        .kubectl()
-        .args([
-            "get",
-            "jobs",
-            "-n",
-            "ims",
-            "-l",
-            "app.kubernetes.io/name=ims-job",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l = f.kubectl_json(&[
+        "get",
+        "jobs",
+        "-n",
+        "ims",
+        "-l",
+        "app.kubernetes.io/name=ims-job",
+    ]);
     let names: Vec<&str> = l["items"]
         .as_array()
         .unwrap()
@@ -754,16 +742,7 @@ fn kubectl_sees_the_objects() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = f
-        .kubectl()
-        .args(["delete", "job", &job_name("k1"), "--cascade=foreground"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.kubectl_ok(&["delete", "job", &job_name("k1"), "--cascade=foreground"]);
     assert!(f.get("jobs", &job_name("k1")).is_none());
     let r = f.requests_to("DELETE", "jobs");
     assert_eq!(
@@ -897,23 +876,14 @@ fn kubectl_created_job_runs_with_secret_claim_and_network() {
         "the test's environment leaked: {env}"
     );
     assert_eq!(f.pod_log(&pn), "hi\ndone\n");
-    let out = f
-        .kubectl()
-        .args([
-            "logs",
-            "-l",
-            &format!("job-name={jn}"),
-            "-c",
-            "buildenv-sidecar",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\ndone\n");
+    let out = f.kubectl_ok(&[
+        "logs",
+        "-l",
+        &format!("job-name={jn}"),
+        "-c",
+        "buildenv-sidecar",
+    ]);
+    assert_eq!(out, "hi\ndone\n");
     assert!(f.running_containers().is_empty());
 }
 
@@ -1369,17 +1339,8 @@ fn kubectl_follows_a_pods_log_until_it_ends() {
     let pod = f.wait_pod_phase(&jn, "Running", T);
     let pn = pod["metadata"]["name"].as_str().unwrap();
     let started = Instant::now();
-    let out = f
-        .kubectl()
-        .args(["logs", "-f", pn, "-c", "buildenv-sidecar"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    let out = f.kubectl_ok(&["logs", "-f", pn, "-c", "buildenv-sidecar"]);
+    assert_eq!(out, "one\ntwo\n");
     assert!(started.elapsed() < Duration::from_secs(10));
     let out = f.kubectl().args(["logs", "nope"]).output().unwrap();
     assert!(!out.status.success());

@@ -3428,6 +3428,24 @@ impl FakeKube {
         c
     }
 
+    /// Runs `kubectl ARGS` against the fake, which must succeed (the test fails with kubectl's
+    /// stderr otherwise); its standard output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl().args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// [`FakeKube::kubectl_ok`] with `-o json`; the JSON it printed.
+    pub fn kubectl_json(&self, args: &[&str]) -> Value {
+        let out = self.kubectl_ok(&[args, &["-o", "json"]].concat());
+        serde_json::from_str(&out).unwrap()
+    }
+
     /// An object of a resource (`"jobs"`, `"pods"`, `"services"`…) by name.
     pub fn get(&self, plural: &str, name: &str) -> Option<Value> {
         let r = res(plural);
