@@ -103,6 +103,7 @@ pub struct KubernetesConfig {
     pub runtime_class: Option<String>,
     pub service_account: Option<String>,
     pub pod_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
     pub ttl_after_finished: std::time::Duration,
     pub destination_rule: bool,
 }
@@ -380,6 +381,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         runtime_class: src.value(&s::KUBE_RUNTIME_CLASS)?,
         service_account: src.value(&s::KUBE_SERVICE_ACCOUNT)?,
         pod_timeout: src.get(&s::KUBE_POD_TIMEOUT)?,
+        request_timeout: src.get(&s::KUBE_REQUEST_TIMEOUT)?,
         ttl_after_finished: src.get(&s::KUBE_TTL_AFTER_FINISHED)?,
         destination_rule: src.get(&s::KUBE_DESTINATION_RULE)?,
     };
@@ -819,6 +821,10 @@ mod tests {
             std::time::Duration::from_secs(600)
         );
         assert_eq!(
+            c.kubernetes.request_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
             c.kubernetes.ttl_after_finished,
             std::time::Duration::from_secs(7 * 86400)
         );
@@ -865,6 +871,7 @@ mod tests {
             ("IMS_KUBERNETES_SERVICE_ANNOTATIONS", "x.io/y={id}"),
             ("IMS_KUBERNETES_IMAGE", "reg/ims rs"),
             ("IMS_KUBERNETES_POD_TIMEOUT", "soon"),
+            ("IMS_KUBERNETES_REQUEST_TIMEOUT", "0"),
             ("IMS_KUBERNETES_KUBECONFIG", "/nonexistent/kubeconfig"),
         ] {
             let e = load(&Flags::default(), &env(&[(name, bad)])).unwrap_err();

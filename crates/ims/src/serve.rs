@@ -510,7 +510,7 @@ async fn kubernetes_executor(
     api_url: &str,
 ) -> anyhow::Result<ims_kubernetes::KubernetesExecutor> {
     let kc = &cfg.kubernetes;
-    let client = ims_kubernetes::connect(kc.kubeconfig.as_deref())
+    let clients = ims_kubernetes::connect(kc.kubeconfig.as_deref(), kc.request_timeout)
         .await
         .map_err(anyhow::Error::msg)?;
     let ns = cfg.service.job_namespace.as_str();
@@ -530,7 +530,7 @@ async fn kubernetes_executor(
         None => None,
     };
     let k = ims_kubernetes::KubernetesExecutor::new(
-        client,
+        clients,
         ns,
         ims_kubernetes::KubeSettings {
             image: kc

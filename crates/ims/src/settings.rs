@@ -623,6 +623,12 @@ settings! {
             parse: duration,
             default: Value("10m"),
         }
+        KUBE_REQUEST_TIMEOUT: Duration = request_timeout: String {
+            help: "`kubernetes` executor: a request to the API server not answered within this fails (a job's start answers 500)",
+            env: ["IMS_KUBERNETES_REQUEST_TIMEOUT"],
+            parse: duration,
+            default: Value("30s"),
+        }
         KUBE_TTL_AFTER_FINISHED: Duration = ttl_after_finished: String {
             help: "`kubernetes` executor: a finished Job and its pod (logs) are deleted after this",
             env: ["IMS_KUBERNETES_TTL_AFTER_FINISHED"],

@@ -33,9 +33,23 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A client for the cluster: from `kubeconfig` when given (a server outside the cluster), else
+/// The clients for the cluster: one for requests, which fail when the API server does not answer
+/// within the request timeout (job starts, releases and deletions wait on them: a hung API server
+/// then fails them with a clear error instead of holding them; kube-rs sets no read timeout by
+/// default), and one for watches, without it (watches stay silent for minutes; the watcher has
+/// its own idle timeout).
+#[derive(Clone)]
+pub struct Clients {
+    requests: Client,
+    watches: Client,
+}
+
+/// Clients for the cluster: from `kubeconfig` when given (a server outside the cluster), else
 /// the pod's service account (in the cluster), else `KUBECONFIG` or `~/.kube/config`.
-pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, String> {
+pub async fn connect(
+    kubeconfig: Option<&Path>,
+    request_timeout: Duration,
+) -> Result<Clients, String> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -48,7 +62,16 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, String> {
             format!("no Kubernetes credentials (not in a pod, and no kubeconfig): {e}")
         })?,
     };
-    Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes client: {e}"))
+    let client =
+        |c| Client::try_from(c).map_err(|e| format!("cannot make a Kubernetes client: {e}"));
+    let mut requests = config.clone();
+    requests.read_timeout = Some(request_timeout);
+    // The timeout counts from the request, not from when its pooled connection went idle.
+    requests.reset_reader_on_write = true;
+    Ok(Clients {
+        requests: client(requests)?,
+        watches: client(config)?,
+    })
 }
 
 /// Every request the executor makes, all in the job namespace: `(API group, resource, verbs)`.
@@ -84,7 +107,7 @@ const TICK: Duration = Duration::from_secs(3);
 const SWEEP: Duration = Duration::from_secs(60);
 
 pub struct KubernetesExecutor {
-    client: Client,
+    clients: Clients,
     ns: String,
     s: KubeSettings,
     /// A pod may take this long to be scheduled and started.
@@ -121,13 +144,13 @@ fn destination_rules() -> ApiResource {
 
 impl KubernetesExecutor {
     pub fn new(
-        client: Client,
+        clients: Clients,
         namespace: &str,
         s: KubeSettings,
         pod_timeout: Duration,
     ) -> KubernetesExecutor {
         KubernetesExecutor {
-            client,
+            clients,
             ns: namespace.to_string(),
             s,
             pod_timeout,
@@ -144,16 +167,30 @@ impl KubernetesExecutor {
             .map_err(|e| describe(&e))
     }
 
+    /// The job namespace's `K`s, for requests.
     fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as Resource>::DynamicType: Default,
     {
-        Api::namespaced(self.client.clone(), &self.ns)
+        Api::namespaced(self.clients.requests.clone(), &self.ns)
+    }
+
+    /// The job namespace's `K`s, for watches.
+    fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.clients.watches.clone(), &self.ns)
     }
 
     fn rules(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.ns, &destination_rules())
+        Api::namespaced_with(
+            self.clients.requests.clone(),
+            &self.ns,
+            &destination_rules(),
+        )
     }
 
     /// Creates `obj`; one that exists with job `id`'s label counts as made by us.
@@ -367,7 +404,7 @@ impl KubernetesExecutor {
         let (pods, pod_writer) = reflector::store::<Pod>();
         let (services, service_writer) = reflector::store::<Service>();
         let changed = tokio::sync::Notify::new();
-        let pod_events = watcher(self.api::<Pod>(), cfg.clone())
+        let pod_events = watcher(self.watched::<Pod>(), cfg.clone())
             .default_backoff()
             .reflect(pod_writer)
             .for_each(|e| {
@@ -377,7 +414,7 @@ impl KubernetesExecutor {
                 changed.notify_one();
                 async {}
             });
-        let service_events = watcher(self.api::<Service>(), cfg)
+        let service_events = watcher(self.watched::<Service>(), cfg)
             .default_backoff()
             .reflect(service_writer)
             .for_each(|e| {

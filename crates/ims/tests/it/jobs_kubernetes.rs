@@ -310,6 +310,7 @@ async fn pods_that_cannot_run_end_their_jobs() {
         &fake,
         &[
             ("IMS_KUBERNETES_POD_TIMEOUT", "4s"),
+            ("IMS_KUBERNETES_REQUEST_TIMEOUT", "3s"),
             ("IMS_KUBERNETES_DESTINATION_RULE", "true"),
         ],
     )
@@ -328,14 +329,33 @@ async fn pods_that_cannot_run_end_their_jobs() {
         .await;
     assert_eq!(r.status, 500, "{:?}", r.json());
     fake.unfail("services");
+    let nothing_left = || {
+        for plural in ["jobs", "secrets", "services", "persistentvolumeclaims"] {
+            assert!(
+                fake.list(plural).is_empty(),
+                "{plural} left: {:?}",
+                fake.list(plural)
+            );
+        }
+    };
     assert_eq!(s.get("/v3/jobs").await.ok(200), json!([]));
-    for plural in ["jobs", "secrets", "services", "persistentvolumeclaims"] {
-        assert!(
-            fake.list(plural).is_empty(),
-            "{plural} left: {:?}",
-            fake.list(plural)
-        );
-    }
+    nothing_left();
+    // An API server that hangs (here on the PVC, after the Secret was made): 500 after the
+    // request timeout, not a request held for as long as it hangs; the Secret is taken back.
+    fake.stall("persistentvolumeclaims");
+    let t = Instant::now();
+    let r = s
+        .post(
+            "/v3/jobs",
+            &json!({"job_type": "customize", "artifact_id": image, "public_key_id": key,
+                "image_root_archive_name": "hung"}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{:?}", r.json());
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    fake.unfail("persistentvolumeclaims");
+    assert_eq!(s.get("/v3/jobs").await.ok(200), json!([]));
+    nothing_left();
 
     // The image cannot be pulled: error at once, and the pending pod's Job goes too.
     fake.fault_next(Fault::ImagePull, 1);

@@ -1409,6 +1409,22 @@ async fn handle(
             );
         }
     };
+    // A stalled resource answers nothing until it is un-stalled (a hung API server), then a
+    // timeout: the request never takes effect.
+    if inner.lock().failing.get(r.plural) == Some(&STALL) {
+        while inner.lock().failing.get(r.plural) == Some(&STALL) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return respond(
+            504,
+            &status(
+                504,
+                "Timeout",
+                format!("the {verb} of {} timed out", r.qualified()),
+                None,
+            ),
+        );
+    }
     let failing = inner.lock().failing.get(r.plural).copied();
     match failing {
         Some(403) => {
@@ -1973,6 +1989,9 @@ fn log_path(dir: &Path, pod: &str) -> PathBuf {
 
 // ---------------------------------------------------------------------------------------------
 // Network (names and subnet apart from the remote-node rig's `imsbr<k>`/10.213.<k>.0/24)
+
+/// The code in `failing` of a stalled resource (see [`FakeKube::stall`]).
+const STALL: u16 = 0;
 
 /// The fake's network: `imskb<k>`, `imsk<k>n<i>`, `10.214.<k>.0/24`, `$TMPDIR/ims-kube<k>`.
 const NET: nodes::TestNet = nodes::TestNet {
@@ -3507,6 +3526,11 @@ impl FakeKube {
     pub fn fail(&self, plural: &str, code: u16) {
         let r = res(plural);
         self.inner.lock().failing.insert(r.plural.into(), code);
+    }
+    /// Requests for `plural` get no answer until [`FakeKube::unfail`] (an API server that hangs).
+    pub fn stall(&self, plural: &str) {
+        let r = res(plural);
+        self.inner.lock().failing.insert(r.plural.into(), STALL);
     }
     pub fn unfail(&self, plural: &str) {
         self.inner.lock().failing.remove(plural);
