@@ -213,7 +213,7 @@ impl KubernetesExecutor {
     }
 
     /// Deletes `name`; one that is gone already is fine.
-    async fn delete<K>(&self, api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<(), String>
+    async fn delete<K>(&self, api: Api<K>, name: &str, dp: &DeleteParams) -> Result<(), String>
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
@@ -227,29 +227,32 @@ impl KubernetesExecutor {
     /// Deletes the objects a finished job no longer needs (everything but its Job and pod).
     async fn release(&self, job_id: &str, n: &Names) -> Result<(), String> {
         let dp = DeleteParams::background();
-        let mut errors = vec![];
-        for r in [
-            self.delete(&self.api::<Service>(), &n.service, &dp).await,
-            self.delete(&self.api::<PersistentVolumeClaim>(), &n.pvc, &dp)
-                .await,
-            self.delete(&self.api::<Secret>(), &n.secret, &dp).await,
-        ] {
-            if let Err(e) = r {
-                errors.push(e);
+        // At once: the agent's final report waits on this, at most one request timeout.
+        let rule = async {
+            if !self.s.destination_rule {
+                return Ok(());
             }
-        }
-        if self.s.destination_rule {
             match self.rules().delete(&n.service, &dp).await {
-                Ok(_) => {}
+                Ok(_) => Ok(()),
                 // Gone, or the CRD is not installed.
-                Err(e) if code(&e) == Some(404) => {}
-                Err(e) => errors.push(format!(
+                Err(e) if code(&e) == Some(404) => Ok(()),
+                Err(e) => Err(format!(
                     "cannot delete the DestinationRule {}: {}",
                     n.service,
                     describe(&e)
                 )),
             }
-        }
+        };
+        let (service, pvc, secret, rule) = futures::join!(
+            self.delete(self.api::<Service>(), &n.service, &dp),
+            self.delete(self.api::<PersistentVolumeClaim>(), &n.pvc, &dp),
+            self.delete(self.api::<Secret>(), &n.secret, &dp),
+            rule,
+        );
+        let errors: Vec<String> = [service, pvc, secret, rule]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         if errors.is_empty() {
             tracing::debug!(job = %job_id, "released the job's Kubernetes objects");
             Ok(())
@@ -260,10 +263,11 @@ impl KubernetesExecutor {
 
     /// Deletes every object of job `id` (the Job first, with its pod before it).
     async fn remove_all(&self, id: &str, n: &Names) -> Result<(), String> {
-        let job = self
-            .delete(&self.api::<KubeJob>(), &n.job, &DeleteParams::foreground())
-            .await;
-        let rest = self.release(id, n).await;
+        let foreground = DeleteParams::foreground();
+        let (job, rest) = futures::join!(
+            self.delete(self.api::<KubeJob>(), &n.job, &foreground),
+            self.release(id, n),
+        );
         match (job, rest) {
             (Ok(()), Ok(())) => Ok(()),
             (a, b) => Err([a.err(), b.err()]
