@@ -261,7 +261,8 @@ impl KubernetesExecutor {
         }
     }
 
-    /// Deletes every object of job `id` (the Job first, with its pod before it).
+    /// Deletes every object of job `id`, all at once (the Job in the foreground: its pod goes
+    /// before it).
     async fn remove_all(&self, id: &str, n: &Names) -> Result<(), String> {
         let foreground = DeleteParams::foreground();
         let (job, rest) = futures::join!(
