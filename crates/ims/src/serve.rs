@@ -386,7 +386,7 @@ fn agent_api_url(cfg: &Config, addr: std::net::SocketAddr) -> String {
     })
 }
 
-/// Whether a URL names this host's loopback (unreachable from a remote build node).
+/// Whether a URL names this host's loopback (unreachable from a remote build node or a pod).
 fn loopback_url(url: &str) -> bool {
     let Ok(u) = url::Url::parse(url) else {
         return false;
@@ -514,10 +514,7 @@ async fn kubernetes_executor(
         .await
         .map_err(anyhow::Error::msg)?;
     let ns = cfg.service.job_namespace.as_str();
-    if api_url.contains("://127.")
-        || api_url.contains("://localhost")
-        || api_url.contains("://[::1]")
-    {
+    if loopback_url(api_url) {
         tracing::warn!(
             "kubernetes executor: job pods are told to reach the API at {api_url}, a loopback address: set IMS_AGENT_API_URL to the server's Service URL"
         );

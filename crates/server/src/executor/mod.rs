@@ -115,8 +115,8 @@ impl ExecutorContext {
         self.0.update_run(job, &f).await
     }
 
-    /// Reports that a job's agent is gone or cannot run: an unfinished job ends in `error`
-    /// with `reason` in its log.
+    /// Changes job `id`'s record with `f` (see [`JobRuns::update_job`]); `None` once the job is
+    /// gone.
     pub async fn update_job(
         &self,
         id: &str,
@@ -125,6 +125,8 @@ impl ExecutorContext {
         self.0.update_job(id, f).await
     }
 
+    /// Reports that a job's agent is gone or cannot run: an unfinished job ends in `error`
+    /// with `reason` in its log.
     pub async fn fail(&self, job: &Job, reason: &str) {
         self.0.fail(job, reason).await
     }
